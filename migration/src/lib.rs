@@ -1,0 +1,23 @@
+//! Switchboard's database schema as sea-orm migrations, run at start by every service.
+//!
+//! - [`m20261127_000001_initial`]: users, login sessions, contacts and blocks,
+//!   conversations, messages, receipts, transfers and their chunks, files, notifications.
+//!
+//! Rules: an applied migration is never edited; a change is a new file named
+//! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
+//! `BIGINT` milliseconds since the Unix epoch, identical on SQLite and PostgreSQL, and ids
+//! as UUIDs (v7, time-ordered, so inserts append to the index).
+
+pub use sea_orm_migration::prelude::*;
+
+pub mod m20261127_000001_initial;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_initial::Migration)]
+    }
+}

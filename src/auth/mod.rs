@@ -1,0 +1,25 @@
+//! Authentication: who is calling.
+//!
+//! - [`passwords::PasswordHasher`]: argon2id hashing off the async threads, bounded.
+//! - [`tokens::TokenKeys`]: signs and verifies JWT access tokens (`sub`, `jti`, `iat`,
+//!   `exp`).
+//! - [`service::AuthService`]: register, login, logout, and [`service::AuthService::authenticate`],
+//!   which turns a token into an [`AuthUser`] only if its session is still active.
+//!
+//! Identity comes from the verified token only, never from a field the client sends.
+
+pub mod passwords;
+pub mod service;
+pub mod tokens;
+
+use crate::domain::{SessionId, UserId};
+
+/// The caller of a request, established from a verified, unrevoked token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthUser {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+}
+
+/// Name of the browser session cookie (HttpOnly, SameSite=Lax).
+pub const SESSION_COOKIE: &str = "sb_session";

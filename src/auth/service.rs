@@ -1,0 +1,166 @@
+//! The auth service: register, login, logout, and token authentication.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::passwords::PasswordHasher;
+use super::tokens::{Claims, TokenKeys};
+use super::AuthUser;
+use crate::config::AuthConfig;
+use crate::domain::{DisplayName, Password, SessionId, Username};
+use crate::error::AppError;
+use crate::ratelimit::KeyedLimiter;
+use crate::storage::Storage;
+use crate::storage::users::{CreateUserError, User};
+
+/// A successful login.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginOutcome {
+    pub access_token: String,
+    /// Expiry, in milliseconds since the Unix epoch (like every time in the API).
+    pub expires_at: i64,
+    pub user: User,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthService {
+    storage: Storage,
+    hasher: PasswordHasher,
+    keys: TokenKeys,
+    token_ttl_secs: i64,
+    limits: Arc<Limits>,
+}
+
+#[derive(Debug)]
+struct Limits {
+    login_ip: KeyedLimiter,
+    login_user: KeyedLimiter,
+    register_ip: KeyedLimiter,
+}
+
+impl AuthService {
+    pub fn new(storage: Storage, cfg: &AuthConfig, keys: TokenKeys) -> anyhow::Result<Self> {
+        Ok(Self {
+            storage,
+            hasher: PasswordHasher::new(cfg)?,
+            keys,
+            token_ttl_secs: i64::try_from(cfg.token_ttl_secs)?,
+            limits: Arc::new(Limits {
+                login_ip: KeyedLimiter::per_minute(cfg.login_per_ip_per_minute),
+                login_user: KeyedLimiter::per_minute(cfg.login_per_username_per_minute),
+                register_ip: KeyedLimiter::per_minute(cfg.register_per_ip_per_minute),
+            }),
+        })
+    }
+
+    /// Creates an account. 409 `username_taken` if the name (case-insensitively) exists.
+    pub async fn register(
+        &self,
+        ip: Option<IpAddr>,
+        username: &str,
+        password: String,
+        display_name: Option<&str>,
+    ) -> Result<User, AppError> {
+        if let Some(ip) = ip {
+            check(&self.limits.register_ip, &ip.to_string())?;
+        }
+        let username = Username::parse(username).map_err(invalid)?;
+        let password = Password::parse(password).map_err(invalid)?;
+        let display_name = match display_name {
+            Some(d) => DisplayName::parse(d).map_err(invalid)?,
+            None => DisplayName::from(&username),
+        };
+        let hash = self.hasher.hash(&password).await?;
+        match self.storage.users.create(&username, &display_name, hash, crate::now_ms()).await {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, username = %user.username, "user registered");
+                Ok(user)
+            }
+            Err(CreateUserError::UsernameTaken) => {
+                Err(AppError::conflict("username_taken", "this username is already taken"))
+            }
+            Err(CreateUserError::Db(e)) => Err(e.into()),
+        }
+    }
+
+    /// Checks credentials and issues a token. Unknown user and wrong password give the
+    /// same error, after the same work.
+    pub async fn login(
+        &self,
+        ip: Option<IpAddr>,
+        username: &str,
+        password: String,
+        user_agent: Option<String>,
+    ) -> Result<LoginOutcome, AppError> {
+        if let Some(ip) = ip {
+            check(&self.limits.login_ip, &ip.to_string())?;
+        }
+        let bad = || AppError::unauthorized("invalid_credentials", "wrong username or password");
+        // Malformed names or passwords cannot match an account: same answer as a wrong one.
+        let username = Username::parse(username).map_err(|_| bad())?;
+        check(&self.limits.login_user, username.as_str())?;
+        let password = Password::parse(password).map_err(|_| bad())?;
+        let found = self.storage.users.find_credentials(&username).await?;
+        let ok = self.hasher.verify(&password, found.as_ref().map(|(_, h)| h.as_str())).await?;
+        let Some((user, _)) = found.filter(|_| ok) else {
+            tracing::info!(username = %username, "login failed");
+            return Err(bad());
+        };
+        let now = chrono::Utc::now().timestamp();
+        let exp = now + self.token_ttl_secs;
+        let claims = Claims { sub: user.id, jti: SessionId::new(), iat: now, exp };
+        let user_agent = user_agent.map(|ua| ua.chars().take(256).collect());
+        self.storage.sessions.create(claims.jti, user.id, now * 1000, exp * 1000, user_agent).await?;
+        let access_token = self.keys.sign(&claims)?;
+        tracing::info!(user_id = %user.id, session = %claims.jti, "login");
+        Ok(LoginOutcome { access_token, expires_at: exp * 1000, user })
+    }
+
+    /// Revokes the caller's session: the token stops working at once.
+    pub async fn logout(&self, who: AuthUser) -> Result<(), AppError> {
+        self.storage.sessions.revoke(who.session_id, crate::now_ms()).await?;
+        tracing::info!(user_id = %who.user_id, session = %who.session_id, "logout");
+        Ok(())
+    }
+
+    /// Turns a token into the caller, or 401 if it is invalid, expired or revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AppError> {
+        let unauthorized = || AppError::unauthorized("invalid_token", "missing, invalid, expired or revoked token");
+        let claims = self.keys.verify(token).ok_or_else(unauthorized)?;
+        if !self.storage.sessions.is_active(claims.jti, claims.sub, crate::now_ms()).await? {
+            return Err(unauthorized());
+        }
+        Ok(AuthUser { user_id: claims.sub, session_id: claims.jti })
+    }
+
+    /// The caller's account (401 if it no longer exists).
+    pub async fn me(&self, who: AuthUser) -> Result<User, AppError> {
+        self.storage
+            .users
+            .find(who.user_id)
+            .await?
+            .ok_or_else(|| AppError::unauthorized("invalid_token", "the account no longer exists"))
+    }
+
+    /// Periodic housekeeping: forget idle rate-limit keys, delete long-expired sessions.
+    pub async fn housekeeping(&self) -> anyhow::Result<()> {
+        self.limits.login_ip.prune();
+        self.limits.login_user.prune();
+        self.limits.register_ip.prune();
+        let removed = self.storage.sessions.purge_expired(crate::now_ms()).await?;
+        if removed > 0 {
+            tracing::debug!(removed, "purged expired sessions");
+        }
+        Ok(())
+    }
+}
+
+fn check(limiter: &KeyedLimiter, key: &str) -> Result<(), AppError> {
+    limiter.check(key).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
+}
+
+fn invalid(e: crate::domain::InvalidInput) -> AppError {
+    AppError::bad_request(e.code, e.message)
+}

@@ -1,0 +1,120 @@
+//! The command line: `switchboard [all|auth|gateway|messaging|notify|migrate]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use crate::routes::Mount;
+use crate::startup::{Application, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "Switchboard: distributed one-to-one chat")]
+pub struct Cli {
+    /// TOML configuration file (see deploy/switchboard.sample.toml).
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (SQLite file, generated key, files).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… database URL.
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// amqp://… RabbitMQ URL; unset means the in-process bus.
+    #[arg(long, global = true)]
+    pub amqp_url: Option<String>,
+    /// Log filter, e.g. "info" or "switchboard=debug".
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Every service in one process (the default).
+    All,
+    /// The auth service: users, logins, contacts, search.
+    Auth,
+    /// The public gateway in front of the services.
+    Gateway,
+    /// The messaging service: conversations, messages, files, WebSocket.
+    Messaging,
+    /// The notification service.
+    Notify,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            amqp_url: self.amqp_url.clone(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::All);
+    let mount = match command {
+        Command::All => Some(Mount::All),
+        Command::Auth => Some(Mount::Auth),
+        Command::Migrate => None,
+        Command::Gateway | Command::Messaging | Command::Notify => {
+            eprintln!(
+                "switchboard: the `{}` service is not yet available in this version; \
+                 `switchboard all` (the default) runs everything that is",
+                format!("{command:?}").to_lowercase()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match mount {
+            Some(mount) => {
+                let app = Application::build(config, mount).await?;
+                app.run_until_stopped(shutdown_signal()).await
+            }
+            None => {
+                std::fs::create_dir_all(&config.data_dir)?;
+                crate::storage::connect(&config.database_url()).await?;
+                println!("migrations applied");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

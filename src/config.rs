@@ -1,0 +1,375 @@
+//! Configuration: defaults < config file < environment < flags, validated at start.
+//!
+//! - File: TOML, given by `--config FILE` or `SWITCHBOARD_CONFIG` (a sample with every
+//!   field is `deploy/switchboard.sample.toml`).
+//! - Environment: `SWITCHBOARD_<FIELD>`, nested fields joined by a double underscore,
+//!   e.g. `SWITCHBOARD_DATABASE_URL`, `SWITCHBOARD_AUTH__JWT_SECRET`.
+//! - Flags: the common fields (`--listen`, `--data-dir`, `--database-url`, `--amqp-url`,
+//!   `--log`) override everything.
+//!
+//! Every value is checked by [`Config::validate`]; a bad one stops start-up with a message
+//! that names the field and says what is expected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A secret string (JWT key, URL with a password): usable, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The whole configuration of one process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on. Port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database, the generated JWT key and stored files.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`. Unset: `sqlite://<data_dir>/switchboard.db`.
+    pub database_url: Option<Secret>,
+    /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`). Unset: the in-process bus.
+    pub amqp_url: Option<Secret>,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
+    pub log: String,
+    /// Authentication: tokens, cookies, password hashing, login limits.
+    pub auth: AuthConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC key for access tokens, at least 32 bytes; every node of a cluster needs the
+    /// same one. Unset on embedded defaults (SQLite, no broker): generated once and kept in
+    /// `<data_dir>/jwt.key` so that restarts do not log everyone out. Required otherwise.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of an access token, in seconds (60 s to 30 days).
+    pub token_ttl_secs: u64,
+    /// Mark the session cookie `Secure` (set this when served over HTTPS).
+    pub cookie_secure: bool,
+    /// Argon2id memory cost in KiB (OWASP: 19456 KiB with 2 passes).
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes over memory.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; the rest wait. Bounds CPU and memory under a
+    /// login flood. 0 means one per core.
+    pub max_concurrent_hashes: usize,
+    /// Login attempts per client address per minute.
+    pub login_per_ip_per_minute: u32,
+    /// Login attempts per username per minute (slows guessing one account from many
+    /// addresses).
+    pub login_per_username_per_minute: u32,
+    /// Registrations per client address per minute.
+    pub register_per_ip_per_minute: u32,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest JSON request body, in bytes.
+    pub max_json_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            amqp_url: None,
+            log: "info".to_owned(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_secs: 12 * 3600,
+            cookie_secure: false,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+            login_per_ip_per_minute: 30,
+            login_per_username_per_minute: 10,
+            register_per_ip_per_minute: 10,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_json_body_bytes: 64 * 1024 }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+/// The database behind a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl Config {
+    /// Loads the layers in order, then validates. `file` is the `--config` path, if any;
+    /// `env` is the process environment (passed in so tests need not touch global state).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SWITCHBOARD_") && k != "SWITCHBOARD_CONFIG")
+            .collect();
+        fig = fig.merge(StaticEnv(env));
+        fig = fig.merge(Serialized::defaults(flags));
+        let config: Config = fig.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the field and the accepted range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let a = &self.auth;
+        anyhow::ensure!(
+            (60..=30 * 24 * 3600).contains(&a.token_ttl_secs),
+            "auth.token_ttl_secs must be between 60 and 2592000 (30 days), got {}",
+            a.token_ttl_secs
+        );
+        if let Some(secret) = &a.jwt_secret {
+            anyhow::ensure!(
+                secret.expose().len() >= 32,
+                "auth.jwt_secret must be at least 32 bytes long (got {})",
+                secret.expose().len()
+            );
+        }
+        anyhow::ensure!(
+            (8 * 1024..=4 * 1024 * 1024).contains(&a.argon2_memory_kib),
+            "auth.argon2_memory_kib must be between 8192 and 4194304, got {}",
+            a.argon2_memory_kib
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&a.argon2_iterations),
+            "auth.argon2_iterations must be between 1 and 16, got {}",
+            a.argon2_iterations
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&a.argon2_parallelism),
+            "auth.argon2_parallelism must be between 1 and 16, got {}",
+            a.argon2_parallelism
+        );
+        anyhow::ensure!(
+            a.max_concurrent_hashes <= 256,
+            "auth.max_concurrent_hashes must be at most 256 (0 = one per core), got {}",
+            a.max_concurrent_hashes
+        );
+        for (name, v) in [
+            ("auth.login_per_ip_per_minute", a.login_per_ip_per_minute),
+            ("auth.login_per_username_per_minute", a.login_per_username_per_minute),
+            ("auth.register_per_ip_per_minute", a.register_per_ip_per_minute),
+        ] {
+            anyhow::ensure!((1..=1_000_000).contains(&v), "{name} must be between 1 and 1000000, got {v}");
+        }
+        let l = &self.limits;
+        anyhow::ensure!(
+            (1024..=16 * 1024 * 1024).contains(&l.max_json_body_bytes),
+            "limits.max_json_body_bytes must be between 1024 and 16777216, got {}",
+            l.max_json_body_bytes
+        );
+        self.database_kind()?;
+        if let Some(url) = &self.amqp_url {
+            let u = url.expose();
+            anyhow::ensure!(
+                u.starts_with("amqp://") || u.starts_with("amqps://"),
+                "amqp_url must start with amqp:// or amqps://"
+            );
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .with_context(|| format!("log: {:?} is not a valid log filter", self.log))?;
+        Ok(())
+    }
+
+    /// The database URL in force: the configured one, or the SQLite file in `data_dir`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("switchboard.db").display()),
+        }
+    }
+
+    /// Which database the URL names; an error for any other scheme.
+    pub fn database_kind(&self) -> anyhow::Result<DatabaseKind> {
+        let url = self.database_url();
+        if url.starts_with("sqlite:") {
+            Ok(DatabaseKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseKind::Postgres)
+        } else {
+            anyhow::bail!("database_url must start with sqlite:// or postgres://")
+        }
+    }
+
+    /// True on the embedded defaults (SQLite and the in-process bus): one node, so a
+    /// generated JWT key kept on disk is safe.
+    pub fn is_embedded(&self) -> bool {
+        self.amqp_url.is_none() && matches!(self.database_kind(), Ok(DatabaseKind::Sqlite))
+    }
+}
+
+/// An environment provider over given pairs (`SWITCHBOARD_AUTH__JWT_SECRET` →
+/// `auth.jwt_secret`), with figment's usual value parsing.
+struct StaticEnv(Vec<(String, String)>);
+
+impl figment::Provider for StaticEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (k, v) in &self.0 {
+            let Some(rest) = k.strip_prefix("SWITCHBOARD_") else { continue };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let value: figment::value::Value = v.parse().unwrap_or_else(|_| v.clone().into());
+            insert_path(&mut dict, &path, value);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter().map(|e| format!("configuration error: {e}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).expect("defaults load");
+        assert_eq!(c, Config::default());
+        assert!(c.is_embedded());
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn environment_overrides_defaults_and_flags_override_environment() {
+        let vars = env(&[
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:9000"),
+            ("SWITCHBOARD_AUTH__TOKEN_TTL_SECS", "120"),
+            ("SWITCHBOARD_AUTH__JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("UNRELATED", "x"),
+        ]);
+        let c = Config::load(None, vars.clone(), &Overrides::default()).expect("loads");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.auth.token_ttl_secs, 120);
+        let flags = Overrides { listen: Some("127.0.0.1:9100".parse().expect("addr")), ..Default::default() };
+        let c = Config::load(None, vars, &flags).expect("loads");
+        assert_eq!(c.listen.port(), 9100);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Overrides::default()).expect_err("must fail").to_string()
+        };
+        assert!(err(&[("SWITCHBOARD_AUTH__TOKEN_TTL_SECS", "5")]).contains("auth.token_ttl_secs"));
+        assert!(err(&[("SWITCHBOARD_AUTH__TOKEN_TTL_SECS", "soon")]).contains("token_ttl_secs"));
+        assert!(err(&[("SWITCHBOARD_AUTH__JWT_SECRET", "short")]).contains("at least 32 bytes"));
+        assert!(err(&[("SWITCHBOARD_DATABASE_URL", "mysql://x")]).contains("database_url"));
+        assert!(err(&[("SWITCHBOARD_AMQP_URL", "http://x")]).contains("amqp_url"));
+        assert!(err(&[("SWITCHBOARD_LISTEN", "nowhere")]).contains("listen"));
+        assert!(err(&[("SWITCHBOARD_NO_SUCH_FIELD", "1")]).contains("no_such_field"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config {
+            amqp_url: Some(Secret::new("amqp://guest:hunter2@localhost")),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn postgres_or_broker_is_not_embedded() {
+        let c = Config { database_url: Some(Secret::new("postgres://localhost/x")), ..Config::default() };
+        assert!(!c.is_embedded());
+        let c = Config { amqp_url: Some(Secret::new("amqp://localhost")), ..Config::default() };
+        assert!(!c.is_embedded());
+    }
+}

@@ -1,0 +1,233 @@
+//! Domain types: typed ids and inputs parsed once at the edge.
+//!
+//! A value of [`Username`], [`Password`] or [`DisplayName`] is valid by construction;
+//! code past the handler never re-checks it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new time-ordered (v7) id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+            /// Parses the textual form; `None` for anything that is not a UUID.
+            pub fn parse(s: &str) -> Option<Self> {
+                Uuid::parse_str(s).ok().map(Self)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A user account.
+    UserId
+);
+typed_id!(
+    /// A login session: the `jti` of the access token it issued.
+    SessionId
+);
+typed_id!(
+    /// A one-to-one conversation.
+    ConversationId
+);
+typed_id!(
+    /// A stored message.
+    MessageId
+);
+typed_id!(
+    /// A file upload in progress or done.
+    TransferId
+);
+typed_id!(
+    /// A stored file.
+    FileId
+);
+
+/// Why an input was refused; `code` is stable for clients, `message` says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidInput {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> InvalidInput {
+    InvalidInput { code, message: message.into() }
+}
+
+/// A username: 3–32 characters of `[a-z0-9_.-]`, stored lower-cased so that `Alice` and
+/// `alice` are the same account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+impl Username {
+    pub const MIN: usize = 3;
+    pub const MAX: usize = 32;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let s = raw.trim().to_ascii_lowercase();
+        let n = s.chars().count();
+        if !(Self::MIN..=Self::MAX).contains(&n) {
+            return Err(invalid(
+                "invalid_username",
+                format!("username must be {} to {} characters", Self::MIN, Self::MAX),
+            ));
+        }
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')) {
+            return Err(invalid(
+                "invalid_username",
+                "username may contain only letters a-z, digits and _ . -",
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A password: 8–1024 bytes. Never printed.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub const MIN: usize = 8;
+    pub const MAX: usize = 1024;
+
+    pub fn parse(raw: String) -> Result<Self, InvalidInput> {
+        if raw.len() < Self::MIN || raw.len() > Self::MAX {
+            return Err(invalid(
+                "invalid_password",
+                format!("password must be {} to {} bytes", Self::MIN, Self::MAX),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+/// A display name: 1–64 characters after trimming, no control characters. Defaults to
+/// the username.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
+        let s = raw.trim();
+        let n = s.chars().count();
+        if n == 0 || n > Self::MAX {
+            return Err(invalid(
+                "invalid_display_name",
+                format!("display name must be 1 to {} characters", Self::MAX),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(invalid("invalid_display_name", "display name may not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&Username> for DisplayName {
+    fn from(u: &Username) -> Self {
+        Self(u.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_lowercased_and_bounded() {
+        assert_eq!(Username::parse("Alice").map(|u| u.0), Ok("alice".to_owned()));
+        assert_eq!(Username::parse("  a.b-c_9 ").map(|u| u.0), Ok("a.b-c_9".to_owned()));
+        assert!(Username::parse("ab").is_err());
+        assert!(Username::parse(&"a".repeat(33)).is_err());
+        assert!(Username::parse(&"a".repeat(32)).is_ok());
+        for bad in ["al ice", "alice!", "élise", "al/ice", "a\u{0}bc", ""] {
+            assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn passwords_are_bounded_in_bytes() {
+        assert!(Password::parse("1234567".into()).is_err());
+        assert!(Password::parse("12345678".into()).is_ok());
+        assert!(Password::parse("x".repeat(1024)).is_ok());
+        assert!(Password::parse("x".repeat(1025)).is_err());
+        // 4 × 2-byte characters = 8 bytes.
+        assert!(Password::parse("éééé".into()).is_ok());
+        assert!(!format!("{:?}", Password::parse("secret-pass".into())).contains("secret"));
+    }
+
+    #[test]
+    fn display_names_are_trimmed_and_bounded() {
+        assert_eq!(DisplayName::parse("  Ann  ").map(|d| d.0), Ok("Ann".to_owned()));
+        assert!(DisplayName::parse("   ").is_err());
+        assert!(DisplayName::parse(&"é".repeat(64)).is_ok());
+        assert!(DisplayName::parse(&"é".repeat(65)).is_err());
+        assert!(DisplayName::parse("a\nb").is_err());
+        // Markup is allowed as text; templates and clients escape it.
+        assert!(DisplayName::parse("<b>x</b>").is_ok());
+    }
+
+    #[test]
+    fn ids_parse_only_uuids() {
+        assert!(UserId::parse("not-a-uuid").is_none());
+        let id = UserId::new();
+        assert_eq!(UserId::parse(&id.to_string()), Some(id));
+    }
+}

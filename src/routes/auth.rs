@@ -1,0 +1,132 @@
+//! `/api/auth/*`: register, login, logout, me; and the [`require_auth`] hoop.
+
+use salvo::http::cookie::{Cookie, SameSite};
+use salvo::http::header;
+use salvo::prelude::*;
+use serde::Deserialize;
+
+use super::state;
+use crate::auth::{AuthUser, SESSION_COOKIE};
+use crate::error::AppError;
+
+pub fn router() -> Router {
+    Router::with_path("api/auth")
+        .push(Router::with_path("register").post(register))
+        .push(Router::with_path("login").post(login))
+        .push(Router::with_path("logout").hoop(require_auth).post(logout))
+        .push(Router::with_path("me").hoop(require_auth).get(me))
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// Parses a JSON body within the configured size limit.
+async fn json_body<T: serde::de::DeserializeOwned>(req: &mut Request, depot: &Depot) -> Result<T, AppError> {
+    let limit = state(depot)?.config.limits.max_json_body_bytes;
+    req.parse_json_with_max_size::<T>(limit).await.map_err(|e| AppError::from_parse(e, limit))
+}
+
+/// `POST /api/auth/register` → 201 with the new user.
+#[handler]
+async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let body: RegisterBody = json_body(req, depot).await?;
+    let ip = req.remote_addr().ip();
+    let user = state(depot)?.auth.register(ip, &body.username, body.password, body.display_name.as_deref()).await?;
+    res.status_code(StatusCode::CREATED);
+    res.render(Json(user));
+    Ok(())
+}
+
+/// `POST /api/auth/login` → 200 `{access_token, expires_at, user}` and the session cookie.
+#[handler]
+async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let body: LoginBody = json_body(req, depot).await?;
+    let ip = req.remote_addr().ip();
+    let ua = req.header::<String>(header::USER_AGENT);
+    let st = state(depot)?;
+    let out = st.auth.login(ip, &body.username, body.password, ua).await?;
+    let max_age = (out.expires_at - crate::now_ms()) / 1000;
+    res.add_cookie(session_cookie(out.access_token.clone(), max_age, st.config.auth.cookie_secure));
+    res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    res.render(Json(out));
+    Ok(())
+}
+
+/// `POST /api/auth/logout` → 204; the token is revoked and the cookie cleared.
+#[handler]
+async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let st = state(depot)?;
+    st.auth.logout(who).await?;
+    res.add_cookie(session_cookie(String::new(), 0, st.config.auth.cookie_secure));
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `GET /api/auth/me` → the caller.
+#[handler]
+async fn me(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let user = state(depot)?.auth.me(who).await?;
+    res.render(Json(user));
+    Ok(())
+}
+
+fn session_cookie(value: String, max_age_secs: i64, secure: bool) -> Cookie<'static> {
+    Cookie::build((SESSION_COOKIE, value))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .path("/")
+        .max_age(salvo::http::cookie::time::Duration::seconds(max_age_secs.max(0)))
+        .build()
+}
+
+/// The token a request carries: `Authorization: Bearer …` first, else the session cookie.
+pub fn request_token(req: &Request) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+    }
+    req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// The authenticated caller, put in the depot by [`require_auth`].
+pub fn caller(depot: &Depot) -> Result<AuthUser, AppError> {
+    depot
+        .get_typed::<AuthUser>()
+        .copied()
+        .map_err(|_| AppError::unauthorized("invalid_token", "authentication required"))
+}
+
+/// Hoop: 401 unless the request carries a valid, unrevoked token; otherwise the caller
+/// goes in the depot as an [`AuthUser`].
+#[handler]
+pub async fn require_auth(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let result = match (request_token(req), state(depot)) {
+        (_, Err(e)) => Err(e),
+        (None, _) => Err(AppError::unauthorized("invalid_token", "authentication required")),
+        (Some(token), Ok(st)) => st.auth.authenticate(&token).await,
+    };
+    match result {
+        Ok(who) => {
+            depot.insert_typed(who);
+        }
+        Err(e) => {
+            e.write(req, depot, res).await;
+            ctrl.skip_rest();
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! HTTP routes, grouped by resource.
+//!
+//! - [`health`]: `GET /healthz`, `GET /readyz` (every service).
+//! - [`auth`]: `/api/auth/*` (the auth service) and the `require_auth` hoop.
+//! - [`pages`]: server-rendered pages and embedded static files.
+//!
+//! [`AppState`] is put in every request's depot by the [`InjectState`] hoop; handlers
+//! take it from there with [`state`].
+
+pub mod auth;
+pub mod health;
+pub mod pages;
+
+use std::sync::Arc;
+
+use salvo::http::header::{self, HeaderValue};
+use salvo::prelude::*;
+
+use crate::auth::service::AuthService;
+use crate::config::Config;
+use crate::error::AppError;
+use crate::storage::Storage;
+
+/// What every handler may need. Cheap to clone (handles and `Arc`s).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub storage: Storage,
+    pub auth: AuthService,
+}
+
+/// Which services' routes one process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mount {
+    /// Everything (`switchboard all`).
+    All,
+    /// The auth service alone (`switchboard auth`).
+    Auth,
+}
+
+/// The router of one process.
+pub fn router(state: AppState, mount: Mount) -> Router {
+    let mut root = Router::new()
+        .hoop(InjectState(state))
+        .hoop(security_headers)
+        .push(health::router())
+        .push(auth::router());
+    if mount == Mount::All {
+        root = root.push(pages::router());
+    }
+    root
+}
+
+/// Takes the [`AppState`] out of the depot.
+pub fn state(depot: &Depot) -> Result<&AppState, AppError> {
+    depot
+        .get_typed::<AppState>()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("AppState missing from depot")))
+}
+
+/// Hoop that puts the [`AppState`] in the depot.
+pub struct InjectState(pub AppState);
+
+#[async_trait]
+impl Handler for InjectState {
+    async fn handle(&self, _req: &mut Request, depot: &mut Depot, _res: &mut Response, _ctrl: &mut FlowCtrl) {
+        depot.insert_typed(self.0.clone());
+    }
+}
+
+/// Headers on every response: no MIME sniffing, no framing, no referrer leaks, and a
+/// CSP that allows only our own scripts and styles.
+#[handler]
+async fn security_headers(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    ctrl.call_next(req, depot, res).await;
+    let h = res.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+}

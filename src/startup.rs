@@ -1,0 +1,164 @@
+//! Building and running one process: `Application::build(config, mount)` → `local_addr()`
+//! → `run_until_stopped(shutdown)`.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use salvo::catcher::Catcher;
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::prelude::*;
+
+use crate::auth::service::AuthService;
+use crate::auth::tokens::TokenKeys;
+use crate::config::{Config, Secret};
+use crate::error::json_catcher;
+use crate::routes::{self, AppState, Mount};
+use crate::storage::{self, Storage};
+
+/// Pending connections the kernel queues for us. Tokio's default (128) drops SYNs in a
+/// reconnect storm, and every dropped SYN costs the client a one-second retry.
+const LISTEN_BACKLOG: u32 = 4096;
+/// How long a graceful shutdown waits for open requests before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often expired sessions and idle rate-limit keys are cleaned up.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// One running process: its listener, state and router.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    state: AppState,
+    service: Service,
+}
+
+impl Application {
+    /// Prepares the data directory, the database (migrations included), the services of
+    /// `mount`, and binds the listener.
+    pub async fn build(config: Config, mount: Mount) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let secret = resolve_jwt_secret(&config)?;
+        let db = storage::connect(&config.database_url()).await?;
+        let storage = Storage::new(db);
+        let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
+        let state = AppState { config: Arc::new(config.clone()), storage, auth };
+        let router = routes::router(state.clone(), mount);
+        let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));
+        let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let acceptor = TcpAcceptor::try_from(listener)?;
+        Ok(Self { acceptor, local_addr, state, service })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops gracefully.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let server = Server::new(self.acceptor);
+        let handle = server.handle();
+        let auth = self.state.auth.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = auth.housekeeping().await {
+                    tracing::warn!(error = %format!("{e:#}"), "housekeeping failed");
+                }
+            }
+        });
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            handle.stop_graceful(SHUTDOWN_GRACE);
+        });
+        tracing::info!(addr = %self.local_addr, "listening");
+        server.serve(self.service).await;
+        housekeeping.abort();
+        self.state.storage.db.clone().close().await.ok();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The JWT key: configured, or on embedded defaults generated once and kept in
+/// `<data_dir>/jwt.key` (mode 0600) so restarts keep everyone logged in.
+pub fn resolve_jwt_secret(config: &Config) -> anyhow::Result<Secret> {
+    if let Some(s) = &config.auth.jwt_secret {
+        return Ok(s.clone());
+    }
+    anyhow::ensure!(
+        config.is_embedded(),
+        "auth.jwt_secret (environment SWITCHBOARD_AUTH__JWT_SECRET) is required with PostgreSQL or \
+         RabbitMQ: every node must verify the same tokens"
+    );
+    load_or_create_key(&config.data_dir.join("jwt.key"))
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<Secret> {
+    let read = |path: &Path| -> anyhow::Result<Secret> {
+        let s = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let s = s.trim();
+        anyhow::ensure!(s.len() >= 32, "{} holds a key shorter than 32 bytes; delete it to make a new one", path.display());
+        Ok(Secret::new(s))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    let bytes: [u8; 32] = rand::random();
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(mut f) => {
+            f.write_all(key.as_bytes())?;
+            f.sync_all()?;
+            tracing::info!(path = %path.display(), "generated a new JWT key");
+            Ok(Secret::new(key))
+        }
+        // Another process sharing the data directory made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,14 @@
+//! SeaORM entities, one module per table (schema: the `migration` crate). Repositories
+//! in the parent module are the only users of these.
+
+pub mod block;
+pub mod contact;
+pub mod conversation;
+pub mod file;
+pub mod login_session;
+pub mod message;
+pub mod notification;
+pub mod receipt;
+pub mod transfer;
+pub mod transfer_chunk;
+pub mod user;

@@ -1,0 +1,72 @@
+//! Storage: the database connection and one repository per aggregate (DESIGN.md §5).
+//!
+//! - [`connect`] opens SQLite (WAL, `synchronous=FULL`, busy timeout, foreign keys) or
+//!   PostgreSQL by URL and runs the migrations.
+//! - [`entities`]: SeaORM entities, one per table.
+//! - [`users::UserRepo`]: accounts.
+//! - [`sessions::SessionRepo`]: login sessions, i.e. issued tokens and their revocation.
+//!
+//! Handlers and actors call repositories, never SQL directly. Later aggregates
+//! (contacts, conversations and messages, transfers and files, notifications) get their
+//! repository here with the issue that builds them; the schema for them exists already.
+
+pub mod entities;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr};
+
+/// How long a SQLite writer waits for another (process or connection) to finish before
+/// failing with "database is locked". Generous: several processes may share one file.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The repositories of one process, sharing one connection pool.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pub db: DatabaseConnection,
+    pub users: users::UserRepo,
+    pub sessions: sessions::SessionRepo,
+}
+
+impl Storage {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { users: users::UserRepo::new(db.clone()), sessions: sessions::SessionRepo::new(db.clone()), db }
+    }
+
+    /// Is the database answering? (For `/readyz`.)
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+}
+
+/// Connects to `url` and brings the schema up to date.
+pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false).connect_timeout(Duration::from_secs(10)).acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        // WAL lets readers run beside the one writer; FULL makes an acknowledged commit
+        // survive a power cut (fsync is cheap here, and group commit amortises it).
+        opts.max_connections(8).min_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+                .create_if_missing(true)
+        });
+    } else {
+        opts.max_connections(16).min_connections(1);
+    }
+    let db = Database::connect(opts).await.context("cannot connect to the database")?;
+    Migrator::up(&db, None).await.context("cannot apply database migrations")?;
+    Ok(db)
+}
+
+/// True when `err` is a unique-constraint violation (a duplicate insert).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
