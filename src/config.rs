@@ -169,10 +169,8 @@ impl Config {
             anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
             fig = fig.merge(Toml::file_exact(path));
         }
-        let env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("SWITCHBOARD_") && k != "SWITCHBOARD_CONFIG")
-            .collect();
+        let env: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with("SWITCHBOARD_") && k != "SWITCHBOARD_CONFIG").collect();
         fig = fig.merge(StaticEnv(env));
         fig = fig.merge(Serialized::defaults(flags));
         let config: Config = fig.extract().map_err(|e| anyhow::anyhow!(describe_figment_error(e)))?;
@@ -296,9 +294,8 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
             dict.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            let entry =
+                dict.entry(first.clone()).or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
             if let figment::value::Value::Dict(_, inner) = entry {
                 insert_path(inner, rest, value);
             }
@@ -358,10 +355,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let c = Config {
-            amqp_url: Some(Secret::new("amqp://guest:hunter2@localhost")),
-            ..Config::default()
-        };
+        let c = Config { amqp_url: Some(Secret::new("amqp://guest:hunter2@localhost")), ..Config::default() };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

@@ -103,10 +103,7 @@ impl Username {
             ));
         }
         if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')) {
-            return Err(invalid(
-                "invalid_username",
-                "username may contain only letters a-z, digits and _ . -",
-            ));
+            return Err(invalid("invalid_username", "username may contain only letters a-z, digits and _ . -"));
         }
         Ok(Self(s))
     }
@@ -132,10 +129,7 @@ impl Password {
 
     pub fn parse(raw: String) -> Result<Self, InvalidInput> {
         if raw.len() < Self::MIN || raw.len() > Self::MAX {
-            return Err(invalid(
-                "invalid_password",
-                format!("password must be {} to {} bytes", Self::MIN, Self::MAX),
-            ));
+            return Err(invalid("invalid_password", format!("password must be {} to {} bytes", Self::MIN, Self::MAX)));
         }
         Ok(Self(raw))
     }
@@ -164,10 +158,7 @@ impl DisplayName {
         let s = raw.trim();
         let n = s.chars().count();
         if n == 0 || n > Self::MAX {
-            return Err(invalid(
-                "invalid_display_name",
-                format!("display name must be 1 to {} characters", Self::MAX),
-            ));
+            return Err(invalid("invalid_display_name", format!("display name must be 1 to {} characters", Self::MAX)));
         }
         if s.chars().any(char::is_control) {
             return Err(invalid("invalid_display_name", "display name may not contain control characters"));

@@ -24,9 +24,7 @@ impl KeyedLimiter {
     /// `Ok` if `key` may proceed; otherwise the seconds until it may (at least 1).
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let key = key.to_owned();
-        self.inner
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()).as_secs().max(1))
+        self.inner.check_key(&key).map_err(|not_until| not_until.wait_time_from(self.clock.now()).as_secs().max(1))
     }
 
     /// Forgets keys whose state is back to full capacity.

@@ -113,7 +113,11 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Secret> {
     let read = |path: &Path| -> anyhow::Result<Secret> {
         let s = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let s = s.trim();
-        anyhow::ensure!(s.len() >= 32, "{} holds a key shorter than 32 bytes; delete it to make a new one", path.display());
+        anyhow::ensure!(
+            s.len() >= 32,
+            "{} holds a key shorter than 32 bytes; delete it to make a new one",
+            path.display()
+        );
         Ok(Secret::new(s))
     };
     if path.exists() {

@@ -34,10 +34,7 @@ impl PasswordHasher {
         };
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let random: [u8; 32] = rand::random();
-        let dummy_hash = argon
-            .hash_password(&random)
-            .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
-            .to_string();
+        let dummy_hash = argon.hash_password(&random).map_err(|e| anyhow::anyhow!("argon2: {e}"))?.to_string();
         Ok(Self { params, permits: Arc::new(Semaphore::new(permits)), dummy_hash: dummy_hash.into() })
     }
 

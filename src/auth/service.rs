@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::AuthUser;
 use super::passwords::PasswordHasher;
 use super::tokens::{Claims, TokenKeys};
-use super::AuthUser;
 use crate::config::AuthConfig;
 use crate::domain::{DisplayName, Password, SessionId, Username};
 use crate::error::AppError;

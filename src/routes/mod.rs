@@ -40,11 +40,8 @@ pub enum Mount {
 
 /// The router of one process.
 pub fn router(state: AppState, mount: Mount) -> Router {
-    let mut root = Router::new()
-        .hoop(InjectState(state))
-        .hoop(security_headers)
-        .push(health::router())
-        .push(auth::router());
+    let mut root =
+        Router::new().hoop(InjectState(state)).hoop(security_headers).push(health::router()).push(auth::router());
     if mount == Mount::All {
         root = root.push(pages::router());
     }
@@ -53,9 +50,7 @@ pub fn router(state: AppState, mount: Mount) -> Router {
 
 /// Takes the [`AppState`] out of the depot.
 pub fn state(depot: &Depot) -> Result<&AppState, AppError> {
-    depot
-        .get_typed::<AppState>()
-        .map_err(|_| AppError::Internal(anyhow::anyhow!("AppState missing from depot")))
+    depot.get_typed::<AppState>().map_err(|_| AppError::Internal(anyhow::anyhow!("AppState missing from depot")))
 }
 
 /// Hoop that puts the [`AppState`] in the depot.

@@ -10,9 +10,7 @@ use salvo::prelude::*;
 use crate::error::AppError;
 
 pub fn router() -> Router {
-    Router::new()
-        .push(Router::new().get(index))
-        .push(Router::with_path("static/{file}").get(static_file))
+    Router::new().push(Router::new().get(index)).push(Router::with_path("static/{file}").get(static_file))
 }
 
 #[derive(Template)]

@@ -2,9 +2,9 @@
 //!
 //! - [`connect`] opens SQLite (WAL, `synchronous=FULL`, busy timeout, foreign keys) or
 //!   PostgreSQL by URL and runs the migrations.
-//! - [`entities`]: SeaORM entities, one per table.
-//! - [`users::UserRepo`]: accounts.
-//! - [`sessions::SessionRepo`]: login sessions, i.e. issued tokens and their revocation.
+//! - [`entities`], SeaORM entities, one per table.
+//! - [`users::UserRepo`], accounts.
+//! - [`sessions::SessionRepo`], login sessions, i.e. issued tokens and their revocation.
 //!
 //! Handlers and actors call repositories, never SQL directly. Later aggregates
 //! (contacts, conversations and messages, transfers and files, notifications) get their

@@ -1,6 +1,6 @@
 //! The users repository: accounts and their credentials.
 
-use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait, QueryFilter, ColumnTrait, ActiveModelTrait};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use serde::Serialize;
 
 use super::entities::user;
@@ -70,10 +70,7 @@ impl UserRepo {
 
     /// The user and password hash for a login, if the username exists.
     pub async fn find_credentials(&self, username: &Username) -> Result<Option<(User, String)>, DbErr> {
-        let found = user::Entity::find()
-            .filter(user::Column::Username.eq(username.as_str()))
-            .one(&self.db)
-            .await?;
+        let found = user::Entity::find().filter(user::Column::Username.eq(username.as_str())).one(&self.db).await?;
         Ok(found.map(|m| {
             let hash = m.password_hash.clone();
             (User::from(m), hash)

@@ -1,1 +1,15 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
+//! Integration tests: the real app on real sockets, a real SQLite file per test, and the
+//! local PostgreSQL where a module says so. One binary with modules, to link once.
+//!
+//! - [`helpers`]: `spawn_app()` and the `TestApp` client.
+//! - [`auth`]: the auth API, instantiated once per database backend.
+//! - [`health`]: health endpoints, error shapes, security headers.
+//! - [`runtime`]: configuration file, restart with the same data, CLI exit codes,
+//!   graceful shutdown.
+
+mod auth;
+mod health;
+mod helpers;
+mod runtime;

@@ -1,0 +1,76 @@
+//! Health endpoints, the JSON error shape for unknown routes, headers on every response,
+//! and the login rate limits.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{Backend, PASSWORD, error_code, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/healthz")).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.expect("json")["status"], "ok");
+    let r = app.client.get(app.url("/readyz")).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.expect("json")["database"], "ok");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/api/no/such/thing")).send().await.expect("sent");
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    let r = app.client.get(app.url("/api/auth/login")).send().await.expect("sent");
+    assert_eq!(error_code(r, StatusCode::METHOD_NOT_ALLOWED).await, "method_not_allowed");
+    let r = app.client.get(app.url("/static/..%2fCargo.toml")).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn pages_are_served_with_security_headers() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/")).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = r.headers().clone();
+    assert!(h["content-type"].to_str().expect("ascii").starts_with("text/html"));
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    let csp = h["content-security-policy"].to_str().expect("ascii");
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(r.text().await.expect("body").contains("Switchboard"));
+    let r = app.client.get(app.url("/static/style.css")).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().expect("ascii").starts_with("text/css"));
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_per_username_and_per_address() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.auth.login_per_username_per_minute = 3;
+        c.auth.login_per_ip_per_minute = 6;
+    })
+    .await;
+    app.register("henry", PASSWORD).await;
+    for _ in 0..3 {
+        assert_eq!(app.login("henry", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // The fourth try for this name is refused even with the right password.
+    let r = app.login("henry", PASSWORD).await;
+    let retry: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
+    // Other names from the same address pass until the per-address budget (6) is spent.
+    assert_eq!(app.login("ivan", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login("judy", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login("kim", "wrong password").await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn registration_is_rate_limited_per_address() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.auth.register_per_ip_per_minute = 2).await;
+    assert_eq!(app.register("user1", PASSWORD).await.status(), StatusCode::CREATED);
+    assert_eq!(app.register("user2", PASSWORD).await.status(), StatusCode::CREATED);
+    assert_eq!(app.register("user3", PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}

@@ -1,0 +1,197 @@
+//! The test harness: start the real application on port 0 with its own data directory
+//! and database, and talk to it over HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use switchboard::config::{Config, Secret};
+use switchboard::routes::Mount;
+use switchboard::startup::Application;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// The key every test app signs with, so tests can forge tokens on purpose.
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Which database a test app uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh SQLite file in the test's temporary directory.
+    Sqlite,
+    /// A fresh database on the local PostgreSQL, dropped when the app is.
+    Postgres,
+}
+
+/// Maintenance URL of the local PostgreSQL (trust auth); override with
+/// `SB_TEST_PG_URL`.
+fn pg_admin_url() -> String {
+    std::env::var("SB_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub config: Config,
+    /// Keeps the data directory alive for the app's lifetime.
+    pub data_dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pg_database: Option<String>,
+}
+
+/// Test configuration: port 0, its own data directory, generous rate limits.
+pub fn test_config(data_dir: &TempDir) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.path().to_path_buf(),
+        log: "warn".into(),
+        ..Config::default()
+    };
+    c.auth.jwt_secret = Some(Secret::new(TEST_JWT_SECRET));
+    c.auth.login_per_ip_per_minute = 100_000;
+    c.auth.login_per_username_per_minute = 100_000;
+    c.auth.register_per_ip_per_minute = 100_000;
+    c
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Backend::Sqlite, |_| {}).await
+}
+
+/// Starts an app on `backend`, after `tweak` has adjusted its configuration.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(&data_dir);
+    let mut pg_database = None;
+    if backend == Backend::Postgres {
+        let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(pg_admin_url()).await.expect("connect to local PostgreSQL");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
+        admin.close().await.ok();
+        let base = pg_admin_url();
+        let base = base.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("pg url has a path");
+        config.database_url = Some(Secret::new(format!("{base}/{name}")));
+        pg_database = Some(name);
+    }
+    tweak(&mut config);
+    start(config, data_dir, pg_database).await
+}
+
+async fn start(config: Config, data_dir: TempDir, pg_database: Option<String>) -> TestApp {
+    switchboard::telemetry::init(&config.log);
+    let app = Application::build(config.clone(), Mount::All).await.expect("app builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let client = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    TestApp { addr, client, config, data_dir, shutdown: Some(tx), server: Some(server), pg_database }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server and waits until it has stopped; returns the data directory so a
+    /// test can start a new app on the same data.
+    pub async fn stop(mut self) -> (Config, TempDir) {
+        self.stop_server().await;
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        (self.config.clone(), data_dir)
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(20), server)
+                .await
+                .expect("server stops within 20 s")
+                .expect("server task joined")
+                .expect("server ran without error");
+        }
+    }
+
+    /// Restarts on the same data directory and configuration (a new port).
+    pub async fn restart(self) -> TestApp {
+        let pg = self.pg_database.clone();
+        let mut me = self;
+        me.pg_database = None; // keep the database across the restart
+        let (mut config, data_dir) = me.stop().await;
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        start(config, data_dir, pg).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Response {
+        self.post_json("/api/auth/register", &json!({"username": username, "password": password})).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.post_json("/api/auth/login", &json!({"username": username, "password": password})).await
+    }
+
+    /// Registers `username` with [`PASSWORD`] and logs in; returns the access token.
+    pub async fn signup(&self, username: &str) -> String {
+        let r = self.register(username, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "register {username}");
+        let r = self.login(username, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK, "login {username}");
+        let body: Value = r.json().await.expect("json");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn me(&self, token: &str) -> Response {
+        self.client.get(self.url("/api/auth/me")).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    pub async fn logout(&self, token: &str) -> Response {
+        self.client.post(self.url("/api/auth/logout")).bearer_auth(token).send().await.expect("request sent")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(name) = self.pg_database.take() {
+            // Drop the test database from a thread of its own: Drop cannot await, and the
+            // test's runtime may be shutting down.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(async move {
+                    if let Ok(admin) = Database::connect(pg_admin_url()).await {
+                        let _ =
+                            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+                        admin.close().await.ok();
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Asserts the JSON error shape and returns the error code.
+pub async fn error_code(resp: Response, status: StatusCode) -> String {
+    assert_eq!(resp.status(), status, "unexpected status");
+    let body: Value = resp.json().await.expect("error body is JSON");
+    let code = body["error"]["code"].as_str().expect("error.code").to_owned();
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error.message: {body}");
+    code
+}

@@ -1,0 +1,104 @@
+//! Running the process: the sample configuration, restarts on the same data, the
+//! generated JWT key, and the command line.
+
+use std::path::Path;
+use std::process::Command;
+
+use reqwest::StatusCode;
+use switchboard::config::{Config, Overrides};
+
+use crate::helpers::{Backend, PASSWORD, spawn_app_with};
+
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn sample_config_parses_and_matches_the_defaults() {
+    let path = repo_file("deploy/switchboard.sample.toml");
+    let c = Config::load(Some(&path), Vec::<(String, String)>::new(), &Overrides::default()).expect("sample parses");
+    // The sample documents the defaults; if a default changes, the sample must too.
+    let mut expected = Config::default();
+    expected.auth.jwt_secret = c.auth.jwt_secret.clone();
+    assert_eq!(c, expected);
+}
+
+#[tokio::test]
+async fn restart_keeps_users_and_sessions_with_the_generated_key() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.auth.jwt_secret = None).await;
+    let token = app.signup("lena").await;
+    let key_path = app.data_dir.path().join("jwt.key");
+    let key = std::fs::read_to_string(&key_path).expect("key generated");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+    }
+    let app = app.restart().await;
+    assert_eq!(std::fs::read_to_string(&key_path).expect("key kept"), key);
+    assert_eq!(app.me(&token).await.status(), StatusCode::OK, "token survives a restart");
+    assert_eq!(app.login("lena", PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(app.logout(&token).await.status(), StatusCode::NO_CONTENT);
+    let app = app.restart().await;
+    assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED, "revocation survives a restart");
+}
+
+#[tokio::test]
+async fn postgres_without_a_jwt_secret_is_refused() {
+    let c = Config {
+        database_url: Some(switchboard::config::Secret::new("postgres://postgres@127.0.0.1:5432/postgres")),
+        ..Config::default()
+    };
+    let err = switchboard::startup::resolve_jwt_secret(&c).expect_err("must refuse");
+    assert!(err.to_string().contains("auth.jwt_secret"), "{err}");
+}
+
+fn switchboard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args(args).current_dir(dir.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+#[test]
+fn services_not_built_yet_exit_with_a_clear_message() {
+    for service in ["gateway", "messaging", "notify"] {
+        let out = switchboard(&[service], &[]);
+        assert_eq!(out.status.code(), Some(2), "{service}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not yet available"), "{service}: {err}");
+        assert!(!err.contains("panicked"), "{service}: {err}");
+    }
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_field() {
+    let out = switchboard(&["--listen", "127.0.0.1:0"], &[("SWITCHBOARD_AUTH__TOKEN_TTL_SECS", "1")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.token_ttl_secs"), "{err}");
+
+    let out = switchboard(&["--config", "/nonexistent/switchboard.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    let out = switchboard(&["--listen", "not-an-address"], &[]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a bad flag");
+}
+
+#[test]
+fn migrate_applies_the_schema_and_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().expect("utf-8 path");
+    let out = switchboard(&["migrate", "--data-dir", data_arg], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(data.join("switchboard.db").exists());
+    // Idempotent.
+    let out = switchboard(&["migrate", "--data-dir", data_arg], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
