@@ -70,8 +70,9 @@ pub fn main() -> ExitCode {
     let mount = match command {
         Command::All => Some(Mount::All),
         Command::Auth => Some(Mount::Auth),
+        Command::Messaging => Some(Mount::Messaging),
         Command::Migrate => None,
-        Command::Gateway | Command::Messaging | Command::Notify => {
+        Command::Gateway | Command::Notify => {
             eprintln!(
                 "switchboard: the `{}` service is not yet available in this version; \
                  `switchboard all` (the default) runs everything that is",

@@ -57,6 +57,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// Real-time messaging: WebSocket and actor limits.
+    pub messaging: MessagingConfig,
+    /// Enable fault injection (`POST /api/debug/faults`): kill or panic a named actor.
+    /// For tests and drills only; never on a public server.
+    pub fault_injection: bool,
 }
 
 /// Authentication settings.
@@ -97,6 +102,49 @@ pub struct LimitsConfig {
     pub max_json_body_bytes: usize,
 }
 
+/// Real-time messaging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// Largest message body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message (frame) a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// Frames queued for one connection before it counts as not reading and is closed.
+    pub outbound_queue: usize,
+    /// Messages a user may send per second, and the burst allowed above that.
+    pub sends_per_second: u32,
+    pub send_burst: u32,
+    /// Invalid frames a connection may send before it is closed.
+    pub max_violations: u32,
+    /// Seconds between server pings.
+    pub heartbeat_secs: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A conversation's actor stops after this many quiet seconds (restarts on demand).
+    pub room_idle_secs: u64,
+    /// Origins (scheme://host[:port]) allowed to open a cookie-authenticated WebSocket,
+    /// besides the server's own. Bearer-token clients are not origin-checked.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            sends_per_second: 50,
+            send_burst: 200,
+            max_violations: 50,
+            heartbeat_secs: 20,
+            idle_timeout_secs: 60,
+            room_idle_secs: 300,
+            allowed_origins: vec![],
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -107,6 +155,8 @@ impl Default for Config {
             log: "info".to_owned(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            messaging: MessagingConfig::default(),
+            fault_injection: false,
         }
     }
 }
@@ -226,6 +276,35 @@ impl Config {
             "limits.max_json_body_bytes must be between 1024 and 16777216, got {}",
             l.max_json_body_bytes
         );
+        let m = &self.messaging;
+        anyhow::ensure!(
+            (1..=1024 * 1024).contains(&m.max_body_bytes),
+            "messaging.max_body_bytes must be between 1 and 1048576, got {}",
+            m.max_body_bytes
+        );
+        anyhow::ensure!(
+            m.max_frame_bytes >= m.max_body_bytes + 1024 && m.max_frame_bytes <= 16 * 1024 * 1024,
+            "messaging.max_frame_bytes must be at least max_body_bytes + 1024 and at most 16777216, got {}",
+            m.max_frame_bytes
+        );
+        anyhow::ensure!(
+            (16..=1_000_000).contains(&m.outbound_queue),
+            "messaging.outbound_queue must be between 16 and 1000000, got {}",
+            m.outbound_queue
+        );
+        anyhow::ensure!(m.sends_per_second >= 1, "messaging.sends_per_second must be at least 1");
+        anyhow::ensure!(m.send_burst >= 1, "messaging.send_burst must be at least 1");
+        anyhow::ensure!(
+            m.heartbeat_secs >= 1 && m.idle_timeout_secs > m.heartbeat_secs,
+            "messaging.heartbeat_secs must be at least 1 and below messaging.idle_timeout_secs"
+        );
+        anyhow::ensure!(m.room_idle_secs >= 1, "messaging.room_idle_secs must be at least 1");
+        for o in &m.allowed_origins {
+            anyhow::ensure!(
+                o.starts_with("http://") || o.starts_with("https://"),
+                "messaging.allowed_origins: {o:?} must start with http:// or https://"
+            );
+        }
         self.database_kind()?;
         if let Some(url) = &self.amqp_url {
             let u = url.expose();

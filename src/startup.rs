@@ -13,6 +13,10 @@ use salvo::catcher::Catcher;
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::prelude::*;
 
+use switchboard_actors::bridge::InProcessBus;
+use switchboard_actors::faults::Faults;
+use switchboard_actors::node::{Limits, Node, NodeCtx};
+
 use crate::auth::service::AuthService;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{Config, Secret};
@@ -37,6 +41,13 @@ pub struct Application {
 }
 
 impl Application {
+    /// The process's actor system (tests inspect supervisors and inject faults).
+    pub fn node(&self) -> Arc<Node> {
+        self.state.node.clone()
+    }
+}
+
+impl Application {
     /// Prepares the data directory, the database (migrations included), the services of
     /// `mount`, and binds the listener.
     pub async fn build(config: Config, mount: Mount) -> anyhow::Result<Self> {
@@ -46,7 +57,8 @@ impl Application {
         let db = storage::connect(&config.database_url()).await?;
         let storage = Storage::new(db);
         let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let state = AppState { config: Arc::new(config.clone()), storage, auth };
+        let node = Arc::new(start_node(&config, &storage).await?);
+        let state = AppState { config: Arc::new(config.clone()), storage, auth, node };
         let router = routes::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));
         let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -82,10 +94,31 @@ impl Application {
         tracing::info!(addr = %self.local_addr, "listening");
         server.serve(self.service).await;
         housekeeping.abort();
+        self.state.node.shutdown();
         self.state.storage.db.clone().close().await.ok();
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Starts this process's actor tree with the in-process bus.
+async fn start_node(config: &Config, storage: &Storage) -> anyhow::Result<Node> {
+    let node_id = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let m = &config.messaging;
+    let limits = Limits {
+        max_body_bytes: m.max_body_bytes,
+        max_frame_bytes: m.max_frame_bytes,
+        outbound_queue: m.outbound_queue,
+        sends_per_second: m.sends_per_second,
+        send_burst: m.send_burst,
+        max_violations: m.max_violations,
+        room_idle: Duration::from_secs(m.room_idle_secs),
+        ..Limits::default()
+    };
+    let faults = if config.fault_injection { Faults::enabled() } else { Faults::disabled() };
+    let bus = Arc::new(InProcessBus::new(&node_id));
+    let ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
+    Node::start(ctx).await.map_err(|e| anyhow::anyhow!("cannot start the actor system: {e}"))
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

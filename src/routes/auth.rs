@@ -32,7 +32,7 @@ struct LoginBody {
 }
 
 /// Parses a JSON body within the configured size limit.
-async fn json_body<T: serde::de::DeserializeOwned>(req: &mut Request, depot: &Depot) -> Result<T, AppError> {
+pub async fn json_body<T: serde::de::DeserializeOwned>(req: &mut Request, depot: &Depot) -> Result<T, AppError> {
     let limit = state(depot)?.config.limits.max_json_body_bytes;
     req.parse_json_with_max_size::<T>(limit).await.map_err(|e| AppError::from_parse(e, limit))
 }

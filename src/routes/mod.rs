@@ -2,19 +2,27 @@
 //!
 //! - [`health`]: `GET /healthz`, `GET /readyz` (every service).
 //! - [`auth`]: `/api/auth/*` (the auth service) and the `require_auth` hoop.
+//! - [`conversations`]: `/api/conversations*`, history for participants.
+//! - [`ws`]: `GET /ws`, the chat WebSocket.
+//! - [`debug`]: fault injection, mounted only when enabled.
 //! - [`pages`]: server-rendered pages and embedded static files.
 //!
 //! [`AppState`] is put in every request's depot by the [`InjectState`] hoop; handlers
 //! take it from there with [`state`].
 
 pub mod auth;
+pub mod conversations;
+pub mod debug;
 pub mod health;
 pub mod pages;
+pub mod ws;
 
 use std::sync::Arc;
 
 use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
+
+use switchboard_actors::node::Node;
 
 use crate::auth::service::AuthService;
 use crate::config::Config;
@@ -27,6 +35,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub storage: Storage,
     pub auth: AuthService,
+    /// The actor system of this process (messaging).
+    pub node: Arc<Node>,
 }
 
 /// Which services' routes one process serves.
@@ -36,12 +46,23 @@ pub enum Mount {
     All,
     /// The auth service alone (`switchboard auth`).
     Auth,
+    /// The messaging service alone (`switchboard messaging`).
+    Messaging,
 }
 
 /// The router of one process.
 pub fn router(state: AppState, mount: Mount) -> Router {
-    let mut root =
-        Router::new().hoop(InjectState(state)).hoop(security_headers).push(health::router()).push(auth::router());
+    let fault_injection = state.config.fault_injection;
+    let mut root = Router::new().hoop(InjectState(state)).hoop(security_headers).push(health::router());
+    if matches!(mount, Mount::All | Mount::Auth) {
+        root = root.push(auth::router());
+    }
+    if matches!(mount, Mount::All | Mount::Messaging) {
+        root = root.push(conversations::router()).push(ws::router());
+        if fault_injection {
+            root = root.push(debug::router());
+        }
+    }
     if mount == Mount::All {
         root = root.push(pages::router());
     }

@@ -5,11 +5,14 @@
 //! - [`entities`], SeaORM entities, one per table.
 //! - [`users::UserRepo`], accounts.
 //! - [`sessions::SessionRepo`], login sessions, i.e. issued tokens and their revocation.
+//! - [`chat::ChatRepo`], conversations, messages (group-committed) and receipts; it is
+//!   also the actors' `ChatStore` port.
 //!
 //! Handlers and actors call repositories, never SQL directly. Later aggregates
 //! (contacts, conversations and messages, transfers and files, notifications) get their
 //! repository here with the issue that builds them; the schema for them exists already.
 
+pub mod chat;
 pub mod entities;
 pub mod sessions;
 pub mod users;
@@ -31,11 +34,17 @@ pub struct Storage {
     pub db: DatabaseConnection,
     pub users: users::UserRepo,
     pub sessions: sessions::SessionRepo,
+    pub chat: chat::ChatRepo,
 }
 
 impl Storage {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { users: users::UserRepo::new(db.clone()), sessions: sessions::SessionRepo::new(db.clone()), db }
+        Self {
+            users: users::UserRepo::new(db.clone()),
+            sessions: sessions::SessionRepo::new(db.clone()),
+            chat: chat::ChatRepo::new(db.clone()),
+            db,
+        }
     }
 
     /// Is the database answering? (For `/readyz`.)

@@ -36,6 +36,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: Client,
     pub config: Config,
+    /// The app's actor system, for supervisor statistics and fault injection.
+    pub node: std::sync::Arc<switchboard_actors::node::Node>,
     /// Keeps the data directory alive for the app's lifetime.
     pub data_dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -55,6 +57,8 @@ pub fn test_config(data_dir: &TempDir) -> Config {
     c.auth.login_per_ip_per_minute = 100_000;
     c.auth.login_per_username_per_minute = 100_000;
     c.auth.register_per_ip_per_minute = 100_000;
+    c.messaging.sends_per_second = 100_000;
+    c.messaging.send_burst = 100_000;
     c
 }
 
@@ -85,6 +89,7 @@ async fn start(config: Config, data_dir: TempDir, pg_database: Option<String>) -
     switchboard::telemetry::init(&config.log);
     let app = Application::build(config.clone(), Mount::All).await.expect("app builds");
     let addr = app.local_addr();
+    let node = app.node();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -94,7 +99,7 @@ async fn start(config: Config, data_dir: TempDir, pg_database: Option<String>) -
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    TestApp { addr, client, config, data_dir, shutdown: Some(tx), server: Some(server), pg_database }
+    TestApp { addr, client, config, node, data_dir, shutdown: Some(tx), server: Some(server), pg_database }
 }
 
 impl TestApp {

@@ -12,4 +12,6 @@
 mod auth;
 mod health;
 mod helpers;
+mod messaging;
 mod runtime;
+mod ws_client;

@@ -1,0 +1,248 @@
+//! The node: its context (ports, limits, names) and the handle the web layer uses.
+
+use std::fmt::Display;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
+
+use crate::bridge::{BridgeArgs, BusBridge};
+use crate::faults::Faults;
+use crate::ids::{ConversationId, UserId};
+use crate::ports::{Bus, ChatStore};
+use crate::room::{RoomActor, RoomArgs, RoomMsg};
+use crate::session::{ConnHandle, SessionActor, SessionArgs, SessionMsg};
+use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
+
+/// Limits a node enforces on its sessions and rooms.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket frame (message), in bytes.
+    pub max_frame_bytes: usize,
+    /// Frames queued for a connection before it counts as not reading and is closed.
+    pub outbound_queue: usize,
+    /// Messages a user may send per second (all their connections together)...
+    pub sends_per_second: u32,
+    /// ...with bursts up to this many.
+    pub send_burst: u32,
+    /// Bad frames a connection may send before it is closed.
+    pub max_violations: u32,
+    /// A room with no traffic for this long stops (and restarts on demand).
+    pub room_idle: Duration,
+    /// Messages per page when catching a client up.
+    pub sync_page: u64,
+    /// How long a session waits for a room to commit before telling the client to resend.
+    pub commit_timeout: Duration,
+    /// How long a catch-up may wait for a full outbound queue to drain.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            sends_per_second: 50,
+            send_burst: 200,
+            max_violations: 50,
+            room_idle: Duration::from_secs(300),
+            sync_page: 500,
+            commit_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Everything an actor of this node needs. Shared by `Arc`.
+pub struct NodeCtx {
+    /// Unique per node; scopes actor names and process groups.
+    pub node_id: String,
+    pub store: Arc<dyn ChatStore>,
+    pub bus: Arc<dyn Bus>,
+    pub faults: Faults,
+    pub limits: Limits,
+    /// Per-user send rate, across all of the user's connections on this node.
+    pub send_limiter: DefaultKeyedRateLimiter<UserId>,
+}
+
+impl NodeCtx {
+    pub fn new(node_id: String, store: Arc<dyn ChatStore>, bus: Arc<dyn Bus>, faults: Faults, limits: Limits) -> Self {
+        let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.send_burst).unwrap_or(rate);
+        let send_limiter = RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst));
+        Self { node_id, store, bus, faults, limits, send_limiter }
+    }
+
+    /// The registry name of an actor of this node, e.g. `n1/room:<id>`.
+    pub fn name(&self, kind: &str, id: impl Display) -> String {
+        format!("{}/{kind}:{id}", self.node_id)
+    }
+
+    /// The process group of a user's sessions on this node (scoped by node id).
+    pub fn user_group(&self, user: UserId) -> String {
+        format!("user:{user}")
+    }
+
+    /// Live sessions of `user` on this node.
+    pub fn sessions_of(&self, user: UserId) -> Vec<ActorCell> {
+        ractor::pg::get_scoped_members(&self.node_id, &self.user_group(user))
+    }
+
+    pub fn supervisor_name(&self, which: &str) -> String {
+        self.name("sup", which)
+    }
+
+    pub fn bridge_name(&self) -> String {
+        self.name("bridge", "bus")
+    }
+
+    /// The room actor of a conversation, started if needed.
+    pub async fn room(self: &Arc<Self>, conversation: ConversationId) -> Result<ActorRef<RoomMsg>, String> {
+        let name = self.name("room", conversation);
+        if let Some(room) = ActorRef::<RoomMsg>::where_is(&name) {
+            return Ok(room);
+        }
+        let spec: Arc<dyn ChildSpec> = Arc::new(RoomSpec { ctx: self.clone(), conversation });
+        let cell = self.start_child("rooms", name, spec).await?;
+        Ok(cell.into())
+    }
+
+    async fn start_child(&self, sup: &str, key: String, spec: Arc<dyn ChildSpec>) -> Result<ActorCell, String> {
+        let sup_name = self.supervisor_name(sup);
+        let Some(sup) = ActorRef::<SupervisorMsg>::where_is(&sup_name) else {
+            return Err(format!("{sup_name} is not running"));
+        };
+        ractor::call_t!(sup, |reply| SupervisorMsg::StartChild { key, spec, reply }, 10_000)
+            .map_err(|e| format!("{sup_name}: {e}"))?
+    }
+}
+
+struct RoomSpec {
+    ctx: Arc<NodeCtx>,
+    conversation: ConversationId,
+}
+
+#[async_trait::async_trait]
+impl ChildSpec for RoomSpec {
+    async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = RoomArgs { ctx: self.ctx.clone(), conversation: self.conversation };
+        let name = self.ctx.name("room", self.conversation);
+        Ok(Actor::spawn_linked(Some(name), RoomActor, args, sup).await?.0.get_cell())
+    }
+}
+
+struct SessionSpec {
+    ctx: Arc<NodeCtx>,
+    conn: Arc<ConnHandle>,
+}
+
+#[async_trait::async_trait]
+impl ChildSpec for SessionSpec {
+    async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = SessionArgs { ctx: self.ctx.clone(), conn: self.conn.clone() };
+        let name = self.ctx.name("session", self.conn.id);
+        Ok(Actor::spawn_linked(Some(name), SessionActor, args, sup).await?.0.get_cell())
+    }
+}
+
+struct SupervisorSpec {
+    ctx: Arc<NodeCtx>,
+    which: &'static str,
+    policy: RestartPolicy,
+}
+
+#[async_trait::async_trait]
+impl ChildSpec for SupervisorSpec {
+    async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let name = self.ctx.supervisor_name(self.which);
+        let args = SupervisorArgs {
+            name: name.clone(),
+            policy: self.policy,
+            initial: vec![],
+            faults: self.ctx.faults.clone(),
+        };
+        Ok(Actor::spawn_linked(Some(name), Supervisor, args, sup).await?.0.get_cell())
+    }
+}
+
+struct BridgeSpec {
+    ctx: Arc<NodeCtx>,
+}
+
+#[async_trait::async_trait]
+impl ChildSpec for BridgeSpec {
+    async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = BridgeArgs { ctx: self.ctx.clone() };
+        Ok(Actor::spawn_linked(Some(self.ctx.bridge_name()), BusBridge, args, sup).await?.0.get_cell())
+    }
+}
+
+/// The supervisors under the node supervisor.
+pub const SUPERVISORS: [&str; 4] = ["sessions", "rooms", "transfers", "notifications"];
+
+/// A running node: the actor tree and its context.
+pub struct Node {
+    pub ctx: Arc<NodeCtx>,
+    root: ActorRef<SupervisorMsg>,
+}
+
+impl Node {
+    /// Starts the supervision tree.
+    pub async fn start(ctx: NodeCtx) -> Result<Self, SpawnErr> {
+        let ctx = Arc::new(ctx);
+        let child_policy = RestartPolicy::default();
+        let mut initial: Vec<(String, Arc<dyn ChildSpec>)> = SUPERVISORS
+            .iter()
+            .map(|which| {
+                let spec: Arc<dyn ChildSpec> =
+                    Arc::new(SupervisorSpec { ctx: ctx.clone(), which, policy: child_policy });
+                (ctx.supervisor_name(which), spec)
+            })
+            .collect();
+        initial.push((ctx.bridge_name(), Arc::new(BridgeSpec { ctx: ctx.clone() })));
+        let name = ctx.supervisor_name("node");
+        let args = SupervisorArgs {
+            name: name.clone(),
+            policy: RestartPolicy { max_restarts: 10, window: Duration::from_secs(60) },
+            initial,
+            faults: ctx.faults.clone(),
+        };
+        let (root, _) = Actor::spawn(Some(name), Supervisor, args).await?;
+        Ok(Self { ctx, root })
+    }
+
+    /// Starts the session actor of a new connection.
+    pub async fn open_session(&self, conn: Arc<ConnHandle>) -> Result<ActorRef<SessionMsg>, String> {
+        let key = self.ctx.name("session", conn.id);
+        let spec: Arc<dyn ChildSpec> = Arc::new(SessionSpec { ctx: self.ctx.clone(), conn });
+        Ok(self.ctx.start_child("sessions", key, spec).await?.into())
+    }
+
+    /// Counters of one supervisor (`node`, `sessions`, `rooms`, ...).
+    pub async fn stats(&self, which: &str) -> Option<SupervisorStats> {
+        let sup = ActorRef::<SupervisorMsg>::where_is(self.ctx.supervisor_name(which))?;
+        ractor::call_t!(sup, SupervisorMsg::Stats, 5_000).ok()
+    }
+
+    /// Stops the whole tree.
+    pub fn shutdown(&self) {
+        self.root.stop(Some(crate::NORMAL_EXIT.to_owned()));
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("node_id", &self.ctx.node_id).finish()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,188 @@
+//! Ports: what the actors need from the outside world, as traits. The main crate
+//! implements them with SeaORM and lapin; unit tests use in-memory versions.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConversationId, EventId, FileId, MessageId, UserId};
+
+/// A stored message, as delivered to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub sender_id: UserId,
+    pub client_msg_id: String,
+    /// `text` or `file`.
+    pub kind: String,
+    pub body: String,
+    pub file_id: Option<FileId>,
+    pub created_at: i64,
+}
+
+/// A message to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub client_msg_id: String,
+    pub kind: String,
+    pub body: String,
+    pub file_id: Option<FileId>,
+}
+
+/// The result of an append: the stored message, and whether it was stored before (a
+/// resend with the same `client_msg_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub message: StoredMessage,
+    pub duplicate: bool,
+}
+
+/// A conversation's identity and counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    pub id: ConversationId,
+    pub participants: [UserId; 2],
+    pub last_seq: i64,
+}
+
+impl ConversationInfo {
+    pub fn has(&self, user: UserId) -> bool {
+        self.participants.contains(&user)
+    }
+
+    /// The other participant, if `user` is one.
+    pub fn peer_of(&self, user: UserId) -> Option<UserId> {
+        match self.participants {
+            [a, b] if a == user => Some(b),
+            [a, b] if b == user => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Delivered and read markers of one user in one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+}
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The conversation or user does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The sender may not message the recipient (not contacts, blocked).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The database failed; the operation may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Storage for conversations, messages and receipts.
+#[async_trait::async_trait]
+pub trait ChatStore: Send + Sync + 'static {
+    /// The conversation with this id, if any.
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationInfo>, StoreError>;
+    /// The conversation between `a` and `b`, created if missing. Checks that `a` may
+    /// message `b` (the one place that rule lives).
+    async fn open_conversation(&self, a: UserId, b: UserId) -> Result<ConversationInfo, StoreError>;
+    /// Whether `from` may send into a conversation with `to` now.
+    async fn may_message(&self, from: UserId, to: UserId) -> Result<(), StoreError>;
+    /// Appends a message, assigning the next sequence number in the same transaction; a
+    /// resend of a stored `(sender, client_msg_id)` returns the stored message.
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+    /// Up to `limit` messages with `seq > after_seq`, in order.
+    async fn messages_after(
+        &self,
+        conversation: ConversationId,
+        after_seq: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Every conversation `user` takes part in.
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError>;
+    /// Raises the user's delivered and/or read markers (never lowers them; read implies
+    /// delivered; both are capped at the conversation's last seq).
+    async fn update_receipt(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        delivered_seq: Option<i64>,
+        read_seq: Option<i64>,
+    ) -> Result<Receipt, StoreError>;
+}
+
+/// An event for one user, carried by the bus to whichever node holds their sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Event {
+    /// A message was committed in a conversation of `to`.
+    MessageCreated { to: UserId, message: StoredMessage },
+    /// A participant's receipt markers moved.
+    Receipt { to: UserId, receipt: Receipt },
+    /// The peer started or stopped typing.
+    Typing { to: UserId, conversation_id: ConversationId, user_id: UserId, active: bool },
+    /// A peer came online or went offline.
+    Presence { to: UserId, user_id: UserId, online: bool },
+}
+
+impl Event {
+    /// The user this event is for.
+    pub fn recipient(&self) -> UserId {
+        match self {
+            Event::MessageCreated { to, .. }
+            | Event::Receipt { to, .. }
+            | Event::Typing { to, .. }
+            | Event::Presence { to, .. } => *to,
+        }
+    }
+
+    /// Routing key on the bus: `user.<id>.<kind>`.
+    pub fn routing_key(&self) -> String {
+        let kind = match self {
+            Event::MessageCreated { .. } => "message.created",
+            Event::Receipt { .. } => "receipt",
+            Event::Typing { .. } => "typing",
+            Event::Presence { .. } => "presence",
+        };
+        format!("user.{}.{kind}", self.recipient())
+    }
+}
+
+/// A versioned event envelope: id (UUIDv7, for deduplication), schema version, time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: EventId,
+    pub v: u8,
+    pub time: i64,
+    pub event: Event,
+}
+
+impl Envelope {
+    pub fn new(event: Event) -> Self {
+        Self { id: EventId::new(), v: 1, time: crate::now_ms(), event }
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+/// The event bus between nodes. A publish returns once the bus has taken the event
+/// (publisher confirm for RabbitMQ).
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes one event.
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
+    /// Starts routing `user`'s events to this node (their first session here opened).
+    async fn bind_user(&self, user: UserId) -> Result<(), BusError>;
+    /// Stops routing `user`'s events here (their last session here closed).
+    async fn unbind_user(&self, user: UserId) -> Result<(), BusError>;
+}

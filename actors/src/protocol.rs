@@ -1,0 +1,174 @@
+//! WebSocket frames: JSON text frames with a `type` (docs/protocol.md).
+//!
+//! Parsing is two-step: the frame is read as JSON first, so that a frame with a bad shape
+//! still yields its `type` and reference for the `error` frame that answers it.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ports::{Receipt, StoredMessage};
+
+/// Longest accepted `client_msg_id`.
+pub const MAX_CLIENT_MSG_ID: usize = 64;
+/// Most conversations one `sync` may name.
+pub const MAX_SYNC_CONVERSATIONS: usize = 10_000;
+
+/// A frame from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send a message into a conversation, or to a user (opening the conversation).
+    Send {
+        client_msg_id: String,
+        #[serde(default)]
+        conversation_id: Option<ConversationId>,
+        #[serde(default)]
+        to_user_id: Option<UserId>,
+        body: String,
+    },
+    /// Deliver what was missed: per conversation, the last seq the client has (absent
+    /// conversations: the client has nothing).
+    Sync {
+        #[serde(default)]
+        since: HashMap<ConversationId, i64>,
+    },
+    /// Typing started or stopped.
+    Typing { conversation_id: ConversationId, active: bool },
+    /// Everything up to `seq` was read.
+    Read { conversation_id: ConversationId, seq: i64 },
+    /// Liveness probe; answered with `pong`.
+    Ping,
+}
+
+/// A frame to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Sent once on connect: who the server thinks you are, and the limits in force.
+    Hello { user_id: UserId, max_body_bytes: usize, max_frame_bytes: usize },
+    /// The message is committed: its id and sequence number.
+    Ack { client_msg_id: String, message_id: MessageId, conversation_id: ConversationId, seq: i64 },
+    /// A message (live, or in answer to `sync`).
+    Message(StoredMessage),
+    /// A participant's delivered/read markers.
+    Receipt(Receipt),
+    /// A peer is typing (or stopped).
+    Typing { conversation_id: ConversationId, user_id: UserId, active: bool },
+    /// A peer came online or went offline.
+    Presence { user_id: UserId, online: bool },
+    /// The answer to `sync` is complete.
+    SyncDone { messages: u64 },
+    /// A request failed; `ref` names it (its `id` or `client_msg_id`).
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+impl ServerFrame {
+    pub fn error(code: &'static str, message: impl Into<String>, reference: Option<String>) -> Self {
+        ServerFrame::Error { code, message: message.into(), reference }
+    }
+
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"cannot encode frame"}"#.to_owned())
+    }
+}
+
+/// A frame that could not be parsed: what to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: &'static str,
+    pub message: String,
+    pub reference: Option<String>,
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> Self {
+        ServerFrame::Error { code: e.code, message: e.message, reference: e.reference }
+    }
+}
+
+/// Parses a text frame into a [`ClientFrame`], or says what is wrong with it.
+pub fn parse_client_frame(text: &str) -> Result<(ClientFrame, Option<String>), FrameError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError {
+        code: "invalid_json",
+        message: format!("frame is not valid JSON: {e}"),
+        reference: None,
+    })?;
+    let reference = value
+        .get("id")
+        .or_else(|| value.get("client_msg_id"))
+        .and_then(|v| v.as_str())
+        .map(|s| s.chars().take(MAX_CLIENT_MSG_ID).collect::<String>());
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
+        return Err(FrameError {
+            code: "invalid_frame",
+            message: "frame must be a JSON object with a string `type`".into(),
+            reference,
+        });
+    };
+    if !matches!(kind.as_str(), "send" | "sync" | "typing" | "read" | "ping") {
+        return Err(FrameError {
+            code: "unknown_type",
+            message: format!("unknown frame type {:?}", kind.chars().take(32).collect::<String>()),
+            reference,
+        });
+    }
+    let frame: ClientFrame = serde_json::from_value(value).map_err(|e| FrameError {
+        code: "invalid_frame",
+        message: format!("bad {kind} frame: {e}"),
+        reference: reference.clone(),
+    })?;
+    Ok((frame, reference))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_send_and_keeps_reference() {
+        let c = ConversationId::new();
+        let text = format!(r#"{{"type":"send","client_msg_id":"m1","conversation_id":"{c}","body":"hi"}}"#);
+        let (frame, r) = parse_client_frame(&text).expect("parses");
+        assert_eq!(r.as_deref(), Some("m1"));
+        assert!(matches!(frame, ClientFrame::Send { conversation_id: Some(id), .. } if id == c));
+    }
+
+    #[test]
+    fn bad_frames_say_why_and_name_the_request() {
+        let e = parse_client_frame("{nope").expect_err("bad json");
+        assert_eq!(e.code, "invalid_json");
+        let e = parse_client_frame(r#"{"type":"fly","id":"r7"}"#).expect_err("unknown");
+        assert_eq!((e.code, e.reference.as_deref()), ("unknown_type", Some("r7")));
+        let e = parse_client_frame(r#"{"type":"send","client_msg_id":"m2","body":5}"#).expect_err("type");
+        assert_eq!((e.code, e.reference.as_deref()), ("invalid_frame", Some("m2")));
+        let e = parse_client_frame(r#"[1,2]"#).expect_err("array");
+        assert_eq!(e.code, "invalid_frame");
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(parse_client_frame(&deep).expect_err("deep").code, "invalid_json");
+        let e = parse_client_frame(r#"{"type":"read","conversation_id":"x","seq":1}"#).expect_err("id");
+        assert_eq!(e.code, "invalid_frame");
+    }
+
+    #[test]
+    fn server_frames_have_a_type() {
+        let f = ServerFrame::error("rate_limited", "slow down", Some("m1".into()));
+        let v: serde_json::Value = serde_json::from_str(&f.to_json()).expect("json");
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["ref"], "m1");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&ServerFrame::Pong.to_json()).expect("json")["type"],
+            "pong"
+        );
+    }
+}

@@ -1,0 +1,607 @@
+//! The session actor: one per WebSocket connection.
+//!
+//! The socket's reader and writer tasks live outside the actor and share a
+//! [`ConnHandle`] with it. The handle carries the outbound queue and, per conversation,
+//! the last sequence number queued to this connection, so a restarted session actor knows
+//! exactly where the connection is and re-attaches without loss: it re-sends what came
+//! after. The same bookkeeping repairs a lost live delivery: a message whose seq skips
+//! ahead first pulls the gap from the database.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::NORMAL_EXIT;
+use crate::ids::{ConnId, ConversationId, UserId};
+use crate::node::NodeCtx;
+use crate::ports::{ConversationInfo, Envelope, Event, NewMessage, StoreError, StoredMessage};
+use crate::protocol::{ClientFrame, MAX_CLIENT_MSG_ID, MAX_SYNC_CONVERSATIONS, ServerFrame, parse_client_frame};
+use crate::room::{RoomMsg, SendError};
+
+/// What the writer task sends on the socket.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(String),
+}
+
+/// WebSocket close code for a policy violation.
+pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code for "try again later" (server overloaded or client too slow).
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// The connection as the actor sees it; owned jointly with the socket tasks, so it
+/// survives a restart of the actor.
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub user_id: UserId,
+    tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the connection must close (or has closed).
+    pub closed: CancellationToken,
+    close_reason: Mutex<Option<(u16, &'static str)>>,
+    /// Per conversation, the highest seq queued to this connection.
+    last_sent: Mutex<HashMap<ConversationId, i64>>,
+    /// Set by the first start of the actor; a start that finds it set is a restart.
+    started: AtomicBool,
+    violations: AtomicU32,
+}
+
+impl ConnHandle {
+    /// A handle and the receiving end of its outbound queue (for the writer task).
+    pub fn new(user_id: UserId, queue: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let handle = Self {
+            id: ConnId::new(),
+            user_id,
+            tx,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            last_sent: Mutex::new(HashMap::new()),
+            started: AtomicBool::new(false),
+            violations: AtomicU32::new(0),
+        };
+        (Arc::new(handle), rx)
+    }
+
+    /// Queues a frame without waiting. A full queue means the client does not read: the
+    /// connection is closed rather than allowed to grow memory.
+    pub fn push(&self, frame: &ServerFrame) -> bool {
+        match self.tx.try_send(Outbound::Text(frame.to_json())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CLOSE_TRY_AGAIN, "client is not reading");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a frame, waiting up to `timeout` for room (catch-up traffic, which may
+    /// legitimately be large).
+    pub async fn push_wait(&self, frame: &ServerFrame, timeout: Duration) -> bool {
+        match self.tx.send_timeout(Outbound::Text(frame.to_json()), timeout).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.close(CLOSE_TRY_AGAIN, "client is not reading");
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the socket tasks to close the connection with `code`.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        if let Ok(mut r) = self.close_reason.lock() {
+            r.get_or_insert((code, reason));
+        }
+        self.closed.cancel();
+    }
+
+    /// Why the connection is being closed, if it is.
+    pub fn close_reason(&self) -> Option<(u16, &'static str)> {
+        self.close_reason.lock().ok().and_then(|r| *r)
+    }
+
+    /// Counts a bad frame; true when the connection has used up its allowance.
+    pub fn violation(&self, max: u32) -> bool {
+        self.violations.fetch_add(1, Ordering::Relaxed) + 1 > max
+    }
+
+    fn last_sent(&self, c: ConversationId) -> Option<i64> {
+        self.last_sent.lock().ok().and_then(|m| m.get(&c).copied())
+    }
+
+    fn set_last_sent(&self, c: ConversationId, seq: i64) {
+        if let Ok(mut m) = self.last_sent.lock() {
+            let e = m.entry(c).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+
+    fn init_last_sent(&self, c: ConversationId, seq: i64) {
+        if let Ok(mut m) = self.last_sent.lock() {
+            m.entry(c).or_insert(seq);
+        }
+    }
+
+    fn known_conversations(&self) -> Vec<(ConversationId, i64)> {
+        self.last_sent.lock().map(|m| m.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default()
+    }
+}
+
+pub enum SessionMsg {
+    /// A text frame from the client.
+    Frame(String),
+    /// An event for this user, from the bus bridge.
+    Event(Box<Event>),
+    /// The socket closed: leave, announce, stop.
+    Closed,
+    /// Catch up on one conversation after a commit this session could not confirm.
+    Refresh(ConversationId),
+}
+
+pub struct SessionActor;
+
+pub struct SessionArgs {
+    pub ctx: Arc<NodeCtx>,
+    pub conn: Arc<ConnHandle>,
+}
+
+pub struct SessionState {
+    ctx: Arc<NodeCtx>,
+    conn: Arc<ConnHandle>,
+    name: String,
+    conversations: HashMap<ConversationId, ConversationInfo>,
+    last_typing: HashMap<ConversationId, Instant>,
+}
+
+/// Typing events a session forwards per conversation: at most one "active" per interval.
+const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let SessionArgs { ctx, conn } = args;
+        let user = conn.user_id;
+        let restart = conn.started.swap(true, Ordering::SeqCst);
+        let group = ctx.user_group(user);
+        let mut state = SessionState {
+            name: ctx.name("session", conn.id),
+            ctx,
+            conn,
+            conversations: HashMap::new(),
+            last_typing: HashMap::new(),
+        };
+        if restart {
+            // Join first, then read: anything committed from here on either comes as an
+            // event or is found by the catch-up read, and the seq bookkeeping drops doubles.
+            ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
+            state.load_conversations(false).await;
+            tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
+            state.catch_up_all().await;
+        } else {
+            // Read first, then join: the connection starts at each conversation's current
+            // seq (the client syncs the past). A message committed in between is not lost:
+            // the next one pulls it in as a gap, and the client's sync covers it.
+            state.load_conversations(true).await;
+            ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
+            state.conn.push(&ServerFrame::Hello {
+                user_id: user,
+                max_body_bytes: state.ctx.limits.max_body_bytes,
+                max_frame_bytes: state.ctx.limits.max_frame_bytes,
+            });
+            state.announce(true).await;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.faults.check(&state.name)?;
+        match msg {
+            SessionMsg::Frame(text) => state.on_frame(&myself, &text).await,
+            SessionMsg::Event(event) => state.on_event(*event).await,
+            SessionMsg::Refresh(c) => state.catch_up(c).await,
+            SessionMsg::Closed => {
+                ractor::pg::leave_scoped(
+                    state.ctx.node_id.clone(),
+                    state.ctx.user_group(state.conn.user_id),
+                    vec![myself.get_cell()],
+                );
+                state.announce(false).await;
+                myself.stop(Some(NORMAL_EXIT.to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionState {
+    fn me(&self) -> UserId {
+        self.conn.user_id
+    }
+
+    async fn load_conversations(&mut self, set_baseline: bool) {
+        match self.ctx.store.conversations_of(self.me()).await {
+            Ok(convs) => {
+                for c in convs {
+                    if set_baseline {
+                        self.conn.init_last_sent(c.id, c.last_seq);
+                    }
+                    self.conversations.insert(c.id, c);
+                }
+            }
+            Err(e) => tracing::warn!(user = %self.me(), error = %e, "session start: cannot load conversations"),
+        }
+    }
+
+    fn error(&self, code: &'static str, message: impl Into<String>, reference: Option<String>) {
+        self.conn.push(&ServerFrame::error(code, message, reference));
+    }
+
+    /// First session of the user on this node opened, or last one closed: route the
+    /// user's events here (or stop), and tell their peers.
+    async fn announce(&mut self, online: bool) {
+        let me = self.me();
+        let remaining = self.ctx.sessions_of(me).len();
+        let edge = if online { remaining == 1 } else { remaining == 0 };
+        if online {
+            // Tell this connection which peers are online here.
+            for c in self.conversations.values() {
+                if let Some(peer) = c.peer_of(me)
+                    && !self.ctx.sessions_of(peer).is_empty()
+                {
+                    self.conn.push(&ServerFrame::Presence { user_id: peer, online: true });
+                }
+            }
+        }
+        if !edge {
+            return;
+        }
+        let bus = self.ctx.bus.clone();
+        let peers: Vec<UserId> = self.conversations.values().filter_map(|c| c.peer_of(me)).collect();
+        let result = if online { bus.bind_user(me).await } else { bus.unbind_user(me).await };
+        if let Err(e) = result {
+            tracing::warn!(user = %me, error = %e, "cannot (un)bind user on the bus");
+        }
+        tokio::spawn(async move {
+            for peer in peers {
+                let _ = bus.publish(Envelope::new(Event::Presence { to: peer, user_id: me, online })).await;
+            }
+        });
+    }
+
+    async fn on_frame(&mut self, myself: &ActorRef<SessionMsg>, text: &str) {
+        let (frame, reference) = match parse_client_frame(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.conn.push(&e.into());
+                self.count_violation();
+                return;
+            }
+        };
+        match frame {
+            ClientFrame::Send { client_msg_id, conversation_id, to_user_id, body } => {
+                self.on_send(myself, client_msg_id, conversation_id, to_user_id, body, reference).await
+            }
+            ClientFrame::Sync { since } => self.on_sync(since, reference).await,
+            ClientFrame::Typing { conversation_id, active } => self.on_typing(conversation_id, active).await,
+            ClientFrame::Read { conversation_id, seq } => self.on_read(conversation_id, seq, reference).await,
+            ClientFrame::Ping => {
+                self.conn.push(&ServerFrame::Pong);
+            }
+        }
+    }
+
+    fn count_violation(&self) {
+        if self.conn.violation(self.ctx.limits.max_violations) {
+            tracing::info!(user = %self.me(), conn = %self.conn.id, "closing: too many bad frames");
+            self.conn.close(CLOSE_POLICY, "too many invalid frames");
+        }
+    }
+
+    /// The conversation, if the caller takes part in it (cached; refreshed from storage).
+    async fn conversation(&mut self, id: ConversationId) -> Result<ConversationInfo, StoreError> {
+        if let Some(c) = self.conversations.get(&id) {
+            return Ok(*c);
+        }
+        match self.ctx.store.conversation(id).await? {
+            Some(c) if c.has(self.me()) => {
+                self.conversations.insert(id, c);
+                Ok(c)
+            }
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn on_send(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        client_msg_id: String,
+        conversation_id: Option<ConversationId>,
+        to_user_id: Option<UserId>,
+        body: String,
+        reference: Option<String>,
+    ) {
+        let me = self.me();
+        let r = reference.or_else(|| Some(client_msg_id.clone()));
+        if client_msg_id.is_empty()
+            || client_msg_id.chars().count() > MAX_CLIENT_MSG_ID
+            || client_msg_id.chars().any(char::is_control)
+        {
+            self.count_violation();
+            return self.error(
+                "invalid_client_msg_id",
+                format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} characters"),
+                r,
+            );
+        }
+        if body.trim().is_empty() {
+            return self.error("empty_body", "message body is empty", r);
+        }
+        if body.len() > self.ctx.limits.max_body_bytes {
+            return self.error(
+                "body_too_large",
+                format!("message body is over {} bytes", self.ctx.limits.max_body_bytes),
+                r,
+            );
+        }
+        if self.ctx.send_limiter.check_key(&me).is_err() {
+            return self.error("rate_limited", "sending too fast; resend this message later", r);
+        }
+        let conv = match (conversation_id, to_user_id) {
+            (Some(c), _) => self.conversation(c).await,
+            (None, Some(to)) if to == me => return self.error("invalid_recipient", "you cannot message yourself", r),
+            (None, Some(to)) => match self.ctx.store.open_conversation(me, to).await {
+                Ok(c) => {
+                    self.conversations.insert(c.id, c);
+                    Ok(c)
+                }
+                Err(e) => Err(e),
+            },
+            (None, None) => return self.error("invalid_frame", "send needs conversation_id or to_user_id", r),
+        };
+        let conv = match conv {
+            Ok(c) => c,
+            Err(e) => return self.store_error(e, r),
+        };
+        if let Some(peer) = conv.peer_of(me)
+            && let Err(e) = self.ctx.store.may_message(me, peer).await
+        {
+            return self.store_error(e, r);
+        }
+        let room = match self.ctx.room(conv.id).await {
+            Ok(room) => room,
+            Err(e) => {
+                tracing::warn!(conversation = %conv.id, error = %e, "no room actor");
+                return self.error("unavailable", "conversation is unavailable; resend later", r);
+            }
+        };
+        let msg = NewMessage {
+            conversation_id: conv.id,
+            sender_id: me,
+            client_msg_id,
+            kind: "text".into(),
+            body,
+            file_id: None,
+        };
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let reply: RpcReplyPort<Result<StoredMessage, SendError>> = tx.into();
+        if room.cast(RoomMsg::Send { msg: Box::new(msg), reply }).is_err() {
+            return self.error("unavailable", "conversation is restarting; resend later", r);
+        }
+        // Wait for the commit off the actor, so this session keeps delivering meanwhile.
+        let conn = self.conn.clone();
+        let timeout = self.ctx.limits.commit_timeout;
+        let myself = myself.clone();
+        let conv_id = conv.id;
+        tokio::spawn(async move {
+            let frame = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(m))) => ServerFrame::Ack {
+                    client_msg_id: m.client_msg_id,
+                    message_id: m.id,
+                    conversation_id: m.conversation_id,
+                    seq: m.seq,
+                },
+                Ok(Ok(Err(e))) => ServerFrame::error(e.code, e.message, r),
+                // The room died or is slow: the message may or may not be committed. A
+                // resend with the same client_msg_id is safe either way; meanwhile make
+                // sure this connection sees whatever was committed.
+                _ => {
+                    let _ = myself.cast(SessionMsg::Refresh(conv_id));
+                    ServerFrame::error("not_acknowledged", "not acknowledged; resend with the same client_msg_id", r)
+                }
+            };
+            conn.push(&frame);
+        });
+    }
+
+    fn store_error(&self, e: StoreError, r: Option<String>) {
+        match e {
+            StoreError::NotFound => self.error("not_found", "no such conversation or user", r),
+            StoreError::Forbidden(why) => self.error("forbidden", why, r),
+            StoreError::Unavailable(_) => self.error("unavailable", "storage is unavailable; retry later", r),
+        }
+    }
+
+    async fn on_sync(&mut self, since: HashMap<ConversationId, i64>, reference: Option<String>) {
+        if since.len() > MAX_SYNC_CONVERSATIONS {
+            return self.error(
+                "invalid_frame",
+                format!("sync names more than {MAX_SYNC_CONVERSATIONS} conversations"),
+                reference,
+            );
+        }
+        let convs = match self.ctx.store.conversations_of(self.me()).await {
+            Ok(c) => c,
+            Err(e) => return self.store_error(e, reference),
+        };
+        let mut sent = 0;
+        for c in convs {
+            self.conversations.insert(c.id, c);
+            let after = since.get(&c.id).copied().unwrap_or(0).max(0);
+            match self.send_after(c.id, after, c.last_seq).await {
+                Some(n) => sent += n,
+                None => return,
+            }
+        }
+        self.conn.push(&ServerFrame::SyncDone { messages: sent });
+    }
+
+    /// Queues every message of `c` with `after < seq <= upto`, paged, waiting for the
+    /// client to read. `None` if the connection gave up.
+    async fn send_after(&mut self, c: ConversationId, mut after: i64, upto: i64) -> Option<u64> {
+        let mut sent = 0;
+        while after < upto {
+            let page = match self.ctx.store.messages_after(c, after, self.ctx.limits.sync_page).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(conversation = %c, error = %e, "catch-up read failed");
+                    self.error("unavailable", "storage is unavailable; sync again later", None);
+                    return None;
+                }
+            };
+            let Some(last) = page.last().map(|m| m.seq) else { break };
+            for m in page {
+                if m.seq > upto {
+                    break;
+                }
+                if !self.conn.push_wait(&ServerFrame::Message(m), self.ctx.limits.drain_timeout).await {
+                    return None;
+                }
+                sent += 1;
+            }
+            self.conn.set_last_sent(c, last.min(upto));
+            after = last;
+        }
+        Some(sent)
+    }
+
+    /// Sends whatever of `c` this connection has not been sent yet.
+    async fn catch_up(&mut self, c: ConversationId) {
+        let Ok(Some(info)) = self.ctx.store.conversation(c).await else { return };
+        let last = self.conn.last_sent(c).unwrap_or(0);
+        self.send_after(c, last, info.last_seq).await;
+    }
+
+    async fn catch_up_all(&mut self) {
+        let mut targets: Vec<ConversationId> = self.conversations.keys().copied().collect();
+        for (c, _) in self.conn.known_conversations() {
+            if !targets.contains(&c) {
+                targets.push(c);
+            }
+        }
+        for c in targets {
+            self.catch_up(c).await;
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::MessageCreated { message, .. } => self.deliver(message).await,
+            Event::Receipt { receipt, .. } => {
+                self.conn.push(&ServerFrame::Receipt(receipt));
+            }
+            Event::Typing { conversation_id, user_id, active, .. } => {
+                self.conn.push(&ServerFrame::Typing { conversation_id, user_id, active });
+            }
+            Event::Presence { user_id, online, .. } => {
+                self.conn.push(&ServerFrame::Presence { user_id, online });
+            }
+        }
+    }
+
+    /// Live delivery, in seq order and gap-free per conversation.
+    async fn deliver(&mut self, m: StoredMessage) {
+        let c = m.conversation_id;
+        let last = self.conn.last_sent(c).unwrap_or(0);
+        if m.seq <= last {
+            return; // already queued (a redelivery, or caught up before)
+        }
+        if m.seq > last + 1 && self.send_after(c, last, m.seq - 1).await.is_none() {
+            return;
+        }
+        let (seq, sender) = (m.seq, m.sender_id);
+        if !self.conn.push(&ServerFrame::Message(m)) {
+            return;
+        }
+        self.conn.set_last_sent(c, seq);
+        if sender != self.me() {
+            self.mark_delivered(c, sender, seq);
+        }
+    }
+
+    /// Records that `seq` reached this user, and tells the sender (off the actor).
+    fn mark_delivered(&self, c: ConversationId, sender: UserId, seq: i64) {
+        let (store, bus, me) = (self.ctx.store.clone(), self.ctx.bus.clone(), self.me());
+        tokio::spawn(async move {
+            match store.update_receipt(c, me, Some(seq), None).await {
+                Ok(receipt) if receipt.delivered_seq == seq => {
+                    let _ = bus.publish(Envelope::new(Event::Receipt { to: sender, receipt })).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "delivered marker not saved"),
+            }
+        });
+    }
+
+    async fn on_typing(&mut self, c: ConversationId, active: bool) {
+        let Ok(conv) = self.conversation(c).await else {
+            return self.error("not_found", "no such conversation", None);
+        };
+        let now = Instant::now();
+        if active && self.last_typing.get(&c).is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL) {
+            return; // ephemeral: extra typing events are dropped, not errors
+        }
+        if active {
+            self.last_typing.insert(c, now);
+        } else {
+            self.last_typing.remove(&c);
+        }
+        if let Some(peer) = conv.peer_of(self.me()) {
+            let (bus, me) = (self.ctx.bus.clone(), self.me());
+            tokio::spawn(async move {
+                let _ = bus
+                    .publish(Envelope::new(Event::Typing { to: peer, conversation_id: c, user_id: me, active }))
+                    .await;
+            });
+        }
+    }
+
+    async fn on_read(&mut self, c: ConversationId, seq: i64, reference: Option<String>) {
+        let conv = match self.conversation(c).await {
+            Ok(conv) => conv,
+            Err(e) => return self.store_error(e, reference),
+        };
+        if seq < 0 {
+            return self.error("invalid_frame", "seq must not be negative", reference);
+        }
+        match self.ctx.store.update_receipt(c, self.me(), None, Some(seq)).await {
+            Ok(receipt) => {
+                let bus = self.ctx.bus.clone();
+                let targets: Vec<UserId> = conv.participants.to_vec();
+                tokio::spawn(async move {
+                    for to in targets {
+                        let _ = bus.publish(Envelope::new(Event::Receipt { to, receipt })).await;
+                    }
+                });
+            }
+            Err(e) => self.store_error(e, reference),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `/api/conversations`: the caller's conversations and their history (participants only).
+
+use salvo::prelude::*;
+use serde_json::json;
+use switchboard_actors::ports::ChatStore;
+
+use super::auth::{caller, require_auth};
+use super::state;
+use crate::domain::ConversationId;
+use crate::error::AppError;
+
+/// Largest page of history.
+pub const MAX_PAGE: u64 = 500;
+const DEFAULT_PAGE: u64 = 50;
+
+pub fn router() -> Router {
+    Router::with_path("api/conversations")
+        .hoop(require_auth)
+        .get(list)
+        .push(Router::with_path("{id}/messages").get(messages))
+}
+
+/// `GET /api/conversations` → `{"conversations": [...]}`, most recent first.
+#[handler]
+async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let convs = state(depot)?.storage.chat.summaries(me, 500).await?;
+    res.render(Json(json!({ "conversations": convs })));
+    Ok(())
+}
+
+fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
+    match req.queries().get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| AppError::bad_request("invalid_query", format!("{key} must be a non-negative integer"))),
+    }
+}
+
+/// `GET /api/conversations/{id}/messages?after_seq=&before_seq=&limit=` → `{"messages":
+/// [...], "last_seq"}` oldest first. With `after_seq`, the page after it; otherwise the
+/// newest page (before `before_seq` if given). 404 unless the caller takes part.
+#[handler]
+async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    let not_found = || AppError::not_found("not_found", "no such conversation");
+    let id = req.param::<String>("id").and_then(|s| ConversationId::parse(&s)).ok_or_else(not_found)?;
+    let after = query_i64(req, "after_seq")?;
+    let before = query_i64(req, "before_seq")?;
+    let limit = match req.queries().get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| AppError::bad_request("invalid_query", format!("limit must be 1 to {MAX_PAGE}")))?,
+    };
+    let conv = st
+        .storage
+        .chat
+        .conversation(id)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?
+        .filter(|c| c.has(me))
+        .ok_or_else(not_found)?;
+    let page = st.storage.chat.history(id, after, before, limit).await?;
+    res.render(Json(json!({ "messages": page, "last_seq": conv.last_seq })));
+    Ok(())
+}

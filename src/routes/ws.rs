@@ -1,0 +1,194 @@
+//! `GET /ws`: the chat WebSocket (protocol: docs/protocol.md).
+//!
+//! The caller is the verified token's user (bearer header or session cookie), never a
+//! field of a frame. A cookie-authenticated upgrade must come from our own origin or an
+//! allowed one (a browser sends cookies to cross-site WebSockets too).
+//!
+//! Each connection has a reader (this task) and a writer task, and a session actor in
+//! between that the supervisor restarts if it fails; the tasks outlive it and re-attach
+//! to the restarted actor by name.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ractor::ActorRef;
+use salvo::http::header;
+use salvo::prelude::*;
+use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
+use switchboard_actors::node::Node;
+use switchboard_actors::protocol::ServerFrame;
+use switchboard_actors::session::{CLOSE_POLICY, ConnHandle, Outbound, SessionMsg};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::auth::request_token;
+use super::state;
+use crate::auth::AuthUser;
+use crate::config::{Config, MessagingConfig};
+use crate::error::AppError;
+
+pub fn router() -> Router {
+    Router::with_path("ws").get(upgrade)
+}
+
+/// How long the reader waits for a restarting session actor before giving up on the
+/// connection (the client reconnects and syncs).
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+const REATTACH_POLL: Duration = Duration::from_millis(10);
+/// Close code when the server cannot serve the connection.
+const CLOSE_INTERNAL: u16 = 1011;
+
+#[handler]
+async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let st = state(depot)?.clone();
+    let token = request_token(req).ok_or_else(|| AppError::unauthorized("invalid_token", "authentication required"))?;
+    let who = st.auth.authenticate(&token).await?;
+    let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
+    if by_cookie && !origin_allowed(req, &st.config) {
+        return Err(AppError::Forbidden {
+            code: "origin_not_allowed",
+            message: "this origin may not open the chat socket".into(),
+        });
+    }
+    let m = st.config.messaging.clone();
+    // Small buffers: an idle connection should cost kilobytes, not the default 128 KiB.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(m.max_frame_bytes))
+        .max_frame_size(Some(m.max_frame_bytes));
+    let node = st.node.clone();
+    WebSocketUpgrade::with_config(ws_config)
+        .upgrade(req, res, move |ws| serve(ws, node, who, m))
+        .await
+        .map_err(|e| AppError::bad_request("bad_upgrade", e.brief))
+}
+
+/// The request's `Origin` is the server's own (same host) or configured as allowed; a
+/// request without `Origin` is not from a browser.
+fn origin_allowed(req: &Request, config: &Config) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if config.messaging.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig) {
+    let (conn, mut outbound) = ConnHandle::new(who.user_id, m.outbound_queue);
+    let (mut sink, mut stream) = ws.split();
+    let session = match node.open_session(conn.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a session actor");
+            let _ = sink.send(Message::close_with(CLOSE_INTERNAL, "server busy, reconnect later")).await;
+            return;
+        }
+    };
+    let last_seen = Arc::new(AtomicI64::new(crate::now_ms()));
+
+    let writer = {
+        let conn = conn.clone();
+        let last_seen = last_seen.clone();
+        let heartbeat = Duration::from_secs(m.heartbeat_secs);
+        let idle_ms = i64::try_from(m.idle_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        tokio::spawn(async move {
+            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = conn.closed.cancelled() => {
+                        // Flush what is queued (e.g. the error frame that explains the close).
+                        while let Ok(Outbound::Text(text)) = outbound.try_recv() {
+                            if sink.send(Message::text(text)).await.is_err() { break; }
+                        }
+                        let (code, reason) = conn.close_reason().unwrap_or((1000, "closed"));
+                        let _ = sink.send(Message::close_with(code, reason)).await;
+                        break;
+                    }
+                    next = outbound.recv() => match next {
+                        Some(Outbound::Text(text)) => {
+                            if sink.send(Message::text(text)).await.is_err() {
+                                conn.close(1000, "write failed");
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = ping.tick() => {
+                        if crate::now_ms() - last_seen.load(Ordering::Relaxed) > idle_ms {
+                            conn.close(CLOSE_POLICY, "heartbeat timeout");
+                        } else if sink.send(Message::ping(Vec::<u8>::new())).await.is_err() {
+                            conn.close(1000, "write failed");
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let mut session = session;
+    loop {
+        let next = tokio::select! {
+            _ = conn.closed.cancelled() => break,
+            next = stream.next() => next,
+        };
+        let Some(Ok(msg)) = next else { break };
+        last_seen.store(crate::now_ms(), Ordering::Relaxed);
+        if msg.is_text() {
+            let Ok(text) = msg.as_str() else { break };
+            match forward(&node, &conn, session.clone(), SessionMsg::Frame(text.to_owned())).await {
+                Some(s) => session = s,
+                None => break,
+            }
+        } else if msg.is_binary() {
+            conn.push(&ServerFrame::error("binary_not_supported", "send JSON text frames", None));
+            if conn.violation(m.max_violations) {
+                conn.close(CLOSE_POLICY, "too many invalid frames");
+            }
+        } else if msg.is_close() {
+            break;
+        }
+    }
+    conn.close(1000, "closed");
+    let _ = forward(&node, &conn, session, SessionMsg::Closed).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+/// Sends to the connection's session actor; if it is restarting, waits (bounded) for the
+/// new one. `None` if there is none: the connection is then closed.
+async fn forward(
+    node: &Node,
+    conn: &ConnHandle,
+    session: ActorRef<SessionMsg>,
+    msg: SessionMsg,
+) -> Option<ActorRef<SessionMsg>> {
+    let msg = match session.cast(msg) {
+        Ok(()) => return Some(session),
+        Err(ractor::MessagingErr::SendErr(msg)) => msg,
+        Err(_) => return None,
+    };
+    let name = node.ctx.name("session", conn.id);
+    let deadline = tokio::time::Instant::now() + REATTACH_TIMEOUT;
+    let mut msg = msg;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(s) = ActorRef::<SessionMsg>::where_is(&name)
+            && s.get_id() != session.get_id()
+        {
+            match s.cast(msg) {
+                Ok(()) => return Some(s),
+                Err(ractor::MessagingErr::SendErr(back)) => msg = back,
+                Err(_) => return None,
+            }
+        }
+        tokio::time::sleep(REATTACH_POLL).await;
+    }
+    tracing::warn!(conn = %conn.id, "session actor did not come back; closing the connection");
+    conn.close(CLOSE_INTERNAL, "session lost, reconnect");
+    None
+}

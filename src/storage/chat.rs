@@ -1,0 +1,399 @@
+//! The conversations-and-messages repository, and the [`ChatStore`] port the actors use.
+//!
+//! Appends are group-committed: a single committer task takes every append waiting in its
+//! queue (up to [`MAX_BATCH`]) and commits them in one transaction, then answers each.
+//! Inside the transaction each message bumps its conversation's `last_seq` with an atomic
+//! `UPDATE … RETURNING` (a row lock on PostgreSQL, the write lock on SQLite) and is
+//! inserted with that number, so sequences are gap-free and unique even with several
+//! nodes writing. An answer is sent only after the commit. If a batch fails as a whole
+//! (say one row violates a constraint because another node raced it), its messages are
+//! retried one transaction each, so one bad message never fails its neighbours.
+
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde::Serialize;
+use switchboard_actors::ports::{
+    Appended, ChatStore, ConversationInfo, NewMessage, Receipt, StoreError, StoredMessage,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::entities::{conversation, message, receipt, user};
+use crate::domain::{ConversationId, FileId, MessageId, UserId};
+
+/// Most messages committed in one transaction. Bounds the time one commit holds the
+/// write lock, and the latency of the first message in a full batch.
+pub const MAX_BATCH: usize = 256;
+/// Appends waiting for the committer before senders wait for room (back-pressure).
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
+#[derive(Clone, Debug)]
+pub struct ChatRepo {
+    db: DatabaseConnection,
+    committer: mpsc::Sender<(NewMessage, Reply)>,
+}
+
+impl ChatRepo {
+    /// The repository, with its committer task started on the current runtime.
+    pub fn new(db: DatabaseConnection) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run_committer(db.clone(), rx));
+        Self { db, committer: tx }
+    }
+
+    /// One page of a conversation's history: `after_seq < seq < before_seq`, at most
+    /// `limit`, oldest first. With only `before_seq` (or neither) it is the newest page.
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<StoredMessage>, DbErr> {
+        let mut q = message::Entity::find().filter(message::Column::ConversationId.eq(conversation.0));
+        if let Some(a) = after_seq {
+            q = q.filter(message::Column::Seq.gt(a));
+        }
+        if let Some(b) = before_seq {
+            q = q.filter(message::Column::Seq.lt(b));
+        }
+        let rows = if after_seq.is_some() {
+            q.order_by_asc(message::Column::Seq).limit(limit).all(&self.db).await?
+        } else {
+            let mut rows = q.order_by_desc(message::Column::Seq).limit(limit).all(&self.db).await?;
+            rows.reverse();
+            rows
+        };
+        Ok(rows.into_iter().map(to_stored).collect())
+    }
+
+    /// The caller's conversations, most recent first, with peer, last message and
+    /// unread count (messages from the peer after the caller's read marker).
+    pub async fn summaries(&self, me: UserId, limit: u64) -> Result<Vec<ConversationSummary>, DbErr> {
+        let convs = conversation::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(conversation::Column::UserLow.eq(me.0))
+                    .add(conversation::Column::UserHigh.eq(me.0)),
+            )
+            .order_by_desc(conversation::Column::UpdatedAt)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let mut out = Vec::with_capacity(convs.len());
+        for c in convs {
+            let peer_id = if c.user_low == me.0 { c.user_high } else { c.user_low };
+            let peer = user::Entity::find_by_id(peer_id).one(&self.db).await?;
+            let read_seq =
+                receipt::Entity::find_by_id((c.id, me.0)).one(&self.db).await?.map(|r| r.read_seq).unwrap_or(0);
+            let last_message = message::Entity::find()
+                .filter(message::Column::ConversationId.eq(c.id))
+                .filter(message::Column::Seq.eq(c.last_seq))
+                .one(&self.db)
+                .await?
+                .map(to_stored);
+            let unread = message::Entity::find()
+                .filter(message::Column::ConversationId.eq(c.id))
+                .filter(message::Column::Seq.gt(read_seq))
+                .filter(message::Column::SenderId.eq(peer_id))
+                .count(&self.db)
+                .await?;
+            out.push(ConversationSummary {
+                id: ConversationId(c.id),
+                peer: peer.map(|p| PeerSummary {
+                    id: UserId(p.id),
+                    username: p.username,
+                    display_name: p.display_name,
+                }),
+                last_seq: c.last_seq,
+                read_seq,
+                unread,
+                last_message,
+                updated_at: c.updated_at,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A conversation as listed for one of its participants.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationSummary {
+    pub id: ConversationId,
+    /// The other participant (`null` if their account was deleted).
+    pub peer: Option<PeerSummary>,
+    pub last_seq: i64,
+    pub read_seq: i64,
+    pub unread: u64,
+    pub last_message: Option<StoredMessage>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerSummary {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+fn to_stored(m: message::Model) -> StoredMessage {
+    StoredMessage {
+        id: MessageId(m.id),
+        conversation_id: ConversationId(m.conversation_id),
+        seq: m.seq,
+        sender_id: UserId(m.sender_id),
+        client_msg_id: m.client_msg_id,
+        kind: m.kind,
+        body: m.body,
+        file_id: m.file_id.map(FileId),
+        created_at: m.created_at,
+    }
+}
+
+fn info(c: &conversation::Model) -> ConversationInfo {
+    ConversationInfo {
+        id: ConversationId(c.id),
+        participants: [UserId(c.user_low), UserId(c.user_high)],
+        last_seq: c.last_seq,
+    }
+}
+
+fn unavailable(e: DbErr) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+async fn run_committer(db: DatabaseConnection, mut rx: mpsc::Receiver<(NewMessage, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        commit_batch(&db, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn commit_batch(db: &DatabaseConnection, batch: Vec<(NewMessage, Reply)>) {
+    let msgs: Vec<&NewMessage> = batch.iter().map(|(m, _)| m).collect();
+    match append_in_txn(db, &msgs).await {
+        Ok(results) => {
+            for ((_, reply), result) in batch.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
+            for (msg, reply) in batch {
+                let result = match append_in_txn(db, &[&msg]).await {
+                    Ok(mut r) => r.pop().unwrap_or_else(|| Err(StoreError::Unavailable("empty result".into()))),
+                    Err(e) => Err(unavailable(e)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(unavailable(e.clone())));
+            }
+        }
+    }
+}
+
+/// Appends `msgs` in one transaction. The outer error aborts the whole transaction; the
+/// inner results are per message (not found, a reused id, or the stored message).
+async fn append_in_txn(
+    db: &DatabaseConnection,
+    msgs: &[&NewMessage],
+) -> Result<Vec<Result<Appended, StoreError>>, DbErr> {
+    let txn = db.begin().await?;
+    let now = crate::now_ms();
+    let mut results = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        // Bump first: the write lock (SQLite) or row lock (PostgreSQL) is then held until
+        // commit, so nobody else can take a number in between.
+        let bumped = conversation::Entity::update_many()
+            .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).add(1))
+            .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+            .filter(conversation::Column::Id.eq(m.conversation_id.0))
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(seq) = bumped.first().map(|c| c.last_seq) else {
+            results.push(Err(StoreError::NotFound));
+            continue;
+        };
+        let existing = message::Entity::find()
+            .filter(message::Column::SenderId.eq(m.sender_id.0))
+            .filter(message::Column::ClientMsgId.eq(m.client_msg_id.as_str()))
+            .one(&txn)
+            .await?;
+        if let Some(existing) = existing {
+            // A resend: give the number back and answer with the stored original.
+            conversation::Entity::update_many()
+                .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).sub(1))
+                .filter(conversation::Column::Id.eq(m.conversation_id.0))
+                .exec(&txn)
+                .await?;
+            if existing.conversation_id != m.conversation_id.0 {
+                results.push(Err(StoreError::Forbidden("client_msg_id was already used for another conversation")));
+            } else {
+                results.push(Ok(Appended { message: to_stored(existing), duplicate: true }));
+            }
+            continue;
+        }
+        let row = message::ActiveModel {
+            id: Set(MessageId::new().0),
+            conversation_id: Set(m.conversation_id.0),
+            seq: Set(seq),
+            sender_id: Set(m.sender_id.0),
+            client_msg_id: Set(m.client_msg_id.clone()),
+            kind: Set(m.kind.clone()),
+            body: Set(m.body.clone()),
+            file_id: Set(m.file_id.map(|f| f.0)),
+            created_at: Set(now),
+        };
+        let model = message::Entity::insert(row).exec_with_returning(&txn).await?;
+        results.push(Ok(Appended { message: to_stored(model), duplicate: false }));
+    }
+    txn.commit().await?;
+    Ok(results)
+}
+
+#[async_trait::async_trait]
+impl ChatStore for ChatRepo {
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationInfo>, StoreError> {
+        let c = conversation::Entity::find_by_id(id.0).one(&self.db).await.map_err(unavailable)?;
+        Ok(c.as_ref().map(info))
+    }
+
+    async fn open_conversation(&self, a: UserId, b: UserId) -> Result<ConversationInfo, StoreError> {
+        if a == b {
+            return Err(StoreError::Forbidden("you cannot message yourself"));
+        }
+        if user::Entity::find_by_id(b.0).one(&self.db).await.map_err(unavailable)?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        self.may_message(a, b).await?;
+        let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
+        let find = || {
+            conversation::Entity::find()
+                .filter(conversation::Column::UserLow.eq(low))
+                .filter(conversation::Column::UserHigh.eq(high))
+                .one(&self.db)
+        };
+        if let Some(c) = find().await.map_err(unavailable)? {
+            return Ok(info(&c));
+        }
+        let now = crate::now_ms();
+        let row = conversation::ActiveModel {
+            id: Set(ConversationId::new().0),
+            user_low: Set(low),
+            user_high: Set(high),
+            last_seq: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        // Two first messages at once: one insert wins, the other finds it.
+        let inserted = conversation::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([conversation::Column::UserLow, conversation::Column::UserHigh])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(unavailable)?;
+        let _ = inserted;
+        find().await.map_err(unavailable)?.map(|c| info(&c)).ok_or(StoreError::NotFound)
+    }
+
+    async fn may_message(&self, _from: UserId, _to: UserId) -> Result<(), StoreError> {
+        // The one place the messaging rule lives. Until contacts exist any two users may
+        // message each other; the contacts issue replaces this with "accepted contacts,
+        // and neither has blocked the other".
+        Ok(())
+    }
+
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.committer.send((msg, tx)).await.map_err(|_| StoreError::Unavailable("committer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?
+    }
+
+    async fn messages_after(
+        &self,
+        conversation: ConversationId,
+        after_seq: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.history(conversation, Some(after_seq), None, limit).await.map_err(unavailable)
+    }
+
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError> {
+        let rows = conversation::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(conversation::Column::UserLow.eq(user.0))
+                    .add(conversation::Column::UserHigh.eq(user.0)),
+            )
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(info).collect())
+    }
+
+    async fn update_receipt(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        delivered_seq: Option<i64>,
+        read_seq: Option<i64>,
+    ) -> Result<Receipt, StoreError> {
+        let conv = self.conversation(conversation).await?.ok_or(StoreError::NotFound)?;
+        if !conv.has(user) {
+            return Err(StoreError::NotFound);
+        }
+        let read = read_seq.map(|s| s.clamp(0, conv.last_seq));
+        // Read implies delivered.
+        let delivered = Ord::max(delivered_seq.map(|s| s.clamp(0, conv.last_seq)), read);
+        let now = crate::now_ms();
+        let row = receipt::ActiveModel {
+            conversation_id: Set(conversation.0),
+            user_id: Set(user.0),
+            delivered_seq: Set(0),
+            read_seq: Set(0),
+            updated_at: Set(now),
+        };
+        receipt::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([receipt::Column::ConversationId, receipt::Column::UserId]).do_nothing().to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(unavailable)?;
+        // Conditional updates only ever raise a marker, whatever order devices report in.
+        for (col, value) in [(receipt::Column::DeliveredSeq, delivered), (receipt::Column::ReadSeq, read)] {
+            if let Some(v) = value {
+                receipt::Entity::update_many()
+                    .col_expr(col, Expr::value(v))
+                    .col_expr(receipt::Column::UpdatedAt, Expr::value(now))
+                    .filter(receipt::Column::ConversationId.eq(conversation.0))
+                    .filter(receipt::Column::UserId.eq(user.0))
+                    .filter(col.lt(v))
+                    .exec(&self.db)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let r = receipt::Entity::find_by_id((conversation.0, user.0))
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Receipt {
+            conversation_id: conversation,
+            user_id: user,
+            delivered_seq: r.delivered_seq,
+            read_seq: r.read_seq,
+        })
+    }
+}
