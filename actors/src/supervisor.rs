@@ -211,3 +211,126 @@ impl Actor for Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A child that counts its starts and stops normally on request.
+    struct Child;
+    enum ChildMsg {
+        StopNormally,
+    }
+
+    impl Actor for Child {
+        type Msg = ChildMsg;
+        type State = ();
+        type Arguments = Arc<AtomicUsize>;
+
+        async fn pre_start(&self, _me: ActorRef<ChildMsg>, starts: Arc<AtomicUsize>) -> Result<(), ActorProcessingErr> {
+            starts.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        async fn handle(&self, me: ActorRef<ChildMsg>, msg: ChildMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+            match msg {
+                ChildMsg::StopNormally => me.stop(Some(NORMAL_EXIT.to_owned())),
+            }
+            Ok(())
+        }
+    }
+
+    struct Spec {
+        name: String,
+        starts: Arc<AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl ChildSpec for Spec {
+        async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+            Ok(Actor::spawn_linked(Some(self.name.clone()), Child, self.starts.clone(), sup).await?.0.get_cell())
+        }
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    async fn supervisor(name: &str, max_restarts: usize) -> (ActorRef<SupervisorMsg>, tokio::task::JoinHandle<()>) {
+        let args = SupervisorArgs {
+            name: name.into(),
+            policy: RestartPolicy { max_restarts, window: Duration::from_secs(60) },
+            initial: vec![],
+            faults: Faults::disabled(),
+        };
+        Actor::spawn(Some(name.into()), Supervisor, args).await.expect("supervisor starts")
+    }
+
+    async fn start_child(sup: &ActorRef<SupervisorMsg>, name: &str, starts: &Arc<AtomicUsize>) -> ActorCell {
+        let spec: Arc<dyn ChildSpec> = Arc::new(Spec { name: name.into(), starts: starts.clone() });
+        let key = name.to_owned();
+        ractor::call_t!(sup, |reply| SupervisorMsg::StartChild { key, spec, reply }, 5000)
+            .expect("call")
+            .expect("child starts")
+    }
+
+    #[tokio::test]
+    async fn a_killed_child_is_restarted_and_a_normal_exit_is_not() {
+        let (sup, _) = supervisor("t1-sup", 10).await;
+        let starts = Arc::new(AtomicUsize::new(0));
+        let first = start_child(&sup, "t1-child", &starts).await;
+        // Asking again for the same key answers the running child.
+        assert_eq!(start_child(&sup, "t1-child", &starts).await.get_id(), first.get_id());
+        first.kill();
+        until("restart", || starts.load(Ordering::SeqCst) == 2).await;
+        let stats = ractor::call_t!(sup, SupervisorMsg::Stats, 5000).expect("stats");
+        assert_eq!((stats.children, stats.restarts, stats.restarts_by_key["t1-child"]), (1, 1, 1));
+
+        let current: ActorRef<ChildMsg> = ractor::registry::where_is("t1-child".to_owned()).expect("running").into();
+        current.cast(ChildMsg::StopNormally).expect("cast");
+        let s = sup.clone();
+        for _ in 0..500 {
+            let stats = ractor::call_t!(s, SupervisorMsg::Stats, 5000).expect("stats");
+            if stats.children == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = ractor::call_t!(sup, SupervisorMsg::Stats, 5000).expect("stats");
+        assert_eq!((stats.children, stats.restarts), (0, 1), "normal exit is not restarted");
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        sup.stop(None);
+    }
+
+    #[tokio::test]
+    async fn too_many_restarts_escalate_to_the_parent() {
+        let (sup, handle) = supervisor("t2-sup", 3).await;
+        let starts = Arc::new(AtomicUsize::new(0));
+        start_child(&sup, "t2-child", &starts).await;
+        for n in 1..=3 {
+            let cell = ractor::registry::where_is("t2-child".to_owned()).expect("child running");
+            cell.kill();
+            until("restart", || starts.load(Ordering::SeqCst) == n + 1).await;
+            // The next kill must hit the new instance.
+            until("registered", || {
+                ractor::registry::where_is("t2-child".to_owned()).is_some_and(|c| c.get_id() != cell.get_id())
+            })
+            .await;
+        }
+        // The fourth failure in the window is one too many: the supervisor fails itself
+        // (its parent, if any, would now restart it), taking its children down with it.
+        ractor::registry::where_is("t2-child".to_owned()).expect("child running").kill();
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("supervisor stopped").expect("joined");
+        assert!(ractor::registry::where_is("t2-sup".to_owned()).is_none());
+        until("children gone", || ractor::registry::where_is("t2-child".to_owned()).is_none()).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 4);
+    }
+}

@@ -284,10 +284,10 @@ async fn oversized_frames_close_the_socket_without_harming_others() {
 async fn websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies() {
     let app = spawn_app().await;
     let (alice, _) = user(&app, "alice").await;
-    assert_eq!(connect_with(&app, |_| {}).await.err(), Some(401));
+    assert_eq!(connect_with(app.addr, |_| {}).await.err(), Some(401));
     let bad = HeaderValue::from_static("Bearer not-a-token");
     assert_eq!(
-        connect_with(&app, |r| {
+        connect_with(app.addr, |r| {
             r.headers_mut().insert("authorization", bad);
         })
         .await
@@ -298,7 +298,7 @@ async fn websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies() {
     let cookie = HeaderValue::from_str(&format!("sb_session={alice}")).expect("header");
     let evil = HeaderValue::from_static("https://evil.example");
     let (c1, e1) = (cookie.clone(), evil.clone());
-    let r = connect_with(&app, move |r| {
+    let r = connect_with(app.addr, move |r| {
         r.headers_mut().insert("cookie", c1);
         r.headers_mut().insert("origin", e1);
     })
@@ -306,7 +306,7 @@ async fn websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies() {
     assert_eq!(r.err(), Some(403), "cookie from a foreign origin");
     let own = HeaderValue::from_str(&format!("http://{}", app.addr)).expect("header");
     let c2 = cookie.clone();
-    let ws = connect_with(&app, move |r| {
+    let ws = connect_with(app.addr, move |r| {
         r.headers_mut().insert("cookie", c2);
         r.headers_mut().insert("origin", own);
     })
@@ -314,7 +314,7 @@ async fn websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies() {
     .expect("own origin accepted");
     Client::from_ws(ws).next_of("hello").await;
     let bearer = HeaderValue::from_str(&format!("Bearer {alice}")).expect("header");
-    let ws = connect_with(&app, move |r| {
+    let ws = connect_with(app.addr, move |r| {
         r.headers_mut().insert("authorization", bearer);
         r.headers_mut().insert("origin", evil);
     })
@@ -326,7 +326,7 @@ async fn websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies() {
     assert_eq!(app.logout(&alice).await.status(), StatusCode::NO_CONTENT);
     let bearer = HeaderValue::from_str(&format!("Bearer {alice}")).expect("header");
     assert_eq!(
-        connect_with(&app, |r| {
+        connect_with(app.addr, |r| {
             r.headers_mut().insert("authorization", bearer);
         })
         .await
@@ -548,4 +548,61 @@ async fn a_client_that_does_not_read_is_disconnected() {
     a.read_until("ack", |d| d.acks.contains_key("after")).await;
     while b.read_one(Duration::from_secs(5)).await.is_some() {}
     assert!(b.closed.is_some());
+}
+
+#[tokio::test]
+async fn a_killed_supervisor_is_restarted_by_the_node_and_chat_goes_on() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.fault_injection = true).await;
+    let (alice, _) = user(&app, "alice").await;
+    let (bob, bob_id) = user(&app, "bob").await;
+    let mut a = Client::connect(&app, &alice).await;
+    let conv = open_conversation(&mut a, &bob_id, "k0").await;
+    let rooms = app.node.ctx.supervisor_name("rooms");
+    // Through the operator endpoint, as in a drill.
+    let r = app
+        .client
+        .post(app.url("/api/debug/faults"))
+        .bearer_auth(&alice)
+        .json(&json!({"kind": "sup", "id": "rooms", "fault": "kill"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let node = app.node.clone();
+    let mut restarted = false;
+    for _ in 0..500 {
+        if node.stats("node").await.is_some_and(|s| s.restarts_by_key.get(&rooms) == Some(&1)) {
+            restarted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(restarted, "node supervisor restarted the rooms supervisor");
+    // Rooms come back on demand under the new supervisor.
+    a.send_to_conv("k1", &conv, "after the drill").await;
+    a.read_until("ack", |d| d.acks.contains_key("k1")).await;
+    let mut b = Client::connect(&app, &bob).await;
+    b.send(json!({"type": "sync"})).await;
+    assert_eq!(b.next_of("sync_done").await["messages"], 2);
+    // Unknown actors and bad requests are refused; without the flag there is no endpoint.
+    let r = app
+        .client
+        .post(app.url("/api/debug/faults"))
+        .bearer_auth(&alice)
+        .json(&json!({"kind": "room", "id": "nope", "fault": "kill"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let plain = spawn_app().await;
+    let (t, _) = user(&plain, "carol").await;
+    let r = plain
+        .client
+        .post(plain.url("/api/debug/faults"))
+        .bearer_auth(&t)
+        .json(&json!({"kind": "sup", "id": "rooms", "fault": "kill"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "fault injection is off by default");
 }

@@ -102,3 +102,45 @@ fn migrate_applies_the_schema_and_exits() {
     let out = switchboard(&["migrate", "--data-dir", data_arg], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn auth_and_messaging_run_apart_on_one_database() {
+    use crate::helpers::test_config;
+    use crate::ws_client::Client;
+    use switchboard::routes::Mount;
+    use switchboard::startup::Application;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut started = vec![];
+    for mount in [Mount::Auth, Mount::Messaging] {
+        let app = Application::build(test_config(&dir), mount).await.expect("builds");
+        let addr = app.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        started.push((addr, tx, task));
+    }
+    let (auth_addr, messaging_addr) = (started[0].0, started[1].0);
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"username": "mona", "password": PASSWORD});
+    let r = http.post(format!("http://{auth_addr}/api/auth/register")).json(&body).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http.post(format!("http://{auth_addr}/api/auth/login")).json(&body).send().await.expect("sent");
+    let token = r.json::<serde_json::Value>().await.expect("json")["access_token"].as_str().expect("token").to_owned();
+    // The messaging service has no auth routes, but accepts the auth service's tokens.
+    let r = http.post(format!("http://{messaging_addr}/api/auth/login")).json(&body).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r =
+        http.get(format!("http://{messaging_addr}/api/conversations")).bearer_auth(&token).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http.get(format!("http://{auth_addr}/api/conversations")).bearer_auth(&token).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "the auth service does not serve messaging");
+    let mut ws = Client::connect_addr(messaging_addr, &token).await;
+    ws.send(serde_json::json!({"type": "ping"})).await;
+    ws.next_of("pong").await;
+    for (_, tx, task) in started {
+        let _ = tx.send(());
+        task.await.expect("joined").expect("ran");
+    }
+}

@@ -2,6 +2,7 @@
 //! keeps: messages deduplicated by id, per-conversation seq order, unacked sends.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -37,10 +38,10 @@ pub struct Client {
 /// Opens `/ws` with a request built by `f` (headers), returning the raw stream or the
 /// HTTP status of a refused upgrade.
 pub async fn connect_with(
-    app: &TestApp,
+    addr: SocketAddr,
     f: impl FnOnce(&mut tokio_tungstenite::tungstenite::handshake::client::Request),
 ) -> Result<Ws, u16> {
-    let mut req = format!("ws://{}/ws", app.addr).into_client_request().expect("request");
+    let mut req = format!("ws://{addr}/ws").into_client_request().expect("request");
     f(&mut req);
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
@@ -52,8 +53,13 @@ pub async fn connect_with(
 impl Client {
     /// Connects with a bearer token and waits for `hello`.
     pub async fn connect(app: &TestApp, token: &str) -> Client {
+        Self::connect_addr(app.addr, token).await
+    }
+
+    /// Connects to the server at `addr` with a bearer token and waits for `hello`.
+    pub async fn connect_addr(addr: SocketAddr, token: &str) -> Client {
         let auth = HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
-        let ws = connect_with(app, |r| {
+        let ws = connect_with(addr, |r| {
             r.headers_mut().insert("authorization", auth);
         })
         .await
