@@ -1,7 +1,9 @@
 //! The conversations-and-messages repository, and the [`ChatStore`] port the actors use.
 //!
-//! Appends are group-committed: a single committer task takes every append waiting in its
-//! queue (up to [`MAX_BATCH`]) and commits them in one transaction, then answers each.
+//! Writes on the message path (appends and receipt markers) are group-committed: a single
+//! committer task takes every write waiting in its queue (up to [`MAX_BATCH`]) and
+//! commits them in one transaction, then answers each. One fsync then covers many
+//! messages, which is what makes `synchronous=FULL` affordable.
 //! Inside the transaction each message bumps its conversation's `last_seq` with an atomic
 //! `UPDATE … RETURNING` (a row lock on PostgreSQL, the write lock on SQLite) and is
 //! inserted with that number, so sequences are gap-free and unique even with several
@@ -11,8 +13,8 @@
 
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde::Serialize;
 use switchboard_actors::ports::{
@@ -29,12 +31,23 @@ pub const MAX_BATCH: usize = 256;
 /// Appends waiting for the committer before senders wait for room (back-pressure).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+/// A write the committer performs inside a group transaction.
+enum Write {
+    Append(NewMessage),
+    Receipt { conversation: ConversationId, user: UserId, delivered: Option<i64>, read: Option<i64> },
+}
+
+enum Written {
+    Appended(Appended),
+    Receipt(Receipt),
+}
+
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
 
 #[derive(Clone, Debug)]
 pub struct ChatRepo {
     db: DatabaseConnection,
-    committer: mpsc::Sender<(NewMessage, Reply)>,
+    committer: mpsc::Sender<(Write, Reply)>,
 }
 
 impl ChatRepo {
@@ -166,16 +179,16 @@ fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-async fn run_committer(db: DatabaseConnection, mut rx: mpsc::Receiver<(NewMessage, Reply)>) {
+async fn run_committer(db: DatabaseConnection, mut rx: mpsc::Receiver<(Write, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         commit_batch(&db, std::mem::take(&mut batch)).await;
     }
 }
 
-async fn commit_batch(db: &DatabaseConnection, batch: Vec<(NewMessage, Reply)>) {
-    let msgs: Vec<&NewMessage> = batch.iter().map(|(m, _)| m).collect();
-    match append_in_txn(db, &msgs).await {
+async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
+    let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+    match write_in_txn(db, &writes).await {
         Ok(results) => {
             for ((_, reply), result) in batch.into_iter().zip(results) {
                 let _ = reply.send(result);
@@ -183,8 +196,8 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(NewMessage, Reply)>) 
         }
         Err(e) if batch.len() > 1 => {
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
-            for (msg, reply) in batch {
-                let result = match append_in_txn(db, &[&msg]).await {
+            for (write, reply) in batch {
+                let result = match write_in_txn(db, &[&write]).await {
                     Ok(mut r) => r.pop().unwrap_or_else(|| Err(StoreError::Unavailable("empty result".into()))),
                     Err(e) => Err(unavailable(e)),
                 };
@@ -199,63 +212,130 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(NewMessage, Reply)>) 
     }
 }
 
-/// Appends `msgs` in one transaction. The outer error aborts the whole transaction; the
-/// inner results are per message (not found, a reused id, or the stored message).
-async fn append_in_txn(
-    db: &DatabaseConnection,
-    msgs: &[&NewMessage],
-) -> Result<Vec<Result<Appended, StoreError>>, DbErr> {
+/// Performs `writes` in one transaction. The outer error aborts the whole transaction; the
+/// inner results are per write (not found, a reused id, or what was stored).
+async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<Result<Written, StoreError>>, DbErr> {
     let txn = db.begin().await?;
     let now = crate::now_ms();
-    let mut results = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        // Bump first: the write lock (SQLite) or row lock (PostgreSQL) is then held until
-        // commit, so nobody else can take a number in between.
-        let bumped = conversation::Entity::update_many()
-            .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).add(1))
-            .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
-            .filter(conversation::Column::Id.eq(m.conversation_id.0))
-            .exec_with_returning(&txn)
-            .await?;
-        let Some(seq) = bumped.first().map(|c| c.last_seq) else {
-            results.push(Err(StoreError::NotFound));
-            continue;
-        };
-        let existing = message::Entity::find()
-            .filter(message::Column::SenderId.eq(m.sender_id.0))
-            .filter(message::Column::ClientMsgId.eq(m.client_msg_id.as_str()))
-            .one(&txn)
-            .await?;
-        if let Some(existing) = existing {
-            // A resend: give the number back and answer with the stored original.
-            conversation::Entity::update_many()
-                .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).sub(1))
-                .filter(conversation::Column::Id.eq(m.conversation_id.0))
-                .exec(&txn)
-                .await?;
-            if existing.conversation_id != m.conversation_id.0 {
-                results.push(Err(StoreError::Forbidden("client_msg_id was already used for another conversation")));
-            } else {
-                results.push(Ok(Appended { message: to_stored(existing), duplicate: true }));
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        let result = match w {
+            Write::Append(m) => append(&txn, m, now).await?.map(Written::Appended),
+            Write::Receipt { conversation, user, delivered, read } => {
+                raise_receipt(&txn, *conversation, *user, *delivered, *read, now).await?.map(Written::Receipt)
             }
-            continue;
-        }
-        let row = message::ActiveModel {
-            id: Set(MessageId::new().0),
-            conversation_id: Set(m.conversation_id.0),
-            seq: Set(seq),
-            sender_id: Set(m.sender_id.0),
-            client_msg_id: Set(m.client_msg_id.clone()),
-            kind: Set(m.kind.clone()),
-            body: Set(m.body.clone()),
-            file_id: Set(m.file_id.map(|f| f.0)),
-            created_at: Set(now),
         };
-        let model = message::Entity::insert(row).exec_with_returning(&txn).await?;
-        results.push(Ok(Appended { message: to_stored(model), duplicate: false }));
+        results.push(result);
     }
     txn.commit().await?;
     Ok(results)
+}
+
+async fn append(txn: &DatabaseTransaction, m: &NewMessage, now: i64) -> Result<Result<Appended, StoreError>, DbErr> {
+    // Bump first: the write lock (SQLite) or row lock (PostgreSQL) is then held until
+    // commit, so nobody else can take a number in between.
+    let bumped = conversation::Entity::update_many()
+        .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).add(1))
+        .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+        .filter(conversation::Column::Id.eq(m.conversation_id.0))
+        .exec_with_returning(txn)
+        .await?;
+    let Some(seq) = bumped.first().map(|c| c.last_seq) else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    let existing = message::Entity::find()
+        .filter(message::Column::SenderId.eq(m.sender_id.0))
+        .filter(message::Column::ClientMsgId.eq(m.client_msg_id.as_str()))
+        .one(txn)
+        .await?;
+    if let Some(existing) = existing {
+        // A resend: give the number back and answer with the stored original.
+        conversation::Entity::update_many()
+            .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).sub(1))
+            .filter(conversation::Column::Id.eq(m.conversation_id.0))
+            .exec(txn)
+            .await?;
+        if existing.conversation_id != m.conversation_id.0 {
+            return Ok(Err(StoreError::Forbidden("client_msg_id was already used for another conversation")));
+        }
+        return Ok(Ok(Appended { message: to_stored(existing), duplicate: true }));
+    }
+    let row = message::ActiveModel {
+        id: Set(MessageId::new().0),
+        conversation_id: Set(m.conversation_id.0),
+        seq: Set(seq),
+        sender_id: Set(m.sender_id.0),
+        client_msg_id: Set(m.client_msg_id.clone()),
+        kind: Set(m.kind.clone()),
+        body: Set(m.body.clone()),
+        file_id: Set(m.file_id.map(|f| f.0)),
+        created_at: Set(now),
+    };
+    let model = message::Entity::insert(row).exec_with_returning(txn).await?;
+    Ok(Ok(Appended { message: to_stored(model), duplicate: false }))
+}
+
+/// Raises a user's markers in a conversation (never lowers them; read implies delivered;
+/// both capped at the last seq).
+async fn raise_receipt(
+    txn: &DatabaseTransaction,
+    conversation: ConversationId,
+    user: UserId,
+    delivered_seq: Option<i64>,
+    read_seq: Option<i64>,
+    now: i64,
+) -> Result<Result<Receipt, StoreError>, DbErr> {
+    let Some(conv) = conversation::Entity::find_by_id(conversation.0).one(txn).await? else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    if conv.user_low != user.0 && conv.user_high != user.0 {
+        return Ok(Err(StoreError::NotFound));
+    }
+    let read = read_seq.map(|s| s.clamp(0, conv.last_seq));
+    let delivered = Ord::max(delivered_seq.map(|s| s.clamp(0, conv.last_seq)), read);
+    let row = receipt::ActiveModel {
+        conversation_id: Set(conversation.0),
+        user_id: Set(user.0),
+        delivered_seq: Set(0),
+        read_seq: Set(0),
+        updated_at: Set(now),
+    };
+    receipt::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([receipt::Column::ConversationId, receipt::Column::UserId]).do_nothing().to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    // Conditional updates only ever raise a marker, whatever order devices report in.
+    for (col, value) in [(receipt::Column::DeliveredSeq, delivered), (receipt::Column::ReadSeq, read)] {
+        if let Some(v) = value {
+            receipt::Entity::update_many()
+                .col_expr(col, Expr::value(v))
+                .col_expr(receipt::Column::UpdatedAt, Expr::value(now))
+                .filter(receipt::Column::ConversationId.eq(conversation.0))
+                .filter(receipt::Column::UserId.eq(user.0))
+                .filter(col.lt(v))
+                .exec(txn)
+                .await?;
+        }
+    }
+    let Some(r) = receipt::Entity::find_by_id((conversation.0, user.0)).one(txn).await? else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    Ok(Ok(Receipt {
+        conversation_id: conversation,
+        user_id: user,
+        delivered_seq: r.delivered_seq,
+        read_seq: r.read_seq,
+    }))
+}
+
+impl ChatRepo {
+    async fn write(&self, w: Write) -> Result<Written, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.committer.send((w, tx)).await.map_err(|_| StoreError::Unavailable("committer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?
+    }
 }
 
 #[async_trait::async_trait]
@@ -314,9 +394,10 @@ impl ChatStore for ChatRepo {
     }
 
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.committer.send((msg, tx)).await.map_err(|_| StoreError::Unavailable("committer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?
+        match self.write(Write::Append(msg)).await? {
+            Written::Appended(a) => Ok(a),
+            Written::Receipt(_) => Err(StoreError::Unavailable("committer answered the wrong write".into())),
+        }
     }
 
     async fn messages_after(
@@ -345,55 +426,12 @@ impl ChatStore for ChatRepo {
         &self,
         conversation: ConversationId,
         user: UserId,
-        delivered_seq: Option<i64>,
-        read_seq: Option<i64>,
+        delivered: Option<i64>,
+        read: Option<i64>,
     ) -> Result<Receipt, StoreError> {
-        let conv = self.conversation(conversation).await?.ok_or(StoreError::NotFound)?;
-        if !conv.has(user) {
-            return Err(StoreError::NotFound);
+        match self.write(Write::Receipt { conversation, user, delivered, read }).await? {
+            Written::Receipt(r) => Ok(r),
+            Written::Appended(_) => Err(StoreError::Unavailable("committer answered the wrong write".into())),
         }
-        let read = read_seq.map(|s| s.clamp(0, conv.last_seq));
-        // Read implies delivered.
-        let delivered = Ord::max(delivered_seq.map(|s| s.clamp(0, conv.last_seq)), read);
-        let now = crate::now_ms();
-        let row = receipt::ActiveModel {
-            conversation_id: Set(conversation.0),
-            user_id: Set(user.0),
-            delivered_seq: Set(0),
-            read_seq: Set(0),
-            updated_at: Set(now),
-        };
-        receipt::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([receipt::Column::ConversationId, receipt::Column::UserId]).do_nothing().to_owned(),
-            )
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(unavailable)?;
-        // Conditional updates only ever raise a marker, whatever order devices report in.
-        for (col, value) in [(receipt::Column::DeliveredSeq, delivered), (receipt::Column::ReadSeq, read)] {
-            if let Some(v) = value {
-                receipt::Entity::update_many()
-                    .col_expr(col, Expr::value(v))
-                    .col_expr(receipt::Column::UpdatedAt, Expr::value(now))
-                    .filter(receipt::Column::ConversationId.eq(conversation.0))
-                    .filter(receipt::Column::UserId.eq(user.0))
-                    .filter(col.lt(v))
-                    .exec(&self.db)
-                    .await
-                    .map_err(unavailable)?;
-            }
-        }
-        let r = receipt::Entity::find_by_id((conversation.0, user.0))
-            .one(&self.db)
-            .await
-            .map_err(unavailable)?
-            .ok_or(StoreError::NotFound)?;
-        Ok(Receipt {
-            conversation_id: conversation,
-            user_id: user,
-            delivered_seq: r.delivered_seq,
-            read_seq: r.read_seq,
-        })
     }
 }

@@ -606,3 +606,63 @@ async fn a_killed_supervisor_is_restarted_by_the_node_and_chat_goes_on() {
         .expect("sent");
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "fault injection is off by default");
 }
+
+/// Polls `cond` every 20 ms for up to 15 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..750 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_by_the_heartbeat() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.messaging.heartbeat_secs = 1;
+        c.messaging.idle_timeout_secs = 2;
+    })
+    .await;
+    let (alice, alice_id) = user(&app, "alice").await;
+    let uid = UserId::parse(&alice_id).expect("uuid");
+    // A client that reads (and so answers pings) stays connected past the timeout...
+    let mut live = Client::connect(&app, &alice).await;
+    // ...one that never reads again does not.
+    let silent = Client::connect(&app, &alice).await;
+    let node = app.node.clone();
+    eventually("two sessions", || node.ctx.sessions_of(uid).len() == 2).await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        live.send(json!({"type": "ping"})).await;
+        live.next_of("pong").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("the silent one closed", || node.ctx.sessions_of(uid).len() == 1).await;
+    live.send(json!({"type": "ping"})).await;
+    live.next_of("pong").await;
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_idle_room_stops_and_comes_back_on_demand() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.messaging.room_idle_secs = 1).await;
+    let (alice, _) = user(&app, "alice").await;
+    let (bob, bob_id) = user(&app, "bob").await;
+    let mut a = Client::connect(&app, &alice).await;
+    let conv = open_conversation(&mut a, &bob_id, "i0").await;
+    let room = app.node.ctx.name("room", &conv);
+    let r = room.clone();
+    eventually("room running", move || ractor::registry::where_is(r.clone()).is_some()).await;
+    let r = room.clone();
+    eventually("idle room stopped", move || ractor::registry::where_is(r.clone()).is_none()).await;
+    a.send_to_conv("i1", &conv, "wake up").await;
+    a.read_until("ack", |d| d.acks.contains_key("i1")).await;
+    assert_eq!(a.acks["i1"].1, 2, "the sequence continues from the database");
+    let stats = app.node.stats("rooms").await.expect("stats");
+    assert_eq!(stats.restarts, 0, "stopping when idle is not a failure");
+    let mut b = Client::connect(&app, &bob).await;
+    b.send(json!({"type": "sync"})).await;
+    assert_eq!(b.next_of("sync_done").await["messages"], 2);
+}

@@ -1,0 +1,248 @@
+//! `switchboard-bench`: a load generator for a running Switchboard.
+//!
+//! Scenario `pairs`: P pairs of users, each pair one conversation; the first user of each
+//! pair sends to the second at a fixed share of the total rate, open loop (a send is due
+//! at its intended time whatever the server does, and latency counts from that intended
+//! time, so a slow server shows as latency, not as a lower send rate). Reports achieved
+//! throughput and send→deliver latency percentiles.
+//!
+//! The server must allow the load: raise its rate limits, e.g.
+//! `SWITCHBOARD_AUTH__REGISTER_PER_IP_PER_MINUTE=100000
+//! SWITCHBOARD_AUTH__LOGIN_PER_IP_PER_MINUTE=100000
+//! SWITCHBOARD_MESSAGING__SENDS_PER_SECOND=100000`. `scripts/bench-messaging` does it all.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for Switchboard")]
+struct Args {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Number of sender→receiver pairs (2 × pairs connections).
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Total messages per second across all pairs.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    delivered: AtomicU64,
+}
+
+async fn account(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let body = json!({"username": name, "password": "bench password 123"});
+    let r = http.post(format!("{url}/api/auth/register")).json(&body).send().await?;
+    anyhow::ensure!(r.status().is_success() || r.status() == 409, "register {name}: {}", r.status());
+    let r = http.post(format!("{url}/api/auth/login")).json(&body).send().await?;
+    anyhow::ensure!(r.status().is_success(), "login {name}: {}", r.status());
+    let v: Value = r.json().await?;
+    let token = v["access_token"].as_str().context("token")?.to_owned();
+    let id = v["user"]["id"].as_str().context("id")?.to_owned();
+    Ok((token, id))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
+    let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
+    let mut req = ws_url.into_client_request()?;
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    Ok(ws)
+}
+
+async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await?.context("closed")?? {
+            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+            Message::Close(_) => anyhow::bail!("closed"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.pairs >= 1 && args.rate > 0.0 && args.duration >= 1,
+        "pairs, rate and duration must be positive"
+    );
+    let http = reqwest::Client::new();
+    let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    eprintln!("registering {} users ...", args.pairs * 2);
+    let mut users = Vec::with_capacity(args.pairs * 2);
+    for chunk in (0..args.pairs * 2).collect::<Vec<_>>().chunks(8) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("b{run}_{i}")).collect();
+        let futs = names.iter().map(|n| account(&http, &args.url, n));
+        for r in futures_util::future::join_all(futs).await {
+            users.push(r?);
+        }
+    }
+    eprintln!("connecting {} sockets and opening {} conversations ...", args.pairs * 2, args.pairs);
+    let counters = Arc::new(Counters::default());
+    let epoch = Instant::now();
+    let per_pair = args.rate / args.pairs as f64;
+    let period = Duration::from_secs_f64(1.0 / per_pair);
+    let deadline = epoch + Duration::from_secs(args.duration) + Duration::from_secs(2);
+    let mut senders = vec![];
+    let mut receivers = vec![];
+    for p in 0..args.pairs {
+        let (a_token, _) = &users[2 * p];
+        let (b_token, b_id) = &users[2 * p + 1];
+        let mut a = connect(&args.url, a_token).await?;
+        let mut b = connect(&args.url, b_token).await?;
+        a.send(Message::text(
+            json!({"type":"send","client_msg_id":"open","to_user_id":b_id,"body":"open"}).to_string(),
+        ))
+        .await?;
+        let conv = loop {
+            let v = next_json(&mut a).await?;
+            if v["type"] == "ack" {
+                break v["conversation_id"].as_str().context("conv")?.to_owned();
+            }
+        };
+        // Receiver: latency of every message from the peer, from its intended send time.
+        let c = counters.clone();
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        receivers.push(tokio::spawn(async move {
+            while Instant::now() < deadline + Duration::from_secs(5) {
+                let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_secs(1), b.next()).await
+                else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
+                if v["type"] != "message" {
+                    continue;
+                }
+                if let Some(intended) =
+                    v["body"].as_str().and_then(|b| b.split(' ').nth(1)).and_then(|s| s.parse::<u64>().ok())
+                {
+                    let now = epoch.elapsed().as_micros() as u64;
+                    let _ = hist.record(now.saturating_sub(intended).max(1));
+                    c.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            hist
+        }));
+        // Sender: open loop at its share of the rate; a reader half counts acks.
+        let (mut sink, mut stream) = a.split();
+        let c = counters.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(Ok(m))) =
+                tokio::time::timeout(deadline + Duration::from_secs(5) - Instant::now(), stream.next()).await
+            {
+                if let Message::Text(t) = m
+                    && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+                {
+                    match v["type"].as_str() {
+                        Some("ack") => c.acked.fetch_add(1, Ordering::Relaxed),
+                        Some("error") => c.errors.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+            }
+        });
+        let c = counters.clone();
+        let measure = Duration::from_secs(args.duration);
+        let offset = period.mul_f64(p as f64 / args.pairs as f64);
+        senders.push(tokio::spawn(async move {
+            let start = Instant::now() + Duration::from_millis(500) + offset;
+            let mut k: u64 = 0;
+            loop {
+                let due = start + period.mul_f64(k as f64);
+                if due > start + measure {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let intended = due.duration_since(epoch).as_micros() as u64;
+                let frame = json!({"type":"send","client_msg_id":format!("m{k}"),"conversation_id":conv,"body":format!("{k} {intended}")});
+                if sink.send(Message::text(frame.to_string())).await.is_err() {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                k += 1;
+            }
+            let _ = reader.await;
+        }));
+    }
+    eprintln!("running {} s at {} msg/s over {} pairs ...", args.duration, args.rate, args.pairs);
+    let progress = {
+        let c = counters.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                eprintln!(
+                    "  sent {} acked {} delivered {} errors {}",
+                    c.sent.load(Ordering::Relaxed),
+                    c.acked.load(Ordering::Relaxed),
+                    c.delivered.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    for s in senders {
+        s.await?;
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for r in receivers {
+        hist.add(r.await?)?;
+    }
+    progress.abort();
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let result = json!({
+        "scenario": "pairs",
+        "pairs": args.pairs,
+        "target_rate": args.rate,
+        "duration_s": args.duration,
+        "sent": sent,
+        "acked": counters.acked.load(Ordering::Relaxed),
+        "delivered": delivered,
+        "errors": counters.errors.load(Ordering::Relaxed),
+        "throughput_msg_s": delivered as f64 / args.duration as f64,
+        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99_9": ms(0.999), "max": hist.max() as f64 / 1000.0},
+    });
+    println!(
+        "| pairs | target msg/s | sent | acked | delivered | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        args.pairs,
+        args.rate,
+        sent,
+        result["acked"],
+        delivered,
+        result["errors"],
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    println!("{result}");
+    Ok(())
+}
