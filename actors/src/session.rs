@@ -142,6 +142,8 @@ pub enum SessionMsg {
     Closed,
     /// Catch up on one conversation after a commit this session could not confirm.
     Refresh(ConversationId),
+    /// A delivered marker was saved; send the next one if more arrived meanwhile.
+    DeliveredSaved(ConversationId),
 }
 
 pub struct SessionActor;
@@ -157,6 +159,10 @@ pub struct SessionState {
     name: String,
     conversations: HashMap<ConversationId, ConversationInfo>,
     last_typing: HashMap<ConversationId, Instant>,
+    /// Conversations with a delivered-marker write in flight, and the newest seq (with its
+    /// sender) delivered since: at most one write per conversation at a time, so a burst
+    /// of messages costs one or two marker writes, not one each.
+    delivered_inflight: HashMap<ConversationId, Option<(i64, UserId)>>,
 }
 
 /// Typing events a session forwards per conversation: at most one "active" per interval.
@@ -182,6 +188,7 @@ impl Actor for SessionActor {
             conn,
             conversations: HashMap::new(),
             last_typing: HashMap::new(),
+            delivered_inflight: HashMap::new(),
         };
         if restart {
             // Join first, then read: anything committed from here on either comes as an
@@ -215,8 +222,13 @@ impl Actor for SessionActor {
         state.ctx.faults.check(&state.name)?;
         match msg {
             SessionMsg::Frame(text) => state.on_frame(&myself, &text).await,
-            SessionMsg::Event(event) => state.on_event(*event).await,
+            SessionMsg::Event(event) => state.on_event(&myself, *event).await,
             SessionMsg::Refresh(c) => state.catch_up(c).await,
+            SessionMsg::DeliveredSaved(c) => {
+                if let Some(Some((seq, sender))) = state.delivered_inflight.remove(&c) {
+                    state.mark_delivered(&myself, c, sender, seq);
+                }
+            }
             SessionMsg::Closed => {
                 ractor::pg::leave_scoped(
                     state.ctx.node_id.clone(),
@@ -511,9 +523,9 @@ impl SessionState {
         }
     }
 
-    async fn on_event(&mut self, event: Event) {
+    async fn on_event(&mut self, myself: &ActorRef<SessionMsg>, event: Event) {
         match event {
-            Event::MessageCreated { message, .. } => self.deliver(message).await,
+            Event::MessageCreated { message, .. } => self.deliver(myself, message).await,
             Event::Receipt { receipt, .. } => {
                 self.conn.push(&ServerFrame::Receipt(receipt));
             }
@@ -527,7 +539,7 @@ impl SessionState {
     }
 
     /// Live delivery, in seq order and gap-free per conversation.
-    async fn deliver(&mut self, m: StoredMessage) {
+    async fn deliver(&mut self, myself: &ActorRef<SessionMsg>, m: StoredMessage) {
         let c = m.conversation_id;
         let last = self.conn.last_sent(c).unwrap_or(0);
         if m.seq <= last {
@@ -542,13 +554,21 @@ impl SessionState {
         }
         self.conn.set_last_sent(c, seq);
         if sender != self.me() {
-            self.mark_delivered(c, sender, seq);
+            self.mark_delivered(myself, c, sender, seq);
         }
     }
 
-    /// Records that `seq` reached this user, and tells the sender (off the actor).
-    fn mark_delivered(&self, c: ConversationId, sender: UserId, seq: i64) {
-        let (store, bus, me) = (self.ctx.store.clone(), self.ctx.bus.clone(), self.me());
+    /// Records that `seq` reached this user, and tells the sender (off the actor; one
+    /// write per conversation in flight, later seqs coalesced into the next).
+    fn mark_delivered(&mut self, myself: &ActorRef<SessionMsg>, c: ConversationId, sender: UserId, seq: i64) {
+        if let Some(pending) = self.delivered_inflight.get_mut(&c) {
+            if pending.is_none_or(|(s, _)| s < seq) {
+                *pending = Some((seq, sender));
+            }
+            return;
+        }
+        self.delivered_inflight.insert(c, None);
+        let (store, bus, me, myself) = (self.ctx.store.clone(), self.ctx.bus.clone(), self.me(), myself.clone());
         tokio::spawn(async move {
             match store.update_receipt(c, me, Some(seq), None).await {
                 Ok(receipt) if receipt.delivered_seq == seq => {
@@ -557,6 +577,7 @@ impl SessionState {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "delivered marker not saved"),
             }
+            let _ = myself.cast(SessionMsg::DeliveredSaved(c));
         });
     }
 
