@@ -52,7 +52,17 @@ async fn send_many(dev: &mut Client, conv: &str, prefix: &str, n: usize) -> Vec<
 
 #[tokio::test]
 async fn two_users_two_devices_each_get_every_message_exactly_once_in_order() {
-    let app = spawn_app().await;
+    every_message_exactly_once(Backend::Sqlite).await
+}
+
+/// The same on PostgreSQL (a fresh database for the test).
+#[tokio::test]
+async fn postgres_two_users_two_devices_each_get_every_message_exactly_once_in_order() {
+    every_message_exactly_once(Backend::Postgres).await
+}
+
+async fn every_message_exactly_once(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
     let (alice, _) = user(&app, "alice").await;
     let (bob, bob_id) = user(&app, "bob").await;
     let mut a1 = Client::connect(&app, &alice).await;
@@ -121,7 +131,16 @@ async fn two_users_two_devices_each_get_every_message_exactly_once_in_order() {
 
 #[tokio::test]
 async fn offline_user_syncs_exactly_what_they_missed() {
-    let app = spawn_app().await;
+    offline_sync(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_offline_user_syncs_exactly_what_they_missed() {
+    offline_sync(Backend::Postgres).await
+}
+
+async fn offline_sync(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
     let (alice, _) = user(&app, "alice").await;
     let (bob, bob_id) = user(&app, "bob").await;
     let mut a = Client::connect(&app, &alice).await;
