@@ -294,7 +294,7 @@ mod tests {
         let stats = ractor::call_t!(sup, SupervisorMsg::Stats, 5000).expect("stats");
         assert_eq!((stats.children, stats.restarts, stats.restarts_by_key["t1-child"]), (1, 1, 1));
 
-        let current: ActorRef<ChildMsg> = ractor::registry::where_is("t1-child".to_owned()).expect("running").into();
+        let current: ActorRef<ChildMsg> = ractor::registry::where_is("t1-child").expect("running").into();
         current.cast(ChildMsg::StopNormally).expect("cast");
         let s = sup.clone();
         for _ in 0..500 {
@@ -316,21 +316,19 @@ mod tests {
         let starts = Arc::new(AtomicUsize::new(0));
         start_child(&sup, "t2-child", &starts).await;
         for n in 1..=3 {
-            let cell = ractor::registry::where_is("t2-child".to_owned()).expect("child running");
+            let cell = ractor::registry::where_is("t2-child").expect("child running");
             cell.kill();
             until("restart", || starts.load(Ordering::SeqCst) == n + 1).await;
             // The next kill must hit the new instance.
-            until("registered", || {
-                ractor::registry::where_is("t2-child".to_owned()).is_some_and(|c| c.get_id() != cell.get_id())
-            })
-            .await;
+            until("registered", || ractor::registry::where_is("t2-child").is_some_and(|c| c.get_id() != cell.get_id()))
+                .await;
         }
         // The fourth failure in the window is one too many: the supervisor fails itself
         // (its parent, if any, would now restart it), taking its children down with it.
-        ractor::registry::where_is("t2-child".to_owned()).expect("child running").kill();
+        ractor::registry::where_is("t2-child").expect("child running").kill();
         tokio::time::timeout(Duration::from_secs(5), handle).await.expect("supervisor stopped").expect("joined");
-        assert!(ractor::registry::where_is("t2-sup".to_owned()).is_none());
-        until("children gone", || ractor::registry::where_is("t2-child".to_owned()).is_none()).await;
+        assert!(ractor::registry::where_is("t2-sup").is_none());
+        until("children gone", || ractor::registry::where_is("t2-child").is_none()).await;
         assert_eq!(starts.load(Ordering::SeqCst), 4);
     }
 }

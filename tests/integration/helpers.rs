@@ -50,7 +50,7 @@ pub fn test_config(data_dir: &TempDir) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: data_dir.path().to_path_buf(),
-        log: "warn".into(),
+        log: "error".into(),
         ..Config::default()
     };
     c.auth.jwt_secret = Some(Secret::new(TEST_JWT_SECRET));

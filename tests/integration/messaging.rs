@@ -66,42 +66,26 @@ async fn every_message_exactly_once(backend: Backend) {
     let (alice, _) = user(&app, "alice").await;
     let (bob, bob_id) = user(&app, "bob").await;
     let mut a1 = Client::connect(&app, &alice).await;
-    let mut a2 = Client::connect(&app, &alice).await;
-    let mut b1 = Client::connect(&app, &bob).await;
-    let mut b2 = Client::connect(&app, &bob).await;
+    let a2 = Client::connect(&app, &alice).await;
+    let b1 = Client::connect(&app, &bob).await;
+    let b2 = Client::connect(&app, &bob).await;
     // The opening message (seq 1) plus 1,000 each way: 500 from each device.
     let conv = open_conversation(&mut a1, &bob_id, "open").await;
     let per_device = 500;
     let total = 1 + 4 * per_device as i64;
-    let c = conv.clone();
-    let (ra1, ra2, rb1, rb2) = tokio::join!(
-        async move {
-            send_many(&mut a1, &c, "a1", per_device).await;
-            a1
-        },
-        {
-            let c = conv.clone();
-            async move {
-                send_many(&mut a2, &c, "a2", per_device).await;
-                a2
-            }
-        },
-        {
-            let c = conv.clone();
-            async move {
-                send_many(&mut b1, &c, "b1", per_device).await;
-                b1
-            }
-        },
-        {
-            let c = conv.clone();
-            async move {
-                send_many(&mut b2, &c, "b2", per_device).await;
-                b2
-            }
-        },
-    );
-    for mut dev in [ra1, ra2, rb1, rb2] {
+    let mut tasks = vec![];
+    for (name, mut dev) in [("a1", a1), ("a2", a2), ("b1", b1), ("b2", b2)] {
+        let c = conv.clone();
+        tasks.push(tokio::spawn(async move {
+            send_many(&mut dev, &c, name, per_device).await;
+            dev
+        }));
+    }
+    let mut devices = vec![];
+    for t in tasks {
+        devices.push(t.await.expect("device task"));
+    }
+    for mut dev in devices {
         let c = conv.clone();
         dev.read_until("all messages", move |d| d.by_seq.get(&c).is_some_and(|s| s.len() as i64 == total)).await;
         dev.assert_complete(&conv, total);
