@@ -100,6 +100,10 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// Largest JSON request body, in bytes.
     pub max_json_body_bytes: usize,
+    /// User searches per user per minute.
+    pub search_per_minute: u32,
+    /// Contact requests sent per user per minute.
+    pub contact_requests_per_minute: u32,
 }
 
 /// Real-time messaging settings.
@@ -180,7 +184,7 @@ impl Default for AuthConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_json_body_bytes: 64 * 1024 }
+        Self { max_json_body_bytes: 64 * 1024, search_per_minute: 120, contact_requests_per_minute: 30 }
     }
 }
 
@@ -267,6 +271,8 @@ impl Config {
             ("auth.login_per_ip_per_minute", a.login_per_ip_per_minute),
             ("auth.login_per_username_per_minute", a.login_per_username_per_minute),
             ("auth.register_per_ip_per_minute", a.register_per_ip_per_minute),
+            ("limits.search_per_minute", self.limits.search_per_minute),
+            ("limits.contact_requests_per_minute", self.limits.contact_requests_per_minute),
         ] {
             anyhow::ensure!((1..=1_000_000).contains(&v), "{name} must be between 1 and 1000000, got {v}");
         }

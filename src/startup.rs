@@ -21,6 +21,7 @@ use crate::auth::service::AuthService;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{Config, Secret};
 use crate::error::json_catcher;
+use crate::ratelimit::KeyedLimiter;
 use crate::routes::{self, AppState, Mount};
 use crate::storage::{self, Storage};
 
@@ -58,7 +59,14 @@ impl Application {
         let storage = Storage::new(db);
         let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
         let node = Arc::new(start_node(&config, &storage).await?);
-        let state = AppState { config: Arc::new(config.clone()), storage, auth, node };
+        let state = AppState {
+            search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
+            contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),
+            config: Arc::new(config.clone()),
+            storage,
+            auth,
+            node,
+        };
         let router = routes::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));
         let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -130,6 +130,20 @@ pub enum Event {
     Typing { to: UserId, conversation_id: ConversationId, user_id: UserId, active: bool },
     /// A peer came online or went offline.
     Presence { to: UserId, user_id: UserId, online: bool },
+    /// A contact request involving `to` changed.
+    Contact { to: UserId, change: ContactChange },
+}
+
+/// A contact request's new state, for both users it involves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactChange {
+    /// `requested`, `accepted`, `declined`, `cancelled` or `removed`.
+    pub kind: String,
+    pub request_id: uuid::Uuid,
+    pub requester_id: UserId,
+    pub addressee_id: UserId,
+    /// `pending`, `accepted`, `declined`, `cancelled` or `removed`.
+    pub state: String,
 }
 
 impl Event {
@@ -139,7 +153,8 @@ impl Event {
             Event::MessageCreated { to, .. }
             | Event::Receipt { to, .. }
             | Event::Typing { to, .. }
-            | Event::Presence { to, .. } => *to,
+            | Event::Presence { to, .. }
+            | Event::Contact { to, .. } => *to,
         }
     }
 
@@ -150,6 +165,7 @@ impl Event {
             Event::Receipt { .. } => "receipt",
             Event::Typing { .. } => "typing",
             Event::Presence { .. } => "presence",
+            Event::Contact { change, .. } => return format!("user.{}.contact.{}", self.recipient(), change.kind),
         };
         format!("user.{}.{kind}", self.recipient())
     }

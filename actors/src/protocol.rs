@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConversationId, MessageId, UserId};
-use crate::ports::{Receipt, StoredMessage};
+use crate::ports::{ContactChange, Receipt, StoredMessage};
 
 /// Longest accepted `client_msg_id`.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
@@ -58,6 +58,8 @@ pub enum ServerFrame {
     Typing { conversation_id: ConversationId, user_id: UserId, active: bool },
     /// A peer came online or went offline.
     Presence { user_id: UserId, online: bool },
+    /// A contact request involving you changed.
+    Contact(ContactChange),
     /// The answer to `sync` is complete.
     SyncDone { messages: u64 },
     /// A request failed; `ref` names it (its `id` or `client_msg_id`).

@@ -535,6 +535,9 @@ impl SessionState {
             Event::Presence { user_id, online, .. } => {
                 self.conn.push(&ServerFrame::Presence { user_id, online });
             }
+            Event::Contact { change, .. } => {
+                self.conn.push(&ServerFrame::Contact(change));
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`m20261127_000001_initial`]: users, login sessions, contacts and blocks,
 //!   conversations, messages, receipts, transfers and their chunks, files, notifications.
+//! - [`m20261127_000002_user_search`]: `users.display_key` and prefix-search indexes.
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -11,6 +12,7 @@
 pub use sea_orm_migration::prelude::*;
 
 pub mod m20261127_000001_initial;
+pub mod m20261127_000002_user_search;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -18,6 +20,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_initial::Migration)]
+        vec![Box::new(m20261127_000001_initial::Migration), Box::new(m20261127_000002_user_search::Migration)]
     }
 }

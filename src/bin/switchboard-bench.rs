@@ -9,7 +9,8 @@
 //! The server must allow the load: raise its rate limits, e.g.
 //! `SWITCHBOARD_AUTH__REGISTER_PER_IP_PER_MINUTE=100000
 //! SWITCHBOARD_AUTH__LOGIN_PER_IP_PER_MINUTE=100000
-//! SWITCHBOARD_MESSAGING__SENDS_PER_SECOND=100000`. `scripts/bench-messaging` does it all.
+//! SWITCHBOARD_MESSAGING__SENDS_PER_SECOND=100000
+//! SWITCHBOARD_LIMITS__CONTACT_REQUESTS_PER_MINUTE=100000`. `scripts/bench-messaging` does it all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,25 @@ struct Counters {
     acked: AtomicU64,
     errors: AtomicU64,
     delivered: AtomicU64,
+}
+
+/// `a` asks `b` (by username) to be a contact and `b` accepts.
+async fn befriend(http: &reqwest::Client, url: &str, a_token: &str, b_token: &str, b_name: &str) -> anyhow::Result<()> {
+    let r = http
+        .post(format!("{url}/api/contacts/requests"))
+        .bearer_auth(a_token)
+        .json(&json!({"username": b_name}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "contact request: {}", r.status());
+    let v: Value = r.json().await?;
+    if v["state"] == "accepted" {
+        return Ok(());
+    }
+    let id = v["id"].as_str().context("request id")?;
+    let r = http.post(format!("{url}/api/contacts/requests/{id}/accept")).bearer_auth(b_token).send().await?;
+    anyhow::ensure!(r.status().is_success(), "accept: {}", r.status());
+    Ok(())
 }
 
 async fn account(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<(String, String)> {
@@ -109,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
     for p in 0..args.pairs {
         let (a_token, _) = &users[2 * p];
         let (b_token, b_id) = &users[2 * p + 1];
+        befriend(&http, &args.url, a_token, b_token, &format!("b{run}_{}", 2 * p + 1)).await?;
         let mut a = connect(&args.url, a_token).await?;
         let mut b = connect(&args.url, b_token).await?;
         a.send(Message::text(

@@ -2,6 +2,7 @@
 //!
 //! - [`health`]: `GET /healthz`, `GET /readyz` (every service).
 //! - [`auth`]: `/api/auth/*` (the auth service) and the `require_auth` hoop.
+//! - [`contacts`]: `/api/contacts*` and `/api/users` (search).
 //! - [`conversations`]: `/api/conversations*`, history for participants.
 //! - [`ws`]: `GET /ws`, the chat WebSocket.
 //! - [`debug`]: fault injection, mounted only when enabled.
@@ -11,6 +12,7 @@
 //! take it from there with [`state`].
 
 pub mod auth;
+pub mod contacts;
 pub mod conversations;
 pub mod debug;
 pub mod health;
@@ -27,6 +29,7 @@ use switchboard_actors::node::Node;
 use crate::auth::service::AuthService;
 use crate::config::Config;
 use crate::error::AppError;
+use crate::ratelimit::KeyedLimiter;
 use crate::storage::Storage;
 
 /// What every handler may need. Cheap to clone (handles and `Arc`s).
@@ -37,6 +40,10 @@ pub struct AppState {
     pub auth: AuthService,
     /// The actor system of this process (messaging).
     pub node: Arc<Node>,
+    /// User searches per user per minute.
+    pub search_limiter: Arc<KeyedLimiter>,
+    /// Contact requests per user per minute.
+    pub contact_limiter: Arc<KeyedLimiter>,
 }
 
 /// Which services' routes one process serves.
@@ -55,7 +62,7 @@ pub fn router(state: AppState, mount: Mount) -> Router {
     let fault_injection = state.config.fault_injection;
     let mut root = Router::new().hoop(InjectState(state)).hoop(security_headers).push(health::router());
     if matches!(mount, Mount::All | Mount::Auth) {
-        root = root.push(auth::router());
+        root = root.push(auth::router()).push(contacts::router());
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
         root = root.push(conversations::router()).push(ws::router());

@@ -386,11 +386,8 @@ impl ChatStore for ChatRepo {
         find().await.map_err(unavailable)?.map(|c| info(&c)).ok_or(StoreError::NotFound)
     }
 
-    async fn may_message(&self, _from: UserId, _to: UserId) -> Result<(), StoreError> {
-        // The one place the messaging rule lives. Until contacts exist any two users may
-        // message each other; the contacts issue replaces this with "accepted contacts,
-        // and neither has blocked the other".
-        Ok(())
+    async fn may_message(&self, from: UserId, to: UserId) -> Result<(), StoreError> {
+        super::contacts::may_message(&self.db, from, to).await
     }
 
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {

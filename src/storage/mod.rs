@@ -5,6 +5,7 @@
 //! - [`entities`], SeaORM entities, one per table.
 //! - [`users::UserRepo`], accounts.
 //! - [`sessions::SessionRepo`], login sessions, i.e. issued tokens and their revocation.
+//! - [`contacts::ContactRepo`], contact requests, contacts, blocks and user search.
 //! - [`chat::ChatRepo`], conversations, messages (group-committed) and receipts; it is
 //!   also the actors' `ChatStore` port.
 //!
@@ -13,6 +14,7 @@
 //! repository here with the issue that builds them; the schema for them exists already.
 
 pub mod chat;
+pub mod contacts;
 pub mod entities;
 pub mod sessions;
 pub mod users;
@@ -35,6 +37,7 @@ pub struct Storage {
     pub users: users::UserRepo,
     pub sessions: sessions::SessionRepo,
     pub chat: chat::ChatRepo,
+    pub contacts: contacts::ContactRepo,
 }
 
 impl Storage {
@@ -43,6 +46,7 @@ impl Storage {
             users: users::UserRepo::new(db.clone()),
             sessions: sessions::SessionRepo::new(db.clone()),
             chat: chat::ChatRepo::new(db.clone()),
+            contacts: contacts::ContactRepo::new(db.clone()),
             db,
         }
     }

@@ -52,6 +52,7 @@ impl UserRepo {
             id: Set(UserId::new().0),
             username: Set(username.as_str().to_owned()),
             display_name: Set(display_name.as_str().to_owned()),
+            display_key: Set(display_name.as_str().to_lowercase().chars().take(64).collect()),
             password_hash: Set(password_hash),
             created_at: Set(now),
             updated_at: Set(now),
@@ -66,6 +67,12 @@ impl UserRepo {
     /// The user with this id, if any.
     pub async fn find(&self, id: UserId) -> Result<Option<User>, DbErr> {
         Ok(user::Entity::find_by_id(id.0).one(&self.db).await?.map(User::from))
+    }
+
+    /// The user with this (lower-cased) username, if any.
+    pub async fn find_by_username(&self, username: &Username) -> Result<Option<User>, DbErr> {
+        let found = user::Entity::find().filter(user::Column::Username.eq(username.as_str())).one(&self.db).await?;
+        Ok(found.map(User::from))
     }
 
     /// The user and password hash for a login, if the username exists.

@@ -57,6 +57,8 @@ pub fn test_config(data_dir: &TempDir) -> Config {
     c.auth.login_per_ip_per_minute = 100_000;
     c.auth.login_per_username_per_minute = 100_000;
     c.auth.register_per_ip_per_minute = 100_000;
+    c.limits.search_per_minute = 100_000;
+    c.limits.contact_requests_per_minute = 100_000;
     c.messaging.sends_per_second = 100_000;
     c.messaging.send_burst = 100_000;
     c

@@ -10,6 +10,7 @@
 //!   graceful shutdown.
 
 mod auth;
+mod contacts;
 mod health;
 mod helpers;
 mod messaging;

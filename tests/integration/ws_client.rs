@@ -195,3 +195,26 @@ pub async fn user(app: &TestApp, name: &str) -> (String, String) {
     let me: Value = app.me(&token).await.json().await.expect("json");
     (token, me["id"].as_str().expect("id").to_owned())
 }
+
+/// Makes two users contacts: `a` requests, `b` accepts. Returns the request id.
+pub async fn make_contacts(app: &TestApp, a_token: &str, b_token: &str, b_username: &str) -> String {
+    let r = app
+        .client
+        .post(app.url("/api/contacts/requests"))
+        .bearer_auth(a_token)
+        .json(&json!({ "username": b_username }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let id = r.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let r = app
+        .client
+        .post(app.url(&format!("/api/contacts/requests/{id}/accept")))
+        .bearer_auth(b_token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    id
+}

@@ -10,6 +10,8 @@ pub struct Model {
     #[sea_orm(unique)]
     pub username: String,
     pub display_name: String,
+    /// `display_name` lower-cased, for case-insensitive prefix search.
+    pub display_key: String,
     pub password_hash: String,
     pub created_at: i64,
     pub updated_at: i64,

@@ -1,0 +1,221 @@
+//! `/api/contacts*` and `/api/users` (search): the auth service's contact management.
+//!
+//! Every change is published on the bus to both users (`contact.requested`, `.accepted`,
+//! `.declined`, `.cancelled`, `.removed`), for live sessions and the notify service.
+
+use salvo::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_actors::ports::{Envelope, Event};
+use uuid::Uuid;
+
+use super::auth::{caller, json_body, require_auth};
+use super::{AppState, state};
+use crate::domain::{UserId, Username};
+use crate::error::AppError;
+use crate::storage::contacts::{ContactError, ContactRequest, RequestOutcome};
+
+/// Largest page of search results.
+pub const MAX_SEARCH_PAGE: u64 = 50;
+
+pub fn router() -> Router {
+    Router::new()
+        .push(
+            Router::with_path("api/contacts")
+                .hoop(require_auth)
+                .get(list)
+                .push(
+                    Router::with_path("requests")
+                        .get(requests)
+                        .post(send_request)
+                        .push(Router::with_path("{id}").delete(cancel))
+                        .push(Router::with_path("{id}/accept").post(accept))
+                        .push(Router::with_path("{id}/decline").post(decline)),
+                )
+                .push(Router::with_path("{user_id}").delete(remove))
+                .push(Router::with_path("{user_id}/block").post(block).delete(unblock)),
+        )
+        .push(Router::with_path("api/users").hoop(require_auth).get(search))
+}
+
+impl From<ContactError> for AppError {
+    fn from(e: ContactError) -> Self {
+        match e {
+            ContactError::NotFound => AppError::not_found("not_found", "no such user or request"),
+            ContactError::Forbidden(why) => AppError::Forbidden { code: "forbidden", message: why.into() },
+            ContactError::Conflict(why) => AppError::conflict("conflict", why),
+            ContactError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Tells both users of a request that it changed (best effort: the database is the record).
+async fn publish(st: &AppState, kind: &str, r: &ContactRequest) {
+    for to in [r.requester_id, r.addressee_id] {
+        let event = Envelope::new(Event::Contact { to, change: r.change(kind) });
+        if let Err(e) = st.node.ctx.bus.publish(event).await {
+            tracing::warn!(error = %e, "contact event not published");
+        }
+    }
+}
+
+fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
+    req.param::<String>(key)
+        .and_then(|s| Uuid::parse_str(&s).ok())
+        .ok_or_else(|| AppError::not_found("not_found", "no such user or request"))
+}
+
+/// `GET /api/contacts` → `{"contacts": [{user, since}]}`.
+#[handler]
+async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let contacts = state(depot)?.storage.contacts.contacts(me).await?;
+    res.render(Json(json!({ "contacts": contacts })));
+    Ok(())
+}
+
+/// `GET /api/contacts/requests` → `{"incoming": [...], "outgoing": [...]}` (pending).
+#[handler]
+async fn requests(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let (incoming, outgoing) = state(depot)?.storage.contacts.requests(me).await?;
+    res.render(Json(json!({ "incoming": incoming, "outgoing": outgoing })));
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestBody {
+    username: String,
+}
+
+/// `POST /api/contacts/requests {username}` → 201 with a new request; 200 if it was
+/// pending already, they are contacts already, or the other user had asked first (then
+/// the request comes back `accepted`).
+#[handler]
+async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let body: RequestBody = json_body(req, depot).await?;
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    st.contact_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    let not_found = || AppError::not_found("not_found", "no such user");
+    let username = Username::parse(&body.username).map_err(|_| not_found())?;
+    let target = st.storage.users.find_by_username(&username).await?.ok_or_else(not_found)?;
+    let (request, outcome) = st.storage.contacts.request(me, target.id).await?;
+    match outcome {
+        RequestOutcome::Created => {
+            publish(st, "requested", &request).await;
+            res.status_code(StatusCode::CREATED);
+        }
+        RequestOutcome::Accepted => publish(st, "accepted", &request).await,
+        RequestOutcome::Unchanged => {}
+    }
+    res.render(Json(request));
+    Ok(())
+}
+
+async fn answer(req: &mut Request, depot: &mut Depot, res: &mut Response, yes: bool) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let id = path_uuid(req, "id")?;
+    let st = state(depot)?;
+    let (request, changed) = st.storage.contacts.answer(me, id, yes).await?;
+    if changed {
+        publish(st, if yes { "accepted" } else { "declined" }, &request).await;
+    }
+    res.render(Json(request));
+    Ok(())
+}
+
+/// `POST /api/contacts/requests/{id}/accept` → the request, `accepted` (addressee only).
+#[handler]
+async fn accept(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    answer(req, depot, res, true).await
+}
+
+/// `POST /api/contacts/requests/{id}/decline` → the request, `declined` (addressee only).
+#[handler]
+async fn decline(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    answer(req, depot, res, false).await
+}
+
+/// `DELETE /api/contacts/requests/{id}` → the request, `cancelled` (requester only).
+#[handler]
+async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let id = path_uuid(req, "id")?;
+    let st = state(depot)?;
+    let (request, changed) = st.storage.contacts.cancel(me, id).await?;
+    if changed {
+        publish(st, "cancelled", &request).await;
+    }
+    res.render(Json(request));
+    Ok(())
+}
+
+/// `DELETE /api/contacts/{user_id}` → 204; the contact is removed (history stays).
+#[handler]
+async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let other = UserId(path_uuid(req, "user_id")?);
+    let st = state(depot)?;
+    let (request, changed) = st.storage.contacts.remove(me, other).await?;
+    if changed {
+        publish(st, "removed", &request).await;
+    }
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `POST /api/contacts/{user_id}/block` → 204.
+#[handler]
+async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let other = UserId(path_uuid(req, "user_id")?);
+    let st = state(depot)?;
+    if let Some(ended) = st.storage.contacts.block(me, other).await? {
+        let kind = match ended.state.as_str() {
+            "cancelled" => "cancelled",
+            "declined" => "declined",
+            _ => "removed",
+        };
+        publish(st, kind, &ended).await;
+    }
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `DELETE /api/contacts/{user_id}/block` → 204.
+#[handler]
+async fn unblock(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let other = UserId(path_uuid(req, "user_id")?);
+    state(depot)?.storage.contacts.unblock(me, other).await?;
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `GET /api/users?q=&limit=&cursor=` → `{"users": [{id, username, display_name,
+/// relation}], "next_cursor"}`: username or display-name prefix, case-insensitive.
+#[handler]
+async fn search(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    st.search_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    let q = req.queries().get("q").map(|s| s.trim().to_lowercase()).unwrap_or_default();
+    if q.is_empty() || q.chars().count() > 64 || q.chars().any(char::is_control) {
+        return Err(AppError::bad_request("invalid_query", "q must be 1 to 64 characters"));
+    }
+    let limit =
+        match req.queries().get("limit") {
+            None => 20,
+            Some(v) => v.parse::<u64>().ok().filter(|n| (1..=MAX_SEARCH_PAGE).contains(n)).ok_or_else(|| {
+                AppError::bad_request("invalid_query", format!("limit must be 1 to {MAX_SEARCH_PAGE}"))
+            })?,
+        };
+    let cursor = req.queries().get("cursor").map(String::as_str);
+    if cursor.is_some_and(|c| c.len() > 64) {
+        return Err(AppError::bad_request("invalid_query", "bad cursor"));
+    }
+    let (users, next) = st.storage.contacts.search(me, &q, limit, cursor).await?;
+    res.render(Json(json!({ "users": users, "next_cursor": next })));
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! The contacts repository: requests, contacts, blocks, and user search.
+//!
+//! One row per pair of users (`user_low < user_high`) carries the relation's state,
+//! `pending → accepted | declined | cancelled`, `accepted → removed`, and back to
+//! `pending` on a new request. Rows are never deleted. Every transition is a conditional
+//! `UPDATE … WHERE state = <the state we saw>`, and the first request is an insert that
+//! the pair's unique index arbitrates, so concurrent requests cannot both win: two users
+//! asking each other at the same moment end up contacts, not with two pending requests.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde::Serialize;
+use switchboard_actors::ports::{ContactChange, StoreError};
+use uuid::Uuid;
+
+use super::entities::{block, contact, user};
+use crate::domain::UserId;
+
+pub const PENDING: &str = "pending";
+pub const ACCEPTED: &str = "accepted";
+pub const DECLINED: &str = "declined";
+pub const CANCELLED: &str = "cancelled";
+pub const REMOVED: &str = "removed";
+
+/// Most attempts at a transition that keeps losing races (each loss means another
+/// request moved the state; the next attempt sees the new one).
+const ATTEMPTS: usize = 5;
+
+/// Why a contact operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// A user as shown in contact lists and search results.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublicUser {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+impl From<user::Model> for PublicUser {
+    fn from(u: user::Model) -> Self {
+        Self { id: UserId(u.id), username: u.username, display_name: u.display_name }
+    }
+}
+
+/// A contact request (the pair's relation) as its users see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContactRequest {
+    pub id: Uuid,
+    pub requester_id: UserId,
+    pub addressee_id: UserId,
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ContactRequest {
+    fn from_row(c: &contact::Model) -> Self {
+        let requester = c.requester_id;
+        let addressee = if c.user_low == requester { c.user_high } else { c.user_low };
+        Self {
+            id: c.id,
+            requester_id: UserId(requester),
+            addressee_id: UserId(addressee),
+            state: c.state.clone(),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+
+    /// The bus event announcing this request's change.
+    pub fn change(&self, kind: &str) -> ContactChange {
+        ContactChange {
+            kind: kind.to_owned(),
+            request_id: self.id,
+            requester_id: self.requester_id,
+            addressee_id: self.addressee_id,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// What a request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// A new pending request.
+    Created,
+    /// The same request was already pending, or they are contacts already.
+    Unchanged,
+    /// The other user had asked first: now contacts.
+    Accepted,
+}
+
+/// A pending request with the other user's public fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    #[serde(flatten)]
+    pub request: ContactRequest,
+    pub user: PublicUser,
+}
+
+/// An accepted contact.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContactView {
+    pub user: PublicUser,
+    pub since: i64,
+}
+
+/// A search hit and how it relates to the caller.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    #[serde(flatten)]
+    pub user: PublicUser,
+    /// `none`, `pending_in`, `pending_out` or `contact`.
+    pub relation: &'static str,
+}
+
+fn pair(a: UserId, b: UserId) -> (Uuid, Uuid) {
+    if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) }
+}
+
+#[derive(Clone, Debug)]
+pub struct ContactRepo {
+    db: DatabaseConnection,
+}
+
+impl ContactRepo {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    async fn row(&self, a: UserId, b: UserId) -> Result<Option<contact::Model>, DbErr> {
+        let (low, high) = pair(a, b);
+        contact::Entity::find()
+            .filter(contact::Column::UserLow.eq(low))
+            .filter(contact::Column::UserHigh.eq(high))
+            .one(&self.db)
+            .await
+    }
+
+    /// Moves the row from `from` to `to` (with `requester`, if given) unless someone else
+    /// moved it first; true if this call made the transition.
+    async fn transition(&self, id: Uuid, from: &str, to: &str, requester: Option<Uuid>) -> Result<bool, DbErr> {
+        let mut q = contact::Entity::update_many()
+            .col_expr(contact::Column::State, Expr::value(to))
+            .col_expr(contact::Column::UpdatedAt, Expr::value(crate::now_ms()))
+            .filter(contact::Column::Id.eq(id))
+            .filter(contact::Column::State.eq(from));
+        if let Some(r) = requester {
+            q = q.col_expr(contact::Column::RequesterId, Expr::value(r));
+        }
+        Ok(q.exec(&self.db).await?.rows_affected == 1)
+    }
+
+    /// True if `blocker` has blocked `blocked`.
+    pub async fn has_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, DbErr> {
+        Ok(block::Entity::find_by_id((blocker.0, blocked.0)).one(&self.db).await?.is_some())
+    }
+
+    /// Sends (or re-sends) a request from `me` to `target`.
+    pub async fn request(&self, me: UserId, target: UserId) -> Result<(ContactRequest, RequestOutcome), ContactError> {
+        if me == target {
+            return Err(ContactError::Forbidden("you cannot add yourself"));
+        }
+        if user::Entity::find_by_id(target.0).one(&self.db).await?.is_none() || self.has_blocked(target, me).await? {
+            // A user who blocked you is, to you, not there.
+            return Err(ContactError::NotFound);
+        }
+        if self.has_blocked(me, target).await? {
+            return Err(ContactError::Conflict("you blocked this user; unblock them first"));
+        }
+        let (low, high) = pair(me, target);
+        for _ in 0..ATTEMPTS {
+            let now = crate::now_ms();
+            let inserted = contact::Entity::insert(contact::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                user_low: Set(low),
+                user_high: Set(high),
+                requester_id: Set(me.0),
+                state: Set(PENDING.into()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            })
+            .on_conflict(
+                OnConflict::columns([contact::Column::UserLow, contact::Column::UserHigh]).do_nothing().to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+            let Some(row) = self.row(me, target).await? else { continue };
+            if inserted == 1 {
+                return Ok((ContactRequest::from_row(&row), RequestOutcome::Created));
+            }
+            match row.state.as_str() {
+                PENDING if row.requester_id == me.0 => {
+                    return Ok((ContactRequest::from_row(&row), RequestOutcome::Unchanged));
+                }
+                ACCEPTED => return Ok((ContactRequest::from_row(&row), RequestOutcome::Unchanged)),
+                PENDING => {
+                    if self.transition(row.id, PENDING, ACCEPTED, None).await? {
+                        let row = self.row(me, target).await?.ok_or(ContactError::NotFound)?;
+                        return Ok((ContactRequest::from_row(&row), RequestOutcome::Accepted));
+                    }
+                }
+                old => {
+                    if self.transition(row.id, old, PENDING, Some(me.0)).await? {
+                        let row = self.row(me, target).await?.ok_or(ContactError::NotFound)?;
+                        return Ok((ContactRequest::from_row(&row), RequestOutcome::Created));
+                    }
+                }
+            }
+        }
+        Err(ContactError::Conflict("the request changed concurrently; try again"))
+    }
+
+    async fn by_id_for(&self, me: UserId, id: Uuid) -> Result<contact::Model, ContactError> {
+        let row = contact::Entity::find_by_id(id).one(&self.db).await?.ok_or(ContactError::NotFound)?;
+        if row.user_low != me.0 && row.user_high != me.0 {
+            return Err(ContactError::NotFound); // not yours: as if it did not exist
+        }
+        Ok(row)
+    }
+
+    /// The addressee answers a pending request. Answering the same way twice is fine.
+    pub async fn answer(&self, me: UserId, id: Uuid, accept: bool) -> Result<(ContactRequest, bool), ContactError> {
+        let row = self.by_id_for(me, id).await?;
+        if row.requester_id == me.0 {
+            return Err(ContactError::Forbidden("only the user asked can answer a request"));
+        }
+        let to = if accept { ACCEPTED } else { DECLINED };
+        let changed = self.transition(id, PENDING, to, None).await?;
+        let row = self.by_id_for(me, id).await?;
+        if !changed && row.state != to {
+            return Err(ContactError::Conflict("this request is no longer pending"));
+        }
+        Ok((ContactRequest::from_row(&row), changed))
+    }
+
+    /// The requester withdraws a pending request. Cancelling twice is fine.
+    pub async fn cancel(&self, me: UserId, id: Uuid) -> Result<(ContactRequest, bool), ContactError> {
+        let row = self.by_id_for(me, id).await?;
+        if row.requester_id != me.0 {
+            return Err(ContactError::Forbidden("only the user who sent a request can cancel it"));
+        }
+        let changed = self.transition(id, PENDING, CANCELLED, None).await?;
+        let row = self.by_id_for(me, id).await?;
+        if !changed && row.state != CANCELLED {
+            return Err(ContactError::Conflict("this request is no longer pending"));
+        }
+        Ok((ContactRequest::from_row(&row), changed))
+    }
+
+    /// Either side ends an accepted contact. Removing twice is fine.
+    pub async fn remove(&self, me: UserId, other: UserId) -> Result<(ContactRequest, bool), ContactError> {
+        let row = self.row(me, other).await?.ok_or(ContactError::NotFound)?;
+        let changed = self.transition(row.id, ACCEPTED, REMOVED, None).await?;
+        let row = self.row(me, other).await?.ok_or(ContactError::NotFound)?;
+        if !changed && row.state != REMOVED {
+            return Err(ContactError::NotFound);
+        }
+        Ok((ContactRequest::from_row(&row), changed))
+    }
+
+    /// `me` blocks `other`: any relation between them ends (contact removed, pending
+    /// request cancelled or declined), and `other` can no longer request, message or find
+    /// `me`. Returns the ended relation, if there was one.
+    pub async fn block(&self, me: UserId, other: UserId) -> Result<Option<ContactRequest>, ContactError> {
+        if me == other {
+            return Err(ContactError::Forbidden("you cannot block yourself"));
+        }
+        if user::Entity::find_by_id(other.0).one(&self.db).await?.is_none() {
+            return Err(ContactError::NotFound);
+        }
+        block::Entity::insert(block::ActiveModel {
+            blocker_id: Set(me.0),
+            blocked_id: Set(other.0),
+            created_at: Set(crate::now_ms()),
+        })
+        .on_conflict(OnConflict::columns([block::Column::BlockerId, block::Column::BlockedId]).do_nothing().to_owned())
+        .exec_without_returning(&self.db)
+        .await?;
+        for _ in 0..ATTEMPTS {
+            let Some(row) = self.row(me, other).await? else { return Ok(None) };
+            let to = match row.state.as_str() {
+                ACCEPTED => REMOVED,
+                PENDING if row.requester_id == me.0 => CANCELLED,
+                PENDING => DECLINED,
+                _ => return Ok(None),
+            };
+            if self.transition(row.id, &row.state, to, None).await? {
+                let row = self.row(me, other).await?.ok_or(ContactError::NotFound)?;
+                return Ok(Some(ContactRequest::from_row(&row)));
+            }
+        }
+        Err(ContactError::Conflict("the relation changed concurrently; try again"))
+    }
+
+    /// Lifts a block; the users are not contacts again (they may request anew).
+    pub async fn unblock(&self, me: UserId, other: UserId) -> Result<(), ContactError> {
+        block::Entity::delete_by_id((me.0, other.0)).exec(&self.db).await?;
+        Ok(())
+    }
+
+    async fn users(&self, ids: Vec<Uuid>) -> Result<HashMap<Uuid, user::Model>, DbErr> {
+        let rows = user::Entity::find().filter(user::Column::Id.is_in(ids)).all(&self.db).await?;
+        Ok(rows.into_iter().map(|u| (u.id, u)).collect())
+    }
+
+    async fn rows_of(&self, me: UserId, states: &[&str]) -> Result<Vec<contact::Model>, DbErr> {
+        contact::Entity::find()
+            .filter(Condition::any().add(contact::Column::UserLow.eq(me.0)).add(contact::Column::UserHigh.eq(me.0)))
+            .filter(contact::Column::State.is_in(states.iter().copied()))
+            .order_by_desc(contact::Column::UpdatedAt)
+            .all(&self.db)
+            .await
+    }
+
+    /// The caller's accepted contacts, most recent first.
+    pub async fn contacts(&self, me: UserId) -> Result<Vec<ContactView>, DbErr> {
+        let rows = self.rows_of(me, &[ACCEPTED]).await?;
+        let other = |c: &contact::Model| if c.user_low == me.0 { c.user_high } else { c.user_low };
+        let mut users = self.users(rows.iter().map(other).collect()).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|c| users.remove(&other(c)).map(|u| ContactView { user: u.into(), since: c.updated_at }))
+            .collect())
+    }
+
+    /// Pending requests: `(incoming, outgoing)`.
+    pub async fn requests(&self, me: UserId) -> Result<(Vec<RequestView>, Vec<RequestView>), DbErr> {
+        let rows = self.rows_of(me, &[PENDING]).await?;
+        let other = |c: &contact::Model| if c.user_low == me.0 { c.user_high } else { c.user_low };
+        let users = self.users(rows.iter().map(other).collect()).await?;
+        let (mut incoming, mut outgoing) = (vec![], vec![]);
+        for c in &rows {
+            let Some(u) = users.get(&other(c)) else { continue };
+            let view = RequestView { request: ContactRequest::from_row(c), user: u.clone().into() };
+            if c.requester_id == me.0 { outgoing.push(view) } else { incoming.push(view) }
+        }
+        Ok((incoming, outgoing))
+    }
+
+    /// Users whose username or display name starts with `prefix` (lower-case), excluding
+    /// the caller and users who blocked the caller, ordered by username, after `cursor`
+    /// (a username). Returns at most `limit` hits and the cursor of the next page.
+    pub async fn search(
+        &self,
+        me: UserId,
+        prefix: &str,
+        limit: u64,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<SearchHit>, Option<String>), DbErr> {
+        // Every string that starts with `prefix` sorts between it and prefix + U+10FFFF
+        // in byte order, so each test is a range scan of an index.
+        let high = format!("{prefix}\u{10FFFF}");
+        let range = |col: &str| -> Condition {
+            let expr = match self.db.get_database_backend() {
+                DbBackend::Postgres => Expr::cust_with_values(
+                    format!(r#""{col}" COLLATE "C" >= $1 AND "{col}" COLLATE "C" < $2"#),
+                    [prefix, high.as_str()],
+                ),
+                _ => Expr::cust_with_values(format!(r#""{col}" >= ? AND "{col}" < ?"#), [prefix, high.as_str()]),
+            };
+            Condition::all().add(expr)
+        };
+        let blocked_me = Query::select()
+            .column(block::Column::BlockerId)
+            .from(block::Entity)
+            .and_where(block::Column::BlockedId.eq(me.0))
+            .to_owned();
+        let mut q = user::Entity::find()
+            .filter(Condition::any().add(range("username")).add(range("display_key")))
+            .filter(user::Column::Id.ne(me.0))
+            .filter(user::Column::Id.not_in_subquery(blocked_me));
+        if let Some(c) = cursor {
+            q = q.filter(user::Column::Username.gt(c));
+        }
+        let mut rows = q.order_by_asc(user::Column::Username).limit(limit + 1).all(&self.db).await?;
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|u| u.username.clone())
+        } else {
+            None
+        };
+        let ids: Vec<Uuid> = rows.iter().map(|u| u.id).collect();
+        let relations = self.relations(me, &ids).await?;
+        let hits = rows
+            .into_iter()
+            .map(|u| {
+                let relation = relations.get(&u.id).copied().unwrap_or("none");
+                SearchHit { user: u.into(), relation }
+            })
+            .collect();
+        Ok((hits, next))
+    }
+
+    /// How each of `others` relates to `me`.
+    async fn relations(&self, me: UserId, others: &[Uuid]) -> Result<HashMap<Uuid, &'static str>, DbErr> {
+        if others.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = contact::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(
+                        Condition::all()
+                            .add(contact::Column::UserLow.eq(me.0))
+                            .add(contact::Column::UserHigh.is_in(others.to_vec())),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(contact::Column::UserHigh.eq(me.0))
+                            .add(contact::Column::UserLow.is_in(others.to_vec())),
+                    ),
+            )
+            .filter(contact::Column::State.is_in([PENDING, ACCEPTED]))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|c| {
+                let other = if c.user_low == me.0 { c.user_high } else { c.user_low };
+                let rel = match (c.state.as_str(), c.requester_id == me.0) {
+                    (ACCEPTED, _) => "contact",
+                    (_, true) => "pending_out",
+                    _ => "pending_in",
+                };
+                (other, rel)
+            })
+            .collect())
+    }
+}
+
+/// The messaging rule, in one place: `from` may message `to` only if they are accepted
+/// contacts and neither has blocked the other.
+pub async fn may_message(db: &DatabaseConnection, from: UserId, to: UserId) -> Result<(), StoreError> {
+    let unavailable = |e: DbErr| StoreError::Unavailable(e.to_string());
+    let blocks = block::Entity::find()
+        .filter(
+            Condition::any()
+                .add(Condition::all().add(block::Column::BlockerId.eq(from.0)).add(block::Column::BlockedId.eq(to.0)))
+                .add(Condition::all().add(block::Column::BlockerId.eq(to.0)).add(block::Column::BlockedId.eq(from.0))),
+        )
+        .one(db)
+        .await
+        .map_err(unavailable)?;
+    if blocks.is_some() {
+        return Err(StoreError::Forbidden("blocked: you cannot message this user"));
+    }
+    let (low, high) = pair(from, to);
+    let row = contact::Entity::find()
+        .filter(contact::Column::UserLow.eq(low))
+        .filter(contact::Column::UserHigh.eq(high))
+        .one(db)
+        .await
+        .map_err(unavailable)?;
+    match row {
+        Some(c) if c.state == ACCEPTED => Ok(()),
+        _ => Err(StoreError::Forbidden("not a contact: send a contact request first")),
+    }
+}
