@@ -39,6 +39,65 @@ struct Args {
     /// Seconds of measured load.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// `pairs` (messaging over WebSockets) or `search` (user search queries against a
+    /// database seeded with `--users` users; needs `--database-url`).
+    #[arg(long, default_value = "pairs")]
+    scenario: String,
+    /// Users to seed for `search`.
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Database for `search` (created and migrated if needed).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+/// Seeds `n` users (if not there yet) and times prefix searches through the repository.
+async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
+    use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
+    use switchboard::storage::contacts::ContactRepo;
+    use switchboard::storage::entities::user;
+
+    let db = switchboard::storage::connect(url).await?;
+    let have = user::Entity::find().count(&db).await?;
+    if have < n {
+        eprintln!("seeding {} users ...", n - have);
+        let now = chrono::Utc::now().timestamp_millis();
+        for start in (have..n).step_by(1000) {
+            let rows = (start..(start + 1000).min(n)).map(|i| user::ActiveModel {
+                id: Set(uuid::Uuid::now_v7()),
+                username: Set(format!("user{i:07}")),
+                display_name: Set(format!("Person {i}")),
+                display_key: Set(format!("person {i}")),
+                password_hash: Set("!".into()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            });
+            user::Entity::insert_many(rows).exec_without_returning(&db).await?;
+        }
+    }
+    let repo = ContactRepo::new(db);
+    let me = switchboard::domain::UserId::new();
+    let queries = ["u", "user00", "user0042", "user0099999", "person 1", "person 77", "zzz"];
+    println!("| query | hits (page of 20) | runs | median µs | p99 µs |");
+    println!("|---|---|---|---|---|");
+    for q in queries {
+        let mut times = vec![];
+        let mut hits = 0;
+        for _ in 0..200 {
+            let t = Instant::now();
+            let (page, _) = repo.search(me, q, 20, None).await?;
+            times.push(t.elapsed().as_micros() as u64);
+            hits = page.len();
+        }
+        times.sort_unstable();
+        println!(
+            "| `{q}` | {hits} | {} | {} | {} |",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        );
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -103,6 +162,11 @@ async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.scenario == "search" {
+        let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
+        return search_bench(url, args.users).await;
+    }
+    anyhow::ensure!(args.scenario == "pairs", "unknown scenario {:?}", args.scenario);
     anyhow::ensure!(
         args.pairs >= 1 && args.rate > 0.0 && args.duration >= 1,
         "pairs, rate and duration must be positive"
