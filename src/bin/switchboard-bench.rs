@@ -187,9 +187,12 @@ async fn main() -> anyhow::Result<()> {
     let epoch = Instant::now();
     let per_pair = args.rate / args.pairs as f64;
     let period = Duration::from_secs_f64(1.0 / per_pair);
-    let deadline = epoch + Duration::from_secs(args.duration) + Duration::from_secs(2);
+    // Senders start together once every pair is set up; readers run until `stop`.
+    let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut senders = vec![];
     let mut receivers = vec![];
+    let mut readers = vec![];
     for p in 0..args.pairs {
         let (a_token, _) = &users[2 * p];
         let (b_token, b_id) = &users[2 * p + 1];
@@ -209,10 +212,17 @@ async fn main() -> anyhow::Result<()> {
         // Receiver: latency of every message from the peer, from its intended send time.
         let c = counters.clone();
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let stop_r = stop.clone();
         receivers.push(tokio::spawn(async move {
-            while Instant::now() < deadline + Duration::from_secs(5) {
-                let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_secs(1), b.next()).await
-                else {
+            loop {
+                let next = tokio::select! {
+                    _ = stop_r.cancelled() => break,
+                    next = b.next() => next,
+                };
+                let Some(Ok(Message::Text(t))) = next else {
+                    if next.is_none() {
+                        break;
+                    }
                     continue;
                 };
                 let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
@@ -232,10 +242,13 @@ async fn main() -> anyhow::Result<()> {
         // Sender: open loop at its share of the rate; a reader half counts acks.
         let (mut sink, mut stream) = a.split();
         let c = counters.clone();
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(Ok(m))) =
-                tokio::time::timeout(deadline + Duration::from_secs(5) - Instant::now(), stream.next()).await
-            {
+        let stop_r = stop.clone();
+        readers.push(tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = stop_r.cancelled() => break,
+                    next = stream.next() => match next { Some(Ok(m)) => m, _ => break },
+                };
                 if let Message::Text(t) = m
                     && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
                 {
@@ -246,12 +259,16 @@ async fn main() -> anyhow::Result<()> {
                     };
                 }
             }
-        });
+        }));
         let c = counters.clone();
         let measure = Duration::from_secs(args.duration);
         let offset = period.mul_f64(p as f64 / args.pairs as f64);
+        let mut start_rx = start_rx.clone();
         senders.push(tokio::spawn(async move {
-            let start = Instant::now() + Duration::from_millis(500) + offset;
+            let Ok(start) = start_rx.wait_for(Option::is_some).await.map(|s| s.unwrap_or_else(Instant::now)) else {
+                return;
+            };
+            let start = start + offset;
             let mut k: u64 = 0;
             loop {
                 let due = start + period.mul_f64(k as f64);
@@ -268,9 +285,9 @@ async fn main() -> anyhow::Result<()> {
                 c.sent.fetch_add(1, Ordering::Relaxed);
                 k += 1;
             }
-            let _ = reader.await;
         }));
     }
+    let _ = start_tx.send(Some(Instant::now() + Duration::from_millis(500)));
     eprintln!("running {} s at {} msg/s over {} pairs ...", args.duration, args.rate, args.pairs);
     let progress = {
         let c = counters.clone();
@@ -289,6 +306,17 @@ async fn main() -> anyhow::Result<()> {
     };
     for s in senders {
         s.await?;
+    }
+    // Let in-flight messages arrive (up to 10 s), then stop the readers.
+    for _ in 0..100 {
+        if counters.delivered.load(Ordering::Relaxed) >= counters.sent.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    for r in readers {
+        r.await?;
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for r in receivers {

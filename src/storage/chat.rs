@@ -13,8 +13,8 @@
 
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde::Serialize;
 use switchboard_actors::ports::{
@@ -216,6 +216,12 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
 /// inner results are per write (not found, a reused id, or what was stored).
 async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<Result<Written, StoreError>>, DbErr> {
     let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        // Take the write lock first (what BEGIN IMMEDIATE would do): a deferred
+        // transaction that reads before it writes cannot wait for the lock and fails with
+        // SQLITE_BUSY when another connection wrote meanwhile; this one waits its turn.
+        txn.execute_unprepared("UPDATE conversations SET last_seq = last_seq WHERE 0").await?;
+    }
     let now = crate::now_ms();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
