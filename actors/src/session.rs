@@ -272,13 +272,20 @@ impl SessionState {
         let me = self.me();
         let remaining = self.ctx.sessions_of(me).len();
         let edge = if online { remaining == 1 } else { remaining == 0 };
+        // Presence is for contacts only: not for former contacts, and never across a block.
+        let mut peers = vec![];
+        for c in self.conversations.values() {
+            if let Some(peer) = c.peer_of(me)
+                && self.ctx.store.may_message(me, peer).await.is_ok()
+            {
+                peers.push(peer);
+            }
+        }
         if online {
-            // Tell this connection which peers are online here.
-            for c in self.conversations.values() {
-                if let Some(peer) = c.peer_of(me)
-                    && !self.ctx.sessions_of(peer).is_empty()
-                {
-                    self.conn.push(&ServerFrame::Presence { user_id: peer, online: true });
+            // Tell this connection which of those peers are online here.
+            for peer in &peers {
+                if !self.ctx.sessions_of(*peer).is_empty() {
+                    self.conn.push(&ServerFrame::Presence { user_id: *peer, online: true });
                 }
             }
         }
@@ -286,7 +293,6 @@ impl SessionState {
             return;
         }
         let bus = self.ctx.bus.clone();
-        let peers: Vec<UserId> = self.conversations.values().filter_map(|c| c.peer_of(me)).collect();
         let result = if online { bus.bind_user(me).await } else { bus.unbind_user(me).await };
         if let Err(e) = result {
             tracing::warn!(user = %me, error = %e, "cannot (un)bind user on the bus");
@@ -597,7 +603,9 @@ impl SessionState {
         } else {
             self.last_typing.remove(&c);
         }
-        if let Some(peer) = conv.peer_of(self.me()) {
+        if let Some(peer) = conv.peer_of(self.me())
+            && self.ctx.store.may_message(self.me(), peer).await.is_ok()
+        {
             let (bus, me) = (self.ctx.bus.clone(), self.me());
             tokio::spawn(async move {
                 let _ = bus
@@ -618,7 +626,13 @@ impl SessionState {
         match self.ctx.store.update_receipt(c, self.me(), None, Some(seq)).await {
             Ok(receipt) => {
                 let bus = self.ctx.bus.clone();
-                let targets: Vec<UserId> = conv.participants.to_vec();
+                // Your other devices always; the peer only while you are contacts.
+                let mut targets = vec![self.me()];
+                if let Some(peer) = conv.peer_of(self.me())
+                    && self.ctx.store.may_message(self.me(), peer).await.is_ok()
+                {
+                    targets.push(peer);
+                }
                 tokio::spawn(async move {
                     for to in targets {
                         let _ = bus.publish(Envelope::new(Event::Receipt { to, receipt })).await;

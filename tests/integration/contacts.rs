@@ -186,6 +186,25 @@ async fn blocking_hides_the_blocker_and_stops_everything() {
         .expect("sent");
     assert_eq!(r.json::<Value>().await.expect("json")["messages"][0]["body"], "hi");
 
+    // Typing and read receipts no longer cross either.
+    b.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
+    b.send(json!({"type": "read", "conversation_id": conv, "seq": 1})).await;
+    b.next_of("receipt").await; // Ben's own devices still learn his read marker
+    a.send(json!({"type": "ping"})).await;
+    a.next_of("pong").await;
+    assert!(
+        !a.others.iter().any(|f| f["type"] == "typing" || f["type"] == "receipt" && f["read_seq"] == 1),
+        "{:?}",
+        a.others
+    );
+    // Neither sees the other's presence any more.
+    let mut a2 = Client::connect(&app, &ann.token).await;
+    let mut b2 = Client::connect(&app, &ben.token).await;
+    for c in [&mut a2, &mut b2] {
+        c.send(json!({"type": "ping"})).await;
+        c.next_of("pong").await;
+        assert!(!c.others.iter().any(|f| f["type"] == "presence"), "presence across a block: {:?}", c.others);
+    }
     // Unblock restores searchability only.
     assert_eq!(delete(&app, &ann, &format!("/api/contacts/{}/block", ben.id)).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(relation(&app, &ben, "ann").await.as_deref(), Some("none"));
