@@ -18,6 +18,7 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+use switchboard_actors::node::Limits;
 
 /// A secret string (JWT key, URL with a password): usable, never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,18 +134,36 @@ pub struct MessagingConfig {
 }
 
 impl Default for MessagingConfig {
+    /// The actor system's own defaults ([`Limits`]), so each value is written once.
     fn default() -> Self {
+        let l = Limits::default();
         Self {
-            max_body_bytes: 16 * 1024,
-            max_frame_bytes: 64 * 1024,
-            outbound_queue: 1024,
-            sends_per_second: 50,
-            send_burst: 200,
-            max_violations: 50,
+            max_body_bytes: l.max_body_bytes,
+            max_frame_bytes: l.max_frame_bytes,
+            outbound_queue: l.outbound_queue,
+            sends_per_second: l.sends_per_second,
+            send_burst: l.send_burst,
+            max_violations: l.max_violations,
             heartbeat_secs: 20,
             idle_timeout_secs: 60,
-            room_idle_secs: 300,
+            room_idle_secs: l.room_idle.as_secs(),
             allowed_origins: vec![],
+        }
+    }
+}
+
+impl MessagingConfig {
+    /// The limits the actor system enforces.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            outbound_queue: self.outbound_queue,
+            sends_per_second: self.sends_per_second,
+            send_burst: self.send_burst,
+            max_violations: self.max_violations,
+            room_idle: std::time::Duration::from_secs(self.room_idle_secs),
+            ..Limits::default()
         }
     }
 }

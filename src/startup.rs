@@ -15,7 +15,7 @@ use salvo::prelude::*;
 
 use switchboard_actors::bridge::InProcessBus;
 use switchboard_actors::faults::Faults;
-use switchboard_actors::node::{Limits, Node, NodeCtx};
+use switchboard_actors::node::{Node, NodeCtx};
 
 use crate::auth::service::AuthService;
 use crate::auth::tokens::TokenKeys;
@@ -112,17 +112,7 @@ impl Application {
 /// Starts this process's actor tree with the in-process bus.
 async fn start_node(config: &Config, storage: &Storage) -> anyhow::Result<Node> {
     let node_id = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let m = &config.messaging;
-    let limits = Limits {
-        max_body_bytes: m.max_body_bytes,
-        max_frame_bytes: m.max_frame_bytes,
-        outbound_queue: m.outbound_queue,
-        sends_per_second: m.sends_per_second,
-        send_burst: m.send_burst,
-        max_violations: m.max_violations,
-        room_idle: Duration::from_secs(m.room_idle_secs),
-        ..Limits::default()
-    };
+    let limits = config.messaging.limits();
     let faults = if config.fault_injection { Faults::enabled() } else { Faults::disabled() };
     let bus = Arc::new(InProcessBus::new(&node_id));
     let ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
