@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -449,27 +449,28 @@ impl ContactRepo {
 /// contacts and neither has blocked the other.
 pub async fn may_message(db: &DatabaseConnection, from: UserId, to: UserId) -> Result<(), StoreError> {
     let unavailable = |e: DbErr| StoreError::Unavailable(e.to_string());
-    let blocks = block::Entity::find()
-        .filter(
-            Condition::any()
-                .add(Condition::all().add(block::Column::BlockerId.eq(from.0)).add(block::Column::BlockedId.eq(to.0)))
-                .add(Condition::all().add(block::Column::BlockerId.eq(to.0)).add(block::Column::BlockedId.eq(from.0))),
-        )
-        .one(db)
-        .await
-        .map_err(unavailable)?;
-    if blocks.is_some() {
-        return Err(StoreError::Forbidden("blocked: you cannot message this user"));
-    }
     let (low, high) = pair(from, to);
+    // One round trip on the send path: the accepted contact row, if no block exists
+    // either way.
+    let either_blocked = Query::select()
+        .expr(Expr::val(1))
+        .from(block::Entity)
+        .cond_where(
+            Condition::any()
+                .add(Condition::all().add(block::Column::BlockerId.eq(low)).add(block::Column::BlockedId.eq(high)))
+                .add(Condition::all().add(block::Column::BlockerId.eq(high)).add(block::Column::BlockedId.eq(low))),
+        )
+        .to_owned();
     let row = contact::Entity::find()
         .filter(contact::Column::UserLow.eq(low))
         .filter(contact::Column::UserHigh.eq(high))
+        .filter(contact::Column::State.eq(ACCEPTED))
+        .filter(Expr::exists(either_blocked).not())
         .one(db)
         .await
         .map_err(unavailable)?;
     match row {
-        Some(c) if c.state == ACCEPTED => Ok(()),
-        _ => Err(StoreError::Forbidden("not a contact: send a contact request first")),
+        Some(_) => Ok(()),
+        None => Err(StoreError::Forbidden("not a contact (or blocked): you cannot message this user")),
     }
 }
