@@ -237,28 +237,33 @@ impl ContactRepo {
 
     /// The addressee answers a pending request. Answering the same way twice is fine.
     pub async fn answer(&self, me: UserId, id: Uuid, accept: bool) -> Result<(ContactRequest, bool), ContactError> {
-        let row = self.by_id_for(me, id).await?;
-        if row.requester_id == me.0 {
-            return Err(ContactError::Forbidden("only the user asked can answer a request"));
-        }
         let to = if accept { ACCEPTED } else { DECLINED };
-        let changed = self.transition(id, PENDING, to, None).await?;
-        let row = self.by_id_for(me, id).await?;
-        if !changed && row.state != to {
-            return Err(ContactError::Conflict("this request is no longer pending"));
-        }
-        Ok((ContactRequest::from_row(&row), changed))
+        self.settle(me, id, false, to, "only the user asked can answer a request").await
     }
 
     /// The requester withdraws a pending request. Cancelling twice is fine.
     pub async fn cancel(&self, me: UserId, id: Uuid) -> Result<(ContactRequest, bool), ContactError> {
+        self.settle(me, id, true, CANCELLED, "only the user who sent a request can cancel it").await
+    }
+
+    /// Moves a pending request of `me`'s to `to`, if `me` is on the allowed side
+    /// (`as_requester`). Finding it in `to` already is success without a change; in any
+    /// other state it is a conflict. Returns the request and whether this call changed it.
+    async fn settle(
+        &self,
+        me: UserId,
+        id: Uuid,
+        as_requester: bool,
+        to: &str,
+        wrong_side: &'static str,
+    ) -> Result<(ContactRequest, bool), ContactError> {
         let row = self.by_id_for(me, id).await?;
-        if row.requester_id != me.0 {
-            return Err(ContactError::Forbidden("only the user who sent a request can cancel it"));
+        if (row.requester_id == me.0) != as_requester {
+            return Err(ContactError::Forbidden(wrong_side));
         }
-        let changed = self.transition(id, PENDING, CANCELLED, None).await?;
+        let changed = self.transition(id, PENDING, to, None).await?;
         let row = self.by_id_for(me, id).await?;
-        if !changed && row.state != CANCELLED {
+        if !changed && row.state != to {
             return Err(ContactError::Conflict("this request is no longer pending"));
         }
         Ok((ContactRequest::from_row(&row), changed))

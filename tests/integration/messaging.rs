@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
-use crate::ws_client::{Client, FRAME_TIMEOUT, connect_with, make_contacts, user};
+use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob, connect_with, make_contacts, user};
 
 /// Opens the conversation from `a` to user `b_id` with one message; returns its id.
 async fn open_conversation(a: &mut Client, b_id: &str, cid: &str) -> String {
@@ -63,9 +63,7 @@ async fn postgres_two_users_two_devices_each_get_every_message_exactly_once_in_o
 
 async fn every_message_exactly_once(backend: Backend) {
     let app = spawn_app_with(backend, |_| {}).await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut a1 = Client::connect(&app, &alice).await;
     let a2 = Client::connect(&app, &alice).await;
     let b1 = Client::connect(&app, &bob).await;
@@ -126,9 +124,7 @@ async fn postgres_offline_user_syncs_exactly_what_they_missed() {
 
 async fn offline_sync(backend: Backend) {
     let app = spawn_app_with(backend, |_| {}).await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let mut b = Client::connect(&app, &bob).await;
     let conv = open_conversation(&mut a, &bob_id, "m0").await;
@@ -159,9 +155,7 @@ async fn offline_sync(backend: Backend) {
 #[tokio::test]
 async fn outsiders_cannot_read_or_write_a_conversation() {
     let app = spawn_app().await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
     let (carol, _) = user(&app, "carol").await;
     let mut a = Client::connect(&app, &alice).await;
     let conv = open_conversation(&mut a, &bob_id, "secret").await;
@@ -208,9 +202,7 @@ async fn outsiders_cannot_read_or_write_a_conversation() {
 #[tokio::test]
 async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.messaging.max_violations = 20).await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let conv = open_conversation(&mut a, &bob_id, "ok").await;
     let big = "x".repeat(app.config.messaging.max_body_bytes + 1);
@@ -273,9 +265,7 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
 #[tokio::test]
 async fn oversized_frames_close_the_socket_without_harming_others() {
     let app = spawn_app().await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let mut b = Client::connect(&app, &bob).await;
     let conv = open_conversation(&mut a, &bob_id, "o1").await;
@@ -534,9 +524,7 @@ async fn killed_room_and_session_actors_lose_nothing_acknowledged() {
 #[tokio::test]
 async fn a_client_that_does_not_read_is_disconnected() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.messaging.outbound_queue = 16).await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let mut b = Client::connect(&app, &bob).await;
     let conv = open_conversation(&mut a, &bob_id, "s0").await;
@@ -564,9 +552,7 @@ async fn a_client_that_does_not_read_is_disconnected() {
 #[tokio::test]
 async fn a_killed_supervisor_is_restarted_by_the_node_and_chat_goes_on() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.fault_injection = true).await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let conv = open_conversation(&mut a, &bob_id, "k0").await;
     let rooms = app.node.ctx.supervisor_name("rooms");
@@ -660,9 +646,7 @@ async fn a_silent_connection_is_closed_by_the_heartbeat() {
 #[tokio::test]
 async fn an_idle_room_stops_and_comes_back_on_demand() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.messaging.room_idle_secs = 1).await;
-    let (alice, _) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let conv = open_conversation(&mut a, &bob_id, "i0").await;
     let room = app.node.ctx.name("room", &conv);

@@ -218,3 +218,11 @@ pub async fn make_contacts(app: &TestApp, a_token: &str, b_token: &str, b_userna
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     id
 }
+
+/// Alice and Bob, registered and contacts: `(alice token, bob token, bob id)`.
+pub async fn alice_and_bob(app: &TestApp) -> (String, String, String) {
+    let (alice, _) = user(app, "alice").await;
+    let (bob, bob_id) = user(app, "bob").await;
+    make_contacts(app, &alice, &bob, "bob").await;
+    (alice, bob, bob_id)
+}
