@@ -71,8 +71,8 @@ pub fn main() -> ExitCode {
         Command::All => Some(Mount::All),
         Command::Auth => Some(Mount::Auth),
         Command::Messaging => Some(Mount::Messaging),
-        Command::Migrate => None,
-        Command::Gateway | Command::Notify => {
+        Command::Migrate | Command::Gateway => None,
+        Command::Notify => {
             eprintln!(
                 "switchboard: the `{}` service is not yet available in this version; \
                  `switchboard all` (the default) runs everything that is",
@@ -88,6 +88,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if command == Command::Gateway {
+        let g = &config.gateway;
+        if g.auth.is_empty() && g.messaging.is_empty() && g.notify.is_empty() {
+            eprintln!(
+                "switchboard: the gateway needs upstreams: set gateway.auth, gateway.messaging and \
+                 gateway.notify (base URLs such as http://127.0.0.1:8081) in the config file"
+            );
+            return ExitCode::from(2);
+        }
+    }
     crate::telemetry::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -98,6 +108,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match mount {
+            None if command == Command::Gateway => {
+                let gateway = crate::gateway::Gateway::build(config).await?;
+                gateway.run_until_stopped(shutdown_signal()).await
+            }
             Some(mount) => {
                 let app = Application::build(config, mount).await?;
                 app.run_until_stopped(shutdown_signal()).await

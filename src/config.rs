@@ -60,6 +60,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Real-time messaging: WebSocket and actor limits.
     pub messaging: MessagingConfig,
+    /// The RabbitMQ bus (used when `amqp_url` is set).
+    pub bus: BusConfig,
+    /// The gateway (`switchboard gateway`): where the services are.
+    pub gateway: GatewayConfig,
+    /// Addresses of proxies (the gateway) whose `X-Forwarded-For` names the real client,
+    /// for per-address limits. Requests from any other peer use the peer's address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Enable fault injection (`POST /api/debug/faults`): kill or panic a named actor.
     /// For tests and drills only; never on a public server.
     pub fault_injection: bool,
@@ -133,6 +140,59 @@ pub struct MessagingConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// RabbitMQ settings. The broker objects' names all start with `prefix` (see
+/// docs/broker.md), so several deployments (or tests) can share one broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Prefix of every exchange and queue name.
+    pub prefix: String,
+    /// Unacknowledged deliveries a consumer holds at once.
+    pub prefetch: u16,
+    /// Declare the durable queues as quorum queues (replicated; for a broker cluster).
+    pub quorum_queues: bool,
+    /// Longest wait between reconnect attempts, in milliseconds (backoff doubles from 100).
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { prefix: "switchboard".to_owned(), prefetch: 512, quorum_queues: false, reconnect_max_ms: 5000 }
+    }
+}
+
+/// The gateway: upstream services, health checks and edge limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Base URLs (`http://host:port`) of the auth service instances.
+    pub auth: Vec<String>,
+    /// Base URLs of the messaging nodes; WebSocket clients are spread over them.
+    pub messaging: Vec<String>,
+    /// Base URLs of the notify service instances.
+    pub notify: Vec<String>,
+    /// Milliseconds between health checks of each upstream.
+    pub health_interval_ms: u64,
+    /// Largest request body passed on, in bytes (by `Content-Length`; the services check
+    /// the bytes themselves too).
+    pub max_body_bytes: u64,
+    /// Requests per client address per minute, over all routes.
+    pub requests_per_ip_per_minute: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            auth: vec![],
+            messaging: vec![],
+            notify: vec![],
+            health_interval_ms: 1000,
+            max_body_bytes: 8 * 1024 * 1024,
+            requests_per_ip_per_minute: 6000,
+        }
+    }
+}
+
 impl Default for MessagingConfig {
     /// The actor system's own defaults ([`Limits`]), so each value is written once.
     fn default() -> Self {
@@ -179,6 +239,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             messaging: MessagingConfig::default(),
+            bus: BusConfig::default(),
+            gateway: GatewayConfig::default(),
+            trusted_proxies: vec![],
             fault_injection: false,
         }
     }
@@ -331,6 +394,44 @@ impl Config {
             );
         }
         self.database_kind()?;
+        let b = &self.bus;
+        anyhow::ensure!(
+            !b.prefix.is_empty()
+                && b.prefix.len() <= 64
+                && b.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "bus.prefix must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' or '.', got {:?}",
+            b.prefix
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&b.prefetch),
+            "bus.prefetch must be between 1 and 10000, got {}",
+            b.prefetch
+        );
+        anyhow::ensure!(
+            (100..=600_000).contains(&b.reconnect_max_ms),
+            "bus.reconnect_max_ms must be between 100 and 600000, got {}",
+            b.reconnect_max_ms
+        );
+        let g = &self.gateway;
+        for (name, urls) in [("auth", &g.auth), ("messaging", &g.messaging), ("notify", &g.notify)] {
+            for u in urls {
+                anyhow::ensure!(
+                    u.starts_with("http://") && u.len() > 7 && !u[7..].contains(['/', '?', '#', ' ']),
+                    "gateway.{name} entries must be base URLs like http://127.0.0.1:8081, got {u:?}"
+                );
+            }
+        }
+        anyhow::ensure!(
+            (50..=60_000).contains(&g.health_interval_ms),
+            "gateway.health_interval_ms must be between 50 and 60000, got {}",
+            g.health_interval_ms
+        );
+        anyhow::ensure!(
+            (1024..=1 << 30).contains(&g.max_body_bytes),
+            "gateway.max_body_bytes must be between 1024 and 1073741824, got {}",
+            g.max_body_bytes
+        );
+        anyhow::ensure!(g.requests_per_ip_per_minute >= 1, "gateway.requests_per_ip_per_minute must be at least 1");
         if let Some(url) = &self.amqp_url {
             let u = url.expose();
             anyhow::ensure!(

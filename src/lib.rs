@@ -7,6 +7,8 @@
 //! - [`config`]: layered configuration (defaults < file < environment < flags), validated.
 //! - [`startup`]: [`startup::Application`] builds the services of one process on one
 //!   listener and runs them until a shutdown future resolves.
+//! - [`gateway`]: the public entry point: reverse proxy to the services, health checks.
+//! - [`bus`]: the RabbitMQ implementation of the actors' `Bus` port.
 //! - [`routes`]: HTTP handlers grouped by resource (`health`, `auth`, `pages`).
 //! - [`auth`]: passwords (argon2id), access tokens (JWT + revocable sessions), the auth
 //!   service logic, and the `require_auth` hoop that puts the caller in the depot.
@@ -17,10 +19,12 @@
 //! - [`telemetry`]: tracing subscriber and panic hook.
 
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod gateway;
 pub mod ratelimit;
 pub mod routes;
 pub mod startup;

@@ -16,9 +16,11 @@ use salvo::prelude::*;
 use switchboard_actors::bridge::InProcessBus;
 use switchboard_actors::faults::Faults;
 use switchboard_actors::node::{Node, NodeCtx};
+use switchboard_actors::ports::Bus;
 
 use crate::auth::service::AuthService;
 use crate::auth::tokens::TokenKeys;
+use crate::bus::RabbitBus;
 use crate::config::{Config, Secret};
 use crate::error::json_catcher;
 use crate::ratelimit::KeyedLimiter;
@@ -30,6 +32,8 @@ use crate::storage::{self, Storage};
 const LISTEN_BACKLOG: u32 = 4096;
 /// How long a graceful shutdown waits for open requests before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a starting node waits for the broker before serving without it.
+const BROKER_WAIT: Duration = Duration::from_secs(5);
 /// How often expired sessions and idle rate-limit keys are cleaned up.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
@@ -39,6 +43,8 @@ pub struct Application {
     local_addr: SocketAddr,
     state: AppState,
     service: Service,
+    mount: Mount,
+    rabbit: Option<RabbitBus>,
 }
 
 impl Application {
@@ -58,7 +64,8 @@ impl Application {
         let db = storage::connect(&config.database_url()).await?;
         let storage = Storage::new(db);
         let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let node = Arc::new(start_node(&config, &storage).await?);
+        let (node, rabbit) = start_node(&config, &storage).await?;
+        let node = Arc::new(node);
         let state = AppState {
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
             contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),
@@ -66,13 +73,14 @@ impl Application {
             storage,
             auth,
             node,
+            rabbit: rabbit.clone(),
         };
         let router = routes::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));
         let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let acceptor = TcpAcceptor::try_from(listener)?;
-        Ok(Self { acceptor, local_addr, state, service })
+        Ok(Self { acceptor, local_addr, state, service, mount, rabbit })
     }
 
     /// The address actually bound (useful with port 0).
@@ -99,27 +107,43 @@ impl Application {
             tracing::info!("shutting down");
             handle.stop_graceful(SHUTDOWN_GRACE);
         });
-        tracing::info!(addr = %self.local_addr, "listening");
+        announce(self.mount.name(), self.local_addr);
         server.serve(self.service).await;
         housekeeping.abort();
         self.state.node.shutdown();
+        if let Some(bus) = &self.rabbit {
+            bus.shutdown();
+        }
         self.state.storage.db.clone().close().await.ok();
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Starts this process's actor tree with the in-process bus.
-async fn start_node(config: &Config, storage: &Storage) -> anyhow::Result<Node> {
+/// Starts this process's actor tree, with the RabbitMQ bus when `amqp_url` is set and
+/// the in-process bus otherwise.
+async fn start_node(config: &Config, storage: &Storage) -> anyhow::Result<(Node, Option<RabbitBus>)> {
     let node_id = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let limits = config.messaging.limits();
     let faults = if config.fault_injection { Faults::enabled() } else { Faults::disabled() };
-    let bus = Arc::new(InProcessBus::new(&node_id));
+    let (bus, rabbit): (Arc<dyn Bus>, _) = match &config.amqp_url {
+        Some(url) => {
+            let rabbit = RabbitBus::start(url.clone(), &node_id, config.bus.clone());
+            // Wait briefly so a healthy broker is in use from the first request; without
+            // one the node starts anyway (local chat works) and keeps trying.
+            if !rabbit.wait_connected(BROKER_WAIT).await {
+                tracing::warn!("the broker is not reachable yet; starting without it and retrying");
+            }
+            (Arc::new(rabbit.clone()), Some(rabbit))
+        }
+        None => (Arc::new(InProcessBus::new(&node_id)), None),
+    };
     let ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
-    Node::start(ctx).await.map_err(|e| anyhow::anyhow!("cannot start the actor system: {e}"))
+    let node = Node::start(ctx).await.map_err(|e| anyhow::anyhow!("cannot start the actor system: {e}"))?;
+    Ok((node, rabbit))
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
@@ -174,6 +198,13 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<Secret> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
         Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
     }
+}
+
+/// Prints where a service listens, as one line on stdout that scripts and tests can wait
+/// for: `switchboard <service> listening on http://<addr>`.
+pub fn announce(service: &str, addr: SocketAddr) {
+    tracing::info!(%addr, service, "listening");
+    println!("switchboard {service} listening on http://{addr}");
 }
 
 /// Resolves on SIGINT or SIGTERM.

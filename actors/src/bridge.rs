@@ -61,25 +61,47 @@ pub fn dispatch(ctx: &NodeCtx, event: crate::ports::Event) {
     }
 }
 
+/// Hands an event to the bridge of the node `node_id` (in this process), which passes it
+/// to the recipient's sessions there.
+pub fn deliver_local(node_id: &str, envelope: Envelope) -> Result<(), BusError> {
+    let Some(bridge) = ActorRef::<BridgeMsg>::where_is(NodeCtx::bridge_name_of(node_id)) else {
+        return Err(BusError("bus bridge is restarting".into()));
+    };
+    bridge.cast(BridgeMsg::Incoming(Box::new(envelope))).map_err(|e| BusError(e.to_string()))
+}
+
+/// Tells every session of the node `node_id` to catch up from the database: after the
+/// node's bus link was down, live events may have been missed.
+pub fn resync_sessions(node_id: &str) -> usize {
+    let scope = node_id.to_owned();
+    let mut n = 0;
+    for group in ractor::pg::which_scoped_groups(&scope) {
+        for cell in ractor::pg::get_scoped_members(&scope, &group) {
+            let session: ActorRef<SessionMsg> = cell.into();
+            if session.cast(SessionMsg::CatchUp).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// The bus of a single process: publishing hands the event to this node's bridge.
 pub struct InProcessBus {
-    bridge_name: String,
+    node_id: String,
 }
 
 impl InProcessBus {
     /// The bus for the node with this id.
     pub fn new(node_id: &str) -> Self {
-        Self { bridge_name: format!("{node_id}/bridge:bus") }
+        Self { node_id: node_id.to_owned() }
     }
 }
 
 #[async_trait::async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        let Some(bridge) = ActorRef::<BridgeMsg>::where_is(&self.bridge_name) else {
-            return Err(BusError("bus bridge is restarting".into()));
-        };
-        bridge.cast(BridgeMsg::Incoming(Box::new(envelope))).map_err(|e| BusError(e.to_string()))
+        deliver_local(&self.node_id, envelope)
     }
 
     async fn bind_user(&self, _user: UserId) -> Result<(), BusError> {

@@ -98,7 +98,12 @@ impl NodeCtx {
     }
 
     pub fn bridge_name(&self) -> String {
-        self.name("bridge", "bus")
+        Self::bridge_name_of(&self.node_id)
+    }
+
+    /// The bus bridge's registry name on the node `node_id`.
+    pub fn bridge_name_of(node_id: &str) -> String {
+        format!("{node_id}/bridge:bus")
     }
 
     /// The room actor of a conversation, started if needed.

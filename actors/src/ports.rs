@@ -191,14 +191,16 @@ impl Envelope {
 #[error("bus unavailable: {0}")]
 pub struct BusError(pub String);
 
-/// The event bus between nodes. A publish returns once the bus has taken the event
-/// (publisher confirm for RabbitMQ).
+/// The event bus between nodes. A publish returns once the event is on its way, in
+/// publish order (RabbitMQ: sent on a confirm-mode channel; confirms are tracked off the
+/// caller's path). The database is the record: a lost event costs live delivery only.
 #[async_trait::async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes one event.
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
-    /// Starts routing `user`'s events to this node (their first session here opened).
+    /// A session of `user` opened on this node: route the user's events here. Called once
+    /// per session; the bus counts them and binds on the first.
     async fn bind_user(&self, user: UserId) -> Result<(), BusError>;
-    /// Stops routing `user`'s events here (their last session here closed).
+    /// A session of `user` on this node closed; the bus unbinds after the last one.
     async fn unbind_user(&self, user: UserId) -> Result<(), BusError>;
 }

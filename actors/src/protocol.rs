@@ -47,7 +47,8 @@ pub enum ClientFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Sent once on connect: who the server thinks you are, and the limits in force.
-    Hello { user_id: UserId, max_body_bytes: usize, max_frame_bytes: usize },
+    /// `node` names the messaging node serving this connection (for diagnostics).
+    Hello { user_id: UserId, node: String, max_body_bytes: usize, max_frame_bytes: usize },
     /// The message is committed: its id and sequence number.
     Ack { client_msg_id: String, message_id: MessageId, conversation_id: ConversationId, seq: i64 },
     /// A message (live, or in answer to `sync`).

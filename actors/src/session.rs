@@ -142,6 +142,9 @@ pub enum SessionMsg {
     Closed,
     /// Catch up on one conversation after a commit this session could not confirm.
     Refresh(ConversationId),
+    /// Catch up on every conversation: the node's bus link was down and live events may
+    /// have been missed.
+    CatchUp,
     /// A delivered marker was saved; send the next one if more arrived meanwhile.
     DeliveredSaved(ConversationId),
 }
@@ -205,6 +208,7 @@ impl Actor for SessionActor {
             ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
             state.conn.push(&ServerFrame::Hello {
                 user_id: user,
+                node: state.ctx.node_id.clone(),
                 max_body_bytes: state.ctx.limits.max_body_bytes,
                 max_frame_bytes: state.ctx.limits.max_frame_bytes,
             });
@@ -224,6 +228,10 @@ impl Actor for SessionActor {
             SessionMsg::Frame(text) => state.on_frame(&myself, &text).await,
             SessionMsg::Event(event) => state.on_event(&myself, *event).await,
             SessionMsg::Refresh(c) => state.catch_up(c).await,
+            SessionMsg::CatchUp => {
+                state.load_conversations(false).await;
+                state.catch_up_all().await;
+            }
             SessionMsg::DeliveredSaved(c) => {
                 if let Some(Some((seq, sender))) = state.delivered_inflight.remove(&c) {
                     state.mark_delivered(&myself, c, sender, seq);
@@ -289,13 +297,16 @@ impl SessionState {
                 }
             }
         }
-        if !edge {
-            return;
-        }
+        // Every session counts for the binding (the bus binds on the first, unbinds after
+        // the last): counting there, under one lock, keeps a close and an open that race
+        // from leaving the user unbound.
         let bus = self.ctx.bus.clone();
         let result = if online { bus.bind_user(me).await } else { bus.unbind_user(me).await };
         if let Err(e) = result {
             tracing::warn!(user = %me, error = %e, "cannot (un)bind user on the bus");
+        }
+        if !edge {
+            return;
         }
         tokio::spawn(async move {
             for peer in peers {

@@ -37,11 +37,22 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(req: &mut Request, depot:
     req.parse_json_with_max_size::<T>(limit).await.map_err(|e| AppError::from_parse(e, limit))
 }
 
+/// The client's address: the peer's, or, when the peer is a trusted proxy (the gateway),
+/// the last address it put in `X-Forwarded-For`.
+pub fn client_ip(req: &Request, config: &crate::config::Config) -> Option<std::net::IpAddr> {
+    let peer = req.remote_addr().ip()?;
+    if !config.trusted_proxies.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    forwarded.rsplit(',').next().and_then(|ip| ip.trim().parse().ok()).or(Some(peer))
+}
+
 /// `POST /api/auth/register` → 201 with the new user.
 #[handler]
 async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: RegisterBody = json_body(req, depot).await?;
-    let ip = req.remote_addr().ip();
+    let ip = client_ip(req, &state(depot)?.config);
     let user = state(depot)?.auth.register(ip, &body.username, body.password, body.display_name.as_deref()).await?;
     res.status_code(StatusCode::CREATED);
     res.render(Json(user));
@@ -52,7 +63,7 @@ async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
 #[handler]
 async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: LoginBody = json_body(req, depot).await?;
-    let ip = req.remote_addr().ip();
+    let ip = client_ip(req, &state(depot)?.config);
     let ua = req.header::<String>(header::USER_AGENT);
     let st = state(depot)?;
     let out = st.auth.login(ip, &body.username, body.password, ua).await?;

@@ -17,10 +17,18 @@ async fn healthz(res: &mut Response) {
 }
 
 /// Readiness: the database answers. 503 otherwise, so a load balancer stops routing here.
+/// The broker link is reported but does not decide: without it local chat still works
+/// and the node catches its sessions up when the link returns.
 #[handler]
 async fn readyz(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
-    if state(depot)?.storage.ping().await {
-        res.render(Json(json!({"status": "ready", "database": "ok"})));
+    let st = state(depot)?;
+    if st.storage.ping().await {
+        let broker = match &st.rabbit {
+            None => "in-process",
+            Some(bus) if bus.is_connected() => "up",
+            Some(_) => "down",
+        };
+        res.render(Json(json!({"status": "ready", "database": "ok", "broker": broker, "node": st.node.ctx.node_id})));
         Ok(())
     } else {
         Err(AppError::Unavailable("database"))

@@ -44,6 +44,8 @@ pub struct AppState {
     pub search_limiter: Arc<KeyedLimiter>,
     /// Contact requests per user per minute.
     pub contact_limiter: Arc<KeyedLimiter>,
+    /// The RabbitMQ bus, when this process uses one (readiness reports its link).
+    pub rabbit: Option<crate::bus::RabbitBus>,
 }
 
 /// Which services' routes one process serves.
@@ -55,6 +57,16 @@ pub enum Mount {
     Auth,
     /// The messaging service alone (`switchboard messaging`).
     Messaging,
+}
+
+impl Mount {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mount::All => "all",
+            Mount::Auth => "auth",
+            Mount::Messaging => "messaging",
+        }
+    }
 }
 
 /// The router of one process.
@@ -94,7 +106,7 @@ impl Handler for InjectState {
 /// Headers on every response: no MIME sniffing, no framing, no referrer leaks, and a
 /// CSP that allows only our own scripts and styles.
 #[handler]
-async fn security_headers(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+pub async fn security_headers(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
     ctrl.call_next(req, depot, res).await;
     let h = res.headers_mut();
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

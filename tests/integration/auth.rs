@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use switchboard::auth::tokens::{Claims, TokenKeys};
 use switchboard::config::Secret;
 
-use crate::helpers::{Backend, PASSWORD, TEST_JWT_SECRET, TestApp, error_code, spawn_app_with};
+use crate::helpers::{Api, Backend, PASSWORD, TEST_JWT_SECRET, TestApp, error_code, spawn_app_with};
 
 macro_rules! auth_tests {
     ($backend:expr) => {
@@ -110,7 +110,7 @@ async fn register_rejects_bad_input(app: TestApp) {
     assert_eq!(r.status(), StatusCode::CREATED);
 
     let raw = |body: &'static str, ctype: &'static str| {
-        app.client.post(app.url("/api/auth/register")).header("content-type", ctype).body(body).send()
+        app.client().post(app.url("/api/auth/register")).header("content-type", ctype).body(body).send()
     };
     let code =
         error_code(raw("{\"username\": \"bob\",", "application/json").await.expect("sent"), StatusCode::BAD_REQUEST)
@@ -179,10 +179,10 @@ async fn browser_cookie_login_and_logout(app: TestApp) {
         assert!(set_cookie.contains(attr), "{attr} missing in {set_cookie}");
     }
     let cookie = set_cookie.split(';').next().expect("pair").to_owned();
-    let me = |cookie: String| app.client.get(app.url("/api/auth/me")).header("cookie", cookie).send();
+    let me = |cookie: String| app.client().get(app.url("/api/auth/me")).header("cookie", cookie).send();
     let r = me(cookie.clone()).await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = app.client.post(app.url("/api/auth/logout")).header("cookie", cookie.clone()).send().await.expect("sent");
+    let r = app.client().post(app.url("/api/auth/logout")).header("cookie", cookie.clone()).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let cleared = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("cookie cleared").to_owned();
     assert!(cleared.starts_with("sb_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
@@ -220,7 +220,7 @@ async fn invalid_expired_and_foreign_tokens_are_refused(app: TestApp) {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
         assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token", "{what}");
     }
-    let r = app.client.get(app.url("/api/auth/me")).send().await.expect("sent");
+    let r = app.client().get(app.url("/api/auth/me")).send().await.expect("sent");
     assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token", "no token");
     let r = app
         .client

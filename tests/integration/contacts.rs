@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, error_code, spawn_app, spawn_app_with};
+use crate::helpers::{Api, Backend, TestApp, error_code, spawn_app, spawn_app_with};
 use crate::ws_client::{Client, make_contacts, user};
 
 struct U {
@@ -18,7 +18,7 @@ async fn u(app: &TestApp, name: &str) -> U {
 }
 
 async fn get(app: &TestApp, who: &U, path: &str) -> Value {
-    let r = app.client.get(app.url(path)).bearer_auth(&who.token).send().await.expect("sent");
+    let r = app.client().get(app.url(path)).bearer_auth(&who.token).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK, "GET {path}");
     r.json().await.expect("json")
 }
@@ -34,11 +34,11 @@ async fn request(app: &TestApp, from: &U, to_username: &str) -> reqwest::Respons
 }
 
 async fn post(app: &TestApp, who: &U, path: &str) -> reqwest::Response {
-    app.client.post(app.url(path)).bearer_auth(&who.token).send().await.expect("sent")
+    app.client().post(app.url(path)).bearer_auth(&who.token).send().await.expect("sent")
 }
 
 async fn delete(app: &TestApp, who: &U, path: &str) -> reqwest::Response {
-    app.client.delete(app.url(path)).bearer_auth(&who.token).send().await.expect("sent")
+    app.client().delete(app.url(path)).bearer_auth(&who.token).send().await.expect("sent")
 }
 
 /// The other user's relation as `who` sees it in search.
@@ -286,10 +286,10 @@ async fn search_pages(backend: Backend) {
     for bad in
         ["/api/users", "/api/users?q=", "/api/users?q=a&limit=0", "/api/users?q=a&limit=51", "/api/users?q=a&limit=x"]
     {
-        let r = app.client.get(app.url(bad)).bearer_auth(&me.token).send().await.expect("sent");
+        let r = app.client().get(app.url(bad)).bearer_auth(&me.token).send().await.expect("sent");
         assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_query", "{bad}");
     }
-    let r = app.client.get(app.url("/api/users?q=zed")).send().await.expect("sent");
+    let r = app.client().get(app.url("/api/users?q=zed")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 

@@ -4,15 +4,15 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, PASSWORD, error_code, spawn_app, spawn_app_with};
+use crate::helpers::{Api, Backend, PASSWORD, error_code, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/healthz")).send().await.expect("sent");
+    let r = app.client().get(app.url("/healthz")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.expect("json")["status"], "ok");
-    let r = app.client.get(app.url("/readyz")).send().await.expect("sent");
+    let r = app.client().get(app.url("/readyz")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.expect("json")["database"], "ok");
 }
@@ -20,18 +20,18 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/api/no/such/thing")).send().await.expect("sent");
+    let r = app.client().get(app.url("/api/no/such/thing")).send().await.expect("sent");
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
-    let r = app.client.get(app.url("/api/auth/login")).send().await.expect("sent");
+    let r = app.client().get(app.url("/api/auth/login")).send().await.expect("sent");
     assert_eq!(error_code(r, StatusCode::METHOD_NOT_ALLOWED).await, "method_not_allowed");
-    let r = app.client.get(app.url("/static/..%2fCargo.toml")).send().await.expect("sent");
+    let r = app.client().get(app.url("/static/..%2fCargo.toml")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn pages_are_served_with_security_headers() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/")).send().await.expect("sent");
+    let r = app.client().get(app.url("/")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
     let h = r.headers().clone();
     assert!(h["content-type"].to_str().expect("ascii").starts_with("text/html"));
@@ -40,7 +40,7 @@ async fn pages_are_served_with_security_headers() {
     let csp = h["content-security-policy"].to_str().expect("ascii");
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
     assert!(r.text().await.expect("body").contains("Switchboard"));
-    let r = app.client.get(app.url("/static/style.css")).send().await.expect("sent");
+    let r = app.client().get(app.url("/static/style.css")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers()["content-type"].to_str().expect("ascii").starts_with("text/css"));
 }

@@ -105,10 +105,6 @@ async fn start(config: Config, data_dir: TempDir, pg_database: Option<String>) -
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
     /// Stops the server and waits until it has stopped; returns the data directory so a
     /// test can start a new app on the same data.
     pub async fn stop(mut self) -> (Config, TempDir) {
@@ -139,21 +135,38 @@ impl TestApp {
         config.listen = "127.0.0.1:0".parse().expect("addr");
         start(config, data_dir, pg).await
     }
+}
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+impl Api for TestApp {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn register(&self, username: &str, password: &str) -> Response {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// A server reached over HTTP (one app, or a cluster's gateway), and the calls tests make.
+#[allow(async_fn_in_trait)] // test code: no Send bound needed
+pub trait Api {
+    fn url(&self, path: &str) -> String;
+    fn client(&self) -> &Client;
+
+    async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client().post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    async fn register(&self, username: &str, password: &str) -> Response {
         self.post_json("/api/auth/register", &json!({"username": username, "password": password})).await
     }
 
-    pub async fn login(&self, username: &str, password: &str) -> Response {
+    async fn login(&self, username: &str, password: &str) -> Response {
         self.post_json("/api/auth/login", &json!({"username": username, "password": password})).await
     }
 
     /// Registers `username` with [`PASSWORD`] and logs in; returns the access token.
-    pub async fn signup(&self, username: &str) -> String {
+    async fn signup(&self, username: &str) -> String {
         let r = self.register(username, PASSWORD).await;
         assert_eq!(r.status(), StatusCode::CREATED, "register {username}");
         let r = self.login(username, PASSWORD).await;
@@ -162,12 +175,12 @@ impl TestApp {
         body["access_token"].as_str().expect("token").to_owned()
     }
 
-    pub async fn me(&self, token: &str) -> Response {
-        self.client.get(self.url("/api/auth/me")).bearer_auth(token).send().await.expect("request sent")
+    async fn me(&self, token: &str) -> Response {
+        self.client().get(self.url("/api/auth/me")).bearer_auth(token).send().await.expect("request sent")
     }
 
-    pub async fn logout(&self, token: &str) -> Response {
-        self.client.post(self.url("/api/auth/logout")).bearer_auth(token).send().await.expect("request sent")
+    async fn logout(&self, token: &str) -> Response {
+        self.client().post(self.url("/api/auth/logout")).bearer_auth(token).send().await.expect("request sent")
     }
 }
 

@@ -6,10 +6,14 @@
 //! - [`helpers`]: `spawn_app()` and the `TestApp` client.
 //! - [`auth`]: the auth API, instantiated once per database backend.
 //! - [`health`]: health endpoints, error shapes, security headers.
+//! - [`cluster`]: separate processes (auth, messaging nodes, gateway) on RabbitMQ;
+//!   [`cluster_support`] starts them, and a private broker a test may restart.
 //! - [`runtime`]: configuration file, restart with the same data, CLI exit codes,
 //!   graceful shutdown.
 
 mod auth;
+mod cluster;
+mod cluster_support;
 mod contacts;
 mod health;
 mod helpers;

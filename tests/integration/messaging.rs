@@ -12,7 +12,7 @@ use switchboard_actors::ids::UserId;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Api, Backend, TestApp, spawn_app, spawn_app_with};
 use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob, connect_with, make_contacts, user};
 
 /// Opens the conversation from `a` to user `b_id` with one message; returns its id.
@@ -165,7 +165,7 @@ async fn outsiders_cannot_read_or_write_a_conversation() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(!r.text().await.expect("body").contains("hello"));
     assert_eq!(history(&app, &carol, "not-a-uuid", "").await.status(), StatusCode::NOT_FOUND);
-    let r = app.client.get(app.url(&format!("/api/conversations/{conv}/messages"))).send().await.expect("sent");
+    let r = app.client().get(app.url(&format!("/api/conversations/{conv}/messages"))).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let list: Value = app
         .client

@@ -7,7 +7,7 @@ use std::process::Command;
 use reqwest::StatusCode;
 use switchboard::config::{Config, Overrides};
 
-use crate::helpers::{Backend, PASSWORD, spawn_app_with};
+use crate::helpers::{Api, Backend, PASSWORD, spawn_app_with};
 
 fn repo_file(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -66,13 +66,22 @@ fn switchboard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 
 #[test]
 fn services_not_built_yet_exit_with_a_clear_message() {
-    for service in ["gateway", "notify"] {
-        let out = switchboard(&[service], &[]);
-        assert_eq!(out.status.code(), Some(2), "{service}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not yet available"), "{service}: {err}");
-        assert!(!err.contains("panicked"), "{service}: {err}");
-    }
+    let out = switchboard(&["notify"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not yet available"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_gateway_without_upstreams_says_what_to_configure() {
+    let out = switchboard(&["gateway", "--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.messaging"), "{err}");
+    let out = switchboard(&["gateway"], &[("SWITCHBOARD_GATEWAY__AUTH", "[\"ftp://x\"]")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.auth entries"), "names the field");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::TestApp;
+use crate::helpers::{Api, TestApp};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -190,16 +190,16 @@ impl Client {
 }
 
 /// `(access token, user id)` of a new user.
-pub async fn user(app: &TestApp, name: &str) -> (String, String) {
+pub async fn user(app: &impl Api, name: &str) -> (String, String) {
     let token = app.signup(name).await;
     let me: Value = app.me(&token).await.json().await.expect("json");
     (token, me["id"].as_str().expect("id").to_owned())
 }
 
 /// Makes two users contacts: `a` requests, `b` accepts. Returns the request id.
-pub async fn make_contacts(app: &TestApp, a_token: &str, b_token: &str, b_username: &str) -> String {
+pub async fn make_contacts(app: &impl Api, a_token: &str, b_token: &str, b_username: &str) -> String {
     let r = app
-        .client
+        .client()
         .post(app.url("/api/contacts/requests"))
         .bearer_auth(a_token)
         .json(&json!({ "username": b_username }))
@@ -209,7 +209,7 @@ pub async fn make_contacts(app: &TestApp, a_token: &str, b_token: &str, b_userna
     assert_eq!(r.status(), reqwest::StatusCode::CREATED);
     let id = r.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
     let r = app
-        .client
+        .client()
         .post(app.url(&format!("/api/contacts/requests/{id}/accept")))
         .bearer_auth(b_token)
         .send()
@@ -220,7 +220,7 @@ pub async fn make_contacts(app: &TestApp, a_token: &str, b_token: &str, b_userna
 }
 
 /// Alice and Bob, registered and contacts: `(alice token, bob token, bob id)`.
-pub async fn alice_and_bob(app: &TestApp) -> (String, String, String) {
+pub async fn alice_and_bob(app: &impl Api) -> (String, String, String) {
     let (alice, _) = user(app, "alice").await;
     let (bob, bob_id) = user(app, "bob").await;
     make_contacts(app, &alice, &bob, "bob").await;

@@ -1,0 +1,288 @@
+//! The distributed system: separate processes (auth, messaging nodes, gateway) joined by
+//! the real RabbitMQ, clients through the gateway. See `cluster_support` for the harness.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::cluster_support::{Cluster, PrivateBroker, poll};
+use crate::helpers::{Api, PASSWORD, error_code};
+use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob};
+
+/// How long a test waits for a whole exchange to arrive.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Opens the chat socket through `addr` with a bearer token; `(client, node id)` after
+/// `hello`, or `None` if the connection or upgrade failed.
+async fn connect(addr: SocketAddr, token: &str) -> Option<(Client, String)> {
+    let mut req = format!("ws://{addr}/ws").into_client_request().ok()?;
+    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).ok()?);
+    let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(req)).await.ok()?.ok()?;
+    let mut c = Client::from_ws(ws);
+    let hello = c.read_one(FRAME_TIMEOUT).await?;
+    (hello["type"] == "hello").then(|| (c, hello["node"].as_str().unwrap_or_default().to_owned()))
+}
+
+/// Reconnects `client` through `addr` (retrying until a node takes it), keeping what it
+/// has received; returns the node now serving it.
+async fn reconnect(client: &mut Client, addr: SocketAddr, token: &str) -> String {
+    let (fresh, node) = poll("a live node to take the reconnect", || connect(addr, token)).await;
+    client.ws = fresh.ws;
+    client.closed = None;
+    node
+}
+
+/// Reads whatever frames are already waiting.
+async fn drain(c: &mut Client) {
+    while c.closed.is_none() && c.read_one(Duration::from_millis(1)).await.is_some() {}
+}
+
+/// Reads until the client holds `n` messages of `conv`.
+async fn read_until_count(c: &mut Client, conv: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + EXCHANGE_TIMEOUT;
+    let count = |c: &Client| c.by_seq.get(conv).map_or(0, |m| m.len());
+    while count(c) < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "only {} of {n} messages arrived", count(c));
+        if c.read_one(left.min(FRAME_TIMEOUT)).await.is_none() {
+            panic!("socket closed or silent ({:?}) with {} of {n} messages", c.closed, count(c));
+        }
+    }
+}
+
+/// Asks for everything after what the client has, and reads until `sync_done`.
+async fn sync(c: &mut Client, conv: &str) {
+    let have = c.by_seq.get(conv).and_then(|m| m.keys().next_back().copied()).unwrap_or(0);
+    c.send(json!({"type": "sync", "since": {conv: have}})).await;
+    c.next_of("sync_done").await;
+}
+
+/// The node id of each messaging process, from its readiness answer.
+async fn node_ids(cluster: &Cluster, nodes: usize) -> Vec<String> {
+    let mut ids = vec![];
+    for i in 1..=nodes {
+        let url = format!("http://{}/readyz", cluster.addr(&format!("messaging-{i}")));
+        let v: Value = cluster.client().get(url).send().await.expect("readyz").json().await.expect("json");
+        ids.push(v["node"].as_str().expect("node id").to_owned());
+    }
+    ids
+}
+
+/// Alice's first message opens the conversation; returns its id.
+async fn open_conversation(alice: &mut Client, bob: &mut Client, bob_id: &str) -> String {
+    alice.send_to_user("a-0", bob_id, "hello bob").await;
+    let ack = alice.next_of("ack").await;
+    let conv = ack["conversation_id"].as_str().expect("conversation").to_owned();
+    read_until_count(bob, &conv, 1).await;
+    conv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
+    let cluster = Cluster::start(2);
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    assert_ne!(alice_node, bob_node, "the gateway puts the second socket on the other node");
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+
+    const N: usize = 1000;
+    bob.send_to_conv("b-0", &conv, "hello alice").await;
+    for i in 1..N {
+        alice.send_to_conv(&format!("a-{i}"), &conv, &format!("alice {i}")).await;
+        bob.send_to_conv(&format!("b-{i}"), &conv, &format!("bob {i}")).await;
+        if i % 50 == 0 {
+            drain(&mut alice).await;
+            drain(&mut bob).await;
+        }
+    }
+    for c in [&mut alice, &mut bob] {
+        read_until_count(c, &conv, 2 * N).await;
+        c.read_until("every send acked", |c| c.acks.len() == N).await;
+        c.assert_complete(&conv, 2 * N as i64);
+        c.assert_in_order();
+    }
+    // Exactly once: each side holds each acked message once, under the acked seq.
+    for c in [&alice, &bob] {
+        for (id, seq) in alice.acks.values().chain(bob.acks.values()) {
+            assert_eq!(c.messages.get(id).map(|(_, s)| *s), Some(*seq));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing_acknowledged_and_its_clients_move_to_a_live_one() {
+    let mut cluster = Cluster::start(2);
+    let ids = node_ids(&cluster, 2).await;
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    assert_ne!(alice_node, bob_node);
+    let bob_proc = format!("messaging-{}", ids.iter().position(|id| *id == bob_node).expect("bob's node") + 1);
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+
+    // Alice keeps sending; Bob's node dies a third of the way in.
+    const N: usize = 300;
+    for i in 1..N {
+        alice.send_to_conv(&format!("a-{i}"), &conv, &format!("alice {i}")).await;
+        if i == N / 3 {
+            cluster.kill(&bob_proc);
+        }
+        if i % 20 == 0 {
+            drain(&mut alice).await;
+            drain(&mut bob).await;
+            tokio::time::sleep(Duration::from_millis(5)).await; // a steady stream, not one burst
+        }
+    }
+    alice.read_until("every send acked", |c| c.acks.len() == N).await;
+    drain(&mut bob).await;
+    assert!(bob.closed.is_some(), "bob's socket went down with his node");
+
+    let new_node = reconnect(&mut bob, cluster.gateway(), &bob_t).await;
+    assert_eq!(new_node, alice_node, "the gateway sends bob to the live node");
+    sync(&mut bob, &conv).await;
+    read_until_count(&mut bob, &conv, N).await;
+    bob.assert_complete(&conv, N as i64);
+    for (id, seq) in alice.acks.values() {
+        assert_eq!(bob.messages.get(id).map(|(_, s)| *s), Some(*seq), "acked message {id} reached bob");
+    }
+    // And the conversation goes on, live.
+    alice.send_to_conv("after", &conv, "still here?").await;
+    read_until_count(&mut bob, &conv, N + 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reconnect_by_themselves_after_the_broker_restarts() {
+    let broker = tokio::task::spawn_blocking(PrivateBroker::start).await.expect("broker starts");
+    let cluster = Cluster::start_on(2, &broker.url());
+    let ids = node_ids(&cluster, 2).await;
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    assert_ne!(alice_node, bob_node);
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+
+    // Restart the broker while Alice keeps sending.
+    let mut restart = tokio::task::spawn_blocking(move || {
+        let mut broker = broker;
+        broker.halt();
+        broker.boot();
+        broker
+    });
+    let mut sent = 1;
+    let broker = loop {
+        tokio::select! {
+            b = &mut restart => break b.expect("broker restarted"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                alice.send_to_conv(&format!("a-{sent}"), &conv, &format!("alice {sent}")).await;
+                sent += 1;
+                drain(&mut alice).await;
+            }
+        }
+    };
+    // Both nodes find the broker again by themselves.
+    for i in 1..=2 {
+        let url = format!("http://{}/readyz", cluster.addr(&format!("messaging-{i}")));
+        poll("the node's broker link", || async {
+            let v: Value = cluster.client().get(&url).send().await.ok()?.json().await.ok()?;
+            (v["broker"] == "up").then_some(())
+        })
+        .await;
+    }
+    for i in 0..50 {
+        alice.send_to_conv(&format!("a-{sent}"), &conv, &format!("after {i}")).await;
+        sent += 1;
+    }
+    alice.read_until("every send acked", |c| c.acks.len() == sent).await;
+    // Bob never asked: the messages sent while the broker was away reach him because his
+    // node catches its sessions up when its link returns, then live delivery resumes.
+    read_until_count(&mut bob, &conv, sent).await;
+    bob.assert_complete(&conv, sent as i64);
+    for (id, seq) in alice.acks.values() {
+        assert_eq!(bob.messages.get(id).map(|(_, s)| *s), Some(*seq), "acked message {id} reached bob");
+    }
+    assert!(ids.contains(&bob_node));
+    drop(cluster);
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_auth_service_down_logged_in_users_keep_chatting_and_login_says_503() {
+    let mut cluster = Cluster::start(1);
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, _) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, _) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+
+    cluster.kill("auth");
+    let login = cluster.login("alice", PASSWORD).await;
+    assert_eq!(error_code(login, StatusCode::SERVICE_UNAVAILABLE).await, "service_unavailable");
+    cluster.wait_marked_down("auth").await;
+    let r = cluster.client().get(cluster.url("/api/contacts")).bearer_auth(&alice_t).send().await.expect("sent");
+    let body: Value = r.json().await.expect("json");
+    assert!(body["error"]["message"].as_str().expect("message").contains("auth"), "names the service: {body}");
+
+    // Messaging checks tokens itself: chat, history and new sockets still work.
+    for i in 1..=10 {
+        alice.send_to_conv(&format!("a-{i}"), &conv, &format!("alice {i}")).await;
+    }
+    read_until_count(&mut bob, &conv, 11).await;
+    let history = cluster
+        .client()
+        .get(cluster.url(&format!("/api/conversations/{conv}/messages")))
+        .bearer_auth(&bob_t)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(history.status(), StatusCode::OK);
+    let (mut alice2, _) = connect(cluster.gateway(), &alice_t).await.expect("a new socket with the old token");
+    alice2.send_to_conv("a2-1", &conv, "from my phone").await;
+    alice2.next_of("ack").await;
+    read_until_count(&mut bob, &conv, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
+    let cluster = Cluster::start(1);
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, _) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, _) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+
+    let conn = lapin::Connection::connect(&cluster.amqp_url, Default::default()).await.expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    for garbage in [&b"not json"[..], br#"{"id":"x","v":1}"#, br#"{"v":99,"event":{"type":"nope"}}"#] {
+        ch.basic_publish(
+            format!("{}.events", cluster.prefix).into(),
+            format!("user.{bob_id}.message.created").into(),
+            Default::default(),
+            garbage,
+            Default::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let dead = format!("{}.dead", cluster.prefix);
+    poll("three dead letters", || async {
+        let q = ch
+            .queue_declare(
+                dead.clone().into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .ok()?;
+        (q.message_count() == 3).then_some(())
+    })
+    .await;
+    alice.send_to_conv("a-1", &conv, "still delivered").await;
+    read_until_count(&mut bob, &conv, 2).await;
+    assert!(bob.closed.is_none());
+    let _ = conn.close(200, "bye".into()).await;
+}

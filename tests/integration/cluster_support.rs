@@ -1,0 +1,339 @@
+//! A real cluster for tests: `switchboard auth`, N `switchboard messaging` nodes and
+//! `switchboard gateway`, each its own process (the binary under test), sharing one SQLite
+//! file and a RabbitMQ broker under a prefix of its own. And [`PrivateBroker`]: a RabbitMQ
+//! node a test starts (and restarts) itself, on its own port and node name, so other tests
+//! keep the machine's shared broker.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Client;
+use tempfile::TempDir;
+
+use crate::helpers::{Api, TEST_JWT_SECRET};
+
+/// The machine's shared broker.
+pub const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    /// Prefix of this cluster's broker objects.
+    pub prefix: String,
+    pub amqp_url: String,
+    procs: HashMap<String, Proc>,
+    /// Addresses of killed processes.
+    killed: HashMap<String, SocketAddr>,
+    http: Client,
+}
+
+impl Cluster {
+    /// Auth, `nodes` messaging nodes and the gateway, on the shared broker.
+    pub fn start(nodes: usize) -> Cluster {
+        Self::start_on(nodes, SHARED_AMQP)
+    }
+
+    pub fn start_on(nodes: usize, amqp_url: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = format!("sbtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        let mut c =
+            Cluster { dir, prefix, amqp_url: amqp_url.to_owned(), procs: HashMap::new(), killed: HashMap::new(), http };
+        std::fs::write(c.dir.path().join("cluster.toml"), c.config_toml()).expect("write config");
+        c.spawn("auth", "auth", "cluster.toml");
+        for i in 1..=nodes {
+            c.spawn(&format!("messaging-{i}"), "messaging", "cluster.toml");
+        }
+        let upstream = |name: &str| format!("\"http://{}\"", c.addr(name));
+        let nodes_list: Vec<String> = (1..=nodes).map(|i| upstream(&format!("messaging-{i}"))).collect();
+        let gateway = format!(
+            "{}\n[gateway]\nauth = [{}]\nmessaging = [{}]\nhealth_interval_ms = 200\nrequests_per_ip_per_minute = 1000000\n",
+            c.config_toml(),
+            upstream("auth"),
+            nodes_list.join(", ")
+        );
+        std::fs::write(c.dir.path().join("gateway.toml"), gateway).expect("write config");
+        c.spawn("gateway", "gateway", "gateway.toml");
+        c
+    }
+
+    fn config_toml(&self) -> String {
+        let data = self.dir.path().join("data");
+        format!(
+            r#"data_dir = "{data}"
+database_url = "sqlite://{data}/switchboard.db"
+amqp_url = "{amqp}"
+log = "warn"
+trusted_proxies = ["127.0.0.1"]
+fault_injection = true
+
+[auth]
+jwt_secret = "{secret}"
+login_per_ip_per_minute = 100000
+login_per_username_per_minute = 100000
+register_per_ip_per_minute = 100000
+
+[limits]
+search_per_minute = 100000
+contact_requests_per_minute = 100000
+
+[messaging]
+sends_per_second = 100000
+send_burst = 100000
+
+[bus]
+prefix = "{prefix}"
+reconnect_max_ms = 500
+"#,
+            data = data.display(),
+            amqp = self.amqp_url,
+            secret = TEST_JWT_SECRET,
+            prefix = self.prefix,
+        )
+    }
+
+    /// Starts one process and waits for its "listening on" line.
+    fn spawn(&mut self, name: &str, service: &str, config: &str) {
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["--config", &self.dir.path().join(config).display().to_string(), "--listen", "127.0.0.1:0", service])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard");
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let log_path = log_path.clone();
+            std::thread::spawn(move || {
+                let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("listening on http://").nth(1).and_then(|a| a.trim().parse().ok()) {
+                        let _ = tx.send(addr);
+                    }
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                }
+            });
+        }
+        let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("{name} did not start; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default())
+        });
+        self.procs.insert(name.to_owned(), Proc { child, addr });
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.procs.get(name).unwrap_or_else(|| panic!("no process {name}")).addr
+    }
+
+    pub fn gateway(&self) -> SocketAddr {
+        self.addr("gateway")
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut p) = self.procs.remove(name) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            self.killed.insert(name.to_owned(), p.addr);
+        }
+    }
+
+    /// The log of one process so far (for failure messages).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until the gateway's health check has marked `name` down.
+    pub async fn wait_marked_down(&self, name: &str) {
+        let url = format!("http://{}", self.killed.get(name).expect("killed before"));
+        poll("the gateway to mark the upstream down", || async {
+            let r = self.http.get(self.url("/readyz")).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            let all = v["services"].as_object()?.values().flat_map(|m| m.as_array().cloned().unwrap_or_default());
+            all.into_iter().any(|m| m["url"] == url.as_str() && m["healthy"] == false).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Api for Cluster {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway(), path)
+    }
+
+    fn client(&self) -> &Client {
+        &self.http
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test shows what each process logged.
+            let mut names: Vec<&String> = self.procs.keys().chain(self.killed.keys()).collect();
+            names.sort();
+            for name in names {
+                let log = self.log(name);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- {name} (last lines):");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        for p in self.procs.values_mut() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        delete_broker_objects(&self.amqp_url, &self.prefix);
+    }
+}
+
+/// Removes a test's exchanges and queues (node queues go with their connections).
+pub fn delete_broker_objects(amqp_url: &str, prefix: &str) {
+    let url = amqp_url.to_owned();
+    let prefix = prefix.to_owned();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let Ok(Ok(conn)) =
+                tokio::time::timeout(Duration::from_secs(5), lapin::Connection::connect(&url, Default::default()))
+                    .await
+            else {
+                return;
+            };
+            if let Ok(ch) = conn.create_channel().await {
+                let _ = ch.queue_delete(format!("{prefix}.dead").into(), Default::default()).await;
+                let _ = ch.exchange_delete(format!("{prefix}.dead").into(), Default::default()).await;
+                let _ = ch.exchange_delete(format!("{prefix}.events").into(), Default::default()).await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        });
+    })
+    .join();
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most 30 s.
+pub async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+/// A RabbitMQ node of the test's own: own node name, ports, data and cookie.
+pub struct PrivateBroker {
+    dir: TempDir,
+    pub port: u16,
+    dist_port: u16,
+    name: String,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub fn start() -> PrivateBroker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut b = PrivateBroker {
+            port,
+            dist_port: free_port(),
+            name: format!("sbtest{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+            dir,
+            child: None,
+        };
+        std::fs::write(b.dir.path().join("rabbitmq.conf"), format!("listeners.tcp.local = 127.0.0.1:{port}\n"))
+            .expect("conf");
+        std::fs::write(b.dir.path().join("enabled_plugins"), "[].\n").expect("plugins");
+        std::fs::write(b.dir.path().join("env.conf"), "").expect("env");
+        b.boot();
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts the node and waits until it accepts AMQP connections.
+    pub fn boot(&mut self) {
+        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("HOME", self.dir.path())
+            .env("RABBITMQ_CONF_ENV_FILE", self.path("env.conf"))
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_CONFIG_FILE", self.path("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.path("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", self.path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.path("log"))
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start rabbitmq-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !port_open(self.port) {
+            assert!(Instant::now() < deadline, "private RabbitMQ did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the node (SIGTERM to its whole process group) and waits until the port closes.
+    pub fn halt(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while port_open(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+        }
+    }
+}
