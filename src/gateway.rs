@@ -37,6 +37,9 @@ use crate::config::Config;
 use crate::error::{AppError, json_catcher};
 use crate::ratelimit::KeyedLimiter;
 
+/// How long an upstream may take to start its answer (headers; bodies stream).
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Which service owns which path prefix. Anything else (pages, static files, health) the
 /// gateway serves itself.
 pub const ROUTES: &[(&str, Service)] = &[
@@ -204,7 +207,15 @@ impl salvo_proxy::Client for GatewayClient {
         let response = loop {
             let mut attempt = hyper::Request::from_parts(parts.clone(), body.take().unwrap_or_default());
             *attempt.uri_mut() = with_authority(&parts.uri, pool.members[index].authority.clone());
-            match self.http.request(attempt).await {
+            let Ok(result) = tokio::time::timeout(UPSTREAM_TIMEOUT, self.http.request(attempt)).await else {
+                tracing::warn!(service = pool.service.name(), upstream = %pool.members[index].url, "upstream timed out");
+                return Ok(error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    &format!("the {} service did not answer in time", pool.service.name()),
+                ));
+            };
+            match result {
                 Ok(r) => break r,
                 Err(e) if e.is_connect() => {
                     pool.members[index].set_healthy(pool.service, false);

@@ -85,6 +85,9 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// A store operation already queued; resolves when it is done (committed).
+pub type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send>>;
+
 /// Storage for conversations, messages and receipts.
 #[async_trait::async_trait]
 pub trait ChatStore: Send + Sync + 'static {
@@ -97,7 +100,13 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn may_message(&self, from: UserId, to: UserId) -> Result<(), StoreError>;
     /// Appends a message, assigning the next sequence number in the same transaction; a
     /// resend of a stored `(sender, client_msg_id)` returns the stored message.
-    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        self.queue_append(msg).await.await
+    }
+    /// Queues an append and returns as soon as it is queued, with a future of its
+    /// commit. Appends queued one after another are committed in that order (so their
+    /// sequence numbers follow the queue order), many per transaction.
+    async fn queue_append(&self, msg: NewMessage) -> Pending<Appended>;
     /// Up to `limit` messages with `seq > after_seq`, in order.
     async fn messages_after(
         &self,

@@ -6,6 +6,11 @@
 //! a resend of an acknowledged message is answered from the database and published again
 //! (at-least-once on the wire; clients deduplicate by message id).
 //!
+//! Pipelined: the actor only queues each append (in arrival order) and moves on; the
+//! room's completion task awaits the commits in that same order, publishes, and answers.
+//! So a busy conversation puts many messages into each group commit instead of one, and
+//! events leave in sequence order.
+//!
 //! Its state (participants) is rebuilt from the database on every start. A room with no
 //! traffic for `limits.room_idle` stops and is started again on demand.
 
@@ -13,12 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::NORMAL_EXIT;
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, UserId};
 use crate::node::NodeCtx;
-use crate::ports::{ConversationInfo, Envelope, Event, NewMessage, StoreError, StoredMessage};
+use crate::ports::{Appended, ConversationInfo, Envelope, Event, NewMessage, Pending, StoreError, StoredMessage};
 
 /// A send that failed, with a code for the client's `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,15 @@ pub struct RoomState {
     info: ConversationInfo,
     last_activity: Instant,
     ticker: Option<JoinHandle<()>>,
+    /// Queued appends, to the completion task (which outlives a stopped or killed room
+    /// until every queued append is answered).
+    completions: mpsc::UnboundedSender<Completion>,
+}
+
+/// A queued append and the sender waiting for its outcome.
+struct Completion {
+    pending: Pending<Appended>,
+    reply: RpcReplyPort<Result<StoredMessage, SendError>>,
 }
 
 impl Actor for RoomActor {
@@ -63,13 +78,10 @@ impl Actor for RoomActor {
         };
         let tick = (args.ctx.limits.room_idle / 4).max(Duration::from_millis(50));
         let ticker = Some(myself.send_interval(tick, || RoomMsg::Tick));
-        Ok(RoomState {
-            name: args.ctx.name("room", args.conversation),
-            ctx: args.ctx,
-            info,
-            last_activity: Instant::now(),
-            ticker,
-        })
+        let name = args.ctx.name("room", args.conversation);
+        let (completions, rx) = mpsc::unbounded_channel();
+        tokio::spawn(complete(args.ctx.clone(), name.clone(), info.participants, rx));
+        Ok(RoomState { name, ctx: args.ctx, info, last_activity: Instant::now(), ticker, completions })
     }
 
     async fn post_stop(&self, _myself: ActorRef<RoomMsg>, state: &mut RoomState) -> Result<(), ActorProcessingErr> {
@@ -89,9 +101,16 @@ impl Actor for RoomActor {
         match msg {
             RoomMsg::Send { msg, reply } => {
                 state.last_activity = Instant::now();
-                let result = state.send(*msg).await;
-                // The sender may have given up waiting; the message is committed anyway.
-                let _ = reply.send(result);
+                if !state.info.has(msg.sender_id) {
+                    let _ = reply.send(Err(SendError { code: "not_found", message: "no such conversation".into() }));
+                    return Ok(());
+                }
+                let pending = state.ctx.store.queue_append(*msg).await;
+                if let Err(mpsc::error::SendError(c)) = state.completions.send(Completion { pending, reply }) {
+                    // Cannot happen while the room lives (it holds the receiver's task);
+                    // answer anyway rather than leave the sender waiting.
+                    let _ = c.reply.send(Err(SendError { code: "unavailable", message: "room stopped".into() }));
+                }
             }
             RoomMsg::Tick => {
                 if state.last_activity.elapsed() >= state.ctx.limits.room_idle {
@@ -104,29 +123,34 @@ impl Actor for RoomActor {
     }
 }
 
-impl RoomState {
-    async fn send(&mut self, msg: NewMessage) -> Result<StoredMessage, SendError> {
-        if !self.info.has(msg.sender_id) {
-            return Err(SendError { code: "not_found", message: "no such conversation".into() });
-        }
-        let appended = self.ctx.store.append(msg).await.map_err(|e| match e {
+/// Awaits each queued append in order, publishes the message to both participants, and
+/// answers the sender. Runs until the room's sender side is gone and the queue is empty.
+async fn complete(
+    ctx: Arc<NodeCtx>,
+    name: String,
+    participants: [UserId; 2],
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    while let Some(Completion { pending, reply }) = rx.recv().await {
+        let result = pending.await.map_err(|e| match e {
             StoreError::NotFound => SendError { code: "not_found", message: "no such conversation".into() },
             StoreError::Forbidden(why) => SendError { code: "forbidden", message: why.into() },
             StoreError::Unavailable(e) => {
-                tracing::warn!(room = %self.name, error = %e, "append failed");
+                tracing::warn!(room = %name, error = %e, "append failed");
                 SendError { code: "unavailable", message: "storage is unavailable; resend later".into() }
             }
-        })?;
-        let message = appended.message;
-        self.info.last_seq = self.info.last_seq.max(message.seq);
-        for to in self.info.participants {
-            let event = Envelope::new(Event::MessageCreated { to, message: message.clone() });
-            if let Err(e) = self.ctx.bus.publish(event).await {
-                // Committed, so not lost: the recipient gets it on the next message (gap
-                // fill) or on sync.
-                tracing::warn!(room = %self.name, error = %e, "publish failed");
+        });
+        if let Ok(appended) = &result {
+            for to in participants {
+                let event = Envelope::new(Event::MessageCreated { to, message: appended.message.clone() });
+                if let Err(e) = ctx.bus.publish(event).await {
+                    // Committed, so not lost: the recipient gets it on the next message
+                    // (gap fill) or on sync.
+                    tracing::warn!(room = %name, error = %e, "publish failed");
+                }
             }
         }
-        Ok(message)
+        // The sender may have given up waiting; the message is committed anyway.
+        let _ = reply.send(result.map(|a| a.message));
     }
 }

@@ -39,8 +39,10 @@ struct Args {
     /// Seconds of measured load.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// `pairs` (messaging over WebSockets) or `search` (user search queries against a
-    /// database seeded with `--users` users; needs `--database-url`).
+    /// `pairs` (messaging over WebSockets), `cluster` (as `pairs`, senders on
+    /// `--sender-url`, receivers on `--receiver-url`: two messaging nodes, so every message
+    /// crosses RabbitMQ) or `search` (user search queries against a database seeded with
+    /// `--users` users; needs `--database-url`).
     #[arg(long, default_value = "pairs")]
     scenario: String,
     /// Users to seed for `search`.
@@ -49,6 +51,12 @@ struct Args {
     /// Database for `search` (created and migrated if needed).
     #[arg(long)]
     database_url: Option<String>,
+    /// Where senders open their WebSocket (default: `--url`).
+    #[arg(long)]
+    sender_url: Option<String>,
+    /// Where receivers open their WebSocket (default: `--url`).
+    #[arg(long)]
+    receiver_url: Option<String>,
 }
 
 /// Seeds `n` users (if not there yet) and times prefix searches through the repository.
@@ -166,7 +174,15 @@ async fn main() -> anyhow::Result<()> {
         let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
         return search_bench(url, args.users).await;
     }
-    anyhow::ensure!(args.scenario == "pairs", "unknown scenario {:?}", args.scenario);
+    anyhow::ensure!(matches!(args.scenario.as_str(), "pairs" | "cluster"), "unknown scenario {:?}", args.scenario);
+    let sender_url = args.sender_url.clone().unwrap_or_else(|| args.url.clone());
+    let receiver_url = args.receiver_url.clone().unwrap_or_else(|| args.url.clone());
+    if args.scenario == "cluster" {
+        anyhow::ensure!(
+            sender_url != receiver_url,
+            "the cluster scenario needs --sender-url and --receiver-url on different messaging nodes"
+        );
+    }
     anyhow::ensure!(
         args.pairs >= 1 && args.rate > 0.0 && args.duration >= 1,
         "pairs, rate and duration must be positive"
@@ -197,8 +213,8 @@ async fn main() -> anyhow::Result<()> {
         let (a_token, _) = &users[2 * p];
         let (b_token, b_id) = &users[2 * p + 1];
         befriend(&http, &args.url, a_token, b_token, &format!("b{run}_{}", 2 * p + 1)).await?;
-        let mut a = connect(&args.url, a_token).await?;
-        let mut b = connect(&args.url, b_token).await?;
+        let mut a = connect(&sender_url, a_token).await?;
+        let mut b = connect(&receiver_url, b_token).await?;
         a.send(Message::text(
             json!({"type":"send","client_msg_id":"open","to_user_id":b_id,"body":"open"}).to_string(),
         ))
@@ -327,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
     let delivered = counters.delivered.load(Ordering::Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let result = json!({
-        "scenario": "pairs",
+        "scenario": args.scenario,
         "pairs": args.pairs,
         "target_rate": args.rate,
         "duration_s": args.duration,

@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 use switchboard_actors::ports::{
-    Appended, ChatStore, ConversationInfo, NewMessage, Receipt, StoreError, StoredMessage,
+    Appended, ChatStore, ConversationInfo, NewMessage, Pending, Receipt, StoreError, StoredMessage,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -396,11 +396,17 @@ impl ChatStore for ChatRepo {
         super::contacts::may_message(&self.db, from, to).await
     }
 
-    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        match self.write(Write::Append(msg)).await? {
-            Written::Appended(a) => Ok(a),
-            Written::Receipt(_) => Err(StoreError::Unavailable("committer answered the wrong write".into())),
+    async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {
+        let (tx, rx) = oneshot::channel();
+        if self.committer.send((Write::Append(msg), tx)).await.is_err() {
+            return Box::pin(async { Err(StoreError::Unavailable("committer stopped".into())) });
         }
+        Box::pin(async move {
+            match rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?? {
+                Written::Appended(a) => Ok(a),
+                Written::Receipt(_) => Err(StoreError::Unavailable("committer answered the wrong write".into())),
+            }
+        })
     }
 
     async fn messages_after(

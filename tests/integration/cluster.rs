@@ -286,3 +286,78 @@ async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
     assert!(bob.closed.is_none());
     let _ = conn.close(200, "bye".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_pages_passes_request_ids_limits_bodies_and_keeps_the_origin() {
+    let cluster = Cluster::start(1);
+    let http = cluster.client();
+    // Pages and static files come from the gateway itself.
+    let page = http.get(cluster.url("/")).send().await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"].to_str().expect("type").starts_with("text/html"));
+    // A request id is made up, or the client's sane one kept.
+    let r = http.get(cluster.url("/healthz")).send().await.expect("sent");
+    assert!(r.headers().get("x-request-id").is_some_and(|v| v.len() >= 32));
+    let r = http.get(cluster.url("/api/auth/me")).header("x-request-id", "trace-42").send().await.expect("sent");
+    assert_eq!(r.headers()["x-request-id"], "trace-42");
+    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token", "proxied to auth");
+    // Bodies over the edge limit never reach a service.
+    let big = vec![b'x'; 9 * 1024 * 1024];
+    let r = http.post(cluster.url("/api/auth/register")).body(big).send().await.expect("sent");
+    assert_eq!(error_code(r, StatusCode::PAYLOAD_TOO_LARGE).await, "payload_too_large");
+    // Unknown API paths get the JSON 404.
+    let r = http.get(cluster.url("/api/nope")).send().await.expect("sent");
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+
+    // A browser's cookie-authenticated socket: the node sees the public Host, so the
+    // gateway's own origin passes and another site's does not.
+    let (_, _, _) = alice_and_bob(&cluster).await;
+    let login = cluster.login("alice", PASSWORD).await;
+    let cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("sb_session="))
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let gateway = cluster.gateway();
+    let open = |origin: String| {
+        let cookie = cookie.clone();
+        async move {
+            let mut req = format!("ws://{gateway}/ws").into_client_request().expect("request");
+            req.headers_mut().insert("cookie", HeaderValue::from_str(&cookie).expect("cookie"));
+            req.headers_mut().insert("origin", HeaderValue::from_str(&origin).expect("origin"));
+            match tokio_tungstenite::connect_async(req).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+    };
+    assert_eq!(open(format!("http://{gateway}")).await, 101);
+    assert_eq!(open("https://evil.example".to_owned()).await, 403);
+}
+
+#[tokio::test]
+async fn quorum_queues_are_one_switch_away() {
+    use switchboard::bus::RabbitBus;
+    use switchboard::config::{BusConfig, Secret};
+    let prefix = format!("sbtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let config = BusConfig { prefix: prefix.clone(), quorum_queues: true, ..BusConfig::default() };
+    let bus = RabbitBus::start(Secret::new(crate::cluster_support::SHARED_AMQP), "nquorum", config);
+    assert!(bus.wait_connected(Duration::from_secs(20)).await, "the bus connects");
+    // Declaring the dead-letter queue as a classic queue now conflicts: it is a quorum queue.
+    let conn =
+        lapin::Connection::connect(crate::cluster_support::SHARED_AMQP, Default::default()).await.expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut classic = lapin::types::FieldTable::default();
+    classic.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    let err = ch.queue_declare(format!("{prefix}.dead").into(), durable, classic).await;
+    assert!(err.is_err(), "the dead-letter queue was declared as a quorum queue");
+    bus.shutdown();
+    let _ = conn.close(200, "bye".into()).await;
+    crate::cluster_support::delete_broker_objects(crate::cluster_support::SHARED_AMQP, &prefix);
+}
