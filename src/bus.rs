@@ -309,27 +309,7 @@ async fn connect(inner: &Inner) -> lapin::Result<(Connection, lapin::Consumer)> 
     let t = &inner.topology;
     let publish = connection.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    publish.exchange_declare(t.exchange.clone().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-    publish
-        .exchange_declare(t.dead_exchange.clone().into(), ExchangeKind::Fanout, durable, FieldTable::default())
-        .await?;
-    publish
-        .queue_declare(
-            t.dead_queue.clone().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            durable_queue_args(&inner.config),
-        )
-        .await?;
-    publish
-        .queue_bind(
-            t.dead_queue.clone().into(),
-            t.dead_exchange.clone().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_common(&publish, t, &inner.config).await?;
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(t.dead_exchange.clone().into()));
     publish
@@ -360,6 +340,32 @@ async fn connect(inner: &Inner) -> lapin::Result<(Connection, lapin::Consumer)> 
     }
     drop(bindings);
     Ok((connection, consumer))
+}
+
+/// Declares what every process shares: the events exchange, and the dead-letter
+/// exchange with its durable queue.
+pub async fn declare_common(channel: &Channel, t: &Topology, config: &BusConfig) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(t.exchange.clone().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel
+        .exchange_declare(t.dead_exchange.clone().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_declare(
+            t.dead_queue.clone().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            durable_queue_args(config),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            t.dead_queue.clone().into(),
+            t.dead_exchange.clone().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Arguments of the durable queues: quorum queues when configured (for a broker cluster).

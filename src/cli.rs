@@ -71,15 +71,8 @@ pub fn main() -> ExitCode {
         Command::All => Some(Mount::All),
         Command::Auth => Some(Mount::Auth),
         Command::Messaging => Some(Mount::Messaging),
+        Command::Notify => Some(Mount::Notify),
         Command::Migrate | Command::Gateway => None,
-        Command::Notify => {
-            eprintln!(
-                "switchboard: the `{}` service is not yet available in this version; \
-                 `switchboard all` (the default) runs everything that is",
-                format!("{command:?}").to_lowercase()
-            );
-            return ExitCode::from(2);
-        }
     };
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides()) {
         Ok(c) => c,

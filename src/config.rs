@@ -64,6 +64,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// The gateway (`switchboard gateway`): where the services are.
     pub gateway: GatewayConfig,
+    /// Notifications: retention.
+    pub notify: NotifyConfig,
     /// Addresses of proxies (the gateway) whose `X-Forwarded-For` names the real client,
     /// for per-address limits. Requests from any other peer use the peer's address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -161,6 +163,22 @@ impl Default for BusConfig {
     }
 }
 
+/// Notification settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Notifications older than this many days are deleted.
+    pub retention_days: u32,
+    /// Notifications kept per user; older ones are deleted as new ones arrive.
+    pub max_per_user: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self { retention_days: 30, max_per_user: 1000 }
+    }
+}
+
 /// The gateway: upstream services, health checks and edge limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -241,6 +259,7 @@ impl Default for Config {
             messaging: MessagingConfig::default(),
             bus: BusConfig::default(),
             gateway: GatewayConfig::default(),
+            notify: NotifyConfig::default(),
             trusted_proxies: vec![],
             fault_injection: false,
         }
@@ -411,6 +430,17 @@ impl Config {
             (100..=600_000).contains(&b.reconnect_max_ms),
             "bus.reconnect_max_ms must be between 100 and 600000, got {}",
             b.reconnect_max_ms
+        );
+        let n = &self.notify;
+        anyhow::ensure!(
+            (1..=3650).contains(&n.retention_days),
+            "notify.retention_days must be between 1 and 3650, got {}",
+            n.retention_days
+        );
+        anyhow::ensure!(
+            (10..=1_000_000).contains(&n.max_per_user),
+            "notify.max_per_user must be between 10 and 1000000, got {}",
+            n.max_per_user
         );
         let g = &self.gateway;
         for (name, urls) in [("auth", &g.auth), ("messaging", &g.messaging), ("notify", &g.notify)] {

@@ -8,6 +8,7 @@
 //! - [`startup`]: [`startup::Application`] builds the services of one process on one
 //!   listener and runs them until a shutdown future resolves.
 //! - [`gateway`]: the public entry point: reverse proxy to the services, health checks.
+//! - [`notify`]: the notify service's consumer: bus events → stored notifications.
 //! - [`bus`]: the RabbitMQ implementation of the actors' `Bus` port.
 //! - [`routes`]: HTTP handlers grouped by resource (`health`, `auth`, `pages`).
 //! - [`auth`]: passwords (argon2id), access tokens (JWT + revocable sessions), the auth
@@ -25,6 +26,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod notify;
 pub mod ratelimit;
 pub mod routes;
 pub mod startup;

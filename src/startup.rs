@@ -23,9 +23,11 @@ use crate::auth::tokens::TokenKeys;
 use crate::bus::RabbitBus;
 use crate::config::{Config, Secret};
 use crate::error::json_catcher;
+use crate::notify::Notifier;
 use crate::ratelimit::KeyedLimiter;
 use crate::routes::{self, AppState, Mount};
 use crate::storage::{self, Storage};
+use tokio_util::sync::CancellationToken;
 
 /// Pending connections the kernel queues for us. Tokio's default (128) drops SYNs in a
 /// reconnect storm, and every dropped SYN costs the client a one-second retry.
@@ -45,6 +47,8 @@ pub struct Application {
     service: Service,
     mount: Mount,
     rabbit: Option<RabbitBus>,
+    /// Stops the background consumers (notify) at shutdown.
+    stop: CancellationToken,
 }
 
 impl Application {
@@ -64,8 +68,27 @@ impl Application {
         let db = storage::connect(&config.database_url()).await?;
         let storage = Storage::new(db);
         let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let (node, rabbit) = start_node(&config, &storage).await?;
+        let (node, rabbit, tap) = start_node(&config, &storage, mount).await?;
         let node = Arc::new(node);
+        let stop = CancellationToken::new();
+        if mount.notifies() {
+            let notifier = Notifier::new(storage.clone(), node.ctx.bus.clone(), config.notify.clone());
+            tokio::spawn(notifier.clone().run_retention(HOUSEKEEPING_EVERY));
+            match (&config.amqp_url, tap) {
+                (Some(url), _) => {
+                    tokio::spawn(notifier.run_amqp(
+                        url.clone(),
+                        node.ctx.node_id.clone(),
+                        config.bus.clone(),
+                        stop.clone(),
+                    ));
+                }
+                (None, Some(rx)) => {
+                    tokio::spawn(notifier.run_tap(rx, stop.clone()));
+                }
+                (None, None) => {}
+            }
+        }
         let state = AppState {
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
             contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),
@@ -80,7 +103,7 @@ impl Application {
         let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let acceptor = TcpAcceptor::try_from(listener)?;
-        Ok(Self { acceptor, local_addr, state, service, mount, rabbit })
+        Ok(Self { acceptor, local_addr, state, service, mount, rabbit, stop })
     }
 
     /// The address actually bound (useful with port 0).
@@ -110,6 +133,7 @@ impl Application {
         announce(self.mount.name(), self.local_addr);
         server.serve(self.service).await;
         housekeeping.abort();
+        self.stop.cancel();
         self.state.node.shutdown();
         if let Some(bus) = &self.rabbit {
             bus.shutdown();
@@ -120,9 +144,17 @@ impl Application {
     }
 }
 
+/// The in-process notify consumer's feed: every event published in this process.
+type Tap = tokio::sync::mpsc::UnboundedReceiver<switchboard_actors::ports::Envelope>;
+
 /// Starts this process's actor tree, with the RabbitMQ bus when `amqp_url` is set and
-/// the in-process bus otherwise.
-async fn start_node(config: &Config, storage: &Storage) -> anyhow::Result<(Node, Option<RabbitBus>)> {
+/// the in-process bus otherwise (with a tap for the notify consumer when this process
+/// runs it).
+async fn start_node(
+    config: &Config,
+    storage: &Storage,
+    mount: Mount,
+) -> anyhow::Result<(Node, Option<RabbitBus>, Option<Tap>)> {
     let node_id = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let limits = config.messaging.limits();
     let faults = if config.fault_injection { Faults::enabled() } else { Faults::disabled() };
@@ -138,9 +170,20 @@ async fn start_node(config: &Config, storage: &Storage) -> anyhow::Result<(Node,
         }
         None => (Arc::new(InProcessBus::new(&node_id)), None),
     };
-    let ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
+    let mut tap = None;
+    let bus: Arc<dyn Bus> = if rabbit.is_none() && mount.notifies() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tap = Some(rx);
+        Arc::new(InProcessBus::new(&node_id).with_tap(tx))
+    } else {
+        bus
+    };
+    let mut ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
+    if mount.notifies() {
+        ctx = ctx.with_notifications(Arc::new(storage.notifications.clone()));
+    }
     let node = Node::start(ctx).await.map_err(|e| anyhow::anyhow!("cannot start the actor system: {e}"))?;
-    Ok((node, rabbit))
+    Ok((node, rabbit, tap))
 }
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -53,8 +53,15 @@ impl Actor for BusBridge {
     }
 }
 
-/// Hands an event to every local session of its recipient.
+/// Hands an event to every local session of its recipient (and a notification to the
+/// recipient's notification stream actor, if one runs here).
 pub fn dispatch(ctx: &NodeCtx, event: crate::ports::Event) {
+    if matches!(event, crate::ports::Event::Notification { .. }) {
+        for cell in ractor::pg::get_scoped_members(&ctx.node_id, &ctx.stream_group(event.recipient())) {
+            let stream: ActorRef<crate::notify_stream::StreamMsg> = cell.into();
+            let _ = stream.cast(crate::notify_stream::StreamMsg::Event(Box::new(event.clone())));
+        }
+    }
     for cell in ctx.sessions_of(event.recipient()) {
         let session: ActorRef<SessionMsg> = cell.into();
         let _ = session.cast(SessionMsg::Event(Box::new(event.clone())));
@@ -86,21 +93,32 @@ pub fn resync_sessions(node_id: &str) -> usize {
     n
 }
 
-/// The bus of a single process: publishing hands the event to this node's bridge.
+/// The bus of a single process: publishing hands the event to this node's bridge, and
+/// to the tap, if any (the in-process notify consumer).
 pub struct InProcessBus {
     node_id: String,
+    tap: Option<tokio::sync::mpsc::UnboundedSender<Envelope>>,
 }
 
 impl InProcessBus {
     /// The bus for the node with this id.
     pub fn new(node_id: &str) -> Self {
-        Self { node_id: node_id.to_owned() }
+        Self { node_id: node_id.to_owned(), tap: None }
+    }
+
+    /// Also sends every published event to `tap`.
+    pub fn with_tap(mut self, tap: tokio::sync::mpsc::UnboundedSender<Envelope>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 }
 
 #[async_trait::async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        if let Some(tap) = &self.tap {
+            let _ = tap.send(envelope.clone());
+        }
         deliver_local(&self.node_id, envelope)
     }
 

@@ -5,7 +5,7 @@
 //! ├── SessionSupervisor       ── SessionActor   one per WebSocket connection
 //! ├── RoomSupervisor          ── RoomActor      one per active conversation
 //! ├── TransferSupervisor      ── (file transfers, later)
-//! ├── NotificationSupervisor  ── (notification streams, later)
+//! ├── NotificationSupervisor  ── NotificationStreamActor  one per user with open streams
 //! └── BusBridge                                  events for this node's users
 //! ```
 //!
@@ -21,6 +21,8 @@
 //! - [`bridge`]: [`bridge::BusBridge`], which hands bus events to local sessions.
 //! - [`node`]: [`node::Node`], the handle the web layer uses: start the tree, open
 //!   sessions, find rooms, read supervisor statistics.
+//! - [`notify_stream`]: [`notify_stream::NotificationStreamActor`], which feeds a user's
+//!   notification streams (SSE) from the database and live events, gap-free.
 //! - [`faults`]: fault injection (off by default): kill or panic a named actor.
 //!
 //! Actor names and process groups are scoped by node id, so several nodes can live in
@@ -30,6 +32,7 @@ pub mod bridge;
 pub mod faults;
 pub mod ids;
 pub mod node;
+pub mod notify_stream;
 pub mod ports;
 pub mod protocol;
 pub mod room;

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 use crate::bridge::{BridgeArgs, BusBridge};
 use crate::faults::Faults;
 use crate::ids::{ConversationId, UserId};
+use crate::notify_stream::{NotificationStore, NotificationStreamActor, StreamArgs, StreamItem, StreamMsg};
 use crate::ports::{Bus, ChatStore};
 use crate::room::{RoomActor, RoomArgs, RoomMsg};
 use crate::session::{ConnHandle, SessionActor, SessionArgs, SessionMsg};
@@ -68,6 +69,8 @@ pub struct NodeCtx {
     pub limits: Limits,
     /// Per-user send rate, across all of the user's connections on this node.
     pub send_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// Stored notifications, on processes that serve notification streams.
+    pub notifications: Option<Arc<dyn NotificationStore>>,
 }
 
 impl NodeCtx {
@@ -75,7 +78,13 @@ impl NodeCtx {
         let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(rate);
         let send_limiter = RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst));
-        Self { node_id, store, bus, faults, limits, send_limiter }
+        Self { node_id, store, bus, faults, limits, send_limiter, notifications: None }
+    }
+
+    /// Serve notification streams from `store`.
+    pub fn with_notifications(mut self, store: Arc<dyn NotificationStore>) -> Self {
+        self.notifications = Some(store);
+        self
     }
 
     /// The registry name of an actor of this node, e.g. `n1/room:<id>`.
@@ -138,6 +147,20 @@ impl ChildSpec for RoomSpec {
         let args = RoomArgs { ctx: self.ctx.clone(), conversation: self.conversation };
         let name = self.ctx.name("room", self.conversation);
         Ok(Actor::spawn_linked(Some(name), RoomActor, args, sup).await?.0.get_cell())
+    }
+}
+
+struct StreamSpec {
+    ctx: Arc<NodeCtx>,
+    user: UserId,
+}
+
+#[async_trait::async_trait]
+impl ChildSpec for StreamSpec {
+    async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = StreamArgs { ctx: self.ctx.clone(), user: self.user };
+        let name = self.ctx.name("nstream", self.user);
+        Ok(Actor::spawn_linked(Some(name), NotificationStreamActor, args, sup).await?.0.get_cell())
     }
 }
 
@@ -226,6 +249,26 @@ impl Node {
         let key = self.ctx.name("session", conn.id);
         let spec: Arc<dyn ChildSpec> = Arc::new(SessionSpec { ctx: self.ctx.clone(), conn });
         Ok(self.ctx.start_child("sessions", key, spec).await?.into())
+    }
+
+    /// Attaches a notification stream of `user` that has everything up to `after`: the
+    /// user's stream actor (started if needed) sends the rest, then live notifications.
+    pub async fn open_notification_stream(
+        &self,
+        user: UserId,
+        after: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<StreamItem>, String> {
+        let name = self.ctx.name("nstream", user);
+        let actor = match ActorRef::<StreamMsg>::where_is(name.clone()) {
+            Some(a) => a,
+            None => {
+                let spec: Arc<dyn ChildSpec> = Arc::new(StreamSpec { ctx: self.ctx.clone(), user });
+                self.ctx.start_child("notifications", name, spec).await?.into()
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::notify_stream::STREAM_QUEUE);
+        actor.cast(StreamMsg::Attach { tx, after }).map_err(|e| format!("stream actor: {e}"))?;
+        Ok(rx)
     }
 
     /// Counters of one supervisor (`node`, `sessions`, `rooms`, ...).

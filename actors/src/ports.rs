@@ -141,6 +141,32 @@ pub enum Event {
     Presence { to: UserId, user_id: UserId, online: bool },
     /// A contact request involving `to` changed.
     Contact { to: UserId, change: ContactChange },
+    /// A notification for `to` was stored, or `to`'s unread counts changed (then
+    /// `notification` is `None`). Published by the notify service.
+    Notification { to: UserId, notification: Option<NotificationView>, unread: Unread },
+}
+
+/// A stored notification, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationView {
+    pub id: uuid::Uuid,
+    /// The user's notification number: 1, 2, 3, ... with no gaps (the stream cursor).
+    pub n: i64,
+    /// `message`, `contact_request` or `contact_accepted`.
+    pub kind: String,
+    pub conversation_id: Option<ConversationId>,
+    pub seq: Option<i64>,
+    /// Kind-specific details (sender, preview, requester, ...).
+    pub payload: serde_json::Value,
+    pub read: bool,
+    pub created_at: i64,
+}
+
+/// A user's unread notifications: in all, and message notifications per conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unread {
+    pub total: i64,
+    pub conversations: std::collections::BTreeMap<ConversationId, i64>,
 }
 
 /// A contact request's new state, for both users it involves.
@@ -163,7 +189,8 @@ impl Event {
             | Event::Receipt { to, .. }
             | Event::Typing { to, .. }
             | Event::Presence { to, .. }
-            | Event::Contact { to, .. } => *to,
+            | Event::Contact { to, .. }
+            | Event::Notification { to, .. } => *to,
         }
     }
 
@@ -174,6 +201,7 @@ impl Event {
             Event::Receipt { .. } => "receipt",
             Event::Typing { .. } => "typing",
             Event::Presence { .. } => "presence",
+            Event::Notification { .. } => "notification",
             Event::Contact { change, .. } => return format!("user.{}.contact.{}", self.recipient(), change.kind),
         };
         format!("user.{}.{kind}", self.recipient())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConversationId, MessageId, UserId};
-use crate::ports::{ContactChange, Receipt, StoredMessage};
+use crate::ports::{ContactChange, NotificationView, Receipt, StoredMessage, Unread};
 
 /// Longest accepted `client_msg_id`.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
@@ -61,6 +61,8 @@ pub enum ServerFrame {
     Presence { user_id: UserId, online: bool },
     /// A contact request involving you changed.
     Contact(ContactChange),
+    /// A new notification (or `null`) and your unread counts now.
+    Notification { notification: Option<NotificationView>, unread: Unread },
     /// The answer to `sync` is complete.
     SyncDone { messages: u64 },
     /// A request failed; `ref` names it (its `id` or `client_msg_id`).

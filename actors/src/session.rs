@@ -552,6 +552,9 @@ impl SessionState {
             Event::Presence { user_id, online, .. } => {
                 self.conn.push(&ServerFrame::Presence { user_id, online });
             }
+            Event::Notification { notification, unread, .. } => {
+                self.conn.push(&ServerFrame::Notification { notification, unread });
+            }
             Event::Contact { change, .. } => {
                 self.conn.push(&ServerFrame::Contact(change));
             }

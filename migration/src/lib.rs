@@ -3,6 +3,7 @@
 //! - [`m20261127_000001_initial`]: users, login sessions, contacts and blocks,
 //!   conversations, messages, receipts, transfers and their chunks, files, notifications.
 //! - [`m20261127_000002_user_search`]: `users.display_key` and prefix-search indexes.
+//! - [`m20261127_000003_notification_order`]: per-user notification numbers (`n`).
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -13,6 +14,7 @@ pub use sea_orm_migration::prelude::*;
 
 pub mod m20261127_000001_initial;
 pub mod m20261127_000002_user_search;
+pub mod m20261127_000003_notification_order;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -20,6 +22,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_initial::Migration), Box::new(m20261127_000002_user_search::Migration)]
+        vec![
+            Box::new(m20261127_000001_initial::Migration),
+            Box::new(m20261127_000002_user_search::Migration),
+            Box::new(m20261127_000003_notification_order::Migration),
+        ]
     }
 }

@@ -29,7 +29,7 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     Ok(())
 }
 
-fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
+pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
     match req.queries().get(key) {
         None => Ok(None),
         Some(v) => v

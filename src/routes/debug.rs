@@ -20,7 +20,7 @@ pub fn router() -> Router {
 
 #[derive(Debug, Deserialize)]
 struct FaultBody {
-    /// `session`, `room`, `bridge` or `sup`.
+    /// `session`, `room`, `nstream` (a user's notification stream actor), `bridge` or `sup`.
     kind: String,
     /// The actor's id (connection id, conversation id, `bus`, or a supervisor's name).
     id: String,
@@ -33,8 +33,8 @@ struct FaultBody {
 async fn inject(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: FaultBody = super::auth::json_body(req, depot).await?;
     let st = state(depot)?;
-    if !matches!(body.kind.as_str(), "session" | "room" | "bridge" | "sup") {
-        return Err(AppError::bad_request("invalid_kind", "kind must be session, room, bridge or sup"));
+    if !matches!(body.kind.as_str(), "session" | "room" | "nstream" | "bridge" | "sup") {
+        return Err(AppError::bad_request("invalid_kind", "kind must be session, room, nstream, bridge or sup"));
     }
     let fault = Fault::parse(&body.fault)
         .ok_or_else(|| AppError::bad_request("invalid_fault", "fault must be kill, panic or error"))?;

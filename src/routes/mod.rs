@@ -5,6 +5,7 @@
 //! - [`contacts`]: `/api/contacts*` and `/api/users` (search).
 //! - [`conversations`]: `/api/conversations*`, history for participants.
 //! - [`ws`]: `GET /ws`, the chat WebSocket.
+//! - [`notifications`]: `/api/notifications*`: list, mark read, the live stream (SSE).
 //! - [`debug`]: fault injection, mounted only when enabled.
 //! - [`pages`]: server-rendered pages and embedded static files.
 //!
@@ -16,6 +17,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod debug;
 pub mod health;
+pub mod notifications;
 pub mod pages;
 pub mod ws;
 
@@ -57,6 +59,8 @@ pub enum Mount {
     Auth,
     /// The messaging service alone (`switchboard messaging`).
     Messaging,
+    /// The notify service alone (`switchboard notify`).
+    Notify,
 }
 
 impl Mount {
@@ -65,7 +69,13 @@ impl Mount {
             Mount::All => "all",
             Mount::Auth => "auth",
             Mount::Messaging => "messaging",
+            Mount::Notify => "notify",
         }
+    }
+
+    /// Whether this process runs the notify service (consumer, streams, REST).
+    pub fn notifies(self) -> bool {
+        matches!(self, Mount::All | Mount::Notify)
     }
 }
 
@@ -78,9 +88,12 @@ pub fn router(state: AppState, mount: Mount) -> Router {
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
         root = root.push(conversations::router()).push(ws::router());
-        if fault_injection {
-            root = root.push(debug::router());
-        }
+    }
+    if mount.notifies() {
+        root = root.push(notifications::router());
+    }
+    if fault_injection && mount != Mount::Auth {
+        root = root.push(debug::router());
     }
     if mount == Mount::All {
         root = root.push(pages::router());

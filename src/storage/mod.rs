@@ -8,6 +8,8 @@
 //! - [`contacts::ContactRepo`], contact requests, contacts, blocks and user search.
 //! - [`chat::ChatRepo`], conversations, messages (group-committed) and receipts; it is
 //!   also the actors' `ChatStore` port.
+//! - [`notifications::NotificationRepo`], notifications and unread counts; also the
+//!   actors' `NotificationStore` port.
 //!
 //! Handlers and actors call repositories, never SQL directly. Later aggregates
 //! (contacts, conversations and messages, transfers and files, notifications) get their
@@ -16,6 +18,7 @@
 pub mod chat;
 pub mod contacts;
 pub mod entities;
+pub mod notifications;
 pub mod sessions;
 pub mod users;
 
@@ -38,6 +41,7 @@ pub struct Storage {
     pub sessions: sessions::SessionRepo,
     pub chat: chat::ChatRepo,
     pub contacts: contacts::ContactRepo,
+    pub notifications: notifications::NotificationRepo,
 }
 
 impl Storage {
@@ -47,6 +51,7 @@ impl Storage {
             sessions: sessions::SessionRepo::new(db.clone()),
             chat: chat::ChatRepo::new(db.clone()),
             contacts: contacts::ContactRepo::new(db.clone()),
+            notifications: notifications::NotificationRepo::new(db.clone()),
             db,
         }
     }

@@ -49,20 +49,22 @@ impl Cluster {
         let mut c =
             Cluster { dir, prefix, amqp_url: amqp_url.to_owned(), procs: HashMap::new(), killed: HashMap::new(), http };
         std::fs::write(c.dir.path().join("cluster.toml"), c.config_toml()).expect("write config");
-        c.spawn("auth", "auth", "cluster.toml");
+        c.spawn("auth", "auth", "cluster.toml", None);
+        c.spawn("notify", "notify", "cluster.toml", None);
         for i in 1..=nodes {
-            c.spawn(&format!("messaging-{i}"), "messaging", "cluster.toml");
+            c.spawn(&format!("messaging-{i}"), "messaging", "cluster.toml", None);
         }
         let upstream = |name: &str| format!("\"http://{}\"", c.addr(name));
         let nodes_list: Vec<String> = (1..=nodes).map(|i| upstream(&format!("messaging-{i}"))).collect();
         let gateway = format!(
-            "{}\n[gateway]\nauth = [{}]\nmessaging = [{}]\nhealth_interval_ms = 200\nrequests_per_ip_per_minute = 1000000\n",
+            "{}\n[gateway]\nauth = [{}]\nnotify = [{}]\nmessaging = [{}]\nhealth_interval_ms = 200\nrequests_per_ip_per_minute = 1000000\n",
             c.config_toml(),
             upstream("auth"),
+            upstream("notify"),
             nodes_list.join(", ")
         );
         std::fs::write(c.dir.path().join("gateway.toml"), gateway).expect("write config");
-        c.spawn("gateway", "gateway", "gateway.toml");
+        c.spawn("gateway", "gateway", "gateway.toml", None);
         c
     }
 
@@ -101,11 +103,13 @@ reconnect_max_ms = 500
         )
     }
 
-    /// Starts one process and waits for its "listening on" line.
-    fn spawn(&mut self, name: &str, service: &str, config: &str) {
+    /// Starts one process (on `addr`, or any free port) and waits for its "listening on"
+    /// line.
+    fn spawn(&mut self, name: &str, service: &str, config: &str, addr: Option<SocketAddr>) {
         let log_path = self.dir.path().join(format!("{name}.log"));
+        let listen = addr.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["--config", &self.dir.path().join(config).display().to_string(), "--listen", "127.0.0.1:0", service])
+            .args(["--config", &self.dir.path().join(config).display().to_string(), "--listen", &listen, service])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -154,6 +158,18 @@ reconnect_max_ms = 500
             let _ = p.child.wait();
             self.killed.insert(name.to_owned(), p.addr);
         }
+    }
+
+    /// Starts a killed process again, on its old address (the gateway's list is fixed).
+    pub fn restart(&mut self, name: &str) {
+        let addr = *self.killed.get(name).expect("killed before");
+        let (service, config) = match name {
+            "gateway" => ("gateway", "gateway.toml"),
+            n if n.starts_with("messaging") => ("messaging", "cluster.toml"),
+            n => (n, "cluster.toml"),
+        };
+        self.spawn(name, service, config, Some(addr));
+        self.killed.remove(name);
     }
 
     /// The log of one process so far (for failure messages).
@@ -222,6 +238,7 @@ pub fn delete_broker_objects(amqp_url: &str, prefix: &str) {
             };
             if let Ok(ch) = conn.create_channel().await {
                 let _ = ch.queue_delete(format!("{prefix}.dead").into(), Default::default()).await;
+                let _ = ch.queue_delete(format!("{prefix}.notify").into(), Default::default()).await;
                 let _ = ch.exchange_delete(format!("{prefix}.dead").into(), Default::default()).await;
                 let _ = ch.exchange_delete(format!("{prefix}.events").into(), Default::default()).await;
             }

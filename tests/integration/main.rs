@@ -18,5 +18,6 @@ mod contacts;
 mod health;
 mod helpers;
 mod messaging;
+mod notifications;
 mod runtime;
 mod ws_client;

@@ -65,15 +65,6 @@ fn switchboard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 #[test]
-fn services_not_built_yet_exit_with_a_clear_message() {
-    let out = switchboard(&["notify"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not yet available"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-#[test]
 fn a_gateway_without_upstreams_says_what_to_configure() {
     let out = switchboard(&["gateway", "--listen", "127.0.0.1:0"], &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -8,6 +8,7 @@ pub mod file;
 pub mod login_session;
 pub mod message;
 pub mod notification;
+pub mod notification_counter;
 pub mod receipt;
 pub mod transfer;
 pub mod transfer_chunk;

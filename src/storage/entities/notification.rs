@@ -1,4 +1,5 @@
-//! `notifications`: per-user notifications, unique per (`user_id`, `event_id`).
+//! `notifications`: per-user notifications, numbered `n` = 1, 2, ... per user (unique),
+//! and unique per (`user_id`, `event_id`).
 
 use sea_orm::entity::prelude::*;
 
@@ -8,6 +9,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
     pub user_id: Uuid,
+    pub n: i64,
     pub event_id: Uuid,
     pub kind: String,
     pub conversation_id: Option<Uuid>,

@@ -1,0 +1,126 @@
+//! `/api/notifications`: the caller's notifications (never anyone else's), marking them
+//! read, and the live stream (server-sent events).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use salvo::prelude::*;
+use salvo::sse::{SseEvent, SseKeepAlive};
+use serde_json::json;
+use switchboard_actors::notify_stream::StreamItem;
+
+use super::auth::{caller, require_auth};
+use super::conversations::query_i64;
+use super::state;
+use crate::error::AppError;
+use crate::notify::Notifier;
+
+/// Largest page of notifications.
+pub const MAX_PAGE: u64 = 100;
+const DEFAULT_PAGE: u64 = 50;
+/// SSE comment lines sent this often keep proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub fn router() -> Router {
+    Router::with_path("api/notifications")
+        .hoop(require_auth)
+        .get(list)
+        .push(Router::with_path("read-all").post(read_all))
+        .push(Router::with_path("stream").get(stream))
+        .push(Router::with_path("{id}/read").post(read_one))
+}
+
+fn notifier(depot: &Depot) -> Result<Notifier, AppError> {
+    let st = state(depot)?;
+    Ok(Notifier::new(st.storage.clone(), st.node.ctx.bus.clone(), st.config.notify.clone()))
+}
+
+/// `GET /api/notifications?unread=true&before=N&limit=` → `{"notifications": [...],
+/// "unread": {"total", "conversations"}, "next_before"}`, newest first; `next_before` is
+/// the `before` of the next (older) page, or null after the last.
+#[handler]
+async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    let unread_only = match req.queries().get("unread").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(AppError::bad_request("invalid_query", "unread must be true or false")),
+    };
+    let before = query_i64(req, "before")?;
+    let limit = match req.queries().get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| AppError::bad_request("invalid_query", format!("limit must be 1 to {MAX_PAGE}")))?,
+    };
+    let page = st.storage.notifications.list(me, unread_only, before, limit).await?;
+    let unread = st.storage.notifications.unread_counts(me).await?;
+    let next_before = if page.len() as u64 == limit { page.last().map(|n| n.n) } else { None };
+    res.render(Json(json!({ "notifications": page, "unread": unread, "next_before": next_before })));
+    Ok(())
+}
+
+/// `POST /api/notifications/{id}/read` → 204; 404 unless it is one of the caller's.
+#[handler]
+async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let not_found = || AppError::not_found("not_found", "no such notification");
+    let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
+    if !state(depot)?.storage.notifications.mark_read(me, id, crate::now_ms()).await? {
+        return Err(not_found());
+    }
+    notifier(depot)?.publish_counts(me).await?;
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `POST /api/notifications/read-all` → 204.
+#[handler]
+async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    if state(depot)?.storage.notifications.mark_all_read(me, crate::now_ms()).await? > 0 {
+        notifier(depot)?.publish_counts(me).await?;
+    }
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `GET /api/notifications/stream` (SSE). Resumes after the `Last-Event-ID` header (or
+/// `?after=N`): first the stored notifications after it, then live ones, each as an
+/// `event: notification` with `id: <n>`, and the unread counts as `event: unread`.
+#[handler]
+async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let after =
+        match header {
+            Some(h) => h.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                AppError::bad_request("invalid_header", "Last-Event-ID must be a notification number")
+            })?,
+            None => query_i64(req, "after")?.unwrap_or(0),
+        };
+    let st = state(depot)?;
+    let rx = st.node.open_notification_stream(me, after).await.map_err(|e| {
+        tracing::warn!(user = %me, error = %e, "cannot open a notification stream");
+        AppError::Unavailable("notification streams")
+    })?;
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        let event = match item {
+            StreamItem::Notification(n) => SseEvent::default()
+                .name("notification")
+                .id(n.n.to_string())
+                .text(serde_json::to_string(&n).unwrap_or_default()),
+            StreamItem::Unread(u) => {
+                SseEvent::default().name("unread").text(serde_json::to_string(&u).unwrap_or_default())
+            }
+        };
+        Some((Ok::<_, Infallible>(event), rx))
+    });
+    res.headers_mut().insert("x-accel-buffering", salvo::http::HeaderValue::from_static("no"));
+    SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Notifications: stored from bus events, counted, cleared by reading, streamed (SSE and
+//! chat socket), private to their user, durable across a notify outage.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::cluster::connect;
+use crate::cluster_support::{Cluster, poll};
+use crate::helpers::{Api, TestApp, error_code, spawn_app_with};
+use crate::ws_client::{Client, alice_and_bob, user};
+
+async fn list(api: &impl Api, token: &str, query: &str) -> Value {
+    let r = api.client().get(api.url(&format!("/api/notifications{query}"))).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Every notification of the caller, newest first, following `next_before`.
+async fn all_notifications(api: &impl Api, token: &str) -> Vec<Value> {
+    let mut out = vec![];
+    let mut query = "?limit=100".to_owned();
+    loop {
+        let page = list(api, token, &query).await;
+        out.extend(page["notifications"].as_array().unwrap().iter().cloned());
+        match page["next_before"].as_i64() {
+            Some(b) => query = format!("?limit=100&before={b}"),
+            None => return out,
+        }
+    }
+}
+
+async fn app() -> TestApp {
+    spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.fault_injection = true).await
+}
+
+/// One server-sent event: (event name, id, data).
+type Sse = (String, Option<String>, Value);
+
+/// A notification stream being read.
+struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(api: &impl Api, token: &str, last_event_id: Option<i64>) -> SseReader {
+        let mut req = api.client().get(api.url("/api/notifications/stream")).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        SseReader { resp: r, buf: String::new() }
+    }
+
+    /// The next event; `None` when the stream ends (or nothing comes for 20 s).
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut name, mut id, mut data) = (String::from("message"), None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some((name, id, serde_json::from_str(&data).unwrap()));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk()).await.ok()?.ok()??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads until a notification with number `n` arrived; returns the numbers seen.
+    async fn notifications_until(&mut self, n: i64) -> Vec<i64> {
+        let mut seen = vec![];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while seen.last() != Some(&n) {
+            assert!(tokio::time::Instant::now() < deadline, "notification {n} never came: {seen:?}");
+            let (name, id, data) = self.next().await.unwrap_or_else(|| panic!("stream ended before {n}: {seen:?}"));
+            if name == "notification" {
+                assert_eq!(id.as_deref().map(|i| i.parse::<i64>().unwrap()), data["n"].as_i64());
+                seen.push(data["n"].as_i64().unwrap());
+            }
+        }
+        seen
+    }
+}
+
+#[tokio::test]
+async fn messages_and_contact_requests_notify_and_reading_clears_them() {
+    let app = app().await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    // Bob was asked, Alice was accepted.
+    let n = poll("contact notifications", || async {
+        let b = list(&app, &bob, "").await;
+        let a = list(&app, &alice, "").await;
+        (b["notifications"].as_array()?.len() == 1 && a["notifications"].as_array()?.len() == 1).then_some((a, b))
+    })
+    .await;
+    assert_eq!(n.1["notifications"][0]["kind"], "contact_request");
+    assert_eq!(n.1["notifications"][0]["payload"]["username"], "alice");
+    assert_eq!(n.0["notifications"][0]["kind"], "contact_accepted");
+
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    alice_ws.send_to_user("m1", &bob_id, "hi <b>bob</b>").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    alice_ws.send_to_conv("m2", &conv, "second").await;
+    alice_ws.next_of("ack").await;
+    // The chat socket carries the notification and the counts.
+    let frame = loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["unread"]["conversations"][&conv] == 2 {
+            break f;
+        }
+    };
+    assert_eq!(frame["notification"]["kind"], "message");
+    assert_eq!(frame["notification"]["payload"]["preview"], "second");
+    assert_eq!(frame["unread"]["total"], 3);
+
+    let page = list(&app, &bob, "?unread=true").await;
+    assert_eq!(page["unread"]["total"], 3);
+    let ns: Vec<i64> = page["notifications"].as_array().unwrap().iter().map(|n| n["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![3, 2, 1], "numbered 1, 2, 3 per user, newest first");
+
+    // Reading the conversation up to seq 2 clears its message notifications.
+    bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 2})).await;
+    loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["notification"].is_null() && f["unread"]["total"] == 1 {
+            assert!(f["unread"]["conversations"].get(&conv).is_none());
+            break;
+        }
+    }
+    let page = list(&app, &bob, "?unread=true").await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
+    assert_eq!(page["notifications"][0]["kind"], "contact_request");
+
+    let r = app.client().post(app.url("/api/notifications/read-all")).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(list(&app, &bob, "").await["unread"]["total"], 0);
+}
+
+#[tokio::test]
+async fn a_user_only_ever_sees_their_own_notifications() {
+    let app = app().await;
+    let (alice, bob, _) = alice_and_bob(&app).await;
+    let (carol, _) = user(&app, "carol").await;
+    let alices = poll("alice's notification", || async {
+        list(&app, &alice, "").await["notifications"].as_array().filter(|a| !a.is_empty()).cloned()
+    })
+    .await;
+    let alice_notification = alices[0]["id"].as_str().unwrap().to_owned();
+    // Bob and Carol cannot mark it, or see it.
+    for token in [&bob, &carol] {
+        let r = app
+            .client()
+            .post(app.url(&format!("/api/notifications/{alice_notification}/read")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+        let mine = all_notifications(&app, token).await;
+        assert!(mine.iter().all(|n| n["id"] != alice_notification.as_str()));
+    }
+    assert!(all_notifications(&app, &carol).await.is_empty());
+    // It is still unread for Alice; garbage ids are 404, not 500.
+    assert_eq!(list(&app, &alice, "?unread=true").await["unread"]["total"], 1);
+    for bad in ["not-a-uuid", "00000000-0000-0000-0000-000000000000", "%00"] {
+        let r = app
+            .client()
+            .post(app.url(&format!("/api/notifications/{bad}/read")))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{bad}");
+    }
+    for bad in ["?limit=0", "?limit=101", "?before=-1", "?unread=maybe"] {
+        let r = app.client().get(app.url(&format!("/api/notifications{bad}"))).bearer_auth(&bob).send().await.unwrap();
+        assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_query", "{bad}");
+    }
+    // Without a token: nothing.
+    let r = app.client().get(app.url("/api/notifications/stream")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A stream with someone else's Last-Event-ID still carries only the caller's own.
+    let mut carol_stream = SseReader::open(&app, &carol, Some(0)).await;
+    let (name, _, data) = carol_stream.next().await.unwrap();
+    assert_eq!((name.as_str(), data["total"].as_i64()), ("unread", Some(0)));
+}
+
+#[tokio::test]
+async fn a_killed_stream_actor_restarts_and_the_stream_resumes_without_gap_or_repeat() {
+    let app = app().await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let mut stream = SseReader::open(&app, &bob, None).await;
+    // n = 1 is Alice's contact request.
+    let mut seen = stream.notifications_until(1).await;
+    alice_ws.send_to_user("m0", &bob_id, "0").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    for i in 1..5 {
+        alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
+    }
+    seen.extend(stream.notifications_until(6).await);
+
+    let kill = app
+        .client()
+        .post(app.url("/api/debug/faults"))
+        .bearer_auth(&bob)
+        .json(&json!({"kind": "nstream", "id": bob_id, "fault": "kill"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kill.status(), StatusCode::NO_CONTENT);
+    // The stream ends with its actor; messages keep coming meanwhile.
+    for i in 5..10 {
+        alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some((name, _, data)) = stream.next().await {
+        assert!(tokio::time::Instant::now() < deadline, "the stream did not end with its actor");
+        if name == "notification" {
+            seen.push(data["n"].as_i64().unwrap());
+        }
+    }
+    let restarts = poll("the supervisor to restart the stream actor", || async {
+        let v: Value = app
+            .client()
+            .get(app.url("/api/debug/supervisors"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["notifications"]["restarts"].as_u64()? >= 1).then_some(())
+    });
+    restarts.await;
+    // The browser reconnects with the last id it got.
+    let last = *seen.last().unwrap();
+    let mut stream = SseReader::open(&app, &bob, Some(last)).await;
+    for i in 10..15 {
+        alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
+    }
+    seen.extend(stream.notifications_until(16).await);
+    assert_eq!(seen, (1..=16).collect::<Vec<_>>(), "every notification once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
+    let mut cluster = Cluster::start(1);
+    let (alice, bob, bob_id) = alice_and_bob(&cluster).await;
+    poll("bob's contact request notification", || async {
+        (list(&cluster, &bob, "").await["unread"]["total"] == 1).then_some(())
+    })
+    .await;
+    cluster.kill("notify");
+    let r = cluster.client().get(cluster.url("/api/notifications")).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "service_unavailable");
+
+    // Bob is offline; Alice sends 200 messages and five people ask Bob to be contacts.
+    let (mut alice_ws, _) = connect(cluster.gateway(), &alice).await.expect("alice connects");
+    alice_ws.send_to_user("m0", &bob_id, "0").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    for i in 1..200 {
+        alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("message {i}")).await;
+    }
+    alice_ws.read_until("200 acks", |c| c.acks.len() == 200).await;
+    let acked: HashSet<String> = alice_ws.acks.values().map(|(id, _)| id.clone()).collect();
+    for k in 0..5 {
+        let (t, _) = user(&cluster, &format!("fan{k}")).await;
+        let r = cluster
+            .client()
+            .post(cluster.url("/api/contacts/requests"))
+            .bearer_auth(&t)
+            .json(&json!({"username": "bob"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+
+    cluster.restart("notify");
+    let all = poll("bob's notifications to catch up", || async {
+        let r =
+            cluster.client().get(cluster.url("/api/notifications?unread=true")).bearer_auth(&bob).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        (v["unread"]["total"].as_i64()? >= 206).then_some(())
+    });
+    all.await;
+    let notes = all_notifications(&cluster, &bob).await;
+    let messages: Vec<&Value> = notes.iter().filter(|n| n["kind"] == "message").collect();
+    let requests = notes.iter().filter(|n| n["kind"] == "contact_request").count();
+    assert_eq!(messages.len(), 200, "one notification per message");
+    assert_eq!(requests, 6, "alice's and the five new requests");
+    let ids: HashSet<String> =
+        messages.iter().map(|n| n["payload"]["message_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, acked, "exactly the acknowledged messages");
+    let ns: BTreeSet<i64> = notes.iter().map(|n| n["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, (1..=206).collect::<BTreeSet<_>>(), "numbered without gaps or repeats");
+    let page = list(&cluster, &bob, "").await;
+    assert_eq!(page["unread"]["total"], 206);
+    assert_eq!(page["unread"]["conversations"][&conv], 200);
+
+    // Live again: a new message reaches Bob's socket as a notification frame.
+    let (mut bob_ws, _) = connect(cluster.gateway(), &bob).await.expect("bob connects");
+    alice_ws.send_to_conv("late", &conv, "are you back?").await;
+    let f = loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["notification"]["payload"]["preview"] == "are you back?" {
+            break f;
+        }
+    };
+    assert_eq!(f["unread"]["conversations"][&conv], 201);
+}
