@@ -41,7 +41,8 @@ struct Args {
     duration: u64,
     /// `pairs` (messaging over WebSockets), `cluster` (as `pairs`, senders on
     /// `--sender-url`, receivers on `--receiver-url`: two messaging nodes, so every message
-    /// crosses RabbitMQ) or `search` (user search queries against a database seeded with
+    /// crosses RabbitMQ), `notify` (as `pairs`, but receivers read their notification
+    /// stream, SSE, at `--receiver-url`: latency is send → notification) or `search` (user search queries against a database seeded with
     /// `--users` users; needs `--database-url`).
     #[arg(long, default_value = "pairs")]
     scenario: String,
@@ -174,7 +175,11 @@ async fn main() -> anyhow::Result<()> {
         let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
         return search_bench(url, args.users).await;
     }
-    anyhow::ensure!(matches!(args.scenario.as_str(), "pairs" | "cluster"), "unknown scenario {:?}", args.scenario);
+    anyhow::ensure!(
+        matches!(args.scenario.as_str(), "pairs" | "cluster" | "notify"),
+        "unknown scenario {:?}",
+        args.scenario
+    );
     let sender_url = args.sender_url.clone().unwrap_or_else(|| args.url.clone());
     let receiver_url = args.receiver_url.clone().unwrap_or_else(|| args.url.clone());
     if args.scenario == "cluster" {
@@ -214,7 +219,15 @@ async fn main() -> anyhow::Result<()> {
         let (b_token, b_id) = &users[2 * p + 1];
         befriend(&http, &args.url, a_token, b_token, &format!("b{run}_{}", 2 * p + 1)).await?;
         let mut a = connect(&sender_url, a_token).await?;
-        let mut b = connect(&receiver_url, b_token).await?;
+        let notify = args.scenario == "notify";
+        let mut b = if notify { None } else { Some(connect(&receiver_url, b_token).await?) };
+        let mut stream = if notify {
+            let r = http.get(format!("{receiver_url}/api/notifications/stream")).bearer_auth(b_token).send().await?;
+            anyhow::ensure!(r.status().is_success(), "notification stream: {}", r.status());
+            Some(r)
+        } else {
+            None
+        };
         a.send(Message::text(
             json!({"type":"send","client_msg_id":"open","to_user_id":b_id,"body":"open"}).to_string(),
         ))
@@ -229,32 +242,69 @@ async fn main() -> anyhow::Result<()> {
         let c = counters.clone();
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let stop_r = stop.clone();
-        receivers.push(tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = stop_r.cancelled() => break,
-                    next = b.next() => next,
-                };
-                let Some(Ok(Message::Text(t))) = next else {
-                    if next.is_none() {
-                        break;
+        if let Some(mut resp) = stream.take() {
+            let c = c.clone();
+            let stop_r = stop_r.clone();
+            let mut hist = hist.clone();
+            // Receiver over the notification stream: latency from the intended send time to
+            // the `notification` event (its preview carries the time).
+            receivers.push(tokio::spawn(async move {
+                let mut buf = String::new();
+                loop {
+                    let chunk = tokio::select! {
+                        _ = stop_r.cancelled() => break,
+                        chunk = resp.chunk() => match chunk { Ok(Some(c)) => c, _ => break },
+                    };
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = buf.find("\n\n") {
+                        let block: String = buf.drain(..end + 2).collect();
+                        if !block.contains("event: notification") {
+                            continue;
+                        }
+                        let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+                        let Ok(v) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                        if let Some(intended) = v["payload"]["preview"]
+                            .as_str()
+                            .and_then(|b| b.split(' ').nth(1))
+                            .and_then(|s| s.parse::<u64>().ok())
+                        {
+                            let now = epoch.elapsed().as_micros() as u64;
+                            let _ = hist.record(now.saturating_sub(intended).max(1));
+                            c.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
-                if v["type"] != "message" {
-                    continue;
                 }
-                if let Some(intended) =
-                    v["body"].as_str().and_then(|b| b.split(' ').nth(1)).and_then(|s| s.parse::<u64>().ok())
-                {
-                    let now = epoch.elapsed().as_micros() as u64;
-                    let _ = hist.record(now.saturating_sub(intended).max(1));
-                    c.delivered.fetch_add(1, Ordering::Relaxed);
+                hist
+            }));
+        }
+        if let Some(mut b) = b.take() {
+            receivers.push(tokio::spawn(async move {
+                loop {
+                    let next = tokio::select! {
+                        _ = stop_r.cancelled() => break,
+                        next = b.next() => next,
+                    };
+                    let Some(Ok(Message::Text(t))) = next else {
+                        if next.is_none() {
+                            break;
+                        }
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
+                    if v["type"] != "message" {
+                        continue;
+                    }
+                    if let Some(intended) =
+                        v["body"].as_str().and_then(|b| b.split(' ').nth(1)).and_then(|s| s.parse::<u64>().ok())
+                    {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        let _ = hist.record(now.saturating_sub(intended).max(1));
+                        c.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            }
-            hist
-        }));
+                hist
+            }));
+        }
         // Sender: open loop at its share of the rate; a reader half counts acks.
         let (mut sink, mut stream) = a.split();
         let c = counters.clone();
