@@ -328,3 +328,24 @@ async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
     };
     assert_eq!(f["unread"]["conversations"][&conv], 201);
 }
+
+#[tokio::test]
+async fn only_the_newest_notifications_are_kept_per_user() {
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.notify.max_per_user = 10).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    alice_ws.send_to_user("m0", &bob_id, "0").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    for i in 1..15 {
+        alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
+    }
+    // 1 contact request + 15 messages = 16 made; the newest 10 (n = 7..=16) kept.
+    let notes = poll("the sixteenth notification", || async {
+        let all = all_notifications(&app, &bob).await;
+        (all.first()?["n"] == 16).then_some(all)
+    })
+    .await;
+    let ns: Vec<i64> = notes.iter().map(|n| n["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, (7..=16).rev().collect::<Vec<_>>());
+    assert_eq!(list(&app, &bob, "").await["unread"]["total"], 10, "counts follow what is kept");
+}
