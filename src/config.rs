@@ -66,6 +66,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Notifications: retention.
     pub notify: NotifyConfig,
+    /// File transfers: sizes, quotas, expiry.
+    pub files: FilesConfig,
     /// Addresses of proxies (the gateway) whose `X-Forwarded-For` names the real client,
     /// for per-address limits. Requests from any other peer use the peer's address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -160,6 +162,34 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         Self { prefix: "switchboard".to_owned(), prefetch: 512, quorum_queues: false, reconnect_max_ms: 5000 }
+    }
+}
+
+/// File transfer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Largest file, in bytes (refused when the transfer is created).
+    pub max_file_bytes: u64,
+    /// Chunk size the server asks for, in bytes (64 KiB to 8 MiB).
+    pub chunk_bytes: u64,
+    /// Uploads in progress per user at once.
+    pub max_concurrent_transfers: u64,
+    /// Bytes a user may have stored and in progress, in all.
+    pub quota_bytes: u64,
+    /// An upload with no chunk for this long expires and its chunks are deleted.
+    pub transfer_ttl_secs: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 4 << 30,
+            chunk_bytes: 1 << 20,
+            max_concurrent_transfers: 5,
+            quota_bytes: 20 << 30,
+            transfer_ttl_secs: 24 * 3600,
+        }
     }
 }
 
@@ -260,6 +290,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             gateway: GatewayConfig::default(),
             notify: NotifyConfig::default(),
+            files: FilesConfig::default(),
             trusted_proxies: vec![],
             fault_injection: false,
         }
@@ -441,6 +472,28 @@ impl Config {
             (10..=1_000_000).contains(&n.max_per_user),
             "notify.max_per_user must be between 10 and 1000000, got {}",
             n.max_per_user
+        );
+        let f = &self.files;
+        anyhow::ensure!(
+            (64 * 1024..=8 << 20).contains(&f.chunk_bytes),
+            "files.chunk_bytes must be between 65536 and 8388608, got {}",
+            f.chunk_bytes
+        );
+        anyhow::ensure!(
+            f.max_file_bytes >= 1 && f.max_file_bytes <= f.chunk_bytes * 1_000_000,
+            "files.max_file_bytes must be at least 1 and at most a million chunks, got {}",
+            f.max_file_bytes
+        );
+        anyhow::ensure!(
+            (1..=1000).contains(&f.max_concurrent_transfers),
+            "files.max_concurrent_transfers must be between 1 and 1000, got {}",
+            f.max_concurrent_transfers
+        );
+        anyhow::ensure!(f.quota_bytes >= f.max_file_bytes, "files.quota_bytes must be at least files.max_file_bytes");
+        anyhow::ensure!(
+            (60..=30 * 24 * 3600).contains(&f.transfer_ttl_secs),
+            "files.transfer_ttl_secs must be between 60 and 2592000, got {}",
+            f.transfer_ttl_secs
         );
         let g = &self.gateway;
         for (name, urls) in [("auth", &g.auth), ("messaging", &g.messaging), ("notify", &g.notify)] {

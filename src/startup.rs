@@ -68,7 +68,8 @@ impl Application {
         let db = storage::connect(&config.database_url()).await?;
         let storage = Storage::new(db);
         let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let (node, rabbit, tap) = start_node(&config, &storage, mount).await?;
+        let files = crate::storage::files::FileRepo::new(storage.db.clone(), &config.data_dir);
+        let (node, rabbit, tap) = start_node(&config, &storage, &files, mount).await?;
         let node = Arc::new(node);
         let stop = CancellationToken::new();
         if mount.notifies() {
@@ -96,6 +97,7 @@ impl Application {
             storage,
             auth,
             node,
+            files,
             rabbit: rabbit.clone(),
         };
         let router = routes::router(state.clone(), mount);
@@ -116,12 +118,18 @@ impl Application {
         let server = Server::new(self.acceptor);
         let handle = server.handle();
         let auth = self.state.auth.clone();
+        let files = self.state.files.clone();
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
             loop {
                 tick.tick().await;
                 if let Err(e) = auth.housekeeping().await {
                     tracing::warn!(error = %format!("{e:#}"), "housekeeping failed");
+                }
+                match files.expire(crate::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "abandoned uploads removed"),
+                    Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
                 }
             }
         });
@@ -153,6 +161,7 @@ type Tap = tokio::sync::mpsc::UnboundedReceiver<switchboard_actors::ports::Envel
 async fn start_node(
     config: &Config,
     storage: &Storage,
+    files: &crate::storage::files::FileRepo,
     mount: Mount,
 ) -> anyhow::Result<(Node, Option<RabbitBus>, Option<Tap>)> {
     let node_id = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -181,6 +190,9 @@ async fn start_node(
     let mut ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
     if mount.notifies() {
         ctx = ctx.with_notifications(Arc::new(storage.notifications.clone()));
+    }
+    if matches!(mount, Mount::All | Mount::Messaging) {
+        ctx = ctx.with_transfers(Arc::new(files.clone()));
     }
     let node = Node::start(ctx).await.map_err(|e| anyhow::anyhow!("cannot start the actor system: {e}"))?;
     Ok((node, rabbit, tap))

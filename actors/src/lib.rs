@@ -4,7 +4,7 @@
 //! NodeSupervisor
 //! ├── SessionSupervisor       ── SessionActor   one per WebSocket connection
 //! ├── RoomSupervisor          ── RoomActor      one per active conversation
-//! ├── TransferSupervisor      ── (file transfers, later)
+//! ├── TransferSupervisor      ── TransferActor  one per file upload in progress
 //! ├── NotificationSupervisor  ── NotificationStreamActor  one per user with open streams
 //! └── BusBridge                                  events for this node's users
 //! ```
@@ -18,6 +18,8 @@
 //! - [`session`]: [`session::SessionActor`] and the [`session::ConnHandle`] it shares
 //!   with the socket tasks (which outlive a restarted actor).
 //! - [`room`]: [`room::RoomActor`], which commits a conversation's messages and fans them out.
+//! - [`transfer`]: [`transfer::TransferActor`]: progress of an upload, then assembly and
+//!   the `file` message.
 //! - [`bridge`]: [`bridge::BusBridge`], which hands bus events to local sessions.
 //! - [`node`]: [`node::Node`], the handle the web layer uses: start the tree, open
 //!   sessions, find rooms, read supervisor statistics.
@@ -38,6 +40,7 @@ pub mod protocol;
 pub mod room;
 pub mod session;
 pub mod supervisor;
+pub mod transfer;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -10,12 +10,13 @@ use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use crate::bridge::{BridgeArgs, BusBridge};
 use crate::faults::Faults;
-use crate::ids::{ConversationId, UserId};
+use crate::ids::{ConversationId, TransferId, UserId};
 use crate::notify_stream::{NotificationStore, NotificationStreamActor, StreamArgs, StreamItem, StreamMsg};
 use crate::ports::{Bus, ChatStore};
 use crate::room::{RoomActor, RoomArgs, RoomMsg};
 use crate::session::{ConnHandle, SessionActor, SessionArgs, SessionMsg};
 use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
+use crate::transfer::{TransferActor, TransferArgs, TransferMsg, TransferStore};
 
 /// Limits a node enforces on its sessions and rooms.
 #[derive(Debug, Clone)]
@@ -71,6 +72,8 @@ pub struct NodeCtx {
     pub send_limiter: DefaultKeyedRateLimiter<UserId>,
     /// Stored notifications, on processes that serve notification streams.
     pub notifications: Option<Arc<dyn NotificationStore>>,
+    /// File transfers, on processes that take uploads.
+    pub transfers: Option<Arc<dyn TransferStore>>,
 }
 
 impl NodeCtx {
@@ -78,7 +81,13 @@ impl NodeCtx {
         let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(rate);
         let send_limiter = RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst));
-        Self { node_id, store, bus, faults, limits, send_limiter, notifications: None }
+        Self { node_id, store, bus, faults, limits, send_limiter, notifications: None, transfers: None }
+    }
+
+    /// Take uploads, with `store`.
+    pub fn with_transfers(mut self, store: Arc<dyn TransferStore>) -> Self {
+        self.transfers = Some(store);
+        self
     }
 
     /// Serve notification streams from `store`.
@@ -161,6 +170,20 @@ impl ChildSpec for StreamSpec {
         let args = StreamArgs { ctx: self.ctx.clone(), user: self.user };
         let name = self.ctx.name("nstream", self.user);
         Ok(Actor::spawn_linked(Some(name), NotificationStreamActor, args, sup).await?.0.get_cell())
+    }
+}
+
+struct TransferSpec {
+    ctx: Arc<NodeCtx>,
+    id: TransferId,
+}
+
+#[async_trait::async_trait]
+impl ChildSpec for TransferSpec {
+    async fn spawn(&self, sup: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = TransferArgs { ctx: self.ctx.clone(), id: self.id };
+        let name = self.ctx.name("transfer", self.id);
+        Ok(Actor::spawn_linked(Some(name), TransferActor, args, sup).await?.0.get_cell())
     }
 }
 
@@ -269,6 +292,21 @@ impl Node {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::notify_stream::STREAM_QUEUE);
         actor.cast(StreamMsg::Attach { tx, after }).map_err(|e| format!("stream actor: {e}"))?;
         Ok(rx)
+    }
+
+    /// Tells the upload's transfer actor (started if needed) that a chunk is in.
+    pub async fn transfer_touched(&self, id: TransferId) -> Result<(), String> {
+        let name = self.ctx.name("transfer", id);
+        let actor = match ActorRef::<TransferMsg>::where_is(name.clone()) {
+            // A fresh actor looks at the transfer when it starts.
+            Some(a) => a,
+            None => {
+                let spec: Arc<dyn ChildSpec> = Arc::new(TransferSpec { ctx: self.ctx.clone(), id });
+                let _ = self.ctx.start_child("transfers", name, spec).await?;
+                return Ok(());
+            }
+        };
+        actor.cast(TransferMsg::ChunkStored).map_err(|e| format!("transfer actor: {e}"))
     }
 
     /// Counters of one supervisor (`node`, `sessions`, `rooms`, ...).

@@ -144,6 +144,8 @@ pub enum Event {
     /// A notification for `to` was stored, or `to`'s unread counts changed (then
     /// `notification` is `None`). Published by the notify service.
     Notification { to: UserId, notification: Option<NotificationView>, unread: Unread },
+    /// An upload in a conversation of `to` progressed, completed or failed.
+    Transfer { to: UserId, progress: crate::transfer::TransferProgress },
 }
 
 /// A stored notification, as clients see it.
@@ -190,7 +192,8 @@ impl Event {
             | Event::Typing { to, .. }
             | Event::Presence { to, .. }
             | Event::Contact { to, .. }
-            | Event::Notification { to, .. } => *to,
+            | Event::Notification { to, .. }
+            | Event::Transfer { to, .. } => *to,
         }
     }
 
@@ -202,6 +205,7 @@ impl Event {
             Event::Typing { .. } => "typing",
             Event::Presence { .. } => "presence",
             Event::Notification { .. } => "notification",
+            Event::Transfer { .. } => "transfer",
             Event::Contact { change, .. } => return format!("user.{}.contact.{}", self.recipient(), change.kind),
         };
         format!("user.{}.{kind}", self.recipient())

@@ -61,6 +61,8 @@ pub enum ServerFrame {
     Presence { user_id: UserId, online: bool },
     /// A contact request involving you changed.
     Contact(ContactChange),
+    /// An upload in one of your conversations progressed, completed or failed.
+    Transfer(crate::transfer::TransferProgress),
     /// A new notification (or `null`) and your unread counts now.
     Notification { notification: Option<NotificationView>, unread: Unread },
     /// The answer to `sync` is complete.

@@ -552,6 +552,9 @@ impl SessionState {
             Event::Presence { user_id, online, .. } => {
                 self.conn.push(&ServerFrame::Presence { user_id, online });
             }
+            Event::Transfer { progress, .. } => {
+                self.conn.push(&ServerFrame::Transfer(progress));
+            }
             Event::Notification { notification, unread, .. } => {
                 self.conn.push(&ServerFrame::Notification { notification, unread });
             }

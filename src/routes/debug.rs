@@ -33,8 +33,11 @@ struct FaultBody {
 async fn inject(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: FaultBody = super::auth::json_body(req, depot).await?;
     let st = state(depot)?;
-    if !matches!(body.kind.as_str(), "session" | "room" | "nstream" | "bridge" | "sup") {
-        return Err(AppError::bad_request("invalid_kind", "kind must be session, room, nstream, bridge or sup"));
+    if !matches!(body.kind.as_str(), "session" | "room" | "nstream" | "transfer" | "bridge" | "sup") {
+        return Err(AppError::bad_request(
+            "invalid_kind",
+            "kind must be session, room, nstream, transfer, bridge or sup",
+        ));
     }
     let fault = Fault::parse(&body.fault)
         .ok_or_else(|| AppError::bad_request("invalid_fault", "fault must be kill, panic or error"))?;

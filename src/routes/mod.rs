@@ -5,6 +5,7 @@
 //! - [`contacts`]: `/api/contacts*` and `/api/users` (search).
 //! - [`conversations`]: `/api/conversations*`, history for participants.
 //! - [`ws`]: `GET /ws`, the chat WebSocket.
+//! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
 //! - [`notifications`]: `/api/notifications*`: list, mark read, the live stream (SSE).
 //! - [`debug`]: fault injection, mounted only when enabled.
 //! - [`pages`]: server-rendered pages and embedded static files.
@@ -19,6 +20,7 @@ pub mod debug;
 pub mod health;
 pub mod notifications;
 pub mod pages;
+pub mod transfers;
 pub mod ws;
 
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub search_limiter: Arc<KeyedLimiter>,
     /// Contact requests per user per minute.
     pub contact_limiter: Arc<KeyedLimiter>,
+    /// Transfers and stored files.
+    pub files: crate::storage::files::FileRepo,
     /// The RabbitMQ bus, when this process uses one (readiness reports its link).
     pub rabbit: Option<crate::bus::RabbitBus>,
 }
@@ -87,7 +91,7 @@ pub fn router(state: AppState, mount: Mount) -> Router {
         root = root.push(auth::router()).push(contacts::router());
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
-        root = root.push(conversations::router()).push(ws::router());
+        root = root.push(conversations::router()).push(ws::router()).push(transfers::router());
     }
     if mount.notifies() {
         root = root.push(notifications::router());
@@ -125,11 +129,9 @@ pub async fn security_headers(req: &mut Request, depot: &mut Depot, res: &mut Re
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+    // A handler may have set a stricter one (file downloads are sandboxed).
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
              connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        ),
-    );
+    ));
 }

@@ -18,6 +18,7 @@
 pub mod chat;
 pub mod contacts;
 pub mod entities;
+pub mod files;
 pub mod notifications;
 pub mod sessions;
 pub mod users;

@@ -15,6 +15,7 @@ mod auth;
 mod cluster;
 mod cluster_support;
 mod contacts;
+mod files;
 mod health;
 mod helpers;
 mod messaging;

@@ -1,0 +1,239 @@
+//! The transfer actor: one per file upload in progress on this node.
+//!
+//! The web layer stores chunks (hash-checked, on disk) and tells the actor; the actor
+//! reports progress to both users of the conversation and, once every chunk is in, has
+//! the file assembled and verified, then posts the `file` message through the room (with
+//! a fixed `client_msg_id`, so a repeated completion posts it once). Its state is the
+//! database and the disk: a restarted actor reads the transfer again and carries on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+
+use crate::NORMAL_EXIT;
+use crate::ids::{ConversationId, FileId, TransferId, UserId};
+use crate::node::NodeCtx;
+use crate::ports::{Envelope, Event, NewMessage, StoreError};
+use crate::room::RoomMsg;
+
+/// A transfer's state, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    pub id: TransferId,
+    pub uploader: UserId,
+    pub conversation_id: ConversationId,
+    pub name: String,
+    pub size: i64,
+    pub mime: String,
+    pub chunk_count: i64,
+    pub received_chunks: i64,
+    /// `uploading`, `complete`, `failed` or `expired`.
+    pub state: String,
+    pub file_id: Option<FileId>,
+}
+
+/// Progress of an upload, for both users of its conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    pub transfer_id: TransferId,
+    pub conversation_id: ConversationId,
+    pub uploader_id: UserId,
+    pub name: String,
+    pub size: i64,
+    pub received_chunks: i64,
+    pub chunk_count: i64,
+    pub state: String,
+    pub file_id: Option<FileId>,
+}
+
+impl From<&TransferStatus> for TransferProgress {
+    fn from(s: &TransferStatus) -> Self {
+        Self {
+            transfer_id: s.id,
+            conversation_id: s.conversation_id,
+            uploader_id: s.uploader,
+            name: s.name.clone(),
+            size: s.size,
+            received_chunks: s.received_chunks,
+            chunk_count: s.chunk_count,
+            state: s.state.clone(),
+            file_id: s.file_id,
+        }
+    }
+}
+
+/// What the transfer actor needs from storage (the main crate implements it).
+#[async_trait::async_trait]
+pub trait TransferStore: Send + Sync + 'static {
+    async fn status(&self, id: TransferId) -> Result<Option<TransferStatus>, StoreError>;
+    /// Joins the chunks into the stored file, verifies the whole-file hash, and records
+    /// the file; idempotent. `Forbidden` when the hash does not match (the transfer is
+    /// then failed and its chunks deleted).
+    async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError>;
+    /// Marks the transfer complete (its message is posted).
+    async fn complete(&self, id: TransferId) -> Result<(), StoreError>;
+}
+
+pub enum TransferMsg {
+    /// A chunk was stored (or the upload was looked at): report and maybe finish.
+    ChunkStored,
+    /// Periodic: send throttled progress; stop when idle.
+    Tick,
+}
+
+pub struct TransferActor;
+
+pub struct TransferArgs {
+    pub ctx: Arc<NodeCtx>,
+    pub id: TransferId,
+}
+
+pub struct TransferState {
+    ctx: Arc<NodeCtx>,
+    id: TransferId,
+    name: String,
+    last_report: Option<Instant>,
+    /// A chunk came since the last report.
+    dirty: bool,
+    last_activity: Instant,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Progress reports per transfer at most this often (and always the last one).
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(250);
+/// A transfer actor with no chunk for this long stops (it restarts on the next chunk).
+const IDLE: Duration = Duration::from_secs(60);
+
+impl Actor for TransferActor {
+    type Msg = TransferMsg;
+    type State = TransferState;
+    type Arguments = TransferArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TransferMsg>,
+        args: TransferArgs,
+    ) -> Result<TransferState, ActorProcessingErr> {
+        let ticker = Some(myself.send_interval(TICK, || TransferMsg::Tick));
+        // Whatever happened before a restart, look again: maybe every chunk is in.
+        let _ = myself.cast(TransferMsg::ChunkStored);
+        Ok(TransferState {
+            name: args.ctx.name("transfer", args.id),
+            ctx: args.ctx,
+            id: args.id,
+            last_report: None,
+            dirty: false,
+            last_activity: Instant::now(),
+            ticker,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TransferMsg>,
+        state: &mut TransferState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TransferMsg>,
+        msg: TransferMsg,
+        state: &mut TransferState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ctx.faults.check(&state.name)?;
+        let Some(store) = state.ctx.transfers.clone() else { return Ok(()) };
+        match msg {
+            TransferMsg::ChunkStored => {
+                state.last_activity = Instant::now();
+                state.dirty = true;
+                let Some(status) = store.status(state.id).await? else {
+                    myself.stop(Some(NORMAL_EXIT.to_owned()));
+                    return Ok(());
+                };
+                if status.state != "uploading" {
+                    state.report(&status).await;
+                    myself.stop(Some(NORMAL_EXIT.to_owned()));
+                } else if status.received_chunks >= status.chunk_count {
+                    state.finish(&store, status).await?;
+                    myself.stop(Some(NORMAL_EXIT.to_owned()));
+                } else if state.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                    state.report(&status).await;
+                }
+            }
+            TransferMsg::Tick => {
+                if state.dirty
+                    && state.last_report.is_some_and(|t| t.elapsed() >= REPORT_EVERY)
+                    && let Some(status) = store.status(state.id).await?
+                {
+                    state.report(&status).await;
+                }
+                if state.last_activity.elapsed() >= IDLE {
+                    myself.stop(Some(NORMAL_EXIT.to_owned()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TransferState {
+    /// Tells both users of the conversation how far the upload is.
+    async fn report(&mut self, status: &TransferStatus) {
+        self.last_report = Some(Instant::now());
+        self.dirty = false;
+        let progress = TransferProgress::from(status);
+        let peer = match self.ctx.store.conversation(status.conversation_id).await {
+            Ok(Some(c)) => c.peer_of(status.uploader),
+            _ => None,
+        };
+        for to in std::iter::once(status.uploader).chain(peer) {
+            let event = Event::Transfer { to, progress: progress.clone() };
+            let _ = self.ctx.bus.publish(Envelope::new(event)).await;
+        }
+    }
+
+    /// Assembles and verifies the file, posts the `file` message, completes.
+    async fn finish(
+        &mut self,
+        store: &Arc<dyn TransferStore>,
+        mut status: TransferStatus,
+    ) -> Result<(), ActorProcessingErr> {
+        let file_id = match store.assemble(self.id).await {
+            Ok(f) => f,
+            Err(StoreError::Forbidden(why)) => {
+                tracing::warn!(transfer = %self.id, why, "upload failed verification");
+                status.state = "failed".into();
+                self.report(&status).await;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("assemble {}: {e}", self.id).into()),
+        };
+        let body = serde_json::json!({"name": status.name, "size": status.size, "mime": status.mime}).to_string();
+        let msg = NewMessage {
+            conversation_id: status.conversation_id,
+            sender_id: status.uploader,
+            client_msg_id: format!("transfer:{}", self.id),
+            kind: "file".into(),
+            body,
+            file_id: Some(file_id),
+        };
+        let room = self.ctx.room(status.conversation_id).await?;
+        let posted = ractor::call_t!(room, |reply| RoomMsg::Send { msg: Box::new(msg), reply }, 30_000)?;
+        if let Err(e) = posted {
+            return Err(format!("posting the file message: {}", e.message).into());
+        }
+        store.complete(self.id).await?;
+        status.state = "complete".into();
+        status.file_id = Some(file_id);
+        self.report(&status).await;
+        Ok(())
+    }
+}

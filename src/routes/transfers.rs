@@ -1,0 +1,290 @@
+//! `/api/transfers` (chunked, resumable uploads) and `/api/files/{id}` (downloads), for
+//! the participants of the file's conversation only.
+
+use salvo::fs::NamedFile;
+use salvo::http::header::{self, HeaderValue};
+use salvo::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_actors::ids::{FileId, TransferId};
+use switchboard_actors::ports::ChatStore;
+
+use super::auth::{caller, json_body, require_auth};
+use super::state;
+use crate::domain::ConversationId;
+use crate::error::AppError;
+use crate::storage::entities::transfer;
+use crate::storage::files::{ChunkError, NewTransfer, chunk_len, is_sha256_hex};
+
+pub fn router() -> Router {
+    Router::new()
+        .push(
+            Router::with_path("api/transfers")
+                .hoop(require_auth)
+                .post(create)
+                .push(Router::with_path("{id}").get(status))
+                .push(Router::with_path("{id}/chunks/{index}").put(put_chunk)),
+        )
+        .push(Router::with_path("api/files/{id}").hoop(require_auth).get(download))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    conversation_id: String,
+    name: String,
+    size: i64,
+    sha256: String,
+    #[serde(default)]
+    mime: Option<String>,
+}
+
+/// Checks a file name: 1–255 bytes, no control characters, no path separators, not `.`
+/// or `..`. Names are shown to people and sent back in `Content-Disposition`, never used
+/// as a path.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("name must be 1 to 255 bytes");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err("name must not contain control characters");
+    }
+    if name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err("name must not contain / or \\ or be . or ..");
+    }
+    if name.trim() != name {
+        return Err("name must not start or end with spaces");
+    }
+    Ok(())
+}
+
+/// A MIME type like `image/png`: `type/subtype` of token characters, at most 127 bytes;
+/// parameters are dropped. Anything else is `application/octet-stream`.
+fn clean_mime(mime: Option<&str>) -> String {
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    let m = mime.and_then(|m| m.split(';').next()).map(|m| m.trim().to_ascii_lowercase()).unwrap_or_default();
+    match m.split_once('/') {
+        Some((t, s)) if m.len() <= 127 && token(t) && token(s) => m,
+        _ => "application/octet-stream".into(),
+    }
+}
+
+fn transfer_json(t: &transfer::Model, received: &[i64]) -> serde_json::Value {
+    let have: std::collections::HashSet<i64> = received.iter().copied().collect();
+    let missing: Vec<i64> =
+        if t.file_id.is_some() { vec![] } else { (0..t.chunk_count as i64).filter(|i| !have.contains(i)).collect() };
+    json!({
+        "id": t.id,
+        "conversation_id": t.conversation_id,
+        "uploader_id": t.uploader_id,
+        "name": t.name,
+        "mime": t.mime,
+        "size": t.size,
+        "sha256": t.sha256,
+        "chunk_size": t.chunk_size,
+        "chunk_count": t.chunk_count,
+        "state": t.state,
+        "file_id": t.file_id,
+        "received_chunks": t.chunk_count as usize - missing.len(),
+        "missing": missing,
+        "expires_at": t.expires_at,
+    })
+}
+
+/// `POST /api/transfers {conversation_id, name, size, sha256, mime?}` → 201 `{id,
+/// chunk_size, chunk_count, missing, ...}`. Limits are checked here, before any byte.
+#[handler]
+async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let body: CreateBody = json_body(req, depot).await?;
+    let st = state(depot)?;
+    let limits = &st.config.files;
+    check_name(&body.name).map_err(|m| AppError::bad_request("invalid_name", m))?;
+    let sha = body.sha256.to_ascii_lowercase();
+    if !is_sha256_hex(&sha) {
+        return Err(AppError::bad_request("invalid_sha256", "sha256 must be 64 hexadecimal digits"));
+    }
+    if body.size < 1 {
+        return Err(AppError::bad_request("invalid_size", "size must be at least 1 byte"));
+    }
+    if body.size as u64 > limits.max_file_bytes {
+        return Err(AppError::PayloadTooLarge { limit: limits.max_file_bytes as usize });
+    }
+    let not_found = || AppError::not_found("not_found", "no such conversation");
+    let conv_id = ConversationId::parse(&body.conversation_id).ok_or_else(not_found)?;
+    let conv = st
+        .storage
+        .chat
+        .conversation(conv_id)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?
+        .filter(|c| c.has(me))
+        .ok_or_else(not_found)?;
+    if let Some(peer) = conv.peer_of(me) {
+        st.storage.chat.may_message(me, peer).await.map_err(|_| AppError::Forbidden {
+            code: "forbidden",
+            message: "you may not send files to this user".into(),
+        })?;
+    }
+    let (uploading, used) = st.files.usage(me).await?;
+    if uploading >= limits.max_concurrent_transfers {
+        return Err(AppError::Conflict {
+            code: "too_many_transfers",
+            message: format!("at most {} uploads at once; finish or wait for one", limits.max_concurrent_transfers),
+        });
+    }
+    if (used + body.size) as u64 > limits.quota_bytes {
+        return Err(AppError::Conflict {
+            code: "quota_exceeded",
+            message: format!("this upload would pass your storage quota of {} bytes", limits.quota_bytes),
+        });
+    }
+    let t = st
+        .files
+        .create(
+            NewTransfer {
+                uploader: me,
+                conversation_id: conv_id,
+                name: body.name,
+                mime: clean_mime(body.mime.as_deref()),
+                size: body.size,
+                sha256: sha,
+                chunk_size: limits.chunk_bytes as i64,
+            },
+            limits.transfer_ttl_secs as i64 * 1000,
+            crate::now_ms(),
+        )
+        .await?;
+    res.status_code(StatusCode::CREATED);
+    res.render(Json(transfer_json(&t, &[])));
+    Ok(())
+}
+
+/// The transfer, if the caller takes part in its conversation (404 otherwise).
+async fn visible_transfer(req: &Request, depot: &Depot) -> Result<transfer::Model, AppError> {
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    let not_found = || AppError::not_found("not_found", "no such transfer");
+    let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
+    let t = st.files.transfer(TransferId(id)).await?.ok_or_else(not_found)?;
+    let conv = st
+        .storage
+        .chat
+        .conversation(ConversationId(t.conversation_id))
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+    if !conv.is_some_and(|c| c.has(me)) {
+        return Err(not_found());
+    }
+    Ok(t)
+}
+
+/// `GET /api/transfers/{id}` → the transfer with `missing` chunk indexes (resume).
+#[handler]
+async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let t = visible_transfer(req, depot).await?;
+    let received = state(depot)?.files.received(TransferId(t.id)).await?;
+    res.render(Json(transfer_json(&t, &received)));
+    Ok(())
+}
+
+/// `PUT /api/transfers/{id}/chunks/{index}` with the raw bytes and `X-Chunk-Sha256` →
+/// 204 once stored; a stored chunk sent again is a no-op (204).
+#[handler]
+async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let t = visible_transfer(req, depot).await?;
+    let st = state(depot)?;
+    if t.uploader_id != me.0 {
+        return Err(AppError::Forbidden { code: "forbidden", message: "only the uploader sends chunks".into() });
+    }
+    if t.state != "uploading" || t.file_id.is_some() {
+        return Err(AppError::conflict("transfer_closed", format!("this transfer is {}", t.state)));
+    }
+    let index = req
+        .param::<String>("index")
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|i| (0..t.chunk_count as i64).contains(i))
+        .ok_or_else(|| {
+            AppError::bad_request("invalid_index", format!("chunk index must be 0 to {}", t.chunk_count - 1))
+        })?;
+    let sha = req
+        .headers()
+        .get("x-chunk-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .filter(|s| is_sha256_hex(s))
+        .ok_or_else(|| AppError::bad_request("invalid_sha256", "X-Chunk-Sha256 must be 64 hexadecimal digits"))?;
+    let id = TransferId(t.id);
+    let expected = chunk_len(&t, index) as u64;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > expected
+    {
+        return Err(AppError::PayloadTooLarge { limit: expected as usize });
+    }
+    if !st.files.has_chunk(id, index).await? {
+        let ttl = st.config.files.transfer_ttl_secs as i64 * 1000;
+        let body = req.take_body();
+        match st.files.store_chunk(&t, index, &sha, body, crate::now_ms(), ttl).await {
+            Ok(()) => {}
+            Err(ChunkError::TooLarge { expected }) => {
+                return Err(AppError::PayloadTooLarge { limit: expected as usize });
+            }
+            Err(e @ (ChunkError::WrongSize { .. } | ChunkError::Body(_))) => {
+                return Err(AppError::bad_request("invalid_chunk", e.to_string()));
+            }
+            Err(ChunkError::HashMismatch) => {
+                return Err(AppError::bad_request("chunk_hash_mismatch", ChunkError::HashMismatch.to_string()));
+            }
+            Err(ChunkError::Io(e)) => return Err(AppError::Internal(e.into())),
+        }
+    }
+    if let Err(e) = st.node.transfer_touched(id).await {
+        // Stored; the next chunk or a status read starts the actor again.
+        tracing::warn!(transfer = %id, error = %e, "cannot reach the transfer actor");
+    }
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// Types a browser may show inline; everything else downloads as an attachment.
+const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// `GET /api/files/{id}` → the file, with `Range` support; participants only (404
+/// otherwise). Always `nosniff` and a sandboxing CSP; only plain images are inline.
+#[handler]
+async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    let not_found = || AppError::not_found("not_found", "no such file");
+    let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
+    let f = st.files.file(FileId(id)).await?.ok_or_else(not_found)?;
+    let conv = st
+        .storage
+        .chat
+        .conversation(ConversationId(f.conversation_id))
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+    if !conv.is_some_and(|c| c.has(me)) {
+        return Err(not_found());
+    }
+    let path = st.files.blob_path(&f.sha256).ok_or_else(not_found)?;
+    let inline = INLINE_TYPES.contains(&f.mime.as_str());
+    let mime: salvo::http::mime::Mime = if inline {
+        f.mime.parse().unwrap_or(salvo::http::mime::APPLICATION_OCTET_STREAM)
+    } else {
+        salvo::http::mime::APPLICATION_OCTET_STREAM
+    };
+    let file = NamedFile::builder(path)
+        .content_type(mime)
+        .disposition_type(if inline { "inline" } else { "attachment" })
+        .attached_name(f.name.clone())
+        .use_content_type_options(true)
+        .build()
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("open stored file: {e}")))?;
+    res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    file.send(req.headers(), res).await;
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! File transfers and stored files: the database rows and the bytes on disk.
+//!
+//! Disk layout under `<data_dir>/files/` (only ids and hex hashes the server made or
+//! checked ever become path components; a client's file name never does):
+//!
+//! - `parts/<transfer id>/<index>`: a verified chunk of an upload in progress.
+//! - `blobs/<sha256[0..2]>/<sha256>`: a complete file, content-addressed.
+//! - `tmp/<random>`: a chunk or file being written; renamed into place when verified.
+
+use std::path::{Path, PathBuf};
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+};
+use sha2::{Digest, Sha256};
+use switchboard_actors::ids::{ConversationId, FileId, TransferId, UserId};
+use switchboard_actors::ports::StoreError;
+use switchboard_actors::transfer::{TransferStatus, TransferStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use super::entities::{file, transfer, transfer_chunk};
+use super::is_unique_violation;
+
+/// A new upload, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct NewTransfer {
+    pub uploader: UserId,
+    pub conversation_id: ConversationId,
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+    pub sha256: String,
+    pub chunk_size: i64,
+}
+
+/// Why a chunk was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("the chunk is larger than {expected} bytes")]
+    TooLarge { expected: u64 },
+    #[error("the chunk has {got} bytes, expected {expected}")]
+    WrongSize { got: u64, expected: u64 },
+    #[error("the chunk's SHA-256 does not match X-Chunk-Sha256")]
+    HashMismatch,
+    #[error("the upload body failed: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Transfers, chunks and files. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct FileRepo {
+    db: DatabaseConnection,
+    root: PathBuf,
+}
+
+pub fn chunk_count(size: i64, chunk_size: i64) -> i64 {
+    (size + chunk_size - 1) / chunk_size
+}
+
+/// The size chunk `index` must have.
+pub fn chunk_len(t: &transfer::Model, index: i64) -> i64 {
+    let start = index * t.chunk_size as i64;
+    (t.size - start).min(t.chunk_size as i64)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// True for 64 lower-case hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl FileRepo {
+    pub fn new(db: DatabaseConnection, data_dir: &Path) -> Self {
+        Self { db, root: data_dir.join("files") }
+    }
+
+    fn part_dir(&self, t: TransferId) -> PathBuf {
+        self.root.join("parts").join(t.0.simple().to_string())
+    }
+
+    fn part_path(&self, t: TransferId, index: i64) -> PathBuf {
+        self.part_dir(t).join(index.to_string())
+    }
+
+    /// Where a file with this (checked) hash lives.
+    pub fn blob_path(&self, sha256: &str) -> Option<PathBuf> {
+        is_sha256_hex(sha256).then(|| self.root.join("blobs").join(&sha256[..2]).join(sha256))
+    }
+
+    async fn temp_file(&self) -> std::io::Result<(PathBuf, tokio::fs::File)> {
+        let dir = self.root.join("tmp");
+        tokio::fs::create_dir_all(&dir).await?;
+        let path = dir.join(Uuid::new_v4().simple().to_string());
+        let f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
+        Ok((path, f))
+    }
+
+    pub async fn create(&self, new: NewTransfer, ttl_ms: i64, now: i64) -> Result<transfer::Model, DbErr> {
+        let row = transfer::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            uploader_id: Set(new.uploader.0),
+            conversation_id: Set(new.conversation_id.0),
+            name: Set(new.name),
+            mime: Set(new.mime),
+            size: Set(new.size),
+            sha256: Set(new.sha256),
+            chunk_size: Set(new.chunk_size as i32),
+            chunk_count: Set(chunk_count(new.size, new.chunk_size) as i32),
+            state: Set("uploading".into()),
+            file_id: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            expires_at: Set(now + ttl_ms),
+        };
+        transfer::Entity::insert(row).exec_with_returning(&self.db).await
+    }
+
+    pub async fn transfer(&self, id: TransferId) -> Result<Option<transfer::Model>, DbErr> {
+        transfer::Entity::find_by_id(id.0).one(&self.db).await
+    }
+
+    /// `(uploads in progress, bytes stored or in progress)` of `user`.
+    pub async fn usage(&self, user: UserId) -> Result<(u64, i64), DbErr> {
+        let uploading = transfer::Entity::find()
+            .filter(transfer::Column::UploaderId.eq(user.0))
+            .filter(transfer::Column::State.eq("uploading"));
+        let count = uploading.clone().count(&self.db).await?;
+        let pending: Option<i64> = uploading
+            .select_only()
+            .column_as(transfer::Column::Size.sum(), "s")
+            .into_tuple::<Option<i64>>()
+            .one(&self.db)
+            .await?
+            .flatten();
+        let stored: Option<i64> = file::Entity::find()
+            .filter(file::Column::OwnerId.eq(user.0))
+            .select_only()
+            .column_as(file::Column::Size.sum(), "s")
+            .into_tuple::<Option<i64>>()
+            .one(&self.db)
+            .await?
+            .flatten();
+        Ok((count, pending.unwrap_or(0) + stored.unwrap_or(0)))
+    }
+
+    /// Indexes of the chunks stored so far.
+    pub async fn received(&self, id: TransferId) -> Result<Vec<i64>, DbErr> {
+        let rows: Vec<i32> = transfer_chunk::Entity::find()
+            .filter(transfer_chunk::Column::TransferId.eq(id.0))
+            .select_only()
+            .column(transfer_chunk::Column::Idx)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(i64::from).collect())
+    }
+
+    pub async fn has_chunk(&self, id: TransferId, index: i64) -> Result<bool, DbErr> {
+        Ok(transfer_chunk::Entity::find_by_id((id.0, index as i32)).one(&self.db).await?.is_some())
+    }
+
+    /// Streams a chunk body to disk, checking its size and hash as it goes; on success the
+    /// chunk is in place and recorded. Memory use is one body frame, whatever the size.
+    pub async fn store_chunk(
+        &self,
+        t: &transfer::Model,
+        index: i64,
+        expected_sha: &str,
+        mut body: salvo::http::ReqBody,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<(), ChunkError> {
+        use http_body_util::BodyExt;
+        let expected = chunk_len(t, index) as u64;
+        let (tmp, mut f) = self.temp_file().await?;
+        let result = async {
+            let mut hasher = Sha256::new();
+            let mut got: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ChunkError::Body(e.to_string()))?;
+                let Ok(data) = frame.into_data() else { continue };
+                got += data.len() as u64;
+                if got > expected {
+                    return Err(ChunkError::TooLarge { expected });
+                }
+                hasher.update(&data);
+                f.write_all(&data).await?;
+            }
+            if got != expected {
+                return Err(ChunkError::WrongSize { got, expected });
+            }
+            if hex(&hasher.finalize()) != expected_sha {
+                return Err(ChunkError::HashMismatch);
+            }
+            f.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        drop(f);
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        let id = TransferId(t.id);
+        tokio::fs::create_dir_all(self.part_dir(id)).await?;
+        tokio::fs::rename(&tmp, self.part_path(id, index)).await?;
+        let row = transfer_chunk::ActiveModel {
+            transfer_id: Set(t.id),
+            idx: Set(index as i32),
+            sha256: Set(expected_sha.to_owned()),
+            size: Set(expected as i32),
+            created_at: Set(now),
+        };
+        match transfer_chunk::Entity::insert(row).exec_without_returning(&self.db).await {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {} // the same chunk, stored twice: fine
+            Err(e) => return Err(ChunkError::Io(std::io::Error::other(e.to_string()))),
+        }
+        transfer::Entity::update_many()
+            .col_expr(transfer::Column::UpdatedAt, Expr::value(now))
+            .col_expr(transfer::Column::ExpiresAt, Expr::value(now + ttl_ms))
+            .filter(transfer::Column::Id.eq(t.id))
+            .exec(&self.db)
+            .await
+            .map_err(|e| ChunkError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(())
+    }
+
+    pub async fn file(&self, id: FileId) -> Result<Option<file::Model>, DbErr> {
+        file::Entity::find_by_id(id.0).one(&self.db).await
+    }
+
+    /// Deletes uploads whose time ran out: their chunks, and marks them expired.
+    pub async fn expire(&self, now: i64) -> Result<u64, DbErr> {
+        let stale = transfer::Entity::find()
+            .filter(transfer::Column::State.eq("uploading"))
+            .filter(transfer::Column::ExpiresAt.lt(now))
+            .all(&self.db)
+            .await?;
+        for t in &stale {
+            self.drop_parts(TransferId(t.id)).await?;
+            transfer::Entity::update_many()
+                .col_expr(transfer::Column::State, Expr::value("expired"))
+                .filter(transfer::Column::Id.eq(t.id))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(stale.len() as u64)
+    }
+
+    async fn drop_parts(&self, id: TransferId) -> Result<(), DbErr> {
+        transfer_chunk::Entity::delete_many()
+            .filter(transfer_chunk::Column::TransferId.eq(id.0))
+            .exec(&self.db)
+            .await?;
+        let _ = tokio::fs::remove_dir_all(self.part_dir(id)).await;
+        Ok(())
+    }
+
+    async fn set_state(&self, id: TransferId, state: &str, file_id: Option<Uuid>) -> Result<(), DbErr> {
+        let mut q = transfer::Entity::update_many()
+            .col_expr(transfer::Column::State, Expr::value(state))
+            .col_expr(transfer::Column::UpdatedAt, Expr::value(crate::now_ms()));
+        if let Some(f) = file_id {
+            q = q.col_expr(transfer::Column::FileId, Expr::value(f));
+        }
+        q.filter(transfer::Column::Id.eq(id.0)).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// Joins the parts into a temp file while hashing, verifies, and moves it to its
+    /// content address; records the file. Idempotent (a recorded file is returned).
+    async fn assemble_inner(&self, id: TransferId) -> Result<Result<FileId, &'static str>, anyhow::Error> {
+        let t = self.transfer(id).await?.ok_or_else(|| anyhow::anyhow!("no transfer {id}"))?;
+        if let Some(f) = t.file_id {
+            return Ok(Ok(FileId(f)));
+        }
+        let blob = self.blob_path(&t.sha256).ok_or_else(|| anyhow::anyhow!("bad hash on record"))?;
+        if !tokio::fs::try_exists(&blob).await? {
+            let (tmp, mut out) = self.temp_file().await?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            for index in 0..t.chunk_count as i64 {
+                let mut part = tokio::fs::File::open(self.part_path(id, index)).await?;
+                loop {
+                    let n = part.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n]).await?;
+                }
+            }
+            out.sync_all().await?;
+            drop(out);
+            if hex(&hasher.finalize()) != t.sha256 {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Ok(Err("the file's SHA-256 does not match the one given at creation"));
+            }
+            if let Some(parent) = blob.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::rename(&tmp, &blob).await?;
+        }
+        let file_id = Uuid::now_v7();
+        let row = file::ActiveModel {
+            id: Set(file_id),
+            owner_id: Set(t.uploader_id),
+            conversation_id: Set(t.conversation_id),
+            name: Set(t.name.clone()),
+            mime: Set(t.mime.clone()),
+            size: Set(t.size),
+            sha256: Set(t.sha256.clone()),
+            created_at: Set(crate::now_ms()),
+        };
+        file::Entity::insert(row).exec_without_returning(&self.db).await?;
+        // Keep state `uploading` until the message is posted (`complete`).
+        transfer::Entity::update_many()
+            .col_expr(transfer::Column::FileId, Expr::value(file_id))
+            .filter(transfer::Column::Id.eq(id.0))
+            .exec(&self.db)
+            .await?;
+        self.drop_parts(id).await?;
+        Ok(Ok(FileId(file_id)))
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl TransferStore for FileRepo {
+    async fn status(&self, id: TransferId) -> Result<Option<TransferStatus>, StoreError> {
+        let Some(t) = self.transfer(id).await.map_err(unavailable)? else { return Ok(None) };
+        let received = self.received(id).await.map_err(unavailable)?.len() as i64;
+        // Assembled (file recorded) counts as all chunks in.
+        let received = if t.file_id.is_some() { t.chunk_count as i64 } else { received };
+        Ok(Some(TransferStatus {
+            id,
+            uploader: UserId(t.uploader_id),
+            conversation_id: ConversationId(t.conversation_id),
+            name: t.name,
+            size: t.size,
+            mime: t.mime,
+            chunk_count: t.chunk_count as i64,
+            received_chunks: received,
+            state: t.state,
+            file_id: t.file_id.map(FileId),
+        }))
+    }
+
+    async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError> {
+        match self.assemble_inner(id).await {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(why)) => {
+                self.drop_parts(id).await.map_err(unavailable)?;
+                self.set_state(id, "failed", None).await.map_err(unavailable)?;
+                Err(StoreError::Forbidden(why))
+            }
+            Err(e) => Err(unavailable(format!("{e:#}"))),
+        }
+    }
+
+    async fn complete(&self, id: TransferId) -> Result<(), StoreError> {
+        self.set_state(id, "complete", None).await.map_err(unavailable)
+    }
+}
