@@ -52,6 +52,12 @@ struct Args {
     /// Database for `search` (created and migrated if needed).
     #[arg(long)]
     database_url: Option<String>,
+    /// Size of the file for `files`, in MiB.
+    #[arg(long, default_value_t = 256)]
+    file_mib: u64,
+    /// Chunks uploaded at once for `files`.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
     /// Where senders open their WebSocket (default: `--url`).
     #[arg(long)]
     sender_url: Option<String>,
@@ -106,6 +112,130 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
             times[times.len() * 99 / 100]
         );
     }
+    Ok(())
+}
+
+/// The bytes of chunk `i` (cheap to make again: a pattern of the index).
+fn pattern_chunk(i: u64, len: usize) -> Vec<u8> {
+    let seed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
+    (0..len).map(|k| seed[k % 8] ^ (k as u8)).collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Uploads a `mib` MiB file in chunks (`parallel` at a time) and downloads it again;
+/// reports MiB/s each way. Hashes are computed before the clock starts.
+async fn files_bench(url: &str, mib: u64, parallel: usize) -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    anyhow::ensure!(mib >= 1 && parallel >= 1, "file size and parallel must be positive");
+    let http = reqwest::Client::new();
+    let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let (a_token, _) = account(&http, url, &format!("f{run}_a")).await?;
+    let (b_token, b_id) = account(&http, url, &format!("f{run}_b")).await?;
+    befriend(&http, url, &a_token, &b_token, &format!("f{run}_b")).await?;
+    let mut ws = connect(url, &a_token).await?;
+    ws.send(Message::text(json!({"type":"send","client_msg_id":"open","to_user_id":b_id,"body":"file"}).to_string()))
+        .await?;
+    let conv = loop {
+        let v = next_json(&mut ws).await?;
+        if v["type"] == "ack" {
+            break v["conversation_id"].as_str().context("conv")?.to_owned();
+        }
+    };
+    let size = mib << 20;
+    // Ask for the chunk size first, then hash with it.
+    let probe = http
+        .post(format!("{url}/api/transfers"))
+        .bearer_auth(&a_token)
+        .json(&json!({"conversation_id": conv, "name": "probe", "size": 1, "sha256": "0".repeat(64)}))
+        .send()
+        .await?;
+    let chunk = probe.json::<Value>().await?["chunk_size"].as_u64().context("chunk size")? as usize;
+    eprintln!("hashing {mib} MiB in {} KiB chunks ...", chunk / 1024);
+    let count = size.div_ceil(chunk as u64);
+    let mut whole = Sha256::new();
+    let mut chunk_sha = vec![];
+    for i in 0..count {
+        let len = (size - i * chunk as u64).min(chunk as u64) as usize;
+        let data = pattern_chunk(i, len);
+        whole.update(&data);
+        chunk_sha.push(hex(&Sha256::digest(&data)));
+    }
+    let sha = hex(&whole.finalize());
+    let r = http
+        .post(format!("{url}/api/transfers"))
+        .bearer_auth(&a_token)
+        .json(&json!({"conversation_id": conv, "name": "bench.bin", "size": size, "sha256": sha}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "create transfer: {}", r.status());
+    let id = r.json::<Value>().await?["id"].as_str().context("id")?.to_owned();
+    eprintln!("uploading {count} chunks, {parallel} at a time ...");
+    let t0 = Instant::now();
+    let chunk_sha = Arc::new(chunk_sha);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = vec![];
+    for _ in 0..parallel {
+        let (http, url, token, id, next, chunk_sha) =
+            (http.clone(), url.to_owned(), a_token.clone(), id.clone(), next.clone(), chunk_sha.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let len = (size - i * chunk as u64).min(chunk as u64) as usize;
+                let r = http
+                    .put(format!("{url}/api/transfers/{id}/chunks/{i}"))
+                    .bearer_auth(&token)
+                    .header("x-chunk-sha256", &chunk_sha[i as usize])
+                    .body(pattern_chunk(i, len))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "chunk {i}: {}", r.status());
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let upload = t0.elapsed();
+    // Complete once the file is assembled, verified and posted.
+    let file_id = loop {
+        let v: Value = http.get(format!("{url}/api/transfers/{id}")).bearer_auth(&a_token).send().await?.json().await?;
+        if v["state"] == "complete" {
+            break v["file_id"].as_str().context("file id")?.to_owned();
+        }
+        anyhow::ensure!(v["state"] == "uploading", "transfer {}", v["state"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let assembled = t0.elapsed();
+    let t1 = Instant::now();
+    let mut r = http.get(format!("{url}/api/files/{file_id}")).bearer_auth(&b_token).send().await?;
+    anyhow::ensure!(r.status().is_success(), "download: {}", r.status());
+    let mut got = 0u64;
+    while let Some(c) = r.chunk().await? {
+        got += c.len() as u64;
+    }
+    let download = t1.elapsed();
+    anyhow::ensure!(got == size, "downloaded {got} of {size} bytes");
+    let mibs = |d: Duration| mib as f64 / d.as_secs_f64();
+    println!("| file MiB | chunk KiB | parallel | upload MiB/s | upload + assemble MiB/s | download MiB/s |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {mib} | {} | {parallel} | {:.1} | {:.1} | {:.1} |",
+        chunk / 1024,
+        mibs(upload),
+        mibs(assembled),
+        mibs(download)
+    );
+    println!(
+        "{}",
+        json!({"scenario": "files", "file_mib": mib, "chunk_kib": chunk / 1024, "parallel": parallel,
+               "upload_mib_s": mibs(upload), "upload_and_assemble_mib_s": mibs(assembled), "download_mib_s": mibs(download)})
+    );
     Ok(())
 }
 
@@ -174,6 +304,9 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "search" {
         let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
         return search_bench(url, args.users).await;
+    }
+    if args.scenario == "files" {
+        return files_bench(&args.url, args.file_mib, args.parallel).await;
     }
     anyhow::ensure!(
         matches!(args.scenario.as_str(), "pairs" | "cluster" | "notify"),
