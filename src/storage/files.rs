@@ -321,12 +321,21 @@ impl FileRepo {
             created_at: Set(crate::now_ms()),
         };
         file::Entity::insert(row).exec_without_returning(&self.db).await?;
-        // Keep state `uploading` until the message is posted (`complete`).
-        transfer::Entity::update_many()
+        // Claim the transfer for this file (state stays `uploading` until the message is
+        // posted). Two nodes finishing the same upload at once: the second finds it
+        // claimed, removes its own row and answers with the first one's file.
+        let claimed = transfer::Entity::update_many()
             .col_expr(transfer::Column::FileId, Expr::value(file_id))
             .filter(transfer::Column::Id.eq(id.0))
+            .filter(transfer::Column::FileId.is_null())
             .exec(&self.db)
-            .await?;
+            .await?
+            .rows_affected;
+        if claimed == 0 {
+            file::Entity::delete_by_id(file_id).exec(&self.db).await?;
+            let winner = self.transfer(id).await?.and_then(|t| t.file_id);
+            return winner.map(|f| Ok(FileId(f))).ok_or_else(|| anyhow::anyhow!("transfer {id} lost its file"));
+        }
         self.drop_parts(id).await?;
         Ok(Ok(FileId(file_id)))
     }

@@ -438,3 +438,65 @@ async fn a_200_mib_file_survives_a_server_restart_and_a_killed_transfer_actor() 
         assert!(peak - base < 64 * 1024, "server RSS grew by {} KiB for a 200 MiB file", peak - base);
     }
 }
+
+#[tokio::test]
+async fn an_abandoned_upload_expires_and_its_chunks_are_removed() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, _, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let (sha, chunks) = file_hashes(2 * CHUNK as u64);
+    let t: Value =
+        create(&app, &alice, json!({"conversation_id": conv, "name": "left.bin", "size": 2 * CHUNK, "sha256": sha}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let id = t["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let parts = app.data_dir.path().join("files/parts");
+    assert_eq!(files_under(&parts).len(), 1, "the chunk is on disk");
+    // The housekeeping pass, a day and a bit later (the same repository call the server
+    // makes every minute, on the same database file).
+    let db = switchboard::storage::connect(&app.config.database_url()).await.unwrap();
+    let repo = switchboard::storage::files::FileRepo::new(db, app.data_dir.path());
+    assert_eq!(repo.expire(switchboard::now_ms() + 25 * 3600 * 1000).await.unwrap(), 1);
+    assert!(files_under(&parts).is_empty(), "its chunks are gone");
+    assert_eq!(transfer(&app, &alice, &id).await["state"], "expired");
+    let r = put_chunk(&app, &alice, &id, 1, chunk_bytes(1, CHUNK), &chunks[1]).await;
+    assert_eq!(error_code(r, StatusCode::CONFLICT).await, "transfer_closed");
+}
+
+#[tokio::test]
+async fn a_file_that_does_not_match_its_announced_hash_is_refused_whole() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, _, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let (_, chunks) = file_hashes(CHUNK as u64 + 1);
+    let lie = "ab".repeat(32);
+    let t: Value =
+        create(&app, &alice, json!({"conversation_id": conv, "name": "x.bin", "size": CHUNK + 1, "sha256": lie}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let id = t["id"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        let len = if i == 0 { CHUNK } else { 1 };
+        let r = put_chunk(&app, &alice, &id, i, chunk_bytes(i, len), &chunks[i as usize]).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    let f = loop {
+        let f = alice_ws.next_of("transfer").await;
+        if f["state"] != "uploading" {
+            break f;
+        }
+    };
+    assert_eq!(f["state"], "failed");
+    assert_eq!(transfer(&app, &alice, &id).await["state"], "failed");
+    assert!(files_under(&app.data_dir.path().join("files")).is_empty(), "no file kept, no chunk left");
+}
