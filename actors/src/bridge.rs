@@ -82,7 +82,8 @@ pub fn deliver_local(node_id: &str, envelope: Envelope) -> Result<(), BusError> 
 pub fn resync_sessions(node_id: &str) -> usize {
     let scope = node_id.to_owned();
     let mut n = 0;
-    for group in ractor::pg::which_scoped_groups(&scope) {
+    // Session groups only (`user:<id>`); notification streams fill gaps on their next event.
+    for group in ractor::pg::which_scoped_groups(&scope).into_iter().filter(|g| g.starts_with("user:")) {
         for cell in ractor::pg::get_scoped_members(&scope, &group) {
             let session: ActorRef<SessionMsg> = cell.into();
             if session.cast(SessionMsg::CatchUp).is_ok() {
