@@ -63,6 +63,15 @@ impl Cli {
     }
 }
 
+/// Every connection is a file descriptor: take the hard limit, not the (often 1024) soft
+/// one. Logged so an operator sees the ceiling.
+pub fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -92,6 +101,7 @@ pub fn main() -> ExitCode {
         }
     }
     crate::telemetry::init(&config.log);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -52,6 +52,12 @@ struct Args {
     /// Database for `search` (created and migrated if needed).
     #[arg(long)]
     database_url: Option<String>,
+    /// Connections for `idle`.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The server's process id, for `idle` (its RSS is read from /proc).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Size of the file for `files`, in MiB.
     #[arg(long, default_value_t = 256)]
     file_mib: u64,
@@ -112,6 +118,88 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
             times[times.len() * 99 / 100]
         );
     }
+    Ok(())
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .context("VmRSS")
+}
+
+/// A WebSocket from loopback source address `127.0.0.<2 + k % 250>`: each source address
+/// has its own ~28k ephemeral ports, so many sources pass that limit.
+async fn connect_from(url: &str, token: &str, k: usize) -> anyhow::Result<Ws> {
+    let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
+    let mut req = ws_url.as_str().into_client_request()?;
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let host = url.trim_start_matches("http://").split('/').next().context("host")?;
+    let server: std::net::SocketAddr = tokio::net::lookup_host(host).await?.next().context("address")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2 + (k % 250) as u8], 0)))?;
+    let stream = socket.connect(server).await?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+/// `idle`: N authenticated, idle connections (users share out 100 accounts); reports the
+/// server's RSS growth per connection at each step.
+async fn idle_bench(args: &Args) -> anyhow::Result<()> {
+    let pid = args.server_pid.context("--server-pid is needed for the idle scenario")?;
+    if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("open-file limit of the load tool: {n}");
+    }
+    let http = reqwest::Client::new();
+    let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let accounts = 100.min(args.connections).max(1);
+    eprintln!("registering {accounts} users ...");
+    let mut tokens = vec![];
+    for chunk in (0..accounts).collect::<Vec<_>>().chunks(8) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("i{run}_{i}")).collect();
+        let futs = names.iter().map(|n| account(&http, &args.url, n));
+        for r in futures_util::future::join_all(futs).await {
+            tokens.push(r?.0);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = rss_kib(pid)?;
+    let steps: Vec<usize> =
+        [1000, 5000, 10_000, 19_000].into_iter().filter(|s| *s < args.connections).chain([args.connections]).collect();
+    let mut sockets = Vec::with_capacity(args.connections);
+    println!("| connections | server RSS MiB | KiB per connection since the last step |");
+    println!("|---|---|---|");
+    let mut rows = vec![];
+    let (mut prev_n, mut prev_rss) = (0usize, base);
+    for step in steps {
+        while sockets.len() < step {
+            let k = sockets.len();
+            let batch = (step - k).min(200);
+            let futs = (k..k + batch).map(|i| connect_from(&args.url, &tokens[i % tokens.len()], i));
+            for r in futures_util::future::join_all(futs).await {
+                let mut ws = r?;
+                // Authenticated and served: the hello frame arrived.
+                let hello = next_json(&mut ws).await?;
+                anyhow::ensure!(hello["type"] == "hello", "expected hello, got {hello}");
+                sockets.push(ws);
+            }
+            eprint!("\r  {} connected", sockets.len());
+        }
+        eprintln!();
+        // Let the server settle, then read its memory.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Per connection from the growth between steps: the first step also carries the
+        // allocator's start-up swings, so later steps are the cleaner figure.
+        let rss = rss_kib(pid)?;
+        let per = rss.saturating_sub(prev_rss) as f64 / (step - prev_n) as f64;
+        println!("| {step} | {:.1} | {per:.2} |", rss as f64 / 1024.0);
+        rows.push(json!({"connections": step, "server_rss_kib": rss, "kib_per_connection": per}));
+        (prev_n, prev_rss) = (step, rss);
+    }
+    println!("{}", json!({"scenario": "idle", "steps": rows}));
     Ok(())
 }
 
@@ -304,6 +392,9 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "search" {
         let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
         return search_bench(url, args.users).await;
+    }
+    if args.scenario == "idle" {
+        return idle_bench(&args).await;
     }
     if args.scenario == "files" {
         return files_bench(&args.url, args.file_mib, args.parallel).await;
