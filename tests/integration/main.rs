@@ -12,6 +12,7 @@
 //!   graceful shutdown.
 
 mod auth;
+mod bench_tool;
 mod cluster;
 mod cluster_support;
 mod contacts;

@@ -1,0 +1,66 @@
+//! Smoke tests of the load tool (`switchboard-bench`): each scenario runs briefly against
+//! a real server and reports what it measured. Timing is never asserted here; the
+//! numbers live in docs/benchmarks.md.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::{Backend, spawn_app_with};
+
+/// Runs the tool and returns its JSON summary (the last line of its output).
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench")).args(args).output().expect("run switchboard-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON summary");
+    serde_json::from_str(last).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_of_the_load_tool_runs() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let url = format!("http://{}", app.addr);
+    let pid = std::process::id().to_string();
+    let url2 = url.clone();
+    let pairs = tokio::task::spawn_blocking(move || {
+        bench(&["--url", &url2, "--scenario", "pairs", "--pairs", "2", "--rate", "20", "--duration", "1"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(pairs["scenario"], "pairs");
+    assert!(pairs["sent"].as_u64().unwrap() >= 20);
+    assert_eq!(pairs["delivered"], pairs["sent"], "every message measured arrived");
+    assert_eq!(pairs["errors"], 0);
+
+    let url2 = url.clone();
+    let notify = tokio::task::spawn_blocking(move || {
+        bench(&["--url", &url2, "--scenario", "notify", "--pairs", "2", "--rate", "10", "--duration", "1"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(notify["delivered"], notify["sent"], "a notification for every message");
+
+    let url2 = url.clone();
+    let idle = tokio::task::spawn_blocking(move || {
+        bench(&["--url", &url2, "--scenario", "idle", "--connections", "20", "--server-pid", &pid])
+    })
+    .await
+    .unwrap();
+    assert_eq!(idle["steps"][0]["connections"], 20);
+    assert!(idle["steps"][0]["server_rss_kib"].as_u64().unwrap() > 0);
+
+    let url2 = url.clone();
+    let files = tokio::task::spawn_blocking(move || bench(&["--url", &url2, "--scenario", "files", "--file-mib", "3"]))
+        .await
+        .unwrap();
+    assert!(files["upload_mib_s"].as_f64().unwrap() > 0.0 && files["download_mib_s"].as_f64().unwrap() > 0.0);
+
+    // `cluster` needs two nodes: it refuses one address with a clear message.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["--url", &url, "--scenario", "cluster", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different messaging nodes"));
+}
