@@ -23,3 +23,4 @@ mod messaging;
 mod notifications;
 mod runtime;
 mod ws_client;
+mod ws_fuzz;
