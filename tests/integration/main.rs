@@ -19,6 +19,7 @@ mod contacts;
 mod files;
 mod health;
 mod helpers;
+mod holes;
 mod messaging;
 mod notifications;
 mod runtime;

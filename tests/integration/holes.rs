@@ -1,0 +1,152 @@
+//! Regression tests named after holes that chat servers of this design commonly ship
+//! with. Each fails if its guard is removed. (More live beside the features they guard:
+//! `messaging::outsiders_cannot_read_or_write_a_conversation`,
+//! `auth::*::invalid_expired_and_foreign_tokens_are_refused`,
+//! `auth::*::token_works_until_logout_revokes_it`,
+//! `messaging::websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies`,
+//! `files::bad_uploads_get_clear_errors_and_nothing_lands_outside_the_data_directory`,
+//! `notifications::a_user_only_ever_sees_their_own_notifications`.)
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, TEST_JWT_SECRET, spawn_app};
+use crate::ws_client::{Client, alice_and_bob, user};
+
+#[tokio::test]
+async fn hole_identity_taken_from_a_client_sent_field() {
+    let app = spawn_app().await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = app.me(&alice).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (mallory, _) = user(&app, "mallory").await;
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    let mut mallory_ws = Client::connect(&app, &mallory).await;
+    // Mallory claims to be Alice in every field a careless server might trust.
+    mallory_ws
+        .send(json!({"type": "send", "client_msg_id": "spoof", "to_user_id": bob_id, "body": "I am Alice",
+                     "sender_id": alice_id, "user_id": alice_id, "from": alice_id}))
+        .await;
+    let answer = loop {
+        let f = mallory_ws.read_one(Duration::from_secs(10)).await.expect("an answer");
+        if f["type"] == "error" || f["type"] == "ack" {
+            break f;
+        }
+    };
+    assert_eq!(answer["type"], "error", "refused: Mallory is not Bob's contact, whoever she claims to be");
+    // And in the query string of the REST API.
+    let me = app
+        .client()
+        .get(app.url(&format!("/api/auth/me?user_id={alice_id}&sender_id={alice_id}")))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.json::<Value>().await.unwrap()["username"], "mallory");
+    let convs = app
+        .client()
+        .get(app.url(&format!("/api/conversations?user_id={alice_id}")))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(convs.json::<Value>().await.unwrap()["conversations"], json!([]));
+    // Bob got nothing from "Alice".
+    assert!(bob_ws.read_one(Duration::from_millis(300)).await.is_none_or(|f| f["type"] != "message"));
+}
+
+#[tokio::test]
+async fn hole_rpc_reply_delivered_to_the_wrong_requester() {
+    let app = spawn_app().await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = app.me(&alice).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    // Both use the same client_msg_ids at the same time: each ack goes to its own sender,
+    // naming its own message.
+    for i in 0..50 {
+        alice_ws.send_to_user(&format!("same-{i}"), &bob_id, &format!("from alice {i}")).await;
+        bob_ws.send_to_user(&format!("same-{i}"), &alice_id, &format!("from bob {i}")).await;
+    }
+    for c in [&mut alice_ws, &mut bob_ws] {
+        c.read_until("50 acks and 100 messages", |c| c.acks.len() == 50 && c.messages.len() == 100).await;
+    }
+    let bodies = |c: &Client| c.acks.values().map(|(id, _)| id.clone()).collect::<std::collections::HashSet<String>>();
+    let (a, b) = (bodies(&alice_ws), bodies(&bob_ws));
+    assert!(a.is_disjoint(&b), "no ack names the other requester's message");
+    let history: Value = app
+        .client()
+        .get(app.url(&format!("/api/conversations/{}/messages?limit=500", alice_ws.by_seq.keys().next().unwrap())))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for m in history["messages"].as_array().unwrap() {
+        let id = m["id"].as_str().unwrap();
+        let mine = if m["sender_id"] == alice_id.as_str() { &a } else { &b };
+        assert!(mine.contains(id), "message {id} was acked to its own sender");
+    }
+}
+
+#[tokio::test]
+async fn hole_cors_that_accepts_any_site_with_cookies() {
+    let app = spawn_app().await;
+    let (alice, _, _) = alice_and_bob(&app).await;
+    for (method, path) in [("GET", "/api/auth/me"), ("OPTIONS", "/api/auth/me"), ("GET", "/api/contacts")] {
+        let r = app
+            .client()
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&alice)
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await
+            .unwrap();
+        for h in ["access-control-allow-origin", "access-control-allow-credentials"] {
+            assert!(r.headers().get(h).is_none(), "{method} {path} answered {h} to another site");
+        }
+    }
+}
+
+#[tokio::test]
+async fn hole_token_without_expiry() {
+    let app = spawn_app().await;
+    let (alice, _, _) = alice_and_bob(&app).await;
+    // Alice's own valid token, re-signed with the server's key but without `exp`.
+    let payload = alice.split('.').nth(1).unwrap();
+    let mut claims: Value = serde_json::from_slice(&base64url(payload)).unwrap();
+    claims.as_object_mut().unwrap().remove("exp");
+    let key = jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes());
+    let forever = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let r = app.me(&forever).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "a token without expiry is refused");
+    assert_eq!(app.me(&alice).await.status(), StatusCode::OK, "the same claims with exp pass");
+}
+
+/// Decodes unpadded base64url (a JWT segment).
+fn base64url(s: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        _ => panic!("not base64url: {c}"),
+    };
+    let mut out = vec![];
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        acc = (acc << 6) | u32::from(value(c));
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
