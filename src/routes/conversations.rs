@@ -29,6 +29,18 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     Ok(())
 }
 
+/// `?limit=`: `default` when absent, else 1 to `max` (400 `invalid_query` otherwise).
+pub fn query_limit(req: &Request, default: u64, max: u64) -> Result<u64, AppError> {
+    match req.queries().get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AppError::bad_request("invalid_query", format!("limit must be 1 to {max}"))),
+    }
+}
+
 pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
     match req.queries().get(key) {
         None => Ok(None),
@@ -52,14 +64,7 @@ async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     let id = req.param::<String>("id").and_then(|s| ConversationId::parse(&s)).ok_or_else(not_found)?;
     let after = query_i64(req, "after_seq")?;
     let before = query_i64(req, "before_seq")?;
-    let limit = match req.queries().get("limit") {
-        None => DEFAULT_PAGE,
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| AppError::bad_request("invalid_query", format!("limit must be 1 to {MAX_PAGE}")))?,
-    };
+    let limit = query_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
     let conv = st
         .storage
         .chat

@@ -10,7 +10,7 @@ use serde_json::json;
 use switchboard_actors::notify_stream::StreamItem;
 
 use super::auth::{caller, require_auth};
-use super::conversations::query_i64;
+use super::conversations::{query_i64, query_limit};
 use super::state;
 use crate::error::AppError;
 use crate::notify::Notifier;
@@ -48,14 +48,7 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         Some(_) => return Err(AppError::bad_request("invalid_query", "unread must be true or false")),
     };
     let before = query_i64(req, "before")?;
-    let limit = match req.queries().get("limit") {
-        None => DEFAULT_PAGE,
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| AppError::bad_request("invalid_query", format!("limit must be 1 to {MAX_PAGE}")))?,
-    };
+    let limit = query_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
     let page = st.storage.notifications.list(me, unread_only, before, limit).await?;
     let unread = st.storage.notifications.unread_counts(me).await?;
     let next_before = if page.len() as u64 == limit { page.last().map(|n| n.n) } else { None };

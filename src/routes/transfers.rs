@@ -112,14 +112,7 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     }
     let not_found = || AppError::not_found("not_found", "no such conversation");
     let conv_id = ConversationId::parse(&body.conversation_id).ok_or_else(not_found)?;
-    let conv = st
-        .storage
-        .chat
-        .conversation(conv_id)
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?
-        .filter(|c| c.has(me))
-        .ok_or_else(not_found)?;
+    let conv = participant_conversation(depot, conv_id, me).await?.ok_or_else(not_found)?;
     if let Some(peer) = conv.peer_of(me) {
         st.storage.chat.may_message(me, peer).await.map_err(|_| AppError::Forbidden {
             code: "forbidden",
@@ -167,16 +160,19 @@ async fn visible_transfer(req: &Request, depot: &Depot) -> Result<transfer::Mode
     let not_found = || AppError::not_found("not_found", "no such transfer");
     let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
     let t = st.files.transfer(TransferId(id)).await?.ok_or_else(not_found)?;
-    let conv = st
-        .storage
-        .chat
-        .conversation(ConversationId(t.conversation_id))
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
-    if !conv.is_some_and(|c| c.has(me)) {
-        return Err(not_found());
-    }
+    participant_conversation(depot, ConversationId(t.conversation_id), me).await?.ok_or_else(not_found)?;
     Ok(t)
+}
+
+/// The conversation, if `me` takes part in it.
+async fn participant_conversation(
+    depot: &Depot,
+    id: ConversationId,
+    me: crate::domain::UserId,
+) -> Result<Option<switchboard_actors::ports::ConversationInfo>, AppError> {
+    let conv =
+        state(depot)?.storage.chat.conversation(id).await.map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+    Ok(conv.filter(|c| c.has(me)))
 }
 
 /// `GET /api/transfers/{id}` → the transfer with `missing` chunk indexes (resume).
@@ -259,15 +255,7 @@ async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     let not_found = || AppError::not_found("not_found", "no such file");
     let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
     let f = st.files.file(FileId(id)).await?.ok_or_else(not_found)?;
-    let conv = st
-        .storage
-        .chat
-        .conversation(ConversationId(f.conversation_id))
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
-    if !conv.is_some_and(|c| c.has(me)) {
-        return Err(not_found());
-    }
+    participant_conversation(depot, ConversationId(f.conversation_id), me).await?.ok_or_else(not_found)?;
     let path = st.files.blob_path(&f.sha256).ok_or_else(not_found)?;
     let inline = INLINE_TYPES.contains(&f.mime.as_str());
     let mime: salvo::http::mime::Mime = if inline {
