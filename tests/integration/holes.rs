@@ -36,22 +36,10 @@ async fn hole_identity_taken_from_a_client_sent_field() {
     };
     assert_eq!(answer["type"], "error", "refused: Mallory is not Bob's contact, whoever she claims to be");
     // And in the query string of the REST API.
-    let me = app
-        .client()
-        .get(app.url(&format!("/api/auth/me?user_id={alice_id}&sender_id={alice_id}")))
-        .bearer_auth(&mallory)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.json::<Value>().await.unwrap()["username"], "mallory");
-    let convs = app
-        .client()
-        .get(app.url(&format!("/api/conversations?user_id={alice_id}")))
-        .bearer_auth(&mallory)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(convs.json::<Value>().await.unwrap()["conversations"], json!([]));
+    let me = app.get_json(&format!("/api/auth/me?user_id={alice_id}&sender_id={alice_id}"), &mallory).await;
+    assert_eq!(me["username"], "mallory");
+    let convs = app.get_json(&format!("/api/conversations?user_id={alice_id}"), &mallory).await;
+    assert_eq!(convs["conversations"], json!([]));
     // Bob got nothing from "Alice".
     assert!(bob_ws.read_one(Duration::from_millis(300)).await.is_none_or(|f| f["type"] != "message"));
 }
@@ -75,16 +63,8 @@ async fn hole_rpc_reply_delivered_to_the_wrong_requester() {
     let bodies = |c: &Client| c.acks.values().map(|(id, _)| id.clone()).collect::<std::collections::HashSet<String>>();
     let (a, b) = (bodies(&alice_ws), bodies(&bob_ws));
     assert!(a.is_disjoint(&b), "no ack names the other requester's message");
-    let history: Value = app
-        .client()
-        .get(app.url(&format!("/api/conversations/{}/messages?limit=500", alice_ws.by_seq.keys().next().unwrap())))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conv = alice_ws.by_seq.keys().next().unwrap();
+    let history = app.get_json(&format!("/api/conversations/{conv}/messages?limit=500"), &alice).await;
     for m in history["messages"].as_array().unwrap() {
         let id = m["id"].as_str().unwrap();
         let mine = if m["sender_id"] == alice_id.as_str() { &a } else { &b };

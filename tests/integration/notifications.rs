@@ -13,9 +13,7 @@ use crate::helpers::{Api, TestApp, error_code, spawn_app_with};
 use crate::ws_client::{Client, alice_and_bob, user};
 
 async fn list(api: &impl Api, token: &str, query: &str) -> Value {
-    let r = api.client().get(api.url(&format!("/api/notifications{query}"))).bearer_auth(token).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
+    api.get_json(&format!("/api/notifications{query}"), token).await
 }
 
 /// Every notification of the caller, newest first, following `next_before`.
