@@ -58,3 +58,25 @@ ensure_rabbitmq() {
   rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
+
+# Debian's Chromium for the browser tests (SB_CHROMIUM overrides the path), and the
+# browser tests' one npm package (playwright-core, pinned in tests/browser/package-lock.json).
+ensure_chromium() {
+  SB_CHROMIUM="${SB_CHROMIUM:-/usr/bin/chromium}"
+  export SB_CHROMIUM
+  if [ -x "$SB_CHROMIUM" ]; then return; fi
+  log "installing Chromium"
+  apt_install chromium fonts-dejavu-core
+}
+
+ensure_browser_test_deps() {
+  ensure_chromium
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing Node.js"
+    apt_install nodejs npm
+  fi
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    log "npm ci (tests/browser)"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

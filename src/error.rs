@@ -50,6 +50,9 @@ impl AppError {
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::Unauthorized { code, message: message.into() }
     }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Forbidden { code, message: message.into() }
+    }
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::NotFound { code, message: message.into() }
     }

@@ -382,7 +382,7 @@ fn router(config: &Config, pools: &[Arc<Pool>], edge: Edge) -> Router {
             .push(Router::with_path(*prefix).goal(SharedProxy(proxy.clone())))
             .push(Router::with_path(format!("{prefix}/{{**rest}}")).goal(SharedProxy(proxy)));
     }
-    root.push(crate::routes::pages::router())
+    root.push(crate::routes::pages::router(config.auth.cookie_secure))
 }
 
 /// One proxy shared by the routes of a service.

@@ -559,7 +559,29 @@ impl SessionState {
                 self.conn.push(&ServerFrame::Notification { notification, unread });
             }
             Event::Contact { change, .. } => {
+                let me = self.me();
+                let peer = if change.requester_id == me { change.addressee_id } else { change.requester_id };
+                let now_contacts = match change.kind.as_str() {
+                    "accepted" => Some(true),
+                    "removed" => Some(false),
+                    _ => None,
+                };
                 self.conn.push(&ServerFrame::Contact(change));
+                // New contacts see each other's presence at once (their conversation was
+                // opened with the acceptance); former contacts stop seeing it.
+                if let Some(online) = now_contacts {
+                    if online {
+                        self.load_conversations(false).await;
+                    }
+                    let peer_here = !self.ctx.sessions_of(peer).is_empty();
+                    if peer_here || !online {
+                        self.conn.push(&ServerFrame::Presence { user_id: peer, online: online && peer_here });
+                    }
+                    let bus = self.ctx.bus.clone();
+                    tokio::spawn(async move {
+                        let _ = bus.publish(Envelope::new(Event::Presence { to: peer, user_id: me, online })).await;
+                    });
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 use salvo::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_actors::ports::{Envelope, Event};
+use switchboard_actors::ports::{ChatStore, Envelope, Event};
 use uuid::Uuid;
 
 use super::auth::{caller, json_body, require_auth};
@@ -51,6 +51,13 @@ impl From<ContactError> for AppError {
 
 /// Tells both users of a request that it changed (best effort: the database is the record).
 async fn publish(st: &AppState, kind: &str, r: &ContactRequest) {
+    if kind == "accepted" {
+        // New contacts get their conversation now: files can be sent before a first
+        // message, and each side's live sessions learn the other's presence.
+        if let Err(e) = st.storage.chat.open_conversation(r.requester_id, r.addressee_id).await {
+            tracing::warn!(error = %e, "conversation for new contacts not opened");
+        }
+    }
     for to in [r.requester_id, r.addressee_id] {
         let event = Envelope::new(Event::Contact { to, change: r.change(kind) });
         if let Err(e) = st.node.ctx.bus.publish(event).await {

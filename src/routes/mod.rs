@@ -8,6 +8,7 @@
 //! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
 //! - [`notifications`]: `/api/notifications*`: list, mark read, the live stream (SSE).
 //! - [`debug`]: fault injection, mounted only when enabled.
+//! - [`csrf`]: the cross-site request forgery guard on every state-changing request.
 //! - [`pages`]: server-rendered pages and embedded static files.
 //!
 //! [`AppState`] is put in every request's depot by the [`InjectState`] hoop; handlers
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod contacts;
+pub mod csrf;
 pub mod conversations;
 pub mod debug;
 pub mod health;
@@ -86,7 +88,8 @@ impl Mount {
 /// The router of one process.
 pub fn router(state: AppState, mount: Mount) -> Router {
     let fault_injection = state.config.fault_injection;
-    let mut root = Router::new().hoop(InjectState(state)).hoop(security_headers).push(health::router());
+    let state_cookie_secure = state.config.auth.cookie_secure;
+    let mut root = Router::new().hoop(InjectState(state)).hoop(security_headers).hoop(csrf::csrf_guard).push(health::router());
     if matches!(mount, Mount::All | Mount::Auth) {
         root = root.push(auth::router()).push(contacts::router());
     }
@@ -100,7 +103,7 @@ pub fn router(state: AppState, mount: Mount) -> Router {
         root = root.push(debug::router());
     }
     if mount == Mount::All {
-        root = root.push(pages::router());
+        root = root.push(pages::router(state_cookie_secure));
     }
     root
 }

@@ -1,35 +1,188 @@
 //! Server-rendered pages (askama, auto-escaped) and the embedded static files.
 //!
+//! The pages are shells: layout, forms and `<template>` elements rendered here; the page
+//! scripts (`static/*.js`) fill them from the REST API and the WebSocket, writing user
+//! data only through `textContent`. Every page sets the CSRF cookie and hands its value
+//! to the scripts in `<meta name="csrf-token">` (see [`super::csrf`]). Pages that need a
+//! signed-in user redirect to `/login` when there is no session cookie; the scripts check
+//! the session itself (`GET /api/auth/me`) and go to `/login` on 401. The pages need no
+//! database, so the gateway serves them as well as `switchboard all`.
+//!
 //! Static files are compiled into the binary, so a release binary runs from any
-//! directory with no files beside it.
+//! directory with no files beside it. Their URLs carry a hash of their contents
+//! (`?v=`), so they are cached for a year and a new build is fetched at once.
+
+use std::sync::LazyLock;
 
 use askama::Template;
 use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
+use sha2::{Digest, Sha256};
 
+use super::csrf;
+use crate::auth::SESSION_COOKIE;
 use crate::error::AppError;
 
-pub fn router() -> Router {
-    Router::new().push(Router::new().get(index)).push(Router::with_path("static/{file}").get(static_file))
+/// The pages and static files. `cookie_secure` marks the CSRF cookie `Secure`.
+pub fn router(cookie_secure: bool) -> Router {
+    Router::new()
+        .hoop(PageSettings { cookie_secure })
+        .push(Router::new().get(index))
+        .push(Router::with_path("login").get(login))
+        .push(Router::with_path("register").get(register))
+        .push(Router::with_path("chat").get(chat))
+        .push(Router::with_path("contacts").get(contacts))
+        .push(Router::with_path("static/{file}").get(static_file))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PageSettings {
+    cookie_secure: bool,
+}
+
+#[async_trait]
+impl Handler for PageSettings {
+    async fn handle(&self, _req: &mut Request, depot: &mut Depot, _res: &mut Response, _ctrl: &mut FlowCtrl) {
+        depot.insert_typed(*self);
+    }
+}
+
+/// What every page's layout needs.
+struct Layout {
+    csrf: String,
+    assets: &'static str,
+    signed_in: bool,
+    page: &'static str,
 }
 
 #[derive(Template)]
-#[template(path = "index.html")]
-struct IndexPage<'a> {
-    version: &'a str,
+#[template(path = "login.html")]
+struct LoginPage {
+    l: Layout,
+    next: String,
 }
 
-/// `GET /`: the landing page.
-#[handler]
-async fn index(res: &mut Response) -> Result<(), AppError> {
-    let html = IndexPage { version: env!("CARGO_PKG_VERSION") }.render().map_err(anyhow::Error::from)?;
+#[derive(Template)]
+#[template(path = "register.html")]
+struct RegisterPage {
+    l: Layout,
+}
+
+#[derive(Template)]
+#[template(path = "chat.html")]
+struct ChatPage {
+    l: Layout,
+}
+
+#[derive(Template)]
+#[template(path = "contacts.html")]
+struct ContactsPage {
+    l: Layout,
+}
+
+fn has_session(req: &Request) -> bool {
+    req.cookie(SESSION_COOKIE).is_some_and(|c| !c.value().is_empty())
+}
+
+fn layout(req: &Request, depot: &Depot, res: &mut Response, page: &'static str) -> Layout {
+    let secure = depot.get_typed::<PageSettings>().map(|s| s.cookie_secure).unwrap_or(false);
+    Layout { csrf: csrf::ensure_token(req, res, secure), assets: &ASSETS_VERSION, signed_in: has_session(req), page }
+}
+
+fn render(res: &mut Response, page: impl Template) -> Result<(), AppError> {
+    let html = page.render().map_err(anyhow::Error::from)?;
+    // Pages carry a per-browser CSRF token and the signed-in layout: never cache them.
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.render(Text::Html(html));
     Ok(())
 }
 
+/// `GET /`: the chat when signed in, else the login page.
+#[handler]
+async fn index(req: &mut Request, res: &mut Response) {
+    res.render(Redirect::other(if has_session(req) { "/chat" } else { "/login" }));
+}
+
+/// A same-site path to go to after logging in; anything else becomes `/chat`.
+fn safe_next(raw: Option<String>) -> String {
+    match raw {
+        Some(p)
+            if p.starts_with('/')
+                && !p.starts_with("//")
+                && !p.starts_with("/\\")
+                && p.len() <= 512
+                && !p.chars().any(|c| c.is_control()) =>
+        {
+            p
+        }
+        _ => "/chat".to_owned(),
+    }
+}
+
+/// `GET /login?next=/path`.
+#[handler]
+async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let next = safe_next(req.query::<String>("next"));
+    let l = layout(req, depot, res, "login");
+    render(res, LoginPage { l: Layout { signed_in: false, ..l }, next })
+}
+
+/// `GET /register`.
+#[handler]
+async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let l = layout(req, depot, res, "register");
+    render(res, RegisterPage { l: Layout { signed_in: false, ..l } })
+}
+
+/// Redirects to the login page (coming back here afterwards) when there is no session.
+fn require_session(req: &Request, res: &mut Response, path: &str) -> bool {
+    if has_session(req) {
+        return true;
+    }
+    res.render(Redirect::other(format!("/login?next={path}")));
+    false
+}
+
+/// `GET /chat`: contacts and conversations, the open conversation, the composer.
+#[handler]
+async fn chat(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    if !require_session(req, res, "/chat") {
+        return Ok(());
+    }
+    let l = layout(req, depot, res, "chat");
+    render(res, ChatPage { l })
+}
+
+/// `GET /contacts`: search, requests in and out, contacts.
+#[handler]
+async fn contacts(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    if !require_session(req, res, "/contacts") {
+        return Ok(());
+    }
+    let l = layout(req, depot, res, "contacts");
+    render(res, ContactsPage { l })
+}
+
 /// `(name, content type, bytes)` of every static file.
-const STATIC_FILES: &[(&str, &str, &str)] =
-    &[("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css"))];
+const STATIC_FILES: &[(&str, &str, &str)] = &[
+    ("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../static/app.js")),
+    ("auth.js", "text/javascript; charset=utf-8", include_str!("../../static/auth.js")),
+    ("chat.js", "text/javascript; charset=utf-8", include_str!("../../static/chat.js")),
+    ("contacts.js", "text/javascript; charset=utf-8", include_str!("../../static/contacts.js")),
+    ("sha256.js", "text/javascript; charset=utf-8", include_str!("../../static/sha256.js")),
+    ("icon.svg", "image/svg+xml", include_str!("../../static/icon.svg")),
+];
+
+/// A hash of every static file: part of their URLs, so a new build busts the cache.
+static ASSETS_VERSION: LazyLock<String> = LazyLock::new(|| {
+    let mut h = Sha256::new();
+    for (name, _, body) in STATIC_FILES {
+        h.update(name.as_bytes());
+        h.update(body.as_bytes());
+    }
+    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+});
 
 /// `GET /static/{file}`: one of the embedded files; 404 for any other name (names are
 /// looked up, never joined to a path).
@@ -40,7 +193,24 @@ async fn static_file(req: &mut Request, res: &mut Response) -> Result<(), AppErr
         return Err(AppError::not_found("not_found", "no such file"));
     };
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    let versioned = req.query::<String>("v").is_some_and(|v| v == *ASSETS_VERSION);
+    let cache = if versioned { "public, max-age=31536000, immutable" } else { "no-cache" };
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     res.write_body(*body).map_err(|e| AppError::Internal(anyhow::anyhow!("write body: {e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_stays_on_this_site() {
+        assert_eq!(safe_next(Some("/contacts".into())), "/contacts");
+        assert_eq!(safe_next(Some("//evil.example/x".into())), "/chat");
+        assert_eq!(safe_next(Some("/\\evil.example".into())), "/chat");
+        assert_eq!(safe_next(Some("https://evil.example".into())), "/chat");
+        assert_eq!(safe_next(Some("/x\ny".into())), "/chat");
+        assert_eq!(safe_next(None), "/chat");
+    }
 }

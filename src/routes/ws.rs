@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::auth::request_token;
 use super::state;
 use crate::auth::AuthUser;
-use crate::config::{Config, MessagingConfig};
+use crate::config::MessagingConfig;
 use crate::error::AppError;
 
 pub fn router() -> Router {
@@ -45,7 +45,7 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
     let token = request_token(req).ok_or_else(|| AppError::unauthorized("invalid_token", "authentication required"))?;
     let who = st.auth.authenticate(&token).await?;
     let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
-    if by_cookie && !origin_allowed(req, &st.config) {
+    if by_cookie && !super::csrf::origin_allowed(req, &st.config) {
         return Err(AppError::Forbidden {
             code: "origin_not_allowed",
             message: "this origin may not open the chat socket".into(),
@@ -68,18 +68,6 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
 
 /// The request's `Origin` is the server's own (same host) or configured as allowed; a
 /// request without `Origin` is not from a browser.
-fn origin_allowed(req: &Request, config: &Config) -> bool {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if config.messaging.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-        return true;
-    }
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or_default();
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
-}
-
 async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig) {
     let (conn, mut outbound) = ConnHandle::new(who.user_id, m.outbound_queue);
     let (mut sink, mut stream) = ws.split();

@@ -1,0 +1,250 @@
+// Switchboard: what every page shares. The REST helper (CSRF header, JSON errors, 401 →
+// login), small DOM helpers, the signed-in user, and the notifications menu fed by the
+// server-sent event stream. User data is only ever written with textContent.
+'use strict';
+
+const SB = (() => {
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || '';
+  const baseTitle = document.title;
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function loginUrl() {
+    return '/login?next=' + encodeURIComponent(location.pathname + location.hash);
+  }
+
+  // fetch() with the CSRF header; JSON in and out; errors as ApiError with the server's
+  // code and message. A 401 sends the user to the login page unless `allow401`.
+  async function api(method, path, body, opts = {}) {
+    const headers = { 'X-CSRF-Token': csrf, ...(opts.headers || {}) };
+    let payload = body;
+    if (body !== undefined && !(body instanceof Blob) && !(body instanceof ArrayBuffer)) {
+      headers['Content-Type'] = 'application/json';
+      payload = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body: payload, credentials: 'same-origin', signal: opts.signal });
+    } catch (e) {
+      if (e.name === 'AbortError') throw e;
+      throw new ApiError(0, 'network', 'The server cannot be reached. Check your connection.');
+    }
+    if (res.status === 401 && !opts.allow401) {
+      location.assign(loginUrl());
+      throw new ApiError(401, 'invalid_token', 'Please log in again.');
+    }
+    if (!res.ok) {
+      let code = 'http_' + res.status;
+      let message = res.statusText || 'Request failed';
+      try {
+        const j = await res.json();
+        code = j.error.code;
+        message = j.error.message;
+      } catch (_) { /* not our JSON error */ }
+      throw new ApiError(res.status, code, message);
+    }
+    if (res.status === 204) return null;
+    return (res.headers.get('content-type') || '').includes('json') ? res.json() : null;
+  }
+
+  // <tag class=... > with text set through textContent.
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  // A fresh copy of a <template>'s first element.
+  function clone(id) {
+    return document.getElementById(id).content.firstElementChild.cloneNode(true);
+  }
+
+  let toastTimer = null;
+  function toast(message) {
+    const t = document.getElementById('toast');
+    if (!t) return;
+    t.textContent = message;
+    t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.hidden = true; }, 4000);
+  }
+
+  function time(ms) {
+    return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  }
+
+  function when(ms) {
+    const d = new Date(ms);
+    const today = new Date();
+    return d.toDateString() === today.toDateString() ? time(ms) : d.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' });
+  }
+
+  function name(user) {
+    return user ? (user.display_name || user.username) : 'someone';
+  }
+
+  function setTitleCount(n) {
+    document.title = (n > 0 ? `(${n}) ` : '') + baseTitle;
+  }
+
+  // The signed-in user (checks the session; a dead one goes to the login page).
+  const signedIn = !!document.getElementById('logout');
+  const me = signedIn ? api('GET', '/api/auth/me') : Promise.resolve(null);
+
+  // ---- notifications menu ----------------------------------------------------------
+  const notif = { items: new Map(), unread: { total: 0, conversations: {} }, lastN: 0 };
+
+  function notifText(n) {
+    const p = n.payload || {};
+    const who = p.sender_display_name || p.display_name || p.sender_username || p.username || 'someone';
+    if (n.kind === 'message') {
+      return p.message_kind === 'file' ? `${who} sent a file` : `${who}: ${p.preview || ''}`;
+    }
+    if (n.kind === 'contact_request') return `${who} (@${p.username}) wants to be your contact`;
+    if (n.kind === 'contact_accepted') return `${who} accepted your contact request`;
+    return n.kind;
+  }
+
+  function notifTarget(n) {
+    if (n.kind === 'message' && n.conversation_id) return '/chat#c=' + encodeURIComponent(n.conversation_id);
+    if (n.kind === 'contact_request') return '/contacts';
+    if (n.kind === 'contact_accepted' && n.payload && n.payload.user_id) return '/chat#u=' + encodeURIComponent(n.payload.user_id);
+    return '/chat';
+  }
+
+  function renderNotifs() {
+    const list = document.getElementById('notif-list');
+    if (!list) return;
+    const sorted = [...notif.items.values()].sort((a, b) => b.n - a.n).slice(0, 30);
+    list.replaceChildren(...sorted.map((n) => {
+      const li = clone('tpl-notif');
+      const a = li.querySelector('a');
+      a.href = notifTarget(n);
+      a.dataset.id = n.id;
+      a.classList.toggle('unread', !n.read);
+      li.querySelector('.notif-text').textContent = notifText(n);
+      li.querySelector('time').textContent = when(n.created_at);
+      a.addEventListener('click', async (ev) => {
+        ev.preventDefault();
+        if (!n.read) {
+          try { await api('POST', `/api/notifications/${encodeURIComponent(n.id)}/read`); } catch (_) { /* counts follow */ }
+        }
+        const target = a.getAttribute('href');
+        closePanel();
+        if (target.startsWith(location.pathname + '#')) {
+          location.hash = target.slice(target.indexOf('#'));
+        } else {
+          location.assign(target);
+        }
+      });
+      return li;
+    }));
+    document.getElementById('notif-empty').hidden = sorted.length > 0;
+  }
+
+  function setUnread(unread) {
+    notif.unread = unread;
+    const badge = document.getElementById('notif-count');
+    if (badge) {
+      badge.textContent = String(unread.total);
+      badge.hidden = unread.total === 0;
+    }
+    setTitleCount(unread.total);
+    document.dispatchEvent(new CustomEvent('sb:unread', { detail: unread }));
+  }
+
+  function addNotif(n) {
+    notif.items.set(n.id, n);
+    notif.lastN = Math.max(notif.lastN, n.n);
+  }
+
+  function closePanel() {
+    const panel = document.getElementById('notif-panel');
+    const button = document.getElementById('notif-button');
+    if (!panel || panel.hidden) return;
+    panel.hidden = true;
+    button.setAttribute('aria-expanded', 'false');
+  }
+
+  async function startNotifications() {
+    const button = document.getElementById('notif-button');
+    const panel = document.getElementById('notif-panel');
+    if (!button) return;
+    button.addEventListener('click', () => {
+      const open = panel.hidden;
+      panel.hidden = !open;
+      button.setAttribute('aria-expanded', String(open));
+      if (open) panel.querySelector('a, button')?.focus();
+    });
+    document.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && !panel.hidden) {
+        closePanel();
+        button.focus();
+      }
+    });
+    document.addEventListener('click', (e) => {
+      if (!panel.hidden && !panel.contains(e.target) && !button.contains(e.target)) closePanel();
+    });
+    document.getElementById('notif-read-all').addEventListener('click', async () => {
+      try {
+        await api('POST', '/api/notifications/read-all');
+        for (const n of notif.items.values()) n.read = true;
+        renderNotifs();
+      } catch (e) { toast(e.message); }
+    });
+    try {
+      const page = await api('GET', '/api/notifications?limit=30');
+      page.notifications.forEach(addNotif);
+      renderNotifs();
+      setUnread(page.unread);
+    } catch (e) {
+      if (e.status !== 401) toast('Notifications are unavailable: ' + e.message);
+    }
+    // EventSource reconnects by itself and resumes with Last-Event-ID.
+    const stream = new EventSource('/api/notifications/stream?after=' + notif.lastN);
+    stream.addEventListener('notification', (ev) => {
+      const n = JSON.parse(ev.data);
+      addNotif(n);
+      renderNotifs();
+      document.dispatchEvent(new CustomEvent('sb:notification', { detail: n }));
+    });
+    stream.addEventListener('unread', (ev) => {
+      const unread = JSON.parse(ev.data);
+      // A read elsewhere: mark what the counts say is read.
+      for (const n of notif.items.values()) {
+        if (unread.total === 0 || (n.kind === 'message' && !(unread.conversations[n.conversation_id] > 0))) n.read = true;
+      }
+      renderNotifs();
+      setUnread(unread);
+    });
+  }
+
+  async function logout() {
+    try {
+      await api('POST', '/api/auth/logout', undefined, { allow401: true });
+    } catch (e) {
+      if (e.status !== 401) { toast(e.message); return; }
+    }
+    // This browser's queued messages and paused uploads belong to the session.
+    for (const k of Object.keys(localStorage)) if (k.startsWith('sb:')) localStorage.removeItem(k);
+    location.assign('/login');
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    if (!signedIn) return;
+    document.getElementById('logout').addEventListener('click', logout);
+    me.then((u) => {
+      document.getElementById('me').textContent = `${name(u)} (@${u.username})`;
+    }).catch(() => {});
+    startNotifications();
+  });
+
+  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount };
+})();

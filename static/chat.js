@@ -1,0 +1,789 @@
+// The chat page: conversation list, the open conversation and its history, the composer
+// with an outbox that survives reloads and disconnects, file uploads that resume, and the
+// WebSocket that keeps it all live. Protocol: docs/protocol.md. User data is only ever
+// written with textContent (links are built as elements, with http(s) URLs only).
+'use strict';
+
+(() => {
+  const { api, el, clone, toast, name } = SB;
+  const $ = (id) => document.getElementById(id);
+
+  const S = {
+    me: null,
+    peers: new Map(), // user id -> { user, contact, online }
+    convs: new Map(), // conversation id -> conversation
+    current: null, // the open conversation's peer id
+    ws: null,
+    connected: false,
+    everConnected: false,
+    retry: 0,
+    retryAt: 0,
+    maxBody: 16384,
+    outbox: [], // { client_msg_id, to_user_id, body, created_at, sent_at }
+    failed: [], // { client_msg_id, to_user_id, body, reason }
+    unread: {}, // conversation id -> unread count (notification counts)
+    uploads: new Map(), // transfer id -> upload view
+    lastPong: 0,
+  };
+
+  // ---- persistence ---------------------------------------------------------------------
+  const key = (what) => `sb:${what}:${S.me.id}`;
+  function loadList(what) {
+    try {
+      const v = JSON.parse(localStorage.getItem(key(what)) || '[]');
+      return Array.isArray(v) ? v : [];
+    } catch (_) {
+      return [];
+    }
+  }
+  function saveList(what, list) {
+    try {
+      localStorage.setItem(key(what), JSON.stringify(list));
+    } catch (_) {
+      toast('This browser cannot keep unsent messages (storage is full or blocked).');
+    }
+  }
+  const saveOutbox = () => saveList('outbox', S.outbox.map(({ sent_at, ...e }) => e));
+
+  function newId() {
+    const b = new Uint8Array(12);
+    crypto.getRandomValues(b);
+    return Date.now().toString(36) + '-' + [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // ---- model -----------------------------------------------------------------------------
+  function peer(id) {
+    if (!S.peers.has(id)) S.peers.set(id, { user: { id, username: '…', display_name: '…' }, contact: false, online: false });
+    return S.peers.get(id);
+  }
+
+  function convOf(peerId) {
+    for (const c of S.convs.values()) if (c.peerId === peerId) return c;
+    return null;
+  }
+
+  function conv(id, peerId) {
+    let c = S.convs.get(id);
+    if (!c) {
+      c = { id, peerId: peerId || null, lastSeq: 0, readSeq: 0, peerRead: 0, peerDelivered: 0, messages: new Map(),
+            loaded: false, hasOlder: true, loading: false, last: null, updated: 0 };
+      S.convs.set(id, c);
+      if (!peerId) reloadLists();
+    } else if (peerId && !c.peerId) {
+      c.peerId = peerId;
+    }
+    return c;
+  }
+
+  function addMessage(m) {
+    let peerId = null;
+    if (m.sender_id !== S.me.id) peerId = m.sender_id;
+    else {
+      const entry = S.outbox.find((e) => e.client_msg_id === m.client_msg_id);
+      if (entry) peerId = entry.to_user_id;
+    }
+    const c = conv(m.conversation_id, peerId);
+    if (!c.messages.has(m.seq)) c.messages.set(m.seq, m);
+    c.lastSeq = Math.max(c.lastSeq, m.seq);
+    if (!c.last || m.seq >= c.last.seq) {
+      c.last = m;
+      c.updated = m.created_at;
+    }
+    if (m.sender_id === S.me.id && m.client_msg_id) dropFromOutbox(m.client_msg_id);
+    return c;
+  }
+
+  function dropFromOutbox(clientMsgId) {
+    const before = S.outbox.length;
+    S.outbox = S.outbox.filter((e) => e.client_msg_id !== clientMsgId);
+    if (S.outbox.length !== before) saveOutbox();
+  }
+
+  async function reloadLists() {
+    try {
+      const [contacts, convs] = await Promise.all([api('GET', '/api/contacts'), api('GET', '/api/conversations')]);
+      for (const p of S.peers.values()) p.contact = false;
+      for (const ct of contacts.contacts) {
+        const p = peer(ct.user.id);
+        p.user = ct.user;
+        p.contact = true;
+      }
+      for (const cv of convs.conversations) {
+        peer(cv.peer.id).user = cv.peer;
+        const c = conv(cv.id, cv.peer.id);
+        c.lastSeq = Math.max(c.lastSeq, cv.last_seq);
+        c.readSeq = Math.max(c.readSeq, cv.read_seq);
+        if (cv.last_message && (!c.last || cv.last_message.seq >= c.last.seq)) c.last = cv.last_message;
+        c.updated = Math.max(c.updated, cv.updated_at || 0);
+      }
+      renderList();
+      if (S.current) renderHeader();
+      updateComposer();
+    } catch (e) {
+      if (e.status !== 401) toast('Could not load your conversations: ' + e.message);
+    }
+  }
+
+  // ---- conversation list -----------------------------------------------------------------
+  function preview(m) {
+    if (!m) return '';
+    if (m.kind === 'file') return 'File: ' + fileInfo(m).name;
+    return (m.sender_id === S.me.id ? 'You: ' : '') + m.body.replace(/\s+/g, ' ').slice(0, 80);
+  }
+
+  function renderList() {
+    const rows = [];
+    for (const [id, p] of S.peers) {
+      const c = convOf(id);
+      if (!p.contact && !c) continue;
+      rows.push({ p, c });
+    }
+    rows.sort((a, b) => ((b.c && b.c.updated) || 0) - ((a.c && a.c.updated) || 0) || name(a.p.user).localeCompare(name(b.p.user)));
+    $('conv-list').replaceChildren(...rows.map(({ p, c }) => {
+      const li = clone('tpl-conv');
+      const a = li.querySelector('a');
+      a.href = '#u=' + encodeURIComponent(p.user.id);
+      a.dataset.peer = p.user.id;
+      if (p.user.id === S.current) a.setAttribute('aria-current', 'true');
+      const dot = li.querySelector('.dot');
+      dot.classList.toggle('online', p.online);
+      dot.title = p.online ? 'online' : 'offline';
+      li.querySelector('.name').textContent = name(p.user);
+      li.querySelector('.last').textContent = c ? preview(c.last) : (p.contact ? 'No messages yet' : '');
+      const n = c ? S.unread[c.id] || 0 : 0;
+      const badge = li.querySelector('.badge');
+      badge.textContent = String(n);
+      badge.hidden = n === 0;
+      badge.setAttribute('aria-label', `${n} unread`);
+      return li;
+    }));
+    $('conv-empty').hidden = rows.length > 0;
+  }
+
+  // ---- the open conversation -------------------------------------------------------------
+  function renderHeader() {
+    const p = peer(S.current);
+    $('peer-name').textContent = name(p.user);
+    $('peer-dot').classList.toggle('online', p.online);
+    $('peer-dot').title = p.online ? 'online' : 'offline';
+  }
+
+  async function open(peerId) {
+    if (!peerId) return;
+    S.current = peerId;
+    history.replaceState(null, '', '#u=' + encodeURIComponent(peerId));
+    $('chat-layout').classList.add('open');
+    $('conversation').hidden = false;
+    $('no-conv').hidden = true;
+    $('typing').textContent = '';
+    renderHeader();
+    renderList();
+    renderMessages('bottom');
+    renderUploads();
+    updateComposer();
+    const c = convOf(peerId);
+    if (c && !c.loaded) await loadOlder(c, true);
+    markRead();
+    if (window.matchMedia('(min-width: 701px)').matches) $('composer-input').focus();
+  }
+
+  function close() {
+    S.current = null;
+    history.replaceState(null, '', location.pathname);
+    $('chat-layout').classList.remove('open');
+    $('conversation').hidden = true;
+    $('no-conv').hidden = false;
+    renderList();
+  }
+
+  // Loads the newest page (first) or the page before the oldest loaded message.
+  async function loadOlder(c, first) {
+    if (c.loading || (!first && !c.hasOlder)) return;
+    c.loading = true;
+    $('history-top').textContent = 'Loading…';
+    const seqs = [...c.messages.keys()];
+    const oldest = seqs.length && !first ? Math.min(...seqs) : null;
+    const query = oldest ? `?limit=50&before_seq=${oldest}` : '?limit=50';
+    try {
+      const page = await api('GET', `/api/conversations/${encodeURIComponent(c.id)}/messages${query}`);
+      page.messages.forEach(addMessage);
+      c.loaded = true;
+      const min = Math.min(...c.messages.keys());
+      c.hasOlder = page.messages.length > 0 && min > 1;
+      if (c.peerId === S.current) {
+        const h = $('history');
+        const before = h.scrollHeight - h.scrollTop;
+        renderMessages(first ? 'bottom' : null);
+        if (!first) h.scrollTop = h.scrollHeight - before;
+      }
+    } catch (e) {
+      toast('Could not load the history: ' + e.message);
+    } finally {
+      c.loading = false;
+      historyTop(c);
+    }
+    // Fill the screen: a short first page that does not scroll cannot ask for more.
+    const h = $('history');
+    if (c.peerId === S.current && c.hasOlder && h.scrollHeight <= h.clientHeight + 10) loadOlder(c, false);
+  }
+
+  function historyTop(c) {
+    $('history-top').textContent = !c ? '' : c.loading ? 'Loading…' : c.hasOlder ? 'Scroll up for older messages' : 'This is the beginning of the conversation.';
+  }
+
+  function fileInfo(m) {
+    try {
+      const f = JSON.parse(m.body);
+      return { name: String(f.name || 'file'), size: Number(f.size) || 0, mime: String(f.mime || '') };
+    } catch (_) {
+      return { name: 'file', size: 0, mime: '' };
+    }
+  }
+
+  function size(n) {
+    const u = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : String(n)) + ' ' + u[i];
+  }
+
+  // Text with http(s) links made clickable: the URL is parsed, only http and https become
+  // links, and every piece goes in as a text node.
+  function linkify(text, into) {
+    const re = /\bhttps?:\/\/[^\s<>"']+/gi;
+    let at = 0;
+    for (let m; (m = re.exec(text));) {
+      let url = m[0].replace(/[.,;:!?)\]]+$/, '');
+      if (m.index > at) into.append(document.createTextNode(text.slice(at, m.index)));
+      let u = null;
+      try { u = new URL(url); } catch (_) { u = null; }
+      if (u && (u.protocol === 'http:' || u.protocol === 'https:')) {
+        const a = el('a', null, url);
+        a.href = u.href;
+        a.rel = 'noopener noreferrer nofollow';
+        a.target = '_blank';
+        into.append(a);
+      } else {
+        into.append(document.createTextNode(url));
+      }
+      at = m.index + url.length;
+      re.lastIndex = at;
+    }
+    if (at < text.length) into.append(document.createTextNode(text.slice(at)));
+  }
+
+  function statusOf(c, m) {
+    if (m.seq <= c.peerRead) return 'Read';
+    if (m.seq <= c.peerDelivered) return 'Delivered';
+    return 'Sent';
+  }
+
+  function messageEl(c, m) {
+    const li = clone('tpl-msg');
+    const mine = m.sender_id === S.me.id;
+    li.classList.toggle('mine', mine);
+    li.dataset.seq = m.seq;
+    li.dataset.id = m.id;
+    const body = li.querySelector('.body');
+    if (m.kind === 'file' && m.file_id) {
+      const f = fileInfo(m);
+      const a = el('a', 'file-link', f.name);
+      a.href = '/api/files/' + encodeURIComponent(m.file_id);
+      a.download = f.name;
+      body.append(a, document.createTextNode(` (${size(f.size)})`));
+    } else {
+      linkify(m.body, body);
+    }
+    const t = li.querySelector('time');
+    t.textContent = SB.time(m.created_at);
+    t.dateTime = new Date(m.created_at).toISOString();
+    t.title = new Date(m.created_at).toLocaleString();
+    li.querySelector('.status').textContent = mine ? statusOf(c, m) : '';
+    return li;
+  }
+
+  function pendingEl(e, failed) {
+    const li = clone('tpl-msg');
+    li.classList.add('mine', 'pending');
+    li.dataset.clientMsgId = e.client_msg_id;
+    linkify(e.body, li.querySelector('.body'));
+    li.querySelector('time').textContent = SB.time(e.created_at || Date.now());
+    li.querySelector('.status').textContent = failed ? 'Not sent: ' + e.reason : S.connected ? 'Sending…' : 'Queued (offline)';
+    return li;
+  }
+
+  function dayEl(ms) {
+    const li = clone('tpl-day');
+    const d = new Date(ms);
+    const today = new Date();
+    const yesterday = new Date(Date.now() - 86400000);
+    li.querySelector('span').textContent = d.toDateString() === today.toDateString() ? 'Today'
+      : d.toDateString() === yesterday.toDateString() ? 'Yesterday'
+        : d.toLocaleDateString([], { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+    return li;
+  }
+
+  function renderMessages(scroll) {
+    if (!S.current) return;
+    const c = convOf(S.current);
+    const h = $('history');
+    const atBottom = h.scrollHeight - h.scrollTop - h.clientHeight < 60;
+    const items = [];
+    let lastDay = null;
+    if (c) {
+      for (const m of [...c.messages.values()].sort((a, b) => a.seq - b.seq)) {
+        const day = new Date(m.created_at).toDateString();
+        if (day !== lastDay) {
+          items.push(dayEl(m.created_at));
+          lastDay = day;
+        }
+        items.push(messageEl(c, m));
+      }
+    }
+    for (const e of S.outbox) if (e.to_user_id === S.current) items.push(pendingEl(e, false));
+    for (const e of S.failed) if (e.to_user_id === S.current) items.push(pendingEl(e, true));
+    $('messages').replaceChildren(...items);
+    historyTop(c);
+    if (scroll === 'bottom' || atBottom) h.scrollTop = h.scrollHeight;
+  }
+
+  function refreshStatuses(c) {
+    if (!S.current || !c || c.peerId !== S.current) return;
+    for (const li of $('messages').querySelectorAll('li.msg.mine[data-seq]')) {
+      const m = c.messages.get(Number(li.dataset.seq));
+      if (m) li.querySelector('.status').textContent = statusOf(c, m);
+    }
+  }
+
+  function markRead() {
+    const c = S.current && convOf(S.current);
+    if (!c || !S.connected || document.visibilityState !== 'visible') return;
+    if (c.lastSeq > c.readSeq || (S.unread[c.id] || 0) > 0) {
+      c.readSeq = c.lastSeq;
+      send({ type: 'read', conversation_id: c.id, seq: c.lastSeq });
+    }
+  }
+
+  // ---- composer ------------------------------------------------------------------------
+  function updateComposer() {
+    if (!S.current) return;
+    const p = peer(S.current);
+    const input = $('composer-input');
+    const status = $('conn-status');
+    const canMessage = p.contact;
+    input.disabled = !canMessage;
+    $('send').disabled = !canMessage;
+    const attach = $('attach-label');
+    const canAttach = canMessage && S.connected && !!convOf(S.current);
+    attach.classList.toggle('disabled', !canAttach);
+    $('file-input').disabled = !canAttach;
+    attach.title = !S.connected ? 'Attaching needs a connection' : !convOf(S.current) ? 'Send a message first' : '';
+    status.classList.toggle('offline', !S.connected);
+    status.dataset.state = S.connected ? 'online' : 'offline';
+    if (!canMessage) {
+      status.textContent = `You cannot message ${name(p.user)}: you are not contacts.`;
+    } else if (!S.connected) {
+      const secs = Math.max(0, Math.ceil((S.retryAt - Date.now()) / 1000));
+      status.textContent = `Offline${secs ? `, reconnecting in ${secs} s` : ', reconnecting…'}. Messages you send now are queued and sent when the connection returns.`;
+    } else {
+      status.textContent = '';
+    }
+  }
+
+  function submit() {
+    const input = $('composer-input');
+    const body = input.value;
+    if (!S.current || !body.trim() || input.disabled) return;
+    if (new TextEncoder().encode(body).length > S.maxBody) {
+      toast(`Messages are at most ${size(S.maxBody)}.`);
+      return;
+    }
+    const entry = { client_msg_id: newId(), to_user_id: S.current, body, created_at: Date.now() };
+    S.outbox.push(entry);
+    saveOutbox();
+    input.value = '';
+    stopTyping();
+    renderMessages('bottom');
+    sendEntry(entry);
+  }
+
+  function sendEntry(e) {
+    if (!S.connected) return;
+    e.sent_at = Date.now();
+    send({ type: 'send', client_msg_id: e.client_msg_id, to_user_id: e.to_user_id, body: e.body });
+  }
+
+  // Unacknowledged sends are repeated with the same client_msg_id: stored once.
+  setInterval(() => {
+    if (!S.connected) return;
+    for (const e of S.outbox) if (!e.sent_at || Date.now() - e.sent_at > 10000) sendEntry(e);
+  }, 2000);
+
+  let typingSent = 0;
+  let typingTimer = null;
+  function typed() {
+    const c = S.current && convOf(S.current);
+    if (!c || !S.connected) return;
+    if (Date.now() - typingSent > 3000) {
+      typingSent = Date.now();
+      send({ type: 'typing', conversation_id: c.id, active: true });
+    }
+    clearTimeout(typingTimer);
+    typingTimer = setTimeout(stopTyping, 4000);
+  }
+  function stopTyping() {
+    clearTimeout(typingTimer);
+    if (!typingSent) return;
+    typingSent = 0;
+    const c = S.current && convOf(S.current);
+    if (c && S.connected) send({ type: 'typing', conversation_id: c.id, active: false });
+  }
+
+  let peerTypingTimer = null;
+  function showTyping(f) {
+    const c = S.convs.get(f.conversation_id);
+    if (!c || c.peerId !== S.current || f.user_id === S.me.id) return;
+    clearTimeout(peerTypingTimer);
+    $('typing').textContent = f.active ? `${name(peer(f.user_id).user)} is typing…` : '';
+    if (f.active) peerTypingTimer = setTimeout(() => { $('typing').textContent = ''; }, 6000);
+  }
+
+  // ---- uploads -------------------------------------------------------------------------
+  function uploadView(id, conversationId, fileName) {
+    let v = S.uploads.get(id);
+    if (!v) {
+      const li = clone('tpl-upload');
+      li.dataset.transfer = id;
+      li.querySelector('.upload-name').textContent = fileName;
+      $('uploads').append(li);
+      v = { li, conversationId, local: false };
+      S.uploads.set(id, v);
+      li.querySelector('.dismiss').addEventListener('click', () => removeUpload(id));
+    }
+    v.li.hidden = !S.current || !convOf(S.current) || convOf(S.current).id !== v.conversationId;
+    return v;
+  }
+
+  function setUpload(v, percent, state) {
+    v.li.querySelector('progress').value = percent;
+    v.li.querySelector('.upload-state').textContent = state;
+  }
+
+  function removeUpload(id) {
+    const v = S.uploads.get(id);
+    if (v) v.li.remove();
+    S.uploads.delete(id);
+  }
+
+  function renderUploads() {
+    const cid = S.current && convOf(S.current) ? convOf(S.current).id : null;
+    for (const v of S.uploads.values()) v.li.hidden = v.conversationId !== cid;
+  }
+
+  const savedUploads = () => loadList('uploads');
+  function forgetUpload(id) {
+    saveList('uploads', savedUploads().filter((u) => u.id !== id));
+  }
+
+  async function hashFile(file, onProgress) {
+    const h = new Sha256();
+    const step = 4 << 20;
+    for (let at = 0; at < file.size; at += step) {
+      h.update(new Uint8Array(await file.slice(at, at + step).arrayBuffer()));
+      onProgress(Math.round((100 * Math.min(file.size, at + step)) / file.size));
+    }
+    return h.hex();
+  }
+
+  async function startUpload(file) {
+    const c = S.current && convOf(S.current);
+    if (!c) return;
+    if (file.size === 0) {
+      toast('Empty files cannot be sent.');
+      return;
+    }
+    const temp = 'local-' + newId();
+    const v = uploadView(temp, c.id, file.name);
+    v.local = true;
+    try {
+      const sha256 = await hashFile(file, (p) => setUpload(v, 0, `checking ${p}%`));
+      const t = await api('POST', '/api/transfers', { conversation_id: c.id, name: file.name, size: file.size, sha256, mime: file.type || undefined });
+      S.uploads.delete(temp);
+      S.uploads.set(t.id, v);
+      v.li.dataset.transfer = t.id;
+      saveList('uploads', [...savedUploads(), { id: t.id, conversation_id: c.id, name: file.name, size: file.size, last_modified: file.lastModified }]);
+      await uploadChunks(file, t, t.missing, v);
+    } catch (e) {
+      setUpload(v, 0, 'failed: ' + e.message);
+      v.li.querySelector('.dismiss').hidden = false;
+    }
+  }
+
+  async function putChunk(t, index, bytes, digest) {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await api('PUT', `/api/transfers/${encodeURIComponent(t.id)}/chunks/${index}`, bytes.buffer,
+          { headers: { 'X-Chunk-Sha256': digest, 'Content-Type': 'application/octet-stream' } });
+      } catch (e) {
+        // The network or the server is down: wait and try again. Anything else is final.
+        if (!(e.status === 0 || e.status >= 500 || e.status === 429) || attempt > 30) throw e;
+        await new Promise((r) => setTimeout(r, Math.min(10000, 500 * 2 ** Math.min(attempt, 5))));
+      }
+    }
+  }
+
+  async function uploadChunks(file, t, missing, v) {
+    const total = t.chunk_count;
+    let done = total - missing.length;
+    setUpload(v, Math.round((100 * done) / total), `${Math.round((100 * done) / total)}%`);
+    for (const index of missing) {
+      const start = index * t.chunk_size;
+      const bytes = new Uint8Array(await file.slice(start, Math.min(file.size, start + t.chunk_size)).arrayBuffer());
+      await putChunk(t, index, bytes, new Sha256().update(bytes).hex());
+      done++;
+      const pct = Math.round((100 * done) / total);
+      setUpload(v, pct, `${pct}%`);
+    }
+    forgetUpload(t.id);
+    setUpload(v, 100, 'sent');
+    setTimeout(() => removeUpload(t.id), 3000);
+  }
+
+  // Uploads this browser left unfinished (a reload, a crash): offer to resume them.
+  async function resumeUploads() {
+    for (const u of savedUploads()) {
+      let t;
+      try {
+        t = await api('GET', `/api/transfers/${encodeURIComponent(u.id)}`);
+      } catch (e) {
+        if (e.status === 404) forgetUpload(u.id);
+        continue;
+      }
+      if (t.state !== 'uploading') {
+        forgetUpload(u.id);
+        continue;
+      }
+      const v = uploadView(t.id, t.conversation_id, t.name);
+      v.local = true;
+      setUpload(v, Math.round((100 * t.received_chunks) / t.chunk_count), 'paused');
+      const label = v.li.querySelector('.resume');
+      label.hidden = false;
+      label.querySelector('input').addEventListener('change', async (ev) => {
+        const file = ev.target.files[0];
+        if (!file) return;
+        if (file.name !== u.name || file.size !== u.size) {
+          toast(`That is not ${u.name} (${size(u.size)}).`);
+          return;
+        }
+        label.hidden = true;
+        try {
+          const now = await api('GET', `/api/transfers/${encodeURIComponent(u.id)}`);
+          await uploadChunks(file, now, now.missing, v);
+        } catch (e) {
+          setUpload(v, 0, 'failed: ' + e.message);
+          v.li.querySelector('.dismiss').hidden = false;
+        }
+      });
+      renderUploads();
+    }
+  }
+
+  function onTransfer(f) {
+    const mine = f.uploader_id === S.me.id;
+    const existing = S.uploads.get(f.transfer_id);
+    if (mine && existing && existing.local) {
+      if (f.state === 'failed') {
+        setUpload(existing, 0, 'failed: the file did not match its checksum');
+        existing.li.querySelector('.dismiss').hidden = false;
+      }
+      return;
+    }
+    if (mine) return;
+    const v = uploadView(f.transfer_id, f.conversation_id, f.name);
+    const pct = Math.round((100 * f.received_chunks) / f.chunk_count);
+    const who = name(peer(f.uploader_id).user);
+    setUpload(v, pct, f.state === 'uploading' ? `${who} is sending: ${pct}%` : f.state);
+    if (f.state !== 'uploading') setTimeout(() => removeUpload(f.transfer_id), 2000);
+  }
+
+  // ---- the WebSocket ---------------------------------------------------------------------
+  function send(frame) {
+    if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify(frame));
+  }
+
+  function connect() {
+    clearTimeout(S.reconnectTimer);
+    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+    S.ws = ws;
+    ws.onmessage = (ev) => {
+      let f;
+      try { f = JSON.parse(ev.data); } catch (_) { return; }
+      S.lastPong = Date.now();
+      onFrame(f);
+    };
+    ws.onclose = () => {
+      if (S.ws !== ws) return;
+      S.connected = false;
+      S.ws = null;
+      for (const p of S.peers.values()) p.online = false;
+      const delay = Math.min(10000, 500 * 2 ** Math.min(S.retry, 5)) * (0.75 + Math.random() / 2);
+      S.retry++;
+      S.retryAt = Date.now() + delay;
+      S.reconnectTimer = setTimeout(connect, delay);
+      renderAll();
+    };
+  }
+
+  function onHello(f) {
+    S.connected = true;
+    S.retry = 0;
+    S.maxBody = f.max_body_bytes || S.maxBody;
+    S.lastPong = Date.now();
+    // What we have per conversation; the server sends the rest, then live messages.
+    const since = {};
+    for (const c of S.convs.values()) since[c.id] = c.lastSeq;
+    send({ type: 'sync', since });
+    for (const e of S.outbox) sendEntry(e);
+    if (S.everConnected) reloadLists();
+    S.everConnected = true;
+    renderAll();
+    markRead();
+  }
+
+  function onFrame(f) {
+    switch (f.type) {
+      case 'hello': return onHello(f);
+      case 'message': {
+        const c = addMessage(f);
+        if (c.peerId === S.current) {
+          renderMessages();
+          markRead();
+        }
+        renderList();
+        return;
+      }
+      case 'ack': {
+        const e = S.outbox.find((x) => x.client_msg_id === f.client_msg_id);
+        if (e) {
+          addMessage({ id: f.message_id, conversation_id: f.conversation_id, seq: f.seq, sender_id: S.me.id, client_msg_id: f.client_msg_id,
+                       kind: 'text', body: e.body, file_id: null, created_at: Date.now() });
+          if (S.current === e.to_user_id) {
+            renderMessages();
+            updateComposer();
+          }
+          renderList();
+        }
+        return;
+      }
+      case 'receipt': {
+        const c = S.convs.get(f.conversation_id);
+        if (!c) return;
+        if (f.user_id === S.me.id) {
+          c.readSeq = Math.max(c.readSeq, f.read_seq || 0);
+        } else {
+          c.peerRead = Math.max(c.peerRead, f.read_seq || 0);
+          c.peerDelivered = Math.max(c.peerDelivered, f.delivered_seq || 0, c.peerRead);
+          refreshStatuses(c);
+        }
+        return;
+      }
+      case 'typing': return showTyping(f);
+      case 'presence': {
+        peer(f.user_id).online = f.online;
+        renderList();
+        if (f.user_id === S.current) renderHeader();
+        return;
+      }
+      case 'contact': return reloadLists();
+      case 'transfer': return onTransfer(f);
+      case 'error': return onError(f);
+      default: return; // pong, sync_done, notification (the menu has its own stream)
+    }
+  }
+
+  function onError(f) {
+    const e = f.ref && S.outbox.find((x) => x.client_msg_id === f.ref);
+    if (!e) return;
+    if (['rate_limited', 'not_acknowledged', 'unavailable'].includes(f.code)) {
+      e.sent_at = Date.now(); // the resend timer tries again
+      return;
+    }
+    dropFromOutbox(e.client_msg_id);
+    S.failed.push({ ...e, reason: f.message });
+    renderMessages();
+  }
+
+  // A connection that went quiet (no frame for 45 s; we ping every 20 s) is dead.
+  setInterval(() => {
+    if (!S.connected) return updateComposer();
+    if (Date.now() - S.lastPong > 45000) S.ws.close();
+    else send({ type: 'ping' });
+  }, 20000);
+  setInterval(() => { if (!S.connected) updateComposer(); }, 1000);
+
+  function renderAll() {
+    renderList();
+    if (S.current) {
+      renderHeader();
+      renderMessages();
+      updateComposer();
+    }
+  }
+
+  // ---- wiring --------------------------------------------------------------------------
+  function fromHash() {
+    const h = new URLSearchParams(location.hash.slice(1));
+    if (h.get('u')) return h.get('u');
+    if (h.get('c')) {
+      const c = S.convs.get(h.get('c'));
+      return c ? c.peerId : null;
+    }
+    return null;
+  }
+
+  async function main() {
+    S.me = await SB.me;
+    S.outbox = loadList('outbox');
+    await reloadLists();
+    const input = $('composer-input');
+    $('composer').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      submit();
+    });
+    input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        submit();
+      }
+    });
+    input.addEventListener('input', typed);
+    $('file-input').addEventListener('change', (ev) => {
+      const file = ev.target.files[0];
+      ev.target.value = '';
+      if (file) startUpload(file);
+    });
+    $('back').addEventListener('click', close);
+    $('history').addEventListener('scroll', () => {
+      const c = S.current && convOf(S.current);
+      if (c && c.loaded && $('history').scrollTop < 80) loadOlder(c, false);
+    });
+    window.addEventListener('hashchange', () => open(fromHash()));
+    document.addEventListener('visibilitychange', markRead);
+    window.addEventListener('focus', markRead);
+    window.addEventListener('online', () => { if (!S.connected) connect(); });
+    document.addEventListener('sb:unread', (ev) => {
+      S.unread = ev.detail.conversations || {};
+      renderList();
+    });
+    S.unread = SB.notif.unread.conversations || {};
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && S.current && document.activeElement === input && !input.value) close();
+    });
+    connect();
+    const start = fromHash();
+    if (start) open(start);
+    resumeUploads();
+  }
+
+  main().catch((e) => toast(e.message));
+})();

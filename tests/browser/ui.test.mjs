@@ -1,0 +1,376 @@
+// Browser tests of the Switchboard web UI: real headless Chromium (Debian's package),
+// a real `switchboard all` process with its own SQLite file and port, two browser
+// contexts (two people) talking to each other through the UI only.
+//
+//   SB_BIN=/path/to/switchboard node --test ui.test.mjs      (scripts/test does this)
+//   SB_SCREENSHOTS=docs/screenshots ... also saves the screenshots of the main pages.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.SB_BIN;
+const CHROMIUM = process.env.SB_CHROMIUM || '/usr/bin/chromium';
+const SHOTS = process.env.SB_SCREENSHOTS ? resolve(process.env.SB_SCREENSHOTS) : null;
+const WAIT = 20_000;
+
+// ---- the server ------------------------------------------------------------------------
+class Server {
+  constructor() {
+    this.dir = mkdtempSync(join(tmpdir(), 'sb-browser-'));
+    this.config = join(this.dir, 'server.toml');
+    writeFileSync(this.config, [
+      `data_dir = "${join(this.dir, 'data')}"`,
+      'log = "warn"',
+      '[auth]',
+      'jwt_secret = "browser-test-secret-browser-test-secret-0123"',
+      'register_per_ip_per_minute = 100000',
+      'login_per_ip_per_minute = 100000',
+      'login_per_username_per_minute = 100000',
+      '[limits]',
+      'contact_requests_per_minute = 100000',
+      'search_per_minute = 100000',
+      '[files]',
+      'chunk_bytes = 262144',
+      '',
+    ].join('\n'));
+    this.addr = null;
+  }
+
+  // Starts the process (on the same address as before, after a stop).
+  async start() {
+    const listen = this.addr || '127.0.0.1:0';
+    this.child = spawn(BIN, ['--config', this.config, '--listen', listen], { stdio: ['ignore', 'pipe', 'inherit'] });
+    this.addr = await new Promise((ok, fail) => {
+      let out = '';
+      const timer = setTimeout(() => fail(new Error('server did not start: ' + out)), 60_000);
+      this.child.stdout.on('data', (d) => {
+        out += d;
+        const m = out.match(/listening on http:\/\/(\S+)/);
+        if (m) {
+          clearTimeout(timer);
+          ok(m[1]);
+        }
+      });
+      this.child.on('error', (e) => fail(new Error(`cannot start ${BIN}: ${e.message}`)));
+      this.child.on('exit', (code) => fail(new Error(`server exited (${code}): ${out}`)));
+    });
+    this.url = 'http://' + this.addr;
+  }
+
+  // Kills the process outright (no graceful shutdown) and waits until it is gone.
+  async kill() {
+    const exited = new Promise((ok) => this.child.once('exit', ok));
+    this.child.kill('SIGKILL');
+    await exited;
+  }
+
+  cleanup() {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+// ---- helpers ---------------------------------------------------------------------------
+const server = new Server();
+let browser;
+const pages = {};
+
+async function person(nick, opts = {}) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 720 }, acceptDownloads: true, ...opts });
+  const page = await context.newPage();
+  page.dialogs = [];
+  page.on('dialog', (d) => { page.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  page.nick = nick;
+  return page;
+}
+
+async function shot(page, name) {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: join(SHOTS, name + '.png') });
+}
+
+const messages = (page) => page.locator('#messages li.msg:not(.pending) .body');
+const sha256 = (buf) => createHash('sha256').update(buf).digest('hex');
+
+async function register(page, username, display, password) {
+  await page.goto(server.url + '/register');
+  await page.fill('#username', username);
+  await page.fill('#display_name', display);
+  await page.fill('#password', password);
+  await page.click('button[type=submit]');
+  await page.waitForURL('**/chat', { timeout: WAIT });
+}
+
+async function openChatWith(page, display) {
+  await page.locator('#conv-list a.conv', { hasText: display }).click();
+  await page.locator('#peer-name', { hasText: display }).waitFor({ timeout: WAIT });
+}
+
+async function send(page, text) {
+  await page.fill('#composer-input', text);
+  await page.press('#composer-input', 'Enter');
+}
+
+// The bodies of the open conversation as the user sees them.
+async function bodies(page) {
+  return messages(page).allTextContents();
+}
+
+async function waitForBody(page, text) {
+  await messages(page).filter({ hasText: text }).first().waitFor({ timeout: WAIT });
+}
+
+before(async () => {
+  assert.ok(BIN, 'SB_BIN names the switchboard binary');
+  await server.start();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+  pages.alice = await person('alice');
+  pages.bob = await person('bob');
+});
+
+after(async () => {
+  await browser?.close();
+  if (server.child && server.child.exitCode === null) await server.kill();
+  server.cleanup();
+});
+
+// A display name that is also an attack: it must show as text everywhere.
+const BOB_NAME = 'Bob <b>bold</b><img src=x onerror=alert(3)>';
+const PASSWORD = 'correct horse battery';
+
+test('two people use Switchboard in real browsers', async (t) => {
+  const { alice, bob } = pages;
+
+  await t.test('the login page, and wrong credentials get a clear error', async () => {
+    await alice.goto(server.url + '/');
+    await alice.waitForURL('**/login**');
+    await shot(alice, 'login');
+    await alice.fill('#username', 'nobody');
+    await alice.fill('#password', 'wrong password');
+    await alice.click('button[type=submit]');
+    await alice.locator('#form-error', { hasText: 'Wrong username or password' }).waitFor({ timeout: WAIT });
+  });
+
+  await t.test('both register and land in the chat', async () => {
+    await register(alice, 'alice', 'Alice', PASSWORD);
+    await register(bob, 'bob', BOB_NAME, PASSWORD);
+    await alice.locator('#me', { hasText: '@alice' }).waitFor({ timeout: WAIT });
+    await alice.locator('#conv-empty').waitFor({ state: 'visible', timeout: WAIT });
+  });
+
+  await t.test('alice finds bob as she types and asks him; bob is notified and accepts', async () => {
+    await alice.click('nav a[href="/contacts"]');
+    await alice.waitForURL('**/contacts');
+    await alice.type('#search', 'bo', { delay: 50 });
+    const result = alice.locator('#search-results li', { hasText: '@bob' });
+    await result.waitFor({ timeout: WAIT });
+    // The display name shows as text, markup and all.
+    assert.equal(await result.locator('.name').textContent(), BOB_NAME);
+    await result.getByRole('button', { name: 'Add contact' }).click();
+    await alice.locator('#outgoing li', { hasText: '@bob' }).waitFor({ timeout: WAIT });
+    await result.getByRole('button', { name: 'Requested' }).waitFor({ timeout: WAIT });
+    await shot(alice, 'contacts');
+
+    // Bob, on the chat page, sees the notification count go up live.
+    await bob.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
+    assert.match(await bob.title(), /^\(1\) /);
+    await bob.click('#notif-button');
+    const item = bob.locator('#notif-list .notif-item', { hasText: 'wants to be your contact' });
+    await item.waitFor({ timeout: WAIT });
+    await item.click();
+    await bob.waitForURL('**/contacts');
+    const request = bob.locator('#incoming li', { hasText: '@alice' });
+    await request.getByRole('button', { name: 'Accept' }).click();
+    await bob.locator('#contacts li', { hasText: '@alice' }).waitFor({ timeout: WAIT });
+    await bob.locator('#incoming-empty').waitFor({ state: 'visible' });
+    await bob.locator('#notif-count').waitFor({ state: 'hidden', timeout: WAIT });
+    // Alice learns it too (a notification) and bob moves to her contacts.
+    await alice.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
+    await alice.locator('#contacts li', { hasText: '@bob' }).waitFor({ timeout: WAIT });
+  });
+
+  await t.test('they chat both ways live, with unread badges, typing, receipts and presence', async () => {
+    await alice.goto(server.url + '/chat');
+    await bob.goto(server.url + '/chat');
+    await openChatWith(alice, BOB_NAME);
+    await alice.locator('#peer-dot.online').waitFor({ timeout: WAIT });
+    await send(alice, 'Hello Bob');
+    await waitForBody(alice, 'Hello Bob');
+    // Bob has not opened the conversation: an unread badge, and the count in the title.
+    const badge = bob.locator('#conv-list a.conv', { hasText: 'Alice' }).locator('.badge');
+    await badge.filter({ hasText: '1' }).waitFor({ timeout: WAIT });
+    await bob.waitForFunction(() => document.title.startsWith('(1) '), null, { timeout: WAIT });
+    await openChatWith(bob, 'Alice');
+    await waitForBody(bob, 'Hello Bob');
+    await badge.waitFor({ state: 'hidden', timeout: WAIT });
+    await bob.waitForFunction(() => !document.title.startsWith('('), null, { timeout: WAIT });
+    // Alice sees that bob read it.
+    await alice.locator('#messages li.msg.mine .status', { hasText: 'Read' }).waitFor({ timeout: WAIT });
+
+    // Typing shows on the other side.
+    await bob.type('#composer-input', 'Hi Al', { delay: 30 });
+    await alice.locator('#typing', { hasText: 'is typing' }).waitFor({ timeout: WAIT });
+    await bob.fill('#composer-input', '');
+    await send(bob, 'Hi Alice, the notes are at https://example.com/docs.');
+    await waitForBody(alice, 'the notes are at');
+    const link = alice.locator('#messages .body a', { hasText: 'https://example.com/docs' });
+    assert.equal(await link.getAttribute('href'), 'https://example.com/docs');
+    assert.equal(await link.getAttribute('rel'), 'noopener noreferrer nofollow');
+
+    // Shift+Enter adds a line; Enter sends.
+    await alice.click('#composer-input');
+    await alice.keyboard.type('line one');
+    await alice.keyboard.press('Shift+Enter');
+    await alice.keyboard.type('line two');
+    await alice.keyboard.press('Enter');
+    await waitForBody(bob, 'line two');
+    assert.ok((await bodies(bob)).includes('line one\nline two'));
+    await shot(alice, 'chat');
+  });
+
+  await t.test('markup in messages shows as text and runs nowhere', async () => {
+    const attacks = ['<script>alert(1)</script>', '<img src=x onerror=alert(2)>', '<a href="javascript:alert(4)">click</a>'];
+    for (const a of attacks) await send(alice, a);
+    for (const page of [alice, bob]) {
+      await waitForBody(page, attacks[2]);
+      const shown = await bodies(page);
+      for (const a of attacks) assert.ok(shown.includes(a), `${page.nick} shows ${a} as text`);
+      assert.equal(await page.locator('#messages img, #messages script, #conv-list img').count(), 0);
+      assert.equal(await page.locator('#messages a[href^="javascript"]').count(), 0);
+      assert.deepEqual(page.dialogs, [], `no script ran in ${page.nick}'s browser`);
+      assert.deepEqual(page.errors, [], `no errors in ${page.nick}'s page`);
+    }
+    // Bob's display name, in alice's list and header, is text too.
+    assert.equal(await alice.locator('#peer-name').textContent(), BOB_NAME);
+  });
+
+  await t.test('a file is sent in chunks, resumes after a reload, and downloads intact', async () => {
+    const content = randomBytes(1_300_000); // 5 chunks of 256 KiB
+    const fileName = '"><img src=x onerror=alert(5)> report.bin';
+    // Stop the upload after its first chunk: later chunks fail as if the network dropped.
+    let allowed = 1;
+    await alice.route('**/api/transfers/*/chunks/*', (route) => (allowed-- > 0 ? route.continue() : route.abort()));
+    await alice.setInputFiles('#file-input', { name: fileName, mimeType: 'application/octet-stream', buffer: content });
+    await alice.locator('#uploads .upload .upload-name', { hasText: 'report.bin' }).waitFor({ timeout: WAIT });
+    // Bob sees the upload's progress.
+    await bob.locator('#uploads .upload-state', { hasText: 'is sending' }).waitFor({ timeout: WAIT });
+    await alice.waitForFunction(() => Object.keys(localStorage).some((k) => k.startsWith('sb:uploads:') && localStorage[k].includes('report.bin')));
+    await alice.unroute('**/api/transfers/*/chunks/*');
+    await alice.reload();
+    const paused = alice.locator('#uploads .upload', { hasText: 'report.bin' });
+    await paused.locator('.upload-state', { hasText: 'paused' }).waitFor({ timeout: WAIT });
+    await paused.locator('.resume input').setInputFiles({ name: fileName, mimeType: 'application/octet-stream', buffer: content });
+    // The file message appears on both sides, its name as text.
+    for (const page of [alice, bob]) await page.locator('#messages a.file-link', { hasText: 'report.bin' }).waitFor({ timeout: WAIT });
+    assert.equal(await bob.locator('#messages a.file-link').last().textContent(), fileName);
+    const [download] = await Promise.all([bob.waitForEvent('download'), bob.locator('#messages a.file-link').last().click()]);
+    const saved = await download.path();
+    assert.equal(sha256(readFileSync(saved)), sha256(content), 'the downloaded file is the sent one');
+    assert.deepEqual(bob.dialogs, []);
+  });
+
+  await t.test('history survives a reload and older pages load on scroll', async () => {
+    // 70 more messages: more than one page of history (50).
+    await alice.evaluate(async () => {
+      const input = document.getElementById('composer-input');
+      for (let i = 1; i <= 70; i++) {
+        input.value = `bulk ${i}`;
+        input.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
+        await new Promise((r) => setTimeout(r, 15));
+      }
+    });
+    await waitForBody(bob, 'bulk 70');
+    const before = await bodies(bob);
+    await bob.reload();
+    await waitForBody(bob, 'bulk 70');
+    assert.ok((await messages(bob).count()) < before.length, 'a reload shows the newest page first');
+    await bob.locator('#history').focus();
+    for (let i = 0; i < 20 && (await messages(bob).count()) < before.length; i++) {
+      await bob.keyboard.press('Home');
+      await bob.waitForTimeout(100);
+    }
+    assert.deepEqual(await bodies(bob), before, 'all of the history, in order, after scrolling up');
+    await bob.locator('#history-top', { hasText: 'beginning of the conversation' }).waitFor({ timeout: WAIT });
+  });
+
+  await t.test('offline and back: what was typed offline is sent once, nothing is lost', async () => {
+    await server.kill();
+    await alice.locator('#conn-status', { hasText: 'Offline' }).waitFor({ timeout: WAIT });
+    await bob.locator('#conn-status', { hasText: 'Offline' }).waitFor({ timeout: WAIT });
+    await send(alice, 'written while offline');
+    await alice.locator('#messages li.pending .status', { hasText: 'Queued' }).waitFor({ timeout: WAIT });
+    await shot(alice, 'chat-offline');
+    await server.start();
+    // Reconnects by itself (backoff of at most 10 s).
+    await alice.locator('#conn-status[data-state=online]').waitFor({ state: 'attached', timeout: 30_000 });
+    await waitForBody(alice, 'written while offline');
+    await waitForBody(bob, 'written while offline');
+    await alice.locator('#messages li.pending').waitFor({ state: 'detached', timeout: WAIT });
+    for (const page of [alice, bob]) {
+      const all = await bodies(page);
+      assert.equal(all.filter((b) => b === 'written while offline').length, 1, `${page.nick} has it once`);
+    }
+    // And bob, reloaded, has exactly the same conversation as alice.
+    await bob.reload();
+    await waitForBody(bob, 'written while offline');
+    assert.deepEqual((await bodies(bob)).slice(-10), (await bodies(alice)).slice(-10));
+  });
+
+  await t.test('keyboard only: log out, log in, open the conversation, send', async () => {
+    await alice.click('#logout');
+    await alice.waitForURL('**/login');
+    await alice.goto(server.url + '/chat');
+    await alice.waitForURL((u) => u.pathname === '/login' && u.searchParams.get('next') === '/chat');
+    await alice.locator('#username').focus();
+    await alice.keyboard.type('alice');
+    await alice.keyboard.press('Tab');
+    await alice.keyboard.type(PASSWORD);
+    await alice.keyboard.press('Enter');
+    await alice.waitForURL('**/chat');
+    await alice.locator('#conv-list a.conv').first().waitFor({ timeout: WAIT });
+    // Tab through the page until the conversation link has focus, then open it.
+    for (let i = 0; i < 15; i++) {
+      await alice.keyboard.press('Tab');
+      if (await alice.evaluate(() => document.activeElement?.classList.contains('conv'))) break;
+    }
+    await alice.keyboard.press('Enter');
+    await alice.locator('#peer-name').waitFor({ timeout: WAIT });
+    await alice.locator('#composer-input').focus();
+    await alice.keyboard.type('typed without a mouse');
+    await alice.keyboard.press('Enter');
+    await waitForBody(bob, 'typed without a mouse');
+  });
+
+  await t.test('a phone-width screen and the dark scheme', async () => {
+    const phone = await person('bob-phone', { viewport: { width: 390, height: 780 }, colorScheme: 'dark', isMobile: true, hasTouch: true });
+    await phone.goto(server.url + '/login');
+    await phone.fill('#username', 'bob');
+    await phone.fill('#password', PASSWORD);
+    await phone.click('button[type=submit]');
+    await phone.waitForURL('**/chat');
+    const list = phone.locator('.sidebar');
+    await list.waitFor({ state: 'visible' });
+    const bg = await phone.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    assert.equal(bg, 'rgb(17, 20, 23)', 'dark colours from the system setting');
+    await phone.locator('#conv-list a.conv', { hasText: 'Alice' }).click();
+    await waitForBody(phone, 'typed without a mouse');
+    assert.equal(await list.isVisible(), false, 'the conversation takes the whole width');
+    const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= 390, `nothing wider than the screen (${width}px)`);
+    await shot(phone, 'chat-phone-dark');
+    await phone.click('#back');
+    await list.waitFor({ state: 'visible' });
+    assert.deepEqual(phone.errors, []);
+    await phone.context().close();
+  });
+});
