@@ -16,8 +16,8 @@
 
 pub mod auth;
 pub mod contacts;
-pub mod csrf;
 pub mod conversations;
+pub mod csrf;
 pub mod debug;
 pub mod health;
 pub mod notifications;
@@ -89,7 +89,8 @@ impl Mount {
 pub fn router(state: AppState, mount: Mount) -> Router {
     let fault_injection = state.config.fault_injection;
     let state_cookie_secure = state.config.auth.cookie_secure;
-    let mut root = Router::new().hoop(InjectState(state)).hoop(security_headers).hoop(csrf::csrf_guard).push(health::router());
+    let mut root =
+        Router::new().hoop(InjectState(state)).hoop(security_headers).hoop(csrf::csrf_guard).push(health::router());
     if matches!(mount, Mount::All | Mount::Auth) {
         root = root.push(auth::router()).push(contacts::router());
     }

@@ -182,7 +182,20 @@ async fn browser_cookie_login_and_logout(app: TestApp) {
     let me = |cookie: String| app.client().get(app.url("/api/auth/me")).header("cookie", cookie).send();
     let r = me(cookie.clone()).await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = app.client().post(app.url("/api/auth/logout")).header("cookie", cookie.clone()).send().await.expect("sent");
+    // A cookie-authenticated change needs the CSRF token (docs/api.md): without it the
+    // logout is refused and the session lives on.
+    let logout = |cookie: String, token: Option<&'static str>| {
+        let mut r = app.client().post(app.url("/api/auth/logout")).header("cookie", cookie);
+        if let Some(t) = token {
+            r = r.header("x-csrf-token", t);
+        }
+        r.send()
+    };
+    let r = logout(cookie.clone(), None).await.expect("sent");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(me(cookie.clone()).await.expect("sent").status(), StatusCode::OK);
+    const CSRF: &str = "0123456789abcdefABCDEF0123456789";
+    let r = logout(format!("{cookie}; sb_csrf={CSRF}"), Some(CSRF)).await.expect("sent");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let cleared = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("cookie cleared").to_owned();
     assert!(cleared.starts_with("sb_session=;") && cleared.contains("Max-Age=0"), "{cleared}");

@@ -31,7 +31,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
 #[tokio::test]
 async fn pages_are_served_with_security_headers() {
     let app = spawn_app().await;
-    let r = app.client().get(app.url("/")).send().await.expect("sent");
+    let r = app.client().get(app.url("/login")).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
     let h = r.headers().clone();
     assert!(h["content-type"].to_str().expect("ascii").starts_with("text/html"));

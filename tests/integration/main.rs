@@ -22,6 +22,7 @@ mod helpers;
 mod holes;
 mod messaging;
 mod notifications;
+mod pages;
 mod runtime;
 mod ws_client;
 mod ws_fuzz;
