@@ -113,11 +113,16 @@
         const c = conv(cv.id, cv.peer.id);
         c.lastSeq = Math.max(c.lastSeq, cv.last_seq);
         c.readSeq = Math.max(c.readSeq, cv.read_seq);
+        c.peerRead = Math.max(c.peerRead, cv.peer_read_seq || 0);
+        c.peerDelivered = Math.max(c.peerDelivered, cv.peer_delivered_seq || 0, c.peerRead);
         if (cv.last_message && (!c.last || cv.last_message.seq >= c.last.seq)) c.last = cv.last_message;
         c.updated = Math.max(c.updated, cv.updated_at || 0);
       }
       renderList();
-      if (S.current) renderHeader();
+      if (S.current) {
+        renderHeader();
+        refreshStatuses(convOf(S.current));
+      }
       updateComposer();
     } catch (e) {
       if (e.status !== 401) toast('Could not load your conversations: ' + e.message);

@@ -103,6 +103,15 @@ impl ChatRepo {
             let peer = user::Entity::find_by_id(peer_id).one(&self.db).await?;
             let read_seq =
                 receipt::Entity::find_by_id((c.id, me.0)).one(&self.db).await?.map(|r| r.read_seq).unwrap_or(0);
+            // The peer's receipts, like their receipt frames, only while they are contacts.
+            let (peer_delivered_seq, peer_read_seq) = if self.may_message(me, UserId(peer_id)).await.is_ok() {
+                receipt::Entity::find_by_id((c.id, peer_id))
+                    .one(&self.db)
+                    .await?
+                    .map_or((0, 0), |r| (r.delivered_seq, r.read_seq))
+            } else {
+                (0, 0)
+            };
             let last_message = message::Entity::find()
                 .filter(message::Column::ConversationId.eq(c.id))
                 .filter(message::Column::Seq.eq(c.last_seq))
@@ -124,6 +133,8 @@ impl ChatRepo {
                 }),
                 last_seq: c.last_seq,
                 read_seq,
+                peer_delivered_seq,
+                peer_read_seq,
                 unread,
                 last_message,
                 updated_at: c.updated_at,
@@ -141,6 +152,9 @@ pub struct ConversationSummary {
     pub peer: Option<PeerSummary>,
     pub last_seq: i64,
     pub read_seq: i64,
+    /// How far the peer has received and read (0 unless you are contacts).
+    pub peer_delivered_seq: i64,
+    pub peer_read_seq: i64,
     pub unread: u64,
     pub last_message: Option<StoredMessage>,
     pub updated_at: i64,

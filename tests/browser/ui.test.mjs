@@ -346,6 +346,8 @@ test('two people use Switchboard in real browsers', async (t) => {
     }
     await alice.keyboard.press('Enter');
     await alice.locator('#peer-name').waitFor({ timeout: WAIT });
+    // A fresh page knows from the server how far bob has read.
+    await alice.locator('#messages li.msg.mine .status', { hasText: 'Read' }).last().waitFor({ timeout: WAIT });
     await alice.locator('#composer-input').focus();
     await alice.keyboard.type('typed without a mouse');
     await alice.keyboard.press('Enter');

@@ -397,6 +397,11 @@ async fn receipts_typing_and_presence_reach_the_other_side() {
         .await
         .expect("json");
     assert_eq!(list["conversations"][0]["peer"]["username"], "bob");
+    // What a reloaded page needs to mark Alice's messages read.
+    assert_eq!(
+        (list["conversations"][0]["peer_delivered_seq"].as_i64(), list["conversations"][0]["peer_read_seq"].as_i64()),
+        (Some(2), Some(2))
+    );
 
     b.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
     let t = a.next_of("typing").await;
