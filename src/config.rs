@@ -128,6 +128,8 @@ pub struct MessagingConfig {
     pub max_frame_bytes: usize,
     /// Frames queued for one connection before it counts as not reading and is closed.
     pub outbound_queue: usize,
+    /// Chat sockets one user may have open on one messaging node at once.
+    pub max_connections_per_user: usize,
     /// Messages a user may send per second, and the burst allowed above that.
     pub sends_per_second: u32,
     pub send_burst: u32,
@@ -249,6 +251,7 @@ impl Default for MessagingConfig {
             max_body_bytes: l.max_body_bytes,
             max_frame_bytes: l.max_frame_bytes,
             outbound_queue: l.outbound_queue,
+            max_connections_per_user: 32,
             sends_per_second: l.sends_per_second,
             send_burst: l.send_burst,
             max_violations: l.max_violations,
@@ -437,6 +440,11 @@ impl Config {
             "messaging.heartbeat_secs must be at least 1 and below messaging.idle_timeout_secs"
         );
         anyhow::ensure!(m.room_idle_secs >= 1, "messaging.room_idle_secs must be at least 1");
+        anyhow::ensure!(
+            (1..=10_000).contains(&m.max_connections_per_user),
+            "messaging.max_connections_per_user must be between 1 and 10000, got {}",
+            m.max_connections_per_user
+        );
         for o in &m.allowed_origins {
             anyhow::ensure!(
                 o.starts_with("http://") || o.starts_with("https://"),

@@ -35,6 +35,9 @@ pub enum AppError {
     /// Too many requests; retry after the given number of seconds (429).
     #[error("too many requests, retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The user has as many chat sockets open on this node as allowed (429).
+    #[error("too many open connections for this user (limit {limit})")]
+    TooManyConnections { limit: usize },
     /// A dependency (database, broker) is unavailable (503).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -70,7 +73,7 @@ impl AppError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,6 +90,7 @@ impl AppError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyConnections { .. } => "too_many_connections",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -182,4 +186,10 @@ pub async fn json_catcher(res: &mut Response, ctrl: &mut FlowCtrl) {
     };
     write_error(res, status, code, message);
     ctrl.skip_rest();
+}
+
+/// Handlers document their error responses in their `#[endpoint]` attributes (with the
+/// `ErrorBody` schema); the error type itself adds nothing to the spec.
+impl salvo::oapi::EndpointOutRegister for AppError {
+    fn register(_components: &mut salvo::oapi::Components, _operation: &mut salvo::oapi::Operation) {}
 }

@@ -44,6 +44,7 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 /// gateway serves itself.
 pub const ROUTES: &[(&str, Service)] = &[
     ("api/auth", Service::Auth),
+    ("api/openapi.json", Service::Auth),
     ("api/users", Service::Auth),
     ("api/contacts", Service::Auth),
     ("api/conversations", Service::Messaging),

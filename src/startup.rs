@@ -99,6 +99,7 @@ impl Application {
             node,
             files,
             rabbit: rabbit.clone(),
+            sockets: Arc::default(),
         };
         let router = routes::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));

@@ -3,6 +3,9 @@
 use salvo::http::cookie::{Cookie, SameSite};
 use salvo::http::header;
 use salvo::prelude::*;
+
+#[allow(unused_imports)]
+use super::openapi::*;
 use serde::Deserialize;
 
 use super::state;
@@ -17,17 +20,25 @@ pub fn router() -> Router {
         .push(Router::with_path("me").hoop(require_auth).get(me))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
 struct RegisterBody {
+    /// 3-32 of `a-z 0-9 _ . -`, case-insensitive.
+    #[salvo(schema(min_length = 3, max_length = 32, pattern = r"^[A-Za-z0-9_.\-]{3,32}$"))]
     username: String,
+    /// 8-1024 bytes.
+    #[salvo(schema(min_length = 8, max_length = 1024))]
     password: String,
+    /// 1-64 characters after trimming, no control characters; defaults to the username.
     #[serde(default)]
+    #[salvo(schema(min_length = 1, max_length = 64))]
     display_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
 struct LoginBody {
+    #[salvo(schema(max_length = 32))]
     username: String,
+    #[salvo(schema(max_length = 1024))]
     password: String,
 }
 
@@ -49,7 +60,7 @@ pub fn client_ip(req: &Request, config: &crate::config::Config) -> Option<std::n
 }
 
 /// `POST /api/auth/register` → 201 with the new user.
-#[handler]
+#[endpoint(tags("auth"), request_body = RegisterBody, responses((status_code = 201, description = "the new user", body = UserOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 409, description = "username taken", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: RegisterBody = json_body(req, depot).await?;
     let ip = client_ip(req, &state(depot)?.config);
@@ -60,7 +71,7 @@ async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
 }
 
 /// `POST /api/auth/login` → 200 `{access_token, expires_at, user}` and the session cookie.
-#[handler]
+#[endpoint(tags("auth"), request_body = LoginBody, responses((status_code = 200, description = "token, expiry and user; also the session cookie", body = LoginOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "wrong username or password", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: LoginBody = json_body(req, depot).await?;
     let ip = client_ip(req, &state(depot)?.config);
@@ -75,7 +86,7 @@ async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
 }
 
 /// `POST /api/auth/logout` → 204; the token is revoked and the cookie cleared.
-#[handler]
+#[endpoint(tags("auth"), responses((status_code = 204, description = "revoked"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let st = state(depot)?;
@@ -86,7 +97,7 @@ async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
 }
 
 /// `GET /api/auth/me` → the caller.
-#[handler]
+#[endpoint(tags("auth"), responses((status_code = 200, description = "the caller", body = UserOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn me(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let user = state(depot)?.auth.me(who).await?;

@@ -4,6 +4,9 @@
 //! `.declined`, `.cancelled`, `.removed`), for live sessions and the notify service.
 
 use salvo::prelude::*;
+
+#[allow(unused_imports)]
+use super::openapi::*;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ports::{ChatStore, Envelope, Event};
@@ -73,7 +76,7 @@ fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
 }
 
 /// `GET /api/contacts` → `{"contacts": [{user, since}]}`.
-#[handler]
+#[endpoint(tags("contacts"), responses((status_code = 200, description = "accepted contacts", body = ContactList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let contacts = state(depot)?.storage.contacts.contacts(me).await?;
@@ -82,7 +85,7 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
 }
 
 /// `GET /api/contacts/requests` → `{"incoming": [...], "outgoing": [...]}` (pending).
-#[handler]
+#[endpoint(tags("contacts"), responses((status_code = 200, description = "pending requests in and out", body = RequestLists), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn requests(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let (incoming, outgoing) = state(depot)?.storage.contacts.requests(me).await?;
@@ -90,15 +93,17 @@ async fn requests(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
 struct RequestBody {
+    /// The user to ask.
+    #[salvo(schema(max_length = 32))]
     username: String,
 }
 
 /// `POST /api/contacts/requests {username}` → 201 with a new request; 200 if it was
 /// pending already, they are contacts already, or the other user had asked first (then
 /// the request comes back `accepted`).
-#[handler]
+#[endpoint(tags("contacts"), request_body = RequestBody, responses((status_code = 201, description = "a new pending request", body = RequestOut), (status_code = 200, description = "already pending, already contacts, or made mutual (accepted)", body = RequestOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: RequestBody = json_body(req, depot).await?;
     let me = caller(depot)?.user_id;
@@ -133,19 +138,19 @@ async fn answer(req: &mut Request, depot: &mut Depot, res: &mut Response, yes: b
 }
 
 /// `POST /api/contacts/requests/{id}/accept` → the request, `accepted` (addressee only).
-#[handler]
+#[endpoint(tags("contacts"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the request, accepted", body = RequestOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn accept(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     answer(req, depot, res, true).await
 }
 
 /// `POST /api/contacts/requests/{id}/decline` → the request, `declined` (addressee only).
-#[handler]
+#[endpoint(tags("contacts"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the request, declined", body = RequestOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn decline(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     answer(req, depot, res, false).await
 }
 
 /// `DELETE /api/contacts/requests/{id}` → the request, `cancelled` (requester only).
-#[handler]
+#[endpoint(tags("contacts"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the request, cancelled", body = RequestOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let id = path_uuid(req, "id")?;
@@ -159,7 +164,7 @@ async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 }
 
 /// `DELETE /api/contacts/{user_id}` → 204; the contact is removed (history stays).
-#[handler]
+#[endpoint(tags("contacts"), parameters(("user_id" = String, Path, description = "the other user's UUID")), responses((status_code = 204, description = "removed"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
@@ -173,7 +178,7 @@ async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 }
 
 /// `POST /api/contacts/{user_id}/block` → 204.
-#[handler]
+#[endpoint(tags("contacts"), parameters(("user_id" = String, Path, description = "the other user's UUID")), responses((status_code = 204, description = "blocked"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
@@ -191,7 +196,7 @@ async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
 }
 
 /// `DELETE /api/contacts/{user_id}/block` → 204.
-#[handler]
+#[endpoint(tags("contacts"), parameters(("user_id" = String, Path, description = "the other user's UUID")), responses((status_code = 204, description = "unblocked"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn unblock(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
@@ -202,7 +207,7 @@ async fn unblock(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
 
 /// `GET /api/users?q=&limit=&cursor=` → `{"users": [{id, username, display_name,
 /// relation}], "next_cursor"}`: username or display-name prefix, case-insensitive.
-#[handler]
+#[endpoint(tags("contacts"), parameters(("q" = String, Query, min_length = 1, max_length = 64, description = "1-64 characters"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 50, description = "1-50, default 20"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status_code = 200, description = "users whose username or display name starts with q", body = SearchPage), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn search(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;

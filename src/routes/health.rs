@@ -1,6 +1,9 @@
 //! Liveness and readiness.
 
 use salvo::prelude::*;
+
+#[allow(unused_imports)]
+use super::openapi::*;
 use serde_json::json;
 
 use super::state;
@@ -11,7 +14,7 @@ pub fn router() -> Router {
 }
 
 /// Liveness: the process answers.
-#[handler]
+#[endpoint(tags("health"), responses((status_code = 200, description = "alive", body = Health)))]
 async fn healthz(res: &mut Response) {
     res.render(Json(json!({"status": "ok"})));
 }
@@ -19,7 +22,7 @@ async fn healthz(res: &mut Response) {
 /// Readiness: the database answers. 503 otherwise, so a load balancer stops routing here.
 /// The broker link is reported but does not decide: without it local chat still works
 /// and the node catches its sessions up when the link returns.
-#[handler]
+#[endpoint(tags("health"), responses((status_code = 200, description = "ready", body = Ready), (status_code = 503, description = "not ready (database down)", body = ErrorBody)))]
 async fn readyz(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?;
     if st.storage.ping().await {

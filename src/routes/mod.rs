@@ -9,6 +9,7 @@
 //! - [`notifications`]: `/api/notifications*`: list, mark read, the live stream (SSE).
 //! - [`debug`]: fault injection, mounted only when enabled.
 //! - [`csrf`]: the cross-site request forgery guard on every state-changing request.
+//! - [`openapi`]: `GET /api/openapi.json`, the REST API's spec generated from these routes.
 //! - [`pages`]: server-rendered pages and embedded static files.
 //!
 //! [`AppState`] is put in every request's depot by the [`InjectState`] hoop; handlers
@@ -21,6 +22,7 @@ pub mod csrf;
 pub mod debug;
 pub mod health;
 pub mod notifications;
+pub mod openapi;
 pub mod pages;
 pub mod transfers;
 pub mod ws;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub files: crate::storage::files::FileRepo,
     /// The RabbitMQ bus, when this process uses one (readiness reports its link).
     pub rabbit: Option<crate::bus::RabbitBus>,
+    /// Open chat sockets per user on this node (`messaging.max_connections_per_user`).
+    pub sockets: Arc<ws::SocketCounts>,
 }
 
 /// Which services' routes one process serves.
@@ -92,7 +96,7 @@ pub fn router(state: AppState, mount: Mount) -> Router {
     let mut root =
         Router::new().hoop(InjectState(state)).hoop(security_headers).hoop(csrf::csrf_guard).push(health::router());
     if matches!(mount, Mount::All | Mount::Auth) {
-        root = root.push(auth::router()).push(contacts::router());
+        root = root.push(auth::router()).push(contacts::router()).push(openapi::router());
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
         root = root.push(conversations::router()).push(ws::router()).push(transfers::router());

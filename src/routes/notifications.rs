@@ -5,6 +5,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use salvo::prelude::*;
+
+#[allow(unused_imports)]
+use super::openapi::*;
 use salvo::sse::{SseEvent, SseKeepAlive};
 use serde_json::json;
 use switchboard_actors::notify_stream::StreamItem;
@@ -38,7 +41,7 @@ fn notifier(depot: &Depot) -> Result<Notifier, AppError> {
 /// `GET /api/notifications?unread=true&before=N&limit=` → `{"notifications": [...],
 /// "unread": {"total", "conversations"}, "next_before"}`, newest first; `next_before` is
 /// the `before` of the next (older) page, or null after the last.
-#[handler]
+#[endpoint(tags("notifications"), parameters(("unread" = Option<bool>, Query), ("before" = Option<i64>, Query, description = "next_before of the previous page"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1-100, default 50")), responses((status_code = 200, description = "the caller's notifications, newest first, and unread counts", body = NotificationPage), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
@@ -57,7 +60,7 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
 }
 
 /// `POST /api/notifications/{id}/read` → 204; 404 unless it is one of the caller's.
-#[handler]
+#[endpoint(tags("notifications"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 204, description = "marked read"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let not_found = || AppError::not_found("not_found", "no such notification");
@@ -71,7 +74,7 @@ async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
 }
 
 /// `POST /api/notifications/read-all` → 204.
-#[handler]
+#[endpoint(tags("notifications"), responses((status_code = 204, description = "all marked read"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     if state(depot)?.storage.notifications.mark_all_read(me, crate::now_ms()).await? > 0 {
@@ -84,7 +87,7 @@ async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
 /// `GET /api/notifications/stream` (SSE). Resumes after the `Last-Event-ID` header (or
 /// `?after=N`): first the stored notifications after it, then live ones, each as an
 /// `event: notification` with `id: <n>`, and the unread counts as `event: unread`.
-#[handler]
+#[endpoint(tags("notifications"), parameters(("after" = Option<i64>, Query, description = "resume after this notification number"), ("last-event-id" = Option<String>, Header)), responses((status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -4,6 +4,9 @@
 use salvo::fs::NamedFile;
 use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
+
+#[allow(unused_imports)]
+use super::openapi::*;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ids::{FileId, TransferId};
@@ -28,14 +31,23 @@ pub fn router() -> Router {
         .push(Router::with_path("api/files/{id}").hoop(require_auth).get(download))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    /// A conversation of the caller's (UUID).
     conversation_id: String,
+    /// 1-255 bytes; no control characters, `/` or `\\`; not `.` or `..`.
+    #[salvo(schema(min_length = 1, max_length = 255))]
     name: String,
+    /// Bytes, 1 to `files.max_file_bytes`.
+    #[salvo(schema(minimum = 1))]
     size: i64,
+    /// SHA-256 of the whole file, 64 hex digits.
+    #[salvo(schema(pattern = "^[0-9a-fA-F]{64}$"))]
     sha256: String,
+    /// `type/subtype`; anything else is stored as `application/octet-stream`.
     #[serde(default)]
+    #[salvo(schema(max_length = 255))]
     mime: Option<String>,
 }
 
@@ -93,7 +105,7 @@ fn transfer_json(t: &transfer::Model, received: &[i64]) -> serde_json::Value {
 
 /// `POST /api/transfers {conversation_id, name, size, sha256, mime?}` → 201 `{id,
 /// chunk_size, chunk_count, missing, ...}`. Limits are checked here, before any byte.
-#[handler]
+#[endpoint(tags("files"), request_body = CreateBody, responses((status_code = 201, description = "the transfer: chunk size and count, missing chunks", body = TransferOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let body: CreateBody = json_body(req, depot).await?;
@@ -176,7 +188,7 @@ async fn participant_conversation(
 }
 
 /// `GET /api/transfers/{id}` → the transfer with `missing` chunk indexes (resume).
-#[handler]
+#[endpoint(tags("files"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the transfer and the chunks still missing", body = TransferOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let t = visible_transfer(req, depot).await?;
     let received = state(depot)?.files.received(TransferId(t.id)).await?;
@@ -186,7 +198,7 @@ async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 
 /// `PUT /api/transfers/{id}/chunks/{index}` with the raw bytes and `X-Chunk-Sha256` →
 /// 204 once stored; a stored chunk sent again is a no-op (204).
-#[handler]
+#[endpoint(tags("files"), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the chunk's bytes"), parameters(("id" = String, Path, description = "UUID"), ("index" = u32, Path, description = "chunk index, from 0"), ("x-chunk-sha256" = String, Header, description = "SHA-256 of the chunk, hex")), responses((status_code = 204, description = "stored (or already stored)"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let t = visible_transfer(req, depot).await?;
@@ -248,7 +260,7 @@ const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/w
 
 /// `GET /api/files/{id}` → the file, with `Range` support; participants only (404
 /// otherwise). Always `nosniff` and a sandboxing CSP; only plain images are inline.
-#[handler]
+#[endpoint(tags("files"), parameters(("id" = String, Path, description = "UUID"), ("range" = Option<String>, Header)), responses((status_code = 200, description = "the file", body = Vec<u8>, content_type = "application/octet-stream"), (status_code = 206, description = "a range of the file", body = Vec<u8>, content_type = "application/octet-stream"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 416, description = "range not satisfiable", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;

@@ -26,6 +26,7 @@ use super::auth::request_token;
 use super::state;
 use crate::auth::AuthUser;
 use crate::config::MessagingConfig;
+use crate::domain::UserId;
 use crate::error::AppError;
 
 pub fn router() -> Router {
@@ -52,6 +53,10 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         });
     }
     let m = st.config.messaging.clone();
+    let slot = st
+        .sockets
+        .acquire(who.user_id, m.max_connections_per_user)
+        .ok_or(AppError::TooManyConnections { limit: m.max_connections_per_user })?;
     // Small buffers: an idle connection should cost kilobytes, not the default 128 KiB.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -61,9 +66,45 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         .max_frame_size(Some(m.max_frame_bytes));
     let node = st.node.clone();
     WebSocketUpgrade::with_config(ws_config)
-        .upgrade(req, res, move |ws| serve(ws, node, who, m))
+        .upgrade(req, res, move |ws| async move {
+            serve(ws, node, who, m).await;
+            drop(slot);
+        })
         .await
         .map_err(|e| AppError::bad_request("bad_upgrade", e.brief))
+}
+
+/// Open chat sockets per user on this node, so one account cannot hold unbounded
+/// connections (and their memory). A [`SocketSlot`] gives its place back when dropped.
+#[derive(Debug, Default)]
+pub struct SocketCounts(dashmap::DashMap<UserId, usize>);
+
+impl SocketCounts {
+    /// A slot for one more socket of `user`, unless they have `max` already.
+    pub fn acquire(self: &Arc<Self>, user: UserId, max: usize) -> Option<SocketSlot> {
+        let mut n = self.0.entry(user).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot { counts: self.clone(), user })
+    }
+}
+
+/// One open (or opening) socket, counted in [`SocketCounts`].
+#[derive(Debug)]
+pub struct SocketSlot {
+    counts: Arc<SocketCounts>,
+    user: UserId,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.counts.0.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+        }
+        self.counts.0.remove_if(&self.user, |_, n| *n == 0);
+    }
 }
 
 /// The request's `Origin` is the server's own (same host) or configured as allowed; a

@@ -130,3 +130,35 @@ fn base64url(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test]
+async fn hole_unbounded_connections_per_user() {
+    let app =
+        crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.messaging.max_connections_per_user = 2)
+            .await;
+    let (alice, _) = user(&app, "alice").await;
+    let (bob, _) = user(&app, "bob").await;
+    let mut first = Client::connect(&app, &alice).await;
+    let _second = Client::connect(&app, &alice).await;
+    let bearer = |t: &str| {
+        let h = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap();
+        move |r: &mut tokio_tungstenite::tungstenite::handshake::client::Request| {
+            r.headers_mut().insert("authorization", h);
+        }
+    };
+    let third = crate::ws_client::connect_with(app.addr, bearer(&alice)).await;
+    assert_eq!(third.err(), Some(429), "a third socket of the same user is refused");
+    // Other users are not affected, and a closed socket frees its place.
+    let _bob = Client::connect(&app, &bob).await;
+    first.ws.close(None).await.unwrap();
+    drop(first);
+    let mut again = None;
+    for _ in 0..200 {
+        if let Ok(ws) = crate::ws_client::connect_with(app.addr, bearer(&alice)).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(again.is_some(), "the place of the closed socket is free again");
+}

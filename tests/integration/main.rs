@@ -22,6 +22,7 @@ mod helpers;
 mod holes;
 mod messaging;
 mod notifications;
+mod openapi;
 mod pages;
 mod runtime;
 mod ws_client;

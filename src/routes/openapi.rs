@@ -1,0 +1,279 @@
+//! `GET /api/openapi.json`: the REST API's OpenAPI document, generated from the routers
+//! (every handler under `/api` is an `#[endpoint]` naming its parameters, body and
+//! responses) and the schemas below.
+//!
+//! Several handlers build their JSON with `json!`; the schemas here describe those
+//! shapes. `scripts/fuzz-api` (schemathesis, run by `scripts/test`) checks every response
+//! the server gives against them, so a schema that drifts from the code fails the tests.
+
+use std::sync::LazyLock;
+
+use salvo::oapi::{OpenApi, ToSchema};
+use salvo::prelude::*;
+
+/// The document, built once.
+static DOC: LazyLock<String> = LazyLock::new(|| {
+    let api = Router::new()
+        .push(super::health::router())
+        .push(super::auth::router())
+        .push(super::contacts::router())
+        .push(super::conversations::router())
+        .push(super::transfers::router())
+        .push(super::notifications::router());
+    let mut doc = OpenApi::new("Switchboard", env!("CARGO_PKG_VERSION")).merge_router(&api);
+    doc.info.description = Some(
+        "One-to-one chat. Authenticate with `Authorization: Bearer <access token>` (from login) \
+         or, in a browser, the session cookie plus the `X-CSRF-Token` header on state-changing \
+         requests. Errors are `{\"error\": {\"code\", \"message\"}}`. Times are Unix milliseconds. \
+         The chat itself is the WebSocket at `/ws` (docs/protocol.md)."
+            .to_owned(),
+    );
+    let mut json = serde_json::to_value(&doc).unwrap_or_default();
+    drop_implicit_ok(&mut json);
+    serde_json::to_string_pretty(&json).unwrap_or_default()
+});
+
+/// A handler returning `Result<(), _>` gets a bare `200 Ok` response from salvo-oapi; on
+/// operations whose attributes declare their own 2xx (201, 204, ...) it is not true.
+fn drop_implicit_ok(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
+    for item in paths.values_mut() {
+        let Some(ops) = item.as_object_mut() else { continue };
+        for op in ops.values_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else { continue };
+            let other_success = responses.keys().any(|k| k.starts_with('2') && k != "200");
+            let bare = responses.get("200").is_some_and(|r| r.get("content").is_none() && r["description"] == "Ok");
+            if other_success && bare {
+                responses.remove("200");
+            }
+        }
+    }
+}
+
+pub fn router() -> Router {
+    Router::with_path("api/openapi.json").get(spec)
+}
+
+#[handler]
+async fn spec(res: &mut Response) {
+    res.headers_mut()
+        .insert(salvo::http::header::CACHE_CONTROL, salvo::http::HeaderValue::from_static("public, max-age=60"));
+    res.render(Text::Json(DOC.as_str()));
+}
+
+/// Every error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Machine-readable: `invalid_json`, `not_found`, `rate_limited`, ...
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+/// A user as everyone may see them.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UserRef {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+}
+
+/// The caller, or a new account.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UserOut {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub created_at: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LoginOut {
+    pub access_token: String,
+    pub expires_at: i64,
+    pub user: UserOut,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Ready {
+    /// `ready`.
+    pub status: String,
+    pub database: String,
+    /// `up`, `down`, or `in-process` without RabbitMQ.
+    pub broker: String,
+    /// The messaging node id.
+    pub node: String,
+}
+
+/// A contact request (`state`: `pending`, `accepted`, `declined`, `cancelled`, `removed`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RequestOut {
+    pub id: String,
+    pub requester_id: String,
+    pub addressee_id: String,
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A pending request with the other user.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RequestWithUser {
+    pub id: String,
+    pub requester_id: String,
+    pub addressee_id: String,
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub user: UserRef,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RequestLists {
+    pub incoming: Vec<RequestWithUser>,
+    pub outgoing: Vec<RequestWithUser>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Contact {
+    pub user: UserRef,
+    pub since: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ContactList {
+    pub contacts: Vec<Contact>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SearchHit {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    /// `none`, `pending_in`, `pending_out` or `contact`.
+    pub relation: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SearchPage {
+    pub users: Vec<SearchHit>,
+    pub next_cursor: Option<String>,
+}
+
+/// A stored message (as in the WebSocket `message` frame).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MessageOut {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    /// `text` or `file`.
+    pub kind: String,
+    pub body: String,
+    pub file_id: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConversationOut {
+    pub id: String,
+    pub peer: Option<UserRef>,
+    pub last_seq: i64,
+    pub read_seq: i64,
+    pub peer_delivered_seq: i64,
+    pub peer_read_seq: i64,
+    pub unread: i64,
+    pub last_message: Option<MessageOut>,
+    pub updated_at: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationOut>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MessagePage {
+    pub messages: Vec<MessageOut>,
+    pub last_seq: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TransferOut {
+    pub id: String,
+    pub conversation_id: String,
+    pub uploader_id: String,
+    pub name: String,
+    pub mime: String,
+    pub size: i64,
+    pub sha256: String,
+    pub chunk_size: i64,
+    pub chunk_count: i64,
+    /// `uploading`, `complete`, `failed` or `expired`.
+    pub state: String,
+    pub file_id: Option<String>,
+    pub received_chunks: i64,
+    /// Chunk indexes still to send.
+    pub missing: Vec<i64>,
+    pub expires_at: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NotificationOut {
+    pub id: String,
+    pub n: i64,
+    /// `message`, `contact_request` or `contact_accepted`.
+    pub kind: String,
+    pub conversation_id: Option<String>,
+    pub seq: Option<i64>,
+    pub payload: serde_json::Value,
+    pub read: bool,
+    pub created_at: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UnreadOut {
+    pub total: i64,
+    /// Unread message notifications per conversation id.
+    pub conversations: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NotificationPage {
+    pub notifications: Vec<NotificationOut>,
+    pub unread: UnreadOut,
+    pub next_before: Option<i64>,
+}
