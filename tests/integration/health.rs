@@ -74,3 +74,36 @@ async fn registration_is_rate_limited_per_address() {
     assert_eq!(app.register("user2", PASSWORD).await.status(), StatusCode::CREATED);
     assert_eq!(app.register("user3", PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// The HTTP layer's own limits: oversized or too many headers get 431 and the connection
+/// is closed; a deeply nested JSON body gets 400; the server answers the next request.
+#[tokio::test]
+async fn oversized_headers_and_deep_json_are_refused_without_harm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let ask = |extra: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let mut req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+        req.extend(extra);
+        req.extend(b"\r\n");
+        s.write_all(&req).await.unwrap();
+        let mut buf = vec![0; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let huge = [b"X-Big: ".to_vec(), vec![b'a'; 1 << 20], b"\r\n".to_vec()].concat();
+    assert!(ask(huge).await.starts_with("HTTP/1.1 431"));
+    let many: Vec<u8> = (0..500).flat_map(|i| format!("X-{i}: a\r\n").into_bytes()).collect();
+    assert!(ask(many).await.starts_with("HTTP/1.1 431"));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = app
+        .client()
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_json");
+    assert!(ask(vec![]).await.starts_with("HTTP/1.1 200"));
+}

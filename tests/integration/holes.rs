@@ -162,3 +162,203 @@ async fn hole_unbounded_connections_per_user() {
     }
     assert!(again.is_some(), "the place of the closed socket is free again");
 }
+
+/// Every thing Alice and Bob own, tried by Mallory by id: 404 (existence not revealed) or
+/// 403, never their data.
+#[tokio::test]
+async fn hole_reading_another_users_data_by_id() {
+    use sha2::{Digest, Sha256};
+    let app = spawn_app().await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let (mallory, _) = user(&app, "mallory").await;
+    let mut a = Client::connect(&app, &alice).await;
+    a.send_to_user("secret", &bob_id, "for bob only").await;
+    let conv = a.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    // A finished file and a pending upload in their conversation.
+    let data = b"private bytes".to_vec();
+    let sha: String = Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+    let create = |name: &str| {
+        app.client()
+            .post(app.url("/api/transfers"))
+            .bearer_auth(&alice)
+            .json(&json!({"conversation_id": conv, "name": name, "size": data.len(), "sha256": sha}))
+            .send()
+    };
+    let done: Value = create("a.txt").await.unwrap().json().await.unwrap();
+    let pending: Value = create("b.txt").await.unwrap().json().await.unwrap();
+    let done_id = done["id"].as_str().unwrap();
+    let r = app
+        .client()
+        .put(app.url(&format!("/api/transfers/{done_id}/chunks/0")))
+        .bearer_auth(&alice)
+        .header("x-chunk-sha256", &sha)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let mut file_id = None;
+    for _ in 0..500 {
+        let t = app.get_json(&format!("/api/transfers/{done_id}"), &alice).await;
+        if let Some(f) = t["file_id"].as_str() {
+            file_id = Some(f.to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let file_id = file_id.expect("the file is stored");
+    // A notification of Bob's, and a request of Mallory's own to use as a control.
+    let bob_notes = app.get_json("/api/notifications", &bob).await;
+    let note_id = bob_notes["notifications"][0]["id"].as_str().expect("bob has a notification").to_owned();
+    let carol = app.signup("carol").await;
+    let req: Value = app
+        .client()
+        .post(app.url("/api/contacts/requests"))
+        .bearer_auth(&carol)
+        .json(&json!({"username": "bob"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let req_id = req["id"].as_str().unwrap();
+
+    let gets = [
+        format!("/api/conversations/{conv}/messages"),
+        format!("/api/transfers/{done_id}"),
+        format!("/api/transfers/{}", pending["id"].as_str().unwrap()),
+        format!("/api/files/{file_id}"),
+    ];
+    for path in &gets {
+        let r = app.get_as(path, &mallory).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "GET {path}");
+        assert!(!r.text().await.unwrap().contains("for bob only"));
+    }
+    let posts = [
+        format!("/api/notifications/{note_id}/read"),
+        format!("/api/contacts/requests/{req_id}/accept"),
+        format!("/api/contacts/requests/{req_id}/decline"),
+    ];
+    for path in &posts {
+        let r = app.client().post(app.url(path)).bearer_auth(&mallory).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "POST {path}");
+    }
+    let r = app
+        .client()
+        .delete(app.url(&format!("/api/contacts/requests/{req_id}")))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Mallory's own lists hold nothing of theirs; Bob's notification is still unread and
+    // Carol's request still pending.
+    for path in ["/api/conversations", "/api/contacts", "/api/contacts/requests", "/api/notifications"] {
+        let body = app.get_json(path, &mallory).await.to_string();
+        assert!(!body.contains(&conv) && !body.contains(&note_id) && !body.contains(req_id), "{path}: {body}");
+    }
+    let bob_notes = app.get_json("/api/notifications", &bob).await;
+    assert!(bob_notes["notifications"].as_array().unwrap().iter().all(|n| n["read"] == false));
+    let bob_requests = app.get_json("/api/contacts/requests", &bob).await;
+    assert_eq!(bob_requests["incoming"][0]["state"], "pending");
+    // The owners themselves can (the 404s above are about who asks).
+    assert_eq!(app.get_as(&format!("/api/files/{file_id}"), &bob).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn hole_logout_that_does_not_revoke() {
+    let app = spawn_app().await;
+    let token = app.signup("alice").await;
+    let other: Value = app.login("alice", crate::helpers::PASSWORD).await.json().await.unwrap();
+    let other = other["access_token"].as_str().unwrap().to_owned();
+    let r = app.client().post(app.url("/api/auth/logout")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED, "REST refuses the token at once");
+    let bearer = format!("Bearer {token}");
+    let ws = crate::ws_client::connect_with(app.addr, |r| {
+        r.headers_mut().insert("authorization", bearer.parse().unwrap());
+    })
+    .await;
+    assert_eq!(ws.err(), Some(401), "so does the WebSocket");
+    assert_eq!(app.me(&other).await.status(), StatusCode::OK, "the user's other session lives on");
+}
+
+/// There is no way to set a password without the current one: no reset endpoint that
+/// trusts a user id, username or e-mail, and nothing under /api/users changes passwords.
+#[tokio::test]
+async fn hole_password_reset_without_proof() {
+    let app = spawn_app().await;
+    let (alice, alice_id) = user(&app, "alice").await;
+    let (mallory, _) = user(&app, "mallory").await;
+    let attempt = json!({"username": "alice", "user_id": alice_id, "password": "mallory-chose-this", "new_password": "mallory-chose-this"});
+    for path in [
+        "/api/auth/reset",
+        "/api/auth/password-reset",
+        "/api/auth/password",
+        "/api/users/password",
+        &format!("/api/users/{alice_id}"),
+    ] {
+        for method in ["POST", "PUT", "PATCH"] {
+            let r = app
+                .client()
+                .request(method.parse().unwrap(), app.url(path))
+                .bearer_auth(&mallory)
+                .json(&attempt)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_client_error(), "{method} {path}: {}", r.status());
+        }
+    }
+    assert_eq!(app.login("alice", "mallory-chose-this").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login("alice", crate::helpers::PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(app.me(&alice).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn hole_crash_on_a_malformed_id_or_an_empty_conversation() {
+    let app = spawn_app().await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    // Accepting made their conversation; it has no messages yet.
+    let convs = app.get_json("/api/conversations", &alice).await;
+    let conv = convs["conversations"][0]["id"].as_str().expect("the new contacts' conversation").to_owned();
+    assert_eq!(convs["conversations"][0]["last_message"], Value::Null);
+    let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &alice).await;
+    assert_eq!((page["messages"].clone(), page["last_seq"].clone()), (json!([]), json!(0)));
+    let page = app.get_json(&format!("/api/conversations/{conv}/messages?before_seq=1&limit=1"), &alice).await;
+    assert_eq!(page["messages"], json!([]));
+    for id in ["not-a-uuid", "00000000-0000-0000-0000-000000000000", "%00", "..%2f..%2fetc", &"9".repeat(5000), "😀"]
+    {
+        for path in [
+            format!("/api/conversations/{id}/messages"),
+            format!("/api/transfers/{id}"),
+            format!("/api/files/{id}"),
+            format!("/api/contacts/{id}/block"),
+        ] {
+            let r = app.get_as(&path, &alice).await;
+            assert!(r.status().is_client_error(), "GET {path}: {}", r.status());
+        }
+        for path in [format!("/api/notifications/{id}/read"), format!("/api/contacts/requests/{id}/accept")] {
+            let r = app.client().post(app.url(&path)).bearer_auth(&alice).send().await.unwrap();
+            assert!(r.status().is_client_error(), "POST {path}: {}", r.status());
+        }
+    }
+    // And over the socket: an error frame each, then chat as usual.
+    let mut a = Client::connect(&app, &alice).await;
+    for (i, bad) in ["not-a-uuid", "00000000-0000-0000-0000-000000000000", ""].iter().enumerate() {
+        a.send(json!({"type": "send", "client_msg_id": format!("bad{i}"), "conversation_id": bad, "body": "x"})).await;
+        assert_eq!(a.next_of("error").await["ref"], format!("bad{i}"));
+        a.others.clear();
+        a.send(json!({"type": "sync", "since": {*bad: 0}})).await;
+        a.read_until("an answer to the sync", |c| {
+            c.others.iter().any(|f| f["type"] == "sync_done" || f["type"] == "error")
+        })
+        .await;
+        a.others.clear();
+    }
+    a.send_to_user("ok", &bob_id, "still here").await;
+    assert_eq!(a.next_of("ack").await["seq"], 1);
+    let health = app.client().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
