@@ -42,7 +42,9 @@ struct Args {
     /// `pairs` (messaging over WebSockets), `cluster` (as `pairs`, senders on
     /// `--sender-url`, receivers on `--receiver-url`: two messaging nodes, so every message
     /// crosses RabbitMQ), `notify` (as `pairs`, but receivers read their notification
-    /// stream, SSE, at `--receiver-url`: latency is send → notification) or `search` (user search queries against a database seeded with
+    /// stream, SSE, at `--receiver-url`: latency is send → notification), `ramp` (`pairs`
+    /// at rising rates until p99 passes `--p99-bound-ms`), `idle` (connected idle clients;
+    /// server RSS per connection), `files` (upload and download throughput) or `search` (user search queries against a database seeded with
     /// `--users` users; needs `--database-url`).
     #[arg(long, default_value = "pairs")]
     scenario: String,
@@ -64,6 +66,15 @@ struct Args {
     /// Chunks uploaded at once for `files`.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// `ramp`: the p99 bound (ms) a step must stay under.
+    #[arg(long, default_value_t = 20.0)]
+    p99_bound_ms: f64,
+    /// `ramp`: each step's rate is the last one's times this.
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// `ramp`: at most this many steps.
+    #[arg(long, default_value_t = 12)]
+    max_steps: usize,
     /// Where senders open their WebSocket (default: `--url`).
     #[arg(long)]
     sender_url: Option<String>,
@@ -399,11 +410,69 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "files" {
         return files_bench(&args.url, args.file_mib, args.parallel).await;
     }
+    if args.scenario == "ramp" {
+        return ramp(&args).await;
+    }
     anyhow::ensure!(
         matches!(args.scenario.as_str(), "pairs" | "cluster" | "notify"),
         "unknown scenario {:?}",
         args.scenario
     );
+    let result = run_pairs(&args, args.rate).await?;
+    println!("{result}");
+    Ok(())
+}
+
+/// The `ramp` scenario: `pairs` at `--rate`, then at `--factor` times that, and so on
+/// (fresh users per step, same server), until a step's p99 passes `--p99-bound-ms`, or it
+/// has errors, or it loses messages. Reports every step and the highest rate that held.
+async fn ramp(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.factor > 1.0, "--factor must be above 1");
+    let mut rate = args.rate;
+    let mut best = 0.0;
+    let mut steps = vec![];
+    let mut rows = vec![];
+    for step in 0..args.max_steps {
+        eprintln!("ramp step {}: {rate:.0} msg/s", step + 1);
+        let r = run_pairs(args, rate).await?;
+        let p99 = r["latency_ms"]["p99"].as_f64().unwrap_or(f64::INFINITY);
+        let held = p99 <= args.p99_bound_ms && r["errors"] == 0 && r["delivered"] == r["sent"];
+        rows.push(format!(
+            "| {rate:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
+            r["sent"],
+            r["delivered"],
+            r["errors"],
+            r["latency_ms"]["p50"].as_f64().unwrap_or_default(),
+            p99,
+            r["latency_ms"]["max"].as_f64().unwrap_or_default(),
+            if held { "held" } else { "passed the bound" }
+        ));
+        steps.push(r);
+        if !held {
+            break;
+        }
+        best = rate;
+        rate = (rate * args.factor).round();
+    }
+    println!("| target msg/s | sent | delivered | errors | p50 ms | p99 ms | max ms | |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!(
+        "highest sustained rate with p99 <= {} ms: {best} msg/s ({} pairs, {} s per step)",
+        args.p99_bound_ms, args.pairs, args.duration
+    );
+    println!(
+        "{}",
+        json!({"scenario": "ramp", "p99_bound_ms": args.p99_bound_ms, "highest_sustained_msg_s": best, "steps": steps})
+    );
+    Ok(())
+}
+
+/// One open-loop run of `pairs`, `cluster` or `notify` at `rate`; prints its table and
+/// returns its result.
+async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
     let sender_url = args.sender_url.clone().unwrap_or_else(|| args.url.clone());
     let receiver_url = args.receiver_url.clone().unwrap_or_else(|| args.url.clone());
     if args.scenario == "cluster" {
@@ -412,10 +481,7 @@ async fn main() -> anyhow::Result<()> {
             "the cluster scenario needs --sender-url and --receiver-url on different messaging nodes"
         );
     }
-    anyhow::ensure!(
-        args.pairs >= 1 && args.rate > 0.0 && args.duration >= 1,
-        "pairs, rate and duration must be positive"
-    );
+    anyhow::ensure!(args.pairs >= 1 && rate > 0.0 && args.duration >= 1, "pairs, rate and duration must be positive");
     let http = reqwest::Client::new();
     let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     eprintln!("registering {} users ...", args.pairs * 2);
@@ -430,7 +496,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("connecting {} sockets and opening {} conversations ...", args.pairs * 2, args.pairs);
     let counters = Arc::new(Counters::default());
     let epoch = Instant::now();
-    let per_pair = args.rate / args.pairs as f64;
+    let per_pair = rate / args.pairs as f64;
     let period = Duration::from_secs_f64(1.0 / per_pair);
     // Senders start together once every pair is set up; readers run until `stop`.
     let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
@@ -578,7 +644,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let _ = start_tx.send(Some(Instant::now() + Duration::from_millis(500)));
-    eprintln!("running {} s at {} msg/s over {} pairs ...", args.duration, args.rate, args.pairs);
+    eprintln!("running {} s at {} msg/s over {} pairs ...", args.duration, rate, args.pairs);
     let progress = {
         let c = counters.clone();
         tokio::spawn(async move {
@@ -619,7 +685,7 @@ async fn main() -> anyhow::Result<()> {
     let result = json!({
         "scenario": args.scenario,
         "pairs": args.pairs,
-        "target_rate": args.rate,
+        "target_rate": rate,
         "duration_s": args.duration,
         "sent": sent,
         "acked": counters.acked.load(Ordering::Relaxed),
@@ -635,7 +701,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
         args.pairs,
-        args.rate,
+        rate,
         sent,
         result["acked"],
         delivered,
@@ -646,6 +712,5 @@ async fn main() -> anyhow::Result<()> {
         ms(0.999),
         hist.max() as f64 / 1000.0
     );
-    println!("{result}");
-    Ok(())
+    Ok(result)
 }

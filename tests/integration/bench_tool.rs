@@ -33,6 +33,33 @@ async fn every_scenario_of_the_load_tool_runs() {
     assert_eq!(pairs["delivered"], pairs["sent"], "every message measured arrived");
     assert_eq!(pairs["errors"], 0);
 
+    // `ramp` steps the rate up (10, then 15 msg/s) while p99 holds (a generous bound here:
+    // timing is not what this checks).
+    let url2 = url.clone();
+    let ramp = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--url",
+            &url2,
+            "--scenario",
+            "ramp",
+            "--pairs",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--max-steps",
+            "2",
+            "--p99-bound-ms",
+            "60000",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(ramp["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(ramp["steps"][1]["target_rate"], 15.0);
+    assert_eq!(ramp["highest_sustained_msg_s"], 15.0);
+
     let url2 = url.clone();
     let notify = tokio::task::spawn_blocking(move || {
         bench(&["--url", &url2, "--scenario", "notify", "--pairs", "2", "--rate", "10", "--duration", "1"])
