@@ -188,8 +188,10 @@ fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Also the regression test for path traversal through file names (`../../etc/passwd`,
+/// control characters, separators): nothing is written outside the data directory.
 #[tokio::test]
-async fn bad_uploads_get_clear_errors_and_nothing_lands_outside_the_data_directory() {
+async fn hole_path_traversal_through_file_names_and_other_bad_uploads() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.files.max_file_bytes = 3 << 20;
         c.files.quota_bytes = 4 << 20;
@@ -346,8 +348,10 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Also the regression test for uploads that grow memory without bound: peak RSS growth
+/// while 200 MiB go through stays under a bound far below the file size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_200_mib_file_survives_a_server_restart_and_a_killed_transfer_actor() {
+async fn hole_uploads_that_grow_memory_without_bound_200_mib_across_a_restart_and_a_killed_actor() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), None);
     let (alice, bob, bob_id) = alice_and_bob(&server).await;

@@ -4,8 +4,12 @@
 //! `auth::*::invalid_expired_and_foreign_tokens_are_refused`,
 //! `auth::*::token_works_until_logout_revokes_it`,
 //! `messaging::websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies`,
-//! `files::bad_uploads_get_clear_errors_and_nothing_lands_outside_the_data_directory`,
-//! `notifications::a_user_only_ever_sees_their_own_notifications`.)
+//! `files::hole_path_traversal_through_file_names_and_other_bad_uploads`,
+//! `files::hole_uploads_that_grow_memory_without_bound_200_mib_across_a_restart_and_a_killed_actor`,
+//! `pages::hole_cross_site_request_forgery_with_the_session_cookie`,
+//! `notifications::a_user_only_ever_sees_their_own_notifications`, and, in the browser
+//! tests, `hole: stored XSS through message bodies and display names` with file names in
+//! the file test.)
 
 use std::time::Duration;
 
