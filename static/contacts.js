@@ -52,7 +52,12 @@
   }
 
   async function refresh() {
-    const [contacts, requests] = await Promise.all([api('GET', '/api/contacts'), api('GET', '/api/contacts/requests')]);
+    const [contacts, requests, blocked] = await Promise.all([
+      api('GET', '/api/contacts'), api('GET', '/api/contacts/requests'), api('GET', '/api/contacts/blocked'),
+    ]);
+    fill('blocked', 'blocked-empty', blocked.blocked.map((b) => person(b.user, [
+      button('Unblock', () => api('DELETE', `/api/contacts/${encodeURIComponent(b.user.id)}/block`), { cls: 'secondary' }),
+    ])));
     fill('incoming', 'incoming-empty', requests.incoming.map((r) => person(r.user, [
       button('Accept', () => api('POST', `/api/contacts/requests/${encodeURIComponent(r.id)}/accept`)),
       button('Decline', () => api('POST', `/api/contacts/requests/${encodeURIComponent(r.id)}/decline`), { cls: 'secondary' }),

@@ -35,6 +35,7 @@ pub fn router() -> Router {
                         .push(Router::with_path("{id}/accept").post(accept))
                         .push(Router::with_path("{id}/decline").post(decline)),
                 )
+                .push(Router::with_path("blocked").get(blocked))
                 .push(Router::with_path("{user_id}").delete(remove))
                 .push(Router::with_path("{user_id}/block").post(block).delete(unblock)),
         )
@@ -81,6 +82,16 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let contacts = state(depot)?.storage.contacts.contacts(me).await?;
     res.render(Json(json!({ "contacts": contacts })));
+    Ok(())
+}
+
+/// `GET /api/contacts/blocked` → `{"blocked": [{user, since}]}`: the users the caller
+/// blocked, newest first (so the UI can lift a block).
+#[endpoint(tags("contacts"), responses((status_code = 200, description = "users you blocked", body = BlockedList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let users = state(depot)?.storage.contacts.blocked(me).await?;
+    res.render(Json(json!({ "blocked": users })));
     Ok(())
 }
 

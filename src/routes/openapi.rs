@@ -169,6 +169,13 @@ pub struct ContactList {
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
+pub struct BlockedList {
+    /// `since`: when the block was made.
+    pub blocked: Vec<Contact>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
 pub struct SearchHit {
     pub id: String,
     pub username: String,

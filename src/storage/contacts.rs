@@ -345,6 +345,21 @@ impl ContactRepo {
             .collect())
     }
 
+    /// The users `me` blocked, newest first (at most 1,000), with when.
+    pub async fn blocked(&self, me: UserId) -> Result<Vec<ContactView>, DbErr> {
+        let rows = block::Entity::find()
+            .filter(block::Column::BlockerId.eq(me.0))
+            .order_by_desc(block::Column::CreatedAt)
+            .limit(1000)
+            .all(&self.db)
+            .await?;
+        let mut users = self.users(rows.iter().map(|b| b.blocked_id).collect()).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|b| users.remove(&b.blocked_id).map(|u| ContactView { user: u.into(), since: b.created_at }))
+            .collect())
+    }
+
     /// Pending requests: `(incoming, outgoing)`.
     pub async fn requests(&self, me: UserId) -> Result<(Vec<RequestView>, Vec<RequestView>), DbErr> {
         let rows = self.rows_of(me, &[PENDING]).await?;

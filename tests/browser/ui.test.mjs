@@ -354,6 +354,27 @@ test('two people use Switchboard in real browsers', async (t) => {
     await waitForBody(bob, 'typed without a mouse');
   });
 
+  await t.test('block and unblock from the contacts page', async () => {
+    const carol = await person('carol');
+    await register(carol, 'carol', 'Carol', PASSWORD);
+    await carol.goto(server.url + '/contacts');
+    await carol.type('#search', 'alice', { delay: 20 });
+    const hit = carol.locator('#search-results li', { hasText: '@alice' });
+    await hit.getByRole('button', { name: 'Add contact' }).click();
+    await alice.goto(server.url + '/contacts');
+    const request = alice.locator('#incoming li', { hasText: '@carol' });
+    // Block asks twice, then the request is gone and carol is listed as blocked.
+    const block = alice.locator('#search-results li', { hasText: '@carol' });
+    await alice.type('#search', 'carol', { delay: 20 });
+    await block.getByRole('button', { name: 'Block' }).click();
+    await block.getByRole('button', { name: 'Really block?' }).click();
+    await alice.locator('#blocked li', { hasText: '@carol' }).waitFor({ timeout: WAIT });
+    await request.waitFor({ state: 'detached', timeout: WAIT });
+    await alice.locator('#blocked li', { hasText: '@carol' }).getByRole('button', { name: 'Unblock' }).click();
+    await alice.locator('#blocked-empty').waitFor({ state: 'visible', timeout: WAIT });
+    await carol.context().close();
+  });
+
   await t.test('a phone-width screen and the dark scheme', async () => {
     const phone = await person('bob-phone', { viewport: { width: 390, height: 780 }, colorScheme: 'dark', isMobile: true, hasTouch: true });
     await phone.goto(server.url + '/login');

@@ -346,3 +346,27 @@ async fn search_at_100k_users_returns_the_right_first_page() {
         ]
     );
 }
+
+#[tokio::test]
+async fn blocked_users_are_listed_for_the_blocker_only_and_unblocking_clears_them() {
+    let app = crate::helpers::spawn_app().await;
+    let (alice, _) = crate::ws_client::user(&app, "alice").await;
+    let (bob, bob_id) = crate::ws_client::user(&app, "bob").await;
+    let r =
+        app.client().post(app.url(&format!("/api/contacts/{bob_id}/block"))).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT);
+    let list = app.get_json("/api/contacts/blocked", &alice).await;
+    assert_eq!(list["blocked"].as_array().unwrap().len(), 1);
+    assert_eq!(list["blocked"][0]["user"]["username"], "bob");
+    assert!(list["blocked"][0]["since"].as_i64().unwrap() > 0);
+    assert_eq!(app.get_json("/api/contacts/blocked", &bob).await["blocked"], serde_json::json!([]), "bob sees no one");
+    let r = app
+        .client()
+        .delete(app.url(&format!("/api/contacts/{bob_id}/block")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(app.get_json("/api/contacts/blocked", &alice).await["blocked"], serde_json::json!([]));
+}

@@ -17,6 +17,7 @@ const OPERATIONS: &[&str] = &[
     "GET /api/users",
     "GET /api/contacts",
     "GET /api/contacts/requests",
+    "GET /api/contacts/blocked",
     "POST /api/contacts/requests",
     "POST /api/contacts/requests/{id}/accept",
     "POST /api/contacts/requests/{id}/decline",
