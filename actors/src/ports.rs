@@ -139,6 +139,9 @@ pub enum Event {
     Typing { to: UserId, conversation_id: ConversationId, user_id: UserId, active: bool },
     /// A peer came online or went offline.
     Presence { to: UserId, user_id: UserId, online: bool },
+    /// `from` just connected on a node where `to` has no session and asks whether `to` is
+    /// online: `to`'s sessions, wherever they are, answer with a `Presence` to `from`.
+    PresenceProbe { to: UserId, from: UserId },
     /// A contact request involving `to` changed.
     Contact { to: UserId, change: ContactChange },
     /// A notification for `to` was stored, or `to`'s unread counts changed (then
@@ -191,6 +194,7 @@ impl Event {
             | Event::Receipt { to, .. }
             | Event::Typing { to, .. }
             | Event::Presence { to, .. }
+            | Event::PresenceProbe { to, .. }
             | Event::Contact { to, .. }
             | Event::Notification { to, .. }
             | Event::Transfer { to, .. } => *to,
@@ -204,6 +208,7 @@ impl Event {
             Event::Receipt { .. } => "receipt",
             Event::Typing { .. } => "typing",
             Event::Presence { .. } => "presence",
+            Event::PresenceProbe { .. } => "presence.probe",
             Event::Notification { .. } => "notification",
             Event::Transfer { .. } => "transfer",
             Event::Contact { change, .. } => return format!("user.{}.contact.{}", self.recipient(), change.kind),

@@ -289,13 +289,25 @@ impl SessionState {
                 peers.push(peer);
             }
         }
+        let mut probes = vec![];
         if online {
-            // Tell this connection which of those peers are online here.
+            // Tell this connection which of those peers are online here; ask about the
+            // others (they may be on other nodes: their sessions answer over the bus).
             for peer in &peers {
                 if !self.ctx.sessions_of(*peer).is_empty() {
                     self.conn.push(&ServerFrame::Presence { user_id: *peer, online: true });
+                } else {
+                    probes.push(*peer);
                 }
             }
+        }
+        if !probes.is_empty() {
+            let bus = self.ctx.bus.clone();
+            tokio::spawn(async move {
+                for peer in probes {
+                    let _ = bus.publish(Envelope::new(Event::PresenceProbe { to: peer, from: me })).await;
+                }
+            });
         }
         // Every session counts for the binding (the bus binds on the first, unbinds after
         // the last): counting there, under one lock, keeps a close and an open that race
@@ -551,6 +563,17 @@ impl SessionState {
             }
             Event::Presence { user_id, online, .. } => {
                 self.conn.push(&ServerFrame::Presence { user_id, online });
+            }
+            Event::PresenceProbe { from, .. } => {
+                // Answer only contacts (presence never crosses a block).
+                let me = self.me();
+                if self.ctx.store.may_message(me, from).await.is_ok() {
+                    let bus = self.ctx.bus.clone();
+                    tokio::spawn(async move {
+                        let _ =
+                            bus.publish(Envelope::new(Event::Presence { to: from, user_id: me, online: true })).await;
+                    });
+                }
             }
             Event::Transfer { progress, .. } => {
                 self.conn.push(&ServerFrame::Transfer(progress));

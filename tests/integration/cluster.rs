@@ -88,6 +88,17 @@ async fn two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
     let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
     let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
     assert_ne!(alice_node, bob_node, "the gateway puts the second socket on the other node");
+    // Presence crosses nodes both ways: Bob's new socket learns that Alice (on the other
+    // node, connected first) is online, and Alice learns Bob came online.
+    let alice_id =
+        cluster.me(&alice_t).await.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let online = |id: String| {
+        move |c: &Client| {
+            c.others.iter().any(|f| f["type"] == "presence" && f["user_id"] == id.as_str() && f["online"] == true)
+        }
+    };
+    bob.read_until("alice's presence from the other node", online(alice_id)).await;
+    alice.read_until("bob's presence from the other node", online(bob_id.clone())).await;
     let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
 
     const N: usize = 1000;
