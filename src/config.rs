@@ -112,6 +112,10 @@ pub struct AuthConfig {
 pub struct LimitsConfig {
     /// Largest JSON request body, in bytes.
     pub max_json_body_bytes: usize,
+    /// Largest request line plus headers, in bytes (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header fields in one request (431 past it).
+    pub max_headers: usize,
     /// User searches per user per minute.
     pub search_per_minute: u32,
     /// Contact requests sent per user per minute.
@@ -144,6 +148,17 @@ pub struct MessagingConfig {
     /// Origins (scheme://host[:port]) allowed to open a cookie-authenticated WebSocket,
     /// besides the server's own. Bearer-token clients are not origin-checked.
     pub allowed_origins: Vec<String>,
+}
+
+/// A server with the HTTP/1 header limits of `limits` (request line plus headers, and
+/// the number of header fields; 431 past either).
+pub fn http_server(
+    acceptor: salvo::conn::tcp::TcpAcceptor,
+    limits: &LimitsConfig,
+) -> salvo::Server<salvo::conn::tcp::TcpAcceptor> {
+    let mut server = salvo::Server::new(acceptor);
+    server.http1_mut().max_buf_size(limits.max_header_bytes).max_headers(limits.max_headers);
+    server
 }
 
 /// RabbitMQ settings. The broker objects' names all start with `prefix` (see
@@ -319,7 +334,13 @@ impl Default for AuthConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_json_body_bytes: 64 * 1024, search_per_minute: 120, contact_requests_per_minute: 30 }
+        Self {
+            max_json_body_bytes: 64 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            search_per_minute: 120,
+            contact_requests_per_minute: 30,
+        }
     }
 }
 
@@ -416,6 +437,16 @@ impl Config {
             (1024..=16 * 1024 * 1024).contains(&l.max_json_body_bytes),
             "limits.max_json_body_bytes must be between 1024 and 16777216, got {}",
             l.max_json_body_bytes
+        );
+        anyhow::ensure!(
+            (8 * 1024..=1024 * 1024).contains(&l.max_header_bytes),
+            "limits.max_header_bytes must be between 8192 and 1048576, got {}",
+            l.max_header_bytes
+        );
+        anyhow::ensure!(
+            (16..=1000).contains(&l.max_headers),
+            "limits.max_headers must be between 16 and 1000, got {}",
+            l.max_headers
         );
         let m = &self.messaging;
         anyhow::ensure!(

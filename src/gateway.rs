@@ -403,6 +403,7 @@ pub struct Gateway {
     service: salvo::Service,
     pools: Vec<Arc<Pool>>,
     health_every: Duration,
+    limits: crate::config::LimitsConfig,
 }
 
 impl Gateway {
@@ -424,7 +425,14 @@ impl Gateway {
             crate::startup::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let acceptor = TcpAcceptor::try_from(listener)?;
-        Ok(Self { acceptor, local_addr, service, pools, health_every: Duration::from_millis(g.health_interval_ms) })
+        Ok(Self {
+            acceptor,
+            local_addr,
+            service,
+            pools,
+            health_every: Duration::from_millis(g.health_interval_ms),
+            limits: config.limits.clone(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -436,7 +444,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let checks = tokio::spawn(health_checks(self.pools.clone(), self.health_every));
-        let server = Server::new(self.acceptor);
+        let server = crate::config::http_server(self.acceptor, &self.limits);
         let handle = server.handle();
         tokio::spawn(async move {
             shutdown.await;

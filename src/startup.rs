@@ -116,7 +116,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops gracefully.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let server = Server::new(self.acceptor);
+        let server = crate::config::http_server(self.acceptor, &self.state.config.limits);
         let handle = server.handle();
         let auth = self.state.auth.clone();
         let files = self.state.files.clone();

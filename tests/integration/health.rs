@@ -80,7 +80,7 @@ async fn registration_is_rate_limited_per_address() {
 #[tokio::test]
 async fn oversized_headers_and_deep_json_are_refused_without_harm() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app().await;
+    let app = spawn_app_with(Backend::Sqlite, |c| c.limits.max_header_bytes = 16 * 1024).await;
     let ask = |extra: Vec<u8>| async move {
         let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
         let mut req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
@@ -91,8 +91,9 @@ async fn oversized_headers_and_deep_json_are_refused_without_harm() {
         let n = s.read(&mut buf).await.unwrap();
         String::from_utf8_lossy(&buf[..n]).to_string()
     };
-    let huge = [b"X-Big: ".to_vec(), vec![b'a'; 1 << 20], b"\r\n".to_vec()].concat();
-    assert!(ask(huge).await.starts_with("HTTP/1.1 431"));
+    let header = |n: usize| [b"X-Big: ".to_vec(), vec![b'a'; n], b"\r\n".to_vec()].concat();
+    assert!(ask(header(8 * 1024)).await.starts_with("HTTP/1.1 200"), "under limits.max_header_bytes");
+    assert!(ask(header(20 * 1024)).await.starts_with("HTTP/1.1 431"), "over limits.max_header_bytes");
     let many: Vec<u8> = (0..500).flat_map(|i| format!("X-{i}: a\r\n").into_bytes()).collect();
     assert!(ask(many).await.starts_with("HTTP/1.1 431"));
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
