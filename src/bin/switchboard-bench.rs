@@ -44,10 +44,21 @@ struct Args {
     /// crosses RabbitMQ), `notify` (as `pairs`, but receivers read their notification
     /// stream, SSE, at `--receiver-url`: latency is send → notification), `ramp` (`pairs`
     /// at rising rates until p99 passes `--p99-bound-ms`), `idle` (connected idle clients;
-    /// server RSS per connection), `files` (upload and download throughput) or `search` (user search queries against a database seeded with
+    /// server RSS per connection), `files` (upload and download throughput), `commit`
+    /// (appends/s of the storage layer alone, acks at the durable commit; needs
+    /// `--database-url`) or `search` (user search queries against a database seeded with
     /// `--users` users; needs `--database-url`).
     #[arg(long, default_value = "pairs")]
     scenario: String,
+    /// Conversations for `commit`.
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Messages for `commit`.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Appends waiting for their commit at once, for `commit`.
+    #[arg(long, default_value_t = 1000)]
+    in_flight: usize,
     /// Users to seed for `search`.
     #[arg(long, default_value_t = 100_000)]
     users: u64,
@@ -81,6 +92,112 @@ struct Args {
     /// Where receivers open their WebSocket (default: `--url`).
     #[arg(long)]
     receiver_url: Option<String>,
+}
+
+/// The `commit` scenario: the storage layer alone. `--rooms` conversations in a fresh
+/// database at `--database-url`; `--messages` appends spread round-robin over them, at most
+/// `--in-flight` waiting for their commit at once, each counted when its durable commit
+/// (the ack point) returns. Reports appends/s and the append→commit latency.
+async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> anyhow::Result<()> {
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use switchboard::storage::chat::ChatRepo;
+    use switchboard::storage::entities::{conversation, user};
+    use switchboard_actors::ports::{ChatStore, NewMessage};
+
+    anyhow::ensure!(rooms >= 1 && total >= 1 && in_flight >= 1, "rooms, messages and in-flight must be positive");
+    let db = switchboard::storage::connect(url).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let mut convs = Vec::with_capacity(rooms);
+    for start in (0..rooms).step_by(500) {
+        let end = (start + 500).min(rooms);
+        let mut users = vec![];
+        let mut rows = vec![];
+        for i in start..end {
+            let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+            for (id, side) in [(a, "a"), (b, "b")] {
+                users.push(user::ActiveModel {
+                    id: Set(id),
+                    username: Set(format!("c{run}{i}{side}")),
+                    display_name: Set(format!("c{run}{i}{side}")),
+                    display_key: Set(format!("c{run}{i}{side}")),
+                    password_hash: Set("!".into()),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                });
+            }
+            let id = uuid::Uuid::now_v7();
+            rows.push(conversation::ActiveModel {
+                id: Set(id),
+                user_low: Set(a.min(b)),
+                user_high: Set(a.max(b)),
+                last_seq: Set(0),
+                created_at: Set(now),
+                updated_at: Set(now),
+            });
+            convs.push((switchboard::domain::ConversationId(id), switchboard::domain::UserId(a)));
+        }
+        user::Entity::insert_many(users).exec_without_returning(&db).await?;
+        conversation::Entity::insert_many(rows).exec_without_returning(&db).await?;
+    }
+    let repo = Arc::new(ChatRepo::new(db));
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let failed = Arc::new(AtomicU64::new(0));
+    eprintln!("appending {total} messages over {rooms} conversations, {in_flight} in flight ...");
+    let start = Instant::now();
+    let mut waits = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let permit = slots.clone().acquire_owned().await?;
+        let (conversation_id, sender_id) = convs[(i as usize) % rooms];
+        let queued = Instant::now();
+        let pending = repo
+            .queue_append(NewMessage {
+                conversation_id,
+                sender_id,
+                client_msg_id: format!("m{i}"),
+                kind: "text".into(),
+                body: format!("message {i} of the committer benchmark"),
+                file_id: None,
+            })
+            .await;
+        let (hist, failed) = (hist.clone(), failed.clone());
+        waits.spawn(async move {
+            match pending.await {
+                Ok(_) => {
+                    let us = queued.elapsed().as_micros() as u64;
+                    if let Ok(mut h) = hist.lock() {
+                        let _ = h.record(us.max(1));
+                    }
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+        while waits.try_join_next().is_some() {}
+    }
+    while waits.join_next().await.is_some() {}
+    let secs = start.elapsed().as_secs_f64();
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.clone();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let failed = failed.load(Ordering::Relaxed);
+    println!("| rooms | in flight | messages | failed | appends/s | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {rooms} | {in_flight} | {total} | {failed} | {:.0} | {:.2} | {:.2} | {:.2} |",
+        total as f64 / secs,
+        ms(0.5),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "{}",
+        json!({"scenario": "commit", "rooms": rooms, "in_flight": in_flight, "messages": total, "failed": failed,
+               "appends_per_s": total as f64 / secs, "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": h.max() as f64 / 1000.0}})
+    );
+    Ok(())
 }
 
 /// Seeds `n` users (if not there yet) and times prefix searches through the repository.
@@ -403,6 +520,10 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "search" {
         let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
         return search_bench(url, args.users).await;
+    }
+    if args.scenario == "commit" {
+        let url = args.database_url.as_deref().context("--database-url is needed for the commit scenario")?;
+        return commit_bench(url, args.rooms, args.messages, args.in_flight).await;
     }
     if args.scenario == "idle" {
         return idle_bench(&args).await;

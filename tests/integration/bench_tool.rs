@@ -60,6 +60,28 @@ async fn every_scenario_of_the_load_tool_runs() {
     assert_eq!(ramp["steps"][1]["target_rate"], 15.0);
     assert_eq!(ramp["highest_sustained_msg_s"], 15.0);
 
+    // `commit`: the storage layer alone, on a database file of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("commit.db").display());
+    let commit = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--scenario",
+            "commit",
+            "--database-url",
+            &db,
+            "--rooms",
+            "7",
+            "--messages",
+            "300",
+            "--in-flight",
+            "20",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!((commit["messages"].as_u64(), commit["failed"].as_u64()), (Some(300), Some(0)));
+    assert!(commit["appends_per_s"].as_f64().unwrap() > 0.0);
+
     let url2 = url.clone();
     let notify = tokio::task::spawn_blocking(move || {
         bench(&["--url", &url2, "--scenario", "notify", "--pairs", "2", "--rate", "10", "--duration", "1"])
