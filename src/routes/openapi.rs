@@ -78,7 +78,7 @@ pub struct ErrorDetail {
 }
 
 /// A user as everyone may see them.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Serialize)]
 #[allow(dead_code)]
 pub struct UserRef {
     pub id: String,
@@ -123,7 +123,7 @@ pub struct Ready {
 }
 
 /// A contact request (`state`: `pending`, `accepted`, `declined`, `cancelled`, `removed`).
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Serialize)]
 #[allow(dead_code)]
 pub struct RequestOut {
     pub id: String,
@@ -135,15 +135,11 @@ pub struct RequestOut {
 }
 
 /// A pending request with the other user.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Serialize)]
 #[allow(dead_code)]
 pub struct RequestWithUser {
-    pub id: String,
-    pub requester_id: String,
-    pub addressee_id: String,
-    pub state: String,
-    pub created_at: i64,
-    pub updated_at: i64,
+    #[serde(flatten)]
+    pub request: RequestOut,
     pub user: UserRef,
 }
 
