@@ -421,11 +421,8 @@ impl SessionState {
             Ok(c) => c,
             Err(e) => return self.store_error(e, r),
         };
-        if let Some(peer) = conv.peer_of(me)
-            && let Err(e) = self.ctx.store.may_message(me, peer).await
-        {
-            return self.store_error(e, r);
-        }
+        // Who may message whom is checked where the message is committed, in the same
+        // transaction (so a block takes effect for every message committed after it).
         let room = match self.ctx.room(conv.id).await {
             Ok(room) => room,
             Err(e) => {

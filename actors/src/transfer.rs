@@ -227,8 +227,16 @@ impl TransferState {
         };
         let room = self.ctx.room(status.conversation_id).await?;
         let posted = ractor::call_t!(room, |reply| RoomMsg::Send { msg: Box::new(msg), reply }, 30_000)?;
-        if let Err(e) = posted {
-            return Err(format!("posting the file message: {}", e.message).into());
+        match posted {
+            Ok(_) => {}
+            Err(e) if e.code == "forbidden" => {
+                // Blocked (or no longer contacts) while the file went up: it is not posted.
+                tracing::info!(transfer = %self.id, why = %e.message, "file not posted");
+                status.state = "failed".into();
+                self.report(&status).await;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("posting the file message: {}", e.message).into()),
         }
         store.complete(self.id).await?;
         status.state = "complete".into();

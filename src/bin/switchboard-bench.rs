@@ -99,47 +99,17 @@ struct Args {
 /// `--in-flight` waiting for their commit at once, each counted when its durable commit
 /// (the ack point) returns. Reports appends/s and the append→commit latency.
 async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> anyhow::Result<()> {
-    use sea_orm::{ActiveValue::Set, EntityTrait};
     use switchboard::storage::chat::ChatRepo;
-    use switchboard::storage::entities::{conversation, user};
     use switchboard_actors::ports::{ChatStore, NewMessage};
 
     anyhow::ensure!(rooms >= 1 && total >= 1 && in_flight >= 1, "rooms, messages and in-flight must be positive");
     let db = switchboard::storage::connect(url).await?;
-    let now = chrono::Utc::now().timestamp_millis();
     let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
-    let mut convs = Vec::with_capacity(rooms);
-    for start in (0..rooms).step_by(500) {
-        let end = (start + 500).min(rooms);
-        let mut users = vec![];
-        let mut rows = vec![];
-        for i in start..end {
-            let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-            for (id, side) in [(a, "a"), (b, "b")] {
-                users.push(user::ActiveModel {
-                    id: Set(id),
-                    username: Set(format!("c{run}{i}{side}")),
-                    display_name: Set(format!("c{run}{i}{side}")),
-                    display_key: Set(format!("c{run}{i}{side}")),
-                    password_hash: Set("!".into()),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                });
-            }
-            let id = uuid::Uuid::now_v7();
-            rows.push(conversation::ActiveModel {
-                id: Set(id),
-                user_low: Set(a.min(b)),
-                user_high: Set(a.max(b)),
-                last_seq: Set(0),
-                created_at: Set(now),
-                updated_at: Set(now),
-            });
-            convs.push((switchboard::domain::ConversationId(id), switchboard::domain::UserId(a)));
-        }
-        user::Entity::insert_many(users).exec_without_returning(&db).await?;
-        conversation::Entity::insert_many(rows).exec_without_returning(&db).await?;
-    }
+    let convs: Vec<_> = switchboard::storage::seed::contact_pairs(&db, rooms, &format!("c{run}"))
+        .await?
+        .into_iter()
+        .map(|p| (p.conversation, p.a))
+        .collect();
     let repo = Arc::new(ChatRepo::new(db));
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));

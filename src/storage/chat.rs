@@ -4,14 +4,18 @@
 //! committer task takes every write waiting in its queue (up to [`MAX_BATCH`]) and
 //! commits them in one transaction, then answers each. One fsync then covers many
 //! messages, which is what makes `synchronous=FULL` affordable.
-//! Inside the transaction each message bumps its conversation's `last_seq` with an atomic
-//! `UPDATE … RETURNING` (a row lock on PostgreSQL, the write lock on SQLite) and is
-//! inserted with that number, so sequences are gap-free and unique even with several
-//! nodes writing. An answer is sent only after the commit. If a batch fails as a whole
+//! A batch costs a fixed number of statements however many messages it holds (see
+//! [`append_all`]): the permission check (accepted contact, no block) for every pair in the
+//! batch, the resend lookup, one `UPDATE … RETURNING` that takes every conversation's new
+//! `last_seq` at once (a row lock on PostgreSQL, the write lock on SQLite), and one
+//! multi-row `INSERT`, so sequences are gap-free and unique even with several nodes
+//! writing. An answer is sent only after the commit. If a batch fails as a whole
 //! (say one row violates a constraint because another node raced it), its messages are
 //! retried one transaction each, so one bad message never fails its neighbours.
 
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -21,6 +25,7 @@ use switchboard_actors::ports::{
     Appended, ChatStore, ConversationInfo, NewMessage, Pending, Receipt, StoreError, StoredMessage,
 };
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use super::entities::{conversation, message, receipt, user};
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
@@ -227,7 +232,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
 }
 
 /// Performs `writes` in one transaction. The outer error aborts the whole transaction; the
-/// inner results are per write (not found, a reused id, or what was stored).
+/// inner results are per write (not found, forbidden, a reused id, or what was stored).
 async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<Result<Written, StoreError>>, DbErr> {
     let txn = db.begin().await?;
     if txn.get_database_backend() == DbBackend::Sqlite {
@@ -237,63 +242,191 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
         txn.execute_unprepared("UPDATE conversations SET last_seq = last_seq WHERE 0").await?;
     }
     let now = crate::now_ms();
-    let mut results = Vec::with_capacity(writes.len());
-    for w in writes {
-        let result = match w {
-            Write::Append(m) => append(&txn, m, now).await?.map(Written::Appended),
-            Write::Receipt { conversation, user, delivered, read } => {
-                raise_receipt(&txn, *conversation, *user, *delivered, *read, now).await?.map(Written::Receipt)
-            }
-        };
-        results.push(result);
+    let mut results: Vec<Option<Result<Written, StoreError>>> = writes.iter().map(|_| None).collect();
+    let appends: Vec<&NewMessage> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Append(m) => Some(m),
+            Write::Receipt { .. } => None,
+        })
+        .collect();
+    let mut appended = append_all(&txn, &appends, now).await?.into_iter();
+    // Appends first (a receipt in the same batch may count one of them), then receipts.
+    for (slot, w) in results.iter_mut().zip(writes) {
+        if let Write::Append(_) = w {
+            *slot = appended.next().map(|r| r.map(Written::Appended));
+        }
+    }
+    for (slot, w) in results.iter_mut().zip(writes) {
+        if let Write::Receipt { conversation, user, delivered, read } = w {
+            *slot =
+                Some(raise_receipt(&txn, *conversation, *user, *delivered, *read, now).await?.map(Written::Receipt));
+        }
     }
     txn.commit().await?;
-    Ok(results)
+    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Unavailable("write skipped".into())))).collect())
 }
 
-async fn append(txn: &DatabaseTransaction, m: &NewMessage, now: i64) -> Result<Result<Appended, StoreError>, DbErr> {
-    // Bump first: the write lock (SQLite) or row lock (PostgreSQL) is then held until
-    // commit, so nobody else can take a number in between.
-    let bumped = conversation::Entity::update_many()
-        .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).add(1))
-        .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
-        .filter(conversation::Column::Id.eq(m.conversation_id.0))
-        .exec_with_returning(txn)
-        .await?;
-    let Some(seq) = bumped.first().map(|c| c.last_seq) else {
-        return Ok(Err(StoreError::NotFound));
-    };
-    let existing = message::Entity::find()
-        .filter(message::Column::SenderId.eq(m.sender_id.0))
-        .filter(message::Column::ClientMsgId.eq(m.client_msg_id.as_str()))
-        .one(txn)
-        .await?;
-    if let Some(existing) = existing {
-        // A resend: give the number back and answer with the stored original.
-        conversation::Entity::update_many()
-            .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).sub(1))
-            .filter(conversation::Column::Id.eq(m.conversation_id.0))
-            .exec(txn)
-            .await?;
-        if existing.conversation_id != m.conversation_id.0 {
-            return Ok(Err(StoreError::Forbidden("client_msg_id was already used for another conversation")));
-        }
-        return Ok(Ok(Appended { message: to_stored(existing), duplicate: true }));
-    }
-    let row = message::ActiveModel {
-        id: Set(MessageId::new().0),
-        conversation_id: Set(m.conversation_id.0),
-        seq: Set(seq),
-        sender_id: Set(m.sender_id.0),
-        client_msg_id: Set(m.client_msg_id.clone()),
-        kind: Set(m.kind.clone()),
-        body: Set(m.body.clone()),
-        file_id: Set(m.file_id.map(|f| f.0)),
-        created_at: Set(now),
-    };
-    let model = message::Entity::insert(row).exec_with_returning(txn).await?;
-    Ok(Ok(Appended { message: to_stored(model), duplicate: false }))
+/// What became of one append while its batch is worked out.
+enum Fate {
+    Refused(StoreError),
+    /// Stored before (a resend): answered with the stored original.
+    Stored(Box<StoredMessage>),
+    /// New: the `n`-th new message of its conversation in this batch (0-based).
+    New(usize),
+    /// The same `client_msg_id` as the new message at this index of the batch.
+    SameAs(usize),
 }
+
+/// Appends a batch of messages with a fixed number of statements however large the batch:
+/// read the conversations, check who may message whom, look up resends, take every
+/// conversation's numbers with one `UPDATE … RETURNING`, insert all new rows in one
+/// multi-row `INSERT`. The caller's transaction makes it all or nothing; the answers come
+/// back in the order of `appends`.
+async fn append_all(
+    txn: &DatabaseTransaction,
+    appends: &[&NewMessage],
+    now: i64,
+) -> Result<Vec<Result<Appended, StoreError>>, DbErr> {
+    if appends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conversation_ids: HashSet<Uuid> = appends.iter().map(|m| m.conversation_id.0).collect();
+    let conversations: HashMap<Uuid, conversation::Model> = conversation::Entity::find()
+        .filter(conversation::Column::Id.is_in(conversation_ids))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let member = |m: &NewMessage| {
+        conversations
+            .get(&m.conversation_id.0)
+            .filter(|c| c.user_low == m.sender_id.0 || c.user_high == m.sender_id.0)
+            .map(|c| (c.user_low, c.user_high))
+    };
+    let pairs: HashSet<(Uuid, Uuid)> = appends.iter().filter_map(|m| member(m)).collect();
+    let allowed = super::contacts::messageable_pairs(txn, &pairs.into_iter().collect::<Vec<_>>()).await?;
+
+    let may_send = |m: &NewMessage| match member(m) {
+        None => Err(StoreError::NotFound),
+        Some(p) if !allowed.contains(&p) => Err(StoreError::Forbidden(super::contacts::NOT_A_CONTACT)),
+        Some(_) => Ok(()),
+    };
+    let resends = appends.iter().filter(|m| may_send(m).is_ok()).fold(Condition::any(), |c, m| {
+        c.add(
+            Condition::all()
+                .add(message::Column::SenderId.eq(m.sender_id.0))
+                .add(message::Column::ClientMsgId.eq(m.client_msg_id.as_str())),
+        )
+    });
+    let stored: HashMap<(Uuid, String), message::Model> = if resends.is_empty() {
+        HashMap::new()
+    } else {
+        message::Entity::find()
+            .filter(resends)
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|m| ((m.sender_id, m.client_msg_id.clone()), m))
+            .collect()
+    };
+
+    let mut new_per_conversation: HashMap<Uuid, usize> = HashMap::new();
+    let mut first_in_batch: HashMap<(Uuid, &str), usize> = HashMap::new();
+    let fates: Vec<Fate> = appends
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if let Err(e) = may_send(m) {
+                return Fate::Refused(e);
+            }
+            let reused = |conversation: Uuid| conversation != m.conversation_id.0;
+            let old = if stored.is_empty() { None } else { stored.get(&(m.sender_id.0, m.client_msg_id.clone())) };
+            if let Some(old) = old {
+                return if reused(old.conversation_id) {
+                    Fate::Refused(StoreError::Forbidden(REUSED_ID))
+                } else {
+                    Fate::Stored(Box::new(to_stored(old.clone())))
+                };
+            }
+            if let Some(&j) = first_in_batch.get(&(m.sender_id.0, m.client_msg_id.as_str())) {
+                return if reused(appends[j].conversation_id.0) {
+                    Fate::Refused(StoreError::Forbidden(REUSED_ID))
+                } else {
+                    Fate::SameAs(j)
+                };
+            }
+            first_in_batch.insert((m.sender_id.0, m.client_msg_id.as_str()), i);
+            let n = new_per_conversation.entry(m.conversation_id.0).or_default();
+            *n += 1;
+            Fate::New(*n - 1)
+        })
+        .collect();
+
+    // Each conversation's numbers in one statement: last_seq += its new messages.
+    let mut last_seq: HashMap<Uuid, i64> = HashMap::new();
+    if !new_per_conversation.is_empty() {
+        let mut bump = CaseStatement::new();
+        for (id, n) in &new_per_conversation {
+            bump = bump.case(conversation::Column::Id.eq(*id), Expr::val(*n as i64));
+        }
+        let bumped = conversation::Entity::update_many()
+            .col_expr(conversation::Column::LastSeq, Expr::col(conversation::Column::LastSeq).add(bump.finally(0i64)))
+            .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+            .filter(conversation::Column::Id.is_in(new_per_conversation.keys().copied()))
+            .exec_with_returning(txn)
+            .await?;
+        last_seq = bumped.into_iter().map(|c| (c.id, c.last_seq)).collect();
+    }
+
+    let mut rows = Vec::new();
+    let mut out: Vec<Result<Appended, StoreError>> = Vec::with_capacity(appends.len());
+    for (m, fate) in appends.iter().zip(&fates) {
+        out.push(match fate {
+            Fate::Refused(e) => Err(e.clone()),
+            Fate::Stored(old) => Ok(Appended { message: (**old).clone(), duplicate: true }),
+            Fate::SameAs(j) => match &out[*j] {
+                Ok(first) => Ok(Appended { message: first.message.clone(), duplicate: true }),
+                Err(e) => Err(e.clone()),
+            },
+            Fate::New(n) => {
+                let conversation = m.conversation_id.0;
+                let (Some(&last), Some(&count)) =
+                    (last_seq.get(&conversation), new_per_conversation.get(&conversation))
+                else {
+                    // The row was read above inside this transaction, so it is there.
+                    return Err(DbErr::Custom(format!("conversation {conversation} vanished during its commit")));
+                };
+                let row = message::Model {
+                    id: MessageId::new().0,
+                    conversation_id: conversation,
+                    seq: last - count as i64 + 1 + *n as i64,
+                    sender_id: m.sender_id.0,
+                    client_msg_id: m.client_msg_id.clone(),
+                    kind: m.kind.clone(),
+                    body: m.body.clone(),
+                    file_id: m.file_id.map(|f| f.0),
+                    created_at: now,
+                };
+                let stored = to_stored(row.clone());
+                rows.push(message::ActiveModel::from(row));
+                Ok(Appended { message: stored, duplicate: false })
+            }
+        });
+    }
+    // Bound each statement's parameters (9 per row) well below both backends' limits.
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<message::ActiveModel> = rows.by_ref().take(INSERT_ROWS).collect();
+        message::Entity::insert_many(chunk).exec_without_returning(txn).await?;
+    }
+    Ok(out)
+}
+
+const REUSED_ID: &str = "client_msg_id was already used for another conversation";
+/// Rows per multi-row `INSERT` (9 parameters each).
+const INSERT_ROWS: usize = 1000;
 
 /// Raises a user's markers in a conversation (never lowers them; read implies delivered;
 /// both capped at the last seq).

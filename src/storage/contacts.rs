@@ -7,12 +7,12 @@
 //! the pair's unique index arbitrates, so concurrent requests cannot both win: two users
 //! asking each other at the same moment end up contacts, not with two pending requests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use switchboard_actors::ports::{ContactChange, StoreError};
@@ -130,7 +130,7 @@ pub struct SearchHit {
     pub relation: &'static str,
 }
 
-fn pair(a: UserId, b: UserId) -> (Uuid, Uuid) {
+pub fn pair(a: UserId, b: UserId) -> (Uuid, Uuid) {
     if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) }
 }
 
@@ -468,29 +468,52 @@ impl ContactRepo {
 /// The messaging rule, in one place: `from` may message `to` only if they are accepted
 /// contacts and neither has blocked the other.
 pub async fn may_message(db: &DatabaseConnection, from: UserId, to: UserId) -> Result<(), StoreError> {
-    let unavailable = |e: DbErr| StoreError::Unavailable(e.to_string());
-    let (low, high) = pair(from, to);
-    // One round trip on the send path: the accepted contact row, if no block exists
-    // either way.
+    let allowed = messageable_pairs(db, &[pair(from, to)]).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    if allowed.is_empty() {
+        return Err(StoreError::Forbidden(NOT_A_CONTACT));
+    }
+    Ok(())
+}
+
+/// Why a message is refused: the one messaging rule, [`messageable_pairs`].
+pub const NOT_A_CONTACT: &str = "not a contact (or blocked): you cannot message this user";
+
+/// Of the given pairs (`(low, high)`), those that may message each other: an accepted
+/// contact and no block either way. One query however many pairs (the committer checks a
+/// whole batch of messages with it, inside the batch's transaction).
+pub async fn messageable_pairs<C: ConnectionTrait>(
+    db: &C,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<HashSet<(Uuid, Uuid)>, DbErr> {
+    if pairs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let side = |blocker: contact::Column, blocked: contact::Column| {
+        Condition::all()
+            .add(Expr::col((block::Entity, block::Column::BlockerId)).equals((contact::Entity, blocker)))
+            .add(Expr::col((block::Entity, block::Column::BlockedId)).equals((contact::Entity, blocked)))
+    };
     let either_blocked = Query::select()
         .expr(Expr::val(1))
         .from(block::Entity)
         .cond_where(
             Condition::any()
-                .add(Condition::all().add(block::Column::BlockerId.eq(low)).add(block::Column::BlockedId.eq(high)))
-                .add(Condition::all().add(block::Column::BlockerId.eq(high)).add(block::Column::BlockedId.eq(low))),
+                .add(side(contact::Column::UserLow, contact::Column::UserHigh))
+                .add(side(contact::Column::UserHigh, contact::Column::UserLow)),
         )
         .to_owned();
-    let row = contact::Entity::find()
-        .filter(contact::Column::UserLow.eq(low))
-        .filter(contact::Column::UserHigh.eq(high))
+    let any_pair = pairs.iter().fold(Condition::any(), |c, (low, high)| {
+        c.add(Condition::all().add(contact::Column::UserLow.eq(*low)).add(contact::Column::UserHigh.eq(*high)))
+    });
+    let rows: Vec<(Uuid, Uuid)> = contact::Entity::find()
+        .select_only()
+        .column(contact::Column::UserLow)
+        .column(contact::Column::UserHigh)
+        .filter(any_pair)
         .filter(contact::Column::State.eq(ACCEPTED))
         .filter(Expr::exists(either_blocked).not())
-        .one(db)
-        .await
-        .map_err(unavailable)?;
-    match row {
-        Some(_) => Ok(()),
-        None => Err(StoreError::Forbidden("not a contact (or blocked): you cannot message this user")),
-    }
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().collect())
 }

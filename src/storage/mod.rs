@@ -10,6 +10,7 @@
 //!   also the actors' `ChatStore` port.
 //! - [`notifications::NotificationRepo`], notifications and unread counts; also the
 //!   actors' `NotificationStore` port.
+//! - [`seed`], bulk contact pairs for benchmarks and storage tests.
 //!
 //! Handlers and actors call repositories, never SQL directly. Later aggregates
 //! (contacts, conversations and messages, transfers and files, notifications) get their
@@ -20,6 +21,7 @@ pub mod contacts;
 pub mod entities;
 pub mod files;
 pub mod notifications;
+pub mod seed;
 pub mod sessions;
 pub mod users;
 

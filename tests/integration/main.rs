@@ -25,5 +25,6 @@ mod notifications;
 mod openapi;
 mod pages;
 mod runtime;
+mod storage;
 mod ws_client;
 mod ws_fuzz;

@@ -1,0 +1,133 @@
+//! The message committer on its own, on a real SQLite file and the local PostgreSQL: many
+//! appends queued at once (so they share group commits) come back with gap-free numbers in
+//! queue order, resends inside and across batches answer with the stored original, and the
+//! messaging rule (contacts, no block) is enforced in the committing transaction.
+
+use std::collections::HashMap;
+
+use sea_orm::{ActiveValue::Set, EntityTrait};
+use switchboard::domain::{ConversationId, UserId};
+use switchboard::storage::chat::ChatRepo;
+use switchboard::storage::contacts::ContactRepo;
+use switchboard::storage::entities::block;
+use switchboard::storage::seed::contact_pairs;
+use switchboard_actors::ports::{Appended, ChatStore, NewMessage, StoreError};
+
+use crate::helpers::{Backend, spawn_app_with};
+
+fn text(conversation: ConversationId, sender: UserId, client_msg_id: &str) -> NewMessage {
+    NewMessage {
+        conversation_id: conversation,
+        sender_id: sender,
+        client_msg_id: client_msg_id.into(),
+        kind: "text".into(),
+        body: format!("body of {client_msg_id}"),
+        file_id: None,
+    }
+}
+
+async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backend) {
+    // The app gives the test its own database (and drops a PostgreSQL one afterwards).
+    let app = spawn_app_with(backend, |_| {}).await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
+    let p = contact_pairs(&db, 4, "st").await.expect("seed");
+    let (ab, cd, blocked, block_only) = (p[0], p[1], p[2], p[3]);
+    // A real block (ends the contact) and a block row beside a still-accepted contact:
+    // either refuses messages both ways.
+    ContactRepo::new(db.clone()).block(blocked.b, blocked.a).await.expect("block");
+    block::Entity::insert(block::ActiveModel {
+        blocker_id: Set(block_only.a.0),
+        blocked_id: Set(block_only.b.0),
+        created_at: Set(0),
+    })
+    .exec_without_returning(&db)
+    .await
+    .expect("block row");
+    let repo = ChatRepo::new(db.clone());
+    // ab.a also talks to cd.a, through the real request/accept path.
+    let contacts = ContactRepo::new(db.clone());
+    let (request, _) = contacts.request(ab.a, cd.a).await.expect("request");
+    contacts.answer(cd.a, request.id, true).await.expect("accept");
+    let ax = repo.open_conversation(ab.a, cd.a).await.expect("conversation").id;
+
+    // Queue everything before awaiting anything, so the committer takes many per batch.
+    let mut expect: Vec<(&str, Option<StoreError>)> = vec![];
+    let mut pending = vec![];
+    for i in 0..300 {
+        let id = format!("a{i}");
+        pending.push(repo.queue_append(text(ab.conversation, ab.a, &id)).await);
+        expect.push(("ab", None));
+        if i % 3 == 0 {
+            pending.push(repo.queue_append(text(cd.conversation, cd.b, &format!("d{i}"))).await);
+            expect.push(("cd", None));
+        }
+        if i % 50 == 7 {
+            // Resend of a message queued just before (the same batch, most likely).
+            pending.push(repo.queue_append(text(ab.conversation, ab.a, &id)).await);
+            expect.push(("dup", None));
+            pending.push(repo.queue_append(text(ab.conversation, cd.a, "outsider")).await);
+            expect.push(("outsider", Some(StoreError::NotFound)));
+            pending.push(repo.queue_append(text(blocked.conversation, blocked.a, &format!("x{i}"))).await);
+            expect.push(("blocked", Some(StoreError::Forbidden(switchboard::storage::contacts::NOT_A_CONTACT))));
+            pending.push(repo.queue_append(text(block_only.conversation, block_only.b, &format!("y{i}"))).await);
+            expect.push(("blocked", Some(StoreError::Forbidden(switchboard::storage::contacts::NOT_A_CONTACT))));
+            pending.push(repo.queue_append(text(ConversationId::new(), ab.a, &format!("z{i}"))).await);
+            expect.push(("nowhere", Some(StoreError::NotFound)));
+        }
+    }
+    // One client id used in two conversations: the second is refused, wherever it lands.
+    pending.push(repo.queue_append(text(ax, ab.a, "a0")).await);
+    expect.push(("reused", None));
+
+    let mut results: Vec<Result<Appended, StoreError>> = vec![];
+    for p in pending {
+        results.push(p.await);
+    }
+    let mut seqs: HashMap<&str, Vec<i64>> = HashMap::new();
+    let mut first_by_id: HashMap<String, Appended> = HashMap::new();
+    for ((what, error), result) in expect.iter().zip(&results) {
+        match (*what, error, result) {
+            (_, Some(e), r) => assert_eq!(r.as_ref().err(), Some(e), "{what}"),
+            ("dup", None, Ok(a)) => {
+                assert!(a.duplicate, "a resend is answered as a duplicate");
+                assert_eq!(&first_by_id[&a.message.client_msg_id].message, &a.message, "with the original");
+            }
+            ("reused", None, r) => assert!(
+                matches!(r, Err(StoreError::Forbidden(_))),
+                "a client_msg_id reused for another conversation: {r:?}"
+            ),
+            (conv, None, Ok(a)) => {
+                assert!(!a.duplicate);
+                seqs.entry(conv).or_default().push(a.message.seq);
+                first_by_id.insert(a.message.client_msg_id.clone(), a.clone());
+            }
+            (_, None, Err(e)) => panic!("{what} failed: {e}"),
+        }
+    }
+    assert_eq!(seqs["ab"], (1..=300).collect::<Vec<i64>>(), "numbered in queue order, no gaps");
+    assert_eq!(seqs["cd"], (1..=100).collect::<Vec<i64>>());
+
+    // What is stored is exactly what was acknowledged, and a later resend finds it.
+    let stored = repo.messages_after(ab.conversation, 0, 1000).await.expect("history");
+    assert_eq!(stored.len(), 300);
+    for m in &stored {
+        assert_eq!(&first_by_id[&m.client_msg_id].message, m);
+    }
+    assert_eq!(repo.conversation(ab.conversation).await.expect("read").expect("exists").last_seq, 300);
+    assert!(repo.messages_after(blocked.conversation, 0, 10).await.expect("history").is_empty());
+    assert!(repo.messages_after(ax, 0, 10).await.expect("history").is_empty());
+    let again = repo.append(text(ab.conversation, ab.a, "a0")).await.expect("resend");
+    assert!(again.duplicate);
+    assert_eq!(again.message.seq, 1);
+    drop(app);
+}
+
+#[tokio::test]
+async fn batch_appends_number_without_gaps_and_enforce_the_rules_on_sqlite() {
+    batch_appends_number_without_gaps_and_enforce_the_rules(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_batch_appends_number_without_gaps_and_enforce_the_rules() {
+    batch_appends_number_without_gaps_and_enforce_the_rules(Backend::Postgres).await;
+}
