@@ -11,6 +11,7 @@
 //! request to you (`contact_request`), your request accepted (`contact_accepted`). Your
 //! own read marker in a conversation clears its message notifications up to that seq.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +26,21 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use switchboard_actors::ports::{Bus, Envelope, Event};
+use switchboard_actors::ids::UserId;
+use switchboard_actors::ports::{Bus, Envelope, Event, NotificationView};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
 use crate::storage::Storage;
 use crate::storage::notifications::NewNotification;
+use crate::storage::users::User;
 
 /// Routing keys the notify queue is bound to.
 pub const KEYS: &[&str] =
     &["user.*.message.created", "user.*.contact.requested", "user.*.contact.accepted", "user.*.receipt"];
+
+/// Most events handled in one transaction.
+const BATCH: usize = 256;
 
 /// Longest message preview kept in a notification, in characters.
 const PREVIEW_CHARS: usize = 140;
@@ -52,82 +58,56 @@ impl Notifier {
         Self { storage, bus, config }
     }
 
-    /// Handles one event. `Ok` means done (stored, or nothing to store): ack it. `Err` is
-    /// a storage failure: retry later.
-    pub async fn handle(&self, envelope: &Envelope) -> Result<(), sea_orm::DbErr> {
+    /// Handles a run of events, in order. `Ok` means all are done (stored, or nothing to
+    /// store): ack them all. `Err` is a storage failure: retry the whole run later (what
+    /// was stored is not stored twice). Consecutive notifications are stored in one
+    /// transaction; a read marker first stores what came before it, then clears.
+    pub async fn handle_batch(&self, envelopes: &[Envelope]) -> Result<(), sea_orm::DbErr> {
+        let people = envelopes.iter().filter_map(|e| notification_source(&e.event).map(|(_, _, from)| from));
+        let names = self.storage.users.find_many(people).await?;
         let now = crate::now_ms();
-        let new = match &envelope.event {
-            Event::MessageCreated { to, message } if message.sender_id != *to => {
-                let sender = self.storage.users.find(message.sender_id).await?;
-                let preview: String = message.body.chars().take(PREVIEW_CHARS).collect();
-                NewNotification {
-                    user: *to,
-                    event_id: envelope.id.0,
-                    kind: "message",
-                    conversation_id: Some(message.conversation_id),
-                    seq: Some(message.seq),
-                    payload: json!({
-                        "message_id": message.id,
-                        "sender_id": message.sender_id,
-                        "sender_username": sender.as_ref().map(|u| u.username.as_str()),
-                        "sender_display_name": sender.as_ref().map(|u| u.display_name.as_str()),
-                        "message_kind": message.kind,
-                        "preview": preview,
-                    }),
+        let mut pending = Vec::new();
+        for envelope in envelopes {
+            match &envelope.event {
+                Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
+                    self.store(std::mem::take(&mut pending), now).await?;
+                    let changed = self
+                        .storage
+                        .notifications
+                        .read_conversation(*to, receipt.conversation_id, receipt.read_seq, now)
+                        .await?;
+                    if changed > 0 {
+                        self.publish_counts(*to).await?;
+                    }
+                }
+                event => {
+                    if let Some(new) = notification_for(envelope.id.0, event, &names) {
+                        pending.push(new);
+                    }
                 }
             }
-            Event::Contact { to, change } if change.kind == "requested" && change.addressee_id == *to => {
-                let from = self.storage.users.find(change.requester_id).await?;
-                NewNotification {
-                    user: *to,
-                    event_id: envelope.id.0,
-                    kind: "contact_request",
-                    conversation_id: None,
-                    seq: None,
-                    payload: json!({
-                        "request_id": change.request_id,
-                        "user_id": change.requester_id,
-                        "username": from.as_ref().map(|u| u.username.as_str()),
-                        "display_name": from.as_ref().map(|u| u.display_name.as_str()),
-                    }),
-                }
+        }
+        self.store(pending, now).await
+    }
+
+    /// Stores `news` and tells each user's devices about theirs, with the unread counts.
+    async fn store(&self, news: Vec<NewNotification>, now: i64) -> Result<(), sea_orm::DbErr> {
+        let stored = self.storage.notifications.record_batch(&news, self.config.max_per_user, now).await?;
+        let mut by_user: Vec<(UserId, Vec<NotificationView>)> = Vec::new();
+        for (user, view) in stored {
+            match by_user.iter_mut().find(|(u, _)| *u == user) {
+                Some((_, views)) => views.push(view),
+                None => by_user.push((user, vec![view])),
             }
-            Event::Contact { to, change } if change.kind == "accepted" && change.requester_id == *to => {
-                let by = self.storage.users.find(change.addressee_id).await?;
-                NewNotification {
-                    user: *to,
-                    event_id: envelope.id.0,
-                    kind: "contact_accepted",
-                    conversation_id: None,
-                    seq: None,
-                    payload: json!({
-                        "request_id": change.request_id,
-                        "user_id": change.addressee_id,
-                        "username": by.as_ref().map(|u| u.username.as_str()),
-                        "display_name": by.as_ref().map(|u| u.display_name.as_str()),
-                    }),
-                }
-            }
-            Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
-                let changed = self
-                    .storage
-                    .notifications
-                    .read_conversation(*to, receipt.conversation_id, receipt.read_seq, now)
-                    .await?;
-                if changed > 0 {
-                    self.publish_counts(*to).await?;
-                }
-                return Ok(());
-            }
-            _ => return Ok(()),
-        };
-        let user = new.user;
-        if let Some(view) = self.storage.notifications.record(new, self.config.max_per_user, now).await? {
+        }
+        for (user, views) in by_user {
             let unread = self.storage.notifications.unread_counts(user).await?;
-            let event = Event::Notification { to: user, notification: Some(view), unread };
-            if let Err(e) = self.bus.publish(Envelope::new(event)).await {
-                // Stored: streams and sockets get it on their next catch-up.
-                tracing::debug!(error = %e, "cannot publish a notification");
+            for view in views {
+                let event = Event::Notification { to: user, notification: Some(view), unread: unread.clone() };
+                if let Err(e) = self.bus.publish(Envelope::new(event)).await {
+                    // Stored: streams and sockets get it on their next catch-up.
+                    tracing::debug!(error = %e, "cannot publish a notification");
+                }
             }
         }
         Ok(())
@@ -158,14 +138,14 @@ impl Notifier {
     }
 
     /// Handles with retries: a storage failure waits and tries again, so an event is
-    /// never dropped for a transient error.
-    async fn handle_patiently(&self, envelope: &Envelope, stop: &CancellationToken) -> bool {
+    /// never dropped for a transient error. `false` only when stopped first.
+    async fn handle_patiently(&self, envelopes: &[Envelope], stop: &CancellationToken) -> bool {
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.handle(envelope).await {
+            match self.handle_batch(envelopes).await {
                 Ok(()) => return true,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store a notification");
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store notifications");
                     tokio::select! {
                         _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep(wait) => {}
@@ -176,20 +156,25 @@ impl Notifier {
         }
     }
 
-    /// Consumes the in-process tap (one process, no broker).
+    /// Consumes the in-process tap (one process, no broker): whatever is waiting, up to
+    /// [`BATCH`] events, per transaction.
     pub async fn run_tap(self, mut rx: mpsc::UnboundedReceiver<Envelope>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let envelope = tokio::select! {
+            let n = tokio::select! {
                 _ = stop.cancelled() => return,
-                e = rx.recv() => match e { Some(e) => e, None => return },
+                n = rx.recv_many(&mut batch, BATCH) => n,
             };
-            if !self.handle_patiently(&envelope, &stop).await {
+            if n == 0 || !self.handle_patiently(&batch, &stop).await {
                 return;
             }
+            batch.clear();
         }
     }
 
-    /// Consumes the durable notify queue, reconnecting with backoff, until `stop`.
+    /// Consumes the durable notify queue, reconnecting with backoff, until `stop`. The
+    /// deliveries already received (up to [`BATCH`]) are handled together and acked
+    /// together, after their transaction commits.
     pub async fn run_amqp(self, url: Secret, node_id: String, config: BusConfig, stop: CancellationToken) {
         let topology = Topology::new(&config.prefix, &node_id);
         let queue = notify_queue(&config.prefix);
@@ -200,34 +185,48 @@ impl Notifier {
                 r = connect_notify(&url, &node_id, &topology, &queue, &config) => r,
             };
             match attempt {
-                Ok((connection, mut consumer)) => {
+                Ok((connection, consumer)) => {
                     backoff = Duration::from_millis(100);
                     tracing::info!(queue = %queue, "notify consumer up");
-                    loop {
+                    let mut deliveries = consumer.ready_chunks(BATCH);
+                    'link: loop {
                         let next = tokio::select! {
                             _ = stop.cancelled() => {
                                 let _ = connection.close(200, "shutdown".into()).await;
                                 return;
                             }
-                            d = consumer.next() => d,
+                            d = deliveries.next() => d,
                         };
-                        let delivery = match next {
-                            Some(Ok(d)) => d,
-                            Some(Err(e)) => {
-                                tracing::warn!(error = %e, "notify consumer failed");
-                                break;
+                        let Some(chunk) = next else { break };
+                        let mut envelopes = Vec::with_capacity(chunk.len());
+                        let mut last = None;
+                        let mut failed = None;
+                        for d in chunk {
+                            match d {
+                                Ok(d) => match serde_json::from_slice::<Envelope>(&d.data) {
+                                    Ok(e) => {
+                                        envelopes.push(e);
+                                        last = Some(d);
+                                    }
+                                    Err(_) => {
+                                        tracing::warn!(routing_key = %d.routing_key, "unreadable event; dead-lettered");
+                                        let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                                    }
+                                },
+                                Err(e) => failed = Some(e),
                             }
-                            None => break,
-                        };
-                        let Ok(envelope) = serde_json::from_slice::<Envelope>(&delivery.data) else {
-                            tracing::warn!(routing_key = %delivery.routing_key, "unreadable event; dead-lettered");
-                            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                            continue;
-                        };
-                        if self.handle_patiently(&envelope, &stop).await {
-                            let _ = delivery.ack(BasicAckOptions::default()).await;
-                        } else {
-                            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        }
+                        if let Some(last) = last {
+                            // One ack for the run (`multiple`: every delivery up to the last).
+                            if self.handle_patiently(&envelopes, &stop).await {
+                                let _ = last.ack(BasicAckOptions { multiple: true }).await;
+                            } else {
+                                let _ = last.nack(BasicNackOptions { requeue: true, multiple: true }).await;
+                            }
+                        }
+                        if let Some(e) = failed {
+                            tracing::warn!(error = %e, "notify consumer failed");
+                            break 'link;
                         }
                     }
                     tracing::warn!("notify consumer lost its link; reconnecting");
@@ -241,6 +240,50 @@ impl Notifier {
             backoff = (backoff * 2).min(Duration::from_millis(config.reconnect_max_ms));
         }
     }
+}
+
+/// For an event that makes a notification: its recipient, kind, and the user it is from.
+fn notification_source(event: &Event) -> Option<(UserId, &'static str, UserId)> {
+    match event {
+        Event::MessageCreated { to, message } if message.sender_id != *to => Some((*to, "message", message.sender_id)),
+        Event::Contact { to, change } if change.kind == "requested" && change.addressee_id == *to => {
+            Some((*to, "contact_request", change.requester_id))
+        }
+        Event::Contact { to, change } if change.kind == "accepted" && change.requester_id == *to => {
+            Some((*to, "contact_accepted", change.addressee_id))
+        }
+        _ => None,
+    }
+}
+
+/// The notification `event` (bus event `event_id`) makes, if any; `names` has the users
+/// it may come from.
+fn notification_for(event_id: uuid::Uuid, event: &Event, names: &HashMap<UserId, User>) -> Option<NewNotification> {
+    let (user, kind, from) = notification_source(event)?;
+    let from_user = names.get(&from);
+    let username = from_user.map(|u| u.username.as_str());
+    let display_name = from_user.map(|u| u.display_name.as_str());
+    let (conversation_id, seq, payload) = match event {
+        Event::MessageCreated { message, .. } => {
+            let preview: String = message.body.chars().take(PREVIEW_CHARS).collect();
+            let payload = json!({
+                "message_id": message.id,
+                "sender_id": message.sender_id,
+                "sender_username": username,
+                "sender_display_name": display_name,
+                "message_kind": message.kind,
+                "preview": preview,
+            });
+            (Some(message.conversation_id), Some(message.seq), payload)
+        }
+        Event::Contact { change, .. } => (
+            None,
+            None,
+            json!({"request_id": change.request_id, "user_id": from, "username": username, "display_name": display_name}),
+        ),
+        _ => return None,
+    };
+    Some(NewNotification { user, event_id, kind, conversation_id, seq, payload })
 }
 
 /// The durable queue of the notify service.
@@ -275,8 +318,8 @@ async fn connect_notify(
             )
             .await?;
     }
-    // Handled one by one in delivery order (so a user's notifications are numbered in
-    // event order); the prefetch only saves round trips.
+    // Handled in delivery order (so a user's notifications are numbered in event order),
+    // in runs of what has arrived: the prefetch bounds a run.
     channel.basic_qos(config.prefetch, BasicQosOptions::default()).await?;
     let consumer = channel
         .basic_consume(

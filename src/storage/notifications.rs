@@ -1,10 +1,12 @@
 //! Notifications: stored per user, numbered `n` = 1, 2, 3, ... (gap-free, assigned in the
 //! inserting transaction), deduplicated by bus event id, capped per user.
 
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
@@ -13,7 +15,9 @@ use switchboard_actors::ports::{NotificationView, StoreError, Unread};
 use uuid::Uuid;
 
 use super::entities::{notification, notification_counter};
-use super::is_unique_violation;
+
+/// Rows per multi-row `INSERT` (10 parameters each).
+const INSERT_ROWS: usize = 1000;
 
 /// A notification to store.
 #[derive(Debug, Clone)]
@@ -50,58 +54,116 @@ impl NotificationRepo {
         Self { db }
     }
 
-    /// Stores `new` unless this event was stored for this user before (then `None`), and
-    /// deletes the user's notifications older than the newest `keep`.
-    pub async fn record(&self, new: NewNotification, keep: u64, now: i64) -> Result<Option<NotificationView>, DbErr> {
-        let user = new.user.0;
-        let dup = notification::Entity::find()
-            .filter(notification::Column::UserId.eq(user))
-            .filter(notification::Column::EventId.eq(new.event_id))
-            .one(&self.db)
-            .await?;
-        if dup.is_some() {
-            return Ok(None);
+    /// Stores `news` in one transaction, skipping events stored for their user before (a
+    /// redelivery) and repeats within `news`, numbers each user's new ones in order, and
+    /// deletes each user's notifications older than their newest `keep`. Returns what was
+    /// stored and kept, in order, with its user. A fixed number of statements however
+    /// large the batch.
+    pub async fn record_batch(
+        &self,
+        news: &[NewNotification],
+        keep: u64,
+        now: i64,
+    ) -> Result<Vec<(UserId, NotificationView)>, DbErr> {
+        if news.is_empty() {
+            return Ok(Vec::new());
         }
+        let stored_before = news.iter().fold(Condition::any(), |c, n| {
+            c.add(
+                Condition::all()
+                    .add(notification::Column::UserId.eq(n.user.0))
+                    .add(notification::Column::EventId.eq(n.event_id)),
+            )
+        });
+        let mut seen: HashSet<(Uuid, Uuid)> = notification::Entity::find()
+            .select_only()
+            .column(notification::Column::UserId)
+            .column(notification::Column::EventId)
+            .filter(stored_before)
+            .into_tuple()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let fresh: Vec<&NewNotification> = news.iter().filter(|n| seen.insert((n.user.0, n.event_id))).collect();
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut per_user: HashMap<Uuid, i64> = HashMap::new();
+        for n in &fresh {
+            *per_user.entry(n.user.0).or_default() += 1;
+        }
+
         let txn = self.db.begin().await?;
-        let counter = notification_counter::Entity::insert(notification_counter::ActiveModel {
-            user_id: Set(user),
-            last_n: Set(1),
-        })
-        .on_conflict(
-            OnConflict::column(notification_counter::Column::UserId)
-                .value(notification_counter::Column::LastN, Expr::col(notification_counter::Column::LastN).add(1))
-                .to_owned(),
+        // Every user's numbers in two statements: make sure a counter exists, then
+        // last_n += how many are new for that user.
+        notification_counter::Entity::insert_many(
+            per_user.keys().map(|u| notification_counter::ActiveModel { user_id: Set(*u), last_n: Set(0) }),
         )
-        .exec_with_returning(&txn)
+        .on_conflict(OnConflict::column(notification_counter::Column::UserId).do_nothing().to_owned())
+        .exec_without_returning(&txn)
         .await?;
-        let n = counter.last_n;
-        let row = notification::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            user_id: Set(user),
-            n: Set(n),
-            event_id: Set(new.event_id),
-            kind: Set(new.kind.to_owned()),
-            conversation_id: Set(new.conversation_id.map(|c| c.0)),
-            seq: Set(new.seq),
-            payload: Set(new.payload.to_string()),
-            read_at: Set(None),
-            created_at: Set(now),
-        };
-        let model = match notification::Entity::insert(row).exec_with_returning(&txn).await {
-            Ok(m) => m,
-            // Another instance stored the same event meanwhile.
-            Err(e) if is_unique_violation(&e) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if n > keep as i64 {
-            notification::Entity::delete_many()
-                .filter(notification::Column::UserId.eq(user))
-                .filter(notification::Column::N.lte(n - keep as i64))
-                .exec(&txn)
+        let mut bump = CaseStatement::new();
+        for (user, k) in &per_user {
+            bump = bump.case(notification_counter::Column::UserId.eq(*user), Expr::val(*k));
+        }
+        let last: HashMap<Uuid, i64> = notification_counter::Entity::update_many()
+            .col_expr(
+                notification_counter::Column::LastN,
+                Expr::col(notification_counter::Column::LastN).add(bump.finally(0i64)),
+            )
+            .filter(notification_counter::Column::UserId.is_in(per_user.keys().copied()))
+            .exec_with_returning(&txn)
+            .await?
+            .into_iter()
+            .map(|c| (c.user_id, c.last_n))
+            .collect();
+        let mut next = HashMap::with_capacity(per_user.len());
+        for (user, k) in &per_user {
+            let Some(l) = last.get(user) else {
+                return Err(DbErr::Custom(format!("no notification counter for {user} inside its transaction")));
+            };
+            next.insert(*user, l - k + 1);
+        }
+        let rows: Vec<notification::Model> = fresh
+            .iter()
+            .map(|new| {
+                let n = next.entry(new.user.0).or_default();
+                *n += 1;
+                notification::Model {
+                    id: Uuid::now_v7(),
+                    user_id: new.user.0,
+                    n: *n - 1,
+                    event_id: new.event_id,
+                    kind: new.kind.to_owned(),
+                    conversation_id: new.conversation_id.map(|c| c.0),
+                    seq: new.seq,
+                    payload: new.payload.to_string(),
+                    read_at: None,
+                    created_at: now,
+                }
+            })
+            .collect();
+        for chunk in rows.chunks(INSERT_ROWS) {
+            notification::Entity::insert_many(chunk.iter().cloned().map(notification::ActiveModel::from))
+                .exec_without_returning(&txn)
                 .await?;
         }
+        let keep = keep as i64;
+        let over = last.iter().filter(|(_, l)| **l > keep).fold(Condition::any(), |c, (user, l)| {
+            c.add(
+                Condition::all().add(notification::Column::UserId.eq(*user)).add(notification::Column::N.lte(l - keep)),
+            )
+        });
+        if !over.is_empty() {
+            notification::Entity::delete_many().filter(over).exec(&txn).await?;
+        }
         txn.commit().await?;
-        Ok(Some(view(model)))
+        Ok(rows
+            .into_iter()
+            .filter(|r| last.get(&r.user_id).is_some_and(|l| r.n > l - keep))
+            .map(|r| (UserId(r.user_id), view(r)))
+            .collect())
     }
 
     /// Marks `user`'s message notifications of `conversation` up to `seq` read; returns

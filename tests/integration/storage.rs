@@ -131,3 +131,45 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules_on_sqlite() {
 async fn postgres_batch_appends_number_without_gaps_and_enforce_the_rules() {
     batch_appends_number_without_gaps_and_enforce_the_rules(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
+    let p = contact_pairs(&db, 2, "nb").await.expect("seed");
+    let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone());
+    let new = |user: UserId, event: uuid::Uuid, i: i64| switchboard::storage::notifications::NewNotification {
+        user,
+        event_id: event,
+        kind: "message",
+        conversation_id: Some(p[0].conversation),
+        seq: Some(i),
+        payload: serde_json::json!({"i": i}),
+    };
+    let events: Vec<uuid::Uuid> = (0..6).map(|_| uuid::Uuid::now_v7()).collect();
+    let (b, other) = (p[0].b, p[1].a);
+    // Five events for b (the third delivered twice in the run) and one for someone else.
+    let mut batch: Vec<_> = (0..5).map(|i| new(b, events[i], i as i64)).collect();
+    batch.insert(3, new(b, events[2], 2));
+    batch.push(new(other, events[0], 0));
+    let stored = repo.record_batch(&batch, 10, 1).await.expect("first batch");
+    let ns = |v: &[(UserId, switchboard_actors::ports::NotificationView)], u: UserId| {
+        v.iter().filter(|(w, _)| *w == u).map(|(_, n)| (n.n, n.seq)).collect::<Vec<_>>()
+    };
+    assert_eq!(ns(&stored, b), (1..=5).map(|n| (n, Some(n - 1))).collect::<Vec<_>>(), "numbered once per event");
+    assert_eq!(ns(&stored, other), vec![(1, Some(0))], "the same event for another user is theirs");
+
+    // Redelivered (the whole run again, as after a crash before the ack) plus one new event.
+    let mut again = batch.clone();
+    again.push(new(b, events[5], 5));
+    let stored = repo.record_batch(&again, 10, 2).await.expect("second batch");
+    assert_eq!(ns(&stored, b), vec![(6, Some(5))], "only the new event is stored");
+
+    // Past the cap, only the newest are kept.
+    let more: Vec<_> = (6..9).map(|i| new(b, uuid::Uuid::now_v7(), i)).collect();
+    let stored = repo.record_batch(&more, 4, 3).await.expect("third batch");
+    assert_eq!(ns(&stored, b), vec![(7, Some(6)), (8, Some(7)), (9, Some(8))]);
+    let kept: Vec<i64> = repo.after_n(b, 0, 100).await.expect("list").iter().map(|n| n.n).collect();
+    assert_eq!(kept, vec![6, 7, 8, 9]);
+    assert_eq!(repo.unread_counts(b).await.expect("counts").total, 4);
+}
