@@ -244,7 +244,50 @@ async fn connect_from(url: &str, token: &str, k: usize) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// `idle`: N authenticated, idle connections (users share out 100 accounts); reports the
+const SOCKETS_PER_ACCOUNT: usize = 16;
+
+/// The `actors` scenario: what the actor runtime alone costs per actor, in this process
+/// (no server): `--connections` idle ractor actors, bare, then as many again each with a
+/// registered name, as a session actor has. Evidence for where an idle connection's
+/// memory goes.
+async fn actors_bench(n: usize) -> anyhow::Result<()> {
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    struct Idle;
+    impl Actor for Idle {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+    let me = std::process::id();
+    let mut rows = vec![];
+    let mut actors = Vec::with_capacity(2 * n);
+    println!("| actors | KiB each |");
+    println!("|---|---|");
+    for named in [false, true] {
+        let before = rss_kib(me)?;
+        for i in 0..n {
+            let name = named.then(|| format!("n0123456789abcdef/session:{}", uuid::Uuid::now_v7()));
+            let (actor, handle) = Actor::spawn(name, Idle, ()).await.map_err(|e| anyhow::anyhow!("spawn {i}: {e}"))?;
+            actors.push((actor, handle));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let per = (rss_kib(me)?.saturating_sub(before)) as f64 / n as f64;
+        let what = if named { "named" } else { "bare" };
+        println!("| {n} {what} | {per:.2} |");
+        rows.push(json!({"actors": n, "named": named, "kib_each": per}));
+    }
+    println!("{}", json!({"scenario": "actors", "rows": rows}));
+    for (actor, handle) in actors {
+        actor.stop(None);
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+/// `idle`: N authenticated, idle connections (16 per account); reports the
 /// server's RSS growth per connection at each step.
 async fn idle_bench(args: &Args) -> anyhow::Result<()> {
     let pid = args.server_pid.context("--server-pid is needed for the idle scenario")?;
@@ -253,7 +296,8 @@ async fn idle_bench(args: &Args) -> anyhow::Result<()> {
     }
     let http = reqwest::Client::new();
     let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
-    let accounts = 100.min(args.connections).max(1);
+    // 16 sockets per account (under the server's per-user cap, 32 by default).
+    let accounts = args.connections.div_ceil(SOCKETS_PER_ACCOUNT).max(1);
     eprintln!("registering {accounts} users ...");
     let mut tokens = vec![];
     for chunk in (0..accounts).collect::<Vec<_>>().chunks(8) {
@@ -494,6 +538,9 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "commit" {
         let url = args.database_url.as_deref().context("--database-url is needed for the commit scenario")?;
         return commit_bench(url, args.rooms, args.messages, args.in_flight).await;
+    }
+    if args.scenario == "actors" {
+        return actors_bench(args.connections).await;
     }
     if args.scenario == "idle" {
         return idle_bench(&args).await;

@@ -59,7 +59,7 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         .ok_or(AppError::TooManyConnections { limit: m.max_connections_per_user })?;
     // Small buffers: an idle connection should cost kilobytes, not the default 128 KiB.
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(m.max_frame_bytes))

@@ -105,6 +105,12 @@ async fn every_scenario_of_the_load_tool_runs() {
         .unwrap();
     assert!(files["upload_mib_s"].as_f64().unwrap() > 0.0 && files["download_mib_s"].as_f64().unwrap() > 0.0);
 
+    // `actors`: the actor runtime alone, in the tool's own process.
+    let actors =
+        tokio::task::spawn_blocking(|| bench(&["--scenario", "actors", "--connections", "200"])).await.unwrap();
+    assert_eq!(actors["rows"].as_array().unwrap().len(), 2);
+    assert!(actors["rows"].as_array().unwrap().iter().all(|r| r["actors"] == 200 && r["kib_each"].is_number()));
+
     // `cluster` needs two nodes: it refuses one address with a clear message.
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
         .args(["--url", &url, "--scenario", "cluster", "--duration", "1"])
