@@ -58,6 +58,9 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         .acquire(who.user_id, m.max_connections_per_user)
         .ok_or(AppError::TooManyConnections { limit: m.max_connections_per_user })?;
     // Small buffers: an idle connection should cost kilobytes, not the default 128 KiB.
+    // tungstenite zero-fills its whole read buffer on each read, so all of it stays
+    // resident: 512 bytes fits a typical frame, and a larger frame grows it for that
+    // connection only (4 KiB here cost 5 KiB more per idle connection; docs/benchmarks.md).
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(512)
         .write_buffer_size(0)
