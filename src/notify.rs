@@ -70,7 +70,7 @@ impl Notifier {
         for envelope in envelopes {
             match &envelope.event {
                 Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
-                    self.store(std::mem::take(&mut pending), now).await?;
+                    self.store(std::mem::take(&mut pending)).await?;
                     let changed = self
                         .storage
                         .notifications
@@ -87,12 +87,12 @@ impl Notifier {
                 }
             }
         }
-        self.store(pending, now).await
+        self.store(pending).await
     }
 
     /// Stores `news` and tells each user's devices about theirs, with the unread counts.
-    async fn store(&self, news: Vec<NewNotification>, now: i64) -> Result<(), sea_orm::DbErr> {
-        let stored = self.storage.notifications.record_batch(&news, self.config.max_per_user, now).await?;
+    async fn store(&self, news: Vec<NewNotification>) -> Result<(), sea_orm::DbErr> {
+        let stored = self.storage.notifications.record_batch(news, self.config.max_per_user).await?;
         let mut by_user: Vec<(UserId, Vec<NotificationView>)> = Vec::new();
         for (user, view) in stored {
             match by_user.iter_mut().find(|(u, _)| *u == user) {
@@ -100,8 +100,10 @@ impl Notifier {
                 None => by_user.push((user, vec![view])),
             }
         }
+        let users: Vec<UserId> = by_user.iter().map(|(u, _)| *u).collect();
+        let mut counts = self.storage.notifications.unread_counts_of(&users).await?;
         for (user, views) in by_user {
-            let unread = self.storage.notifications.unread_counts(user).await?;
+            let unread = counts.remove(&user).unwrap_or_default();
             for view in views {
                 let event = Event::Notification { to: user, notification: Some(view), unread: unread.clone() };
                 if let Err(e) = self.bus.publish(Envelope::new(event)).await {

@@ -1,9 +1,8 @@
 //! The conversations-and-messages repository, and the [`ChatStore`] port the actors use.
 //!
-//! Writes on the message path (appends and receipt markers) are group-committed: a single
-//! committer task takes every write waiting in its queue (up to [`MAX_BATCH`]) and
-//! commits them in one transaction, then answers each. One fsync then covers many
-//! messages, which is what makes `synchronous=FULL` affordable.
+//! Writes on the message path (appends and receipt markers) are group-committed by the
+//! process's [`Committer`]: one fsync covers many messages, which is what makes
+//! `synchronous=FULL` affordable.
 //! A batch costs a fixed number of statements however many messages it holds (see
 //! [`append_all`]): the permission check (accepted contact, no block) for every pair in the
 //! batch, the resend lookup, one `UPDATE … RETURNING` that takes every conversation's new
@@ -17,50 +16,30 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use switchboard_actors::ports::{
     Appended, ChatStore, ConversationInfo, NewMessage, Pending, Receipt, StoreError, StoredMessage,
 };
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::committer::{Committer, Write, Written};
 use super::entities::{conversation, message, receipt, user};
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
-
-/// Most messages committed in one transaction. Bounds the time one commit holds the
-/// write lock, and the latency of the first message in a full batch.
-pub const MAX_BATCH: usize = 256;
-/// Appends waiting for the committer before senders wait for room (back-pressure).
-const QUEUE: usize = 4096;
-
-/// A write the committer performs inside a group transaction.
-enum Write {
-    Append(NewMessage),
-    Receipt { conversation: ConversationId, user: UserId, delivered: Option<i64>, read: Option<i64> },
-}
-
-enum Written {
-    Appended(Appended),
-    Receipt(Receipt),
-}
-
-type Reply = oneshot::Sender<Result<Written, StoreError>>;
 
 #[derive(Clone, Debug)]
 pub struct ChatRepo {
     db: DatabaseConnection,
-    committer: mpsc::Sender<(Write, Reply)>,
+    committer: Committer,
 }
 
 impl ChatRepo {
-    /// The repository, with its committer task started on the current runtime.
-    pub fn new(db: DatabaseConnection) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_committer(db.clone(), rx));
-        Self { db, committer: tx }
+    /// The repository; its appends and receipts go through `committer` (the process's
+    /// one group-committing writer).
+    pub fn new(db: DatabaseConnection, committer: Committer) -> Self {
+        Self { db, committer }
     }
 
     /// One page of a conversation's history: `after_seq < seq < before_seq`, at most
@@ -198,75 +177,6 @@ fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-async fn run_committer(db: DatabaseConnection, mut rx: mpsc::Receiver<(Write, Reply)>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit_batch(&db, std::mem::take(&mut batch)).await;
-    }
-}
-
-async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
-    let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
-    match write_in_txn(db, &writes).await {
-        Ok(results) => {
-            for ((_, reply), result) in batch.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
-        }
-        Err(e) if batch.len() > 1 => {
-            tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
-            for (write, reply) in batch {
-                let result = match write_in_txn(db, &[&write]).await {
-                    Ok(mut r) => r.pop().unwrap_or_else(|| Err(StoreError::Unavailable("empty result".into()))),
-                    Err(e) => Err(unavailable(e)),
-                };
-                let _ = reply.send(result);
-            }
-        }
-        Err(e) => {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(unavailable(e.clone())));
-            }
-        }
-    }
-}
-
-/// Performs `writes` in one transaction. The outer error aborts the whole transaction; the
-/// inner results are per write (not found, forbidden, a reused id, or what was stored).
-async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<Result<Written, StoreError>>, DbErr> {
-    let txn = db.begin().await?;
-    if txn.get_database_backend() == DbBackend::Sqlite {
-        // Take the write lock first (what BEGIN IMMEDIATE would do): a deferred
-        // transaction that reads before it writes cannot wait for the lock and fails with
-        // SQLITE_BUSY when another connection wrote meanwhile; this one waits its turn.
-        txn.execute_unprepared("UPDATE conversations SET last_seq = last_seq WHERE 0").await?;
-    }
-    let now = crate::now_ms();
-    let mut results: Vec<Option<Result<Written, StoreError>>> = writes.iter().map(|_| None).collect();
-    let appends: Vec<&NewMessage> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Append(m) => Some(m),
-            Write::Receipt { .. } => None,
-        })
-        .collect();
-    let mut appended = append_all(&txn, &appends, now).await?.into_iter();
-    // Appends first (a receipt in the same batch may count one of them), then receipts.
-    for (slot, w) in results.iter_mut().zip(writes) {
-        if let Write::Append(_) = w {
-            *slot = appended.next().map(|r| r.map(Written::Appended));
-        }
-    }
-    for (slot, w) in results.iter_mut().zip(writes) {
-        if let Write::Receipt { conversation, user, delivered, read } = w {
-            *slot =
-                Some(raise_receipt(&txn, *conversation, *user, *delivered, *read, now).await?.map(Written::Receipt));
-        }
-    }
-    txn.commit().await?;
-    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Unavailable("write skipped".into())))).collect())
-}
-
 /// What became of one append while its batch is worked out.
 enum Fate {
     Refused(StoreError),
@@ -283,7 +193,7 @@ enum Fate {
 /// conversation's numbers with one `UPDATE … RETURNING`, insert all new rows in one
 /// multi-row `INSERT`. The caller's transaction makes it all or nothing; the answers come
 /// back in the order of `appends`.
-async fn append_all(
+pub(super) async fn append_all(
     txn: &DatabaseTransaction,
     appends: &[&NewMessage],
     now: i64,
@@ -430,7 +340,7 @@ const INSERT_ROWS: usize = 1000;
 
 /// Raises a user's markers in a conversation (never lowers them; read implies delivered;
 /// both capped at the last seq).
-async fn raise_receipt(
+pub(super) async fn raise_receipt(
     txn: &DatabaseTransaction,
     conversation: ConversationId,
     user: UserId,
@@ -481,14 +391,6 @@ async fn raise_receipt(
         delivered_seq: r.delivered_seq,
         read_seq: r.read_seq,
     }))
-}
-
-impl ChatRepo {
-    async fn write(&self, w: Write) -> Result<Written, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.committer.send((w, tx)).await.map_err(|_| StoreError::Unavailable("committer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?
-    }
 }
 
 #[async_trait::async_trait]
@@ -544,14 +446,11 @@ impl ChatStore for ChatRepo {
     }
 
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {
-        let (tx, rx) = oneshot::channel();
-        if self.committer.send((Write::Append(msg), tx)).await.is_err() {
-            return Box::pin(async { Err(StoreError::Unavailable("committer stopped".into())) });
-        }
+        let written = self.committer.queue(Write::Append(msg)).await;
         Box::pin(async move {
-            match rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?? {
+            match written.await? {
                 Written::Appended(a) => Ok(a),
-                Written::Receipt(_) => Err(StoreError::Unavailable("committer answered the wrong write".into())),
+                _ => Err(StoreError::Unavailable("committer answered the wrong write".into())),
             }
         })
     }
@@ -585,9 +484,9 @@ impl ChatStore for ChatRepo {
         delivered: Option<i64>,
         read: Option<i64>,
     ) -> Result<Receipt, StoreError> {
-        match self.write(Write::Receipt { conversation, user, delivered, read }).await? {
+        match self.committer.queue(Write::Receipt { conversation, user, delivered, read }).await.await? {
             Written::Receipt(r) => Ok(r),
-            Written::Appended(_) => Err(StoreError::Unavailable("committer answered the wrong write".into())),
+            _ => Err(StoreError::Unavailable("committer answered the wrong write".into())),
         }
     }
 }

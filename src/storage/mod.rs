@@ -6,6 +6,8 @@
 //! - [`users::UserRepo`], accounts.
 //! - [`sessions::SessionRepo`], login sessions, i.e. issued tokens and their revocation.
 //! - [`contacts::ContactRepo`], contact requests, contacts, blocks and user search.
+//! - [`committer::Committer`], the one writer of the hot paths (messages, receipts,
+//!   notifications): group commit, one transaction per batch.
 //! - [`chat::ChatRepo`], conversations, messages (group-committed) and receipts; it is
 //!   also the actors' `ChatStore` port.
 //! - [`notifications::NotificationRepo`], notifications and unread counts; also the
@@ -17,6 +19,7 @@
 //! repository here with the issue that builds them; the schema for them exists already.
 
 pub mod chat;
+pub mod committer;
 pub mod contacts;
 pub mod entities;
 pub mod files;
@@ -49,12 +52,13 @@ pub struct Storage {
 
 impl Storage {
     pub fn new(db: DatabaseConnection) -> Self {
+        let committer = committer::Committer::start(db.clone());
         Self {
             users: users::UserRepo::new(db.clone()),
             sessions: sessions::SessionRepo::new(db.clone()),
-            chat: chat::ChatRepo::new(db.clone()),
+            chat: chat::ChatRepo::new(db.clone(), committer.clone()),
             contacts: contacts::ContactRepo::new(db.clone()),
-            notifications: notifications::NotificationRepo::new(db.clone()),
+            notifications: notifications::NotificationRepo::new(db.clone(), committer),
             db,
         }
     }

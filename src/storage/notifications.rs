@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
@@ -14,6 +14,7 @@ use switchboard_actors::notify_stream::NotificationStore;
 use switchboard_actors::ports::{NotificationView, StoreError, Unread};
 use uuid::Uuid;
 
+use super::committer::{Committer, Write, Written};
 use super::entities::{notification, notification_counter};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
@@ -34,6 +35,7 @@ pub struct NewNotification {
 #[derive(Clone, Debug)]
 pub struct NotificationRepo {
     db: DatabaseConnection,
+    committer: Committer,
 }
 
 fn view(m: notification::Model) -> NotificationView {
@@ -50,120 +52,29 @@ fn view(m: notification::Model) -> NotificationView {
 }
 
 impl NotificationRepo {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    /// Notifications are written through `committer` (the process's one busy writer).
+    pub fn new(db: DatabaseConnection, committer: Committer) -> Self {
+        Self { db, committer }
     }
 
-    /// Stores `news` in one transaction, skipping events stored for their user before (a
-    /// redelivery) and repeats within `news`, numbers each user's new ones in order, and
-    /// deletes each user's notifications older than their newest `keep`. Returns what was
-    /// stored and kept, in order, with its user. A fixed number of statements however
-    /// large the batch.
+    /// Stores `news` (through the process's committer, in its next group transaction),
+    /// skipping events stored for their user before (a redelivery) and repeats within
+    /// `news`, numbers each user's new ones in order, and deletes each user's
+    /// notifications older than their newest `keep`. Returns what was stored and kept, in
+    /// order, with its user.
     pub async fn record_batch(
         &self,
-        news: &[NewNotification],
+        news: Vec<NewNotification>,
         keep: u64,
-        now: i64,
     ) -> Result<Vec<(UserId, NotificationView)>, DbErr> {
         if news.is_empty() {
             return Ok(Vec::new());
         }
-        let stored_before = news.iter().fold(Condition::any(), |c, n| {
-            c.add(
-                Condition::all()
-                    .add(notification::Column::UserId.eq(n.user.0))
-                    .add(notification::Column::EventId.eq(n.event_id)),
-            )
-        });
-        let mut seen: HashSet<(Uuid, Uuid)> = notification::Entity::find()
-            .select_only()
-            .column(notification::Column::UserId)
-            .column(notification::Column::EventId)
-            .filter(stored_before)
-            .into_tuple()
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .collect();
-        let fresh: Vec<&NewNotification> = news.iter().filter(|n| seen.insert((n.user.0, n.event_id))).collect();
-        if fresh.is_empty() {
-            return Ok(Vec::new());
+        match self.committer.queue(Write::Notifications { news, keep }).await.await {
+            Ok(Written::Notifications(stored)) => Ok(stored),
+            Ok(_) => Err(DbErr::Custom("committer answered the wrong write".into())),
+            Err(e) => Err(DbErr::Custom(e.to_string())),
         }
-        let mut per_user: HashMap<Uuid, i64> = HashMap::new();
-        for n in &fresh {
-            *per_user.entry(n.user.0).or_default() += 1;
-        }
-
-        let txn = self.db.begin().await?;
-        // Every user's numbers in two statements: make sure a counter exists, then
-        // last_n += how many are new for that user.
-        notification_counter::Entity::insert_many(
-            per_user.keys().map(|u| notification_counter::ActiveModel { user_id: Set(*u), last_n: Set(0) }),
-        )
-        .on_conflict(OnConflict::column(notification_counter::Column::UserId).do_nothing().to_owned())
-        .exec_without_returning(&txn)
-        .await?;
-        let mut bump = CaseStatement::new();
-        for (user, k) in &per_user {
-            bump = bump.case(notification_counter::Column::UserId.eq(*user), Expr::val(*k));
-        }
-        let last: HashMap<Uuid, i64> = notification_counter::Entity::update_many()
-            .col_expr(
-                notification_counter::Column::LastN,
-                Expr::col(notification_counter::Column::LastN).add(bump.finally(0i64)),
-            )
-            .filter(notification_counter::Column::UserId.is_in(per_user.keys().copied()))
-            .exec_with_returning(&txn)
-            .await?
-            .into_iter()
-            .map(|c| (c.user_id, c.last_n))
-            .collect();
-        let mut next = HashMap::with_capacity(per_user.len());
-        for (user, k) in &per_user {
-            let Some(l) = last.get(user) else {
-                return Err(DbErr::Custom(format!("no notification counter for {user} inside its transaction")));
-            };
-            next.insert(*user, l - k + 1);
-        }
-        let rows: Vec<notification::Model> = fresh
-            .iter()
-            .map(|new| {
-                let n = next.entry(new.user.0).or_default();
-                *n += 1;
-                notification::Model {
-                    id: Uuid::now_v7(),
-                    user_id: new.user.0,
-                    n: *n - 1,
-                    event_id: new.event_id,
-                    kind: new.kind.to_owned(),
-                    conversation_id: new.conversation_id.map(|c| c.0),
-                    seq: new.seq,
-                    payload: new.payload.to_string(),
-                    read_at: None,
-                    created_at: now,
-                }
-            })
-            .collect();
-        for chunk in rows.chunks(INSERT_ROWS) {
-            notification::Entity::insert_many(chunk.iter().cloned().map(notification::ActiveModel::from))
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        let keep = keep as i64;
-        let over = last.iter().filter(|(_, l)| **l > keep).fold(Condition::any(), |c, (user, l)| {
-            c.add(
-                Condition::all().add(notification::Column::UserId.eq(*user)).add(notification::Column::N.lte(l - keep)),
-            )
-        });
-        if !over.is_empty() {
-            notification::Entity::delete_many().filter(over).exec(&txn).await?;
-        }
-        txn.commit().await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| last.get(&r.user_id).is_some_and(|l| r.n > l - keep))
-            .map(|r| (UserId(r.user_id), view(r)))
-            .collect())
     }
 
     /// Marks `user`'s message notifications of `conversation` up to `seq` read; returns
@@ -247,24 +158,32 @@ impl NotificationRepo {
 
     /// `user`'s unread counts.
     pub async fn unread_counts(&self, user: UserId) -> Result<Unread, DbErr> {
-        let rows: Vec<(Option<Uuid>, i64)> = notification::Entity::find()
+        Ok(self.unread_counts_of(&[user]).await?.remove(&user).unwrap_or_default())
+    }
+
+    /// The unread counts of each of `users` (one query however many).
+    pub async fn unread_counts_of(&self, users: &[UserId]) -> Result<HashMap<UserId, Unread>, DbErr> {
+        let rows: Vec<(Uuid, Option<Uuid>, i64)> = notification::Entity::find()
             .select_only()
+            .column(notification::Column::UserId)
             .column(notification::Column::ConversationId)
             .column_as(notification::Column::Id.count(), "count")
-            .filter(notification::Column::UserId.eq(user.0))
+            .filter(notification::Column::UserId.is_in(users.iter().map(|u| u.0)))
             .filter(notification::Column::ReadAt.is_null())
+            .group_by(notification::Column::UserId)
             .group_by(notification::Column::ConversationId)
             .into_tuple()
             .all(&self.db)
             .await?;
-        let mut unread = Unread::default();
-        for (conv, count) in rows {
+        let mut out: HashMap<UserId, Unread> = users.iter().map(|u| (*u, Unread::default())).collect();
+        for (user, conv, count) in rows {
+            let unread = out.entry(UserId(user)).or_default();
             unread.total += count;
             if let Some(c) = conv {
                 unread.conversations.insert(ConversationId(c), count);
             }
         }
-        Ok(unread)
+        Ok(out)
     }
 
     /// Up to `limit` notifications of `user` with `n > after`, oldest first.
@@ -278,6 +197,112 @@ impl NotificationRepo {
             .await?;
         Ok(rows.into_iter().map(view).collect())
     }
+}
+
+/// [`NotificationRepo::record_batch`] inside the committer's transaction: a fixed number
+/// of statements however large the batch (dedupe lookup, counter upsert, one `UPDATE …
+/// CASE … RETURNING` for every user's numbers, multi-row insert, one cap delete).
+pub(super) async fn record_in_txn(
+    txn: &DatabaseTransaction,
+    news: &[NewNotification],
+    keep: u64,
+    now: i64,
+) -> Result<Vec<(UserId, NotificationView)>, DbErr> {
+    if news.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stored_before = news.iter().fold(Condition::any(), |c, n| {
+        c.add(
+            Condition::all()
+                .add(notification::Column::UserId.eq(n.user.0))
+                .add(notification::Column::EventId.eq(n.event_id)),
+        )
+    });
+    let mut seen: HashSet<(Uuid, Uuid)> = notification::Entity::find()
+        .select_only()
+        .column(notification::Column::UserId)
+        .column(notification::Column::EventId)
+        .filter(stored_before)
+        .into_tuple()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let fresh: Vec<&NewNotification> = news.iter().filter(|n| seen.insert((n.user.0, n.event_id))).collect();
+    if fresh.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut per_user: HashMap<Uuid, i64> = HashMap::new();
+    for n in &fresh {
+        *per_user.entry(n.user.0).or_default() += 1;
+    }
+
+    // Every user's numbers in two statements: make sure a counter exists, then
+    // last_n += how many are new for that user.
+    notification_counter::Entity::insert_many(
+        per_user.keys().map(|u| notification_counter::ActiveModel { user_id: Set(*u), last_n: Set(0) }),
+    )
+    .on_conflict(OnConflict::column(notification_counter::Column::UserId).do_nothing().to_owned())
+    .exec_without_returning(txn)
+    .await?;
+    let mut bump = CaseStatement::new();
+    for (user, k) in &per_user {
+        bump = bump.case(notification_counter::Column::UserId.eq(*user), Expr::val(*k));
+    }
+    let last: HashMap<Uuid, i64> = notification_counter::Entity::update_many()
+        .col_expr(
+            notification_counter::Column::LastN,
+            Expr::col(notification_counter::Column::LastN).add(bump.finally(0i64)),
+        )
+        .filter(notification_counter::Column::UserId.is_in(per_user.keys().copied()))
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.user_id, c.last_n))
+        .collect();
+    let mut next = HashMap::with_capacity(per_user.len());
+    for (user, k) in &per_user {
+        let Some(l) = last.get(user) else {
+            return Err(DbErr::Custom(format!("no notification counter for {user} inside its transaction")));
+        };
+        next.insert(*user, l - k + 1);
+    }
+    let rows: Vec<notification::Model> = fresh
+        .iter()
+        .map(|new| {
+            let n = next.entry(new.user.0).or_default();
+            *n += 1;
+            notification::Model {
+                id: Uuid::now_v7(),
+                user_id: new.user.0,
+                n: *n - 1,
+                event_id: new.event_id,
+                kind: new.kind.to_owned(),
+                conversation_id: new.conversation_id.map(|c| c.0),
+                seq: new.seq,
+                payload: new.payload.to_string(),
+                read_at: None,
+                created_at: now,
+            }
+        })
+        .collect();
+    for chunk in rows.chunks(INSERT_ROWS) {
+        notification::Entity::insert_many(chunk.iter().cloned().map(notification::ActiveModel::from))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    let keep = keep as i64;
+    let over = last.iter().filter(|(_, l)| **l > keep).fold(Condition::any(), |c, (user, l)| {
+        c.add(Condition::all().add(notification::Column::UserId.eq(*user)).add(notification::Column::N.lte(l - keep)))
+    });
+    if !over.is_empty() {
+        notification::Entity::delete_many().filter(over).exec(txn).await?;
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|r| last.get(&r.user_id).is_some_and(|l| r.n > l - keep))
+        .map(|r| (UserId(r.user_id), view(r)))
+        .collect())
 }
 
 fn unavailable(e: DbErr) -> StoreError {

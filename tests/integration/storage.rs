@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use switchboard::domain::{ConversationId, UserId};
 use switchboard::storage::chat::ChatRepo;
+use switchboard::storage::committer::Committer;
 use switchboard::storage::contacts::ContactRepo;
 use switchboard::storage::entities::block;
 use switchboard::storage::seed::contact_pairs;
@@ -43,7 +44,7 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
     .exec_without_returning(&db)
     .await
     .expect("block row");
-    let repo = ChatRepo::new(db.clone());
+    let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
     // ab.a also talks to cd.a, through the real request/accept path.
     let contacts = ContactRepo::new(db.clone());
     let (request, _) = contacts.request(ab.a, cd.a).await.expect("request");
@@ -137,7 +138,7 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 2, "nb").await.expect("seed");
-    let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone());
+    let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
     let new = |user: UserId, event: uuid::Uuid, i: i64| switchboard::storage::notifications::NewNotification {
         user,
         event_id: event,
@@ -152,7 +153,7 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
     let mut batch: Vec<_> = (0..5).map(|i| new(b, events[i], i as i64)).collect();
     batch.insert(3, new(b, events[2], 2));
     batch.push(new(other, events[0], 0));
-    let stored = repo.record_batch(&batch, 10, 1).await.expect("first batch");
+    let stored = repo.record_batch(batch.clone(), 10).await.expect("first batch");
     let ns = |v: &[(UserId, switchboard_actors::ports::NotificationView)], u: UserId| {
         v.iter().filter(|(w, _)| *w == u).map(|(_, n)| (n.n, n.seq)).collect::<Vec<_>>()
     };
@@ -162,12 +163,12 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
     // Redelivered (the whole run again, as after a crash before the ack) plus one new event.
     let mut again = batch.clone();
     again.push(new(b, events[5], 5));
-    let stored = repo.record_batch(&again, 10, 2).await.expect("second batch");
+    let stored = repo.record_batch(again, 10).await.expect("second batch");
     assert_eq!(ns(&stored, b), vec![(6, Some(5))], "only the new event is stored");
 
     // Past the cap, only the newest are kept.
     let more: Vec<_> = (6..9).map(|i| new(b, uuid::Uuid::now_v7(), i)).collect();
-    let stored = repo.record_batch(&more, 4, 3).await.expect("third batch");
+    let stored = repo.record_batch(more, 4).await.expect("third batch");
     assert_eq!(ns(&stored, b), vec![(7, Some(6)), (8, Some(7)), (9, Some(8))]);
     let kept: Vec<i64> = repo.after_n(b, 0, 100).await.expect("list").iter().map(|n| n.n).collect();
     assert_eq!(kept, vec![6, 7, 8, 9]);

@@ -1,0 +1,163 @@
+//! The process's one writer for the hot paths: message appends, receipt markers and
+//! notifications, group-committed.
+//!
+//! A single task takes every write waiting in its queue (up to [`MAX_BATCH`]) and commits
+//! them in one transaction, then answers each: one fsync covers many writes. Being the
+//! only busy writer matters on SQLite: it has one write lock, and a connection that finds
+//! it taken waits in SQLite's busy handler, which *sleeps* (1, 2, 5, 10 ms, …) instead of
+//! being woken. With messages and notifications written by two tasks, those sleeps were
+//! the p99 of message delivery (docs/benchmarks.md); queued here, they never collide.
+//!
+//! If a batch fails as a whole (say one row violates a constraint because another node
+//! raced it), its writes are retried one transaction each, so one bad write never fails
+//! its neighbours.
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::notifications::NewNotification;
+use crate::domain::{ConversationId, UserId};
+
+/// Most writes committed in one transaction. Bounds the time one commit holds the write
+/// lock, and the latency of the first write in a full batch.
+pub const MAX_BATCH: usize = 256;
+/// Writes waiting for the committer before writers wait for room (back-pressure).
+const QUEUE: usize = 4096;
+
+/// A write the committer performs inside a group transaction.
+pub(super) enum Write {
+    Append(NewMessage),
+    Receipt {
+        conversation: ConversationId,
+        user: UserId,
+        delivered: Option<i64>,
+        read: Option<i64>,
+    },
+    /// A run of notifications, deduplicated by event and capped at `keep` per user.
+    Notifications {
+        news: Vec<NewNotification>,
+        keep: u64,
+    },
+}
+
+pub(super) enum Written {
+    Appended(Appended),
+    Receipt(Receipt),
+    Notifications(Vec<(UserId, NotificationView)>),
+}
+
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
+/// The handle repositories write through; clones share one committer task.
+#[derive(Clone, Debug)]
+pub struct Committer {
+    tx: mpsc::Sender<(Write, Reply)>,
+}
+
+impl Committer {
+    /// Starts the committer task for `db` on the current runtime.
+    pub fn start(db: DatabaseConnection) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(db, rx));
+        Self { tx }
+    }
+
+    /// Queues `w` (waiting for room if the queue is full) and returns the future of its
+    /// result, which resolves after the commit. Writes queued one after another are
+    /// committed in that order.
+    pub(super) async fn queue(
+        &self,
+        w: Write,
+    ) -> impl std::future::Future<Output = Result<Written, StoreError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.tx.send((w, tx)).await.is_ok();
+        async move {
+            if !queued {
+                return Err(StoreError::Unavailable("committer stopped".into()));
+            }
+            rx.await.map_err(|_| StoreError::Unavailable("committer dropped the request".into()))?
+        }
+    }
+}
+
+fn unavailable(e: DbErr) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<(Write, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        commit_batch(&db, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
+    let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+    match write_in_txn(db, &writes).await {
+        Ok(results) => {
+            for ((_, reply), result) in batch.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
+            for (write, reply) in batch {
+                let result = match write_in_txn(db, &[&write]).await {
+                    Ok(mut r) => r.pop().unwrap_or_else(|| Err(StoreError::Unavailable("empty result".into()))),
+                    Err(e) => Err(unavailable(e)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(unavailable(e.clone())));
+            }
+        }
+    }
+}
+
+/// Performs `writes` in one transaction. The outer error aborts the whole transaction; the
+/// inner results are per write (not found, forbidden, a reused id, or what was stored).
+async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<Result<Written, StoreError>>, DbErr> {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        // Take the write lock first (what BEGIN IMMEDIATE would do): a deferred
+        // transaction that reads before it writes cannot wait for the lock and fails with
+        // SQLITE_BUSY when another connection wrote meanwhile; this one waits its turn.
+        txn.execute_unprepared("UPDATE conversations SET last_seq = last_seq WHERE 0").await?;
+    }
+    let now = crate::now_ms();
+    let mut results: Vec<Option<Result<Written, StoreError>>> = writes.iter().map(|_| None).collect();
+    let appends: Vec<&NewMessage> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Append(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let mut appended = super::chat::append_all(&txn, &appends, now).await?.into_iter();
+    // Appends first (a receipt in the same batch may count one of them), then receipts
+    // and notifications in queue order.
+    for (slot, w) in results.iter_mut().zip(writes) {
+        if let Write::Append(_) = w {
+            *slot = appended.next().map(|r| r.map(Written::Appended));
+        }
+    }
+    for (slot, w) in results.iter_mut().zip(writes) {
+        match w {
+            Write::Receipt { conversation, user, delivered, read } => {
+                let r = super::chat::raise_receipt(&txn, *conversation, *user, *delivered, *read, now).await?;
+                *slot = Some(r.map(Written::Receipt));
+            }
+            Write::Notifications { news, keep } => {
+                let stored = super::notifications::record_in_txn(&txn, news, *keep, now).await?;
+                *slot = Some(Ok(Written::Notifications(stored)));
+            }
+            Write::Append(_) => {}
+        }
+    }
+    txn.commit().await?;
+    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::Unavailable("write skipped".into())))).collect())
+}
