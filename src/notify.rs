@@ -39,6 +39,17 @@ use crate::storage::users::User;
 pub const KEYS: &[&str] =
     &["user.*.message.created", "user.*.contact.requested", "user.*.contact.accepted", "user.*.receipt"];
 
+/// Events waiting for the in-process consumer before publishers wait (one process, no
+/// broker; with RabbitMQ the durable queue holds them). Absorbs bursts (about 30 MB when
+/// full); a sustained rate above what notify can store slows the senders instead.
+pub const TAP_QUEUE: usize = 65_536;
+
+/// The events the notify consumer reads: those [`KEYS`] binds on the broker. (Not the
+/// `notification` events it publishes itself.)
+pub fn wants(event: &Event) -> bool {
+    matches!(event, Event::MessageCreated { .. } | Event::Contact { .. } | Event::Receipt { .. })
+}
+
 /// Most events handled in one transaction.
 const BATCH: usize = 256;
 
@@ -160,7 +171,7 @@ impl Notifier {
 
     /// Consumes the in-process tap (one process, no broker): whatever is waiting, up to
     /// [`BATCH`] events, per transaction.
-    pub async fn run_tap(self, mut rx: mpsc::UnboundedReceiver<Envelope>, stop: CancellationToken) {
+    pub async fn run_tap(self, mut rx: mpsc::Receiver<Envelope>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             let n = tokio::select! {

@@ -154,7 +154,7 @@ impl Application {
 }
 
 /// The in-process notify consumer's feed: every event published in this process.
-type Tap = tokio::sync::mpsc::UnboundedReceiver<switchboard_actors::ports::Envelope>;
+type Tap = tokio::sync::mpsc::Receiver<switchboard_actors::ports::Envelope>;
 
 /// Starts this process's actor tree, with the RabbitMQ bus when `amqp_url` is set and
 /// the in-process bus otherwise (with a tap for the notify consumer when this process
@@ -182,9 +182,9 @@ async fn start_node(
     };
     let mut tap = None;
     let bus: Arc<dyn Bus> = if rabbit.is_none() && mount.notifies() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::notify::TAP_QUEUE);
         tap = Some(rx);
-        Arc::new(InProcessBus::new(&node_id).with_tap(tx))
+        Arc::new(InProcessBus::new(&node_id).with_tap(tx, crate::notify::wants))
     } else {
         bus
     };

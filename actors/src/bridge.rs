@@ -98,7 +98,15 @@ pub fn resync_sessions(node_id: &str) -> usize {
 /// to the tap, if any (the in-process notify consumer).
 pub struct InProcessBus {
     node_id: String,
-    tap: Option<tokio::sync::mpsc::UnboundedSender<Envelope>>,
+    tap: Option<Tap>,
+}
+
+/// A bounded queue of the events a consumer wants. Bounded: when the consumer falls
+/// behind, publishers wait for room (back-pressure up to the senders) instead of the queue
+/// growing without limit.
+struct Tap {
+    tx: tokio::sync::mpsc::Sender<Envelope>,
+    wants: fn(&crate::ports::Event) -> bool,
 }
 
 impl InProcessBus {
@@ -107,9 +115,14 @@ impl InProcessBus {
         Self { node_id: node_id.to_owned(), tap: None }
     }
 
-    /// Also sends every published event to `tap`.
-    pub fn with_tap(mut self, tap: tokio::sync::mpsc::UnboundedSender<Envelope>) -> Self {
-        self.tap = Some(tap);
+    /// Also sends every published event that `wants` accepts to `tap`. The consumer must
+    /// not itself publish events it wants (it would wait on its own queue).
+    pub fn with_tap(
+        mut self,
+        tap: tokio::sync::mpsc::Sender<Envelope>,
+        wants: fn(&crate::ports::Event) -> bool,
+    ) -> Self {
+        self.tap = Some(Tap { tx: tap, wants });
         self
     }
 }
@@ -117,8 +130,11 @@ impl InProcessBus {
 #[async_trait::async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        if let Some(tap) = &self.tap {
-            let _ = tap.send(envelope.clone());
+        if let Some(tap) = &self.tap
+            && (tap.wants)(&envelope.event)
+        {
+            // A closed tap (consumer stopped) drops the copy; local delivery goes on.
+            let _ = tap.tx.send(envelope.clone()).await;
         }
         deliver_local(&self.node_id, envelope)
     }
@@ -129,5 +145,35 @@ impl Bus for InProcessBus {
 
     async fn unbind_user(&self, _user: UserId) -> Result<(), BusError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::ports::Event;
+
+    fn presence(online: bool) -> Envelope {
+        Envelope::new(Event::Presence { to: UserId::new(), user_id: UserId::new(), online })
+    }
+
+    #[tokio::test]
+    async fn the_tap_takes_only_what_it_wants_and_holds_publishers_when_full() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let bus = InProcessBus::new("test-node").with_tap(tx, |e| matches!(e, Event::Presence { online: true, .. }));
+        // (No bridge runs here, so local delivery reports an error: only the tap matters.)
+        let _ = bus.publish(presence(false)).await;
+        let _ = bus.publish(presence(true)).await;
+        // The tap is full: the next wanted publish waits for the consumer...
+        let mut waiting = Box::pin(bus.publish(presence(true)));
+        assert!((&mut waiting).now_or_never().is_none(), "a full tap holds the publisher");
+        // ... and goes through once the consumer takes one.
+        let first = rx.recv().await.expect("tapped");
+        assert!(matches!(first.event, Event::Presence { online: true, .. }));
+        let _ = waiting.await;
+        assert!(matches!(rx.recv().await.map(|e| e.event), Some(Event::Presence { online: true, .. })));
+        assert!(rx.try_recv().is_err(), "the unwanted event never reached the tap");
     }
 }
