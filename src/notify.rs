@@ -76,7 +76,6 @@ impl Notifier {
     pub async fn handle_batch(&self, envelopes: &[Envelope]) -> Result<(), sea_orm::DbErr> {
         let people = envelopes.iter().filter_map(|e| notification_source(&e.event).map(|(_, _, from)| from));
         let names = self.storage.users.find_many(people).await?;
-        let now = crate::now_ms();
         let mut pending = Vec::new();
         for envelope in envelopes {
             match &envelope.event {
@@ -85,7 +84,7 @@ impl Notifier {
                     let changed = self
                         .storage
                         .notifications
-                        .read_conversation(*to, receipt.conversation_id, receipt.read_seq, now)
+                        .read_conversation(*to, receipt.conversation_id, receipt.read_seq)
                         .await?;
                     if changed > 0 {
                         self.publish_counts(*to).await?;

@@ -39,12 +39,19 @@ pub(super) enum Write {
         news: Vec<NewNotification>,
         keep: u64,
     },
+    /// `user` read `conversation` up to `seq`: its message notifications are read.
+    ReadNotifications {
+        user: UserId,
+        conversation: ConversationId,
+        seq: i64,
+    },
 }
 
 pub(super) enum Written {
     Appended(Appended),
     Receipt(Receipt),
     Notifications(Vec<(UserId, NotificationView)>),
+    Count(u64),
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -154,6 +161,10 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
             Write::Notifications { news, keep } => {
                 let stored = super::notifications::record_in_txn(&txn, news, *keep, now).await?;
                 *slot = Some(Ok(Written::Notifications(stored)));
+            }
+            Write::ReadNotifications { user, conversation, seq } => {
+                let n = super::notifications::read_conversation_in_txn(&txn, *user, *conversation, *seq, now).await?;
+                *slot = Some(Ok(Written::Count(n)));
             }
             Write::Append(_) => {}
         }

@@ -77,24 +77,15 @@ impl NotificationRepo {
         }
     }
 
-    /// Marks `user`'s message notifications of `conversation` up to `seq` read; returns
-    /// how many changed.
-    pub async fn read_conversation(
-        &self,
-        user: UserId,
-        conversation: ConversationId,
-        seq: i64,
-        now: i64,
-    ) -> Result<u64, DbErr> {
-        let r = notification::Entity::update_many()
-            .col_expr(notification::Column::ReadAt, Expr::value(now))
-            .filter(notification::Column::UserId.eq(user.0))
-            .filter(notification::Column::ConversationId.eq(conversation.0))
-            .filter(notification::Column::Seq.lte(seq))
-            .filter(notification::Column::ReadAt.is_null())
-            .exec(&self.db)
-            .await?;
-        Ok(r.rows_affected)
+    /// Marks `user`'s message notifications of `conversation` up to `seq` read (through
+    /// the committer: a read marker per message read is as frequent as the messages);
+    /// returns how many changed.
+    pub async fn read_conversation(&self, user: UserId, conversation: ConversationId, seq: i64) -> Result<u64, DbErr> {
+        match self.committer.queue(Write::ReadNotifications { user, conversation, seq }).await.await {
+            Ok(Written::Count(n)) => Ok(n),
+            Ok(_) => Err(DbErr::Custom("committer answered the wrong write".into())),
+            Err(e) => Err(DbErr::Custom(e.to_string())),
+        }
     }
 
     /// Marks one of `user`'s notifications read. `false` if `user` has none with this id
@@ -197,6 +188,25 @@ impl NotificationRepo {
             .await?;
         Ok(rows.into_iter().map(view).collect())
     }
+}
+
+/// [`NotificationRepo::read_conversation`] inside the committer's transaction.
+pub(super) async fn read_conversation_in_txn(
+    txn: &DatabaseTransaction,
+    user: UserId,
+    conversation: ConversationId,
+    seq: i64,
+    now: i64,
+) -> Result<u64, DbErr> {
+    let r = notification::Entity::update_many()
+        .col_expr(notification::Column::ReadAt, Expr::value(now))
+        .filter(notification::Column::UserId.eq(user.0))
+        .filter(notification::Column::ConversationId.eq(conversation.0))
+        .filter(notification::Column::Seq.lte(seq))
+        .filter(notification::Column::ReadAt.is_null())
+        .exec(txn)
+        .await?;
+    Ok(r.rows_affected)
 }
 
 /// [`NotificationRepo::record_batch`] inside the committer's transaction: a fixed number
