@@ -10,7 +10,8 @@
 //!   and local chat keeps working while the broker is away), then publishes it on a
 //!   confirm-mode channel; confirms are pipelined (awaited off the publisher's path).
 //!   Deliveries this node published itself are acked and skipped.
-//! - Consuming: bounded prefetch, manual ack after the event is handed to the sessions.
+//! - Consuming: bounded prefetch, manual ack after the event is handed to the sessions
+//!   (one `multiple` ack per run of deliveries that had arrived together).
 //! - A lost link is rebuilt with exponential backoff: queue, bindings and consumer are
 //!   declared again, then every session of the node catches up from the database, so a
 //!   broker outage costs latency, never messages.
@@ -377,46 +378,67 @@ pub fn durable_queue_args(config: &BusConfig) -> FieldTable {
     args
 }
 
-/// Hands deliveries to the sessions until the link breaks or the bus stops.
-async fn consume(inner: &Inner, mut consumer: lapin::Consumer) {
+/// Hands deliveries to the sessions until the link breaks or the bus stops. What has
+/// arrived is handled as a run and acked with one `multiple` ack (each delivery is handed
+/// to the sessions before it).
+async fn consume(inner: &Inner, consumer: lapin::Consumer) {
+    let mut runs = consumer.ready_chunks(ACK_RUN);
     loop {
-        let next = tokio::select! {
+        let run = tokio::select! {
             _ = inner.stop.cancelled() => return,
-            d = consumer.next() => d,
+            r = runs.next() => r,
         };
-        match next {
-            Some(Ok(delivery)) => handle_delivery(inner, delivery).await,
-            Some(Err(e)) => {
-                tracing::warn!(node = %inner.node_id, error = %e, "consumer failed");
-                return;
+        let Some(run) = run else { return };
+        let mut last = None;
+        let mut failed = None;
+        for d in run {
+            match d {
+                Ok(delivery) => {
+                    if handle_delivery(inner, &delivery).await {
+                        last = Some(delivery);
+                    }
+                }
+                Err(e) => failed = Some(e),
             }
-            None => return,
+        }
+        if let Some(last) = last
+            && let Err(e) = last.ack(BasicAckOptions { multiple: true }).await
+        {
+            tracing::debug!(error = %e, "ack failed (link lost?)");
+        }
+        if let Some(e) = failed {
+            tracing::warn!(node = %inner.node_id, error = %e, "consumer failed");
+            return;
         }
     }
 }
 
-async fn handle_delivery(inner: &Inner, delivery: Delivery) {
+/// Most deliveries acked together.
+const ACK_RUN: usize = 256;
+
+/// Hands one delivery to the sessions; `true` if it is to be acked, `false` if it was
+/// dead-lettered (rejected) instead.
+async fn handle_delivery(inner: &Inner, delivery: &Delivery) -> bool {
     let own = delivery.properties.app_id().as_ref().is_some_and(|a| a.as_str() == inner.node_id);
-    if !own {
-        match serde_json::from_slice::<Envelope>(&delivery.data) {
-            Ok(envelope) => {
-                inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = deliver_local(&inner.node_id, envelope) {
-                    // The sessions catch up from the database on their next message or sync.
-                    tracing::debug!(error = %e, "delivery to the bridge failed");
-                }
-            }
-            Err(e) => {
-                inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %inner.node_id, error = %e, routing_key = %delivery.routing_key, "unreadable event; dead-lettered");
-                if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
-                    tracing::warn!(error = %e, "reject failed");
-                }
-                return;
-            }
-        }
+    if own {
+        return true;
     }
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        tracing::debug!(error = %e, "ack failed (link lost?)");
+    match serde_json::from_slice::<Envelope>(&delivery.data) {
+        Ok(envelope) => {
+            inner.stats.received.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = deliver_local(&inner.node_id, envelope) {
+                // The sessions catch up from the database on their next message or sync.
+                tracing::debug!(error = %e, "delivery to the bridge failed");
+            }
+            true
+        }
+        Err(e) => {
+            inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %inner.node_id, error = %e, routing_key = %delivery.routing_key, "unreadable event; dead-lettered");
+            if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+                tracing::warn!(error = %e, "reject failed");
+            }
+            false
+        }
     }
 }
