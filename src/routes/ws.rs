@@ -36,6 +36,8 @@ pub fn router() -> Router {
 /// How long the reader waits for a restarting session actor before giving up on the
 /// connection (the client reconnects and syncs).
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection's last frames may take to leave.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const REATTACH_POLL: Duration = Duration::from_millis(10);
 /// Close code when the server cannot serve the connection.
 const CLOSE_INTERNAL: u16 = 1011;
@@ -189,7 +191,12 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     }
     conn.close(1000, "closed");
     let _ = forward(&node, &conn, session, SessionMsg::Closed).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The writer flushes and closes; a client that stopped reading would keep it waiting
+    // on a full socket for ever, holding the socket: after the grace period it is dropped.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        writer.abort();
+    }
 }
 
 /// Sends to the connection's session actor; if it is restarting, waits (bounded) for the
