@@ -243,6 +243,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Requests per client address per minute, over all routes.
     pub requests_per_ip_per_minute: u32,
+    /// Seconds a proxied WebSocket may go without a byte moving either way before the
+    /// gateway drops it (a client that stops reading would otherwise hold both sockets;
+    /// a live one carries a ping every `messaging.heartbeat_secs`).
+    pub socket_stall_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -254,6 +258,7 @@ impl Default for GatewayConfig {
             health_interval_ms: 1000,
             max_body_bytes: 8 * 1024 * 1024,
             requests_per_ip_per_minute: 6000,
+            socket_stall_secs: 90,
         }
     }
 }
@@ -554,6 +559,11 @@ impl Config {
             g.max_body_bytes
         );
         anyhow::ensure!(g.requests_per_ip_per_minute >= 1, "gateway.requests_per_ip_per_minute must be at least 1");
+        anyhow::ensure!(
+            (2..=3600).contains(&g.socket_stall_secs),
+            "gateway.socket_stall_secs must be between 2 and 3600, got {}",
+            g.socket_stall_secs
+        );
         if let Some(url) = &self.amqp_url {
             let u = url.expose();
             anyhow::ensure!(

@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -181,6 +181,8 @@ fn is_upgrade(headers: &salvo::http::HeaderMap) -> bool {
 struct GatewayClient {
     http: HttpClient<HttpConnector, ReqBody>,
     pool: Arc<Pool>,
+    /// A proxied WebSocket with no byte moving for this long is dropped.
+    stall: Duration,
 }
 
 impl salvo_proxy::Client for GatewayClient {
@@ -243,16 +245,85 @@ impl salvo_proxy::Client for GatewayClient {
             let upstream_side = hyper::upgrade::on(&mut response).await.map_err(salvo::Error::other)?;
             let pool = pool.clone();
             pool.members[index].sockets.fetch_add(1, Ordering::Relaxed);
+            let stall = self.stall;
             tokio::spawn(async move {
                 if let Ok(client_side) = client_side.await {
-                    let mut a = TokioIo::new(client_side);
-                    let mut b = TokioIo::new(upstream_side);
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    let moved = Arc::new(AtomicU64::new(0));
+                    let mut a = Counted { io: TokioIo::new(client_side), moved: moved.clone() };
+                    let mut b = Counted { io: TokioIo::new(upstream_side), moved: moved.clone() };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = stalled(&moved, stall) => {
+                            tracing::debug!("proxied WebSocket stalled; dropped");
+                        }
+                    }
                 }
                 pool.members[index].sockets.fetch_sub(1, Ordering::Relaxed);
             });
         }
         Ok(response.map(ResBody::Hyper))
+    }
+}
+
+/// One side of a proxied connection, counting the bytes it reads into `moved` (shared by
+/// both sides), so a watchdog can tell a stalled connection from a quiet one.
+struct Counted<T> {
+    io: T,
+    moved: Arc<AtomicU64>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once `moved` has not changed for `stall`.
+async fn stalled(moved: &AtomicU64, stall: Duration) {
+    let check = (stall / 4).max(Duration::from_millis(250));
+    let mut last = (moved.load(Ordering::Relaxed), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(check).await;
+        let now = moved.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        } else if last.1.elapsed() >= stall {
+            return;
+        }
     }
 }
 
@@ -373,7 +444,11 @@ fn router(config: &Config, pools: &[Arc<Pool>], edge: Edge) -> Router {
         if *prefix == "api/debug" && !config.fault_injection {
             continue;
         }
-        let client = GatewayClient { http: HttpClient::builder(TokioExecutor::new()).build_http(), pool: pool.clone() };
+        let client = GatewayClient {
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            pool: pool.clone(),
+            stall: Duration::from_secs(config.gateway.socket_stall_secs),
+        };
         let proxy = Proxy::new(PoolUpstreams(pool.clone()), client)
             .url_path_getter(|req, _| Some(req.uri().path().to_owned()))
             .host_header_getter(salvo_proxy::preserve_original_host_header_getter)

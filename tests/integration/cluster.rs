@@ -386,3 +386,44 @@ async fn quorum_queues_are_one_switch_away() {
     let _ = conn.close(200, "bye".into()).await;
     crate::cluster_support::delete_broker_objects(crate::cluster_support::SHARED_AMQP, &prefix);
 }
+
+/// Is the end at `local_port` of a TCP connection to/from `remote_port` open (ESTABLISHED
+/// in /proc/net/tcp)?
+pub fn tcp_established(local_port: u16, remote_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let (local, remote) = (format!(":{local_port:04X}"), format!(":{remote_port:04X}"));
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&local) && f[2].ends_with(&remote) && f[3] == "01"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_a_client_that_stops_reading_pins_gateway_sockets() {
+    let cluster = Cluster::start_with(1, crate::cluster_support::SHARED_AMQP, "socket_stall_secs = 2");
+    let (alice, bob, bob_id) = alice_and_bob(&cluster).await;
+    let (mut a, _) = connect(cluster.gateway(), &alice).await.expect("alice connects");
+    let (mut b, _) = connect(cluster.gateway(), &bob).await.expect("bob connects");
+    let conv = open_conversation(&mut a, &mut b, &bob_id).await;
+    let bob_port = match b.ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s.local_addr().expect("local addr").port(),
+        _ => unreachable!("plain TCP in tests"),
+    };
+    let gateway_port = cluster.gateway().port();
+    assert!(tcp_established(gateway_port, bob_port), "the gateway holds Bob's socket while it is live");
+    // Bob stops reading; Alice sends ~10 MiB, more than the socket buffers between the
+    // gateway and Bob hold, so the gateway's writes to Bob stop moving.
+    let body = "z".repeat(16 * 1024);
+    for i in 0..640 {
+        a.send_to_conv(&format!("z{i}"), &conv, &body).await;
+        let id = format!("z{i}");
+        a.read_until("ack", move |d| d.acks.contains_key(&id)).await;
+    }
+    poll("the gateway to drop the stalled socket", || async {
+        (!tcp_established(gateway_port, bob_port)).then_some(())
+    })
+    .await;
+    // Alice, who reads, is untouched.
+    a.send_to_conv("after", &conv, "still here").await;
+    a.read_until("ack", |d| d.acks.contains_key("after")).await;
+}

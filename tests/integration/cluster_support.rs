@@ -43,6 +43,12 @@ impl Cluster {
     }
 
     pub fn start_on(nodes: usize, amqp_url: &str) -> Cluster {
+        Self::start_with(nodes, amqp_url, "")
+    }
+
+    /// As [`Cluster::start_on`], with `gateway_extra` appended to the gateway's
+    /// `[gateway]` table.
+    pub fn start_with(nodes: usize, amqp_url: &str, gateway_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = format!("sbtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
@@ -57,7 +63,7 @@ impl Cluster {
         let upstream = |name: &str| format!("\"http://{}\"", c.addr(name));
         let nodes_list: Vec<String> = (1..=nodes).map(|i| upstream(&format!("messaging-{i}"))).collect();
         let gateway = format!(
-            "{}\n[gateway]\nauth = [{}]\nnotify = [{}]\nmessaging = [{}]\nhealth_interval_ms = 200\nrequests_per_ip_per_minute = 1000000\n",
+            "{}\n[gateway]\nauth = [{}]\nnotify = [{}]\nmessaging = [{}]\nhealth_interval_ms = 200\nrequests_per_ip_per_minute = 1000000\n{gateway_extra}\n",
             c.config_toml(),
             upstream("auth"),
             upstream("notify"),

@@ -558,24 +558,13 @@ async fn a_client_that_does_not_read_is_disconnected() {
     };
     let mut released = false;
     for _ in 0..300 {
-        if !server_holds(app.addr.port(), bob_port) {
+        if !crate::cluster::tcp_established(app.addr.port(), bob_port) {
             released = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(released, "the server still holds the socket of a client that stopped reading");
-}
-
-/// Is the server's end of the connection from `client_port` to `server_port` still open
-/// (ESTABLISHED in /proc/net/tcp)?
-fn server_holds(server_port: u16, client_port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let (local, remote) = (format!(":{server_port:04X}"), format!(":{client_port:04X}"));
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[2].ends_with(&remote) && f[3] == "01"
-    })
 }
 
 #[tokio::test]
