@@ -7,6 +7,8 @@
 //! it taken waits in SQLite's busy handler, which *sleeps* (1, 2, 5, 10 ms, …) instead of
 //! being woken. With messages and notifications written by two tasks, those sleeps were
 //! the p99 of message delivery (docs/benchmarks.md); queued here, they never collide.
+//! (Separate processes on one SQLite file each have their own committer and still meet
+//! the busy handler; past one process, PostgreSQL is the database to use.)
 //!
 //! If a batch fails as a whole (say one row violates a constraint because another node
 //! raced it), its writes are retried one transaction each, so one bad write never fails
