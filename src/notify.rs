@@ -103,6 +103,9 @@ impl Notifier {
     /// Stores `news` and tells each user's devices about theirs, with the unread counts.
     async fn store(&self, news: Vec<NewNotification>) -> Result<(), sea_orm::DbErr> {
         let stored = self.storage.notifications.record_batch(news, self.config.max_per_user).await?;
+        if stored.is_empty() {
+            return Ok(());
+        }
         let mut by_user: Vec<(UserId, Vec<NotificationView>)> = Vec::new();
         for (user, view) in stored {
             match by_user.iter_mut().find(|(u, _)| *u == user) {
