@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::cluster_support::{Cluster, PrivateBroker, poll};
-use crate::helpers::{Api, PASSWORD, error_code};
+use crate::helpers::{Api, PASSWORD, error_code, tcp_established};
 use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob};
 
 /// How long a test waits for a whole exchange to arrive.
@@ -385,17 +385,6 @@ async fn quorum_queues_are_one_switch_away() {
     bus.shutdown();
     let _ = conn.close(200, "bye".into()).await;
     crate::cluster_support::delete_broker_objects(crate::cluster_support::SHARED_AMQP, &prefix);
-}
-
-/// Is the end at `local_port` of a TCP connection to/from `remote_port` open (ESTABLISHED
-/// in /proc/net/tcp)?
-pub fn tcp_established(local_port: u16, remote_port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let (local, remote) = (format!(":{local_port:04X}"), format!(":{remote_port:04X}"));
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[2].ends_with(&remote) && f[3] == "01"
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

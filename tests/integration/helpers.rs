@@ -227,3 +227,14 @@ pub async fn error_code(resp: Response, status: StatusCode) -> String {
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error.message: {body}");
     code
 }
+
+/// Is the end at `local_port` of a TCP connection to/from `remote_port` open (ESTABLISHED
+/// in /proc/net/tcp)?
+pub fn tcp_established(local_port: u16, remote_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let (local, remote) = (format!(":{local_port:04X}"), format!(":{remote_port:04X}"));
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&local) && f[2].ends_with(&remote) && f[3] == "01"
+    })
+}

@@ -558,7 +558,7 @@ async fn a_client_that_does_not_read_is_disconnected() {
     };
     let mut released = false;
     for _ in 0..300 {
-        if !crate::cluster::tcp_established(app.addr.port(), bob_port) {
+        if !crate::helpers::tcp_established(app.addr.port(), bob_port) {
             released = true;
             break;
         }
