@@ -125,13 +125,15 @@ impl Actor for NotificationStreamActor {
             StreamMsg::Attach { tx, after } => {
                 state.idle_ticks = 0;
                 let mut stream = Stream { tx, last_n: after.max(0) };
-                if state.catch_up(&mut stream).await && state.send_unread(&stream).await {
+                // Boxed, as in the session actor: the actor's task keeps the handler's
+                // future for its whole life, sized for the largest arm.
+                if Box::pin(async { state.catch_up(&mut stream).await && state.send_unread(&stream).await }).await {
                     state.streams.push(stream);
                 }
             }
             StreamMsg::Event(event) => {
                 if let Event::Notification { notification, unread, .. } = *event {
-                    state.on_notification(notification, unread).await;
+                    Box::pin(state.on_notification(notification, unread)).await;
                 }
             }
             StreamMsg::Tick => {

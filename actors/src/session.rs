@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::NORMAL_EXIT;
@@ -39,7 +38,10 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 pub struct ConnHandle {
     pub id: ConnId,
     pub user_id: UserId,
-    tx: mpsc::Sender<Outbound>,
+    /// A flume channel, not tokio's: tokio's allocates a 32-slot block and cache-padded
+    /// state up front (about 1.2 KiB), flume only what is queued, and most connections
+    /// are idle most of the time.
+    tx: flume::Sender<Outbound>,
     /// Cancelled when the connection must close (or has closed).
     pub closed: CancellationToken,
     close_reason: Mutex<Option<(u16, &'static str)>>,
@@ -52,8 +54,8 @@ pub struct ConnHandle {
 
 impl ConnHandle {
     /// A handle and the receiving end of its outbound queue (for the writer task).
-    pub fn new(user_id: UserId, queue: usize) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    pub fn new(user_id: UserId, queue: usize) -> (Arc<Self>, flume::Receiver<Outbound>) {
+        let (tx, rx) = flume::bounded(queue.max(1));
         let handle = Self {
             id: ConnId::new(),
             user_id,
@@ -72,24 +74,24 @@ impl ConnHandle {
     pub fn push(&self, frame: &ServerFrame) -> bool {
         match self.tx.try_send(Outbound::Text(frame.to_json())) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.close(CLOSE_TRY_AGAIN, "client is not reading");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(flume::TrySendError::Disconnected(_)) => false,
         }
     }
 
     /// Queues a frame, waiting up to `timeout` for room (catch-up traffic, which may
     /// legitimately be large).
     pub async fn push_wait(&self, frame: &ServerFrame, timeout: Duration) -> bool {
-        match self.tx.send_timeout(Outbound::Text(frame.to_json()), timeout).await {
-            Ok(()) => true,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+        match tokio::time::timeout(timeout, self.tx.send_async(Outbound::Text(frame.to_json()))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(flume::SendError(_))) => false,
+            Err(_elapsed) => {
                 self.close(CLOSE_TRY_AGAIN, "client is not reading");
                 false
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
         }
     }
 
@@ -224,13 +226,20 @@ impl Actor for SessionActor {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.faults.check(&state.name)?;
+        // Each arm's future is boxed: ractor keeps the handler's future inside the actor's
+        // long-lived task, sized for its largest arm, so an idle session would otherwise
+        // hold kilobytes of state machine it is not using (docs/benchmarks.md, "Idle
+        // connections"). One allocation per message is the price.
         match msg {
-            SessionMsg::Frame(text) => state.on_frame(&myself, &text).await,
-            SessionMsg::Event(event) => state.on_event(&myself, *event).await,
-            SessionMsg::Refresh(c) => state.catch_up(c).await,
+            SessionMsg::Frame(text) => Box::pin(state.on_frame(&myself, &text)).await,
+            SessionMsg::Event(event) => Box::pin(state.on_event(&myself, *event)).await,
+            SessionMsg::Refresh(c) => Box::pin(state.catch_up(c)).await,
             SessionMsg::CatchUp => {
-                state.load_conversations(false).await;
-                state.catch_up_all().await;
+                Box::pin(async {
+                    state.load_conversations(false).await;
+                    state.catch_up_all().await;
+                })
+                .await
             }
             SessionMsg::DeliveredSaved(c) => {
                 if let Some(Some((seq, sender))) = state.delivered_inflight.remove(&c) {
@@ -243,7 +252,7 @@ impl Actor for SessionActor {
                     state.ctx.user_group(state.conn.user_id),
                     vec![myself.get_cell()],
                 );
-                state.announce(false).await;
+                Box::pin(state.announce(false)).await;
                 myself.stop(Some(NORMAL_EXIT.to_owned()));
             }
         }

@@ -115,9 +115,11 @@ impl Drop for SocketSlot {
 /// The request's `Origin` is the server's own (same host) or configured as allowed; a
 /// request without `Origin` is not from a browser.
 async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig) {
-    let (conn, mut outbound) = ConnHandle::new(who.user_id, m.outbound_queue);
+    let (conn, outbound) = ConnHandle::new(who.user_id, m.outbound_queue);
     let (mut sink, mut stream) = ws.split();
-    let session = match node.open_session(conn.clone()).await {
+    // Boxed: this task lives as long as the connection, and a future awaited in place
+    // stays part of its size for good (the spawn through the supervisor is large).
+    let session = match Box::pin(node.open_session(conn.clone())).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a session actor");
@@ -146,13 +148,13 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                         let _ = sink.send(Message::close_with(code, reason)).await;
                         break;
                     }
-                    next = outbound.recv() => match next {
-                        Some(Outbound::Text(text)) => {
+                    next = outbound.recv_async() => match next {
+                        Ok(Outbound::Text(text)) => {
                             if sink.send(Message::text(text)).await.is_err() {
                                 conn.close(1000, "write failed");
                             }
                         }
-                        None => break,
+                        Err(flume::RecvError::Disconnected) => break,
                     },
                     _ = ping.tick() => {
                         if crate::now_ms() - last_seen.load(Ordering::Relaxed) > idle_ms {
