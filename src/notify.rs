@@ -37,7 +37,11 @@ use crate::storage::users::User;
 
 /// Routing keys the notify queue is bound to.
 pub const KEYS: &[&str] =
-    &["user.*.message.created", "user.*.contact.requested", "user.*.contact.accepted", "user.*.receipt"];
+    &["user.*.message.created", "user.*.contact.requested", "user.*.contact.accepted", "user.*.receipt.self"];
+
+/// Keys the notify queue was bound to by earlier versions, removed at start (RabbitMQ
+/// treats removing a binding that does not exist as done).
+const RETIRED_KEYS: &[&str] = &["user.*.receipt"];
 
 /// Events waiting for the in-process consumer before publishers wait (one process, no
 /// broker; with RabbitMQ the durable queue holds them). Absorbs bursts (about 30 MB when
@@ -45,9 +49,15 @@ pub const KEYS: &[&str] =
 pub const TAP_QUEUE: usize = 65_536;
 
 /// The events the notify consumer reads: those [`KEYS`] binds on the broker. (Not the
-/// `notification` events it publishes itself.)
+/// `notification` events it publishes itself, not the sender's own copy of a message,
+/// and of receipts only a reader's own, which carries their read marker.)
 pub fn wants(event: &Event) -> bool {
-    matches!(event, Event::MessageCreated { .. } | Event::Contact { .. } | Event::Receipt { .. })
+    match event {
+        Event::MessageCreated { to, message } => message.sender_id != *to,
+        Event::Receipt { to, receipt } => receipt.user_id == *to,
+        Event::Contact { change, .. } => matches!(change.kind.as_str(), "requested" | "accepted"),
+        _ => false,
+    }
 }
 
 /// Most events handled in one transaction.
@@ -333,6 +343,17 @@ async fn connect_notify(
             )
             .await?;
     }
+    // Bindings of earlier versions that would bring events notify does not use.
+    for key in RETIRED_KEYS {
+        channel
+            .queue_unbind(
+                queue.to_owned().into(),
+                topology.exchange.clone().into(),
+                (*key).into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     // Handled in delivery order (so a user's notifications are numbered in event order),
     // in runs of what has arrived: the prefetch bounds a run.
     channel.basic_qos(config.prefetch, BasicQosOptions::default()).await?;
@@ -345,4 +366,91 @@ async fn connect_notify(
         )
         .await?;
     Ok((connection, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_actors::ids::{ConversationId, MessageId};
+    use switchboard_actors::ports::{ContactChange, Receipt, StoredMessage};
+
+    /// RabbitMQ's topic match: `*` is one word, `#` zero or more.
+    fn topic_matches(pattern: &str, key: &str) -> bool {
+        fn go(p: &[&str], k: &[&str]) -> bool {
+            match (p.first(), k.first()) {
+                (None, None) => true,
+                (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+                (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+                (Some(a), Some(b)) => a == b && go(&p[1..], &k[1..]),
+                _ => false,
+            }
+        }
+        go(&pattern.split('.').collect::<Vec<_>>(), &key.split('.').collect::<Vec<_>>())
+    }
+
+    fn events() -> Vec<Event> {
+        let (ann, ben) = (UserId::new(), UserId::new());
+        let message = StoredMessage {
+            id: MessageId::new(),
+            conversation_id: ConversationId::new(),
+            seq: 1,
+            sender_id: ann,
+            client_msg_id: "c1".into(),
+            kind: "text".into(),
+            body: "hi".into(),
+            file_id: None,
+            created_at: 0,
+        };
+        let receipt = Receipt { conversation_id: message.conversation_id, user_id: ben, delivered_seq: 1, read_seq: 1 };
+        let change = |kind: &str| ContactChange {
+            kind: kind.into(),
+            request_id: uuid::Uuid::nil(),
+            requester_id: ann,
+            addressee_id: ben,
+            state: "pending".into(),
+        };
+        let mut out = vec![
+            Event::MessageCreated { to: ann, message: message.clone() },
+            Event::MessageCreated { to: ben, message },
+            Event::Receipt { to: ann, receipt },
+            Event::Receipt { to: ben, receipt },
+            Event::Typing { to: ben, conversation_id: receipt.conversation_id, user_id: ann, active: true },
+            Event::Presence { to: ben, user_id: ann, online: true },
+        ];
+        for kind in ["requested", "accepted", "declined", "cancelled", "removed"] {
+            out.push(Event::Contact { to: ann, change: change(kind) });
+            out.push(Event::Contact { to: ben, change: change(kind) });
+        }
+        out
+    }
+
+    #[test]
+    fn the_in_process_tap_takes_exactly_what_the_broker_binding_delivers() {
+        for event in events() {
+            let key = event.routing_key();
+            let bound = KEYS.iter().any(|p| topic_matches(p, &key));
+            assert_eq!(wants(&event), bound, "{key}");
+        }
+    }
+
+    #[test]
+    fn nothing_notify_acts_on_is_filtered_out() {
+        let mut taken = 0;
+        for event in events() {
+            let read_marker = matches!(&event, Event::Receipt { to, receipt } if receipt.user_id == *to);
+            if notification_source(&event).is_some() || read_marker {
+                assert!(wants(&event), "{}", event.routing_key());
+                taken += 1;
+            }
+        }
+        // A message to its recipient, a read marker, a request and an acceptance.
+        assert_eq!(taken, 4);
+    }
+
+    #[test]
+    fn copies_for_the_senders_own_devices_stay_off_the_notify_queue() {
+        let keys: Vec<String> = events().iter().filter(|e| !wants(e)).map(Event::routing_key).collect();
+        assert!(keys.iter().any(|k| k.ends_with(".message.created.self")), "{keys:?}");
+        assert!(keys.iter().any(|k| k.ends_with(".receipt")), "{keys:?}");
+    }
 }

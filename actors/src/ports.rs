@@ -201,10 +201,14 @@ impl Event {
         }
     }
 
-    /// Routing key on the bus: `user.<id>.<kind>`.
+    /// Routing key on the bus: `user.<id>.<kind>`. A user's own copy of their message or
+    /// of their read marker (for their other devices) ends in `.self`, so the notify
+    /// queue, which needs only the other copies, is not sent them (docs/broker.md).
     pub fn routing_key(&self) -> String {
         let kind = match self {
+            Event::MessageCreated { to, message } if message.sender_id == *to => "message.created.self",
             Event::MessageCreated { .. } => "message.created",
+            Event::Receipt { to, receipt } if receipt.user_id == *to => "receipt.self",
             Event::Receipt { .. } => "receipt",
             Event::Typing { .. } => "typing",
             Event::Presence { .. } => "presence",
