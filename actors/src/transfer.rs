@@ -74,6 +74,10 @@ pub trait TransferStore: Send + Sync + 'static {
     async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError>;
     /// Marks the transfer complete (its message is posted).
     async fn complete(&self, id: TransferId) -> Result<(), StoreError>;
+    /// Gives up a transfer whose file may not be posted (the uploader was blocked, or is
+    /// no longer a contact, while it went up): failed, and its file record removed, so it
+    /// counts against no quota and no one can fetch it.
+    async fn refuse(&self, id: TransferId) -> Result<(), StoreError>;
 }
 
 pub enum TransferMsg {
@@ -232,7 +236,9 @@ impl TransferState {
             Err(e) if e.code == "forbidden" => {
                 // Blocked (or no longer contacts) while the file went up: it is not posted.
                 tracing::info!(transfer = %self.id, why = %e.message, "file not posted");
+                store.refuse(self.id).await?;
                 status.state = "failed".into();
+                status.file_id = None;
                 self.report(&status).await;
                 return Ok(());
             }

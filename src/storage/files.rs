@@ -381,4 +381,23 @@ impl TransferStore for FileRepo {
     async fn complete(&self, id: TransferId) -> Result<(), StoreError> {
         self.set_state(id, "complete", None).await.map_err(unavailable)
     }
+
+    /// The file row goes; its blob stays: blobs are content-addressed and may be shared
+    /// with another file of the same bytes (one being assembled at this moment, too), so
+    /// removing it here could lose someone else's file.
+    async fn refuse(&self, id: TransferId) -> Result<(), StoreError> {
+        let Some(t) = self.transfer(id).await.map_err(unavailable)? else { return Ok(()) };
+        transfer::Entity::update_many()
+            .col_expr(transfer::Column::State, Expr::value("failed"))
+            .col_expr(transfer::Column::FileId, Expr::value(Option::<Uuid>::None))
+            .col_expr(transfer::Column::UpdatedAt, Expr::value(crate::now_ms()))
+            .filter(transfer::Column::Id.eq(id.0))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        if let Some(f) = t.file_id {
+            file::Entity::delete_by_id(f).exec(&self.db).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
 }

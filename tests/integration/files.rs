@@ -498,3 +498,43 @@ async fn a_file_that_does_not_match_its_announced_hash_is_refused_whole() {
     assert_eq!(transfer(&app, &alice, &id).await["state"], "failed");
     assert!(files_under(&app.data_dir.path().join("files")).is_empty(), "no file kept, no chunk left");
 }
+
+#[tokio::test]
+async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_costs_no_quota() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = alice_ws_user_id(&app, &alice).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let size = CHUNK as u64 + 10;
+    let (sha, chunks) = file_hashes(size);
+    let t: Value =
+        create(&app, &alice, json!({"conversation_id": conv, "name": "late.bin", "size": size, "sha256": sha}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let id = t["id"].as_str().unwrap().to_owned();
+    let r = put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Bob blocks Alice before her last chunk.
+    let r =
+        app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = put_chunk(&app, &alice, &id, 1, chunk_bytes(1, 10), &chunks[1]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let f = loop {
+        let f = alice_ws.next_of("transfer").await;
+        if f["state"] != "uploading" {
+            break f;
+        }
+    };
+    assert_eq!(f["state"], "failed");
+    assert_eq!(transfer(&app, &alice, &id).await["state"], "failed", "the record says so too, not `uploading`");
+    assert_eq!(alice_ws.messages.len(), 1, "nothing posted but the first text: {:?}", alice_ws.messages);
+    // Neither an upload in progress nor stored bytes count against Alice any more.
+    let db = switchboard::storage::connect(&app.config.database_url()).await.unwrap();
+    let repo = switchboard::storage::files::FileRepo::new(db, app.data_dir.path());
+    let me = switchboard::domain::UserId(alice_id.parse().unwrap());
+    assert_eq!(repo.usage(me).await.unwrap(), (0, 0));
+}
