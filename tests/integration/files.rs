@@ -55,6 +55,14 @@ async fn create(api: &impl Api, token: &str, body: Value) -> reqwest::Response {
     api.client().post(api.url("/api/transfers")).bearer_auth(token).json(&body).send().await.unwrap()
 }
 
+/// Creates a transfer that must be accepted; returns its id.
+async fn create_id(api: &impl Api, token: &str, body: Value) -> String {
+    let r = create(api, token, body).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let t: Value = r.json().await.unwrap();
+    t["id"].as_str().unwrap().to_owned()
+}
+
 async fn put_chunk(api: &impl Api, token: &str, id: &str, i: u64, data: Vec<u8>, sha: &str) -> reqwest::Response {
     api.client()
         .put(api.url(&format!("/api/transfers/{id}/chunks/{i}")))
@@ -359,13 +367,9 @@ async fn hole_uploads_that_grow_memory_without_bound_200_mib_across_a_restart_an
     let conv = conversation(&mut alice_ws, &bob_id).await;
     const SIZE: u64 = 200 << 20;
     let (sha, chunks) = file_hashes(SIZE);
-    let t: Value =
-        create(&server, &alice, json!({"conversation_id": conv, "name": "big.bin", "size": SIZE, "sha256": sha}))
-            .await
-            .json()
-            .await
-            .unwrap();
-    let id = t["id"].as_str().unwrap().to_owned();
+    let id =
+        create_id(&server, &alice, json!({"conversation_id": conv, "name": "big.bin", "size": SIZE, "sha256": sha}))
+            .await;
     let n = chunks.len() as u64;
     server.reset_peak();
     let base_first = server.status_kib("VmRSS");
@@ -444,13 +448,9 @@ async fn an_abandoned_upload_expires_and_its_chunks_are_removed() {
     let mut alice_ws = Client::connect(&app, &alice).await;
     let conv = conversation(&mut alice_ws, &bob_id).await;
     let (sha, chunks) = file_hashes(2 * CHUNK as u64);
-    let t: Value =
-        create(&app, &alice, json!({"conversation_id": conv, "name": "left.bin", "size": 2 * CHUNK, "sha256": sha}))
-            .await
-            .json()
-            .await
-            .unwrap();
-    let id = t["id"].as_str().unwrap().to_owned();
+    let id =
+        create_id(&app, &alice, json!({"conversation_id": conv, "name": "left.bin", "size": 2 * CHUNK, "sha256": sha}))
+            .await;
     assert_eq!(
         put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await.status(),
         StatusCode::NO_CONTENT
@@ -476,13 +476,9 @@ async fn a_file_that_does_not_match_its_announced_hash_is_refused_whole() {
     let conv = conversation(&mut alice_ws, &bob_id).await;
     let (_, chunks) = file_hashes(CHUNK as u64 + 1);
     let lie = "ab".repeat(32);
-    let t: Value =
-        create(&app, &alice, json!({"conversation_id": conv, "name": "x.bin", "size": CHUNK + 1, "sha256": lie}))
-            .await
-            .json()
-            .await
-            .unwrap();
-    let id = t["id"].as_str().unwrap().to_owned();
+    let id =
+        create_id(&app, &alice, json!({"conversation_id": conv, "name": "x.bin", "size": CHUNK + 1, "sha256": lie}))
+            .await;
     for i in 0..2 {
         let len = if i == 0 { CHUNK } else { 1 };
         let r = put_chunk(&app, &alice, &id, i, chunk_bytes(i, len), &chunks[i as usize]).await;
@@ -508,13 +504,8 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     let conv = conversation(&mut alice_ws, &bob_id).await;
     let size = CHUNK as u64 + 10;
     let (sha, chunks) = file_hashes(size);
-    let t: Value =
-        create(&app, &alice, json!({"conversation_id": conv, "name": "late.bin", "size": size, "sha256": sha}))
-            .await
-            .json()
-            .await
-            .unwrap();
-    let id = t["id"].as_str().unwrap().to_owned();
+    let id = create_id(&app, &alice, json!({"conversation_id": conv, "name": "late.bin", "size": size, "sha256": sha}))
+        .await;
     let r = put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // Bob blocks Alice before her last chunk.
