@@ -63,6 +63,16 @@ async fn create_id(api: &impl Api, token: &str, body: Value) -> String {
     t["id"].as_str().unwrap().to_owned()
 }
 
+/// Reads `transfer` frames until one is no longer `uploading`; returns it.
+async fn settled(ws: &mut Client) -> Value {
+    loop {
+        let f = ws.next_of("transfer").await;
+        if f["state"] != "uploading" {
+            return f;
+        }
+    }
+}
+
 async fn put_chunk(api: &impl Api, token: &str, id: &str, i: u64, data: Vec<u8>, sha: &str) -> reqwest::Response {
     api.client()
         .put(api.url(&format!("/api/transfers/{id}/chunks/{i}")))
@@ -484,12 +494,7 @@ async fn a_file_that_does_not_match_its_announced_hash_is_refused_whole() {
         let r = put_chunk(&app, &alice, &id, i, chunk_bytes(i, len), &chunks[i as usize]).await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
     }
-    let f = loop {
-        let f = alice_ws.next_of("transfer").await;
-        if f["state"] != "uploading" {
-            break f;
-        }
-    };
+    let f = settled(&mut alice_ws).await;
     assert_eq!(f["state"], "failed");
     assert_eq!(transfer(&app, &alice, &id).await["state"], "failed");
     assert!(files_under(&app.data_dir.path().join("files")).is_empty(), "no file kept, no chunk left");
@@ -514,12 +519,7 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = put_chunk(&app, &alice, &id, 1, chunk_bytes(1, 10), &chunks[1]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let f = loop {
-        let f = alice_ws.next_of("transfer").await;
-        if f["state"] != "uploading" {
-            break f;
-        }
-    };
+    let f = settled(&mut alice_ws).await;
     assert_eq!(f["state"], "failed");
     assert_eq!(transfer(&app, &alice, &id).await["state"], "failed", "the record says so too, not `uploading`");
     assert_eq!(alice_ws.messages.len(), 1, "nothing posted but the first text: {:?}", alice_ws.messages);
