@@ -102,19 +102,20 @@ async fn two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
     let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
 
     const N: usize = 1000;
-    bob.send_to_conv("b-0", &conv, "hello alice").await;
+    let alice_sent: Vec<(String, String)> = (1..N).map(|i| (format!("a-{i}"), format!("alice {i}"))).collect();
+    let bob_sent: Vec<(String, String)> = std::iter::once(("b-0".to_owned(), "hello alice".to_owned()))
+        .chain((1..N).map(|i| (format!("b-{i}"), format!("bob {i}"))))
+        .collect();
+    bob.send_to_conv(&bob_sent[0].0, &conv, &bob_sent[0].1).await;
     for i in 1..N {
-        alice.send_to_conv(&format!("a-{i}"), &conv, &format!("alice {i}")).await;
-        bob.send_to_conv(&format!("b-{i}"), &conv, &format!("bob {i}")).await;
+        let ((a_cid, a_body), (b_cid, b_body)) = (&alice_sent[i - 1], &bob_sent[i]);
+        alice.send_to_conv(a_cid, &conv, a_body).await;
+        bob.send_to_conv(b_cid, &conv, b_body).await;
         if i % 50 == 0 {
             drain(&mut alice).await;
             drain(&mut bob).await;
         }
     }
-    let alice_sent: Vec<(String, String)> = (1..N).map(|i| (format!("a-{i}"), format!("alice {i}"))).collect();
-    let bob_sent: Vec<(String, String)> = std::iter::once(("b-0".to_owned(), "hello alice".to_owned()))
-        .chain((1..N).map(|i| (format!("b-{i}"), format!("bob {i}"))))
-        .collect();
     for (c, sent) in [(&mut alice, &alice_sent), (&mut bob, &bob_sent)] {
         read_until_count(c, &conv, 2 * N).await;
         // As a real client does: resend what was not acked (a commit that outlasts the
