@@ -71,6 +71,7 @@ impl Application {
         let files = crate::storage::files::FileRepo::new(storage.db.clone(), &config.data_dir);
         let (node, rabbit, tap) = start_node(&config, &storage, &files, mount).await?;
         let node = Arc::new(node);
+        let auth = auth.with_bus(node.ctx.bus.clone());
         let stop = CancellationToken::new();
         if mount.notifies() {
             let notifier = Notifier::new(storage.clone(), node.ctx.bus.clone(), config.notify.clone());

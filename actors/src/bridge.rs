@@ -53,10 +53,10 @@ impl Actor for BusBridge {
     }
 }
 
-/// Hands an event to every local session of its recipient (and a notification to the
-/// recipient's notification stream actor, if one runs here).
+/// Hands an event to every local session of its recipient (and a notification or a
+/// revoked login to the recipient's notification stream actor, if one runs here).
 pub fn dispatch(ctx: &NodeCtx, event: crate::ports::Event) {
-    if matches!(event, crate::ports::Event::Notification { .. }) {
+    if matches!(event, crate::ports::Event::Notification { .. } | crate::ports::Event::SessionRevoked { .. }) {
         for cell in ractor::pg::get_scoped_members(&ctx.node_id, &ctx.stream_group(event.recipient())) {
             let stream: ActorRef<crate::notify_stream::StreamMsg> = cell.into();
             let _ = stream.cast(crate::notify_stream::StreamMsg::Event(Box::new(event.clone())));

@@ -274,11 +274,13 @@ impl Node {
         Ok(self.ctx.start_child("sessions", key, spec).await?.into())
     }
 
-    /// Attaches a notification stream of `user` that has everything up to `after`: the
-    /// user's stream actor (started if needed) sends the rest, then live notifications.
+    /// Attaches a notification stream of `user` (opened with a token of the login session
+    /// `login`) that has everything up to `after`: the user's stream actor (started if
+    /// needed) sends the rest, then live notifications.
     pub async fn open_notification_stream(
         &self,
         user: UserId,
+        login: uuid::Uuid,
         after: i64,
     ) -> Result<tokio::sync::mpsc::Receiver<StreamItem>, String> {
         let name = self.ctx.name("nstream", user);
@@ -290,7 +292,7 @@ impl Node {
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(crate::notify_stream::STREAM_QUEUE);
-        actor.cast(StreamMsg::Attach { tx, after }).map_err(|e| format!("stream actor: {e}"))?;
+        actor.cast(StreamMsg::Attach { tx, after, login }).map_err(|e| format!("stream actor: {e}"))?;
         Ok(rx)
     }
 

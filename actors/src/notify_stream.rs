@@ -45,8 +45,9 @@ pub trait NotificationStore: Send + Sync + 'static {
 }
 
 pub enum StreamMsg {
-    /// A new stream that has everything up to `after`.
-    Attach { tx: mpsc::Sender<StreamItem>, after: i64 },
+    /// A new stream that has everything up to `after`, opened with a token of the login
+    /// session `login` (revoking it ends the stream).
+    Attach { tx: mpsc::Sender<StreamItem>, after: i64, login: uuid::Uuid },
     /// A notification event for this user, from the bus bridge.
     Event(Box<Event>),
     /// Periodic: drop closed streams; stop when none has been open for a while.
@@ -63,6 +64,7 @@ pub struct StreamArgs {
 struct Stream {
     tx: mpsc::Sender<StreamItem>,
     last_n: i64,
+    login: uuid::Uuid,
 }
 
 pub struct StreamState {
@@ -122,20 +124,23 @@ impl Actor for NotificationStreamActor {
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.faults.check(&state.name)?;
         match msg {
-            StreamMsg::Attach { tx, after } => {
+            StreamMsg::Attach { tx, after, login } => {
                 state.idle_ticks = 0;
-                let mut stream = Stream { tx, last_n: after.max(0) };
+                let mut stream = Stream { tx, last_n: after.max(0), login };
                 // Boxed, as in the session actor: the actor's task keeps the handler's
                 // future for its whole life, sized for the largest arm.
                 if Box::pin(async { state.catch_up(&mut stream).await && state.send_unread(&stream).await }).await {
                     state.streams.push(stream);
                 }
             }
-            StreamMsg::Event(event) => {
-                if let Event::Notification { notification, unread, .. } = *event {
+            StreamMsg::Event(event) => match *event {
+                Event::Notification { notification, unread, .. } => {
                     Box::pin(state.on_notification(notification, unread)).await;
                 }
-            }
+                // Dropping a stream's sender ends its HTTP response.
+                Event::SessionRevoked { session_id, .. } => state.streams.retain(|s| s.login != session_id),
+                _ => {}
+            },
             StreamMsg::Tick => {
                 state.streams.retain(|s| !s.tx.is_closed());
                 if state.streams.is_empty() {

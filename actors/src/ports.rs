@@ -116,6 +116,10 @@ pub trait ChatStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Every conversation `user` takes part in.
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError>;
+    /// Whether the login session `session` of `user` is still valid (exists, not revoked,
+    /// not expired). Sessions check again after the bus was down, when a revocation
+    /// event may have been missed.
+    async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError>;
     /// Raises the user's delivered and/or read markers (never lowers them; read implies
     /// delivered; both are capped at the conversation's last seq).
     async fn update_receipt(
@@ -149,6 +153,9 @@ pub enum Event {
     Notification { to: UserId, notification: Option<NotificationView>, unread: Unread },
     /// An upload in a conversation of `to` progressed, completed or failed.
     Transfer { to: UserId, progress: crate::transfer::TransferProgress },
+    /// The login session `session_id` of `to` was revoked (logout): every socket and
+    /// stream it authenticated, on every node, closes.
+    SessionRevoked { to: UserId, session_id: uuid::Uuid },
 }
 
 /// A stored notification, as clients see it.
@@ -197,7 +204,8 @@ impl Event {
             | Event::PresenceProbe { to, .. }
             | Event::Contact { to, .. }
             | Event::Notification { to, .. }
-            | Event::Transfer { to, .. } => *to,
+            | Event::Transfer { to, .. }
+            | Event::SessionRevoked { to, .. } => *to,
         }
     }
 
@@ -215,6 +223,7 @@ impl Event {
             Event::PresenceProbe { .. } => "presence.probe",
             Event::Notification { .. } => "notification",
             Event::Transfer { .. } => "transfer",
+            Event::SessionRevoked { .. } => "session.revoked",
             Event::Contact { change, .. } => return format!("user.{}.contact.{}", self.recipient(), change.kind),
         };
         format!("user.{}.{kind}", self.recipient())

@@ -32,12 +32,23 @@ pub enum Outbound {
 pub const CLOSE_POLICY: u16 = 1008;
 /// WebSocket close code for "try again later" (server overloaded or client too slow).
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// WebSocket close code: the login that opened the connection was revoked (logout);
+/// log in again before reconnecting.
+pub const CLOSE_LOGGED_OUT: u16 = 4001;
+/// WebSocket close code: the token that opened the connection expired; reconnect with a
+/// fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 
 /// The connection as the actor sees it; owned jointly with the socket tasks, so it
 /// survives a restart of the actor.
 pub struct ConnHandle {
     pub id: ConnId,
     pub user_id: UserId,
+    /// The login session whose token opened the connection: revoking it closes the
+    /// connection.
+    pub login_session: uuid::Uuid,
+    /// When that token expires (ms since the epoch): the connection closes then.
+    pub expires_at: i64,
     /// A flume channel, not tokio's: tokio's allocates a 32-slot block and cache-padded
     /// state up front (about 1.2 KiB), flume only what is queued, and most connections
     /// are idle most of the time.
@@ -53,12 +64,21 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    /// A handle and the receiving end of its outbound queue (for the writer task).
-    pub fn new(user_id: UserId, queue: usize) -> (Arc<Self>, flume::Receiver<Outbound>) {
+    /// A handle and the receiving end of its outbound queue (for the writer task), for a
+    /// connection of `user_id` opened with a token of `login_session` valid until
+    /// `expires_at`.
+    pub fn new(
+        user_id: UserId,
+        login_session: uuid::Uuid,
+        expires_at: i64,
+        queue: usize,
+    ) -> (Arc<Self>, flume::Receiver<Outbound>) {
         let (tx, rx) = flume::bounded(queue.max(1));
         let handle = Self {
             id: ConnId::new(),
             user_id,
+            login_session,
+            expires_at,
             tx,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
@@ -101,6 +121,21 @@ impl ConnHandle {
             r.get_or_insert((code, reason));
         }
         self.closed.cancel();
+    }
+
+    /// Closes the connection if its token has expired by `now`; true if it has.
+    pub fn close_if_expired(&self, now: i64) -> bool {
+        let expired = now >= self.expires_at;
+        if expired {
+            self.close(CLOSE_TOKEN_EXPIRED, "token expired");
+        }
+        expired
+    }
+
+    /// Closes the connection because its login was revoked, telling the client why.
+    pub fn close_logged_out(&self) {
+        self.push(&ServerFrame::error("session_revoked", "you were logged out; log in again", None));
+        self.close(CLOSE_LOGGED_OUT, "logged out");
     }
 
     /// Why the connection is being closed, if it is.
@@ -236,6 +271,12 @@ impl Actor for SessionActor {
             SessionMsg::Refresh(c) => Box::pin(state.catch_up(c)).await,
             SessionMsg::CatchUp => {
                 Box::pin(async {
+                    // A revocation published while the bus was down never came: ask.
+                    let (login, me) = (state.conn.login_session, state.me());
+                    if let Ok(false) = state.ctx.store.login_active(login, me).await {
+                        state.conn.close_logged_out();
+                        return;
+                    }
                     state.load_conversations(false).await;
                     state.catch_up_all().await;
                 })
@@ -586,6 +627,12 @@ impl SessionState {
             }
             Event::Notification { notification, unread, .. } => {
                 self.conn.push(&ServerFrame::Notification { notification, unread });
+            }
+            Event::SessionRevoked { session_id, .. } => {
+                if session_id == self.conn.login_session {
+                    tracing::info!(user = %self.me(), conn = %self.conn.id, "login revoked; closing the socket");
+                    self.conn.close_logged_out();
+                }
             }
             Event::Contact { change, .. } => {
                 let me = self.me();

@@ -19,6 +19,9 @@ use crate::domain::{SessionId, UserId};
 pub struct AuthUser {
     pub user_id: UserId,
     pub session_id: SessionId,
+    /// When the token expires, in ms since the epoch: long-lived connections opened with
+    /// it (WebSocket, notification stream) close then.
+    pub expires_at: i64,
 }
 
 /// Name of the browser session cookie (HttpOnly, SameSite=Lax).

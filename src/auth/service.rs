@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
+use switchboard_actors::ports::{Bus, Envelope, Event};
 
 use super::AuthUser;
 use super::passwords::PasswordHasher;
@@ -24,9 +25,12 @@ pub struct LoginOutcome {
     pub user: User,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuthService {
     storage: Storage,
+    /// Where revocations are announced, so every node closes the sockets and streams of
+    /// a revoked login (set once the process's bus is up).
+    bus: Option<Arc<dyn Bus>>,
     hasher: PasswordHasher,
     keys: TokenKeys,
     token_ttl_secs: i64,
@@ -40,10 +44,17 @@ struct Limits {
     register_ip: KeyedLimiter,
 }
 
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService").field("token_ttl_secs", &self.token_ttl_secs).finish_non_exhaustive()
+    }
+}
+
 impl AuthService {
     pub fn new(storage: Storage, cfg: &AuthConfig, keys: TokenKeys) -> anyhow::Result<Self> {
         Ok(Self {
             storage,
+            bus: None,
             hasher: PasswordHasher::new(cfg)?,
             keys,
             token_ttl_secs: i64::try_from(cfg.token_ttl_secs)?,
@@ -53,6 +64,12 @@ impl AuthService {
                 register_ip: KeyedLimiter::per_minute(cfg.register_per_ip_per_minute),
             }),
         })
+    }
+
+    /// Announces revocations on `bus`.
+    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     /// Creates an account. 409 `username_taken` if the name (case-insensitively) exists.
@@ -118,11 +135,24 @@ impl AuthService {
         Ok(LoginOutcome { access_token, expires_at: exp * 1000, user })
     }
 
-    /// Revokes the caller's session: the token stops working at once.
+    /// Revokes the caller's session: the token stops working at once, and every socket
+    /// and notification stream it opened, on any node, is closed.
     pub async fn logout(&self, who: AuthUser) -> Result<(), AppError> {
         self.storage.sessions.revoke(who.session_id, crate::now_ms()).await?;
         tracing::info!(user_id = %who.user_id, session = %who.session_id, "logout");
+        self.announce_revoked(who).await;
         Ok(())
+    }
+
+    /// Tells every node that `who`'s login is gone. The row is the record: a node that
+    /// misses the event (broker down) checks the row when its link comes back, and every
+    /// new request is refused by it regardless.
+    async fn announce_revoked(&self, who: AuthUser) {
+        let Some(bus) = &self.bus else { return };
+        let event = Event::SessionRevoked { to: who.user_id, session_id: who.session_id.0 };
+        if let Err(e) = bus.publish(Envelope::new(event)).await {
+            tracing::warn!(user_id = %who.user_id, error = %e, "revocation not announced on the bus");
+        }
     }
 
     /// Turns a token into the caller, or 401 if it is invalid, expired or revoked.
@@ -132,7 +162,7 @@ impl AuthService {
         if !self.storage.sessions.is_active(claims.jti, claims.sub, crate::now_ms()).await? {
             return Err(unauthorized());
         }
-        Ok(AuthUser { user_id: claims.sub, session_id: claims.jti })
+        Ok(AuthUser { user_id: claims.sub, session_id: claims.jti, expires_at: claims.exp.saturating_mul(1000) })
     }
 
     /// The caller's account (401 if it no longer exists).

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
@@ -89,7 +90,8 @@ async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
 /// `event: notification` with `id: <n>`, and the unread counts as `event: unread`.
 #[endpoint(tags("notifications"), parameters(("after" = Option<i64>, Query, description = "resume after this notification number"), ("last-event-id" = Option<String>, Header)), responses((status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
-    let me = caller(depot)?.user_id;
+    let who = caller(depot)?;
+    let me = who.user_id;
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let after =
         match header {
@@ -99,7 +101,7 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
             None => query_i64(req, "after")?.unwrap_or(0),
         };
     let st = state(depot)?;
-    let rx = st.node.open_notification_stream(me, after).await.map_err(|e| {
+    let rx = st.node.open_notification_stream(me, who.session_id.0, after).await.map_err(|e| {
         tracing::warn!(user = %me, error = %e, "cannot open a notification stream");
         AppError::Unavailable("notification streams")
     })?;
@@ -116,6 +118,10 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         };
         Some((Ok::<_, Infallible>(event), rx))
     });
+    // The stream ends when its token expires (the client reconnects with a fresh one)
+    // or, through the stream actor, when its login is revoked.
+    let expires_in = Duration::from_millis(u64::try_from(who.expires_at - crate::now_ms()).unwrap_or(0));
+    let events = events.take_until(tokio::time::sleep(expires_in));
     res.headers_mut().insert("x-accel-buffering", salvo::http::HeaderValue::from_static("no"));
     SseKeepAlive::new(events).max_interval(KEEP_ALIVE).stream(res);
     Ok(())

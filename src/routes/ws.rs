@@ -115,7 +115,7 @@ impl Drop for SocketSlot {
 /// The request's `Origin` is the server's own (same host) or configured as allowed; a
 /// request without `Origin` is not from a browser.
 async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig) {
-    let (conn, outbound) = ConnHandle::new(who.user_id, m.outbound_queue);
+    let (conn, outbound) = ConnHandle::new(who.user_id, who.session_id.0, who.expires_at, m.outbound_queue);
     let (mut sink, mut stream) = ws.split();
     // Boxed: this task lives as long as the connection, and a future awaited in place
     // stays part of its size for good (the spawn through the supervisor is large).
@@ -157,7 +157,11 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                         Err(flume::RecvError::Disconnected) => break,
                     },
                     _ = ping.tick() => {
-                        if crate::now_ms() - last_seen.load(Ordering::Relaxed) > idle_ms {
+                        let now = crate::now_ms();
+                        if conn.close_if_expired(now) {
+                            continue;
+                        }
+                        if now - last_seen.load(Ordering::Relaxed) > idle_ms {
                             conn.close(CLOSE_POLICY, "heartbeat timeout");
                         } else if sink.send(Message::ping(Vec::<u8>::new())).await.is_err() {
                             conn.close(1000, "write failed");
@@ -175,7 +179,13 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
             next = stream.next() => next,
         };
         let Some(Ok(msg)) = next else { break };
-        last_seen.store(crate::now_ms(), Ordering::Relaxed);
+        let now = crate::now_ms();
+        // A frame after the token's expiry is not served (the heartbeat closes an idle
+        // connection at the latest `heartbeat_secs` after it).
+        if conn.close_if_expired(now) {
+            break;
+        }
+        last_seen.store(now, Ordering::Relaxed);
         if msg.is_text() {
             let Ok(text) = msg.as_str() else { break };
             match forward(&node, &conn, session.clone(), SessionMsg::Frame(text.to_owned())).await {

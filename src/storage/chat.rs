@@ -395,6 +395,13 @@ pub(super) async fn raise_receipt(
 
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
+    async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError> {
+        super::sessions::SessionRepo::new(self.db.clone())
+            .is_active(crate::domain::SessionId(session), user, crate::now_ms())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationInfo>, StoreError> {
         let c = conversation::Entity::find_by_id(id.0).one(&self.db).await.map_err(unavailable)?;
         Ok(c.as_ref().map(info))

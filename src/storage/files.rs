@@ -277,33 +277,48 @@ impl FileRepo {
 
     /// Joins the parts into a temp file while hashing, verifies, and moves it to its
     /// content address; records the file. Idempotent (a recorded file is returned).
+    ///
+    /// The uploaded bytes are always hashed, even when a blob with the declared hash is
+    /// stored already: deduplicating on the declared hash alone would hand anyone who
+    /// knows a file's SHA-256 its contents (and tell them it exists). Only bytes that
+    /// verified against the declared hash and size may be swapped for the stored blob.
     async fn assemble_inner(&self, id: TransferId) -> Result<Result<FileId, &'static str>, anyhow::Error> {
         let t = self.transfer(id).await?.ok_or_else(|| anyhow::anyhow!("no transfer {id}"))?;
         if let Some(f) = t.file_id {
             return Ok(Ok(FileId(f)));
         }
         let blob = self.blob_path(&t.sha256).ok_or_else(|| anyhow::anyhow!("bad hash on record"))?;
-        if !tokio::fs::try_exists(&blob).await? {
-            let (tmp, mut out) = self.temp_file().await?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            for index in 0..t.chunk_count as i64 {
-                let mut part = tokio::fs::File::open(self.part_path(id, index)).await?;
-                loop {
-                    let n = part.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).await?;
+        let (tmp, mut out) = self.temp_file().await?;
+        let mut hasher = Sha256::new();
+        let mut total: u64 = 0;
+        let mut buf = vec![0u8; 256 * 1024];
+        for index in 0..t.chunk_count as i64 {
+            let mut part = tokio::fs::File::open(self.part_path(id, index)).await?;
+            loop {
+                let n = part.read(&mut buf).await?;
+                if n == 0 {
+                    break;
                 }
+                hasher.update(&buf[..n]);
+                total += n as u64;
+                out.write_all(&buf[..n]).await?;
             }
+        }
+        if total != t.size as u64 || hex(&hasher.finalize()) != t.sha256 {
+            drop(out);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Ok(Err("the file's SHA-256 does not match the one given at creation"));
+        }
+        let stored_len = tokio::fs::metadata(&blob).await.ok().map(|m| m.len());
+        if stored_len == Some(total) {
+            // The same bytes are stored already (verified above): share them.
+            drop(out);
+            let _ = tokio::fs::remove_file(&tmp).await;
+        } else {
+            // New, or a stored blob of the wrong length (a torn write from before): the
+            // verified bytes take its place.
             out.sync_all().await?;
             drop(out);
-            if hex(&hasher.finalize()) != t.sha256 {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Ok(Err("the file's SHA-256 does not match the one given at creation"));
-            }
             if let Some(parent) = blob.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }

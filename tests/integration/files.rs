@@ -529,3 +529,84 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     let me = switchboard::domain::UserId(alice_id.parse().unwrap());
     assert_eq!(repo.usage(me).await.unwrap(), (0, 0));
 }
+
+/// Issue 16, hole 1: assembly used to reuse a stored blob whenever the declared SHA-256
+/// matched, without hashing what was uploaded, so anyone who knew a file's hash could
+/// fetch it (and learn that it exists) by uploading one byte.
+#[tokio::test]
+async fn hole_a_known_sha256_does_not_yield_someone_elses_file() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let size = CHUNK as u64 + 10;
+    let (sha, chunks) = file_hashes(size);
+    let id =
+        create_id(&app, &alice, json!({"conversation_id": conv, "name": "secret.bin", "size": size, "sha256": sha}))
+            .await;
+    for i in 0..2u64 {
+        let len = if i == 0 { CHUNK } else { 10 };
+        assert_eq!(put_chunk(&app, &alice, &id, i, chunk_bytes(i, len), &chunks[i as usize]).await.status(), 204);
+    }
+    let done = settled(&mut alice_ws).await;
+    assert_eq!(done["state"], "complete");
+    let alice_file = done["file_id"].as_str().expect("file id").to_owned();
+
+    // Carol, in her own conversation with Dave, knows the hash.
+    let (carol, _) = user(&app, "carol").await;
+    let (dave, dave_id) = user(&app, "dave").await;
+    make_contacts(&app, &carol, &dave, "dave").await;
+    let mut carol_ws = Client::connect(&app, &carol).await;
+    let carol_conv = conversation(&mut carol_ws, &dave_id).await;
+    let one = vec![b'x'];
+    let one_sha = hex(&Sha256::digest(&one));
+    // (a) the known hash with one byte; (b) the known hash and size with other bytes;
+    // (c) a hash nobody stored, the same way: all three end alike, so the answer says
+    // nothing about whether a file exists.
+    let unknown = "cd".repeat(32);
+    let attempts = [(sha.clone(), 1u64), (sha.clone(), size), (unknown, 1)];
+    for (declared, declared_size) in attempts {
+        let t = create_id(
+            &app,
+            &carol,
+            json!({"conversation_id": carol_conv, "name": "mine.bin", "size": declared_size, "sha256": declared}),
+        )
+        .await;
+        if declared_size == 1 {
+            assert_eq!(put_chunk(&app, &carol, &t, 0, one.clone(), &one_sha).await.status(), 204);
+        } else {
+            for i in 0..2u64 {
+                let len = if i == 0 { CHUNK } else { 10 };
+                let data = vec![b'z'; len];
+                let h = hex(&Sha256::digest(&data));
+                assert_eq!(put_chunk(&app, &carol, &t, i, data, &h).await.status(), 204);
+            }
+        }
+        let f = settled(&mut carol_ws).await;
+        assert_eq!(f["state"], "failed", "declared {declared_size} bytes: {f}");
+        assert!(f["file_id"].is_null(), "no file for Carol: {f}");
+        let status = transfer(&app, &carol, &t).await;
+        assert_eq!((status["state"].as_str(), status["file_id"].is_null()), (Some("failed"), true));
+    }
+    let history = app.get_json(&format!("/api/conversations/{carol_conv}/messages"), &carol).await;
+    let kinds: Vec<&Value> = history["messages"].as_array().unwrap().iter().map(|m| &m["kind"]).collect();
+    assert_eq!(kinds, [&json!("text")], "no file message in Carol's conversation");
+    // Alice's file is intact for Bob, and honest duplicates are still shared: Bob sends
+    // the same bytes back and gets a file of their own with the same contents.
+    let r = app.get_as(&format!("/api/files/{alice_file}"), &bob).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hex(&Sha256::digest(r.bytes().await.unwrap())), sha);
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    let back =
+        create_id(&app, &bob, json!({"conversation_id": conv, "name": "again.bin", "size": size, "sha256": sha})).await;
+    for i in 0..2u64 {
+        let len = if i == 0 { CHUNK } else { 10 };
+        assert_eq!(put_chunk(&app, &bob, &back, i, chunk_bytes(i, len), &chunks[i as usize]).await.status(), 204);
+    }
+    let f = settled(&mut bob_ws).await;
+    assert_eq!(f["state"], "complete");
+    let r = app.get_as(&format!("/api/files/{}", f["file_id"].as_str().unwrap()), &alice).await;
+    assert_eq!(hex(&Sha256::digest(r.bytes().await.unwrap())), sha);
+    let blobs = files_under(&app.data_dir.path().join("files/blobs"));
+    assert_eq!(blobs.len(), 1, "one stored copy of the shared bytes: {blobs:?}");
+}

@@ -16,8 +16,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, TEST_JWT_SECRET, spawn_app};
-use crate::ws_client::{Client, alice_and_bob, user};
+use switchboard::auth::tokens::{Claims, TokenKeys};
+use switchboard::config::Secret;
+
+use crate::helpers::{Api, PASSWORD, TEST_JWT_SECRET, spawn_app, spawn_app_with};
+use crate::notifications::SseReader;
+use crate::ws_client::{Client, alice_and_bob, connect_with, user};
 
 #[tokio::test]
 async fn hole_identity_taken_from_a_client_sent_field() {
@@ -365,4 +369,85 @@ async fn hole_crash_on_a_malformed_id_or_an_empty_conversation() {
     assert_eq!(a.next_of("ack").await["seq"], 1);
     let health = app.client().get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+}
+
+/// A fresh access token of `username` (another login session: another device).
+pub async fn login_token(api: &impl Api, username: &str) -> String {
+    let r = api.login(username, PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK, "login {username}");
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Sends one message and waits for its ack (the socket serves its user).
+async fn acked(ws: &mut Client, cid: &str, to: &str) {
+    ws.send_to_user(cid, to, cid).await;
+    ws.read_until(&format!("the ack of {cid}"), |c| c.acks.contains_key(cid)).await;
+}
+
+/// Issue 16, hole 2: a WebSocket or notification stream opened before logout kept
+/// working after it (a send was acked, the stream carried the next notification).
+#[tokio::test]
+async fn hole_logout_leaves_open_sockets_and_streams_working() {
+    let app = spawn_app().await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let laptop = login_token(&app, "alice").await;
+    let mut ws = Client::connect(&app, &alice).await;
+    let mut ws_laptop = Client::connect(&app, &laptop).await;
+    let mut stream = SseReader::open(&app, &alice, None).await;
+    let mut stream_laptop = SseReader::open(&app, &laptop, None).await;
+    // Attached once the first `unread` (sent after the stored notifications) is in.
+    for s in [&mut stream, &mut stream_laptop] {
+        while s.next().await.expect("the stream is attached").0 != "unread" {}
+    }
+    acked(&mut ws, "before", &bob_id).await;
+
+    assert_eq!(app.logout(&alice).await.status(), StatusCode::NO_CONTENT);
+    let closed = ws.closed_within(Duration::from_secs(10)).await;
+    assert_eq!(closed, Some((4001, "logged out".to_owned())), "the socket closes with the logout code");
+    assert!(
+        ws.others.iter().any(|f| f["type"] == "error" && f["code"] == "session_revoked"),
+        "the client is told why: {:?}",
+        ws.others
+    );
+    assert!(stream.ends_within(Duration::from_secs(10)).await, "the notification stream ends");
+    // Reconnecting with the revoked token is refused, on both doors.
+    let auth = format!("Bearer {alice}");
+    let refused = connect_with(app.addr, |r| {
+        r.headers_mut().insert("authorization", auth.parse().unwrap());
+    })
+    .await;
+    assert_eq!(refused.err(), Some(401));
+    let r = app.get_as("/api/notifications/stream", &alice).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The other login (the laptop) is untouched: its socket still sends, its stream still
+    // carries notifications.
+    acked(&mut ws_laptop, "after", &bob_id).await;
+    assert!(ws_laptop.closed.is_none());
+    assert!(!stream_laptop.ends_within(Duration::from_millis(500)).await, "the laptop's stream stays open");
+}
+
+/// Issue 16, hole 2 (expiry): a connection outlived its token's `exp`. Now it closes then
+/// (the socket with 4002, the stream ends), and the client reconnects with a fresh token.
+#[tokio::test]
+async fn hole_connections_outlive_their_token() {
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| {
+        c.messaging.heartbeat_secs = 1;
+        c.messaging.idle_timeout_secs = 60;
+    })
+    .await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    // The same login, with a token that expires in 3 s (signed with the server's key).
+    let keys = TokenKeys::new(&Secret::new(TEST_JWT_SECRET));
+    let claims: Claims = keys.verify(&alice).expect("our own token");
+    let now = chrono::Utc::now().timestamp();
+    let short = keys.sign(&Claims { iat: now, exp: now + 3, ..claims }).expect("sign");
+    let mut ws = Client::connect(&app, &short).await;
+    let mut stream = SseReader::open(&app, &short, None).await;
+    acked(&mut ws, "while-valid", &bob_id).await;
+    let closed = ws.closed_within(Duration::from_secs(15)).await;
+    assert_eq!(closed, Some((4002, "token expired".to_owned())));
+    assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream ends with its token");
+    // The long-lived token of the same login still connects.
+    let mut again = Client::connect(&app, &alice).await;
+    acked(&mut again, "fresh", &bob_id).await;
 }

@@ -38,13 +38,13 @@ async fn app() -> TestApp {
 type Sse = (String, Option<String>, Value);
 
 /// A notification stream being read.
-struct SseReader {
+pub struct SseReader {
     resp: reqwest::Response,
     buf: String,
 }
 
 impl SseReader {
-    async fn open(api: &impl Api, token: &str, last_event_id: Option<i64>) -> SseReader {
+    pub async fn open(api: &impl Api, token: &str, last_event_id: Option<i64>) -> SseReader {
         let mut req = api.client().get(api.url("/api/notifications/stream")).bearer_auth(token);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
@@ -55,8 +55,21 @@ impl SseReader {
         SseReader { resp: r, buf: String::new() }
     }
 
+    /// True once the server has ended the stream; false if it is still open after
+    /// `timeout` (events that come meanwhile are skipped).
+    pub async fn ends_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None) | Err(_)) => return true,
+            }
+        }
+    }
+
     /// The next event; `None` when the stream ends (or nothing comes for 20 s).
-    async fn next(&mut self) -> Option<Sse> {
+    pub async fn next(&mut self) -> Option<Sse> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();

@@ -168,6 +168,20 @@ impl Client {
         }
     }
 
+    /// Reads (and records) frames until the server closes the socket; its close code and
+    /// reason, or `None` if it is still open after `timeout`.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = self.read_one(left).await;
+        }
+        self.closed.clone()
+    }
+
     /// Asserts the conversation's messages are exactly seqs 1..=n, one id each.
     pub fn assert_complete(&self, conv: &str, n: i64) {
         let seqs = self.by_seq.get(conv).expect("conversation seen");
