@@ -68,8 +68,9 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// File transfers: sizes, quotas, expiry.
     pub files: FilesConfig,
-    /// Addresses of proxies (the gateway) whose `X-Forwarded-For` names the real client,
-    /// for per-address limits. Requests from any other peer use the peer's address.
+    /// Addresses of proxies (the gateway, and any proxy in front of it) whose
+    /// `X-Forwarded-For` names the real client: the right-most address none of them
+    /// wrote, for per-address limits. Requests from any other peer use the peer's address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Enable fault injection (`POST /api/debug/faults`): kill or panic a named actor.
     /// For tests and drills only; never on a public server.
@@ -247,6 +248,11 @@ pub struct GatewayConfig {
     /// gateway drops it (a client that stops reading would otherwise hold both sockets;
     /// a live one carries a ping every `messaging.heartbeat_secs`).
     pub socket_stall_secs: u64,
+    /// Addresses of proxies in front of the gateway (a TLS terminator, a load balancer)
+    /// whose `X-Forwarded-For` names the client: the edge limit counts per client, and
+    /// the chain is passed on with the proxy appended. Anyone else's header is replaced.
+    /// The services' own `trusted_proxies` must then list these too, with the gateway.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -259,6 +265,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 8 * 1024 * 1024,
             requests_per_ip_per_minute: 6000,
             socket_stall_secs: 90,
+            trusted_proxies: vec![],
         }
     }
 }

@@ -372,6 +372,8 @@ async fn health_checks(pools: Vec<Arc<Pool>>, every: Duration) {
 #[derive(Debug, Clone)]
 struct Edge {
     limiter: Arc<KeyedLimiter>,
+    /// Proxies in front of the gateway whose `X-Forwarded-For` is believed.
+    trusted_proxies: Arc<[std::net::IpAddr]>,
     max_body_bytes: u64,
     pools: Vec<Arc<Pool>>,
 }
@@ -391,7 +393,22 @@ impl Handler for Edge {
             req.headers_mut().insert("x-request-id", v.clone());
             res.headers_mut().insert("x-request-id", v);
         }
-        let ip = req.remote_addr().ip().map(|ip| ip.to_string()).unwrap_or_default();
+        // Limits count per client: behind a trusted proxy (TLS terminator, load balancer)
+        // the client is named in X-Forwarded-For, and every client would otherwise share
+        // the proxy's one address and budget. The chain goes on with the peer appended
+        // (trusted) or replaced by it (anyone else: a client cannot plant addresses).
+        let forwarded = crate::net::forwarded_header(req.headers());
+        let (ip, chain) = match req.remote_addr().ip() {
+            Some(peer) => (
+                crate::net::client_addr(peer, forwarded.as_deref(), &self.trusted_proxies).to_string(),
+                Some(crate::net::forwarded_for(peer, forwarded.as_deref(), &self.trusted_proxies)),
+            ),
+            None => (String::new(), None),
+        };
+        req.headers_mut().remove("x-forwarded-for");
+        if let Some(v) = chain.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            req.headers_mut().insert("x-forwarded-for", v);
+        }
         if let Err(wait) = self.limiter.check(&ip) {
             AppError::RateLimited { retry_after_secs: wait }.write(req, depot, res).await;
             ctrl.skip_rest();
@@ -452,7 +469,9 @@ fn router(config: &Config, pools: &[Arc<Pool>], edge: Edge) -> Router {
         let proxy = Proxy::new(PoolUpstreams(pool.clone()), client)
             .url_path_getter(|req, _| Some(req.uri().path().to_owned()))
             .host_header_getter(salvo_proxy::preserve_original_host_header_getter)
-            .client_ip_forwarding(true);
+            // The edge handler has set X-Forwarded-For (appending for trusted proxies);
+            // salvo's forwarding would overwrite it with the peer.
+            .client_ip_forwarding(false);
         let proxy = Arc::new(proxy);
         root = root
             .push(Router::with_path(*prefix).goal(SharedProxy(proxy.clone())))
@@ -491,6 +510,7 @@ impl Gateway {
                 .collect();
         let edge = Edge {
             limiter: Arc::new(KeyedLimiter::per_minute(g.requests_per_ip_per_minute)),
+            trusted_proxies: g.trusted_proxies.clone().into(),
             max_body_bytes: g.max_body_bytes,
             pools: pools.clone(),
         };

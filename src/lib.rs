@@ -16,6 +16,7 @@
 //! - [`domain`]: typed ids and parsed inputs (`Username`, `Password`, `DisplayName`).
 //! - [`storage`]: the database connection, SeaORM entities and one repository per aggregate.
 //! - [`error`]: [`error::AppError`], the one place errors become HTTP responses.
+//! - [`net`]: the client's address behind trusted proxies (`X-Forwarded-For`).
 //! - [`ratelimit`]: keyed rate limits (login per address and per username, registration).
 //! - [`telemetry`]: tracing subscriber and panic hook.
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod net;
 pub mod notify;
 pub mod ratelimit;
 pub mod routes;

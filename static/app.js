@@ -246,5 +246,5 @@ const SB = (() => {
     startNotifications();
   });
 
-  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount };
+  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount, loginUrl };
 })();

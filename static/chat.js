@@ -612,6 +612,9 @@
   }
 
   // ---- the WebSocket ---------------------------------------------------------------------
+  const CLOSE_LOGGED_OUT = 4001;
+  const CLOSE_TOKEN_EXPIRED = 4002;
+
   function send(frame) {
     if (S.ws && S.ws.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify(frame));
   }
@@ -626,10 +629,16 @@
       S.lastPong = Date.now();
       onFrame(f);
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
       if (S.ws !== ws) return;
       S.connected = false;
       S.ws = null;
+      // 4001: this login was logged out; 4002: its token expired. The cookie is no longer
+      // good, so reconnecting would only get 401: log in again instead.
+      if (ev.code === CLOSE_LOGGED_OUT || ev.code === CLOSE_TOKEN_EXPIRED) {
+        location.assign(SB.loginUrl());
+        return;
+      }
       for (const p of S.peers.values()) p.online = false;
       const delay = Math.min(10000, 500 * 2 ** Math.min(S.retry, 5)) * (0.75 + Math.random() / 2);
       S.retry++;

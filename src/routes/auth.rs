@@ -48,15 +48,13 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(req: &mut Request, depot:
     req.parse_json_with_max_size::<T>(limit).await.map_err(|e| AppError::from_parse(e, limit))
 }
 
-/// The client's address: the peer's, or, when the peer is a trusted proxy (the gateway),
-/// the last address it put in `X-Forwarded-For`.
+/// The client's address: the peer's, or, when the peer is a trusted proxy (the gateway,
+/// and any proxy in front of it), the right-most address in `X-Forwarded-For` that no
+/// trusted proxy wrote (see [`crate::net`]).
 pub fn client_ip(req: &Request, config: &crate::config::Config) -> Option<std::net::IpAddr> {
     let peer = req.remote_addr().ip()?;
-    if !config.trusted_proxies.contains(&peer) {
-        return Some(peer);
-    }
-    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    forwarded.rsplit(',').next().and_then(|ip| ip.trim().parse().ok()).or(Some(peer))
+    let forwarded = crate::net::forwarded_header(req.headers());
+    Some(crate::net::client_addr(peer, forwarded.as_deref(), &config.trusted_proxies))
 }
 
 /// `POST /api/auth/register` → 201 with the new user.

@@ -451,3 +451,97 @@ async fn hole_connections_outlive_their_token() {
     let mut again = Client::connect(&app, &alice).await;
     acked(&mut again, "fresh", &bob_id).await;
 }
+
+/// Starts an in-process gateway in front of `app` with `tweak` applied; returns its
+/// address (it stops with the test's runtime).
+async fn gateway_for(
+    app: &crate::helpers::TestApp,
+    tweak: impl FnOnce(&mut switchboard::config::Config),
+) -> std::net::SocketAddr {
+    let upstream = vec![format!("http://{}", app.addr)];
+    let mut config = switchboard::config::Config { listen: "127.0.0.1:0".parse().unwrap(), ..app.config.clone() };
+    config.gateway.auth = upstream.clone();
+    config.gateway.messaging = upstream.clone();
+    config.gateway.notify = upstream;
+    tweak(&mut config);
+    let gateway = switchboard::gateway::Gateway::build(config).await.expect("gateway builds");
+    let addr = gateway.local_addr();
+    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+    addr
+}
+
+/// A login through `gateway` from the client address `from` (set by a stand-in TLS
+/// proxy on 127.0.0.1 in `X-Forwarded-For`).
+async fn login_from(gateway: std::net::SocketAddr, from: &str, username: &str, password: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(format!("http://{gateway}/api/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Issue 16, hole 3: behind a TLS proxy every client is the proxy's one address, so one
+/// client's failed logins (or requests) used up everyone's budget.
+#[tokio::test]
+async fn hole_one_client_behind_a_tls_proxy_blocks_logins_for_everyone() {
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| {
+        c.auth.login_per_ip_per_minute = 3;
+        c.trusted_proxies = vec![local]; // the gateway
+    })
+    .await;
+    user(&app, "alice").await;
+    // The stand-in TLS proxy is 127.0.0.1, trusted by the gateway.
+    let gateway = gateway_for(&app, |c| {
+        c.gateway.trusted_proxies = vec![local];
+        c.gateway.requests_per_ip_per_minute = 10;
+    })
+    .await;
+    // Mallory, at 203.0.113.66, guesses until she is held back...
+    let mut statuses = vec![];
+    for _ in 0..4 {
+        statuses.push(login_from(gateway, "203.0.113.66", "alice", "wrong password!").await);
+    }
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    // ...and Alice, at another address behind the same proxy, logs in.
+    assert_eq!(login_from(gateway, "198.51.100.7", "alice", PASSWORD).await, StatusCode::OK);
+    // A spoofed address left of the real one changes nothing for Mallory.
+    assert_eq!(
+        login_from(gateway, "198.51.100.99, 203.0.113.66", "alice", "wrong password!").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The edge limit is per client too: Mallory uses up hers, Alice's is untouched.
+    let health = |from: &'static str| async move {
+        reqwest::Client::new()
+            .get(format!("http://{gateway}/healthz"))
+            .header("x-forwarded-for", from)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let mut last = StatusCode::OK;
+    for _ in 0..10 {
+        last = health("203.0.113.66").await;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(health("198.51.100.7").await, StatusCode::OK);
+
+    // A gateway that does not trust its peer ignores the header: a client cannot pick a
+    // fresh address per request to escape the limit.
+    let strict = gateway_for(&app, |c| c.gateway.requests_per_ip_per_minute = 3).await;
+    let mut statuses = vec![];
+    for i in 0..5 {
+        let r = reqwest::Client::new()
+            .get(format!("http://{strict}/healthz"))
+            .header("x-forwarded-for", format!("192.0.2.{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+    }
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+}
