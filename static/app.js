@@ -207,15 +207,28 @@ const SB = (() => {
     } catch (e) {
       if (e.status !== 401) toast('Notifications are unavailable: ' + e.message);
     }
-    // EventSource reconnects by itself and resumes with Last-Event-ID.
-    const stream = new EventSource('/api/notifications/stream?after=' + notif.lastN);
-    stream.addEventListener('notification', (ev) => {
+    openStream();
+  }
+
+  // The notification stream. It ends when this login is logged out or its token expires,
+  // and a reconnect then gets 401, which EventSource does not report (it only errors). So
+  // on any error we close it ourselves, ask GET /api/auth/me (a 401 goes to the login
+  // page), and if still signed in (or the server is unreachable) open a new one after a
+  // backoff of 1 s doubling to 30 s, resuming with ?after= the last notification seen.
+  const stream = { source: null, retry: 0, timer: null, parked: false };
+
+  function openStream() {
+    clearTimeout(stream.timer);
+    const source = new EventSource('/api/notifications/stream?after=' + notif.lastN);
+    stream.source = source;
+    source.addEventListener('open', () => { stream.retry = 0; });
+    source.addEventListener('notification', (ev) => {
       const n = JSON.parse(ev.data);
       addNotif(n);
       renderNotifs();
       document.dispatchEvent(new CustomEvent('sb:notification', { detail: n }));
     });
-    stream.addEventListener('unread', (ev) => {
+    source.addEventListener('unread', (ev) => {
       const unread = JSON.parse(ev.data);
       // A read elsewhere: mark what the counts say is read.
       for (const n of notif.items.values()) {
@@ -224,13 +237,55 @@ const SB = (() => {
       renderNotifs();
       setUnread(unread);
     });
+    source.addEventListener('error', async () => {
+      if (stream.source !== source) return;
+      source.close();
+      stream.source = null;
+      if (leaving) { stream.parked = true; return; }
+      if (!(await stillSignedIn())) return;
+      if (leaving) { stream.parked = true; return; }
+      if (stream.source) return;
+      const delay = Math.min(30000, 1000 * 2 ** Math.min(stream.retry, 5)) * (0.75 + Math.random() / 2);
+      stream.retry++;
+      stream.timer = setTimeout(openStream, delay);
+    });
   }
 
+  // Whether GET /api/auth/me still accepts this session: false only on 401, which has
+  // already sent the page to the login page. A network or server error counts as signed
+  // in (the caller retries with its backoff); the check gives up after 10 s.
+  async function stillSignedIn() {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 10000);
+    try {
+      await api('GET', '/api/auth/me', undefined, { signal: abort.signal });
+      return true;
+    } catch (e) {
+      return e.status !== 401;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // Set while logging out: the server then closes this login's sockets (4001) and
+  // streams, which must not race logout() to the login page (or check the session).
+  let leaving = false;
+
   async function logout() {
+    leaving = true;
     try {
       await api('POST', '/api/auth/logout', undefined, { allow401: true });
     } catch (e) {
-      if (e.status !== 401) { toast(e.message); return; }
+      if (e.status !== 401) {
+        leaving = false;
+        toast(e.message);
+        // Still signed in: a stream that ended meanwhile comes back.
+        if (stream.parked) {
+          stream.parked = false;
+          openStream();
+        }
+        return;
+      }
     }
     // This browser's queued messages and paused uploads belong to the session.
     for (const k of Object.keys(localStorage)) if (k.startsWith('sb:')) localStorage.removeItem(k);
@@ -246,5 +301,5 @@ const SB = (() => {
     startNotifications();
   });
 
-  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount, loginUrl };
+  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount, loginUrl, stillSignedIn, leaving: () => leaving };
 })();

@@ -18,6 +18,7 @@
     everConnected: false,
     retry: 0,
     retryAt: 0,
+    attempt: 0, // counts connect() calls
     maxBody: 16384,
     outbox: [], // { client_msg_id, to_user_id, body, created_at, sent_at }
     failed: [], // { client_msg_id, to_user_id, body, reason }
@@ -621,30 +622,42 @@
 
   function connect() {
     clearTimeout(S.reconnectTimer);
+    const attempt = ++S.attempt;
+    let hello = false;
     const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
     S.ws = ws;
     ws.onmessage = (ev) => {
       let f;
       try { f = JSON.parse(ev.data); } catch (_) { return; }
       S.lastPong = Date.now();
+      if (f.type === 'hello') hello = true;
       onFrame(f);
     };
-    ws.onclose = (ev) => {
+    ws.onclose = async (ev) => {
       if (S.ws !== ws) return;
       S.connected = false;
       S.ws = null;
       // 4001: this login was logged out; 4002: its token expired. The cookie is no longer
-      // good, so reconnecting would only get 401: log in again instead.
+      // good, so reconnecting would only get 401: log in again instead (unless this page
+      // is logging out, which goes to the login page by itself).
       if (ev.code === CLOSE_LOGGED_OUT || ev.code === CLOSE_TOKEN_EXPIRED) {
-        location.assign(SB.loginUrl());
+        if (!SB.leaving()) location.assign(SB.loginUrl());
         return;
       }
       for (const p of S.peers.values()) p.online = false;
+      renderAll();
+      // Refused before its hello: browsers show a 401 at the upgrade (expired or revoked
+      // token) only as 1006, so ask GET /api/auth/me, which goes to the login page on 401.
+      // Signed in, or the server unreachable: reconnect as usual.
+      if (!hello && !SB.leaving()) {
+        if (!(await SB.stillSignedIn())) return;
+        if (S.attempt !== attempt) return; // connect() ran meanwhile (the online event)
+      }
       const delay = Math.min(10000, 500 * 2 ** Math.min(S.retry, 5)) * (0.75 + Math.random() / 2);
       S.retry++;
       S.retryAt = Date.now() + delay;
       S.reconnectTimer = setTimeout(connect, delay);
-      renderAll();
+      updateComposer();
     };
   }
 

@@ -17,7 +17,7 @@ use super::state;
 use crate::domain::ConversationId;
 use crate::error::AppError;
 use crate::storage::entities::transfer;
-use crate::storage::files::{ChunkError, NewTransfer, chunk_len, is_sha256_hex};
+use crate::storage::files::{ChunkError, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex};
 
 pub fn router() -> Router {
     Router::new()
@@ -131,35 +131,32 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
             message: "you may not send files to this user".into(),
         })?;
     }
-    let (uploading, used) = st.files.usage(me).await?;
-    if uploading >= limits.max_concurrent_transfers {
-        return Err(AppError::Conflict {
-            code: "too_many_transfers",
-            message: format!("at most {} uploads at once; finish or wait for one", limits.max_concurrent_transfers),
-        });
-    }
-    if (used + body.size) as u64 > limits.quota_bytes {
-        return Err(AppError::Conflict {
-            code: "quota_exceeded",
-            message: format!("this upload would pass your storage quota of {} bytes", limits.quota_bytes),
-        });
-    }
-    let t = st
-        .files
-        .create(
-            NewTransfer {
-                uploader: me,
-                conversation_id: conv_id,
-                name: body.name,
-                mime: clean_mime(body.mime.as_deref()),
-                size: body.size,
-                sha256: sha,
-                chunk_size: limits.chunk_bytes as i64,
-            },
-            limits.transfer_ttl_secs as i64 * 1000,
-            crate::now_ms(),
-        )
-        .await?;
+    let new = NewTransfer {
+        uploader: me,
+        conversation_id: conv_id,
+        name: body.name,
+        mime: clean_mime(body.mime.as_deref()),
+        size: body.size,
+        sha256: sha,
+        chunk_size: limits.chunk_bytes as i64,
+    };
+    let caps = TransferLimits { max_concurrent: limits.max_concurrent_transfers, quota_bytes: limits.quota_bytes };
+    let ttl = limits.transfer_ttl_secs as i64 * 1000;
+    let t = match st.files.create_within_limits(new, caps, ttl, crate::now_ms()).await? {
+        Ok(t) => t,
+        Err(LimitExceeded::TooManyTransfers) => {
+            return Err(AppError::Conflict {
+                code: "too_many_transfers",
+                message: format!("at most {} uploads at once; finish or wait for one", limits.max_concurrent_transfers),
+            });
+        }
+        Err(LimitExceeded::Quota) => {
+            return Err(AppError::Conflict {
+                code: "quota_exceeded",
+                message: format!("this upload would pass your storage quota of {} bytes", limits.quota_bytes),
+            });
+        }
+    };
     res.status_code(StatusCode::CREATED);
     res.render(Json(transfer_json(&t, &[])));
     Ok(())

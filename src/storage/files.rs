@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use switchboard_actors::ids::{ConversationId, FileId, TransferId, UserId};
@@ -20,7 +21,7 @@ use switchboard_actors::transfer::{TransferStatus, TransferStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use super::entities::{file, transfer, transfer_chunk};
+use super::entities::{file, transfer, transfer_chunk, user};
 use super::is_unique_violation;
 
 /// A new upload, validated by the caller.
@@ -33,6 +34,20 @@ pub struct NewTransfer {
     pub size: i64,
     pub sha256: String,
     pub chunk_size: i64,
+}
+
+/// A user's upload limits.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferLimits {
+    pub max_concurrent: u64,
+    pub quota_bytes: u64,
+}
+
+/// Why a new upload was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitExceeded {
+    TooManyTransfers,
+    Quota,
 }
 
 /// Why a chunk was refused.
@@ -102,8 +117,39 @@ impl FileRepo {
         Ok((path, f))
     }
 
-    pub async fn create(&self, new: NewTransfer, ttl_ms: i64, now: i64) -> Result<transfer::Model, DbErr> {
-        let row = transfer::ActiveModel {
+    /// Records a new upload if `uploader` is within both limits: fewer than
+    /// `max_concurrent` uploads in progress, and stored plus in-progress bytes plus this
+    /// one within `quota`. The check and the insert are one transaction that first locks
+    /// the uploader's row (SQLite: the write lock; PostgreSQL: the row lock), so
+    /// concurrent creations by one user are decided one after another, on every node.
+    pub async fn create_within_limits(
+        &self,
+        new: NewTransfer,
+        limits: TransferLimits,
+        ttl_ms: i64,
+        now: i64,
+    ) -> Result<Result<transfer::Model, LimitExceeded>, DbErr> {
+        let txn = self.db.begin().await?;
+        user::Entity::update_many()
+            .col_expr(user::Column::Id, Expr::col(user::Column::Id).into())
+            .filter(user::Column::Id.eq(new.uploader.0))
+            .exec(&txn)
+            .await?;
+        let (uploading, used) = usage_in(&txn, new.uploader).await?;
+        if uploading >= limits.max_concurrent {
+            return Ok(Err(LimitExceeded::TooManyTransfers));
+        }
+        if used.saturating_add(new.size) as u64 > limits.quota_bytes {
+            return Ok(Err(LimitExceeded::Quota));
+        }
+        let row = Self::row(new, ttl_ms, now);
+        let t = transfer::Entity::insert(row).exec_with_returning(&txn).await?;
+        txn.commit().await?;
+        Ok(Ok(t))
+    }
+
+    fn row(new: NewTransfer, ttl_ms: i64, now: i64) -> transfer::ActiveModel {
+        transfer::ActiveModel {
             id: Set(Uuid::now_v7()),
             uploader_id: Set(new.uploader.0),
             conversation_id: Set(new.conversation_id.0),
@@ -118,8 +164,7 @@ impl FileRepo {
             created_at: Set(now),
             updated_at: Set(now),
             expires_at: Set(now + ttl_ms),
-        };
-        transfer::Entity::insert(row).exec_with_returning(&self.db).await
+        }
     }
 
     pub async fn transfer(&self, id: TransferId) -> Result<Option<transfer::Model>, DbErr> {
@@ -128,26 +173,7 @@ impl FileRepo {
 
     /// `(uploads in progress, bytes stored or in progress)` of `user`.
     pub async fn usage(&self, user: UserId) -> Result<(u64, i64), DbErr> {
-        let uploading = transfer::Entity::find()
-            .filter(transfer::Column::UploaderId.eq(user.0))
-            .filter(transfer::Column::State.eq("uploading"));
-        let count = uploading.clone().count(&self.db).await?;
-        let pending: Option<i64> = uploading
-            .select_only()
-            .column_as(transfer::Column::Size.sum(), "s")
-            .into_tuple::<Option<i64>>()
-            .one(&self.db)
-            .await?
-            .flatten();
-        let stored: Option<i64> = file::Entity::find()
-            .filter(file::Column::OwnerId.eq(user.0))
-            .select_only()
-            .column_as(file::Column::Size.sum(), "s")
-            .into_tuple::<Option<i64>>()
-            .one(&self.db)
-            .await?
-            .flatten();
-        Ok((count, pending.unwrap_or(0) + stored.unwrap_or(0)))
+        usage_in(&self.db, user).await
     }
 
     /// Indexes of the chunks stored so far.
@@ -354,6 +380,36 @@ impl FileRepo {
         self.drop_parts(id).await?;
         Ok(Ok(FileId(file_id)))
     }
+}
+
+/// `SUM(size)` as a 64-bit integer on both databases (PostgreSQL sums BIGINT to NUMERIC).
+fn sum_of_sizes<C: sea_orm::ColumnTrait>(size: C) -> Expr {
+    use sea_orm::sea_query::Func;
+    Expr::expr(Func::cast_as(Func::sum(Expr::col(size)), "BIGINT"))
+}
+
+/// `(uploads in progress, bytes stored or in progress)` of `user`, read through `db`.
+async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64), DbErr> {
+    let uploading = transfer::Entity::find()
+        .filter(transfer::Column::UploaderId.eq(user.0))
+        .filter(transfer::Column::State.eq("uploading"));
+    let count = uploading.clone().count(db).await?;
+    let pending: Option<i64> = uploading
+        .select_only()
+        .column_as(sum_of_sizes(transfer::Column::Size), "s")
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten();
+    let stored: Option<i64> = file::Entity::find()
+        .filter(file::Column::OwnerId.eq(user.0))
+        .select_only()
+        .column_as(sum_of_sizes(file::Column::Size), "s")
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten();
+    Ok((count, pending.unwrap_or(0) + stored.unwrap_or(0)))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {

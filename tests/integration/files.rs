@@ -610,3 +610,34 @@ async fn hole_a_known_sha256_does_not_yield_someone_elses_file() {
     let blobs = files_under(&app.data_dir.path().join("files/blobs"));
     assert_eq!(blobs.len(), 1, "one stored copy of the shared bytes: {blobs:?}");
 }
+
+/// Issue 16, hole 4: the upload limits were checked, then reserved, in separate steps, so
+/// 30 concurrent creations of 4 GiB uploads got 7-8 through against 5 at once and a
+/// 20 GiB quota. Checked on both databases (SQLite's write lock, PostgreSQL's row lock).
+async fn concurrent_uploads_cannot_pass_the_limits(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let (alice, _, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let size: u64 = 4 << 30;
+    let attempts = (0..30).map(|i| {
+        let body =
+            json!({"conversation_id": conv, "name": format!("big-{i}.bin"), "size": size, "sha256": "ab".repeat(32)});
+        let (app, alice) = (&app, &alice);
+        async move { create(app, alice, body).await.status() }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(accepted, 5, "exactly the limit gets through: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn hole_concurrent_uploads_pass_the_limits_sqlite() {
+    concurrent_uploads_cannot_pass_the_limits(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn hole_concurrent_uploads_pass_the_limits_postgres() {
+    concurrent_uploads_cannot_pass_the_limits(Backend::Postgres).await;
+}
