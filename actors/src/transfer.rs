@@ -189,16 +189,24 @@ impl Actor for TransferActor {
 }
 
 impl TransferState {
-    /// Tells both users of the conversation how far the upload is.
+    /// Tells the uploader how far the upload is, and the peer too while the uploader may
+    /// message them (never across a block: the name is the uploader's to choose). The
+    /// peer's copy goes first, so a client that saw the uploader's has had the peer's
+    /// published before it.
     async fn report(&mut self, status: &TransferStatus) {
         self.last_report = Some(Instant::now());
         self.dirty = false;
         let progress = TransferProgress::from(status);
-        let peer = match self.ctx.store.conversation(status.conversation_id).await {
+        let mut peer = match self.ctx.store.conversation(status.conversation_id).await {
             Ok(Some(c)) => c.peer_of(status.uploader),
             _ => None,
         };
-        for to in std::iter::once(status.uploader).chain(peer) {
+        if let Some(p) = peer
+            && self.ctx.store.may_message(status.uploader, p).await.is_err()
+        {
+            peer = None;
+        }
+        for to in peer.into_iter().chain(std::iter::once(status.uploader)) {
             let event = Event::Transfer { to, progress: progress.clone() };
             let _ = self.ctx.bus.publish(Envelope::new(event)).await;
         }

@@ -21,7 +21,7 @@ use switchboard_actors::transfer::{TransferStatus, TransferStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use super::entities::{file, transfer, transfer_chunk, user};
+use super::entities::{conversation, file, transfer, transfer_chunk, user};
 use super::is_unique_violation;
 
 /// A new upload, validated by the caller.
@@ -261,6 +261,50 @@ impl FileRepo {
 
     pub async fn file(&self, id: FileId) -> Result<Option<file::Model>, DbErr> {
         file::Entity::find_by_id(id.0).one(&self.db).await
+    }
+
+    /// Fails every upload in progress in the conversation between `a` and `b` (one of them
+    /// blocked the other): their chunks go, any file assembled but not yet posted is
+    /// removed, and nothing more of them reaches either user. Returns the failed uploads.
+    pub async fn fail_between(&self, a: UserId, b: UserId) -> Result<Vec<transfer::Model>, DbErr> {
+        let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
+        let Some(conv) = conversation::Entity::find()
+            .filter(conversation::Column::UserLow.eq(low))
+            .filter(conversation::Column::UserHigh.eq(high))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(vec![]);
+        };
+        let open = transfer::Entity::find()
+            .filter(transfer::Column::ConversationId.eq(conv.id))
+            .filter(transfer::Column::State.eq("uploading"))
+            .all(&self.db)
+            .await?;
+        let mut failed = Vec::with_capacity(open.len());
+        for mut t in open {
+            // Only an upload still in progress is failed (one completing this instant
+            // keeps its state; its post is refused by the block in any case).
+            let changed = transfer::Entity::update_many()
+                .col_expr(transfer::Column::State, Expr::value("failed"))
+                .col_expr(transfer::Column::FileId, Expr::value(Option::<Uuid>::None))
+                .col_expr(transfer::Column::UpdatedAt, Expr::value(crate::now_ms()))
+                .filter(transfer::Column::Id.eq(t.id))
+                .filter(transfer::Column::State.eq("uploading"))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            if changed == 0 {
+                continue;
+            }
+            self.drop_parts(TransferId(t.id)).await?;
+            if let Some(f) = t.file_id.take() {
+                file::Entity::delete_by_id(f).exec(&self.db).await?;
+            }
+            t.state = "failed".into();
+            failed.push(t);
+        }
+        Ok(failed)
     }
 
     /// Deletes uploads whose time ran out: their chunks, and marks them expired.

@@ -517,8 +517,9 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     let r =
         app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The block failed the upload: the last chunk is refused.
     let r = put_chunk(&app, &alice, &id, 1, chunk_bytes(1, 10), &chunks[1]).await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(error_code(r, StatusCode::CONFLICT).await, "transfer_closed");
     let f = settled(&mut alice_ws).await;
     assert_eq!(f["state"], "failed");
     assert_eq!(transfer(&app, &alice, &id).await["state"], "failed", "the record says so too, not `uploading`");
@@ -640,4 +641,43 @@ async fn hole_concurrent_uploads_pass_the_limits_sqlite() {
 #[tokio::test]
 async fn hole_concurrent_uploads_pass_the_limits_postgres() {
     concurrent_uploads_cannot_pass_the_limits(Backend::Postgres).await;
+}
+
+/// Issue 16, hole 5: a blocked user could keep re-sending a chunk of an upload started
+/// before the block, and each one put a `transfer` frame, with a file name of their
+/// choosing, in front of the blocker.
+#[tokio::test]
+async fn hole_a_blocked_user_still_reaches_the_blocker_through_upload_progress() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = alice_ws_user_id(&app, &alice).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let size = 3 * CHUNK as u64;
+    let (sha, chunks) = file_hashes(size);
+    let name = "CLICK evil.example NOW.txt";
+    let id = create_id(&app, &alice, json!({"conversation_id": conv, "name": name, "size": size, "sha256": sha})).await;
+    assert_eq!(put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await.status(), 204);
+    // Before the block Bob sees the progress (the test can tell frames reach him).
+    assert_eq!(bob_ws.next_of("transfer").await["name"], name);
+    let r =
+        app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The block failed the upload at once: Alice is told, and every chunk is refused.
+    assert_eq!(settled(&mut alice_ws).await["state"], "failed");
+    assert_eq!(transfer(&app, &alice, &id).await["state"], "failed");
+    for i in [0u64, 0, 0, 1, 2] {
+        let r = put_chunk(&app, &alice, &id, i, chunk_bytes(i, CHUNK), &chunks[i as usize]).await;
+        assert_eq!(error_code(r, StatusCode::CONFLICT).await, "transfer_closed");
+    }
+    // Bob got no transfer frame since the block. The failure was published to Alice by
+    // the block request itself, and a refused chunk publishes nothing; Bob's pong below
+    // follows anything queued for him before it.
+    let before = bob_ws.others.iter().filter(|f| f["type"] == "transfer").count();
+    bob_ws.send(json!({"type": "ping"})).await;
+    bob_ws.next_of("pong").await;
+    let after = bob_ws.others.iter().filter(|f| f["type"] == "transfer").count();
+    assert_eq!(after, before, "no transfer frame reached Bob after the block: {:?}", bob_ws.others);
+    assert!(files_under(&app.data_dir.path().join("files")).is_empty(), "the chunks are gone");
 }
