@@ -198,15 +198,21 @@ pub struct SessionState {
     conn: Arc<ConnHandle>,
     name: String,
     conversations: HashMap<ConversationId, ConversationInfo>,
-    last_typing: HashMap<ConversationId, Instant>,
+    /// Per conversation, the typing state last forwarded and when it turned active.
+    typing: HashMap<ConversationId, (bool, Instant)>,
+    /// Typing events forwarded in the current one-second window, and its start.
+    typing_window: (u32, Instant),
     /// Conversations with a delivered-marker write in flight, and the newest seq (with its
     /// sender) delivered since: at most one write per conversation at a time, so a burst
     /// of messages costs one or two marker writes, not one each.
     delivered_inflight: HashMap<ConversationId, Option<(i64, UserId)>>,
 }
 
-/// Typing events a session forwards per conversation: at most one "active" per interval.
+/// Typing events a session forwards per conversation: only changes of state, and at most
+/// one "active" per interval (a repeated "active" refreshes the peer's indicator).
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
+/// Typing events one connection may forward per second, over all its conversations.
+const TYPING_PER_SECOND: u32 = 10;
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
@@ -227,7 +233,8 @@ impl Actor for SessionActor {
             ctx,
             conn,
             conversations: HashMap::new(),
-            last_typing: HashMap::new(),
+            typing: HashMap::new(),
+            typing_window: (0, Instant::now()),
             delivered_inflight: HashMap::new(),
         };
         if restart {
@@ -705,28 +712,45 @@ impl SessionState {
         });
     }
 
+    /// Forwards typing state to the peer, throttled per connection: typing is ephemeral,
+    /// so what the throttle drops is dropped, not answered. "Stopped" follows "started"
+    /// once; "started" again waits out [`TYPING_INTERVAL`]; repeats of the state the peer
+    /// has are dropped, so alternating frames cannot turn into a stream of events (each a
+    /// permission check and a publish).
     async fn on_typing(&mut self, c: ConversationId, active: bool) {
         let Ok(conv) = self.conversation(c).await else {
             return self.error("not_found", "no such conversation", None);
         };
         let now = Instant::now();
-        if active && self.last_typing.get(&c).is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL) {
-            return; // ephemeral: extra typing events are dropped, not errors
+        let forward = match self.typing.get(&c) {
+            None => active,
+            Some((was_active, since)) => match (*was_active, active) {
+                (true, false) => true,
+                (_, true) => now.duration_since(*since) >= TYPING_INTERVAL,
+                (false, false) => false,
+            },
+        };
+        if !forward {
+            return;
         }
-        if active {
-            self.last_typing.insert(c, now);
-        } else {
-            self.last_typing.remove(&c);
+        let (count, window) = &mut self.typing_window;
+        if now.duration_since(*window) >= Duration::from_secs(1) {
+            *count = 0;
+            *window = now;
         }
+        if *count >= TYPING_PER_SECOND {
+            return;
+        }
+        *count += 1;
+        let since = if active { now } else { self.typing.get(&c).map_or(now, |(_, t)| *t) };
+        self.typing.insert(c, (active, since));
         if let Some(peer) = conv.peer_of(self.me())
             && self.ctx.store.may_message(self.me(), peer).await.is_ok()
         {
-            let (bus, me) = (self.ctx.bus.clone(), self.me());
-            tokio::spawn(async move {
-                let _ = bus
-                    .publish(Envelope::new(Event::Typing { to: peer, conversation_id: c, user_id: me, active }))
-                    .await;
-            });
+            // Published in place (not from a spawned task), so typing events leave in the
+            // order the client sent them, ahead of whatever this connection does next.
+            let event = Event::Typing { to: peer, conversation_id: c, user_id: self.me(), active };
+            let _ = self.ctx.bus.publish(Envelope::new(event)).await;
         }
     }
 

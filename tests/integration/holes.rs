@@ -545,3 +545,38 @@ async fn hole_one_client_behind_a_tls_proxy_blocks_logins_for_everyone() {
     }
     assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
 }
+
+/// Issue 16, hole 6: alternating `active: true/false` was never throttled: 600 frames
+/// became 600 `typing` frames at the peer (each a permission check and a publish).
+#[tokio::test]
+async fn hole_alternating_typing_frames_pass_the_throttle() {
+    let app = spawn_app().await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    alice_ws.send_to_user("open", &bob_id, "open").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    bob_ws.next_of("message").await;
+    let started = std::time::Instant::now();
+    for i in 0..600 {
+        alice_ws.send(json!({"type": "typing", "conversation_id": conv, "active": i % 2 == 0})).await;
+    }
+    for _ in 0..100 {
+        alice_ws.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
+    }
+    // A message sent after the typing frames reaches Bob after every typing event they
+    // caused (same session, same bridge, in order): then count.
+    alice_ws.send_to_conv("after", &conv, "after").await;
+    bob_ws.read_until("the message after the typing frames", |c| c.messages.len() == 2).await;
+    let secs = started.elapsed().as_secs() + 1;
+    let typing: Vec<&Value> = bob_ws.others.iter().filter(|f| f["type"] == "typing").collect();
+    assert!(!typing.is_empty(), "typing still reaches the peer");
+    assert_eq!(typing[0]["active"], true);
+    // At most one "started" and one "stopped" per second per conversation.
+    assert!(typing.len() as u64 <= 2 * secs, "{} typing frames in {secs} s reached Bob", typing.len());
+    // Only changes of state: never the same state twice in a row, except "started" again
+    // after a second.
+    for pair in typing.windows(2) {
+        assert!(pair[0]["active"] != pair[1]["active"] || pair[1]["active"] == true, "{pair:?}");
+    }
+}
