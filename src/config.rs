@@ -100,8 +100,9 @@ pub struct AuthConfig {
     pub max_concurrent_hashes: usize,
     /// Login attempts per client address per minute.
     pub login_per_ip_per_minute: u32,
-    /// Login attempts per username per minute (slows guessing one account from many
-    /// addresses).
+    /// Failed logins per (username, client address) per minute; ten times as many per
+    /// username from all addresses hold back only addresses that have failed too. Only
+    /// failures count, so no one can lock an account's owner out by failing on purpose.
     pub login_per_username_per_minute: u32,
     /// Registrations per client address per minute.
     pub register_per_ip_per_minute: u32,

@@ -43,9 +43,79 @@ impl KeyedLimiter {
     }
 }
 
+/// Failed attempts per key within a fixed window: a key with `max` failures in the
+/// current window is held back until the window ends. Only failures count, so a client
+/// that gets it right is never slowed by others' mistakes.
+#[derive(Debug)]
+pub struct FailureCounter {
+    max: u32,
+    window: std::time::Duration,
+    failures: dashmap::DashMap<String, (u32, std::time::Instant)>,
+}
+
+impl FailureCounter {
+    /// At most `max` failures per key per `window` (0 is treated as 1).
+    pub fn new(max: u32, window: std::time::Duration) -> Self {
+        Self { max: max.max(1), window, failures: dashmap::DashMap::new() }
+    }
+
+    /// Failures of `key` in its current window.
+    pub fn count(&self, key: &str) -> u32 {
+        self.failures.get(key).filter(|e| e.1.elapsed() < self.window).map_or(0, |e| e.0)
+    }
+
+    /// `Ok` if `key` may try; otherwise the seconds until it may (at least 1).
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        match self.failures.get(key) {
+            Some(e) if e.0 >= self.max && e.1.elapsed() < self.window => {
+                Err(self.window.saturating_sub(e.1.elapsed()).as_secs().max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure of `key`.
+    pub fn record(&self, key: &str) {
+        let mut e = self.failures.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= self.window {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    /// Forgets `key`'s failures (it succeeded).
+    pub fn clear(&self, key: &str) {
+        self.failures.remove(key);
+    }
+
+    /// Forgets keys whose window has ended.
+    pub fn prune(&self) {
+        self.failures.retain(|_, e| e.1.elapsed() < self.window);
+        self.failures.shrink_to_fit();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_hold_a_key_back_and_success_clears_it() {
+        let f = FailureCounter::new(2, std::time::Duration::from_secs(60));
+        assert!(f.check("a").is_ok());
+        f.record("a");
+        assert!(f.check("a").is_ok(), "one failure of two");
+        f.record("a");
+        let wait = f.check("a").expect_err("held back");
+        assert!((1..=60).contains(&wait));
+        assert_eq!((f.count("a"), f.count("b")), (2, 0));
+        assert!(f.check("b").is_ok(), "other keys unaffected");
+        f.clear("a");
+        assert!(f.check("a").is_ok());
+        let short = FailureCounter::new(1, std::time::Duration::from_millis(0));
+        short.record("x");
+        assert!(short.check("x").is_ok(), "a window that ended holds nothing");
+    }
 
     #[test]
     fn allows_burst_then_refuses_per_key() {

@@ -12,7 +12,7 @@ use super::tokens::{Claims, TokenKeys};
 use crate::config::AuthConfig;
 use crate::domain::{DisplayName, Password, SessionId, Username};
 use crate::error::AppError;
-use crate::ratelimit::KeyedLimiter;
+use crate::ratelimit::{FailureCounter, KeyedLimiter};
 use crate::storage::Storage;
 use crate::storage::users::{CreateUserError, User};
 
@@ -40,9 +40,17 @@ pub struct AuthService {
 #[derive(Debug)]
 struct Limits {
     login_ip: KeyedLimiter,
-    login_user: KeyedLimiter,
+    /// Failed logins per (username, client address).
+    login_user_addr: FailureCounter,
+    /// Failed logins per username from all addresses: the ceiling against guessing from
+    /// many addresses. Past it, only addresses that have not failed may still try.
+    login_user: FailureCounter,
     register_ip: KeyedLimiter,
 }
+
+/// The per-username ceiling is this many times the per-(username, address) limit.
+const USERNAME_CEILING_FACTOR: u32 = 10;
+const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for AuthService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,7 +68,11 @@ impl AuthService {
             token_ttl_secs: i64::try_from(cfg.token_ttl_secs)?,
             limits: Arc::new(Limits {
                 login_ip: KeyedLimiter::per_minute(cfg.login_per_ip_per_minute),
-                login_user: KeyedLimiter::per_minute(cfg.login_per_username_per_minute),
+                login_user_addr: FailureCounter::new(cfg.login_per_username_per_minute, LOGIN_WINDOW),
+                login_user: FailureCounter::new(
+                    cfg.login_per_username_per_minute.saturating_mul(USERNAME_CEILING_FACTOR),
+                    LOGIN_WINDOW,
+                ),
                 register_ip: KeyedLimiter::per_minute(cfg.register_per_ip_per_minute),
             }),
         })
@@ -117,14 +129,25 @@ impl AuthService {
         let bad = || AppError::unauthorized("invalid_credentials", "wrong username or password");
         // Malformed names or passwords cannot match an account: same answer as a wrong one.
         let username = Username::parse(username).map_err(|_| bad())?;
-        check(&self.limits.login_user, username.as_str())?;
+        // Failures count per (username, address), so no one can lock a chosen user out
+        // by failing on purpose; a ceiling per username (many addresses) holds back only
+        // addresses that have failed themselves.
+        let pair = format!("{}|{}", username.as_str(), ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()));
+        let limited = |retry_after_secs| AppError::RateLimited { retry_after_secs };
+        self.limits.login_user_addr.check(&pair).map_err(limited)?;
+        if self.limits.login_user_addr.count(&pair) > 0 {
+            self.limits.login_user.check(username.as_str()).map_err(limited)?;
+        }
         let password = Password::parse(password).map_err(|_| bad())?;
         let found = self.storage.users.find_credentials(&username).await?;
         let ok = self.hasher.verify(&password, found.as_ref().map(|(_, h)| h.as_str())).await?;
         let Some((user, _)) = found.filter(|_| ok) else {
+            self.limits.login_user_addr.record(&pair);
+            self.limits.login_user.record(username.as_str());
             tracing::info!(username = %username, "login failed");
             return Err(bad());
         };
+        self.limits.login_user_addr.clear(&pair);
         let now = chrono::Utc::now().timestamp();
         let exp = now + self.token_ttl_secs;
         let claims = Claims { sub: user.id, jti: SessionId::new(), iat: now, exp };
@@ -178,6 +201,7 @@ impl AuthService {
     pub async fn housekeeping(&self) -> anyhow::Result<()> {
         self.limits.login_ip.prune();
         self.limits.login_user.prune();
+        self.limits.login_user_addr.prune();
         self.limits.register_ip.prune();
         let removed = self.storage.sessions.purge_expired(crate::now_ms()).await?;
         if removed > 0 {

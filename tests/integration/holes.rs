@@ -580,3 +580,42 @@ async fn hole_alternating_typing_frames_pass_the_throttle() {
         assert!(pair[0]["active"] != pair[1]["active"] || pair[1]["active"] == true, "{pair:?}");
     }
 }
+
+/// A login to `app` from the client address `from` (the app trusts loopback as its proxy).
+async fn login_direct_from(app: &crate::helpers::TestApp, from: &str, password: &str) -> StatusCode {
+    app.client()
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({"username": "alice", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Issue 16, hole 7: the per-username login limit counted everyone's attempts, so ten
+/// wrong logins for a name locked its owner out (429 on the correct password).
+#[tokio::test]
+async fn hole_anyone_can_lock_a_chosen_user_out() {
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| {
+        c.auth.login_per_username_per_minute = 3;
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    user(&app, "alice").await;
+    // Mallory fails from one address until she is held back...
+    let mut statuses = vec![];
+    for _ in 0..5 {
+        statuses.push(login_direct_from(&app, "203.0.113.5", "wrong password!").await);
+    }
+    assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3], "{statuses:?}");
+    assert_eq!(statuses[3..], [StatusCode::TOO_MANY_REQUESTS; 2], "{statuses:?}");
+    // ...and from 30 more (the per-username ceiling is 10 x 3 failures).
+    for i in 0..30 {
+        login_direct_from(&app, &format!("192.0.2.{i}"), "wrong password!").await;
+    }
+    // An address that has failed is now held back at once, even with one failure...
+    assert_eq!(login_direct_from(&app, "192.0.2.0", "wrong password!").await, StatusCode::TOO_MANY_REQUESTS);
+    // ...while Alice, from an address that has not failed, logs in.
+    assert_eq!(login_direct_from(&app, "198.51.100.7", PASSWORD).await, StatusCode::OK);
+}
