@@ -101,6 +101,7 @@ impl Application {
             files,
             rabbit: rabbit.clone(),
             sockets: Arc::default(),
+            streams: Arc::default(),
         };
         let router = routes::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));

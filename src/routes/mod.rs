@@ -58,6 +58,8 @@ pub struct AppState {
     pub rabbit: Option<crate::bus::RabbitBus>,
     /// Open chat sockets per user on this node (`messaging.max_connections_per_user`).
     pub sockets: Arc<ws::SocketCounts>,
+    /// Open notification streams per user in this process (the same cap as sockets).
+    pub streams: Arc<ws::SocketCounts>,
 }
 
 /// Which services' routes one process serves.

@@ -88,7 +88,7 @@ async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
 /// `GET /api/notifications/stream` (SSE). Resumes after the `Last-Event-ID` header (or
 /// `?after=N`): first the stored notifications after it, then live ones, each as an
 /// `event: notification` with `id: <n>`, and the unread counts as `event: unread`.
-#[endpoint(tags("notifications"), parameters(("after" = Option<i64>, Query, description = "resume after this notification number"), ("last-event-id" = Option<String>, Header)), responses((status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(tags("notifications"), parameters(("after" = Option<i64>, Query, description = "resume after this notification number"), ("last-event-id" = Option<String>, Header)), responses((status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 429, description = "too many streams open (messaging.max_connections_per_user)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let me = who.user_id;
@@ -101,11 +101,15 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
             None => query_i64(req, "after")?.unwrap_or(0),
         };
     let st = state(depot)?;
+    // Streams hold memory and a task each: one user gets as many as chat sockets.
+    let limit = st.config.messaging.max_connections_per_user;
+    let slot = st.streams.acquire(me, limit).ok_or(AppError::TooManyConnections { limit })?;
     let rx = st.node.open_notification_stream(me, who.session_id.0, after).await.map_err(|e| {
         tracing::warn!(user = %me, error = %e, "cannot open a notification stream");
         AppError::Unavailable("notification streams")
     })?;
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    // The slot lives in the stream's state: it is given back when the response ends.
+    let events = futures_util::stream::unfold((rx, slot), |(mut rx, slot)| async move {
         let item = rx.recv().await?;
         let event = match item {
             StreamItem::Notification(n) => SseEvent::default()
@@ -116,7 +120,7 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
                 SseEvent::default().name("unread").text(serde_json::to_string(&u).unwrap_or_default())
             }
         };
-        Some((Ok::<_, Infallible>(event), rx))
+        Some((Ok::<_, Infallible>(event), (rx, slot)))
     });
     // The stream ends when its token expires (the client reconnects with a fresh one)
     // or, through the stream actor, when its login is revoked.

@@ -619,3 +619,27 @@ async fn hole_anyone_can_lock_a_chosen_user_out() {
     // ...while Alice, from an address that has not failed, logs in.
     assert_eq!(login_direct_from(&app, "198.51.100.7", PASSWORD).await, StatusCode::OK);
 }
+
+/// Issue 16, hole 8: notification streams per user were unbounded (200 concurrent SSE
+/// streams accepted; chat sockets are capped at 32). They share the cap now.
+#[tokio::test]
+async fn hole_unbounded_notification_streams_per_user() {
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.messaging.max_connections_per_user = 4).await;
+    let (alice, _) = user(&app, "alice").await;
+    let mut open = vec![];
+    for _ in 0..4 {
+        open.push(SseReader::open(&app, &alice, None).await);
+    }
+    let r = app.get_as("/api/notifications/stream", &alice).await;
+    assert_eq!(crate::helpers::error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "too_many_connections");
+    // Another user is not affected, and a closed stream gives its place back.
+    let (bob, _) = user(&app, "bob").await;
+    let _bob_stream = SseReader::open(&app, &bob, None).await;
+    drop(open.pop());
+    let reopened = crate::cluster_support::poll("a closed stream's place to be given back", || async {
+        let r = app.get_as("/api/notifications/stream", &alice).await;
+        (r.status() == StatusCode::OK).then_some(r)
+    })
+    .await;
+    drop(reopened);
+}
