@@ -62,8 +62,7 @@ impl Application {
     /// Prepares the data directory, the database (migrations included), the services of
     /// `mount`, and binds the listener.
     pub async fn build(config: Config, mount: Mount) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        prepare_data_dir(&config)?;
         let secret = resolve_jwt_secret(&config)?;
         let db = storage::connect(&config.database_url()).await?;
         let storage = Storage::new(db);
@@ -206,6 +205,60 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Creates the data directory readable by this user only (0700), and the SQLite database
+/// file in it 0600 (SQLite gives its `-wal` and `-shm` files the database's mode): they
+/// hold password hashes and every message. An existing directory or database is
+/// tightened the same way; one we cannot change (another owner) is left with a warning.
+fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.data_dir;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    restrict(dir, 0o700);
+    let url = config.database_url();
+    if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
+        && !path.is_empty()
+        && path != ":memory:"
+    {
+        let path = Path::new(path);
+        if !path.exists() {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            match opts.open(path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                restrict(&p, 0o600);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `path`'s mode (Unix), warning if it cannot.
+fn restrict(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict permissions");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
 }
 
 /// The JWT key: configured, or on embedded defaults generated once and kept in

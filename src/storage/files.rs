@@ -113,7 +113,12 @@ impl FileRepo {
         let dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&dir).await?;
         let path = dir.join(Uuid::new_v4().simple().to_string());
-        let f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
+        let mut opts = tokio::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        // Chunks and files are people's data: readable by this user only.
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let f = opts.open(&path).await?;
         Ok((path, f))
     }
 

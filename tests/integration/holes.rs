@@ -643,3 +643,59 @@ async fn hole_unbounded_notification_streams_per_user() {
     .await;
     drop(reopened);
 }
+
+/// Issue 16, hole 9: the data directory was world-readable (0755, and the database, with
+/// password hashes and every message, and the stored files 0644).
+#[cfg(unix)]
+#[tokio::test]
+async fn hole_the_data_directory_is_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    // A data directory the server creates itself (a temporary directory is 0700 already).
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.data_dir = c.data_dir.join("data")).await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let mut ws = Client::connect(&app, &alice).await;
+    ws.send_to_user("hello", &bob_id, "hello").await;
+    let conv_id = ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = app.config.data_dir.as_path();
+    assert_eq!(mode(dir), 0o700, "the data directory");
+    let mut checked = 0;
+    for name in ["switchboard.db", "switchboard.db-wal", "switchboard.db-shm", "jwt.key"] {
+        let p = dir.join(name);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{name}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the database and its WAL exist");
+    // A stored file's bytes.
+    let size = 10u64;
+    let data = vec![7u8; 10];
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let r = app
+        .client()
+        .post(app.url("/api/transfers"))
+        .bearer_auth(&alice)
+        .json(&json!({"conversation_id": conv_id, "name": "f.bin", "size": size, "sha256": sha}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let r = app
+        .client()
+        .put(app.url(&format!("/api/transfers/{id}/chunks/0")))
+        .bearer_auth(&alice)
+        .header("x-chunk-sha256", &sha)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let blob = dir.join("files/blobs").join(&sha[..2]).join(&sha);
+    crate::cluster_support::poll("the file to be stored", || async { blob.exists().then_some(()) }).await;
+    assert_eq!(mode(&blob), 0o600, "a stored file");
+}
