@@ -667,14 +667,19 @@
     S.maxBody = f.max_body_bytes || S.maxBody;
     S.lastPong = Date.now();
     // What we have per conversation; the server sends the rest, then live messages.
-    const since = {};
-    for (const c of S.convs.values()) since[c.id] = c.lastSeq;
-    send({ type: 'sync', since });
+    syncAll();
     for (const e of S.outbox) sendEntry(e);
     if (S.everConnected) reloadLists();
     S.everConnected = true;
     renderAll();
     markRead();
+  }
+
+  // Asks for what we lack per conversation; the server sends the rest, then live messages.
+  function syncAll() {
+    const since = {};
+    for (const c of S.convs.values()) since[c.id] = c.lastSeq;
+    send({ type: 'sync', id: 'sync', since });
   }
 
   function onFrame(f) {
@@ -729,6 +734,12 @@
   }
 
   function onError(f) {
+    // Syncs are rate-limited per user (many tabs reconnecting at once): try again soon.
+    if (f.ref === 'sync' && f.code === 'rate_limited') {
+      const ws = S.ws;
+      setTimeout(() => { if (S.connected && S.ws === ws) syncAll(); }, 1500);
+      return;
+    }
     const e = f.ref && S.outbox.find((x) => x.client_msg_id === f.ref);
     if (!e) return;
     if (['rate_limited', 'not_acknowledged', 'unavailable'].includes(f.code)) {

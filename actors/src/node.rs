@@ -60,6 +60,15 @@ impl Default for Limits {
     }
 }
 
+/// `sync` frames one user may send per second on one node (all connections together),
+/// with bursts up to [`SYNC_BURST`]: a reconnecting client syncs once, a few devices or
+/// tabs at once fit in the burst.
+pub const SYNCS_PER_SECOND: NonZeroU32 = NonZeroU32::MIN;
+pub const SYNC_BURST: NonZeroU32 = match NonZeroU32::new(10) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
 /// Everything an actor of this node needs. Shared by `Arc`.
 pub struct NodeCtx {
     /// Unique per node; scopes actor names and process groups.
@@ -70,6 +79,8 @@ pub struct NodeCtx {
     pub limits: Limits,
     /// Per-user send rate, across all of the user's connections on this node.
     pub send_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// Per-user `sync` rate: each can replay a user's whole history from the database.
+    pub sync_limiter: DefaultKeyedRateLimiter<UserId>,
     /// Stored notifications, on processes that serve notification streams.
     pub notifications: Option<Arc<dyn NotificationStore>>,
     /// File transfers, on processes that take uploads.
@@ -81,7 +92,8 @@ impl NodeCtx {
         let rate = NonZeroU32::new(limits.sends_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(rate);
         let send_limiter = RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst));
-        Self { node_id, store, bus, faults, limits, send_limiter, notifications: None, transfers: None }
+        let sync_limiter = RateLimiter::dashmap(Quota::per_second(SYNCS_PER_SECOND).allow_burst(SYNC_BURST));
+        Self { node_id, store, bus, faults, limits, send_limiter, sync_limiter, notifications: None, transfers: None }
     }
 
     /// Take uploads, with `store`.

@@ -535,6 +535,9 @@ impl SessionState {
     }
 
     async fn on_sync(&mut self, since: HashMap<ConversationId, i64>, reference: Option<String>) {
+        if self.ctx.sync_limiter.check_key(&self.me()).is_err() {
+            return self.error("rate_limited", "syncing too often; sync again in a second", reference);
+        }
         if since.len() > MAX_SYNC_CONVERSATIONS {
             return self.error(
                 "invalid_frame",

@@ -699,3 +699,37 @@ async fn hole_the_data_directory_is_world_readable() {
     crate::cluster_support::poll("the file to be stored", || async { blob.exists().then_some(()) }).await;
     assert_eq!(mode(&blob), 0o600, "a stored file");
 }
+
+/// Issue 16, hole 10: `sync` frames were not rate-limited, and each can replay a user's
+/// whole history from the database.
+#[tokio::test]
+async fn hole_sync_frames_are_not_rate_limited() {
+    let app = spawn_app().await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let mut ws = Client::connect(&app, &alice).await;
+    acked(&mut ws, "one", &bob_id).await;
+    let started = std::time::Instant::now();
+    for i in 0..40 {
+        ws.send(json!({"type": "sync", "id": format!("s{i}"), "since": {}})).await;
+    }
+    let (mut done, mut limited) = (0u64, 0u64);
+    while done + limited < 40 {
+        let f = ws.read_one(crate::ws_client::FRAME_TIMEOUT).await.expect("an answer to every sync");
+        match f["type"].as_str() {
+            Some("sync_done") => done += 1,
+            Some("error") => {
+                assert_eq!(
+                    (f["code"].as_str(), f["ref"].as_str().map(|r| r.starts_with('s'))),
+                    (Some("rate_limited"), Some(true)),
+                    "{f}"
+                );
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    // A burst of 10, then one a second.
+    let allowed = 10 + started.elapsed().as_secs() + 1;
+    assert!(done >= 1 && done <= allowed, "{done} syncs served ({limited} refused)");
+    assert!(limited >= 40 - allowed, "{limited} refused");
+}
