@@ -89,6 +89,40 @@ impl fmt::Debug for Password {
 #[serde(transparent)]
 pub struct DisplayName(String);
 
+/// Characters a name shown to people may not hold: Unicode format characters (general
+/// category Cf: bidi overrides and isolates such as U+202E, which make
+/// `invoice\u{202E}fdp.exe` show as `invoiceexe.pdf`, invisible ones such as U+200B and
+/// U+2060, tags) and the line and paragraph separators. Two Cf characters are allowed:
+/// the zero-width joiner and non-joiner (U+200D, U+200C), which Persian and Indic names
+/// and emoji sequences need and which cannot reorder text. (Unicode 16.0.)
+pub fn is_hidden_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
 impl DisplayName {
     pub const MAX: usize = 64;
 
@@ -100,6 +134,12 @@ impl DisplayName {
         }
         if s.chars().any(char::is_control) {
             return Err(invalid("invalid_display_name", "display name may not contain control characters"));
+        }
+        if s.chars().any(is_hidden_format_char) {
+            return Err(invalid(
+                "invalid_display_name",
+                "display name may not contain invisible or text-direction characters (such as U+202E)",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -118,6 +158,18 @@ impl From<&Username> for DisplayName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_refuse_bidi_and_invisible_characters_but_keep_joiners() {
+        for bad in
+            ["invoice\u{202E}fdp.exe", "a\u{200B}b", "\u{2066}x\u{2069}", "x\u{FEFF}", "tag\u{E0041}", "l\u{2028}n"]
+        {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["Ana María", "محمد\u{200C}رضا", "👩\u{200D}💻 Dev", "李小龙"] {
+            assert!(DisplayName::parse(good).is_ok(), "{good:?}");
+        }
+    }
 
     #[test]
     fn usernames_are_lowercased_and_bounded() {

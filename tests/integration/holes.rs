@@ -733,3 +733,43 @@ async fn hole_sync_frames_are_not_rate_limited() {
     assert!(done >= 1 && done <= allowed, "{done} syncs served ({limited} refused)");
     assert!(limited >= 40 - allowed, "{limited} refused");
 }
+
+/// Issue 16, hole 11: names accepted Unicode format characters (bidi overrides such as
+/// U+202E, zero-width characters): `invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`.
+#[tokio::test]
+async fn hole_names_with_bidi_overrides_and_invisible_characters() {
+    let app = spawn_app().await;
+    for (i, name) in ["invoice\u{202E}fdp.exe", "ad\u{200B}min", "\u{2067}x\u{2069}", "a\u{FEFF}"].iter().enumerate() {
+        let r = app
+            .post_json(
+                "/api/auth/register",
+                &json!({"username": format!("u{i}x"), "password": PASSWORD, "display_name": name}),
+            )
+            .await;
+        assert_eq!(crate::helpers::error_code(r, StatusCode::BAD_REQUEST).await, "invalid_display_name", "{name:?}");
+    }
+    // Joiners that real names and emoji need still pass.
+    let r = app
+        .post_json(
+            "/api/auth/register",
+            &json!({"username": "dev", "password": PASSWORD, "display_name": "👩\u{200D}💻 Dev"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // File names.
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let mut ws = Client::connect(&app, &alice).await;
+    ws.send_to_user("hello", &bob_id, "hello").await;
+    let conv = ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    for name in ["invoice\u{202E}fdp.exe", "a\u{2060}.txt", "x\u{E0041}.png"] {
+        let r = app
+            .client()
+            .post(app.url("/api/transfers"))
+            .bearer_auth(&alice)
+            .json(&json!({"conversation_id": conv, "name": name, "size": 1, "sha256": "ab".repeat(32)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(crate::helpers::error_code(r, StatusCode::BAD_REQUEST).await, "invalid_name", "{name:?}");
+    }
+}
