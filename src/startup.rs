@@ -36,6 +36,9 @@ const LISTEN_BACKLOG: u32 = 4096;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a starting node waits for the broker before serving without it.
 const BROKER_WAIT: Duration = Duration::from_secs(5);
+/// After the actor system's root exits, how long the process keeps answering (with a
+/// failing `/readyz`) before it drains and exits: a couple of health-check periods.
+const ROOT_FAILURE_NOTICE: Duration = Duration::from_secs(2);
 /// How often expired sessions and idle rate-limit keys are cleaned up.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
@@ -135,11 +138,27 @@ impl Application {
                 }
             }
         });
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            handle.stop_graceful(SHUTDOWN_GRACE);
-        });
+        // Stop on the shutdown signal, or when the actor system's root supervisor has
+        // gone: then `/readyz` already fails, open requests drain, and the process exits
+        // non-zero so that whatever supervises it restarts it.
+        let node = self.state.node.clone();
+        let root_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let root_failed = root_failed.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown => tracing::info!("shutting down"),
+                    _ = node.failed() => {
+                        root_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::error!("the actor system stopped; draining and exiting");
+                        // Keep answering (`/readyz` says 503) long enough for health
+                        // checks to see it, then stop taking connections.
+                        tokio::time::sleep(ROOT_FAILURE_NOTICE).await;
+                    }
+                }
+                handle.stop_graceful(SHUTDOWN_GRACE);
+            });
+        }
         announce(self.mount.name(), self.local_addr);
         server.serve(self.service).await;
         housekeeping.abort();
@@ -150,6 +169,10 @@ impl Application {
         }
         self.state.storage.db.clone().close().await.ok();
         tracing::info!("stopped");
+        anyhow::ensure!(
+            !root_failed.load(std::sync::atomic::Ordering::SeqCst),
+            "the actor system's root supervisor exited (killed, or too many restarts below it)"
+        );
         Ok(())
     }
 }

@@ -252,6 +252,13 @@ pub const SUPERVISORS: [&str; 4] = ["sessions", "rooms", "transfers", "notificat
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
     root: ActorRef<SupervisorMsg>,
+    /// Set by [`Node::shutdown`]: the root's exit after it is expected.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when the root supervisor exits without a shutdown: killed, or past its
+    /// restart intensity. Nothing restarts the top of the tree inside the process, so
+    /// the process must go and let its own supervisor (systemd, the cluster script, the
+    /// gateway's health checks) act, as an Erlang node does when its top supervisor dies.
+    failed: tokio_util::sync::CancellationToken,
 }
 
 impl Node {
@@ -275,8 +282,30 @@ impl Node {
             initial,
             faults: ctx.faults.clone(),
         };
-        let (root, _) = Actor::spawn(Some(name), Supervisor, args).await?;
-        Ok(Self { ctx, root })
+        let (root, handle) = Actor::spawn(Some(name), Supervisor, args).await?;
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = tokio_util::sync::CancellationToken::new();
+        {
+            let (stopping, failed, node_id) = (stopping.clone(), failed.clone(), ctx.node_id.clone());
+            tokio::spawn(async move {
+                let _ = handle.await;
+                if !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::error!(node = %node_id, "the root supervisor exited; this node can no longer serve");
+                    failed.cancel();
+                }
+            });
+        }
+        Ok(Self { ctx, root, stopping, failed })
+    }
+
+    /// True once the root supervisor has exited without a shutdown (see [`Node::failed`]).
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_cancelled()
+    }
+
+    /// Resolves when the root supervisor exits without a shutdown.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await
     }
 
     /// Starts the session actor of a new connection.
@@ -331,6 +360,7 @@ impl Node {
 
     /// Stops the whole tree.
     pub fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.root.stop(Some(crate::NORMAL_EXIT.to_owned()));
     }
 }

@@ -19,12 +19,17 @@ async fn healthz(res: &mut Response) {
     res.render(Json(json!({"status": "ok"})));
 }
 
-/// Readiness: the database answers. 503 otherwise, so a load balancer stops routing here.
+/// Readiness: the actor system runs and the database answers. 503 otherwise, so a load
+/// balancer stops routing here.
 /// The broker link is reported but does not decide: without it local chat still works
 /// and the node catches its sessions up when the link returns.
-#[endpoint(tags("health"), responses((status_code = 200, description = "ready", body = Ready), (status_code = 503, description = "not ready (database down)", body = ErrorBody)))]
+#[endpoint(tags("health"), responses((status_code = 200, description = "ready", body = Ready), (status_code = 503, description = "not ready (database down, or the actor system stopped)", body = ErrorBody)))]
 async fn readyz(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?;
+    if st.node.is_failed() {
+        // The actor tree is gone: the process is draining to exit (see startup).
+        return Err(AppError::Unavailable("actor system"));
+    }
     if st.storage.ping().await {
         let broker = match &st.rabbit {
             None => "in-process",

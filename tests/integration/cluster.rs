@@ -431,3 +431,89 @@ async fn hole_a_client_that_stops_reading_pins_gateway_sockets() {
     a.send_to_conv("after", &conv, "still here").await;
     a.read_until("ack", |d| d.acks.contains_key("after")).await;
 }
+
+/// Issue 16: a node whose root supervisor exits leaves the cluster (readiness fails, the
+/// process exits non-zero), the gateway fails over, and its clients reconnect to the
+/// other node and lose nothing that was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_root_supervisor_dies_exits_and_its_clients_move_on_losing_nothing() {
+    let mut cluster = Cluster::start(2);
+    let ids = node_ids(&cluster, 2).await;
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    assert_ne!(alice_node, bob_node);
+    let bob_proc = format!("messaging-{}", ids.iter().position(|id| *id == bob_node).expect("bob's node") + 1);
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+
+    const N: usize = 200;
+    for i in 1..N {
+        alice.send_to_conv(&format!("a-{i}"), &conv, &format!("alice {i}")).await;
+        if i == N / 3 {
+            let r = cluster
+                .client()
+                .post(format!("http://{}/api/debug/faults", cluster.addr(&bob_proc)))
+                .bearer_auth(&bob_t)
+                .json(&json!({"kind": "sup", "id": "node", "fault": "kill"}))
+                .send()
+                .await
+                .expect("fault injected");
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+            let readyz = format!("http://{}/readyz", cluster.addr(&bob_proc));
+            poll("the dying node's /readyz to fail", || async {
+                match cluster.client().get(&readyz).send().await {
+                    Ok(r) => (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(()),
+                    Err(_) => Some(()), // gone already
+                }
+            })
+            .await;
+        }
+        if i % 20 == 0 {
+            drain(&mut alice).await;
+            drain(&mut bob).await;
+        }
+    }
+    alice.read_until("every send acked", |c| c.acks.len() == N).await;
+    let status = cluster.wait_exit(&bob_proc);
+    assert!(!status.success(), "the node exits with a failure status: {status:?}");
+    assert!(cluster.log(&bob_proc).contains("root supervisor"), "it says why");
+    drain(&mut bob).await;
+    bob.closed_within(FRAME_TIMEOUT).await.expect("bob's socket went down with his node");
+
+    let new_node = reconnect(&mut bob, cluster.gateway(), &bob_t).await;
+    assert_eq!(new_node, alice_node, "the gateway sends bob to the live node");
+    sync(&mut bob, &conv).await;
+    read_until_count(&mut bob, &conv, N).await;
+    bob.assert_complete(&conv, N as i64);
+    for (id, seq) in alice.acks.values() {
+        assert_eq!(bob.messages.get(id).map(|(_, s)| *s), Some(*seq), "acked message {id} reached bob");
+    }
+}
+
+/// Issue 16, hole 2 across nodes: logging out (through the gateway, handled by the auth
+/// service) closes the sockets that login opened on every messaging node, and its
+/// notification stream on the notify service; another login of the same user stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hole_logout_leaves_sockets_open_on_other_nodes() {
+    let cluster = Cluster::start(2);
+    let (alice_t, _bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let laptop = crate::holes::login_token(&cluster, "alice").await;
+    let (mut on_1, _) = connect(cluster.addr("messaging-1"), &alice_t).await.expect("node 1");
+    let (mut on_2, _) = connect(cluster.addr("messaging-2"), &alice_t).await.expect("node 2");
+    let (mut laptop_ws, _) = connect(cluster.addr("messaging-2"), &laptop).await.expect("laptop");
+    let mut stream = crate::notifications::SseReader::open(&cluster, &alice_t, None).await;
+    while stream.next().await.expect("the stream is attached").0 != "unread" {}
+    // Both sockets serve Alice before the logout.
+    for (ws, cid) in [(&mut on_1, "one"), (&mut on_2, "two")] {
+        ws.send_to_user(cid, &bob_id, cid).await;
+        ws.read_until("the ack", |c| c.acks.contains_key(cid)).await;
+    }
+    assert_eq!(cluster.logout(&alice_t).await.status(), StatusCode::NO_CONTENT);
+    for ws in [&mut on_1, &mut on_2] {
+        let closed = ws.closed_within(FRAME_TIMEOUT).await;
+        assert_eq!(closed, Some((4001, "logged out".to_owned())));
+    }
+    assert!(stream.ends_within(FRAME_TIMEOUT).await, "the notification stream on the notify service ends");
+    laptop_ws.send_to_user("laptop", &bob_id, "still here").await;
+    laptop_ws.read_until("the laptop's ack", |c| c.acks.contains_key("laptop")).await;
+}

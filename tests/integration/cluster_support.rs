@@ -166,6 +166,25 @@ reconnect_max_ms = 500
         }
     }
 
+    /// Waits (up to 60 s) for `name` to exit by itself; its exit status. It then counts
+    /// as killed (it can be restarted).
+    pub fn wait_exit(&mut self, name: &str) -> std::process::ExitStatus {
+        let mut p = self.procs.remove(name).unwrap_or_else(|| panic!("no process {name}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = p.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = p.child.kill();
+                panic!("{name} did not exit; log:\n{}", self.log(name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.killed.insert(name.to_owned(), p.addr);
+        status
+    }
+
     /// Starts a killed process again, on its old address (the gateway's list is fixed).
     pub fn restart(&mut self, name: &str) {
         let addr = *self.killed.get(name).expect("killed before");

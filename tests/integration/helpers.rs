@@ -126,6 +126,15 @@ impl TestApp {
         }
     }
 
+    /// Waits (up to 30 s) for the server to stop by itself; its result.
+    pub async fn exited(&mut self) -> anyhow::Result<()> {
+        let server = self.server.take().expect("the server was running");
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server stops by itself within 30 s")
+            .expect("server task joined")
+    }
+
     /// Restarts on the same data directory and configuration (a new port).
     pub async fn restart(self) -> TestApp {
         let pg = self.pg_database.clone();

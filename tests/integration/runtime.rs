@@ -144,3 +144,30 @@ async fn auth_and_messaging_run_apart_on_one_database() {
         task.await.expect("joined").expect("ran");
     }
 }
+
+/// Issue 16: the root supervisor was spawned and forgotten. Killed (or past its restart
+/// intensity), nothing restarted it, `/readyz` still said ready and every new socket was
+/// closed. Now readiness fails at once and the process stops with an error.
+#[tokio::test]
+async fn the_root_supervisor_exiting_fails_readiness_and_stops_the_process() {
+    let mut app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.fault_injection = true).await;
+    let token = app.signup("alice").await;
+    let r = app
+        .client
+        .post(app.url("/api/debug/faults"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"kind": "sup", "id": "node", "fault": "kill"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT);
+    let r = crate::cluster_support::poll("/readyz to fail", || async {
+        let r = app.client.get(app.url("/readyz")).send().await.ok()?;
+        (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert_eq!(crate::helpers::error_code(r, reqwest::StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
+    let result = app.exited().await;
+    let err = result.expect_err("the process reports the failure");
+    assert!(format!("{err:#}").contains("root supervisor"), "{err:#}");
+}
