@@ -77,17 +77,24 @@ pub fn deliver_local(node_id: &str, envelope: Envelope) -> Result<(), BusError> 
     bridge.cast(BridgeMsg::Incoming(Box::new(envelope))).map_err(|e| BusError(e.to_string()))
 }
 
-/// Tells every session of the node `node_id` to catch up from the database: after the
-/// node's bus link was down, live events may have been missed.
+/// Tells every session of the node `node_id` to catch up from the database, and every
+/// notification stream actor to check its logins: after the node's bus link was down,
+/// live events (a revocation among them) may have been missed.
 pub fn resync_sessions(node_id: &str) -> usize {
     let scope = node_id.to_owned();
     let mut n = 0;
-    // Session groups only (`user:<id>`); notification streams fill gaps on their next event.
-    for group in ractor::pg::which_scoped_groups(&scope).into_iter().filter(|g| g.starts_with("user:")) {
+    // Sessions (`user:<id>`) catch up and check their login; notification streams
+    // (`nstream:<id>`) fill gaps on their next event, and check their logins now.
+    for group in ractor::pg::which_scoped_groups(&scope) {
         for cell in ractor::pg::get_scoped_members(&scope, &group) {
-            let session: ActorRef<SessionMsg> = cell.into();
-            if session.cast(SessionMsg::CatchUp).is_ok() {
-                n += 1;
+            if group.starts_with("user:") {
+                let session: ActorRef<SessionMsg> = cell.into();
+                if session.cast(SessionMsg::CatchUp).is_ok() {
+                    n += 1;
+                }
+            } else if group.starts_with("nstream:") {
+                let stream: ActorRef<crate::notify_stream::StreamMsg> = cell.into();
+                let _ = stream.cast(crate::notify_stream::StreamMsg::Recheck);
             }
         }
     }

@@ -34,6 +34,9 @@ const PAGE: u64 = 200;
 /// How often the actor drops closed streams, and how long it lives with none.
 const TICK: Duration = Duration::from_millis(500);
 const IDLE_TICKS: u32 = 20;
+/// Ticks between checks of the streams' logins against the database (5 minutes): the
+/// backstop for a revocation event that never arrived.
+const RECHECK_TICKS: u64 = 600;
 
 /// Storage the stream actor reads (the notify service implements it).
 #[async_trait::async_trait]
@@ -52,6 +55,9 @@ pub enum StreamMsg {
     Event(Box<Event>),
     /// Periodic: drop closed streams; stop when none has been open for a while.
     Tick,
+    /// Check the streams' logins now (the bus link was down: a revocation may have been
+    /// missed).
+    Recheck,
 }
 
 pub struct NotificationStreamActor;
@@ -73,6 +79,7 @@ pub struct StreamState {
     name: String,
     streams: Vec<Stream>,
     idle_ticks: u32,
+    ticks: u64,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -100,7 +107,7 @@ impl Actor for NotificationStreamActor {
             tracing::warn!(%user, error = %e, "cannot bind the user on the bus");
         }
         let ticker = Some(myself.send_interval(TICK, || StreamMsg::Tick));
-        Ok(StreamState { name: ctx.name("nstream", user), ctx, user, streams: vec![], idle_ticks: 0, ticker })
+        Ok(StreamState { name: ctx.name("nstream", user), ctx, user, streams: vec![], idle_ticks: 0, ticks: 0, ticker })
     }
 
     async fn post_stop(&self, myself: ActorRef<StreamMsg>, state: &mut StreamState) -> Result<(), ActorProcessingErr> {
@@ -129,9 +136,13 @@ impl Actor for NotificationStreamActor {
                 let mut stream = Stream { tx, last_n: after.max(0), login };
                 // Boxed, as in the session actor: the actor's task keeps the handler's
                 // future for its whole life, sized for the largest arm.
+                let login = stream.login;
                 if Box::pin(async { state.catch_up(&mut stream).await && state.send_unread(&stream).await }).await {
                     state.streams.push(stream);
                 }
+                // Attached, so a revocation from now on arrives as an event; one that
+                // came while the stream was opening is found here.
+                Box::pin(state.drop_revoked(Some(login))).await;
             }
             StreamMsg::Event(event) => match *event {
                 Event::Notification { notification, unread, .. } => {
@@ -141,8 +152,13 @@ impl Actor for NotificationStreamActor {
                 Event::SessionRevoked { session_id, .. } => state.streams.retain(|s| s.login != session_id),
                 _ => {}
             },
+            StreamMsg::Recheck => Box::pin(state.drop_revoked(None)).await,
             StreamMsg::Tick => {
                 state.streams.retain(|s| !s.tx.is_closed());
+                state.ticks += 1;
+                if state.ticks.is_multiple_of(RECHECK_TICKS) {
+                    Box::pin(state.drop_revoked(None)).await;
+                }
                 if state.streams.is_empty() {
                     state.idle_ticks += 1;
                     if state.idle_ticks >= IDLE_TICKS {
@@ -158,6 +174,19 @@ impl Actor for NotificationStreamActor {
 }
 
 impl StreamState {
+    /// Ends the streams whose login is no longer valid (`only`: just that login's). A
+    /// store that cannot answer ends nothing: the next check will.
+    async fn drop_revoked(&mut self, only: Option<uuid::Uuid>) {
+        let mut logins: Vec<uuid::Uuid> = self.streams.iter().map(|s| s.login).collect();
+        logins.sort_unstable();
+        logins.dedup();
+        for login in logins.into_iter().filter(|l| only.is_none_or(|o| o == *l)) {
+            if let Ok(false) = self.ctx.store.login_active(login, self.user).await {
+                self.streams.retain(|s| s.login != login);
+            }
+        }
+    }
+
     fn store(&self) -> Option<&Arc<dyn NotificationStore>> {
         self.ctx.notifications.as_ref()
     }

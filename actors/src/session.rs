@@ -184,6 +184,9 @@ pub enum SessionMsg {
     CatchUp,
     /// A delivered marker was saved; send the next one if more arrived meanwhile.
     DeliveredSaved(ConversationId),
+    /// Check that the login that opened the connection is still valid (a periodic
+    /// backstop for a revocation event that never came); close with 4001 if not.
+    Revalidate,
 }
 
 pub struct SessionActor;
@@ -243,6 +246,9 @@ impl Actor for SessionActor {
             ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
             state.load_conversations(false).await;
             tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
+            if !state.revalidate().await {
+                return Ok(state);
+            }
             state.catch_up_all().await;
         } else {
             // Read first, then join: the connection starts at each conversation's current
@@ -257,6 +263,10 @@ impl Actor for SessionActor {
                 max_frame_bytes: state.ctx.limits.max_frame_bytes,
             });
             state.announce(true).await;
+            // Joined (and bound), so a revocation from now on arrives as an event; one
+            // that came while the socket was opening, after its token was checked, is
+            // found here. (After `announce`, so the close unbinds what it bound.)
+            state.revalidate().await;
         }
         Ok(state)
     }
@@ -279,15 +289,16 @@ impl Actor for SessionActor {
             SessionMsg::CatchUp => {
                 Box::pin(async {
                     // A revocation published while the bus was down never came: ask.
-                    let (login, me) = (state.conn.login_session, state.me());
-                    if let Ok(false) = state.ctx.store.login_active(login, me).await {
-                        state.conn.close_logged_out();
+                    if !state.revalidate().await {
                         return;
                     }
                     state.load_conversations(false).await;
                     state.catch_up_all().await;
                 })
                 .await
+            }
+            SessionMsg::Revalidate => {
+                Box::pin(state.revalidate()).await;
             }
             SessionMsg::DeliveredSaved(c) => {
                 if let Some(Some((seq, sender))) = state.delivered_inflight.remove(&c) {
@@ -311,6 +322,19 @@ impl Actor for SessionActor {
 impl SessionState {
     fn me(&self) -> UserId {
         self.conn.user_id
+    }
+
+    /// Closes the connection (4001) if its login was revoked; true if it may go on. A
+    /// store that cannot answer does not close anyone: the next check will.
+    async fn revalidate(&mut self) -> bool {
+        match self.ctx.store.login_active(self.conn.login_session, self.me()).await {
+            Ok(false) => {
+                tracing::info!(user = %self.me(), conn = %self.conn.id, "login no longer valid; closing the socket");
+                self.conn.close_logged_out();
+                false
+            }
+            Ok(true) | Err(_) => true,
+        }
     }
 
     async fn load_conversations(&mut self, set_baseline: bool) {

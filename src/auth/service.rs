@@ -31,6 +31,9 @@ pub struct AuthService {
     /// Where revocations are announced, so every node closes the sockets and streams of
     /// a revoked login (set once the process's bus is up).
     bus: Option<Arc<dyn Bus>>,
+    /// Revocations the bus refused (broker down), published again by a background task
+    /// until it takes them.
+    retry: Option<tokio::sync::mpsc::Sender<Event>>,
     hasher: PasswordHasher,
     keys: TokenKeys,
     token_ttl_secs: i64,
@@ -63,6 +66,7 @@ impl AuthService {
         Ok(Self {
             storage,
             bus: None,
+            retry: None,
             hasher: PasswordHasher::new(cfg)?,
             keys,
             token_ttl_secs: i64::try_from(cfg.token_ttl_secs)?,
@@ -78,9 +82,13 @@ impl AuthService {
         })
     }
 
-    /// Announces revocations on `bus`.
+    /// Announces revocations on `bus` (and starts the task that retries them while the
+    /// bus is down). Call from within the runtime.
     pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_REVOCATIONS);
+        tokio::spawn(retry_revocations(bus.clone(), rx));
         self.bus = Some(bus);
+        self.retry = Some(tx);
         self
     }
 
@@ -173,8 +181,12 @@ impl AuthService {
     async fn announce_revoked(&self, who: AuthUser) {
         let Some(bus) = &self.bus else { return };
         let event = Event::SessionRevoked { to: who.user_id, session_id: who.session_id.0 };
-        if let Err(e) = bus.publish(Envelope::new(event)).await {
-            tracing::warn!(user_id = %who.user_id, error = %e, "revocation not announced on the bus");
+        if let Err(e) = bus.publish(Envelope::new(event.clone())).await {
+            tracing::warn!(user_id = %who.user_id, error = %e, "revocation not announced yet; retrying");
+            if self.retry.as_ref().is_none_or(|r| r.try_send(event).is_err()) {
+                // The connections' periodic login check (5 min) closes them instead.
+                tracing::warn!(user_id = %who.user_id, "too many revocations pending; left to the periodic check");
+            }
         }
     }
 
@@ -208,6 +220,20 @@ impl AuthService {
             tracing::debug!(removed, "purged expired sessions");
         }
         Ok(())
+    }
+}
+
+/// Revocations waiting for the bus, at most (each a few dozen bytes).
+const MAX_PENDING_REVOCATIONS: usize = 10_000;
+
+/// Publishes each refused revocation again, in order, backing off while the bus is down.
+async fn retry_revocations(bus: Arc<dyn Bus>, mut rx: tokio::sync::mpsc::Receiver<Event>) {
+    while let Some(event) = rx.recv().await {
+        let mut backoff = std::time::Duration::from_millis(250);
+        while bus.publish(Envelope::new(event.clone())).await.is_err() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
     }
 }
 

@@ -41,6 +41,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const REATTACH_POLL: Duration = Duration::from_millis(10);
 /// Close code when the server cannot serve the connection.
 const CLOSE_INTERNAL: u16 = 1011;
+/// How often an open connection's login is checked against the database, as a backstop
+/// for a revocation event that never arrived (the publisher's broker link was down). The
+/// event closes a connection at once; this bounds how long one can be missed.
+const REVALIDATE_EVERY: Duration = Duration::from_secs(300);
 
 #[handler]
 async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
@@ -132,10 +136,13 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     let writer = {
         let conn = conn.clone();
         let last_seen = last_seen.clone();
+        let session_name = node.ctx.name("session", conn.id);
         let heartbeat = Duration::from_secs(m.heartbeat_secs);
+        let revalidate_ticks = (REVALIDATE_EVERY.as_secs() / m.heartbeat_secs.max(1)).max(1);
         let idle_ms = i64::try_from(m.idle_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         tokio::spawn(async move {
             let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     biased;
@@ -160,6 +167,12 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                         let now = crate::now_ms();
                         if conn.close_if_expired(now) {
                             continue;
+                        }
+                        ticks += 1;
+                        if ticks.is_multiple_of(revalidate_ticks)
+                            && let Some(s) = ActorRef::<SessionMsg>::where_is(session_name.clone())
+                        {
+                            let _ = s.cast(SessionMsg::Revalidate);
                         }
                         if now - last_seen.load(Ordering::Relaxed) > idle_ms {
                             conn.close(CLOSE_POLICY, "heartbeat timeout");

@@ -136,7 +136,7 @@ impl FileRepo {
     ) -> Result<Result<transfer::Model, LimitExceeded>, DbErr> {
         let txn = self.db.begin().await?;
         user::Entity::update_many()
-            .col_expr(user::Column::Id, Expr::col(user::Column::Id).into())
+            .col_expr(user::Column::Id, Expr::col(user::Column::Id))
             .filter(user::Column::Id.eq(new.uploader.0))
             .exec(&txn)
             .await?;

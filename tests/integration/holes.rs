@@ -42,14 +42,28 @@ async fn hole_identity_taken_from_a_client_sent_field() {
             break f;
         }
     };
-    assert_eq!(answer["type"], "error", "refused: Mallory is not Bob's contact, whoever she claims to be");
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str(), answer["ref"].as_str()),
+        (Some("error"), Some("forbidden"), Some("spoof")),
+        "refused: Mallory is not Bob's contact, whoever she claims to be: {answer}"
+    );
     // And in the query string of the REST API.
     let me = app.get_json(&format!("/api/auth/me?user_id={alice_id}&sender_id={alice_id}"), &mallory).await;
     assert_eq!(me["username"], "mallory");
     let convs = app.get_json(&format!("/api/conversations?user_id={alice_id}"), &mallory).await;
     assert_eq!(convs["conversations"], json!([]));
-    // Bob got nothing from "Alice".
-    assert!(bob_ws.read_one(Duration::from_millis(300)).await.is_none_or(|f| f["type"] != "message"));
+    // Bob got nothing from "Alice". Sentinel: the real Alice messages Bob now. Had the
+    // spoof been accepted, its message would have been published before Mallory got her
+    // answer (a room publishes, then answers), so before the sentinel was even sent; and
+    // on one node every event for Bob goes through the one bus bridge and his session's
+    // mailbox, both first in first out, and his session queues them to his socket in that
+    // order. So anything the spoof caused reaches Bob before the sentinel does.
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    alice_ws.send_to_user("sentinel", &bob_id, "the real alice").await;
+    alice_ws.read_until("the sentinel's ack", |c| c.acks.contains_key("sentinel")).await;
+    let sentinel = alice_ws.acks["sentinel"].0.clone();
+    bob_ws.read_until("the sentinel", |c| c.messages.contains_key(&sentinel)).await;
+    assert_eq!(bob_ws.messages.keys().collect::<Vec<_>>(), [&sentinel], "bob got only the real alice's message");
 }
 
 #[tokio::test]
@@ -352,17 +366,38 @@ async fn hole_crash_on_a_malformed_id_or_an_empty_conversation() {
             assert!(r.status().is_client_error(), "POST {path}: {}", r.status());
         }
     }
-    // And over the socket: an error frame each, then chat as usual.
+    // And over the socket: an error frame each (a malformed id is a malformed frame; a
+    // well-formed id of no conversation is not found), then chat as usual. A sync naming
+    // such a conversation is malformed, or names a conversation the caller is not in
+    // (ignored: nothing to send).
     let mut a = Client::connect(&app, &alice).await;
-    for (i, bad) in ["not-a-uuid", "00000000-0000-0000-0000-000000000000", ""].iter().enumerate() {
-        a.send(json!({"type": "send", "client_msg_id": format!("bad{i}"), "conversation_id": bad, "body": "x"})).await;
-        assert_eq!(a.next_of("error").await["ref"], format!("bad{i}"));
+    for (i, (bad, send_code, sync_code)) in [
+        ("not-a-uuid", "invalid_frame", Some("invalid_frame")),
+        ("00000000-0000-0000-0000-000000000000", "not_found", None),
+        ("", "invalid_frame", Some("invalid_frame")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cid = format!("bad{i}");
+        a.send(json!({"type": "send", "client_msg_id": cid, "conversation_id": bad, "body": "x"})).await;
+        let e = a.next_of("error").await;
+        assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some(send_code), Some(cid.as_str())), "{bad:?}: {e}");
         a.others.clear();
-        a.send(json!({"type": "sync", "since": {*bad: 0}})).await;
+        a.send(json!({"type": "sync", "id": format!("sync{i}"), "since": {bad: 0}})).await;
         a.read_until("an answer to the sync", |c| {
             c.others.iter().any(|f| f["type"] == "sync_done" || f["type"] == "error")
         })
         .await;
+        let answer = a.others.iter().find(|f| f["type"] == "sync_done" || f["type"] == "error").unwrap();
+        match sync_code {
+            Some(code) => assert_eq!(
+                (answer["code"].as_str(), answer["ref"].as_str()),
+                (Some(code), Some(format!("sync{i}").as_str())),
+                "{bad:?}: {answer}"
+            ),
+            None => assert_eq!((answer["type"].as_str(), answer["messages"].as_u64()), (Some("sync_done"), Some(0))),
+        }
         a.others.clear();
     }
     a.send_to_user("ok", &bob_id, "still here").await;
@@ -772,4 +807,30 @@ async fn hole_names_with_bidi_overrides_and_invisible_characters() {
             .unwrap();
         assert_eq!(crate::helpers::error_code(r, StatusCode::BAD_REQUEST).await, "invalid_name", "{name:?}");
     }
+}
+
+/// Issue 16, hole 2 (review): a revocation event can be missed (the publisher's broker
+/// link was down). When a node's link comes back it re-checks the logins of its sockets
+/// and streams against the database, and closes the revoked ones.
+#[tokio::test]
+async fn hole_a_missed_revocation_leaves_connections_open() {
+    let app = spawn_app().await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let mut ws = Client::connect(&app, &alice).await;
+    let mut stream = SseReader::open(&app, &alice, None).await;
+    while stream.next().await.expect("the stream is attached").0 != "unread" {}
+    acked(&mut ws, "before", &bob_id).await;
+    // Revoked in the database only: no event reaches the node.
+    let keys = TokenKeys::new(&Secret::new(TEST_JWT_SECRET));
+    let claims: Claims = keys.verify(&alice).expect("our own token");
+    let db = switchboard::storage::connect(&app.config.database_url()).await.unwrap();
+    switchboard::storage::sessions::SessionRepo::new(db)
+        .revoke(claims.jti, chrono::Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+    acked(&mut ws, "unnoticed", &bob_id).await; // nothing told the socket yet
+    // The node's broker link "comes back": it re-checks.
+    switchboard_actors::bridge::resync_sessions(&app.node.ctx.node_id);
+    assert_eq!(ws.closed_within(Duration::from_secs(10)).await, Some((4001, "logged out".to_owned())));
+    assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream ends too");
 }
