@@ -100,8 +100,10 @@ impl Client {
 
     /// Reads one frame (recording messages and acks); `None` on close or timeout.
     pub async fn read_one(&mut self, timeout: Duration) -> Option<Value> {
+        // One deadline for the whole call: pings and other control frames do not extend it.
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let next = tokio::time::timeout(timeout, self.ws.next()).await.ok()?;
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
             match next {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(t.as_str()).expect("server sends JSON");
