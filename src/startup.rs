@@ -124,6 +124,7 @@ impl Application {
         let handle = server.handle();
         let auth = self.state.auth.clone();
         let files = self.state.files.clone();
+        let tmp_max_age = Duration::from_secs(self.state.config.files.transfer_ttl_secs);
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
             loop {
@@ -135,6 +136,11 @@ impl Application {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "abandoned uploads removed"),
                     Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+                }
+                match files.sweep_tmp(tmp_max_age).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "stale temporary files removed"),
+                    Err(e) => tracing::warn!(error = %e, "temporary file sweep failed"),
                 }
             }
         });

@@ -36,6 +36,9 @@ pub struct NewTransfer {
     pub chunk_size: i64,
 }
 
+/// Why an assembly stopped when its transfer was failed meanwhile (the peer blocked).
+const STOPPED: &str = "the upload was stopped while it was being assembled";
+
 /// A user's upload limits.
 #[derive(Debug, Clone, Copy)]
 pub struct TransferLimits {
@@ -63,6 +66,27 @@ pub enum ChunkError {
     Body(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// A temporary file that is removed when dropped, unless it was kept (renamed into
+/// place): no error path, and no cancelled request, leaves bytes behind in `tmp/`.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    fn kept(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Transfers, chunks and files. Cheap to clone.
@@ -109,7 +133,7 @@ impl FileRepo {
         is_sha256_hex(sha256).then(|| self.root.join("blobs").join(&sha256[..2]).join(sha256))
     }
 
-    async fn temp_file(&self) -> std::io::Result<(PathBuf, tokio::fs::File)> {
+    async fn temp_file(&self) -> std::io::Result<(TempFile, tokio::fs::File)> {
         let dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&dir).await?;
         let path = dir.join(Uuid::new_v4().simple().to_string());
@@ -119,7 +143,7 @@ impl FileRepo {
         #[cfg(unix)]
         opts.mode(0o600);
         let f = opts.open(&path).await?;
-        Ok((path, f))
+        Ok((TempFile { path, keep: false }, f))
     }
 
     /// Records a new upload if `uploader` is within both limits: fewer than
@@ -235,13 +259,11 @@ impl FileRepo {
         }
         .await;
         drop(f);
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
+        result?;
         let id = TransferId(t.id);
         tokio::fs::create_dir_all(self.part_dir(id)).await?;
-        tokio::fs::rename(&tmp, self.part_path(id, index)).await?;
+        tokio::fs::rename(&tmp.path, self.part_path(id, index)).await?;
+        tmp.kept();
         let row = transfer_chunk::ActiveModel {
             transfer_id: Set(t.id),
             idx: Set(index as i32),
@@ -312,6 +334,25 @@ impl FileRepo {
         Ok(failed)
     }
 
+    /// Removes temporary files older than `max_age` (left by a process that died while
+    /// writing them); returns how many. Younger ones may be in use by a live process
+    /// sharing the data directory.
+    pub async fn sweep_tmp(&self, max_age: std::time::Duration) -> std::io::Result<u64> {
+        let mut removed = 0;
+        let mut dir = match tokio::fs::read_dir(self.root.join("tmp")).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        while let Some(entry) = dir.next_entry().await? {
+            let old = entry.metadata().await?.modified()?.elapsed().is_ok_and(|age| age > max_age);
+            if old && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes uploads whose time ran out: their chunks, and marks them expired.
     pub async fn expire(&self, now: i64) -> Result<u64, DbErr> {
         let stale = transfer::Entity::find()
@@ -362,13 +403,21 @@ impl FileRepo {
         if let Some(f) = t.file_id {
             return Ok(Ok(FileId(f)));
         }
+        if t.state != "uploading" {
+            return Ok(Err(STOPPED));
+        }
         let blob = self.blob_path(&t.sha256).ok_or_else(|| anyhow::anyhow!("bad hash on record"))?;
         let (tmp, mut out) = self.temp_file().await?;
         let mut hasher = Sha256::new();
         let mut total: u64 = 0;
         let mut buf = vec![0u8; 256 * 1024];
         for index in 0..t.chunk_count as i64 {
-            let mut part = tokio::fs::File::open(self.part_path(id, index)).await?;
+            let mut part = match tokio::fs::File::open(self.part_path(id, index)).await {
+                Ok(p) => p,
+                // Failed meanwhile (a block): its chunks went.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(STOPPED)),
+                Err(e) => return Err(e.into()),
+            };
             loop {
                 let n = part.read(&mut buf).await?;
                 if n == 0 {
@@ -380,15 +429,13 @@ impl FileRepo {
             }
         }
         if total != t.size as u64 || hex(&hasher.finalize()) != t.sha256 {
-            drop(out);
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Ok(Err("the file's SHA-256 does not match the one given at creation"));
         }
         let stored_len = tokio::fs::metadata(&blob).await.ok().map(|m| m.len());
         if stored_len == Some(total) {
-            // The same bytes are stored already (verified above): share them.
+            // The same bytes are stored already (verified above): share them; the
+            // temporary copy goes with its guard.
             drop(out);
-            let _ = tokio::fs::remove_file(&tmp).await;
         } else {
             // New, or a stored blob of the wrong length (a torn write from before): the
             // verified bytes take its place.
@@ -397,7 +444,8 @@ impl FileRepo {
             if let Some(parent) = blob.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }
-            tokio::fs::rename(&tmp, &blob).await?;
+            tokio::fs::rename(&tmp.path, &blob).await?;
+            tmp.kept();
         }
         let file_id = Uuid::now_v7();
         let row = file::ActiveModel {
@@ -418,13 +466,15 @@ impl FileRepo {
             .col_expr(transfer::Column::FileId, Expr::value(file_id))
             .filter(transfer::Column::Id.eq(id.0))
             .filter(transfer::Column::FileId.is_null())
+            .filter(transfer::Column::State.eq("uploading"))
             .exec(&self.db)
             .await?
             .rows_affected;
         if claimed == 0 {
+            // Claimed by another node first (answer with its file), or failed meanwhile.
             file::Entity::delete_by_id(file_id).exec(&self.db).await?;
             let winner = self.transfer(id).await?.and_then(|t| t.file_id);
-            return winner.map(|f| Ok(FileId(f))).ok_or_else(|| anyhow::anyhow!("transfer {id} lost its file"));
+            return Ok(winner.map(FileId).ok_or(STOPPED));
         }
         self.drop_parts(id).await?;
         Ok(Ok(FileId(file_id)))

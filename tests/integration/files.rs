@@ -681,3 +681,36 @@ async fn hole_a_blocked_user_still_reaches_the_blocker_through_upload_progress()
     assert_eq!(after, before, "no transfer frame reached Bob after the block: {:?}", bob_ws.others);
     assert!(files_under(&app.data_dir.path().join("files")).is_empty(), "the chunks are gone");
 }
+
+/// Issue 16 (review): a block that landed while an upload was being assembled made the
+/// assembly fail half-way, and its temporary copy stayed in `files/tmp` for ever (a way to
+/// fill the disk past the quota). Whichever way the race goes, nothing is left behind.
+#[tokio::test]
+async fn hole_a_block_during_assembly_leaves_its_bytes_on_disk() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = alice_ws_user_id(&app, &alice).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let size = 24 * CHUNK as u64;
+    let (sha, chunks) = file_hashes(size);
+    let id =
+        create_id(&app, &alice, json!({"conversation_id": conv, "name": "big.bin", "size": size, "sha256": sha})).await;
+    for i in 0..24u64 {
+        assert_eq!(put_chunk(&app, &alice, &id, i, chunk_bytes(i, CHUNK), &chunks[i as usize]).await.status(), 204);
+    }
+    // The last chunk is in: assembly starts now; Bob blocks Alice at once.
+    let r =
+        app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let f = settled(&mut alice_ws).await;
+    let tmp = app.data_dir.path().join("files/tmp");
+    poll("no temporary file left", || async { files_under_or_none(&tmp).is_empty().then_some(()) }).await;
+    assert!(f["state"] == "failed" || f["state"] == "complete", "{f}");
+    assert!(files_under_or_none(&app.data_dir.path().join("files/parts")).is_empty(), "no chunk left");
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn files_under_or_none(dir: &Path) -> Vec<String> {
+    if dir.exists() { files_under(dir) } else { vec![] }
+}
