@@ -254,7 +254,9 @@ pub fn delete_broker_objects(amqp_url: &str, prefix: &str) {
     let prefix = prefix.to_owned();
     let _ = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        rt.block_on(async move {
+        // Bounded as a whole: a broker that accepts the connection but never answers must
+        // not hang the test's drop.
+        let work = async move {
             let Ok(Ok(conn)) =
                 tokio::time::timeout(Duration::from_secs(5), lapin::Connection::connect(&url, Default::default()))
                     .await
@@ -268,7 +270,8 @@ pub fn delete_broker_objects(amqp_url: &str, prefix: &str) {
                 let _ = ch.exchange_delete(format!("{prefix}.events").into(), Default::default()).await;
             }
             let _ = conn.close(200, "bye".into()).await;
-        });
+        };
+        let _ = rt.block_on(async move { tokio::time::timeout(Duration::from_secs(20), work).await });
     })
     .join();
 }
@@ -354,21 +357,66 @@ impl PrivateBroker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
         while !port_open(self.port) {
-            assert!(Instant::now() < deadline, "private RabbitMQ did not start");
+            assert!(Instant::now() < deadline, "private RabbitMQ did not start within 90 s; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Stops the node (SIGTERM to its whole process group) and waits until the port closes.
+    /// Stops the node (SIGTERM to its whole process group) and waits until the process has
+    /// exited and the port is closed; panics (with the broker's log) if it takes over 60 s,
+    /// so a test never runs its "outage" against a broker that is still up.
     pub fn halt(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
-            let _ = child.wait();
-        }
         let deadline = Instant::now() + Duration::from_secs(60);
-        while port_open(self.port) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(mut child) = self.child.take() {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                    outcome => {
+                        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                        let _ = child.wait();
+                        panic!(
+                            "private RabbitMQ {} did not exit within 60 s of SIGTERM ({outcome:?}); log:\n{}",
+                            self.name,
+                            self.log()
+                        );
+                    }
+                }
+            }
+            while port_open(self.port) {
+                if Instant::now() >= deadline {
+                    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                    panic!(
+                        "private RabbitMQ {} exited but port {} still accepts connections after 60 s; log:\n{}",
+                        self.name,
+                        self.port,
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
+    }
+
+    /// The last lines of each of the node's log files (for failure messages).
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.path("log"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", file.display()));
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if out.is_empty() { format!("(no log files in {})", self.path("log").display()) } else { out }
     }
 }
 
