@@ -400,7 +400,7 @@ impl Handler for Edge {
         let forwarded = crate::net::forwarded_header(req.headers());
         let (ip, chain) = match req.remote_addr().ip() {
             Some(peer) => (
-                crate::net::client_addr(peer, forwarded.as_deref(), &self.trusted_proxies).to_string(),
+                crate::net::limit_key(crate::net::client_addr(peer, forwarded.as_deref(), &self.trusted_proxies)),
                 Some(crate::net::forwarded_for(peer, forwarded.as_deref(), &self.trusted_proxies)),
             ),
             None => (String::new(), None),

@@ -74,6 +74,29 @@ impl FailureCounter {
         }
     }
 
+    /// Reserves an attempt of `key`: it counts as a failure from now on (until
+    /// [`FailureCounter::refund`] or [`FailureCounter::clear`]), so concurrent attempts
+    /// cannot all pass one check. `Ok` with the failures before it, or the seconds to wait.
+    pub fn reserve(&self, key: &str) -> Result<u32, u64> {
+        let mut e = self.failures.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= self.window {
+            *e = (0, std::time::Instant::now());
+        }
+        if e.0 >= self.max {
+            return Err(self.window.saturating_sub(e.1.elapsed()).as_secs().max(1));
+        }
+        e.0 += 1;
+        Ok(e.0 - 1)
+    }
+
+    /// Gives back one reserved attempt of `key` (it did not fail).
+    pub fn refund(&self, key: &str) {
+        if let Some(mut e) = self.failures.get_mut(key) {
+            e.0 = e.0.saturating_sub(1);
+        }
+        self.failures.remove_if(key, |_, e| e.0 == 0);
+    }
+
     /// Counts a failure of `key`.
     pub fn record(&self, key: &str) {
         let mut e = self.failures.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
@@ -112,6 +135,13 @@ mod tests {
         assert!(f.check("b").is_ok(), "other keys unaffected");
         f.clear("a");
         assert!(f.check("a").is_ok());
+        // Reservations count at once: the third of three concurrent attempts is refused.
+        let r = FailureCounter::new(2, std::time::Duration::from_secs(60));
+        assert_eq!(r.reserve("k"), Ok(0));
+        assert_eq!(r.reserve("k"), Ok(1));
+        assert!(r.reserve("k").is_err());
+        r.refund("k");
+        assert_eq!(r.count("k"), 1, "a refunded attempt no longer counts");
         let short = FailureCounter::new(1, std::time::Duration::from_millis(0));
         short.record("x");
         assert!(short.check("x").is_ok(), "a window that ended holds nothing");

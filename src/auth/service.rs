@@ -101,7 +101,7 @@ impl AuthService {
         display_name: Option<&str>,
     ) -> Result<User, AppError> {
         if let Some(ip) = ip {
-            check(&self.limits.register_ip, &ip.to_string())?;
+            check(&self.limits.register_ip, &crate::net::limit_key(ip))?;
         }
         let username = Username::parse(username).map_err(invalid)?;
         let password = Password::parse(password).map_err(invalid)?;
@@ -132,30 +132,26 @@ impl AuthService {
         user_agent: Option<String>,
     ) -> Result<LoginOutcome, AppError> {
         if let Some(ip) = ip {
-            check(&self.limits.login_ip, &ip.to_string())?;
+            check(&self.limits.login_ip, &crate::net::limit_key(ip))?;
         }
         let bad = || AppError::unauthorized("invalid_credentials", "wrong username or password");
         // Malformed names or passwords cannot match an account: same answer as a wrong one.
         let username = Username::parse(username).map_err(|_| bad())?;
+        let password = Password::parse(password).map_err(|_| bad())?;
         // Failures count per (username, address), so no one can lock a chosen user out
         // by failing on purpose; a ceiling per username (many addresses) holds back only
-        // addresses that have failed themselves.
-        let pair = format!("{}|{}", username.as_str(), ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()));
-        let limited = |retry_after_secs| AppError::RateLimited { retry_after_secs };
-        self.limits.login_user_addr.check(&pair).map_err(limited)?;
-        if self.limits.login_user_addr.count(&pair) > 0 {
-            self.limits.login_user.check(username.as_str()).map_err(limited)?;
-        }
-        let password = Password::parse(password).map_err(|_| bad())?;
+        // addresses that have failed themselves. Each attempt is reserved before the
+        // (slow) hash and counts as a failure until it succeeds, so concurrent guesses
+        // cannot all pass one check.
+        let attempt = Attempt::begin(&self.limits, username.as_str(), ip)?;
         let found = self.storage.users.find_credentials(&username).await?;
         let ok = self.hasher.verify(&password, found.as_ref().map(|(_, h)| h.as_str())).await?;
         let Some((user, _)) = found.filter(|_| ok) else {
-            self.limits.login_user_addr.record(&pair);
-            self.limits.login_user.record(username.as_str());
+            attempt.failed();
             tracing::info!(username = %username, "login failed");
             return Err(bad());
         };
-        self.limits.login_user_addr.clear(&pair);
+        attempt.succeeded();
         let now = chrono::Utc::now().timestamp();
         let exp = now + self.token_ttl_secs;
         let claims = Claims { sub: user.id, jti: SessionId::new(), iat: now, exp };
@@ -220,6 +216,59 @@ impl AuthService {
             tracing::debug!(removed, "purged expired sessions");
         }
         Ok(())
+    }
+}
+
+/// One login attempt's place in the failure counters: reserved before the password is
+/// checked, kept as a failure, given back on success (or if the check itself failed).
+struct Attempt<'a> {
+    limits: &'a Limits,
+    pair: String,
+    username: String,
+    /// The attempt holds a place under the per-username ceiling too.
+    in_ceiling: bool,
+    settled: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn begin(limits: &'a Limits, username: &str, ip: Option<IpAddr>) -> Result<Self, AppError> {
+        let limited = |retry_after_secs| AppError::RateLimited { retry_after_secs };
+        let pair = format!("{username}|{}", ip.map_or_else(|| "-".to_owned(), crate::net::limit_key));
+        let before = limits.login_user_addr.reserve(&pair).map_err(limited)?;
+        let mut attempt = Attempt { limits, pair, username: username.to_owned(), in_ceiling: false, settled: false };
+        if before > 0 {
+            // This address has failed before: it must fit under the username's ceiling.
+            limits.login_user.reserve(username).map_err(limited)?;
+            attempt.in_ceiling = true;
+        }
+        Ok(attempt)
+    }
+
+    fn failed(mut self) {
+        if !self.in_ceiling {
+            self.limits.login_user.record(&self.username);
+        }
+        self.settled = true;
+    }
+
+    fn succeeded(mut self) {
+        self.limits.login_user_addr.clear(&self.pair);
+        if self.in_ceiling {
+            self.limits.login_user.refund(&self.username);
+        }
+        self.settled = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    /// Neither failed nor succeeded (a storage error): the attempt is given back.
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limits.login_user_addr.refund(&self.pair);
+            if self.in_ceiling {
+                self.limits.login_user.refund(&self.username);
+            }
+        }
     }
 }
 

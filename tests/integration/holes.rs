@@ -649,6 +649,12 @@ async fn hole_anyone_can_lock_a_chosen_user_out() {
     for i in 0..30 {
         login_direct_from(&app, &format!("192.0.2.{i}"), "wrong password!").await;
     }
+    // Concurrent guesses from a fresh address cannot all pass one check: each attempt
+    // holds its place before the (slow) password hash.
+    let guesses = (0..20).map(|_| login_direct_from(&app, "203.0.113.200", "wrong password!"));
+    let statuses = futures_util::future::join_all(guesses).await;
+    let tried = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    assert!(tried <= 1, "only one guess from a fresh address past the ceiling: {statuses:?}");
     // An address that has failed is now held back at once, even with one failure...
     assert_eq!(login_direct_from(&app, "192.0.2.0", "wrong password!").await, StatusCode::TOO_MANY_REQUESTS);
     // ...while Alice, from an address that has not failed, logs in.
