@@ -249,11 +249,15 @@ fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
     builder.create(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
     restrict(dir, 0o700);
     let url = config.database_url();
-    if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
-        && !path.is_empty()
-        && path != ":memory:"
-    {
-        let path = Path::new(path);
+    // sqlx's own parser: `sqlite://path`, `sqlite:path` and options all name the file.
+    let file = url
+        .starts_with("sqlite:")
+        .then(|| <sea_orm::sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url).ok())
+        .flatten()
+        .map(|o| o.get_filename().to_path_buf())
+        .filter(|p| !p.as_os_str().is_empty() && p.as_os_str() != ":memory:");
+    if let Some(path) = file {
+        let path = path.as_path();
         if !path.exists() {
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);

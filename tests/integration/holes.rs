@@ -840,3 +840,19 @@ async fn hole_a_missed_revocation_leaves_connections_open() {
     assert_eq!(ws.closed_within(Duration::from_secs(10)).await, Some((4001, "logged out".to_owned())));
     assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream ends too");
 }
+
+/// Issue 16, hole 9 (review): a database URL in the `sqlite:path` form (no `//`) was
+/// created world-readable.
+#[cfg(unix)]
+#[tokio::test]
+async fn hole_a_database_named_without_slashes_is_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| {
+        let path = c.data_dir.join("elsewhere.db");
+        c.database_url = Some(Secret::new(format!("sqlite:{}?mode=rwc", path.display())));
+    })
+    .await;
+    user(&app, "alice").await;
+    let db = app.config.data_dir.join("elsewhere.db");
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+}
