@@ -280,11 +280,19 @@ async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
         .disposition_type(if inline { "inline" } else { "attachment" })
         .attached_name(f.name.clone())
         .use_content_type_options(true)
+        // The blob's inode and mtime would tell whoever downloads a shared (deduplicated)
+        // file that someone stored the same bytes before, and when: the file record's
+        // own id is the validator instead, and no Last-Modified.
+        .use_etag(false)
+        .use_last_modified(false)
         .build()
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("open stored file: {e}")))?;
     res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", f.id.simple())) {
+        res.headers_mut().insert(header::ETAG, tag);
+    }
     file.send(req.headers(), res).await;
     Ok(())
 }

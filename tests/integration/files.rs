@@ -607,6 +607,11 @@ async fn hole_a_known_sha256_does_not_yield_someone_elses_file() {
     let f = settled(&mut bob_ws).await;
     assert_eq!(f["state"], "complete");
     let r = app.get_as(&format!("/api/files/{}", f["file_id"].as_str().unwrap()), &alice).await;
+    // Nothing in the headers tells that the bytes were stored before, or when: each file
+    // has its own validator, and the blob's time is not shown.
+    let first = app.get_as(&format!("/api/files/{alice_file}"), &bob).await;
+    assert_ne!(r.headers().get("etag"), first.headers().get("etag"), "each file its own ETag");
+    assert!(r.headers().get("last-modified").is_none() && first.headers().get("last-modified").is_none());
     assert_eq!(hex(&Sha256::digest(r.bytes().await.unwrap())), sha);
     let blobs = files_under(&app.data_dir.path().join("files/blobs"));
     assert_eq!(blobs.len(), 1, "one stored copy of the shared bytes: {blobs:?}");
