@@ -94,7 +94,12 @@ pub struct DisplayName(String);
 /// `invoice\u{202E}fdp.exe` show as `invoiceexe.pdf`, invisible ones such as U+200B and
 /// U+2060, tags) and the line and paragraph separators. Two Cf characters are allowed:
 /// the zero-width joiner and non-joiner (U+200D, U+200C), which Persian and Indic names
-/// and emoji sequences need and which cannot reorder text. (Unicode 16.0.)
+/// and emoji sequences need and which cannot reorder text, and only between two other
+/// characters (see [`check_visible_name`]). Also refused: the other default-ignorable
+/// characters that render as nothing (U+034F, the Hangul fillers U+115F, U+1160, U+3164,
+/// U+FFA0, U+17B4–17B5, the Mongolian variation selectors, the tag and supplementary
+/// variation-selector plane U+E0000–E0FFF) and the blank Braille pattern U+2800; the
+/// emoji variation selectors U+FE00–FE0F stay (emoji need them). (Unicode 16.0.)
 pub fn is_hidden_format_char(c: char) -> bool {
     matches!(
         c,
@@ -118,9 +123,42 @@ pub fn is_hidden_format_char(c: char) -> bool {
             | '\u{13430}'..='\u{1343F}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}'
+            | '\u{034F}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180D}'
+            | '\u{180F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
+}
+
+/// Checks a name shown to people beyond control characters: no hidden or text-direction
+/// characters ([`is_hidden_format_char`]), a joiner (U+200C, U+200D) only between two
+/// other visible characters, and at least one visible character in all.
+pub fn check_visible_name(s: &str) -> Result<(), &'static str> {
+    let joiner = |c: char| matches!(c, '\u{200C}' | '\u{200D}');
+    let invisible = |c: char| c.is_whitespace() || joiner(c) || ('\u{FE00}'..='\u{FE0F}').contains(&c);
+    if s.chars().any(is_hidden_format_char) {
+        return Err("may not contain invisible or text-direction characters (such as U+202E)");
+    }
+    let chars: Vec<char> = s.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if joiner(*c) {
+            let before = i.checked_sub(1).and_then(|j| chars.get(j));
+            let after = chars.get(i + 1);
+            if before.is_none_or(|b| invisible(*b)) || after.is_none_or(|a| invisible(*a)) {
+                return Err("may use a zero-width joiner only between two visible characters");
+            }
+        }
+    }
+    if !chars.iter().any(|c| !invisible(*c)) {
+        return Err("must contain a visible character");
+    }
+    Ok(())
 }
 
 impl DisplayName {
@@ -135,11 +173,8 @@ impl DisplayName {
         if s.chars().any(char::is_control) {
             return Err(invalid("invalid_display_name", "display name may not contain control characters"));
         }
-        if s.chars().any(is_hidden_format_char) {
-            return Err(invalid(
-                "invalid_display_name",
-                "display name may not contain invisible or text-direction characters (such as U+202E)",
-            ));
+        if let Err(why) = check_visible_name(s) {
+            return Err(invalid("invalid_display_name", format!("display name {why}")));
         }
         Ok(Self(s.to_owned()))
     }
@@ -161,12 +196,24 @@ mod tests {
 
     #[test]
     fn names_refuse_bidi_and_invisible_characters_but_keep_joiners() {
-        for bad in
-            ["invoice\u{202E}fdp.exe", "a\u{200B}b", "\u{2066}x\u{2069}", "x\u{FEFF}", "tag\u{E0041}", "l\u{2028}n"]
-        {
+        for bad in [
+            "invoice\u{202E}fdp.exe",
+            "a\u{200B}b",
+            "\u{2066}x\u{2069}",
+            "x\u{FEFF}",
+            "tag\u{E0041}",
+            "l\u{2028}n",
+            "\u{3164}",
+            "\u{2800}\u{2800}",
+            "admin\u{200D}",
+            "\u{200C}",
+            "a\u{034F}b",
+            "\u{FE0F}",
+        ] {
             assert!(DisplayName::parse(bad).is_err(), "{bad:?}");
         }
-        for good in ["Ana María", "محمد\u{200C}رضا", "👩\u{200D}💻 Dev", "李小龙"] {
+        for good in ["Ana María", "محمد\u{200C}رضا", "👩\u{200D}💻 Dev", "李小龙", "I \u{2764}\u{FE0F} tea"]
+        {
             assert!(DisplayName::parse(good).is_ok(), "{good:?}");
         }
     }

@@ -61,8 +61,8 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     if name.chars().any(|c| c.is_control()) {
         return Err("name must not contain control characters");
     }
-    if name.chars().any(crate::domain::is_hidden_format_char) {
-        return Err("name must not contain invisible or text-direction characters (such as U+202E)");
+    if crate::domain::check_visible_name(name).is_err() {
+        return Err("name must not contain invisible or text-direction characters (such as U+202E), nor be blank");
     }
     if name.contains(['/', '\\']) || name == "." || name == ".." {
         return Err("name must not contain / or \\ or be . or ..");
