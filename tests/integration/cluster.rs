@@ -140,6 +140,49 @@ async fn node_ids(cluster: &Cluster, nodes: usize) -> Vec<String> {
     ids
 }
 
+/// Two users whose sockets the gateway put on different nodes of a two-node cluster,
+/// with their conversation open.
+struct Apart {
+    bob_t: String,
+    alice_node: String,
+    /// The process name of Bob's node (`messaging-N`).
+    bob_proc: String,
+    conv: String,
+}
+
+async fn apart() -> (Cluster, Client, Client, Apart) {
+    let cluster = Cluster::start(2);
+    let ids = node_ids(&cluster, 2).await;
+    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
+    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
+    assert_ne!(alice_node, bob_node);
+    let bob_proc = format!("messaging-{}", ids.iter().position(|id| *id == bob_node).expect("bob's node") + 1);
+    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+    (cluster, alice, bob, Apart { bob_t, alice_node, bob_proc, conv })
+}
+
+/// After Bob's node went: Bob reconnects through the gateway (to Alice's node), syncs,
+/// and holds seqs 1..=n with every message acked to Alice under its acked seq.
+async fn bob_moves_to_alices_node_with_every_ack(
+    cluster: &Cluster,
+    alice: &Client,
+    bob: &mut Client,
+    bob_t: &str,
+    alice_node: &str,
+    conv: &str,
+    n: usize,
+) {
+    let new_node = reconnect(bob, cluster.gateway(), bob_t).await;
+    assert_eq!(new_node, alice_node, "the gateway sends bob to the live node");
+    sync(bob, conv).await;
+    read_until_count(bob, conv, n).await;
+    bob.assert_complete(conv, n as i64);
+    for (id, seq) in alice.acks.values() {
+        assert_eq!(bob.messages.get(id).map(|(_, s)| *s), Some(*seq), "acked message {id} reached bob");
+    }
+}
+
 /// Alice's first message opens the conversation; returns its id.
 async fn open_conversation(alice: &mut Client, bob: &mut Client, bob_id: &str) -> String {
     alice.send_to_user("a-0", bob_id, "hello bob").await;
@@ -210,14 +253,7 @@ async fn two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_nothing_acknowledged_and_its_clients_move_to_a_live_one() {
-    let mut cluster = Cluster::start(2);
-    let ids = node_ids(&cluster, 2).await;
-    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
-    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
-    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
-    assert_ne!(alice_node, bob_node);
-    let bob_proc = format!("messaging-{}", ids.iter().position(|id| *id == bob_node).expect("bob's node") + 1);
-    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart().await;
 
     // Alice keeps sending; Bob's node dies a third of the way in.
     const N: usize = 300;
@@ -236,14 +272,7 @@ async fn a_killed_node_loses_nothing_acknowledged_and_its_clients_move_to_a_live
     drain(&mut bob).await;
     assert!(bob.closed.is_some(), "bob's socket went down with his node");
 
-    let new_node = reconnect(&mut bob, cluster.gateway(), &bob_t).await;
-    assert_eq!(new_node, alice_node, "the gateway sends bob to the live node");
-    sync(&mut bob, &conv).await;
-    read_until_count(&mut bob, &conv, N).await;
-    bob.assert_complete(&conv, N as i64);
-    for (id, seq) in alice.acks.values() {
-        assert_eq!(bob.messages.get(id).map(|(_, s)| *s), Some(*seq), "acked message {id} reached bob");
-    }
+    bob_moves_to_alices_node_with_every_ack(&cluster, &alice, &mut bob, &bob_t, &alice_node, &conv, N).await;
     // And the conversation goes on, live.
     alice.send_to_conv("after", &conv, "still here?").await;
     read_until_count(&mut bob, &conv, N + 1).await;
@@ -640,14 +669,7 @@ async fn hole_a_client_that_stops_reading_pins_gateway_sockets() {
 /// other node and lose nothing that was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_root_supervisor_dies_exits_and_its_clients_move_on_losing_nothing() {
-    let mut cluster = Cluster::start(2);
-    let ids = node_ids(&cluster, 2).await;
-    let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
-    let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
-    let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
-    assert_ne!(alice_node, bob_node);
-    let bob_proc = format!("messaging-{}", ids.iter().position(|id| *id == bob_node).expect("bob's node") + 1);
-    let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
+    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart().await;
 
     const N: usize = 200;
     for i in 1..N {
@@ -683,14 +705,7 @@ async fn a_node_whose_root_supervisor_dies_exits_and_its_clients_move_on_losing_
     drain(&mut bob).await;
     bob.closed_within(FRAME_TIMEOUT).await.expect("bob's socket went down with his node");
 
-    let new_node = reconnect(&mut bob, cluster.gateway(), &bob_t).await;
-    assert_eq!(new_node, alice_node, "the gateway sends bob to the live node");
-    sync(&mut bob, &conv).await;
-    read_until_count(&mut bob, &conv, N).await;
-    bob.assert_complete(&conv, N as i64);
-    for (id, seq) in alice.acks.values() {
-        assert_eq!(bob.messages.get(id).map(|(_, s)| *s), Some(*seq), "acked message {id} reached bob");
-    }
+    bob_moves_to_alices_node_with_every_ack(&cluster, &alice, &mut bob, &bob_t, &alice_node, &conv, N).await;
 }
 
 /// Issue 16, hole 2 across nodes: logging out (through the gateway, handled by the auth
