@@ -375,6 +375,19 @@ test('two people use Switchboard in real browsers', async (t) => {
     await carol.context().close();
   });
 
+  await t.test('logging out in another tab sends the open chat page to the login page', async () => {
+    await bob.goto(server.url + '/chat');
+    await bob.locator('#conv-list a.conv').first().waitFor({ timeout: WAIT });
+    const tab = await bob.context().newPage();
+    await tab.goto(server.url + '/chat');
+    await tab.click('#logout');
+    await tab.waitForURL('**/login');
+    // The first tab's socket was opened by the same login: the server closes it (4001)
+    // and the page goes to the login page instead of reconnecting for ever.
+    await bob.waitForURL((u) => u.pathname === '/login', { timeout: WAIT });
+    await tab.close();
+  });
+
   await t.test('a phone-width screen and the dark scheme', async () => {
     const phone = await person('bob-phone', { viewport: { width: 390, height: 780 }, colorScheme: 'dark', isMobile: true, hasTouch: true });
     await phone.goto(server.url + '/login');
