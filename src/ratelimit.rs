@@ -64,24 +64,20 @@ impl FailureCounter {
         self.failures.get(key).filter(|e| e.1.elapsed() < self.window).map_or(0, |e| e.0)
     }
 
-    /// `Ok` if `key` may try; otherwise the seconds until it may (at least 1).
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        match self.failures.get(key) {
-            Some(e) if e.0 >= self.max && e.1.elapsed() < self.window => {
-                Err(self.window.saturating_sub(e.1.elapsed()).as_secs().max(1))
-            }
-            _ => Ok(()),
+    /// `key`'s entry, restarted if its window has ended.
+    fn current(&self, key: &str) -> dashmap::mapref::one::RefMut<'_, String, (u32, std::time::Instant)> {
+        let mut e = self.failures.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= self.window {
+            *e = (0, std::time::Instant::now());
         }
+        e
     }
 
     /// Reserves an attempt of `key`: it counts as a failure from now on (until
     /// [`FailureCounter::refund`] or [`FailureCounter::clear`]), so concurrent attempts
     /// cannot all pass one check. `Ok` with the failures before it, or the seconds to wait.
     pub fn reserve(&self, key: &str) -> Result<u32, u64> {
-        let mut e = self.failures.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
-        if e.1.elapsed() >= self.window {
-            *e = (0, std::time::Instant::now());
-        }
+        let mut e = self.current(key);
         if e.0 >= self.max {
             return Err(self.window.saturating_sub(e.1.elapsed()).as_secs().max(1));
         }
@@ -99,11 +95,7 @@ impl FailureCounter {
 
     /// Counts a failure of `key`.
     pub fn record(&self, key: &str) {
-        let mut e = self.failures.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
-        if e.1.elapsed() >= self.window {
-            *e = (0, std::time::Instant::now());
-        }
-        e.0 += 1;
+        self.current(key).0 += 1;
     }
 
     /// Forgets `key`'s failures (it succeeded).
@@ -125,16 +117,15 @@ mod tests {
     #[test]
     fn failures_hold_a_key_back_and_success_clears_it() {
         let f = FailureCounter::new(2, std::time::Duration::from_secs(60));
-        assert!(f.check("a").is_ok());
         f.record("a");
-        assert!(f.check("a").is_ok(), "one failure of two");
+        assert_eq!(f.count("a"), 1, "one failure of two");
         f.record("a");
-        let wait = f.check("a").expect_err("held back");
+        let wait = f.reserve("a").expect_err("held back");
         assert!((1..=60).contains(&wait));
         assert_eq!((f.count("a"), f.count("b")), (2, 0));
-        assert!(f.check("b").is_ok(), "other keys unaffected");
+        assert_eq!(f.reserve("b"), Ok(0), "other keys unaffected");
         f.clear("a");
-        assert!(f.check("a").is_ok());
+        assert_eq!(f.count("a"), 0);
         // Reservations count at once: the third of three concurrent attempts is refused.
         let r = FailureCounter::new(2, std::time::Duration::from_secs(60));
         assert_eq!(r.reserve("k"), Ok(0));
@@ -144,7 +135,7 @@ mod tests {
         assert_eq!(r.count("k"), 1, "a refunded attempt no longer counts");
         let short = FailureCounter::new(1, std::time::Duration::from_millis(0));
         short.record("x");
-        assert!(short.check("x").is_ok(), "a window that ended holds nothing");
+        assert_eq!(short.reserve("x"), Ok(0), "a window that ended holds nothing");
     }
 
     #[test]

@@ -148,26 +148,23 @@ impl Application {
         // gone: then `/readyz` already fails, open requests drain, and the process exits
         // non-zero so that whatever supervises it restarts it.
         let node = self.state.node.clone();
-        let root_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let root_failed = root_failed.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown => tracing::info!("shutting down"),
-                    _ = node.failed() => {
-                        root_failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                        tracing::error!("the actor system stopped; draining and exiting");
-                        // Keep answering (`/readyz` says 503) long enough for health
-                        // checks to see it, then stop taking connections.
-                        tokio::time::sleep(ROOT_FAILURE_NOTICE).await;
-                    }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown => tracing::info!("shutting down"),
+                _ = node.failed() => {
+                    tracing::error!("the actor system stopped; draining and exiting");
+                    // Keep answering (`/readyz` says 503) long enough for health
+                    // checks to see it, then stop taking connections.
+                    tokio::time::sleep(ROOT_FAILURE_NOTICE).await;
                 }
-                handle.stop_graceful(SHUTDOWN_GRACE);
-            });
-        }
+            }
+            handle.stop_graceful(SHUTDOWN_GRACE);
+        });
         announce(self.mount.name(), self.local_addr);
         server.serve(self.service).await;
         housekeeping.abort();
+        // Read before our own shutdown of the tree, which is not a failure.
+        let root_failed = self.state.node.is_failed();
         self.stop.cancel();
         self.state.node.shutdown();
         if let Some(bus) = &self.rabbit {
@@ -176,7 +173,7 @@ impl Application {
         self.state.storage.db.clone().close().await.ok();
         tracing::info!("stopped");
         anyhow::ensure!(
-            !root_failed.load(std::sync::atomic::Ordering::SeqCst),
+            !root_failed,
             "the actor system's root supervisor exited (killed, or too many restarts below it)"
         );
         Ok(())

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::auth::{caller, json_body, require_auth};
 use super::{AppState, state};
-use crate::domain::{ConversationId, UserId, Username};
+use crate::domain::{UserId, Username};
 use crate::error::AppError;
 use crate::storage::contacts::{ContactError, ContactRequest, RequestOutcome};
 
@@ -205,18 +205,7 @@ async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
     // Uploads under way between the two stop here: the blocked user could otherwise keep
     // putting `transfer` frames (with a name of their choosing) in front of the blocker.
     for t in st.files.fail_between(me, other).await? {
-        let progress = switchboard_actors::transfer::TransferProgress {
-            transfer_id: switchboard_actors::ids::TransferId(t.id),
-            conversation_id: ConversationId(t.conversation_id),
-            uploader_id: UserId(t.uploader_id),
-            name: t.name,
-            size: t.size,
-            received_chunks: 0,
-            chunk_count: t.chunk_count.into(),
-            state: t.state,
-            file_id: None,
-        };
-        let event = Event::Transfer { to: progress.uploader_id, progress };
+        let event = Event::Transfer { to: t.uploader, progress: (&t).into() };
         if let Err(e) = st.node.ctx.bus.publish(Envelope::new(event)).await {
             tracing::warn!(error = %e, "cannot tell the uploader their upload failed");
         }

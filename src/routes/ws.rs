@@ -136,7 +136,9 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     let writer = {
         let conn = conn.clone();
         let last_seen = last_seen.clone();
-        let session_name = node.ctx.name("session", conn.id);
+        // The node, not the session's name: an idle socket should hold 8 bytes for a
+        // check made every few minutes, not a string.
+        let node = node.clone();
         let heartbeat = Duration::from_secs(m.heartbeat_secs);
         let revalidate_ticks = (REVALIDATE_EVERY.as_secs() / m.heartbeat_secs.max(1)).max(1);
         let idle_ms = i64::try_from(m.idle_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -170,7 +172,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                         }
                         ticks += 1;
                         if ticks.is_multiple_of(revalidate_ticks)
-                            && let Some(s) = ActorRef::<SessionMsg>::where_is(session_name.clone())
+                            && let Some(s) = ActorRef::<SessionMsg>::where_is(node.ctx.name("session", conn.id))
                         {
                             let _ = s.cast(SessionMsg::Revalidate);
                         }

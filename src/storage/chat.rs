@@ -393,6 +393,14 @@ pub(super) async fn raise_receipt(
     }))
 }
 
+/// The query for the conversation between `a` and `b` (stored once, as (lower, higher)).
+pub(super) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Entity> {
+    let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
+    conversation::Entity::find()
+        .filter(conversation::Column::UserLow.eq(low))
+        .filter(conversation::Column::UserHigh.eq(high))
+}
+
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
     async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError> {
@@ -416,12 +424,7 @@ impl ChatStore for ChatRepo {
         }
         self.may_message(a, b).await?;
         let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
-        let find = || {
-            conversation::Entity::find()
-                .filter(conversation::Column::UserLow.eq(low))
-                .filter(conversation::Column::UserHigh.eq(high))
-                .one(&self.db)
-        };
+        let find = || between(a, b).one(&self.db);
         if let Some(c) = find().await.map_err(unavailable)? {
             return Ok(info(&c));
         }

@@ -21,7 +21,7 @@ use switchboard_actors::transfer::{TransferStatus, TransferStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use super::entities::{conversation, file, transfer, transfer_chunk, user};
+use super::entities::{file, transfer, transfer_chunk, user};
 use super::is_unique_violation;
 
 /// A new upload, validated by the caller.
@@ -293,14 +293,8 @@ impl FileRepo {
     /// Fails every upload in progress in the conversation between `a` and `b` (one of them
     /// blocked the other): their chunks go, any file assembled but not yet posted is
     /// removed, and nothing more of them reaches either user. Returns the failed uploads.
-    pub async fn fail_between(&self, a: UserId, b: UserId) -> Result<Vec<transfer::Model>, DbErr> {
-        let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
-        let Some(conv) = conversation::Entity::find()
-            .filter(conversation::Column::UserLow.eq(low))
-            .filter(conversation::Column::UserHigh.eq(high))
-            .one(&self.db)
-            .await?
-        else {
+    pub async fn fail_between(&self, a: UserId, b: UserId) -> Result<Vec<TransferStatus>, DbErr> {
+        let Some(conv) = super::chat::between(a, b).one(&self.db).await? else {
             return Ok(vec![]);
         };
         let open = transfer::Entity::find()
@@ -329,7 +323,7 @@ impl FileRepo {
                 file::Entity::delete_by_id(f).exec(&self.db).await?;
             }
             t.state = "failed".into();
-            failed.push(t);
+            failed.push(status_of(t, 0));
         }
         Ok(failed)
     }
@@ -511,6 +505,24 @@ async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64),
     Ok((count, pending.unwrap_or(0) + stored.unwrap_or(0)))
 }
 
+/// A transfer row as the actors see it, with `received` chunks stored (an assembled
+/// upload, its file recorded, counts as all of them).
+fn status_of(t: transfer::Model, received: i64) -> TransferStatus {
+    let received = if t.file_id.is_some() { t.chunk_count as i64 } else { received };
+    TransferStatus {
+        id: TransferId(t.id),
+        uploader: UserId(t.uploader_id),
+        conversation_id: ConversationId(t.conversation_id),
+        name: t.name,
+        size: t.size,
+        mime: t.mime,
+        chunk_count: t.chunk_count as i64,
+        received_chunks: received,
+        state: t.state,
+        file_id: t.file_id.map(FileId),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -520,20 +532,7 @@ impl TransferStore for FileRepo {
     async fn status(&self, id: TransferId) -> Result<Option<TransferStatus>, StoreError> {
         let Some(t) = self.transfer(id).await.map_err(unavailable)? else { return Ok(None) };
         let received = self.received(id).await.map_err(unavailable)?.len() as i64;
-        // Assembled (file recorded) counts as all chunks in.
-        let received = if t.file_id.is_some() { t.chunk_count as i64 } else { received };
-        Ok(Some(TransferStatus {
-            id,
-            uploader: UserId(t.uploader_id),
-            conversation_id: ConversationId(t.conversation_id),
-            name: t.name,
-            size: t.size,
-            mime: t.mime,
-            chunk_count: t.chunk_count as i64,
-            received_chunks: received,
-            state: t.state,
-            file_id: t.file_id.map(FileId),
-        }))
+        Ok(Some(status_of(t, received)))
     }
 
     async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError> {
