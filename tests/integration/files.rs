@@ -189,6 +189,13 @@ async fn alice_ws_user_id(app: &impl Api, token: &str) -> String {
     me["id"].as_str().unwrap().to_owned()
 }
 
+/// `token`'s holder blocks `user_id` (204).
+async fn block(api: &impl Api, token: &str, user_id: &str) {
+    let r =
+        api.client().post(api.url(&format!("/api/contacts/{user_id}/block"))).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
+
 /// Every file under `dir`, relative.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = vec![];
@@ -514,9 +521,7 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     let r = put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // Bob blocks Alice before her last chunk.
-    let r =
-        app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    block(&app, &bob, &alice_id).await;
     // The block failed the upload: the last chunk is refused.
     let r = put_chunk(&app, &alice, &id, 1, chunk_bytes(1, 10), &chunks[1]).await;
     assert_eq!(error_code(r, StatusCode::CONFLICT).await, "transfer_closed");
@@ -666,9 +671,7 @@ async fn hole_a_blocked_user_still_reaches_the_blocker_through_upload_progress()
     assert_eq!(put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await.status(), 204);
     // Before the block Bob sees the progress (the test can tell frames reach him).
     assert_eq!(bob_ws.next_of("transfer").await["name"], name);
-    let r =
-        app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    block(&app, &bob, &alice_id).await;
     // The block failed the upload at once: Alice is told, and every chunk is refused.
     assert_eq!(settled(&mut alice_ws).await["state"], "failed");
     assert_eq!(transfer(&app, &alice, &id).await["state"], "failed");
@@ -705,9 +708,7 @@ async fn hole_a_block_during_assembly_leaves_its_bytes_on_disk() {
         assert_eq!(put_chunk(&app, &alice, &id, i, chunk_bytes(i, CHUNK), &chunks[i as usize]).await.status(), 204);
     }
     // The last chunk is in: assembly starts now; Bob blocks Alice at once.
-    let r =
-        app.client().post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    block(&app, &bob, &alice_id).await;
     let f = settled(&mut alice_ws).await;
     let tmp = app.data_dir.path().join("files/tmp");
     poll("no temporary file left", || async { files_under_or_none(&tmp).is_empty().then_some(()) }).await;
