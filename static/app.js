@@ -19,6 +19,16 @@ const SB = (() => {
     return '/login?next=' + encodeURIComponent(location.pathname + location.hash);
   }
 
+  // Sends the page to the login page, once: a logout elsewhere ends this page's socket
+  // (4001) and its notification stream (whose check then gets 401) at the same moment, and
+  // a second navigation would abort the first one.
+  let toLoginStarted = false;
+  function toLogin() {
+    if (toLoginStarted) return;
+    toLoginStarted = true;
+    location.assign(loginUrl());
+  }
+
   // fetch() with the CSRF header; JSON in and out; errors as ApiError with the server's
   // code and message. A 401 sends the user to the login page unless `allow401`.
   async function api(method, path, body, opts = {}) {
@@ -36,7 +46,7 @@ const SB = (() => {
       throw new ApiError(0, 'network', 'The server cannot be reached. Check your connection.');
     }
     if (res.status === 401 && !opts.allow401) {
-      location.assign(loginUrl());
+      toLogin();
       throw new ApiError(401, 'invalid_token', 'Please log in again.');
     }
     if (!res.ok) {
@@ -301,5 +311,5 @@ const SB = (() => {
     startNotifications();
   });
 
-  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount, loginUrl, stillSignedIn, leaving: () => leaving };
+  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount, toLogin, stillSignedIn, leaving: () => leaving || toLoginStarted };
 })();

@@ -641,7 +641,7 @@
       // good, so reconnecting would only get 401: log in again instead (unless this page
       // is logging out, which goes to the login page by itself).
       if (ev.code === CLOSE_LOGGED_OUT || ev.code === CLOSE_TOKEN_EXPIRED) {
-        if (!SB.leaving()) location.assign(SB.loginUrl());
+        if (!SB.leaving()) SB.toLogin();
         return;
       }
       for (const p of S.peers.values()) p.online = false;
