@@ -68,7 +68,8 @@ struct Args {
     /// Connections for `idle`.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
-    /// The server's process id, for `idle` (its RSS is read from /proc).
+    /// The server's process id: `idle` reads its RSS, `pairs`/`ramp` its CPU time over the run
+    /// (from /proc).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Size of the file for `files`, in MiB.
@@ -218,6 +219,18 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// CPU time (user + system) a process has used so far, in seconds (from /proc, in
+/// clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count from the `)` that ends it.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).context("stat field");
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// Resident memory of a process, in KiB.
@@ -785,6 +798,14 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
     let started = Instant::now() + Duration::from_millis(500);
     let _ = start_tx.send(Some(started));
     eprintln!("running {} s at {} msg/s over {} pairs ...", args.duration, rate, args.pairs);
+    // The server's CPU over the run only (not the registrations and logins before it).
+    let cpu_before = match args.server_pid {
+        Some(pid) => {
+            tokio::time::sleep_until(started.into()).await;
+            Some(cpu_seconds(pid)?)
+        }
+        None => None,
+    };
     let progress = {
         let c = counters.clone();
         tokio::spawn(async move {
@@ -813,6 +834,10 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
     // Achieved rate: what arrived over the time it took to arrive (a backlog that drains
     // after the senders stop counts against it).
     let took = started.elapsed().as_secs_f64().max(args.duration as f64);
+    let server_cpu_s = match (args.server_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_seconds(pid)? - before),
+        _ => None,
+    };
     stop.cancel();
     for r in readers {
         r.await?;
@@ -836,6 +861,8 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
         "errors": counters.errors.load(Ordering::Relaxed),
         "throughput_msg_s": delivered as f64 / took,
         "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99_9": ms(0.999), "max": hist.max() as f64 / 1000.0},
+        "server_cpu_s": server_cpu_s,
+        "server_cpu_ms_per_msg": server_cpu_s.map(|s| s * 1000.0 / (delivered.max(1) as f64)),
     });
     println!(
         "| pairs | target msg/s | achieved msg/s | sent | acked | delivered | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |"
@@ -856,5 +883,12 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
         ms(0.999),
         hist.max() as f64 / 1000.0
     );
+    if let Some(cpu) = server_cpu_s {
+        println!(
+            "server CPU during the run: {cpu:.2} s ({:.2} cores), {:.3} ms per delivered message",
+            cpu / took,
+            cpu * 1000.0 / (delivered.max(1) as f64)
+        );
+    }
     Ok(result)
 }

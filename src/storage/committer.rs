@@ -16,7 +16,7 @@
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::notifications::NewNotification;
 use crate::domain::{ConversationId, UserId};
@@ -56,18 +56,40 @@ pub(super) enum Written {
     Count(u64),
 }
 
-type Reply = oneshot::Sender<Result<Written, StoreError>>;
+pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
 
-/// The handle repositories write through; clones share one committer task.
+/// The handle repositories write through; clones share one committer.
 #[derive(Clone, Debug)]
 pub struct Committer {
-    tx: mpsc::Sender<(Write, Reply)>,
+    tx: flume::Sender<(Write, Reply)>,
 }
 
 impl Committer {
-    /// Starts the committer task for `db` on the current runtime.
+    /// Starts the committer for `db`: on a SQLite file, a writer thread with its own
+    /// connection ([`super::sqlite_writer`]); otherwise (PostgreSQL, in-memory SQLite) a
+    /// task on the current runtime writing through `db`.
     pub fn start(db: DatabaseConnection) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = flume::bounded(QUEUE);
+        if let Some(path) = sqlite_file(&db) {
+            match super::sqlite_writer::open(&path, super::SQLITE_BUSY_TIMEOUT) {
+                Ok(conn) => {
+                    let spawned = std::thread::Builder::new()
+                        .name("sqlite-writer".into())
+                        .spawn(move || super::sqlite_writer::run(conn, rx));
+                    match spawned {
+                        Ok(_) => return Self { tx },
+                        Err(e) => tracing::error!(error = %e, "cannot start the SQLite writer thread"),
+                    }
+                    // The receiver went with the failed spawn: start over on the runtime.
+                    let (tx, rx) = flume::bounded(QUEUE);
+                    tokio::spawn(run(db, rx));
+                    return Self { tx };
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "SQLite writer unavailable; writing through the pool")
+                }
+            }
+        }
         tokio::spawn(run(db, rx));
         Self { tx }
     }
@@ -80,7 +102,7 @@ impl Committer {
         w: Write,
     ) -> impl std::future::Future<Output = Result<Written, StoreError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.send((w, tx)).await.is_ok();
+        let queued = self.tx.send_async((w, tx)).await.is_ok();
         async move {
             if !queued {
                 return Err(StoreError::Unavailable("committer stopped".into()));
@@ -94,9 +116,20 @@ fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<(Write, Reply)>) {
+/// The database file of a SQLite connection (`None` for PostgreSQL or in-memory SQLite).
+fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let path = db.get_sqlite_connection_pool().connect_options().get_filename().to_owned();
+    path.is_file().then_some(path)
+}
+
+async fn run(db: DatabaseConnection, rx: flume::Receiver<(Write, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while let Ok(first) = rx.recv_async().await {
+        batch.push(first);
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
         commit_batch(&db, std::mem::take(&mut batch)).await;
     }
 }

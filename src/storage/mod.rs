@@ -26,6 +26,7 @@ pub mod files;
 pub mod notifications;
 pub mod seed;
 pub mod sessions;
+mod sqlite_writer;
 pub mod users;
 
 use std::time::Duration;

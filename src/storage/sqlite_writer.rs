@@ -1,0 +1,400 @@
+//! The committer's SQLite back end: one OS thread that owns a write connection
+//! (rusqlite) and runs each group of writes as one `BEGIN IMMEDIATE` transaction of
+//! cached prepared statements.
+//!
+//! Why not sea-orm here: its SQLite driver (sqlx) runs every statement on a worker thread
+//! of its own and hands the result back over a channel. A chat message is a dozen
+//! statements (permission, resend lookup, insert, seq, delivered marker, notification,
+//! counter, ...), so under load most of a node's CPU went to those hand-offs (futex wait
+//! and wake) rather than to SQLite (docs/benchmarks.md, issue 17's profile). Here a batch
+//! costs one hand-off in and one answer out per write, and each statement is a call into
+//! SQLite on this thread, its plan cached. The statements are the ones the sea-orm
+//! version ran; the PostgreSQL path still runs that version ([`super::committer`]).
+//!
+//! The write lock is taken first (`BEGIN IMMEDIATE`), so the reads of a batch (the
+//! conversation's `last_seq`, the contact rules, resends) see what its writes build on,
+//! also when other processes write the same file. Writes are applied in queue order and
+//! share the batch's view of each conversation, so a receipt after an append in the same
+//! batch counts that append.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError, StoredMessage};
+use uuid::Uuid;
+
+use super::committer::{MAX_BATCH, Reply, Write, Written};
+use super::notifications::NewNotification;
+use crate::domain::{ConversationId, FileId, MessageId, UserId};
+
+/// Prepared statements kept per connection (the writer uses a dozen).
+const STATEMENT_CACHE: usize = 32;
+
+/// Opens the write connection on the database file `path` (created and migrated by the
+/// pool already), with the pool's settings: WAL (a property of the file),
+/// `synchronous=FULL`, the busy timeout, foreign keys.
+pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The writer thread's loop: waits for a write, takes whatever else is queued (up to
+/// [`MAX_BATCH`]), commits them together, answers each. Ends when every sender is gone.
+pub(super) fn run(mut conn: Connection, rx: flume::Receiver<(Write, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        commit_batch(&mut conn, std::mem::take(&mut batch));
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<(Write, Reply)>) {
+    let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+    match write_in_txn(conn, &writes) {
+        Ok(results) => {
+            for ((_, reply), result) in batch.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            // One bad write (say a constraint another process raced) must not fail its
+            // neighbours: each alone, one transaction each.
+            tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
+            for (write, reply) in batch {
+                let result = match write_in_txn(conn, &[&write]) {
+                    Ok(mut r) => r.pop().unwrap_or_else(|| Err(StoreError::Unavailable("empty result".into()))),
+                    Err(e) => Err(unavailable(e)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let e = unavailable(e);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Performs `writes` in one transaction. The outer error aborts the whole transaction; the
+/// inner results are per write (not found, forbidden, a reused id, or what was stored).
+fn write_in_txn(conn: &mut Connection, writes: &[&Write]) -> rusqlite::Result<Vec<Result<Written, StoreError>>> {
+    let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut batch = Batch { db: &txn, now: crate::now_ms(), conversations: HashMap::new(), allowed: HashMap::new() };
+    let mut appended: HashMap<(Uuid, String), StoredMessage> = HashMap::new();
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        results.push(match w {
+            Write::Append(m) => batch.append(m, &mut appended)?.map(Written::Appended),
+            Write::Receipt { conversation, user, delivered, read } => {
+                batch.raise_receipt(*conversation, *user, *delivered, *read)?.map(Written::Receipt)
+            }
+            Write::Notifications { news, keep } => Ok(Written::Notifications(batch.notifications(news, *keep)?)),
+            Write::ReadNotifications { user, conversation, seq } => {
+                Ok(Written::Count(batch.read_notifications(*user, *conversation, *seq)?))
+            }
+        });
+    }
+    batch.save_conversations()?;
+    drop(batch);
+    txn.commit()?;
+    Ok(results)
+}
+
+/// A conversation as the batch sees it: its participants and its counter, raised by the
+/// batch's appends and written back once before the commit.
+struct Conversation {
+    low: Uuid,
+    high: Uuid,
+    last_seq: i64,
+    raised: bool,
+}
+
+impl Conversation {
+    fn has(&self, user: Uuid) -> bool {
+        self.low == user || self.high == user
+    }
+}
+
+/// One transaction's state: what it read (conversations, contact rules) so each is read
+/// once per batch.
+struct Batch<'a> {
+    db: &'a Connection,
+    now: i64,
+    conversations: HashMap<Uuid, Option<Conversation>>,
+    allowed: HashMap<(Uuid, Uuid), bool>,
+}
+
+fn uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
+    let blob = row.get_ref(i)?.as_blob()?;
+    Uuid::from_slice(blob)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into()))
+}
+
+fn opt_uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
+    match row.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => uuid_at(row, i).map(Some),
+    }
+}
+
+const NOT_FOUND: StoreError = StoreError::NotFound;
+const REUSED_ID: &str = "client_msg_id was already used for another conversation";
+
+impl Batch<'_> {
+    fn conversation(&mut self, id: Uuid) -> rusqlite::Result<Option<&mut Conversation>> {
+        if !self.conversations.contains_key(&id) {
+            let found = self
+                .db
+                .prepare_cached("SELECT user_low, user_high, last_seq FROM conversations WHERE id = ?1")?
+                .query_row(params![id.as_bytes()], |r| {
+                    Ok(Conversation { low: uuid_at(r, 0)?, high: uuid_at(r, 1)?, last_seq: r.get(2)?, raised: false })
+                })
+                .optional()?;
+            self.conversations.insert(id, found);
+        }
+        Ok(self.conversations.get_mut(&id).and_then(Option::as_mut))
+    }
+
+    /// The one messaging rule ([`super::contacts::messageable_pairs`]): an accepted contact
+    /// and no block either way.
+    fn may_message(&mut self, low: Uuid, high: Uuid) -> rusqlite::Result<bool> {
+        if let Some(&ok) = self.allowed.get(&(low, high)) {
+            return Ok(ok);
+        }
+        let ok = self
+            .db
+            .prepare_cached(
+                "SELECT 1 FROM contacts c WHERE c.user_low = ?1 AND c.user_high = ?2 AND c.state = ?3 \
+                 AND NOT EXISTS (SELECT 1 FROM blocks b WHERE (b.blocker_id = ?1 AND b.blocked_id = ?2) \
+                 OR (b.blocker_id = ?2 AND b.blocked_id = ?1))",
+            )?
+            .exists(params![low.as_bytes(), high.as_bytes(), super::contacts::ACCEPTED])?;
+        self.allowed.insert((low, high), ok);
+        Ok(ok)
+    }
+
+    /// Appends `m` (or answers a resend with the stored original). `appended` holds this
+    /// batch's new messages by (sender, client_msg_id).
+    fn append(
+        &mut self,
+        m: &NewMessage,
+        appended: &mut HashMap<(Uuid, String), StoredMessage>,
+    ) -> rusqlite::Result<Result<Appended, StoreError>> {
+        let (conversation, sender) = (m.conversation_id.0, m.sender_id.0);
+        let (low, high) = match self.conversation(conversation)? {
+            Some(c) if c.has(sender) => (c.low, c.high),
+            _ => return Ok(Err(NOT_FOUND)),
+        };
+        if !self.may_message(low, high)? {
+            return Ok(Err(StoreError::Forbidden(super::contacts::NOT_A_CONTACT)));
+        }
+        let key = (sender, m.client_msg_id.clone());
+        let earlier = match appended.get(&key) {
+            Some(first) => Some(first.clone()),
+            None => self.stored_message(sender, &m.client_msg_id)?,
+        };
+        if let Some(old) = earlier {
+            return Ok(if old.conversation_id != m.conversation_id {
+                Err(StoreError::Forbidden(REUSED_ID))
+            } else {
+                Ok(Appended { message: old, duplicate: true })
+            });
+        }
+        let Some(c) = self.conversation(conversation)? else { return Ok(Err(NOT_FOUND)) };
+        c.last_seq += 1;
+        c.raised = true;
+        let message = StoredMessage {
+            id: MessageId::new(),
+            conversation_id: m.conversation_id,
+            seq: c.last_seq,
+            sender_id: m.sender_id,
+            client_msg_id: m.client_msg_id.clone(),
+            kind: m.kind.clone(),
+            body: m.body.clone(),
+            file_id: m.file_id,
+            created_at: self.now,
+        };
+        self.db
+            .prepare_cached(
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, \
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                message.id.0.as_bytes(),
+                conversation.as_bytes(),
+                message.seq,
+                sender.as_bytes(),
+                message.client_msg_id,
+                message.kind,
+                message.body,
+                message.file_id.map(|f| *f.0.as_bytes()),
+                message.created_at,
+            ])?;
+        appended.insert(key, message.clone());
+        Ok(Ok(Appended { message, duplicate: false }))
+    }
+
+    /// The message `sender` stored with `client_msg_id`, if any (a resend).
+    fn stored_message(&self, sender: Uuid, client_msg_id: &str) -> rusqlite::Result<Option<StoredMessage>> {
+        self.db
+            .prepare_cached(
+                "SELECT id, conversation_id, seq, kind, body, file_id, created_at FROM messages \
+                 WHERE sender_id = ?1 AND client_msg_id = ?2",
+            )?
+            .query_row(params![sender.as_bytes(), client_msg_id], |r| {
+                Ok(StoredMessage {
+                    id: MessageId(uuid_at(r, 0)?),
+                    conversation_id: ConversationId(uuid_at(r, 1)?),
+                    seq: r.get(2)?,
+                    sender_id: UserId(sender),
+                    client_msg_id: client_msg_id.to_owned(),
+                    kind: r.get(3)?,
+                    body: r.get(4)?,
+                    file_id: opt_uuid_at(r, 5)?.map(FileId),
+                    created_at: r.get(6)?,
+                })
+            })
+            .optional()
+    }
+
+    /// Writes back the counters the batch's appends raised.
+    fn save_conversations(&self) -> rusqlite::Result<()> {
+        for (id, c) in &self.conversations {
+            if let Some(c) = c.as_ref().filter(|c| c.raised) {
+                self.db
+                    .prepare_cached("UPDATE conversations SET last_seq = ?1, updated_at = ?2 WHERE id = ?3")?
+                    .execute(params![c.last_seq, self.now, id.as_bytes()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises a user's markers (never lowers them; read implies delivered; both capped at
+    /// the last seq, counting this batch's appends).
+    fn raise_receipt(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        delivered: Option<i64>,
+        read: Option<i64>,
+    ) -> rusqlite::Result<Result<Receipt, StoreError>> {
+        let last = match self.conversation(conversation.0)? {
+            Some(c) if c.has(user.0) => c.last_seq,
+            _ => return Ok(Err(NOT_FOUND)),
+        };
+        let read = read.map_or(0, |s| s.clamp(0, last));
+        let delivered = delivered.map_or(0, |s| s.clamp(0, last)).max(read);
+        let (delivered_seq, read_seq) = self
+            .db
+            .prepare_cached(
+                "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (conversation_id, user_id) DO UPDATE SET \
+                 updated_at = CASE WHEN excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq \
+                 THEN excluded.updated_at ELSE updated_at END, \
+                 delivered_seq = MAX(delivered_seq, excluded.delivered_seq), \
+                 read_seq = MAX(read_seq, excluded.read_seq) \
+                 RETURNING delivered_seq, read_seq",
+            )?
+            .query_row(params![conversation.0.as_bytes(), user.0.as_bytes(), delivered, read, self.now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq }))
+    }
+
+    /// Stores `news`, skipping events stored for their user before (a redelivery) and
+    /// repeats within `news`; numbers each user's new ones in order; deletes each user's
+    /// notifications older than their newest `keep`. Returns what was stored and kept.
+    fn notifications(
+        &mut self,
+        news: &[NewNotification],
+        keep: u64,
+    ) -> rusqlite::Result<Vec<(UserId, NotificationView)>> {
+        let keep = keep as i64;
+        let mut seen: HashSet<(Uuid, Uuid)> = HashSet::new();
+        let mut last_n: HashMap<Uuid, i64> = HashMap::new();
+        let mut stored = Vec::with_capacity(news.len());
+        for new in news {
+            let (user, event) = (new.user.0, new.event_id);
+            if !seen.insert((user, event)) {
+                continue;
+            }
+            let before = self
+                .db
+                .prepare_cached("SELECT 1 FROM notifications WHERE user_id = ?1 AND event_id = ?2")?
+                .exists(params![user.as_bytes(), event.as_bytes()])?;
+            if before {
+                continue;
+            }
+            let n: i64 = self
+                .db
+                .prepare_cached(
+                    "INSERT INTO notification_counters (user_id, last_n) VALUES (?1, 1) \
+                     ON CONFLICT (user_id) DO UPDATE SET last_n = last_n + 1 RETURNING last_n",
+                )?
+                .query_row(params![user.as_bytes()], |r| r.get(0))?;
+            last_n.insert(user, n);
+            let view = NotificationView {
+                id: Uuid::now_v7(),
+                n,
+                kind: new.kind.to_owned(),
+                conversation_id: new.conversation_id,
+                seq: new.seq,
+                payload: new.payload.clone(),
+                read: false,
+                created_at: self.now,
+            };
+            self.db
+                .prepare_cached(
+                    "INSERT INTO notifications (id, user_id, n, event_id, kind, conversation_id, seq, payload, \
+                     read_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9)",
+                )?
+                .execute(params![
+                    view.id.as_bytes(),
+                    user.as_bytes(),
+                    n,
+                    event.as_bytes(),
+                    view.kind,
+                    view.conversation_id.map(|c| *c.0.as_bytes()),
+                    view.seq,
+                    new.payload.to_string(),
+                    view.created_at,
+                ])?;
+            stored.push((new.user, view));
+        }
+        for (user, last) in &last_n {
+            if *last > keep {
+                self.db
+                    .prepare_cached("DELETE FROM notifications WHERE user_id = ?1 AND n <= ?2")?
+                    .execute(params![user.as_bytes(), last - keep])?;
+            }
+        }
+        stored.retain(|(user, view)| last_n.get(&user.0).is_some_and(|l| view.n > l - keep));
+        Ok(stored)
+    }
+
+    /// Marks `user`'s message notifications of `conversation` up to `seq` read.
+    fn read_notifications(&mut self, user: UserId, conversation: ConversationId, seq: i64) -> rusqlite::Result<u64> {
+        let changed = self
+            .db
+            .prepare_cached(
+                "UPDATE notifications SET read_at = ?1 WHERE user_id = ?2 AND conversation_id = ?3 \
+                 AND seq <= ?4 AND read_at IS NULL",
+            )?
+            .execute(params![self.now, user.0.as_bytes(), conversation.0.as_bytes(), seq])?;
+        Ok(changed as u64)
+    }
+}
