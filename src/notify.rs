@@ -11,7 +11,6 @@
 //! request to you (`contact_request`), your request accepted (`contact_accepted`). Your
 //! own read marker in a conversation clears its message notifications up to that seq.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +26,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::ids::UserId;
-use switchboard_actors::ports::{Bus, Envelope, Event, NotificationView};
+use switchboard_actors::ports::{Bus, Envelope, Event};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
 use crate::storage::Storage;
-use crate::storage::notifications::NewNotification;
-use crate::storage::users::User;
+use crate::storage::notifications::{NewNotification, Recorded};
 
 /// Routing keys the notify queue is bound to.
 pub const KEYS: &[&str] =
@@ -84,24 +82,22 @@ impl Notifier {
     /// was stored is not stored twice). Consecutive notifications are stored in one
     /// transaction; a read marker first stores what came before it, then clears.
     pub async fn handle_batch(&self, envelopes: &[Envelope]) -> Result<(), sea_orm::DbErr> {
-        let people = envelopes.iter().filter_map(|e| notification_source(&e.event).map(|(_, _, from)| from));
-        let names = self.storage.users.find_many(people).await?;
         let mut pending = Vec::new();
         for envelope in envelopes {
             match &envelope.event {
                 Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
                     self.store(std::mem::take(&mut pending)).await?;
-                    let changed = self
+                    let read = self
                         .storage
                         .notifications
                         .read_conversation(*to, receipt.conversation_id, receipt.read_seq)
                         .await?;
-                    if changed > 0 {
-                        self.publish_counts(*to).await?;
+                    if let Some(unread) = read {
+                        self.publish(Event::Notification { to: *to, notification: None, unread }).await;
                     }
                 }
                 event => {
-                    if let Some(new) = notification_for(envelope.id.0, event, &names) {
+                    if let Some(new) = notification_for(envelope.id.0, event) {
                         pending.push(new);
                     }
                 }
@@ -110,41 +106,30 @@ impl Notifier {
         self.store(pending).await
     }
 
-    /// Stores `news` and tells each user's devices about theirs, with the unread counts.
+    /// Stores `news` and tells each user's devices about theirs, with the unread counts
+    /// (both from the storing transaction).
     async fn store(&self, news: Vec<NewNotification>) -> Result<(), sea_orm::DbErr> {
-        let stored = self.storage.notifications.record_batch(news, self.config.max_per_user).await?;
-        if stored.is_empty() {
-            return Ok(());
-        }
-        let mut by_user: Vec<(UserId, Vec<NotificationView>)> = Vec::new();
+        let Recorded { stored, unread } =
+            self.storage.notifications.record_batch(news, self.config.max_per_user).await?;
         for (user, view) in stored {
-            match by_user.iter_mut().find(|(u, _)| *u == user) {
-                Some((_, views)) => views.push(view),
-                None => by_user.push((user, vec![view])),
-            }
-        }
-        let users: Vec<UserId> = by_user.iter().map(|(u, _)| *u).collect();
-        let mut counts = self.storage.notifications.unread_counts_of(&users).await?;
-        for (user, views) in by_user {
-            let unread = counts.remove(&user).unwrap_or_default();
-            for view in views {
-                let event = Event::Notification { to: user, notification: Some(view), unread: unread.clone() };
-                if let Err(e) = self.bus.publish(Envelope::new(event)).await {
-                    // Stored: streams and sockets get it on their next catch-up.
-                    tracing::debug!(error = %e, "cannot publish a notification");
-                }
-            }
+            let counts = unread.get(&user).cloned().unwrap_or_default();
+            self.publish(Event::Notification { to: user, notification: Some(view), unread: counts }).await;
         }
         Ok(())
     }
 
-    /// Tells `user`'s devices their unread counts changed.
-    pub async fn publish_counts(&self, user: switchboard_actors::ids::UserId) -> Result<(), sea_orm::DbErr> {
-        let unread = self.storage.notifications.unread_counts(user).await?;
-        let event = Event::Notification { to: user, notification: None, unread };
+    /// Publishes a notification event; a failure costs live delivery only (the
+    /// notification is stored: streams and sockets get it on their next catch-up).
+    async fn publish(&self, event: Event) {
         if let Err(e) = self.bus.publish(Envelope::new(event)).await {
-            tracing::debug!(error = %e, "cannot publish unread counts");
+            tracing::debug!(error = %e, "cannot publish a notification");
         }
+    }
+
+    /// Tells `user`'s devices their unread counts changed.
+    pub async fn publish_counts(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
+        let unread = self.storage.notifications.unread_counts(user).await?;
+        self.publish(Event::Notification { to: user, notification: None, unread }).await;
         Ok(())
     }
 
@@ -281,34 +266,25 @@ fn notification_source(event: &Event) -> Option<(UserId, &'static str, UserId)> 
     }
 }
 
-/// The notification `event` (bus event `event_id`) makes, if any; `names` has the users
-/// it may come from.
-fn notification_for(event_id: uuid::Uuid, event: &Event, names: &HashMap<UserId, User>) -> Option<NewNotification> {
+/// The notification `event` (bus event `event_id`) makes, if any. The sender's names are
+/// added to its payload by the storing transaction ([`NewNotification::from`]).
+fn notification_for(event_id: uuid::Uuid, event: &Event) -> Option<NewNotification> {
     let (user, kind, from) = notification_source(event)?;
-    let from_user = names.get(&from);
-    let username = from_user.map(|u| u.username.as_str());
-    let display_name = from_user.map(|u| u.display_name.as_str());
-    let (conversation_id, seq, payload) = match event {
+    let (conversation_id, seq, payload, prefix) = match event {
         Event::MessageCreated { message, .. } => {
             let preview: String = message.body.chars().take(PREVIEW_CHARS).collect();
             let payload = json!({
                 "message_id": message.id,
                 "sender_id": message.sender_id,
-                "sender_username": username,
-                "sender_display_name": display_name,
                 "message_kind": message.kind,
                 "preview": preview,
             });
-            (Some(message.conversation_id), Some(message.seq), payload)
+            (Some(message.conversation_id), Some(message.seq), payload, "sender_")
         }
-        Event::Contact { change, .. } => (
-            None,
-            None,
-            json!({"request_id": change.request_id, "user_id": from, "username": username, "display_name": display_name}),
-        ),
+        Event::Contact { change, .. } => (None, None, json!({"request_id": change.request_id, "user_id": from}), ""),
         _ => return None,
     };
-    Some(NewNotification { user, event_id, kind, conversation_id, seq, payload })
+    Some(NewNotification { user, event_id, kind, conversation_id, seq, payload, from: Some((from, prefix)) })
 }
 
 /// The durable queue of the notify service.

@@ -35,6 +35,10 @@ pub fn router() -> Router {
 
 /// How long the reader waits for a restarting session actor before giving up on the
 /// connection (the client reconnects and syncs).
+/// Frames the writer task takes from the queue for one write to the socket.
+const WRITE_BATCH: usize = 64;
+/// Bytes of frames gathered before tungstenite writes to the socket without a flush.
+const WRITE_BUFFER: usize = 16 * 1024;
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection's last frames may take to leave.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -67,9 +71,11 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
     // tungstenite zero-fills its whole read buffer on each read, so all of it stays
     // resident: 512 bytes fits a typical frame, and a larger frame grows it for that
     // connection only (4 KiB here cost 5 KiB more per idle connection; docs/benchmarks.md).
+    // Writes gather up to WRITE_BUFFER before they reach the socket; the writer task
+    // flushes after each run of queued frames, so nothing waits there.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(512)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(m.max_frame_bytes))
         .max_frame_size(Some(m.max_frame_bytes));
@@ -159,7 +165,16 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                     }
                     next = outbound.recv_async() => match next {
                         Ok(Outbound::Text(text)) => {
-                            if sink.send(Message::text(text)).await.is_err() {
+                            // Frames queued together (an ack and the sender's own copy, a
+                            // burst) leave in one write to the socket, not one each.
+                            let mut written = sink.feed(Message::text(text)).await;
+                            for Outbound::Text(text) in outbound.try_iter().take(WRITE_BATCH) {
+                                if written.is_err() {
+                                    break;
+                                }
+                                written = sink.feed(Message::text(text)).await;
+                            }
+                            if written.is_err() || sink.flush().await.is_err() {
                                 conn.close(1000, "write failed");
                             }
                         }

@@ -15,10 +15,10 @@
 //! its neighbours.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
-use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError};
+use switchboard_actors::ports::{Appended, NewMessage, Receipt, StoreError, Unread};
 use tokio::sync::oneshot;
 
-use super::notifications::NewNotification;
+use super::notifications::{NewNotification, Recorded};
 use crate::domain::{ConversationId, UserId};
 
 /// Most writes committed in one transaction. Bounds the time one commit holds the write
@@ -52,8 +52,9 @@ pub(super) enum Write {
 pub(super) enum Written {
     Appended(Appended),
     Receipt(Receipt),
-    Notifications(Vec<(UserId, NotificationView)>),
-    Count(u64),
+    Notifications(Recorded),
+    /// The reader's unread counts, if the read marker changed any notification.
+    Read(Option<Unread>),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -198,8 +199,9 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
                 *slot = Some(Ok(Written::Notifications(stored)));
             }
             Write::ReadNotifications { user, conversation, seq } => {
-                let n = super::notifications::read_conversation_in_txn(&txn, *user, *conversation, *seq, now).await?;
-                *slot = Some(Ok(Written::Count(n)));
+                let unread =
+                    super::notifications::read_conversation_in_txn(&txn, *user, *conversation, *seq, now).await?;
+                *slot = Some(Ok(Written::Read(unread)));
             }
             Write::Append(_) => {}
         }

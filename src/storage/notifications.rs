@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
@@ -15,7 +15,7 @@ use switchboard_actors::ports::{NotificationView, StoreError, Unread};
 use uuid::Uuid;
 
 use super::committer::{Committer, Write, Written};
-use super::entities::{notification, notification_counter};
+use super::entities::{notification, notification_counter, user};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
 const INSERT_ROWS: usize = 1000;
@@ -30,6 +30,32 @@ pub struct NewNotification {
     pub conversation_id: Option<ConversationId>,
     pub seq: Option<i64>,
     pub payload: Value,
+    /// The user it is from, and the prefix of the payload keys their name goes under:
+    /// `<prefix>username` and `<prefix>display_name` are filled in by the storing
+    /// transaction (`null` if the account is gone), so the notify service reads no users
+    /// per event.
+    pub from: Option<(UserId, &'static str)>,
+}
+
+impl NewNotification {
+    /// The payload with the sender's names (`None`: unknown user, `null` names).
+    pub(super) fn payload_named(&self, names: Option<(&str, &str)>) -> Value {
+        let mut payload = self.payload.clone();
+        if let (Some((_, prefix)), Value::Object(map)) = (self.from, &mut payload) {
+            let (username, display_name) = names.map_or((Value::Null, Value::Null), |(u, d)| (u.into(), d.into()));
+            map.insert(format!("{prefix}username"), username);
+            map.insert(format!("{prefix}display_name"), display_name);
+        }
+        payload
+    }
+}
+
+/// What a batch of notifications stored: the new ones kept (in order, with their user),
+/// and the unread counts after the batch of each user who got one.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub stored: Vec<(UserId, NotificationView)>,
+    pub unread: HashMap<UserId, Unread>,
 }
 
 #[derive(Clone, Debug)]
@@ -62,27 +88,28 @@ impl NotificationRepo {
     /// `news`, numbers each user's new ones in order, and deletes each user's
     /// notifications older than their newest `keep`. Returns what was stored and kept, in
     /// order, with its user.
-    pub async fn record_batch(
-        &self,
-        news: Vec<NewNotification>,
-        keep: u64,
-    ) -> Result<Vec<(UserId, NotificationView)>, DbErr> {
+    pub async fn record_batch(&self, news: Vec<NewNotification>, keep: u64) -> Result<Recorded, DbErr> {
         if news.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Recorded::default());
         }
         match self.committer.queue(Write::Notifications { news, keep }).await.await {
-            Ok(Written::Notifications(stored)) => Ok(stored),
+            Ok(Written::Notifications(recorded)) => Ok(recorded),
             Ok(_) => Err(DbErr::Custom("committer answered the wrong write".into())),
             Err(e) => Err(DbErr::Custom(e.to_string())),
         }
     }
 
     /// Marks `user`'s message notifications of `conversation` up to `seq` read (through
-    /// the committer: a read marker per message read is as frequent as the messages);
-    /// returns how many changed.
-    pub async fn read_conversation(&self, user: UserId, conversation: ConversationId, seq: i64) -> Result<u64, DbErr> {
+    /// the committer: a read marker per message read is as frequent as the messages).
+    /// When that changed any, returns the user's unread counts after it.
+    pub async fn read_conversation(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        seq: i64,
+    ) -> Result<Option<Unread>, DbErr> {
         match self.committer.queue(Write::ReadNotifications { user, conversation, seq }).await.await {
-            Ok(Written::Count(n)) => Ok(n),
+            Ok(Written::Read(unread)) => Ok(unread),
             Ok(_) => Err(DbErr::Custom("committer answered the wrong write".into())),
             Err(e) => Err(DbErr::Custom(e.to_string())),
         }
@@ -154,27 +181,7 @@ impl NotificationRepo {
 
     /// The unread counts of each of `users` (one query however many).
     pub async fn unread_counts_of(&self, users: &[UserId]) -> Result<HashMap<UserId, Unread>, DbErr> {
-        let rows: Vec<(Uuid, Option<Uuid>, i64)> = notification::Entity::find()
-            .select_only()
-            .column(notification::Column::UserId)
-            .column(notification::Column::ConversationId)
-            .column_as(notification::Column::Id.count(), "count")
-            .filter(notification::Column::UserId.is_in(users.iter().map(|u| u.0)))
-            .filter(notification::Column::ReadAt.is_null())
-            .group_by(notification::Column::UserId)
-            .group_by(notification::Column::ConversationId)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let mut out: HashMap<UserId, Unread> = users.iter().map(|u| (*u, Unread::default())).collect();
-        for (user, conv, count) in rows {
-            let unread = out.entry(UserId(user)).or_default();
-            unread.total += count;
-            if let Some(c) = conv {
-                unread.conversations.insert(ConversationId(c), count);
-            }
-        }
-        Ok(out)
+        unread_counts_in(&self.db, users).await
     }
 
     /// Up to `limit` notifications of `user` with `n > after`, oldest first.
@@ -190,6 +197,35 @@ impl NotificationRepo {
     }
 }
 
+/// The unread counts of each of `users`, on `db` (a connection or a transaction).
+async fn unread_counts_in<C: ConnectionTrait>(db: &C, users: &[UserId]) -> Result<HashMap<UserId, Unread>, DbErr> {
+    let rows: Vec<(Uuid, Option<Uuid>, i64)> = notification::Entity::find()
+        .select_only()
+        .column(notification::Column::UserId)
+        .column(notification::Column::ConversationId)
+        .column_as(notification::Column::Id.count(), "count")
+        .filter(notification::Column::UserId.is_in(users.iter().map(|u| u.0)))
+        .filter(notification::Column::ReadAt.is_null())
+        .group_by(notification::Column::UserId)
+        .group_by(notification::Column::ConversationId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut out: HashMap<UserId, Unread> = users.iter().map(|u| (*u, Unread::default())).collect();
+    for (user, conv, count) in rows {
+        add_unread(out.entry(UserId(user)).or_default(), conv.map(ConversationId), count);
+    }
+    Ok(out)
+}
+
+/// Counts `count` unread notifications of `conversation` (`None`: not of a conversation).
+pub(super) fn add_unread(unread: &mut Unread, conversation: Option<ConversationId>, count: i64) {
+    unread.total += count;
+    if let Some(c) = conversation {
+        unread.conversations.insert(c, count);
+    }
+}
+
 /// [`NotificationRepo::read_conversation`] inside the committer's transaction.
 pub(super) async fn read_conversation_in_txn(
     txn: &DatabaseTransaction,
@@ -197,7 +233,7 @@ pub(super) async fn read_conversation_in_txn(
     conversation: ConversationId,
     seq: i64,
     now: i64,
-) -> Result<u64, DbErr> {
+) -> Result<Option<Unread>, DbErr> {
     let r = notification::Entity::update_many()
         .col_expr(notification::Column::ReadAt, Expr::value(now))
         .filter(notification::Column::UserId.eq(user.0))
@@ -206,7 +242,10 @@ pub(super) async fn read_conversation_in_txn(
         .filter(notification::Column::ReadAt.is_null())
         .exec(txn)
         .await?;
-    Ok(r.rows_affected)
+    if r.rows_affected == 0 {
+        return Ok(None);
+    }
+    Ok(unread_counts_in(txn, &[user]).await?.remove(&user))
 }
 
 /// [`NotificationRepo::record_batch`] inside the committer's transaction: a fixed number
@@ -217,9 +256,9 @@ pub(super) async fn record_in_txn(
     news: &[NewNotification],
     keep: u64,
     now: i64,
-) -> Result<Vec<(UserId, NotificationView)>, DbErr> {
+) -> Result<Recorded, DbErr> {
     if news.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Recorded::default());
     }
     let stored_before = news.iter().fold(Condition::any(), |c, n| {
         c.add(
@@ -240,8 +279,15 @@ pub(super) async fn record_in_txn(
         .collect();
     let fresh: Vec<&NewNotification> = news.iter().filter(|n| seen.insert((n.user.0, n.event_id))).collect();
     if fresh.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Recorded::default());
     }
+    let names: HashMap<Uuid, user::Model> = user::Entity::find()
+        .filter(user::Column::Id.is_in(fresh.iter().filter_map(|n| n.from.map(|(u, _)| u.0))))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
     let mut per_user: HashMap<Uuid, i64> = HashMap::new();
     for n in &fresh {
         *per_user.entry(n.user.0).or_default() += 1;
@@ -290,7 +336,13 @@ pub(super) async fn record_in_txn(
                 kind: new.kind.to_owned(),
                 conversation_id: new.conversation_id.map(|c| c.0),
                 seq: new.seq,
-                payload: new.payload.to_string(),
+                payload: new
+                    .payload_named(
+                        new.from
+                            .and_then(|(u, _)| names.get(&u.0))
+                            .map(|u| (u.username.as_str(), u.display_name.as_str())),
+                    )
+                    .to_string(),
                 read_at: None,
                 created_at: now,
             }
@@ -308,11 +360,15 @@ pub(super) async fn record_in_txn(
     if !over.is_empty() {
         notification::Entity::delete_many().filter(over).exec(txn).await?;
     }
-    Ok(rows
-        .into_iter()
-        .filter(|r| last.get(&r.user_id).is_some_and(|l| r.n > l - keep))
-        .map(|r| (UserId(r.user_id), view(r)))
-        .collect())
+    let users: Vec<UserId> = per_user.keys().map(|u| UserId(*u)).collect();
+    Ok(Recorded {
+        stored: rows
+            .into_iter()
+            .filter(|r| last.get(&r.user_id).is_some_and(|l| r.n > l - keep))
+            .map(|r| (UserId(r.user_id), view(r)))
+            .collect(),
+        unread: unread_counts_in(txn, &users).await?,
+    })
 }
 
 fn unavailable(e: DbErr) -> StoreError {

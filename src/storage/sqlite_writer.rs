@@ -19,18 +19,25 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError, StoredMessage};
+use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError, StoredMessage, Unread};
 use uuid::Uuid;
 
 use super::committer::{MAX_BATCH, Reply, Write, Written};
-use super::notifications::NewNotification;
+use super::notifications::{NewNotification, Recorded, add_unread};
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
 
 /// Prepared statements kept per connection (the writer uses a dozen).
 const STATEMENT_CACHE: usize = 32;
+
+/// Shortest time between the starts of two commits. Each commit is a WAL write and an
+/// fsync, whose CPU (mostly in the kernel) was most of the writer's when every write
+/// committed alone; a message makes three writes (the append, the recipient's delivered
+/// marker, the notification) at different moments. At most this much is added to an ack's
+/// latency, and only when the previous commit was this recent (docs/benchmarks.md).
+const GROUP_WINDOW: Duration = Duration::from_millis(2);
 
 /// Opens the write connection on the database file `path` (created and migrated by the
 /// pool already), with the pool's settings: WAL (a property of the file),
@@ -47,11 +54,23 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
 
 /// The writer thread's loop: waits for a write, takes whatever else is queued (up to
 /// [`MAX_BATCH`]), commits them together, answers each. Ends when every sender is gone.
+///
+/// Commits start at most one per [`GROUP_WINDOW`]: a write that arrives sooner after the
+/// last commit began waits for the rest of the window, with what else arrives meanwhile.
+/// An idle writer commits at once; a busy one puts many writes under one fsync.
 pub(super) fn run(mut conn: Connection, rx: flume::Receiver<(Write, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_commit = Instant::now() - GROUP_WINDOW;
     while let Ok(first) = rx.recv() {
         batch.push(first);
+        // Sleep out the window rather than wait on the queue: a waiting receiver is woken
+        // (a futex call on each side) by every write that arrives, a sleeping one is not.
+        let window_left = (last_commit + GROUP_WINDOW).saturating_duration_since(Instant::now());
+        if !window_left.is_zero() && rx.len() < MAX_BATCH - 1 {
+            std::thread::sleep(window_left);
+        }
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        last_commit = Instant::now();
         commit_batch(&mut conn, std::mem::take(&mut batch));
     }
 }
@@ -93,7 +112,13 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Write, Reply)>) {
 /// inner results are per write (not found, forbidden, a reused id, or what was stored).
 fn write_in_txn(conn: &mut Connection, writes: &[&Write]) -> rusqlite::Result<Vec<Result<Written, StoreError>>> {
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut batch = Batch { db: &txn, now: crate::now_ms(), conversations: HashMap::new(), allowed: HashMap::new() };
+    let mut batch = Batch {
+        db: &txn,
+        now: crate::now_ms(),
+        conversations: HashMap::new(),
+        allowed: HashMap::new(),
+        names: HashMap::new(),
+    };
     let mut appended: HashMap<(Uuid, String), StoredMessage> = HashMap::new();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
@@ -104,7 +129,7 @@ fn write_in_txn(conn: &mut Connection, writes: &[&Write]) -> rusqlite::Result<Ve
             }
             Write::Notifications { news, keep } => Ok(Written::Notifications(batch.notifications(news, *keep)?)),
             Write::ReadNotifications { user, conversation, seq } => {
-                Ok(Written::Count(batch.read_notifications(*user, *conversation, *seq)?))
+                Ok(Written::Read(batch.read_notifications(*user, *conversation, *seq)?))
             }
         });
     }
@@ -136,6 +161,8 @@ struct Batch<'a> {
     now: i64,
     conversations: HashMap<Uuid, Option<Conversation>>,
     allowed: HashMap<(Uuid, Uuid), bool>,
+    /// Username and display name by user id (`None`: no such user).
+    names: HashMap<Uuid, Option<(String, String)>>,
 }
 
 fn uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
@@ -317,12 +344,9 @@ impl Batch<'_> {
 
     /// Stores `news`, skipping events stored for their user before (a redelivery) and
     /// repeats within `news`; numbers each user's new ones in order; deletes each user's
-    /// notifications older than their newest `keep`. Returns what was stored and kept.
-    fn notifications(
-        &mut self,
-        news: &[NewNotification],
-        keep: u64,
-    ) -> rusqlite::Result<Vec<(UserId, NotificationView)>> {
+    /// notifications older than their newest `keep`. Returns what was stored and kept,
+    /// and the unread counts of each user who got one.
+    fn notifications(&mut self, news: &[NewNotification], keep: u64) -> rusqlite::Result<Recorded> {
         let keep = keep as i64;
         let mut seen: HashSet<(Uuid, Uuid)> = HashSet::new();
         let mut last_n: HashMap<Uuid, i64> = HashMap::new();
@@ -347,13 +371,18 @@ impl Batch<'_> {
                 )?
                 .query_row(params![user.as_bytes()], |r| r.get(0))?;
             last_n.insert(user, n);
+            let names = match new.from {
+                Some((from, _)) => self.names(from.0)?,
+                None => None,
+            };
+            let payload = new.payload_named(names.map(|(u, d)| (u.as_str(), d.as_str())));
             let view = NotificationView {
                 id: Uuid::now_v7(),
                 n,
                 kind: new.kind.to_owned(),
                 conversation_id: new.conversation_id,
                 seq: new.seq,
-                payload: new.payload.clone(),
+                payload,
                 read: false,
                 created_at: self.now,
             };
@@ -370,24 +399,59 @@ impl Batch<'_> {
                     view.kind,
                     view.conversation_id.map(|c| *c.0.as_bytes()),
                     view.seq,
-                    new.payload.to_string(),
+                    view.payload.to_string(),
                     view.created_at,
                 ])?;
             stored.push((new.user, view));
         }
+        let mut unread = HashMap::with_capacity(last_n.len());
         for (user, last) in &last_n {
             if *last > keep {
                 self.db
                     .prepare_cached("DELETE FROM notifications WHERE user_id = ?1 AND n <= ?2")?
                     .execute(params![user.as_bytes(), last - keep])?;
             }
+            unread.insert(UserId(*user), self.unread(*user)?);
         }
         stored.retain(|(user, view)| last_n.get(&user.0).is_some_and(|l| view.n > l - keep));
-        Ok(stored)
+        Ok(Recorded { stored, unread })
     }
 
-    /// Marks `user`'s message notifications of `conversation` up to `seq` read.
-    fn read_notifications(&mut self, user: UserId, conversation: ConversationId, seq: i64) -> rusqlite::Result<u64> {
+    /// A user's username and display name (`None`: no such user), once per batch.
+    fn names(&mut self, user: Uuid) -> rusqlite::Result<Option<&(String, String)>> {
+        if !self.names.contains_key(&user) {
+            let found = self
+                .db
+                .prepare_cached("SELECT username, display_name FROM users WHERE id = ?1")?
+                .query_row(params![user.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            self.names.insert(user, found);
+        }
+        Ok(self.names.get(&user).and_then(Option::as_ref))
+    }
+
+    /// A user's unread notifications, per conversation and in all.
+    fn unread(&self, user: Uuid) -> rusqlite::Result<Unread> {
+        let mut unread = Unread::default();
+        let mut counts = self.db.prepare_cached(
+            "SELECT conversation_id, COUNT(*) FROM notifications WHERE user_id = ?1 AND read_at IS NULL \
+             GROUP BY conversation_id",
+        )?;
+        let mut rows = counts.query(params![user.as_bytes()])?;
+        while let Some(r) = rows.next()? {
+            add_unread(&mut unread, opt_uuid_at(r, 0)?.map(ConversationId), r.get(1)?);
+        }
+        Ok(unread)
+    }
+
+    /// Marks `user`'s message notifications of `conversation` up to `seq` read; the
+    /// user's unread counts after it, if that changed any.
+    fn read_notifications(
+        &mut self,
+        user: UserId,
+        conversation: ConversationId,
+        seq: i64,
+    ) -> rusqlite::Result<Option<Unread>> {
         let changed = self
             .db
             .prepare_cached(
@@ -395,6 +459,9 @@ impl Batch<'_> {
                  AND seq <= ?4 AND read_at IS NULL",
             )?
             .execute(params![self.now, user.0.as_bytes(), conversation.0.as_bytes(), seq])?;
-        Ok(changed as u64)
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.unread(user.0).map(Some)
     }
 }

@@ -146,6 +146,7 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
         conversation_id: Some(p[0].conversation),
         seq: Some(i),
         payload: serde_json::json!({"i": i}),
+        from: None,
     };
     let events: Vec<uuid::Uuid> = (0..6).map(|_| uuid::Uuid::now_v7()).collect();
     let (b, other) = (p[0].b, p[1].a);
@@ -153,7 +154,7 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
     let mut batch: Vec<_> = (0..5).map(|i| new(b, events[i], i as i64)).collect();
     batch.insert(3, new(b, events[2], 2));
     batch.push(new(other, events[0], 0));
-    let stored = repo.record_batch(batch.clone(), 10).await.expect("first batch");
+    let stored = repo.record_batch(batch.clone(), 10).await.expect("first batch").stored;
     let ns = |v: &[(UserId, switchboard_actors::ports::NotificationView)], u: UserId| {
         v.iter().filter(|(w, _)| *w == u).map(|(_, n)| (n.n, n.seq)).collect::<Vec<_>>()
     };
@@ -163,13 +164,14 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
     // Redelivered (the whole run again, as after a crash before the ack) plus one new event.
     let mut again = batch.clone();
     again.push(new(b, events[5], 5));
-    let stored = repo.record_batch(again, 10).await.expect("second batch");
+    let stored = repo.record_batch(again, 10).await.expect("second batch").stored;
     assert_eq!(ns(&stored, b), vec![(6, Some(5))], "only the new event is stored");
 
     // Past the cap, only the newest are kept.
     let more: Vec<_> = (6..9).map(|i| new(b, uuid::Uuid::now_v7(), i)).collect();
-    let stored = repo.record_batch(more, 4).await.expect("third batch");
-    assert_eq!(ns(&stored, b), vec![(7, Some(6)), (8, Some(7)), (9, Some(8))]);
+    let recorded = repo.record_batch(more, 4).await.expect("third batch");
+    assert_eq!(ns(&recorded.stored, b), vec![(7, Some(6)), (8, Some(7)), (9, Some(8))]);
+    assert_eq!(recorded.unread.get(&b).map(|u| u.total), Some(4), "the counts come with the batch, after the cap");
     let kept: Vec<i64> = repo.after_n(b, 0, 100).await.expect("list").iter().map(|n| n.n).collect();
     assert_eq!(kept, vec![6, 7, 8, 9]);
     assert_eq!(repo.unread_counts(b).await.expect("counts").total, 4);
