@@ -123,6 +123,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     assert_eq!(n.1["notifications"][0]["kind"], "contact_request");
     assert_eq!(n.1["notifications"][0]["payload"]["username"], "alice");
     assert_eq!(n.0["notifications"][0]["kind"], "contact_accepted");
+    assert_eq!(n.0["notifications"][0]["payload"]["username"], "bob");
 
     let mut bob_ws = Client::connect(&app, &bob).await;
     let mut alice_ws = Client::connect(&app, &alice).await;
@@ -139,6 +140,9 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     };
     assert_eq!(frame["notification"]["kind"], "message");
     assert_eq!(frame["notification"]["payload"]["preview"], "second");
+    // Who it is from, as the notification list shows it (names filled in when stored).
+    assert_eq!(frame["notification"]["payload"]["sender_username"], "alice");
+    assert!(frame["notification"]["payload"]["sender_display_name"].is_string(), "{frame}");
     assert_eq!(frame["unread"]["total"], 3);
 
     let page = list(&app, &bob, "?unread=true").await;

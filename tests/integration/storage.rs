@@ -135,7 +135,16 @@ async fn postgres_batch_appends_number_without_gaps_and_enforce_the_rules() {
 
 #[tokio::test]
 async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
-    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    notifications_are_numbered_once_per_event_and_capped(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
+    notifications_are_numbered_once_per_event_and_capped(Backend::Postgres).await;
+}
+
+async fn notifications_are_numbered_once_per_event_and_capped(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 2, "nb").await.expect("seed");
     let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
@@ -175,4 +184,18 @@ async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
     let kept: Vec<i64> = repo.after_n(b, 0, 100).await.expect("list").iter().map(|n| n.n).collect();
     assert_eq!(kept, vec![6, 7, 8, 9]);
     assert_eq!(repo.unread_counts(b).await.expect("counts").total, 4);
+
+    // The sender's names go into the payload when stored; an unknown sender's are null.
+    let named = |from: UserId| switchboard::storage::notifications::NewNotification {
+        from: Some((from, "sender_")),
+        ..new(b, uuid::Uuid::now_v7(), 9)
+    };
+    let recorded = repo.record_batch(vec![named(p[0].a), named(UserId::new())], 10).await.expect("named");
+    let payloads: Vec<_> = recorded.stored.iter().map(|(_, n)| n.payload.clone()).collect();
+    assert!(payloads[0]["sender_username"].as_str().is_some_and(|u| !u.is_empty()), "{payloads:?}");
+    assert!(payloads[0]["sender_display_name"].is_string(), "{payloads:?}");
+    assert!(payloads[1]["sender_username"].is_null() && payloads[1]["sender_display_name"].is_null(), "{payloads:?}");
+    assert_eq!(payloads[0]["i"], 9, "the rest of the payload is kept");
+    let listed = repo.after_n(b, 9, 10).await.expect("list");
+    assert_eq!(listed[0].payload, payloads[0], "stored as delivered");
 }
