@@ -33,12 +33,12 @@ pub fn router() -> Router {
     Router::with_path("ws").get(upgrade)
 }
 
-/// How long the reader waits for a restarting session actor before giving up on the
-/// connection (the client reconnects and syncs).
 /// Frames the writer task takes from the queue for one write to the socket.
 const WRITE_BATCH: usize = 64;
 /// Bytes of frames gathered before tungstenite writes to the socket without a flush.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// How long the reader waits for a restarting session actor before giving up on the
+/// connection (the client reconnects and syncs).
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection's last frames may take to leave.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);

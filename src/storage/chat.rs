@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -338,59 +338,94 @@ const REUSED_ID: &str = "client_msg_id was already used for another conversation
 /// Rows per multi-row `INSERT` (9 parameters each).
 const INSERT_ROWS: usize = 1000;
 
-/// Raises a user's markers in a conversation (never lowers them; read implies delivered;
-/// both capped at the last seq).
-pub(super) async fn raise_receipt(
+/// A receipt write: raise `user`'s delivered and/or read markers in `conversation`.
+pub(super) type RaiseReceipt = (ConversationId, UserId, Option<i64>, Option<i64>);
+
+/// Raises users' markers (never lowers them; read implies delivered; both capped at the
+/// last seq), a whole batch in two statements: one read of the conversations, one
+/// multi-row upsert that keeps the higher of the stored and the new value (several writes
+/// to one receipt in the batch are merged first). Answers in the order of `writes`, each
+/// with the receipt as the batch leaves it.
+pub(super) async fn raise_receipts(
     txn: &DatabaseTransaction,
-    conversation: ConversationId,
-    user: UserId,
-    delivered_seq: Option<i64>,
-    read_seq: Option<i64>,
+    writes: &[RaiseReceipt],
     now: i64,
-) -> Result<Result<Receipt, StoreError>, DbErr> {
-    let Some(conv) = conversation::Entity::find_by_id(conversation.0).one(txn).await? else {
-        return Ok(Err(StoreError::NotFound));
-    };
-    if conv.user_low != user.0 && conv.user_high != user.0 {
-        return Ok(Err(StoreError::NotFound));
+) -> Result<Vec<Result<Receipt, StoreError>>, DbErr> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
     }
-    let read = read_seq.map(|s| s.clamp(0, conv.last_seq));
-    let delivered = Ord::max(delivered_seq.map(|s| s.clamp(0, conv.last_seq)), read);
-    let row = receipt::ActiveModel {
-        conversation_id: Set(conversation.0),
-        user_id: Set(user.0),
-        delivered_seq: Set(0),
-        read_seq: Set(0),
-        updated_at: Set(now),
-    };
-    receipt::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([receipt::Column::ConversationId, receipt::Column::UserId]).do_nothing().to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    // Conditional updates only ever raise a marker, whatever order devices report in.
-    for (col, value) in [(receipt::Column::DeliveredSeq, delivered), (receipt::Column::ReadSeq, read)] {
-        if let Some(v) = value {
-            receipt::Entity::update_many()
-                .col_expr(col, Expr::value(v))
-                .col_expr(receipt::Column::UpdatedAt, Expr::value(now))
-                .filter(receipt::Column::ConversationId.eq(conversation.0))
-                .filter(receipt::Column::UserId.eq(user.0))
-                .filter(col.lt(v))
-                .exec(txn)
+    let ids: HashSet<Uuid> = writes.iter().map(|(c, ..)| c.0).collect();
+    let conversations: HashMap<Uuid, conversation::Model> = conversation::Entity::find()
+        .filter(conversation::Column::Id.is_in(ids))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    // Per receipt: the highest delivered and read marker asked for (0: leave it).
+    let mut raised: HashMap<(Uuid, Uuid), (i64, i64)> = HashMap::new();
+    for (conversation, user, delivered, read) in writes {
+        let Some(c) = conversations.get(&conversation.0).filter(|c| c.user_low == user.0 || c.user_high == user.0)
+        else {
+            continue;
+        };
+        let read = read.map_or(0, |s| s.clamp(0, c.last_seq));
+        let delivered = Ord::max(delivered.map_or(0, |s| s.clamp(0, c.last_seq)), read);
+        let r = raised.entry((conversation.0, user.0)).or_default();
+        *r = (Ord::max(r.0, delivered), Ord::max(r.1, read));
+    }
+    let mut stored: HashMap<(Uuid, Uuid), (i64, i64)> = HashMap::new();
+    if !raised.is_empty() {
+        let rows = raised.iter().map(|((c, u), (delivered, read))| receipt::ActiveModel {
+            conversation_id: Set(*c),
+            user_id: Set(*u),
+            delivered_seq: Set(*delivered),
+            read_seq: Set(*read),
+            updated_at: Set(now),
+        });
+        let higher =
+            |col: receipt::Column| Func::greatest([Expr::col((receipt::Entity, col)), Expr::col((Excluded, col))]);
+        let grew = Expr::col((Excluded, receipt::Column::DeliveredSeq))
+            .gt(Expr::col((receipt::Entity, receipt::Column::DeliveredSeq)))
+            .or(Expr::col((Excluded, receipt::Column::ReadSeq))
+                .gt(Expr::col((receipt::Entity, receipt::Column::ReadSeq))));
+        let updated_at = CaseStatement::new()
+            .case(grew, Expr::col((Excluded, receipt::Column::UpdatedAt)))
+            .finally(Expr::col((receipt::Entity, receipt::Column::UpdatedAt)));
+        let upsert = OnConflict::columns([receipt::Column::ConversationId, receipt::Column::UserId])
+            .value(receipt::Column::DeliveredSeq, higher(receipt::Column::DeliveredSeq))
+            .value(receipt::Column::ReadSeq, higher(receipt::Column::ReadSeq))
+            .value(receipt::Column::UpdatedAt, updated_at)
+            .to_owned();
+        // Bound each statement's parameters (5 per row) well below both backends' limits.
+        let rows: Vec<receipt::ActiveModel> = rows.collect();
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let returned = receipt::Entity::insert_many(chunk.to_vec())
+                .on_conflict(upsert.clone())
+                .exec_with_returning(txn)
                 .await?;
+            stored
+                .extend(returned.into_iter().map(|r| ((r.conversation_id, r.user_id), (r.delivered_seq, r.read_seq))));
         }
     }
-    let Some(r) = receipt::Entity::find_by_id((conversation.0, user.0)).one(txn).await? else {
-        return Ok(Err(StoreError::NotFound));
-    };
-    Ok(Ok(Receipt {
-        conversation_id: conversation,
-        user_id: user,
-        delivered_seq: r.delivered_seq,
-        read_seq: r.read_seq,
-    }))
+    Ok(writes
+        .iter()
+        .map(|(conversation, user, ..)| {
+            let (delivered_seq, read_seq) =
+                stored.get(&(conversation.0, user.0)).copied().ok_or(StoreError::NotFound)?;
+            Ok(Receipt { conversation_id: *conversation, user_id: *user, delivered_seq, read_seq })
+        })
+        .collect())
+}
+
+/// `excluded`, the row an upsert proposed (SQLite and PostgreSQL).
+#[derive(Clone, Copy)]
+struct Excluded;
+
+impl sea_orm::sea_query::Iden for Excluded {
+    fn unquoted(&self) -> &str {
+        "excluded"
+    }
 }
 
 /// The query for the conversation between `a` and `b` (stored once, as (lower, higher)).

@@ -117,16 +117,27 @@ fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The database file of a SQLite connection (`None` for PostgreSQL or in-memory SQLite).
+/// The database file of a SQLite connection opened read-write on a plain file (`None`
+/// for PostgreSQL, in-memory, read-only or other special SQLite URLs, which the pool
+/// keeps serving).
 fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
+    use sea_orm::sqlx::ConnectOptions;
     if db.get_database_backend() != DbBackend::Sqlite {
         return None;
     }
-    let path = db.get_sqlite_connection_pool().connect_options().get_filename().to_owned();
-    path.is_file().then_some(path)
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let url = options.to_url_lossy();
+    let plain = url.query_pairs().all(|(k, v)| match &*k {
+        "mode" => v == "rw" || v == "rwc",
+        "cache" => true,
+        _ => false,
+    });
+    let path = options.get_filename().to_owned();
+    (plain && path.is_file()).then_some(path)
 }
 
 async fn run(db: DatabaseConnection, rx: flume::Receiver<(Write, Reply)>) {
+    let _drain = super::sqlite_writer::DrainOnExit(rx.clone());
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv_async().await {
         batch.push(first);
@@ -143,7 +154,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
                 let _ = reply.send(result);
             }
         }
-        Err(e) if batch.len() > 1 => {
+        Err(e) if batch.len() > 1 && super::is_constraint_violation(&e) => {
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
             for (write, reply) in batch {
                 let result = match write_in_txn(db, &[&write]).await {
@@ -181,19 +192,30 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
         })
         .collect();
     let mut appended = super::chat::append_all(&txn, &appends, now).await?.into_iter();
-    // Appends first (a receipt in the same batch may count one of them), then receipts
-    // and notifications in queue order.
+    // Appends first (a receipt in the same batch may count one of them).
     for (slot, w) in results.iter_mut().zip(writes) {
         if let Write::Append(_) = w {
             *slot = appended.next().map(|r| r.map(Written::Appended));
         }
     }
+    // Then every receipt at once (two statements for the batch), then notifications in
+    // queue order.
+    let receipts: Vec<super::chat::RaiseReceipt> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Receipt { conversation, user, delivered, read } => Some((*conversation, *user, *delivered, *read)),
+            _ => None,
+        })
+        .collect();
+    let mut raised = super::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
+    for (slot, w) in results.iter_mut().zip(writes) {
+        if let Write::Receipt { .. } = w {
+            *slot = raised.next().map(|r| r.map(Written::Receipt));
+        }
+    }
     for (slot, w) in results.iter_mut().zip(writes) {
         match w {
-            Write::Receipt { conversation, user, delivered, read } => {
-                let r = super::chat::raise_receipt(&txn, *conversation, *user, *delivered, *read, now).await?;
-                *slot = Some(r.map(Written::Receipt));
-            }
+            Write::Receipt { .. } => {}
             Write::Notifications { news, keep } => {
                 let stored = super::notifications::record_in_txn(&txn, news, *keep, now).await?;
                 *slot = Some(Ok(Written::Notifications(stored)));

@@ -92,6 +92,12 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Ok(db)
 }
 
+/// True when `err` is a constraint violation: a write that fails for what it holds (so
+/// its neighbours in a batch are retried without it), not for the database's state.
+pub fn is_constraint_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_) | SqlErr::ForeignKeyConstraintViolation(_)))
+}
+
 /// True when `err` is a unique-constraint violation (a duplicate insert).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))

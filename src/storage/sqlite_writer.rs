@@ -8,14 +8,17 @@
 //! counter, ...), so under load most of a node's CPU went to those hand-offs (futex wait
 //! and wake) rather than to SQLite (docs/benchmarks.md, issue 17's profile). Here a batch
 //! costs one hand-off in and one answer out per write, and each statement is a call into
-//! SQLite on this thread, its plan cached. The statements are the ones the sea-orm
-//! version ran; the PostgreSQL path still runs that version ([`super::committer`]).
+//! SQLite on this thread, its plan cached: per-row statements, which cost microseconds
+//! here, where the sea-orm version ([`super::committer`], still the PostgreSQL path)
+//! batches rows into few statements to save round trips. Both give the same results.
 //!
 //! The write lock is taken first (`BEGIN IMMEDIATE`), so the reads of a batch (the
 //! conversation's `last_seq`, the contact rules, resends) see what its writes build on,
 //! also when other processes write the same file. Writes are applied in queue order and
 //! share the batch's view of each conversation, so a receipt after an append in the same
-//! batch counts that append.
+//! batch counts that append. (The PostgreSQL path runs a batch's appends before its
+//! receipts, so there a receipt queued just before an append may be capped one higher;
+//! a client reports only seqs it was sent, which are committed, so neither caps them.)
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -59,19 +62,39 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
 /// last commit began waits for the rest of the window, with what else arrives meanwhile.
 /// An idle writer commits at once; a busy one puts many writes under one fsync.
 pub(super) fn run(mut conn: Connection, rx: flume::Receiver<(Write, Reply)>) {
+    let _drain = DrainOnExit(rx.clone());
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut last_commit = Instant::now() - GROUP_WINDOW;
+    let mut last_commit: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         // Sleep out the window rather than wait on the queue: a waiting receiver is woken
         // (a futex call on each side) by every write that arrives, a sleeping one is not.
-        let window_left = (last_commit + GROUP_WINDOW).saturating_duration_since(Instant::now());
+        let window_left =
+            last_commit.map_or(Duration::ZERO, |t| (t + GROUP_WINDOW).saturating_duration_since(Instant::now()));
         if !window_left.is_zero() && rx.len() < MAX_BATCH - 1 {
             std::thread::sleep(window_left);
         }
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        last_commit = Instant::now();
-        commit_batch(&mut conn, std::mem::take(&mut batch));
+        last_commit = Some(Instant::now());
+        let writes = std::mem::take(&mut batch);
+        // A panic (a bug) fails its batch, whose callers see their reply dropped, and the
+        // writer goes on: the transaction was rolled back when it unwound.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, writes))).is_err() {
+            tracing::error!("the SQLite writer panicked in a batch; its writes failed");
+        }
+    }
+}
+
+/// Answers every write still queued when the writer ends (every sender gone, or an
+/// unwinding panic) with an error: a queued write must never wait for ever. Shared with the
+/// pool-backed committer.
+pub(super) struct DrainOnExit(pub(super) flume::Receiver<(Write, Reply)>);
+
+impl Drop for DrainOnExit {
+    fn drop(&mut self) {
+        for (_, reply) in self.0.drain() {
+            let _ = reply.send(Err(StoreError::Unavailable("the committer stopped".into())));
+        }
     }
 }
 
@@ -87,9 +110,10 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Write, Reply)>) {
                 let _ = reply.send(result);
             }
         }
-        Err(e) if batch.len() > 1 => {
+        Err(e) if batch.len() > 1 && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
             // One bad write (say a constraint another process raced) must not fail its
-            // neighbours: each alone, one transaction each.
+            // neighbours: each alone, one transaction each. (Not for a busy lock, a full
+            // disk or an I/O error, which every write would meet again, one by one.)
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
             for (write, reply) in batch {
                 let result = match write_in_txn(conn, &[&write]) {

@@ -69,19 +69,6 @@ impl UserRepo {
         Ok(user::Entity::find_by_id(id.0).one(&self.db).await?.map(User::from))
     }
 
-    /// The users among `ids` that exist, by id (one query).
-    pub async fn find_many(
-        &self,
-        ids: impl IntoIterator<Item = UserId>,
-    ) -> Result<std::collections::HashMap<UserId, User>, DbErr> {
-        let ids: Vec<uuid::Uuid> = ids.into_iter().map(|u| u.0).collect();
-        if ids.is_empty() {
-            return Ok(Default::default());
-        }
-        let rows = user::Entity::find().filter(user::Column::Id.is_in(ids)).all(&self.db).await?;
-        Ok(rows.into_iter().map(|m| (UserId(m.id), User::from(m))).collect())
-    }
-
     /// The user with this (lower-cased) username, if any.
     pub async fn find_by_username(&self, username: &Username) -> Result<Option<User>, DbErr> {
         let found = user::Entity::find().filter(user::Column::Username.eq(username.as_str())).one(&self.db).await?;
