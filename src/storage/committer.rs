@@ -76,7 +76,7 @@ impl Committer {
                 Ok(conn) => {
                     let spawned = std::thread::Builder::new()
                         .name("sqlite-writer".into())
-                        .spawn(move || super::sqlite_writer::run(conn, rx));
+                        .spawn(move || super::sqlite_writer::run(conn, &path, rx));
                     match spawned {
                         Ok(_) => return Self { tx },
                         Err(e) => tracing::error!(error = %e, "cannot start the SQLite writer thread"),

@@ -61,8 +61,21 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
 /// Commits start at most one per [`GROUP_WINDOW`]: a write that arrives sooner after the
 /// last commit began waits for the rest of the window, with what else arrives meanwhile.
 /// An idle writer commits at once; a busy one puts many writes under one fsync.
-pub(super) fn run(mut conn: Connection, rx: flume::Receiver<(Write, Reply)>) {
+pub(super) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<(Write, Reply)>) {
     let _drain = DrainOnExit(rx.clone());
+    // Checkpoints run beside the writer; without that thread, SQLite's own (in a commit).
+    let _checkpoints = match start_checkpointer(path) {
+        Ok(running) => {
+            if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+                tracing::warn!(error = %e, "cannot hand checkpoints to their thread");
+            }
+            Some(running)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoint thread; the writer checkpoints in its commits");
+            None
+        }
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_commit: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
@@ -83,6 +96,31 @@ pub(super) fn run(mut conn: Connection, rx: flume::Receiver<(Write, Reply)>) {
             tracing::error!("the SQLite writer panicked in a batch; its writes failed");
         }
     }
+}
+
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Starts the checkpoint thread: every [`CHECKPOINT_EVERY`], a `PASSIVE` checkpoint from a
+/// connection of its own, which copies committed WAL pages into the database file and
+/// fsyncs it while the writer goes on committing (WAL allows both at once). In a commit,
+/// as SQLite does by default every 1,000 pages, that copy and fsync held up every write
+/// queued behind it. SQLite restarts the log from its beginning once a checkpoint has
+/// copied all of it, so the file stays the size of a quarter second of writes. The thread
+/// ends when the returned sender is dropped (the writer ends).
+fn start_checkpointer(path: &Path) -> std::io::Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(std::io::Error::other)?;
+    conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT).map_err(std::io::Error::other)?;
+    let (alive, ended) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(CHECKPOINT_EVERY) {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
+            }
+        }
+    })?;
+    Ok(alive)
 }
 
 /// Answers every write still queued when the writer ends (every sender gone, or an

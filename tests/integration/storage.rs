@@ -199,3 +199,44 @@ async fn notifications_are_numbered_once_per_event_and_capped(backend: Backend) 
     let listed = repo.after_n(b, 9, 10).await.expect("list");
     assert_eq!(listed[0].payload, payloads[0], "stored as delivered");
 }
+
+/// Committed messages reach the database file, not only the write-ahead log: the writer
+/// leaves checkpoints to a thread of their own, and if that thread did nothing the log
+/// would grow for ever and the file stay empty.
+#[tokio::test]
+async fn committed_messages_are_checkpointed_into_the_database_file() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
+    let p = contact_pairs(&db, 1, "ck").await.expect("seed");
+    let file = app.data_dir.path().join("switchboard.db");
+    let before = std::fs::metadata(&file).expect("database file").len();
+    let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
+    // About 8 MiB of messages: 2,000 pages, twice SQLite's default checkpoint threshold.
+    let body = "x".repeat(4000);
+    let mut pending = Vec::new();
+    for i in 0..2000 {
+        pending.push(
+            repo.queue_append(NewMessage {
+                conversation_id: p[0].conversation,
+                sender_id: p[0].a,
+                client_msg_id: format!("ck{i}"),
+                kind: "text".into(),
+                body: body.clone(),
+                file_id: None,
+            })
+            .await,
+        );
+    }
+    for a in pending {
+        a.await.expect("committed");
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&file).expect("database file").len();
+        if size >= before + 8_000_000 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the database file stayed at {size} bytes (was {before})");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
