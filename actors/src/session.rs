@@ -476,6 +476,10 @@ impl SessionState {
         if body.trim().is_empty() {
             return self.error("empty_body", "message body is empty", r);
         }
+        if body.contains('\0') {
+            // Text cannot hold NUL on PostgreSQL (and it is no character a person types).
+            return self.error("invalid_body", "message body must not contain NUL characters", r);
+        }
         if body.len() > self.ctx.limits.max_body_bytes {
             return self.error(
                 "body_too_large",

@@ -363,7 +363,8 @@ pub(super) async fn raise_receipts(
         .map(|c| (c.id, c))
         .collect();
     // Per receipt: the highest delivered and read marker asked for (0: leave it).
-    let mut raised: HashMap<(Uuid, Uuid), (i64, i64)> = HashMap::new();
+    // Ordered: two nodes upserting the same receipts lock their rows in the same order.
+    let mut raised: std::collections::BTreeMap<(Uuid, Uuid), (i64, i64)> = Default::default();
     for (conversation, user, delivered, read) in writes {
         let Some(c) = conversations.get(&conversation.0).filter(|c| c.user_low == user.0 || c.user_high == user.0)
         else {

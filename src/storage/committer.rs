@@ -142,7 +142,12 @@ async fn run(db: DatabaseConnection, rx: flume::Receiver<(Write, Reply)>) {
     while let Ok(first) = rx.recv_async().await {
         batch.push(first);
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        commit_batch(&db, std::mem::take(&mut batch)).await;
+        // A panic (a bug) fails its batch, whose callers see their reply dropped, and the
+        // committer goes on (the transaction rolls back when dropped).
+        let committed = std::panic::AssertUnwindSafe(commit_batch(&db, std::mem::take(&mut batch)));
+        if futures_util::FutureExt::catch_unwind(committed).await.is_err() {
+            tracing::error!("the committer panicked in a batch; its writes failed");
+        }
     }
 }
 
@@ -154,7 +159,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
                 let _ = reply.send(result);
             }
         }
-        Err(e) if batch.len() > 1 && super::is_constraint_violation(&e) => {
+        Err(e) if batch.len() > 1 && !super::affects_every_write(&e) => {
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
             for (write, reply) in batch {
                 let result = match write_in_txn(db, &[&write]).await {

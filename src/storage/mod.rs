@@ -92,10 +92,11 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Ok(db)
 }
 
-/// True when `err` is a constraint violation: a write that fails for what it holds (so
-/// its neighbours in a batch are retried without it), not for the database's state.
-pub fn is_constraint_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_) | SqlErr::ForeignKeyConstraintViolation(_)))
+/// True when `err` is about reaching the database (no connection, pool exhausted), not
+/// about what a statement held: retrying a batch's writes one by one would meet it again
+/// for each. Anything else (a constraint, bad data, a deadlock) may be one write's.
+pub fn affects_every_write(err: &DbErr) -> bool {
+    matches!(err, DbErr::Conn(_) | DbErr::ConnectionAcquire(_))
 }
 
 /// True when `err` is a unique-constraint violation (a duplicate insert).

@@ -10,7 +10,9 @@
 //! costs one hand-off in and one answer out per write, and each statement is a call into
 //! SQLite on this thread, its plan cached: per-row statements, which cost microseconds
 //! here, where the sea-orm version ([`super::committer`], still the PostgreSQL path)
-//! batches rows into few statements to save round trips. Both give the same results.
+//! batches rows into few statements to save round trips. Both store the same rows; the
+//! answers differ only in that the PostgreSQL path answers every receipt write of a batch
+//! with the receipt as the whole batch leaves it.
 //!
 //! The write lock is taken first (`BEGIN IMMEDIATE`), so the reads of a batch (the
 //! conversation's `last_seq`, the contact rules, resends) see what its writes build on,
@@ -51,6 +53,7 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -63,10 +66,11 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
 /// An idle writer commits at once; a busy one puts many writes under one fsync.
 pub(super) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<(Write, Reply)>) {
     let _drain = DrainOnExit(rx.clone());
-    // Checkpoints run beside the writer; without that thread, SQLite's own (in a commit).
+    // Checkpoints run beside the writer; the writer's own (in a commit) only as the
+    // backstop that restarts the log (see [`BACKSTOP_PAGES`]).
     let _checkpoints = match start_checkpointer(path) {
         Ok(running) => {
-            if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+            if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES) {
                 tracing::warn!(error = %e, "cannot hand checkpoints to their thread");
             }
             Some(running)
@@ -94,6 +98,9 @@ pub(super) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<(Write,
         // writer goes on: the transaction was rolled back when it unwound.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, writes))).is_err() {
             tracing::error!("the SQLite writer panicked in a batch; its writes failed");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
     }
 }
@@ -101,22 +108,43 @@ pub(super) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<(Write,
 /// How often the checkpoint thread copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// WAL pages after which the writer checkpoints inside a commit, as SQLite does by default
+/// every 1,000. A checkpoint beside a busy writer copies the log only up to where it stood
+/// when it began, and SQLite restarts the log from its beginning only when a write begins
+/// after a checkpoint copied *all* of it: under steady writes the thread's checkpoints
+/// alone never get there and the log grows without end. This one runs between the
+/// writer's own writes, so it completes and the next commit restarts the log; the thread
+/// has copied most pages by then, so it is short. (`journal_size_limit` then truncates the
+/// file back.)
+const BACKSTOP_PAGES: i64 = 2_000;
+
+/// Bytes the WAL file is truncated back to when the log restarts: a little over the
+/// backstop's 8 MiB, so a steady log reuses its file (growing a file costs more than
+/// overwriting it) and only a log that grew past it, behind a long reader, shrinks.
+const WAL_SIZE_LIMIT: i64 = 12 * 1024 * 1024;
+
 /// Starts the checkpoint thread: every [`CHECKPOINT_EVERY`], a `PASSIVE` checkpoint from a
 /// connection of its own, which copies committed WAL pages into the database file and
 /// fsyncs it while the writer goes on committing (WAL allows both at once). In a commit,
-/// as SQLite does by default every 1,000 pages, that copy and fsync held up every write
-/// queued behind it. SQLite restarts the log from its beginning once a checkpoint has
-/// copied all of it, so the file stays the size of a quarter second of writes. The thread
-/// ends when the returned sender is dropped (the writer ends).
+/// as SQLite does by default every 1,000 pages, all of that copy and fsync held up every
+/// write queued behind it. The thread ends when the returned sender is dropped (the
+/// writer ends). A failing checkpoint is logged once until one succeeds again; the
+/// writer's backstop keeps the log bounded meanwhile.
 fn start_checkpointer(path: &Path) -> std::io::Result<std::sync::mpsc::Sender<()>> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(std::io::Error::other)?;
     conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT).map_err(std::io::Error::other)?;
     let (alive, ended) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        let mut failing = false;
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(CHECKPOINT_EVERY) {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "WAL checkpoint failed; the writer's backstop checkpoints meanwhile");
+                }
+                Err(_) => {}
             }
         }
     })?;
@@ -130,10 +158,42 @@ pub(super) struct DrainOnExit(pub(super) flume::Receiver<(Write, Reply)>);
 
 impl Drop for DrainOnExit {
     fn drop(&mut self) {
-        for (_, reply) in self.0.drain() {
-            let _ = reply.send(Err(StoreError::Unavailable("the committer stopped".into())));
+        let rx = self.0.clone();
+        let answer = move || {
+            // Until every sender is gone (at once when the committer ended normally): a write
+            // queued after this point, or by a sender that was waiting for room, is answered
+            // too, instead of sitting in a queue nobody reads.
+            for (_, reply) in rx.iter() {
+                let _ = reply.send(Err(StoreError::Unavailable("the committer stopped".into())));
+            }
+        };
+        if !self.0.is_disconnected() && std::thread::Builder::new().name("committer-gone".into()).spawn(answer).is_err()
+        {
+            for (_, reply) in self.0.drain() {
+                let _ = reply.send(Err(StoreError::Unavailable("the committer stopped".into())));
+            }
         }
     }
+}
+
+/// Whether `e` is about the database rather than one write (busy, locked, full, I/O, read
+/// only): retrying the batch's writes one by one would meet it again for each.
+fn affects_every_write(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+                | NotADatabase
+                | DatabaseCorrupt
+        )
+    )
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -148,7 +208,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<(Write, Reply)>) {
                 let _ = reply.send(result);
             }
         }
-        Err(e) if batch.len() > 1 && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+        Err(e) if batch.len() > 1 && !affects_every_write(&e) => {
             // One bad write (say a constraint another process raced) must not fail its
             // neighbours: each alone, one transaction each. (Not for a busy lock, a full
             // disk or an I/O error, which every write would meet again, one by one.)

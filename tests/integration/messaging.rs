@@ -337,6 +337,11 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
             Some("w4"),
         ),
         (
+            json!({"type":"send","client_msg_id":"w6","conversation_id":conv,"body":"a\u{0}b"}).to_string(),
+            "invalid_body",
+            Some("w6"),
+        ),
+        (
             json!({"type":"send","client_msg_id":"x".repeat(65),"conversation_id":conv,"body":"x"}).to_string(),
             "invalid_client_msg_id",
             None,

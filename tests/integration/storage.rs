@@ -200,43 +200,85 @@ async fn notifications_are_numbered_once_per_event_and_capped(backend: Backend) 
     assert_eq!(listed[0].payload, payloads[0], "stored as delivered");
 }
 
-/// Committed messages reach the database file, not only the write-ahead log: the writer
-/// leaves checkpoints to a thread of their own, and if that thread did nothing the log
-/// would grow for ever and the file stay empty.
+/// Committed messages reach the database file, and the write-ahead log stays bounded: the
+/// writer leaves checkpoints to a thread of their own (if it did nothing the file would stay
+/// empty), and a checkpoint beside a busy writer never restarts the log by itself (if the
+/// writer's backstop were missing the log would grow with every write).
 #[tokio::test]
-async fn committed_messages_are_checkpointed_into_the_database_file() {
+async fn committed_messages_are_checkpointed_and_the_log_stays_bounded() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 1, "ck").await.expect("seed");
     let file = app.data_dir.path().join("switchboard.db");
+    let wal = app.data_dir.path().join("switchboard.db-wal");
     let before = std::fs::metadata(&file).expect("database file").len();
     let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
-    // About 8 MiB of messages: 2,000 pages, twice SQLite's default checkpoint threshold.
+    // About 24 MiB of messages, steadily: 6,000 pages, three times the writer's backstop.
     let body = "x".repeat(4000);
-    let mut pending = Vec::new();
-    for i in 0..2000 {
-        pending.push(
-            repo.queue_append(NewMessage {
-                conversation_id: p[0].conversation,
-                sender_id: p[0].a,
-                client_msg_id: format!("ck{i}"),
-                kind: "text".into(),
-                body: body.clone(),
-                file_id: None,
-            })
-            .await,
-        );
+    let mut wal_peak = 0;
+    for round in 0..12 {
+        let mut pending = Vec::new();
+        for i in 0..500 {
+            pending.push(
+                repo.queue_append(NewMessage {
+                    conversation_id: p[0].conversation,
+                    sender_id: p[0].a,
+                    client_msg_id: format!("ck{round}-{i}"),
+                    kind: "text".into(),
+                    body: body.clone(),
+                    file_id: None,
+                })
+                .await,
+            );
+        }
+        for a in pending {
+            a.await.expect("committed");
+        }
+        wal_peak = wal_peak.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
     }
-    for a in pending {
-        a.await.expect("committed");
-    }
+    assert!(wal_peak <= 16 * 1024 * 1024, "the write-ahead log grew to {wal_peak} bytes for 24 MiB written");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let size = std::fs::metadata(&file).expect("database file").len();
-        if size >= before + 8_000_000 {
+        if size >= before + 24_000_000 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the database file stayed at {size} bytes (was {before})");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A write the database refuses for what it holds (PostgreSQL refuses NUL in text) fails
+/// alone: the other writes committed with it in one batch are retried without it.
+#[tokio::test]
+async fn postgres_a_write_the_database_refuses_does_not_fail_its_batch() {
+    let app = spawn_app_with(Backend::Postgres, |_| {}).await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
+    let p = contact_pairs(&db, 1, "bad").await.expect("seed");
+    let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
+    let message = |i: usize, body: &str| NewMessage {
+        conversation_id: p[0].conversation,
+        sender_id: p[0].a,
+        client_msg_id: format!("b{i}"),
+        kind: "text".into(),
+        body: body.into(),
+        file_id: None,
+    };
+    // Queued back to back, so they share batches with the bad one.
+    let mut pending = Vec::new();
+    for i in 0..41 {
+        let body = if i == 20 { "nul \0 inside" } else { "fine" };
+        pending.push(repo.queue_append(message(i, body)).await);
+    }
+    let mut ok = 0;
+    for (i, a) in pending.into_iter().enumerate() {
+        match a.await {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(i, 20, "write {i} failed with the bad one: {e}"),
+        }
+    }
+    assert_eq!(ok, 40, "every other write committed");
+    let history = repo.history(p[0].conversation, None, None, 100).await.expect("history");
+    assert_eq!(history.len(), 40);
+    assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>(), "no gap");
 }
