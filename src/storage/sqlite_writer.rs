@@ -241,11 +241,10 @@ fn write_in_txn(conn: &mut Connection, writes: &[&Write]) -> rusqlite::Result<Ve
         allowed: HashMap::new(),
         names: HashMap::new(),
     };
-    let mut appended: HashMap<(Uuid, String), StoredMessage> = HashMap::new();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
         results.push(match w {
-            Write::Append(m) => batch.append(m, &mut appended)?.map(Written::Appended),
+            Write::Append(m) => batch.append(m)?.map(Written::Appended),
             Write::Receipt { conversation, user, delivered, read } => {
                 batch.raise_receipt(*conversation, *user, *delivered, *read)?.map(Written::Receipt)
             }
@@ -336,13 +335,9 @@ impl Batch<'_> {
         Ok(ok)
     }
 
-    /// Appends `m` (or answers a resend with the stored original). `appended` holds this
-    /// batch's new messages by (sender, client_msg_id).
-    fn append(
-        &mut self,
-        m: &NewMessage,
-        appended: &mut HashMap<(Uuid, String), StoredMessage>,
-    ) -> rusqlite::Result<Result<Appended, StoreError>> {
+    /// Appends `m`, or answers a resend with the stored original (one stored by an earlier
+    /// write of this batch included: the transaction sees its own rows).
+    fn append(&mut self, m: &NewMessage) -> rusqlite::Result<Result<Appended, StoreError>> {
         let (conversation, sender) = (m.conversation_id.0, m.sender_id.0);
         let (low, high) = match self.conversation(conversation)? {
             Some(c) if c.has(sender) => (c.low, c.high),
@@ -351,12 +346,7 @@ impl Batch<'_> {
         if !self.may_message(low, high)? {
             return Ok(Err(StoreError::Forbidden(super::contacts::NOT_A_CONTACT)));
         }
-        let key = (sender, m.client_msg_id.clone());
-        let earlier = match appended.get(&key) {
-            Some(first) => Some(first.clone()),
-            None => self.stored_message(sender, &m.client_msg_id)?,
-        };
-        if let Some(old) = earlier {
+        if let Some(old) = self.stored_message(sender, &m.client_msg_id)? {
             return Ok(if old.conversation_id != m.conversation_id {
                 Err(StoreError::Forbidden(REUSED_ID))
             } else {
@@ -393,7 +383,6 @@ impl Batch<'_> {
                 message.file_id.map(|f| *f.0.as_bytes()),
                 message.created_at,
             ])?;
-        appended.insert(key, message.clone());
         Ok(Ok(Appended { message, duplicate: false }))
     }
 

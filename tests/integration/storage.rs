@@ -221,12 +221,8 @@ async fn committed_messages_are_checkpointed_and_the_log_stays_bounded() {
         for i in 0..500 {
             pending.push(
                 repo.queue_append(NewMessage {
-                    conversation_id: p[0].conversation,
-                    sender_id: p[0].a,
-                    client_msg_id: format!("ck{round}-{i}"),
-                    kind: "text".into(),
                     body: body.clone(),
-                    file_id: None,
+                    ..text(p[0].conversation, p[0].a, &format!("ck{round}-{i}"))
                 })
                 .await,
             );
@@ -256,14 +252,8 @@ async fn postgres_a_write_the_database_refuses_does_not_fail_its_batch() {
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 1, "bad").await.expect("seed");
     let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
-    let message = |i: usize, body: &str| NewMessage {
-        conversation_id: p[0].conversation,
-        sender_id: p[0].a,
-        client_msg_id: format!("b{i}"),
-        kind: "text".into(),
-        body: body.into(),
-        file_id: None,
-    };
+    let message =
+        |i: usize, body: &str| NewMessage { body: body.into(), ..text(p[0].conversation, p[0].a, &format!("b{i}")) };
     // Queued back to back, so they share batches with the bad one.
     let mut pending = Vec::new();
     for i in 0..41 {
