@@ -115,7 +115,9 @@ const SB = (() => {
     const p = n.payload || {};
     const who = p.sender_display_name || p.display_name || p.sender_username || p.username || 'someone';
     if (n.kind === 'message') {
-      return p.message_kind === 'file' ? `${who} sent a file` : `${who}: ${p.preview || ''}`;
+      // One notification per conversation: the newest message, and how many are unread.
+      const latest = p.message_kind === 'file' ? `${who} sent a file` : `${who}: ${p.preview || ''}`;
+      return n.count > 1 ? `${n.count} new messages. ${latest}` : latest;
     }
     if (n.kind === 'contact_request') return `${who} (@${p.username}) wants to be your contact`;
     if (n.kind === 'contact_accepted') return `${who} accepted your contact request`;

@@ -162,19 +162,28 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationView {
     pub id: uuid::Uuid,
-    /// The user's notification number: 1, 2, 3, ... with no gaps (the stream cursor).
+    /// The user's notification number, the stream cursor: every change takes the next one
+    /// (1, 2, 3, ...), so a notification updated in place moves up and the numbers it had
+    /// before are gone.
     pub n: i64,
-    /// `message`, `contact_request` or `contact_accepted`.
+    /// `message` (one per conversation, updated in place by each new message: `seq` and
+    /// `payload` are the newest message's), `contact_request` or `contact_accepted`.
     pub kind: String,
     pub conversation_id: Option<ConversationId>,
     pub seq: Option<i64>,
     /// Kind-specific details (sender, preview, requester, ...).
     pub payload: serde_json::Value,
     pub read: bool,
+    /// What it adds to the unread total while unread: a message notification stands for
+    /// the unread messages of its conversation ("3 new messages"), the others for 1; 0 once
+    /// read.
+    pub count: i64,
+    /// When it last changed (a message notification: its newest message's arrival).
     pub created_at: i64,
 }
 
-/// A user's unread notifications: in all, and message notifications per conversation.
+/// A user's unread counts: unread messages per conversation, and in all (those and the
+/// unread contact notifications).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unread {
     pub total: i64,

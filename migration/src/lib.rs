@@ -4,6 +4,8 @@
 //!   conversations, messages, receipts, transfers and their chunks, files, notifications.
 //! - [`m20261127_000002_user_search`]: `users.display_key` and prefix-search indexes.
 //! - [`m20261127_000003_notification_order`]: per-user notification numbers (`n`).
+//! - [`m20261206_000004_notification_per_conversation`]: one message notification per
+//!   (user, conversation), updated in place, with the unread messages it stands for.
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -15,6 +17,7 @@ pub use sea_orm_migration::prelude::*;
 pub mod m20261127_000001_initial;
 pub mod m20261127_000002_user_search;
 pub mod m20261127_000003_notification_order;
+pub mod m20261206_000004_notification_per_conversation;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -26,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_initial::Migration),
             Box::new(m20261127_000002_user_search::Migration),
             Box::new(m20261127_000003_notification_order::Migration),
+            Box::new(m20261206_000004_notification_per_conversation::Migration),
         ]
     }
 }

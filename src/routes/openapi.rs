@@ -255,13 +255,19 @@ pub struct TransferOut {
 #[allow(dead_code)]
 pub struct NotificationOut {
     pub id: String,
+    /// The stream cursor: every change takes the next number.
     pub n: i64,
-    /// `message`, `contact_request` or `contact_accepted`.
+    /// `message` (one per conversation, updated by each new message), `contact_request`
+    /// or `contact_accepted`.
     pub kind: String,
     pub conversation_id: Option<String>,
     pub seq: Option<i64>,
     pub payload: serde_json::Value,
     pub read: bool,
+    /// What it adds to the unread total while unread (unread messages of a message
+    /// notification, 1 for the others); 0 once read.
+    pub count: i64,
+    /// When it last changed.
     pub created_at: i64,
 }
 
@@ -269,7 +275,7 @@ pub struct NotificationOut {
 #[allow(dead_code)]
 pub struct UnreadOut {
     pub total: i64,
-    /// Unread message notifications per conversation id.
+    /// Unread messages per conversation id.
     pub conversations: std::collections::BTreeMap<String, i64>,
 }
 

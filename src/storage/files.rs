@@ -475,12 +475,6 @@ impl FileRepo {
     }
 }
 
-/// `SUM(size)` as a 64-bit integer on both databases (PostgreSQL sums BIGINT to NUMERIC).
-fn sum_of_sizes<C: sea_orm::ColumnTrait>(size: C) -> Expr {
-    use sea_orm::sea_query::Func;
-    Expr::expr(Func::cast_as(Func::sum(Expr::col(size)), "BIGINT"))
-}
-
 /// `(uploads in progress, bytes stored or in progress)` of `user`, read through `db`.
 async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64), DbErr> {
     let uploading = transfer::Entity::find()
@@ -489,7 +483,7 @@ async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64),
     let count = uploading.clone().count(db).await?;
     let pending: Option<i64> = uploading
         .select_only()
-        .column_as(sum_of_sizes(transfer::Column::Size), "s")
+        .column_as(super::sum_bigint(transfer::Column::Size), "s")
         .into_tuple::<Option<i64>>()
         .one(db)
         .await?
@@ -497,7 +491,7 @@ async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64),
     let stored: Option<i64> = file::Entity::find()
         .filter(file::Column::OwnerId.eq(user.0))
         .select_only()
-        .column_as(sum_of_sizes(file::Column::Size), "s")
+        .column_as(super::sum_bigint(file::Column::Size), "s")
         .into_tuple::<Option<i64>>()
         .one(db)
         .await?

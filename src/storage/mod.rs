@@ -103,3 +103,9 @@ pub fn affects_every_write(err: &DbErr) -> bool {
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
+
+/// `SUM(column)` as a 64-bit integer on both databases (PostgreSQL sums BIGINT to NUMERIC).
+pub(crate) fn sum_bigint<C: sea_orm::ColumnTrait>(column: C) -> sea_orm::sea_query::Expr {
+    use sea_orm::sea_query::{Expr, Func};
+    Expr::expr(Func::cast_as(Func::sum(Expr::col(column)), "BIGINT"))
+}

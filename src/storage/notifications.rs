@@ -1,12 +1,14 @@
-//! Notifications: stored per user, numbered `n` = 1, 2, 3, ... (gap-free, assigned in the
-//! inserting transaction), deduplicated by bus event id, capped per user.
+//! Notifications: stored per user, numbered `n` = 1, 2, 3, ... (each change takes the next
+//! number, in the storing transaction), capped per user. A contact notification is one
+//! row per bus event; the messages of a conversation share one row per user, updated in
+//! place with the newest message and the count of unread ones.
 
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
@@ -15,7 +17,7 @@ use switchboard_actors::ports::{NotificationView, StoreError, Unread};
 use uuid::Uuid;
 
 use super::committer::{Committer, Write, Written};
-use super::entities::{notification, notification_counter, user};
+use super::entities::{message, notification, notification_counter, receipt, user};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
 const INSERT_ROWS: usize = 1000;
@@ -73,6 +75,7 @@ fn view(m: notification::Model) -> NotificationView {
         seq: m.seq,
         payload: serde_json::from_str(&m.payload).unwrap_or(Value::Null),
         read: m.read_at.is_some(),
+        count: m.count,
         created_at: m.created_at,
     }
 }
@@ -83,11 +86,13 @@ impl NotificationRepo {
         Self { db, committer }
     }
 
-    /// Stores `news` (through the process's committer, in its next group transaction),
-    /// skipping events stored for their user before (a redelivery) and repeats within
-    /// `news`, numbers each user's new ones in order, and deletes each user's
-    /// notifications older than their newest `keep`. Returns what was stored and kept, in
-    /// order, with its user.
+    /// Stores `news` (through the process's committer, in its next group transaction):
+    /// a contact notification once per (user, event); a message updates its user's
+    /// notification of that conversation (or makes it), once per batch however many
+    /// messages of the conversation the batch has, and never for a message it stands for
+    /// already (a redelivery). Each change takes its user's next number; each user's
+    /// notifications not changed within their newest `keep` numbers are deleted. Returns
+    /// the notifications changed and kept, in order, with their user.
     pub async fn record_batch(&self, news: Vec<NewNotification>, keep: u64) -> Result<Recorded, DbErr> {
         if news.is_empty() {
             return Ok(Recorded::default());
@@ -99,9 +104,10 @@ impl NotificationRepo {
         }
     }
 
-    /// Marks `user`'s message notifications of `conversation` up to `seq` read (through
-    /// the committer: a read marker per message read is as frequent as the messages).
-    /// When that changed any, returns the user's unread counts after it.
+    /// Counts `user`'s messages of `conversation` up to `seq` read in its notification
+    /// (through the committer: a read marker per message read is as frequent as the
+    /// messages); read up to its newest message, it is read. When that changed it,
+    /// returns the user's unread counts after it.
     pub async fn read_conversation(
         &self,
         user: UserId,
@@ -126,6 +132,7 @@ impl NotificationRepo {
         if found {
             notification::Entity::update_many()
                 .col_expr(notification::Column::ReadAt, Expr::value(now))
+                .col_expr(notification::Column::Count, Expr::value(0i64))
                 .filter(notification::Column::Id.eq(id))
                 .filter(notification::Column::UserId.eq(user.0))
                 .filter(notification::Column::ReadAt.is_null())
@@ -139,6 +146,7 @@ impl NotificationRepo {
     pub async fn mark_all_read(&self, user: UserId, now: i64) -> Result<u64, DbErr> {
         let r = notification::Entity::update_many()
             .col_expr(notification::Column::ReadAt, Expr::value(now))
+            .col_expr(notification::Column::Count, Expr::value(0i64))
             .filter(notification::Column::UserId.eq(user.0))
             .filter(notification::Column::ReadAt.is_null())
             .exec(&self.db)
@@ -197,13 +205,14 @@ impl NotificationRepo {
     }
 }
 
-/// The unread counts of each of `users`, on `db` (a connection or a transaction).
+/// The unread counts of each of `users`, on `db` (a connection or a transaction): the sum
+/// of their unread notifications' counts, per conversation and in all.
 async fn unread_counts_in<C: ConnectionTrait>(db: &C, users: &[UserId]) -> Result<HashMap<UserId, Unread>, DbErr> {
     let rows: Vec<(Uuid, Option<Uuid>, i64)> = notification::Entity::find()
         .select_only()
         .column(notification::Column::UserId)
         .column(notification::Column::ConversationId)
-        .column_as(notification::Column::Id.count(), "count")
+        .column_as(super::sum_bigint(notification::Column::Count), "count")
         .filter(notification::Column::UserId.is_in(users.iter().map(|u| u.0)))
         .filter(notification::Column::ReadAt.is_null())
         .group_by(notification::Column::UserId)
@@ -218,7 +227,7 @@ async fn unread_counts_in<C: ConnectionTrait>(db: &C, users: &[UserId]) -> Resul
     Ok(out)
 }
 
-/// Counts `count` unread notifications of `conversation` (`None`: not of a conversation).
+/// Adds `count` unread of `conversation` (`None`: not of a conversation).
 pub(super) fn add_unread(unread: &mut Unread, conversation: Option<ConversationId>, count: i64) {
     unread.total += count;
     if let Some(c) = conversation {
@@ -234,81 +243,162 @@ pub(super) async fn read_conversation_in_txn(
     seq: i64,
     now: i64,
 ) -> Result<Option<Unread>, DbErr> {
-    let r = notification::Entity::update_many()
-        .col_expr(notification::Column::ReadAt, Expr::value(now))
+    let mut q = notification::Entity::find()
         .filter(notification::Column::UserId.eq(user.0))
         .filter(notification::Column::ConversationId.eq(conversation.0))
-        .filter(notification::Column::Seq.lte(seq))
-        .filter(notification::Column::ReadAt.is_null())
+        .filter(notification::Column::Kind.eq(MESSAGE));
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    let Some(row) = q.one(txn).await? else { return Ok(None) };
+    let stored = Stored { seq: row.seq.unwrap_or(0), count: row.count, read: row.read_at.is_some() };
+    let remaining = if partly_read(stored, seq) {
+        message::Entity::find()
+            .filter(message::Column::ConversationId.eq(conversation.0))
+            .filter(message::Column::Seq.gt(seq))
+            .filter(message::Column::Seq.lte(stored.seq))
+            .filter(message::Column::SenderId.ne(user.0))
+            .count(txn)
+            .await? as i64
+    } else {
+        0
+    };
+    let Some(count) = after_read(stored, seq, remaining) else { return Ok(None) };
+    notification::Entity::update_many()
+        .col_expr(notification::Column::Count, Expr::value(count))
+        .col_expr(notification::Column::ReadAt, Expr::value((count == 0).then_some(now)))
+        .filter(notification::Column::Id.eq(row.id))
         .exec(txn)
         .await?;
-    if r.rows_affected == 0 {
-        return Ok(None);
-    }
     Ok(unread_counts_in(txn, &[user]).await?.remove(&user))
 }
 
 /// [`NotificationRepo::record_batch`] inside the committer's transaction: a fixed number
-/// of statements however large the batch (dedupe lookup, counter upsert, one `UPDATE …
-/// CASE … RETURNING` for every user's numbers, multi-row insert, one cap delete).
+/// of statements however large the batch (the stored rows it changes, the read markers,
+/// the names, the counter upsert and one `UPDATE … CASE … RETURNING` for every user's
+/// numbers, one multi-row upsert, one cap delete, the counts).
 pub(super) async fn record_in_txn(
     txn: &DatabaseTransaction,
     news: &[NewNotification],
     keep: u64,
     now: i64,
 ) -> Result<Recorded, DbErr> {
-    if news.is_empty() {
+    let changes = changes(news);
+    if changes.is_empty() {
         return Ok(Recorded::default());
     }
-    let stored_before = news.iter().fold(Condition::any(), |c, n| {
+    // Contact notifications: one per (user, event); a redelivered event is stored already.
+    let singles = changes.iter().filter_map(|c| match c {
+        Change::Single(n) => Some(n),
+        Change::Conversation { .. } => None,
+    });
+    let stored_before = singles.clone().fold(Condition::any(), |c, n| {
         c.add(
             Condition::all()
                 .add(notification::Column::UserId.eq(n.user.0))
                 .add(notification::Column::EventId.eq(n.event_id)),
         )
     });
-    let mut seen: HashSet<(Uuid, Uuid)> = notification::Entity::find()
-        .select_only()
-        .column(notification::Column::UserId)
-        .column(notification::Column::EventId)
-        .filter(stored_before)
-        .into_tuple()
-        .all(txn)
-        .await?
-        .into_iter()
-        .collect();
-    let fresh: Vec<&NewNotification> = news.iter().filter(|n| seen.insert((n.user.0, n.event_id))).collect();
-    if fresh.is_empty() {
+    let seen: HashSet<(Uuid, Uuid)> = if stored_before.is_empty() {
+        HashSet::new()
+    } else {
+        notification::Entity::find()
+            .select_only()
+            .column(notification::Column::UserId)
+            .column(notification::Column::EventId)
+            .filter(stored_before)
+            .into_tuple()
+            .all(txn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    // Message notifications: the rows they update (locked on PostgreSQL, so two notify
+    // instances add to a count one after the other) and the users' read markers.
+    let pairs = changes.iter().filter_map(|c| match c {
+        Change::Conversation { user, conversation, .. } => Some((user.0, conversation.0)),
+        Change::Single(_) => None,
+    });
+    let of_pairs = |user: notification::Column, conversation: notification::Column| {
+        pairs
+            .clone()
+            .fold(Condition::any(), |c, (u, v)| c.add(Condition::all().add(user.eq(u)).add(conversation.eq(v))))
+    };
+    let mut current: HashMap<(Uuid, Uuid), notification::Model> = HashMap::new();
+    let mut read_seqs: HashMap<(Uuid, Uuid), i64> = HashMap::new();
+    let by_pair = of_pairs(notification::Column::UserId, notification::Column::ConversationId);
+    if !by_pair.is_empty() {
+        let mut q = notification::Entity::find()
+            .filter(notification::Column::Kind.eq(MESSAGE))
+            .filter(by_pair)
+            .order_by_asc(notification::Column::Id);
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            q = q.lock_exclusive();
+        }
+        for row in q.all(txn).await? {
+            if let Some(c) = row.conversation_id {
+                current.insert((row.user_id, c), row);
+            }
+        }
+        let markers = pairs.clone().fold(Condition::any(), |c, (u, v)| {
+            c.add(Condition::all().add(receipt::Column::UserId.eq(u)).add(receipt::Column::ConversationId.eq(v)))
+        });
+        for r in receipt::Entity::find().filter(markers).all(txn).await? {
+            read_seqs.insert((r.user_id, r.conversation_id), r.read_seq);
+        }
+    }
+    // What each change makes: (the new or updated row without its number, its user's event).
+    let mut planned: Vec<(notification::Model, &NewNotification)> = Vec::with_capacity(changes.len());
+    for change in &changes {
+        match change {
+            Change::Single(new) => {
+                if seen.contains(&(new.user.0, new.event_id)) {
+                    continue;
+                }
+                planned.push((row_for(new, None, 1, now), new));
+            }
+            Change::Conversation { user, conversation, news } => {
+                let key = (user.0, conversation.0);
+                let old = current.get(&key);
+                let stored = old.map(|m| Stored { seq: m.seq.unwrap_or(0), count: m.count, read: m.read_at.is_some() });
+                let read_seq = read_seqs.get(&key).copied().unwrap_or(0);
+                if let Some(b) = bump(stored, read_seq, news) {
+                    planned.push((row_for(b.newest, old.map(|m| (m.id, m.event_id)), b.count, now), b.newest));
+                }
+            }
+        }
+    }
+    if planned.is_empty() {
         return Ok(Recorded::default());
     }
     let names: HashMap<Uuid, user::Model> = user::Entity::find()
-        .filter(user::Column::Id.is_in(fresh.iter().filter_map(|n| n.from.map(|(u, _)| u.0))))
+        .filter(user::Column::Id.is_in(planned.iter().filter_map(|(_, n)| n.from.map(|(u, _)| u.0))))
         .all(txn)
         .await?
         .into_iter()
         .map(|u| (u.id, u))
         .collect();
     let mut per_user: HashMap<Uuid, i64> = HashMap::new();
-    for n in &fresh {
-        *per_user.entry(n.user.0).or_default() += 1;
+    for (row, _) in &planned {
+        *per_user.entry(row.user_id).or_default() += 1;
     }
 
     // Every user's numbers in two statements: make sure a counter exists, then
-    // last_n += how many are new for that user.
+    // last_n += how many changes that user has.
     notification_counter::Entity::insert_many(
         per_user.keys().map(|u| notification_counter::ActiveModel { user_id: Set(*u), last_n: Set(0) }),
     )
     .on_conflict(OnConflict::column(notification_counter::Column::UserId).do_nothing().to_owned())
     .exec_without_returning(txn)
     .await?;
-    let mut bump = CaseStatement::new();
+    let mut bump_by = CaseStatement::new();
     for (user, k) in &per_user {
-        bump = bump.case(notification_counter::Column::UserId.eq(*user), Expr::val(*k));
+        bump_by = bump_by.case(notification_counter::Column::UserId.eq(*user), Expr::val(*k));
     }
     let last: HashMap<Uuid, i64> = notification_counter::Entity::update_many()
         .col_expr(
             notification_counter::Column::LastN,
-            Expr::col(notification_counter::Column::LastN).add(bump.finally(0i64)),
+            Expr::col(notification_counter::Column::LastN).add(bump_by.finally(0i64)),
         )
         .filter(notification_counter::Column::UserId.is_in(per_user.keys().copied()))
         .exec_with_returning(txn)
@@ -323,33 +413,35 @@ pub(super) async fn record_in_txn(
         };
         next.insert(*user, l - k + 1);
     }
-    let rows: Vec<notification::Model> = fresh
-        .iter()
-        .map(|new| {
-            let n = next.entry(new.user.0).or_default();
+    let rows: Vec<notification::Model> = planned
+        .into_iter()
+        .map(|(mut row, new)| {
+            let n = next.entry(row.user_id).or_default();
+            row.n = *n;
             *n += 1;
-            notification::Model {
-                id: Uuid::now_v7(),
-                user_id: new.user.0,
-                n: *n - 1,
-                event_id: new.event_id,
-                kind: new.kind.to_owned(),
-                conversation_id: new.conversation_id.map(|c| c.0),
-                seq: new.seq,
-                payload: new
-                    .payload_named(
-                        new.from
-                            .and_then(|(u, _)| names.get(&u.0))
-                            .map(|u| (u.username.as_str(), u.display_name.as_str())),
-                    )
-                    .to_string(),
-                read_at: None,
-                created_at: now,
-            }
+            row.payload = new
+                .payload_named(
+                    new.from.and_then(|(u, _)| names.get(&u.0)).map(|u| (u.username.as_str(), u.display_name.as_str())),
+                )
+                .to_string();
+            row
         })
         .collect();
+    // New rows and updated ones in one statement (an update keeps its row's id).
     for chunk in rows.chunks(INSERT_ROWS) {
         notification::Entity::insert_many(chunk.iter().cloned().map(notification::ActiveModel::from))
+            .on_conflict(
+                OnConflict::column(notification::Column::Id)
+                    .update_columns([
+                        notification::Column::N,
+                        notification::Column::Seq,
+                        notification::Column::Payload,
+                        notification::Column::ReadAt,
+                        notification::Column::Count,
+                        notification::Column::CreatedAt,
+                    ])
+                    .to_owned(),
+            )
             .exec_without_returning(txn)
             .await?;
     }
@@ -371,6 +463,119 @@ pub(super) async fn record_in_txn(
     })
 }
 
+/// The row `new` makes (its number and named payload still to be filled in): a new one,
+/// or the update of the message notification `existing` (its id and first event kept).
+fn row_for(new: &NewNotification, existing: Option<(Uuid, Uuid)>, count: i64, now: i64) -> notification::Model {
+    let (id, event_id) = existing.unwrap_or((Uuid::now_v7(), new.event_id));
+    notification::Model {
+        id,
+        user_id: new.user.0,
+        n: 0,
+        event_id,
+        kind: new.kind.to_owned(),
+        conversation_id: new.conversation_id.map(|c| c.0),
+        seq: new.seq,
+        payload: String::new(),
+        read_at: (count == 0).then_some(now),
+        count,
+        created_at: now,
+    }
+}
+
+/// The kind of the notifications that stand for a conversation's messages.
+pub(super) const MESSAGE: &str = "message";
+
+/// What a batch of new notifications changes, in order: each contact notification (once
+/// per (user, event)), and once per (user, conversation) the message notification with
+/// every new message of the batch for it.
+pub(super) enum Change<'a> {
+    Single(&'a NewNotification),
+    Conversation { user: UserId, conversation: ConversationId, news: Vec<&'a NewNotification> },
+}
+
+/// Groups `news` into [`Change`]s, in the order each first appears.
+pub(super) fn changes(news: &[NewNotification]) -> Vec<Change<'_>> {
+    let mut out: Vec<Change<'_>> = Vec::new();
+    let mut conversations: HashMap<(UserId, ConversationId), usize> = HashMap::new();
+    let mut singles: HashSet<(UserId, Uuid)> = HashSet::new();
+    for new in news {
+        match (new.kind, new.conversation_id, new.seq) {
+            (MESSAGE, Some(conversation), Some(_)) => match conversations.get(&(new.user, conversation)) {
+                Some(&i) => {
+                    if let Change::Conversation { news, .. } = &mut out[i] {
+                        news.push(new);
+                    }
+                }
+                None => {
+                    conversations.insert((new.user, conversation), out.len());
+                    out.push(Change::Conversation { user: new.user, conversation, news: vec![new] });
+                }
+            },
+            _ => {
+                if singles.insert((new.user, new.event_id)) {
+                    out.push(Change::Single(new));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A stored message notification, as [`bump`] needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stored {
+    /// The newest message it stands for.
+    pub seq: i64,
+    pub count: i64,
+    pub read: bool,
+}
+
+/// What a message notification becomes.
+#[derive(Debug)]
+pub(super) struct Bump<'a> {
+    /// The newest message (its seq, preview and sender go into the notification).
+    pub newest: &'a NewNotification,
+    /// Unread messages it stands for; 0: read.
+    pub count: i64,
+}
+
+/// The message notification of a conversation after `news` (new messages in it for its
+/// user), given the stored one and the user's read marker: `None` when none is newer
+/// than what is stored (a redelivery). Messages at or below the read marker (read on
+/// another device before their notification was stored) are not counted.
+pub(super) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNotification]) -> Option<Bump<'a>> {
+    let after = stored.map_or(i64::MIN, |s| s.seq);
+    let mut fresh: Vec<(i64, &'a NewNotification)> =
+        news.iter().filter_map(|n| n.seq.filter(|s| *s > after).map(|s| (s, *n))).collect();
+    fresh.sort_by_key(|(s, _)| *s);
+    fresh.dedup_by_key(|(s, _)| *s);
+    let &(newest_seq, newest) = fresh.last()?;
+    let unread_before = stored.filter(|s| !s.read).map_or(0, |s| s.count);
+    let count = if newest_seq <= read_seq {
+        0
+    } else {
+        unread_before + fresh.iter().filter(|(s, _)| *s > read_seq).count() as i64
+    };
+    Some(Bump { newest, count })
+}
+
+/// Whether reading up to `read_seq` leaves some of the messages `stored` stands for
+/// unread: then [`after_read`] needs how many messages from others are left.
+pub(super) fn partly_read(stored: Stored, read_seq: i64) -> bool {
+    !stored.read && read_seq < stored.seq
+}
+
+/// The unread count of the message notification `stored` after its user read up to
+/// `read_seq` (`remaining`: the messages from others after `read_seq`, counted when
+/// [`partly_read`]); `None` if it does not change. 0: read.
+pub(super) fn after_read(stored: Stored, read_seq: i64, remaining: i64) -> Option<i64> {
+    if stored.read {
+        return None;
+    }
+    let count = if partly_read(stored, read_seq) { remaining.clamp(0, stored.count) } else { 0 };
+    (count != stored.count).then_some(count)
+}
+
 fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -383,5 +588,82 @@ impl NotificationStore for NotificationRepo {
 
     async fn unread(&self, user: UserId) -> Result<Unread, StoreError> {
         self.unread_counts(user).await.map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(user: UserId, conversation: ConversationId, seq: i64) -> NewNotification {
+        NewNotification {
+            user,
+            event_id: Uuid::now_v7(),
+            kind: MESSAGE,
+            conversation_id: Some(conversation),
+            seq: Some(seq),
+            payload: serde_json::json!({"seq": seq}),
+            from: None,
+        }
+    }
+
+    fn contact(user: UserId, event_id: Uuid) -> NewNotification {
+        NewNotification {
+            user,
+            event_id,
+            kind: "contact_request",
+            conversation_id: None,
+            seq: None,
+            payload: Value::Null,
+            from: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_changes_each_conversation_once_and_each_contact_event_once() {
+        let (a, b, c) = (UserId::new(), UserId::new(), ConversationId::new());
+        let event = Uuid::now_v7();
+        let news = vec![message(a, c, 1), contact(a, event), message(b, c, 1), message(a, c, 2), contact(a, event)];
+        let got: Vec<(UserId, Vec<Option<i64>>)> = changes(&news)
+            .iter()
+            .map(|ch| match ch {
+                Change::Single(n) => (n.user, vec![]),
+                Change::Conversation { user, news, .. } => (*user, news.iter().map(|n| n.seq).collect()),
+            })
+            .collect();
+        assert_eq!(got, vec![(a, vec![Some(1), Some(2)]), (a, vec![]), (b, vec![Some(1)])]);
+    }
+
+    #[test]
+    fn new_messages_add_to_the_unread_count_and_redeliveries_change_nothing() {
+        let (u, c) = (UserId::new(), ConversationId::new());
+        let news: Vec<NewNotification> = (1..=3).map(|s| message(u, c, s)).collect();
+        let refs: Vec<&NewNotification> = news.iter().collect();
+        let first = bump(None, 0, &refs).expect("new");
+        assert_eq!((first.newest.seq, first.count), (Some(3), 3));
+        // Unread, standing for 1..=3: seq 2 again (redelivered) and 4 new.
+        let stored = Stored { seq: 3, count: 3, read: false };
+        let more = [message(u, c, 2), message(u, c, 4), message(u, c, 4)];
+        let b = bump(Some(stored), 0, &more.iter().collect::<Vec<_>>()).expect("one new");
+        assert_eq!((b.newest.seq, b.count), (Some(4), 4));
+        assert!(bump(Some(stored), 0, &[&news[1]]).is_none(), "a redelivery changes nothing");
+        // Read before: counting starts again.
+        let read = Stored { seq: 3, count: 0, read: true };
+        assert_eq!(bump(Some(read), 3, &[&more[1]]).map(|b| b.count), Some(1));
+        // Read on another device before the notification was stored: not counted.
+        assert_eq!(bump(Some(stored), 4, &[&more[1]]).map(|b| b.count), Some(0));
+        assert_eq!(bump(None, 2, &refs).map(|b| b.count), Some(1), "only seq 3 is after the marker");
+    }
+
+    #[test]
+    fn reading_part_of_a_notification_leaves_the_rest_unread() {
+        let unread = Stored { seq: 10, count: 4, read: false };
+        assert!(!partly_read(unread, 10) && partly_read(unread, 8));
+        assert_eq!(after_read(unread, 10, 0), Some(0), "read to its newest: read");
+        assert_eq!(after_read(unread, 12, 0), Some(0));
+        assert_eq!(after_read(unread, 8, 2), Some(2), "two messages from others left");
+        assert_eq!(after_read(unread, 8, 9), None, "never more than it stood for");
+        assert_eq!(after_read(unread, 8, 0), Some(0));
+        assert_eq!(after_read(Stored { read: true, count: 0, ..unread }, 12, 0), None, "read already");
     }
 }

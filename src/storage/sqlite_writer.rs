@@ -22,7 +22,7 @@
 //! receipts, so there a receipt queued just before an append may be capped one higher;
 //! a client reports only seqs it was sent, which are committed, so neither caps them.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,9 @@ use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt,
 use uuid::Uuid;
 
 use super::committer::{MAX_BATCH, Reply, Write, Written};
-use super::notifications::{NewNotification, Recorded, add_unread};
+use super::notifications::{
+    Change, NewNotification, Recorded, Stored, add_unread, after_read, bump, changes, partly_read,
+};
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
 
 /// Prepared statements kept per connection (the writer uses a dozen).
@@ -453,27 +455,43 @@ impl Batch<'_> {
         Ok(Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq }))
     }
 
-    /// Stores `news`, skipping events stored for their user before (a redelivery) and
-    /// repeats within `news`; numbers each user's new ones in order; deletes each user's
-    /// notifications older than their newest `keep`. Returns what was stored and kept,
-    /// and the unread counts of each user who got one.
+    /// Stores `news` as [`super::notifications::NotificationRepo::record_batch`] says: a
+    /// contact notification per (user, event), one update per (user, conversation) of its
+    /// message notification; numbers each change; deletes each user's notifications
+    /// older than their newest `keep` numbers. Returns what was changed and kept, and the
+    /// unread counts of each user who got one.
     fn notifications(&mut self, news: &[NewNotification], keep: u64) -> rusqlite::Result<Recorded> {
         let keep = keep as i64;
-        let mut seen: HashSet<(Uuid, Uuid)> = HashSet::new();
         let mut last_n: HashMap<Uuid, i64> = HashMap::new();
         let mut stored = Vec::with_capacity(news.len());
-        for new in news {
-            let (user, event) = (new.user.0, new.event_id);
-            if !seen.insert((user, event)) {
-                continue;
-            }
-            let before = self
-                .db
-                .prepare_cached("SELECT 1 FROM notifications WHERE user_id = ?1 AND event_id = ?2")?
-                .exists(params![user.as_bytes(), event.as_bytes()])?;
-            if before {
-                continue;
-            }
+        for change in changes(news) {
+            let (new, existing, count) = match change {
+                Change::Single(new) => {
+                    let before = self
+                        .db
+                        .prepare_cached("SELECT 1 FROM notifications WHERE user_id = ?1 AND event_id = ?2")?
+                        .exists(params![new.user.0.as_bytes(), new.event_id.as_bytes()])?;
+                    if before {
+                        continue;
+                    }
+                    (new, None, 1)
+                }
+                Change::Conversation { user, conversation, news } => {
+                    let (existing, current) = match self.message_notification(user, conversation)? {
+                        Some((id, s)) => (Some(id), Some(s)),
+                        None => (None, None),
+                    };
+                    let read_seq: i64 = self
+                        .db
+                        .prepare_cached("SELECT read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2")?
+                        .query_row(params![conversation.0.as_bytes(), user.0.as_bytes()], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(0);
+                    let Some(b) = bump(current, read_seq, &news) else { continue };
+                    (b.newest, existing, b.count)
+                }
+            };
+            let user = new.user.0;
             let n: i64 = self
                 .db
                 .prepare_cached(
@@ -488,31 +506,52 @@ impl Batch<'_> {
             };
             let payload = new.payload_named(names.map(|(u, d)| (u.as_str(), d.as_str())));
             let view = NotificationView {
-                id: Uuid::now_v7(),
+                id: existing.unwrap_or_else(Uuid::now_v7),
                 n,
                 kind: new.kind.to_owned(),
                 conversation_id: new.conversation_id,
                 seq: new.seq,
                 payload,
-                read: false,
+                read: count == 0,
+                count,
                 created_at: self.now,
             };
-            self.db
-                .prepare_cached(
-                    "INSERT INTO notifications (id, user_id, n, event_id, kind, conversation_id, seq, payload, \
-                     read_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9)",
-                )?
-                .execute(params![
-                    view.id.as_bytes(),
-                    user.as_bytes(),
-                    n,
-                    event.as_bytes(),
-                    view.kind,
-                    view.conversation_id.map(|c| *c.0.as_bytes()),
-                    view.seq,
-                    view.payload.to_string(),
-                    view.created_at,
-                ])?;
+            let read_at = view.read.then_some(self.now);
+            if existing.is_some() {
+                self.db
+                    .prepare_cached(
+                        "UPDATE notifications SET n = ?1, seq = ?2, payload = ?3, read_at = ?4, count = ?5, \
+                         created_at = ?6 WHERE id = ?7",
+                    )?
+                    .execute(params![
+                        n,
+                        view.seq,
+                        view.payload.to_string(),
+                        read_at,
+                        count,
+                        view.created_at,
+                        view.id.as_bytes()
+                    ])?;
+            } else {
+                self.db
+                    .prepare_cached(
+                        "INSERT INTO notifications (id, user_id, n, event_id, kind, conversation_id, seq, payload, \
+                         read_at, count, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )?
+                    .execute(params![
+                        view.id.as_bytes(),
+                        user.as_bytes(),
+                        n,
+                        new.event_id.as_bytes(),
+                        view.kind,
+                        view.conversation_id.map(|c| *c.0.as_bytes()),
+                        view.seq,
+                        view.payload.to_string(),
+                        read_at,
+                        count,
+                        view.created_at,
+                    ])?;
+            }
             stored.push((new.user, view));
         }
         let mut unread = HashMap::with_capacity(last_n.len());
@@ -528,6 +567,25 @@ impl Batch<'_> {
         Ok(Recorded { stored, unread })
     }
 
+    /// `user`'s message notification of `conversation`, if any: its id and what it stands for.
+    fn message_notification(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> rusqlite::Result<Option<(Uuid, Stored)>> {
+        // The literal kind lets SQLite use the partial index on (user, conversation).
+        self.db
+            .prepare_cached(
+                "SELECT id, seq, count, read_at IS NOT NULL FROM notifications \
+                 WHERE user_id = ?1 AND conversation_id = ?2 AND kind = 'message'",
+            )?
+            .query_row(params![user.0.as_bytes(), conversation.0.as_bytes()], |r| {
+                let seq: Option<i64> = r.get(1)?;
+                Ok((uuid_at(r, 0)?, Stored { seq: seq.unwrap_or(0), count: r.get(2)?, read: r.get(3)? }))
+            })
+            .optional()
+    }
+
     /// A user's username and display name (`None`: no such user), once per batch.
     fn names(&mut self, user: Uuid) -> rusqlite::Result<Option<&(String, String)>> {
         if !self.names.contains_key(&user) {
@@ -541,11 +599,11 @@ impl Batch<'_> {
         Ok(self.names.get(&user).and_then(Option::as_ref))
     }
 
-    /// A user's unread notifications, per conversation and in all.
+    /// A user's unread counts, per conversation and in all.
     fn unread(&self, user: Uuid) -> rusqlite::Result<Unread> {
         let mut unread = Unread::default();
         let mut counts = self.db.prepare_cached(
-            "SELECT conversation_id, COUNT(*) FROM notifications WHERE user_id = ?1 AND read_at IS NULL \
+            "SELECT conversation_id, SUM(count) FROM notifications WHERE user_id = ?1 AND read_at IS NULL \
              GROUP BY conversation_id",
         )?;
         let mut rows = counts.query(params![user.as_bytes()])?;
@@ -555,24 +613,31 @@ impl Batch<'_> {
         Ok(unread)
     }
 
-    /// Marks `user`'s message notifications of `conversation` up to `seq` read; the
-    /// user's unread counts after it, if that changed any.
+    /// Counts `user`'s messages of `conversation` up to `seq` read in its notification;
+    /// the user's unread counts after it, if that changed it.
     fn read_notifications(
         &mut self,
         user: UserId,
         conversation: ConversationId,
         seq: i64,
     ) -> rusqlite::Result<Option<Unread>> {
-        let changed = self
-            .db
-            .prepare_cached(
-                "UPDATE notifications SET read_at = ?1 WHERE user_id = ?2 AND conversation_id = ?3 \
-                 AND seq <= ?4 AND read_at IS NULL",
-            )?
-            .execute(params![self.now, user.0.as_bytes(), conversation.0.as_bytes(), seq])?;
-        if changed == 0 {
-            return Ok(None);
-        }
+        let Some((id, stored)) = self.message_notification(user, conversation)? else { return Ok(None) };
+        let remaining: i64 = if partly_read(stored, seq) {
+            self.db
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 \
+                     AND sender_id <> ?4",
+                )?
+                .query_row(params![conversation.0.as_bytes(), seq, stored.seq, user.0.as_bytes()], |r| r.get(0))?
+        } else {
+            0
+        };
+        let Some(count) = after_read(stored, seq, remaining) else { return Ok(None) };
+        self.db.prepare_cached("UPDATE notifications SET count = ?1, read_at = ?2 WHERE id = ?3")?.execute(params![
+            count,
+            (count == 0).then_some(self.now),
+            id.as_bytes()
+        ])?;
         self.unread(user.0).map(Some)
     }
 }

@@ -93,20 +93,26 @@ impl SseReader {
         }
     }
 
-    /// Reads until a notification with number `n` arrived; returns the numbers seen.
-    async fn notifications_until(&mut self, n: i64) -> Vec<i64> {
-        let mut seen = vec![];
+    /// Reads until a notification that `done` accepts arrived; returns the notifications
+    /// seen, checking that each event's id is its number.
+    async fn notifications_until(&mut self, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen: Vec<Value> = vec![];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while seen.last() != Some(&n) {
-            assert!(tokio::time::Instant::now() < deadline, "notification {n} never came: {seen:?}");
-            let (name, id, data) = self.next().await.unwrap_or_else(|| panic!("stream ended before {n}: {seen:?}"));
+        while !seen.last().is_some_and(&done) {
+            assert!(tokio::time::Instant::now() < deadline, "the notification never came: {seen:?}");
+            let (name, id, data) = self.next().await.unwrap_or_else(|| panic!("stream ended: {seen:?}"));
             if name == "notification" {
                 assert_eq!(id.as_deref().map(|i| i.parse::<i64>().unwrap()), data["n"].as_i64());
-                seen.push(data["n"].as_i64().unwrap());
+                seen.push(data);
             }
         }
         seen
     }
+}
+
+/// The numbers of `notifications`.
+fn numbers(notifications: &[Value]) -> Vec<i64> {
+    notifications.iter().map(|n| n["n"].as_i64().unwrap()).collect()
 }
 
 #[tokio::test]
@@ -147,11 +153,37 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
 
     let page = list(&app, &bob, "?unread=true").await;
     assert_eq!(page["unread"]["total"], 3);
-    let ns: Vec<i64> = page["notifications"].as_array().unwrap().iter().map(|n| n["n"].as_i64().unwrap()).collect();
-    assert_eq!(ns, vec![3, 2, 1], "numbered 1, 2, 3 per user, newest first");
+    // One notification for the conversation, standing for both messages, above the
+    // contact request (number 1).
+    let notes = page["notifications"].as_array().unwrap();
+    assert_eq!(notes.len(), 2, "{page}");
+    assert_eq!((notes[0]["kind"].as_str(), notes[0]["count"].as_i64()), (Some("message"), Some(2)));
+    assert_eq!((notes[0]["seq"].as_i64(), notes[0]["payload"]["preview"].as_str()), (Some(2), Some("second")));
+    assert_eq!((notes[1]["kind"].as_str(), notes[1]["n"].as_i64()), (Some("contact_request"), Some(1)));
+    assert!(notes[0]["n"].as_i64() > Some(1));
 
-    // Reading the conversation up to seq 2 clears its message notifications.
-    bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 2})).await;
+    // Reading up to seq 1 leaves one unread; a third message adds to it.
+    bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 1})).await;
+    loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["notification"].is_null() && f["unread"]["conversations"][&conv] == 1 {
+            assert_eq!(f["unread"]["total"], 2);
+            break;
+        }
+    }
+    alice_ws.send_to_conv("m3", &conv, "third").await;
+    alice_ws.next_of("ack").await;
+    let f = loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["notification"]["payload"]["preview"] == "third" {
+            break f;
+        }
+    };
+    assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(2), Some(2)));
+    assert_eq!(f["notification"]["id"], notes[0]["id"], "the same notification, updated");
+
+    // Reading the conversation up to its last message clears its notification.
+    bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 3})).await;
     loop {
         let f = bob_ws.next_of("notification").await;
         if f["notification"].is_null() && f["unread"]["total"] == 1 {
@@ -218,19 +250,20 @@ async fn a_user_only_ever_sees_their_own_notifications() {
 }
 
 #[tokio::test]
-async fn a_killed_stream_actor_restarts_and_the_stream_resumes_without_gap_or_repeat() {
+async fn a_killed_stream_actor_restarts_and_the_stream_resumes_in_order_without_repeats() {
     let app = app().await;
     let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut alice_ws = Client::connect(&app, &alice).await;
     let mut stream = SseReader::open(&app, &bob, None).await;
     // n = 1 is Alice's contact request.
-    let mut seen = stream.notifications_until(1).await;
+    let mut seen = stream.notifications_until(|n| n["kind"] == "contact_request").await;
+    let of_seq = |seq: i64| move |n: &Value| n["seq"] == seq;
     alice_ws.send_to_user("m0", &bob_id, "0").await;
     let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
     for i in 1..5 {
         alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
     }
-    seen.extend(stream.notifications_until(6).await);
+    seen.extend(stream.notifications_until(of_seq(5)).await);
 
     let kill = app
         .client()
@@ -249,7 +282,7 @@ async fn a_killed_stream_actor_restarts_and_the_stream_resumes_without_gap_or_re
     while let Some((name, _, data)) = stream.next().await {
         assert!(tokio::time::Instant::now() < deadline, "the stream did not end with its actor");
         if name == "notification" {
-            seen.push(data["n"].as_i64().unwrap());
+            seen.push(data);
         }
     }
     let restarts = poll("the supervisor to restart the stream actor", || async {
@@ -266,14 +299,23 @@ async fn a_killed_stream_actor_restarts_and_the_stream_resumes_without_gap_or_re
         (v["notifications"]["restarts"].as_u64()? >= 1).then_some(())
     });
     restarts.await;
-    // The browser reconnects with the last id it got.
-    let last = *seen.last().unwrap();
+    // The browser reconnects with the last id it got: it gets the conversation's
+    // notification as it is now (the messages sent while it was away), then live ones.
+    let last = *numbers(&seen).last().unwrap();
     let mut stream = SseReader::open(&app, &bob, Some(last)).await;
+    let caught_up = stream.notifications_until(|n| n["seq"].as_i64() >= Some(10)).await;
+    assert!(caught_up.iter().all(|n| n["n"].as_i64() > Some(last)), "nothing from before the resume point");
+    seen.extend(caught_up);
     for i in 10..15 {
         alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
     }
-    seen.extend(stream.notifications_until(16).await);
-    assert_eq!(seen, (1..=16).collect::<Vec<_>>(), "every notification once, in order");
+    seen.extend(stream.notifications_until(of_seq(15)).await);
+    let ns = numbers(&seen);
+    assert!(ns.windows(2).all(|w| w[0] < w[1]), "in order, none twice: {ns:?}");
+    let newest = seen.last().unwrap();
+    assert_eq!((newest["count"].as_i64(), newest["payload"]["preview"].as_str()), (Some(15), Some("14")));
+    let seqs: Vec<i64> = seen.iter().filter_map(|n| n["seq"].as_i64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "each change newer than the last: {seqs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,13 +363,17 @@ async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
     let notes = all_notifications(&cluster, &bob).await;
     let messages: Vec<&Value> = notes.iter().filter(|n| n["kind"] == "message").collect();
     let requests = notes.iter().filter(|n| n["kind"] == "contact_request").count();
-    assert_eq!(messages.len(), 200, "one notification per message");
+    assert_eq!(messages.len(), 1, "one notification for the conversation");
     assert_eq!(requests, 6, "alice's and the five new requests");
-    let ids: HashSet<String> =
-        messages.iter().map(|n| n["payload"]["message_id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ids, acked, "exactly the acknowledged messages");
+    let last_acked = alice_ws.acks.values().find(|(_, seq)| *seq == 200).expect("seq 200 acked");
+    assert_eq!(messages[0]["count"], 200, "standing for every acknowledged message once");
+    assert_eq!(
+        (messages[0]["seq"].as_i64(), messages[0]["payload"]["message_id"].as_str()),
+        (Some(200), Some(last_acked.0.as_str()))
+    );
+    assert_eq!(acked.len(), 200);
     let ns: BTreeSet<i64> = notes.iter().map(|n| n["n"].as_i64().unwrap()).collect();
-    assert_eq!(ns, (1..=206).collect::<BTreeSet<_>>(), "numbered without gaps or repeats");
+    assert_eq!(ns.len(), 7, "numbered without repeats");
     let page = list(&cluster, &bob, "").await;
     assert_eq!(page["unread"]["total"], 206);
     assert_eq!(page["unread"]["conversations"][&conv], 200);
@@ -349,18 +395,18 @@ async fn only_the_newest_notifications_are_kept_per_user() {
     let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.notify.max_per_user = 10).await;
     let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let mut alice_ws = Client::connect(&app, &alice).await;
+    let mut bob_ws = Client::connect(&app, &bob).await;
     alice_ws.send_to_user("m0", &bob_id, "0").await;
     let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    // One message at a time, each a change of the conversation's notification (a number).
     for i in 1..15 {
         alice_ws.send_to_conv(&format!("m{i}"), &conv, &format!("{i}")).await;
+        while bob_ws.next_of("notification").await["notification"]["seq"] != i + 1 {}
     }
-    // 1 contact request + 15 messages = 16 made; the newest 10 (n = 7..=16) kept.
-    let notes = poll("the sixteenth notification", || async {
-        let all = all_notifications(&app, &bob).await;
-        (all.first()?["n"] == 16).then_some(all)
-    })
-    .await;
-    let ns: Vec<i64> = notes.iter().map(|n| n["n"].as_i64().unwrap()).collect();
-    assert_eq!(ns, (7..=16).rev().collect::<Vec<_>>());
-    assert_eq!(list(&app, &bob, "").await["unread"]["total"], 10, "counts follow what is kept");
+    // The contact request (n = 1) has not changed within the newest 10 numbers: deleted.
+    let notes = all_notifications(&app, &bob).await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!((notes[0]["kind"].as_str(), notes[0]["count"].as_i64()), (Some("message"), Some(15)));
+    assert!(notes[0]["n"].as_i64() >= Some(15), "{notes:?}");
+    assert_eq!(list(&app, &bob, "").await["unread"]["total"], 15, "counts follow what is kept");
 }

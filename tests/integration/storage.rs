@@ -12,7 +12,7 @@ use switchboard::storage::committer::Committer;
 use switchboard::storage::contacts::ContactRepo;
 use switchboard::storage::entities::block;
 use switchboard::storage::seed::contact_pairs;
-use switchboard_actors::ports::{Appended, ChatStore, NewMessage, StoreError};
+use switchboard_actors::ports::{Appended, ChatStore, NewMessage, NotificationView, StoreError};
 
 use crate::helpers::{Backend, spawn_app_with};
 
@@ -134,61 +134,114 @@ async fn postgres_batch_appends_number_without_gaps_and_enforce_the_rules() {
 }
 
 #[tokio::test]
-async fn notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
-    notifications_are_numbered_once_per_event_and_capped(Backend::Sqlite).await;
+async fn notifications_in_a_batch_are_numbered_once_per_change_and_capped() {
+    notifications_are_numbered_once_per_change_and_capped(Backend::Sqlite).await;
 }
 
 #[tokio::test]
-async fn postgres_notifications_in_a_batch_are_numbered_once_per_event_and_capped() {
-    notifications_are_numbered_once_per_event_and_capped(Backend::Postgres).await;
+async fn postgres_notifications_in_a_batch_are_numbered_once_per_change_and_capped() {
+    notifications_are_numbered_once_per_change_and_capped(Backend::Postgres).await;
 }
 
-async fn notifications_are_numbered_once_per_event_and_capped(backend: Backend) {
+/// (n, kind, seq, count) of each of `user`'s notifications in `stored`.
+fn summary(stored: &[(UserId, NotificationView)], user: UserId) -> Vec<(i64, String, Option<i64>, i64)> {
+    stored.iter().filter(|(u, _)| *u == user).map(|(_, n)| (n.n, n.kind.clone(), n.seq, n.count)).collect()
+}
+
+async fn notifications_are_numbered_once_per_change_and_capped(backend: Backend) {
+    use switchboard::storage::notifications::{NewNotification, NotificationRepo};
     let app = spawn_app_with(backend, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 2, "nb").await.expect("seed");
-    let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
-    let new = |user: UserId, event: uuid::Uuid, i: i64| switchboard::storage::notifications::NewNotification {
+    let committer = Committer::start(db.clone());
+    let repo = NotificationRepo::new(db.clone(), committer.clone());
+    let chat = ChatRepo::new(db.clone(), committer);
+    let (b, other, c0, c1) = (p[0].b, p[1].a, p[0].conversation, p[1].conversation);
+    // Six messages from a to b, so reads have something to count.
+    for i in 1..=6 {
+        chat.append(text(c0, p[0].a, &format!("n{i}"))).await.expect("append");
+    }
+    let message = |user: UserId, conversation: ConversationId, seq: i64| NewNotification {
         user,
-        event_id: event,
+        event_id: uuid::Uuid::now_v7(),
         kind: "message",
-        conversation_id: Some(p[0].conversation),
-        seq: Some(i),
-        payload: serde_json::json!({"i": i}),
+        conversation_id: Some(conversation),
+        seq: Some(seq),
+        payload: serde_json::json!({"seq": seq}),
         from: None,
     };
-    let events: Vec<uuid::Uuid> = (0..6).map(|_| uuid::Uuid::now_v7()).collect();
-    let (b, other) = (p[0].b, p[1].a);
-    // Five events for b (the third delivered twice in the run) and one for someone else.
-    let mut batch: Vec<_> = (0..5).map(|i| new(b, events[i], i as i64)).collect();
-    batch.insert(3, new(b, events[2], 2));
-    batch.push(new(other, events[0], 0));
-    let stored = repo.record_batch(batch.clone(), 10).await.expect("first batch").stored;
-    let ns = |v: &[(UserId, switchboard_actors::ports::NotificationView)], u: UserId| {
-        v.iter().filter(|(w, _)| *w == u).map(|(_, n)| (n.n, n.seq)).collect::<Vec<_>>()
+    let contact = |user: UserId, event_id: uuid::Uuid| NewNotification {
+        user,
+        event_id,
+        kind: "contact_request",
+        conversation_id: None,
+        seq: None,
+        payload: serde_json::json!({}),
+        from: None,
     };
-    assert_eq!(ns(&stored, b), (1..=5).map(|n| (n, Some(n - 1))).collect::<Vec<_>>(), "numbered once per event");
-    assert_eq!(ns(&stored, other), vec![(1, Some(0))], "the same event for another user is theirs");
+    let kind = |k: &str| k.to_owned();
+    // A contact request (delivered twice in the run), five messages of one conversation
+    // (the third twice), one of another, and one for another user.
+    let request = uuid::Uuid::now_v7();
+    let mut batch = vec![contact(b, request)];
+    batch.extend((1..=5).map(|s| message(b, c0, s)));
+    batch.insert(4, message(b, c0, 3));
+    batch.extend([contact(b, request), message(b, c1, 1), message(other, c0, 1)]);
+    let recorded = repo.record_batch(batch.clone(), 10).await.expect("first batch");
+    assert_eq!(
+        summary(&recorded.stored, b),
+        vec![(1, kind("contact_request"), None, 1), (2, kind("message"), Some(5), 5), (3, kind("message"), Some(1), 1)],
+        "one notification per conversation, counting its messages once each"
+    );
+    assert_eq!(summary(&recorded.stored, other), vec![(1, kind("message"), Some(1), 1)]);
+    let counts = &recorded.unread[&b];
+    assert_eq!((counts.total, counts.conversations[&c0], counts.conversations[&c1]), (7, 5, 1));
+    let c0_id = recorded.stored[1].1.id;
 
-    // Redelivered (the whole run again, as after a crash before the ack) plus one new event.
+    // Redelivered (the whole run again, as after a crash before the ack) plus a new
+    // message: only that conversation's notification changes, in place, to the top.
     let mut again = batch.clone();
-    again.push(new(b, events[5], 5));
-    let stored = repo.record_batch(again, 10).await.expect("second batch").stored;
-    assert_eq!(ns(&stored, b), vec![(6, Some(5))], "only the new event is stored");
+    again.push(message(b, c0, 6));
+    let recorded = repo.record_batch(again, 10).await.expect("second batch");
+    assert_eq!(summary(&recorded.stored, b), vec![(4, kind("message"), Some(6), 6)]);
+    assert_eq!(recorded.stored[0].1.id, c0_id, "the same notification, updated");
+    assert_eq!(recorded.stored[0].1.payload["seq"], 6, "showing the newest message");
+    let listed: Vec<i64> = repo.after_n(b, 0, 100).await.expect("list").iter().map(|n| n.n).collect();
+    assert_eq!(listed, vec![1, 3, 4], "the numbers it had before are gone");
 
-    // Past the cap, only the newest are kept.
-    let more: Vec<_> = (6..9).map(|i| new(b, uuid::Uuid::now_v7(), i)).collect();
+    // Read up to seq 4: two of a's messages left; again: no change; up to 6: read.
+    let unread = repo.read_conversation(b, c0, 4).await.expect("read").expect("changed");
+    assert_eq!((unread.total, unread.conversations[&c0]), (4, 2));
+    assert!(repo.read_conversation(b, c0, 4).await.expect("read").is_none());
+    let unread = repo.read_conversation(b, c0, 6).await.expect("read").expect("changed");
+    assert_eq!(unread.total, 2);
+    assert!(!unread.conversations.contains_key(&c0));
+    let c0_now = repo.after_n(b, 3, 10).await.expect("list");
+    assert!(c0_now[0].read && c0_now[0].count == 0, "{c0_now:?}");
+
+    // A message read on another device before its notification is stored is not unread.
+    chat.append(text(c0, p[0].a, "n7")).await.expect("append");
+    chat.update_receipt(c0, b, None, Some(7)).await.expect("read marker");
+    let recorded = repo.record_batch(vec![message(b, c0, 7)], 10).await.expect("read already");
+    assert_eq!(summary(&recorded.stored, b), vec![(5, kind("message"), Some(7), 0)]);
+    assert!(recorded.stored[0].1.read);
+    assert_eq!(recorded.unread[&b].total, 2);
+
+    // Past the cap: three new changes with 4 kept keep numbers 5..=8.
+    let more: Vec<_> = (0..3).map(|_| contact(b, uuid::Uuid::now_v7())).collect();
     let recorded = repo.record_batch(more, 4).await.expect("third batch");
-    assert_eq!(ns(&recorded.stored, b), vec![(7, Some(6)), (8, Some(7)), (9, Some(8))]);
-    assert_eq!(recorded.unread.get(&b).map(|u| u.total), Some(4), "the counts come with the batch, after the cap");
+    let ns: Vec<i64> = recorded.stored.iter().map(|(_, n)| n.n).collect();
+    assert_eq!(ns, vec![6, 7, 8]);
+    assert_eq!(recorded.unread[&b].total, 3, "the counts come with the batch, after the cap");
     let kept: Vec<i64> = repo.after_n(b, 0, 100).await.expect("list").iter().map(|n| n.n).collect();
-    assert_eq!(kept, vec![6, 7, 8, 9]);
-    assert_eq!(repo.unread_counts(b).await.expect("counts").total, 4);
+    assert_eq!(kept, vec![5, 6, 7, 8]);
+    assert_eq!(repo.unread_counts(b).await.expect("counts").total, 3);
 
     // The sender's names go into the payload when stored; an unknown sender's are null.
-    let named = |from: UserId| switchboard::storage::notifications::NewNotification {
+    let named = |from: UserId| NewNotification {
         from: Some((from, "sender_")),
-        ..new(b, uuid::Uuid::now_v7(), 9)
+        payload: serde_json::json!({"i": 9}),
+        ..contact(b, uuid::Uuid::now_v7())
     };
     let recorded = repo.record_batch(vec![named(p[0].a), named(UserId::new())], 10).await.expect("named");
     let payloads: Vec<_> = recorded.stored.iter().map(|(_, n)| n.payload.clone()).collect();
@@ -196,7 +249,7 @@ async fn notifications_are_numbered_once_per_event_and_capped(backend: Backend) 
     assert!(payloads[0]["sender_display_name"].is_string(), "{payloads:?}");
     assert!(payloads[1]["sender_username"].is_null() && payloads[1]["sender_display_name"].is_null(), "{payloads:?}");
     assert_eq!(payloads[0]["i"], 9, "the rest of the payload is kept");
-    let listed = repo.after_n(b, 9, 10).await.expect("list");
+    let listed = repo.after_n(b, 8, 10).await.expect("list");
     assert_eq!(listed[0].payload, payloads[0], "stored as delivered");
 }
 
@@ -271,4 +324,81 @@ async fn postgres_a_write_the_database_refuses_does_not_fail_its_batch() {
     let history = repo.history(p[0].conversation, None, None, 100).await.expect("history");
     assert_eq!(history.len(), 40);
     assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>(), "no gap");
+}
+
+/// Upgrading a database with one notification per message: each conversation's are folded
+/// into its newest, which counts the unread ones it replaces; contact notifications stay.
+#[tokio::test]
+async fn upgrading_folds_message_notifications_into_one_per_conversation() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ActiveValue::NotSet, Database};
+    use switchboard::storage::entities::{notification, user};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let db = Database::connect(&url).await.expect("database");
+    Migrator::up(&db, Some(3)).await.expect("the schema before notifications per conversation");
+    let (bob, alice, carol) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, name) in [(bob, "bob"), (alice, "alice"), (carol, "carol")] {
+        user::Entity::insert(user::ActiveModel {
+            id: Set(id),
+            username: Set(name.into()),
+            display_name: Set(name.into()),
+            display_key: Set(name.into()),
+            password_hash: Set(String::new()),
+            created_at: Set(0),
+            updated_at: Set(0),
+        })
+        .exec_without_returning(&db)
+        .await
+        .expect("user");
+    }
+    let (with_alice, with_carol) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    // n: 1 contact request; 2..=5 alice's messages 1..=4 (1 and 2 read); 6, 7 carol's
+    // messages 1, 2 (both read).
+    let rows = [
+        (1, "contact_request", None, None, false),
+        (2, "message", Some(with_alice), Some(1), true),
+        (3, "message", Some(with_alice), Some(2), true),
+        (4, "message", Some(with_alice), Some(3), false),
+        (5, "message", Some(with_alice), Some(4), false),
+        (6, "message", Some(with_carol), Some(1), true),
+        (7, "message", Some(with_carol), Some(2), true),
+    ];
+    for (n, kind, conversation, seq, read) in rows {
+        notification::Entity::insert(notification::ActiveModel {
+            id: Set(uuid::Uuid::now_v7()),
+            user_id: Set(bob),
+            n: Set(n),
+            event_id: Set(uuid::Uuid::now_v7()),
+            kind: Set(kind.into()),
+            conversation_id: Set(conversation),
+            seq: Set(seq),
+            payload: Set(format!("{{\"seq\": {}}}", seq.unwrap_or(0))),
+            read_at: Set(read.then_some(1)),
+            count: NotSet,
+            created_at: Set(n),
+        })
+        .exec_without_returning(&db)
+        .await
+        .expect("old notification");
+    }
+    Migrator::up(&db, None).await.expect("upgrade");
+    let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
+    let kept: Vec<(i64, String, Option<i64>, bool, i64)> = repo
+        .after_n(UserId(bob), 0, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| (v.n, v.kind, v.seq, v.read, v.count))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (1, "contact_request".into(), None, false, 1),
+            (5, "message".into(), Some(4), false, 2),
+            (7, "message".into(), Some(2), true, 0),
+        ]
+    );
+    let unread = repo.unread_counts(UserId(bob)).await.expect("counts");
+    assert_eq!((unread.total, unread.conversations.get(&ConversationId(with_alice))), (3, Some(&2)));
 }

@@ -1,5 +1,6 @@
-//! `notifications`: per-user notifications, numbered `n` = 1, 2, ... per user (unique),
-//! and unique per (`user_id`, `event_id`).
+//! `notifications`: per-user notifications, numbered `n` per user (unique; a change takes
+//! the next number), unique per (`user_id`, `event_id`), and one of kind `message` per
+//! (`user_id`, `conversation_id`), updated in place by each new message.
 
 use sea_orm::entity::prelude::*;
 
@@ -17,6 +18,10 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub payload: String,
     pub read_at: Option<i64>,
+    /// What it adds to the unread total while unread: the unread messages of a message
+    /// notification, 1 for the others; 0 once read.
+    pub count: i64,
+    /// When it last changed (a message notification: its newest message's arrival).
     pub created_at: i64,
 }
 
