@@ -72,6 +72,18 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The runtime's worker threads: one per core, less the one the SQLite writer thread
+/// keeps busy where this process runs it (messaging or notify on a SQLite database). On
+/// two cores a second worker only contended with the writer for its core: every wake-up
+/// between them a context switch, 15% more CPU per message at the same throughput
+/// (docs/benchmarks.md). `TOKIO_WORKER_THREADS` overrides it.
+fn worker_threads(config: &Config, mount: Option<Mount>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writer = matches!(mount, Some(Mount::All | Mount::Messaging | Mount::Notify))
+        && matches!(config.database_kind(), Ok(crate::config::DatabaseKind::Sqlite));
+    if writer { cores.saturating_sub(1).max(1) } else { cores }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -102,7 +114,11 @@ pub fn main() -> ExitCode {
     }
     crate::telemetry::init(&config.log);
     raise_open_file_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(worker_threads(&config, mount));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchboard: cannot start the runtime: {e}");

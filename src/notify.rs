@@ -3,13 +3,14 @@
 //!
 //! - With RabbitMQ it consumes the durable queue `<prefix>.notify`, bound to the keys it
 //!   needs ([`KEYS`]); an event is acked after it is stored, so while the service is down
-//!   events wait in the queue and it catches up when it returns. A redelivered event makes
-//!   no second notification (unique per user and event id).
+//!   events wait in the queue and it catches up when it returns. A redelivered event
+//!   changes nothing (docs/broker.md).
 //! - With the in-process bus (one process) it reads a tap of every published event.
 //!
-//! What makes a notification: a message to you from someone else (`message`), a contact
-//! request to you (`contact_request`), your request accepted (`contact_accepted`). Your
-//! own read marker in a conversation clears its message notifications up to that seq.
+//! What makes a notification: messages to you from someone else (`message`, one per
+//! conversation, updated in place), a contact request to you (`contact_request`), your
+//! request accepted (`contact_accepted`). Your own read marker in a conversation counts
+//! its messages up to that seq read.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -244,7 +244,14 @@ const SB = (() => {
       const unread = JSON.parse(ev.data);
       // A read elsewhere: mark what the counts say is read.
       for (const n of notif.items.values()) {
-        if (unread.total === 0 || (n.kind === 'message' && !(unread.conversations[n.conversation_id] > 0))) n.read = true;
+        if (n.kind === 'message' && !n.read) {
+          // One notification per conversation: its count is the conversation's (a read
+          // changes it without a new notification).
+          n.count = unread.conversations[n.conversation_id] || 0;
+          if (n.count === 0) n.read = true;
+        } else if (unread.total === 0) {
+          n.read = true;
+        }
       }
       renderNotifs();
       setUnread(unread);

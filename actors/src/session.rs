@@ -209,6 +209,9 @@ pub struct SessionState {
     /// sender) delivered since: at most one write per conversation at a time, so a burst
     /// of messages costs one or two marker writes, not one each.
     delivered_inflight: HashMap<ConversationId, Option<(i64, UserId)>>,
+    /// Per conversation, the highest read marker this connection asked for (or found
+    /// stored): a `read` frame at or below it changes nothing and costs nothing.
+    read_asked: HashMap<ConversationId, i64>,
 }
 
 /// Typing events a session forwards per conversation: only changes of state, and at most
@@ -239,6 +242,7 @@ impl Actor for SessionActor {
             typing: HashMap::new(),
             typing_window: (0, Instant::now()),
             delivered_inflight: HashMap::new(),
+            read_asked: HashMap::new(),
         };
         if restart {
             // Join first, then read: anything committed from here on either comes as an
@@ -793,8 +797,12 @@ impl SessionState {
         if seq < 0 {
             return self.error("invalid_frame", "seq must not be negative", reference);
         }
+        if self.read_asked.get(&c).is_some_and(|asked| seq <= *asked) {
+            return;
+        }
         match self.ctx.store.update_receipt(c, self.me(), None, Some(seq)).await {
             Ok(receipt) => {
+                self.read_asked.insert(c, Ord::max(seq, receipt.read_seq));
                 let bus = self.ctx.bus.clone();
                 // Your other devices always; the peer only while you are contacts.
                 let mut targets = vec![self.me()];

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
@@ -17,7 +17,7 @@ use switchboard_actors::ports::{NotificationView, StoreError, Unread};
 use uuid::Uuid;
 
 use super::committer::{Committer, Write, Written};
-use super::entities::{message, notification, notification_counter, receipt, user};
+use super::entities::{notification, notification_counter, receipt, user};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
 const INSERT_ROWS: usize = 1000;
@@ -246,24 +246,14 @@ pub(super) async fn read_conversation_in_txn(
     let mut q = notification::Entity::find()
         .filter(notification::Column::UserId.eq(user.0))
         .filter(notification::Column::ConversationId.eq(conversation.0))
-        .filter(notification::Column::Kind.eq(MESSAGE));
+        .filter(message_kind());
+    lock_counters(txn, [user.0]).await?;
     if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
         q = q.lock_exclusive();
     }
     let Some(row) = q.one(txn).await? else { return Ok(None) };
     let stored = Stored { seq: row.seq.unwrap_or(0), count: row.count, read: row.read_at.is_some() };
-    let remaining = if partly_read(stored, seq) {
-        message::Entity::find()
-            .filter(message::Column::ConversationId.eq(conversation.0))
-            .filter(message::Column::Seq.gt(seq))
-            .filter(message::Column::Seq.lte(stored.seq))
-            .filter(message::Column::SenderId.ne(user.0))
-            .count(txn)
-            .await? as i64
-    } else {
-        0
-    };
-    let Some(count) = after_read(stored, seq, remaining) else { return Ok(None) };
+    let Some(count) = after_read(stored, seq) else { return Ok(None) };
     notification::Entity::update_many()
         .col_expr(notification::Column::Count, Expr::value(count))
         .col_expr(notification::Column::ReadAt, Expr::value((count == 0).then_some(now)))
@@ -287,6 +277,14 @@ pub(super) async fn record_in_txn(
     if changes.is_empty() {
         return Ok(Recorded::default());
     }
+    lock_counters(
+        txn,
+        changes.iter().map(|c| match c {
+            Change::Single(n) => n.user.0,
+            Change::Conversation { user, .. } => user.0,
+        }),
+    )
+    .await?;
     // Contact notifications: one per (user, event); a redelivered event is stored already.
     let singles = changes.iter().filter_map(|c| match c {
         Change::Single(n) => Some(n),
@@ -328,10 +326,8 @@ pub(super) async fn record_in_txn(
     let mut read_seqs: HashMap<(Uuid, Uuid), i64> = HashMap::new();
     let by_pair = of_pairs(notification::Column::UserId, notification::Column::ConversationId);
     if !by_pair.is_empty() {
-        let mut q = notification::Entity::find()
-            .filter(notification::Column::Kind.eq(MESSAGE))
-            .filter(by_pair)
-            .order_by_asc(notification::Column::Id);
+        let mut q =
+            notification::Entity::find().filter(message_kind()).filter(by_pair).order_by_asc(notification::Column::Id);
         if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
             q = q.lock_exclusive();
         }
@@ -383,14 +379,8 @@ pub(super) async fn record_in_txn(
         *per_user.entry(row.user_id).or_default() += 1;
     }
 
-    // Every user's numbers in two statements: make sure a counter exists, then
+    // Every user's numbers in one statement (their counters exist and are locked):
     // last_n += how many changes that user has.
-    notification_counter::Entity::insert_many(
-        per_user.keys().map(|u| notification_counter::ActiveModel { user_id: Set(*u), last_n: Set(0) }),
-    )
-    .on_conflict(OnConflict::column(notification_counter::Column::UserId).do_nothing().to_owned())
-    .exec_without_returning(txn)
-    .await?;
     let mut bump_by = CaseStatement::new();
     for (user, k) in &per_user {
         bump_by = bump_by.case(notification_counter::Column::UserId.eq(*user), Expr::val(*k));
@@ -461,6 +451,40 @@ pub(super) async fn record_in_txn(
             .collect(),
         unread: unread_counts_in(txn, &users).await?,
     })
+}
+
+/// `kind = 'message'` as a literal, so a cached PostgreSQL plan (and SQLite) can use the
+/// partial index on (user, conversation) of message notifications.
+fn message_kind() -> Expr {
+    Expr::cust("kind = 'message'")
+}
+
+/// Makes sure each of `users` has a notification counter and, on PostgreSQL, locks them
+/// (in user order) for the rest of the transaction: a user's notifications then change
+/// one transaction at a time, however many notify instances run, so a read marker and a
+/// new message's first notification cannot pass each other, and every transaction takes
+/// its locks counters first (no deadlock with the cap's delete). SQLite transactions hold
+/// the database's write lock already.
+async fn lock_counters(txn: &DatabaseTransaction, users: impl IntoIterator<Item = Uuid>) -> Result<(), DbErr> {
+    let users: std::collections::BTreeSet<Uuid> = users.into_iter().collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    notification_counter::Entity::insert_many(
+        users.iter().map(|u| notification_counter::ActiveModel { user_id: Set(*u), last_n: Set(0) }),
+    )
+    .on_conflict(OnConflict::column(notification_counter::Column::UserId).do_nothing().to_owned())
+    .exec_without_returning(txn)
+    .await?;
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        notification_counter::Entity::find()
+            .filter(notification_counter::Column::UserId.is_in(users))
+            .order_by_asc(notification_counter::Column::UserId)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The row `new` makes (its number and named payload still to be filled in): a new one,
@@ -539,41 +563,33 @@ pub(super) struct Bump<'a> {
     pub count: i64,
 }
 
-/// The message notification of a conversation after `news` (new messages in it for its
-/// user), given the stored one and the user's read marker: `None` when none is newer
-/// than what is stored (a redelivery). Messages at or below the read marker (read on
-/// another device before their notification was stored) are not counted.
-pub(super) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNotification]) -> Option<Bump<'a>> {
-    let after = stored.map_or(i64::MIN, |s| s.seq);
-    let mut fresh: Vec<(i64, &'a NewNotification)> =
-        news.iter().filter_map(|n| n.seq.filter(|s| *s > after).map(|s| (s, *n))).collect();
-    fresh.sort_by_key(|(s, _)| *s);
-    fresh.dedup_by_key(|(s, _)| *s);
-    let &(newest_seq, newest) = fresh.last()?;
-    let unread_before = stored.filter(|s| !s.read).map_or(0, |s| s.count);
-    let count = if newest_seq <= read_seq {
-        0
-    } else {
-        unread_before + fresh.iter().filter(|(s, _)| *s > read_seq).count() as i64
-    };
-    Some(Bump { newest, count })
+/// The unread messages of a conversation for a user who read up to `read_seq`, its newest
+/// message from the other participant being `seq`: every message after the read marker is
+/// the other's, because sending raises the sender's read marker to their message (in the
+/// appending transaction). A count from seqs, not a tally, so a message whose event comes
+/// late, twice, or through another notify instance counts exactly once.
+pub(super) fn unread_after(seq: i64, read_seq: i64) -> i64 {
+    Ord::max(seq.saturating_sub(read_seq), 0)
 }
 
-/// Whether reading up to `read_seq` leaves some of the messages `stored` stands for
-/// unread: then [`after_read`] needs how many messages from others are left.
-pub(super) fn partly_read(stored: Stored, read_seq: i64) -> bool {
-    !stored.read && read_seq < stored.seq
+/// The message notification of a conversation after `news` (new messages in it for its
+/// user), given the stored one and the user's read marker: `None` when none is newer than
+/// what it stands for (a redelivery, or an event overtaken by a newer one, which the count
+/// includes already).
+pub(super) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNotification]) -> Option<Bump<'a>> {
+    let newest = news.iter().copied().filter(|n| n.seq.is_some()).max_by_key(|n| n.seq)?;
+    let seq = newest.seq?;
+    if stored.is_some_and(|s| seq <= s.seq) {
+        return None;
+    }
+    Some(Bump { newest, count: unread_after(seq, read_seq) })
 }
 
 /// The unread count of the message notification `stored` after its user read up to
-/// `read_seq` (`remaining`: the messages from others after `read_seq`, counted when
-/// [`partly_read`]); `None` if it does not change. 0: read.
-pub(super) fn after_read(stored: Stored, read_seq: i64, remaining: i64) -> Option<i64> {
-    if stored.read {
-        return None;
-    }
-    let count = if partly_read(stored, read_seq) { remaining.clamp(0, stored.count) } else { 0 };
-    (count != stored.count).then_some(count)
+/// `read_seq`; `None` if it does not change. 0: read.
+pub(super) fn after_read(stored: Stored, read_seq: i64) -> Option<i64> {
+    let count = unread_after(stored.seq, read_seq);
+    (!stored.read && count < stored.count).then_some(count)
 }
 
 fn unavailable(e: DbErr) -> StoreError {
@@ -635,22 +651,24 @@ mod tests {
     }
 
     #[test]
-    fn new_messages_add_to_the_unread_count_and_redeliveries_change_nothing() {
+    fn counts_come_from_seqs_so_late_and_repeated_events_count_once() {
         let (u, c) = (UserId::new(), ConversationId::new());
         let news: Vec<NewNotification> = (1..=3).map(|s| message(u, c, s)).collect();
         let refs: Vec<&NewNotification> = news.iter().collect();
         let first = bump(None, 0, &refs).expect("new");
         assert_eq!((first.newest.seq, first.count), (Some(3), 3));
-        // Unread, standing for 1..=3: seq 2 again (redelivered) and 4 new.
+        // Standing for 1..=3: seq 2 again (redelivered) and 4 new, twice.
         let stored = Stored { seq: 3, count: 3, read: false };
         let more = [message(u, c, 2), message(u, c, 4), message(u, c, 4)];
         let b = bump(Some(stored), 0, &more.iter().collect::<Vec<_>>()).expect("one new");
         assert_eq!((b.newest.seq, b.count), (Some(4), 4));
         assert!(bump(Some(stored), 0, &[&news[1]]).is_none(), "a redelivery changes nothing");
-        // Read before: counting starts again.
-        let read = Stored { seq: 3, count: 0, read: true };
-        assert_eq!(bump(Some(read), 3, &[&more[1]]).map(|b| b.count), Some(1));
-        // Read on another device before the notification was stored: not counted.
+        // Seq 5 came first (another notify instance): 4 arriving late is in its count.
+        let five = Stored { seq: 5, count: 5, read: false };
+        assert!(bump(Some(five), 0, &[&more[1]]).is_none());
+        // Read up to 3 before: only what came after counts.
+        assert_eq!(bump(Some(Stored { seq: 3, count: 0, read: true }), 3, &[&more[1]]).map(|b| b.count), Some(1));
+        // Read on another device before the notification was stored: not unread.
         assert_eq!(bump(Some(stored), 4, &[&more[1]]).map(|b| b.count), Some(0));
         assert_eq!(bump(None, 2, &refs).map(|b| b.count), Some(1), "only seq 3 is after the marker");
     }
@@ -658,12 +676,12 @@ mod tests {
     #[test]
     fn reading_part_of_a_notification_leaves_the_rest_unread() {
         let unread = Stored { seq: 10, count: 4, read: false };
-        assert!(!partly_read(unread, 10) && partly_read(unread, 8));
-        assert_eq!(after_read(unread, 10, 0), Some(0), "read to its newest: read");
-        assert_eq!(after_read(unread, 12, 0), Some(0));
-        assert_eq!(after_read(unread, 8, 2), Some(2), "two messages from others left");
-        assert_eq!(after_read(unread, 8, 9), None, "never more than it stood for");
-        assert_eq!(after_read(unread, 8, 0), Some(0));
-        assert_eq!(after_read(Stored { read: true, count: 0, ..unread }, 12, 0), None, "read already");
+        assert_eq!(after_read(unread, 10), Some(0), "read to its newest: read");
+        assert_eq!(after_read(unread, 12), Some(0));
+        assert_eq!(after_read(unread, 8), Some(2), "two messages left");
+        assert_eq!(after_read(unread, 6), None, "a marker below what it counts changes nothing");
+        assert_eq!(after_read(unread, 0), None);
+        assert_eq!(after_read(Stored { read: true, count: 0, ..unread }, 12), None, "read already");
+        assert_eq!(unread_after(3, 7), 0, "never below zero");
     }
 }

@@ -182,8 +182,22 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(2), Some(2)));
     assert_eq!(f["notification"]["id"], notes[0]["id"], "the same notification, updated");
 
+    // Replying marks what came before read for Bob: after Alice's next message one is
+    // unread, not three.
+    bob_ws.send_to_conv("b1", &conv, "reply").await;
+    assert_eq!(bob_ws.next_of("ack").await["seq"], 4);
+    alice_ws.send_to_conv("m4", &conv, "fourth").await;
+    let f = loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["notification"]["payload"]["preview"] == "fourth" {
+            break f;
+        }
+    };
+    assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(1), Some(1)));
+    assert_eq!(f["unread"]["total"], 2, "that one and the contact request");
+
     // Reading the conversation up to its last message clears its notification.
-    bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 3})).await;
+    bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 5})).await;
     loop {
         let f = bob_ws.next_of("notification").await;
         if f["notification"].is_null() && f["unread"]["total"] == 1 {
