@@ -210,12 +210,21 @@ test('two people use Switchboard in real browsers', async (t) => {
     const badge = bob.locator('#conv-list a.conv', { hasText: 'Alice' }).locator('.badge');
     await badge.filter({ hasText: '1' }).waitFor({ timeout: WAIT });
     await bob.waitForFunction(() => document.title.startsWith('(1) '), null, { timeout: WAIT });
+    // A second message: one notification for the conversation, counting both.
+    await send(alice, 'Are you there?');
+    await badge.filter({ hasText: '2' }).waitFor({ timeout: WAIT });
+    await bob.click('#notif-button');
+    const note = bob.locator('#notif-list .notif-item', { hasText: 'Alice: Are you there?' });
+    await note.waitFor({ timeout: WAIT });
+    assert.match(await note.textContent(), /2 new messages\. Alice: Are you there\?/);
+    assert.equal(await bob.locator('#notif-list .notif-item', { hasText: 'Hello Bob' }).count(), 0);
+    await bob.keyboard.press('Escape');
     await openChatWith(bob, 'Alice');
     await waitForBody(bob, 'Hello Bob');
     await badge.waitFor({ state: 'hidden', timeout: WAIT });
     await bob.waitForFunction(() => !document.title.startsWith('('), null, { timeout: WAIT });
-    // Alice sees that bob read it.
-    await alice.locator('#messages li.msg.mine .status', { hasText: 'Read' }).waitFor({ timeout: WAIT });
+    // Alice sees that bob read both.
+    await alice.locator('#messages li.msg.mine .status', { hasText: 'Read' }).nth(1).waitFor({ timeout: WAIT });
 
     // Typing shows on the other side.
     await bob.type('#composer-input', 'Hi Al', { delay: 30 });
