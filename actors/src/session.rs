@@ -209,8 +209,8 @@ pub struct SessionState {
     /// sender) delivered since: at most one write per conversation at a time, so a burst
     /// of messages costs one or two marker writes, not one each.
     delivered_inflight: HashMap<ConversationId, Option<(i64, UserId)>>,
-    /// Per conversation, the highest read marker this connection asked for (or found
-    /// stored): a `read` frame at or below it changes nothing and costs nothing.
+    /// Per conversation, the read marker as this connection's last `read` left it: a
+    /// `read` frame at or below it changes nothing and costs nothing.
     read_asked: HashMap<ConversationId, i64>,
 }
 
@@ -802,7 +802,7 @@ impl SessionState {
         }
         match self.ctx.store.update_receipt(c, self.me(), None, Some(seq)).await {
             Ok(receipt) => {
-                self.read_asked.insert(c, Ord::max(seq, receipt.read_seq));
+                self.read_asked.insert(c, receipt.read_seq);
                 let bus = self.ctx.bus.clone();
                 // Your other devices always; the peer only while you are contacts.
                 let mut targets = vec![self.me()];

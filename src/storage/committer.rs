@@ -204,25 +204,15 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
         }
     }
     // Then every receipt at once (two statements for the batch), then notifications in
-    // queue order. Sending marks the conversation read up to the message for its sender
-    // (so every message after a user's read marker is the other participant's: unread
-    // counts are seq differences); those raises go with the batch's receipts, unanswered.
-    let mut receipts: Vec<super::chat::RaiseReceipt> = writes
+    // queue order.
+    let receipts: Vec<super::chat::RaiseReceipt> = writes
         .iter()
         .filter_map(|w| match w {
             Write::Receipt { conversation, user, delivered, read } => Some((*conversation, *user, *delivered, *read)),
             _ => None,
         })
         .collect();
-    let asked = receipts.len();
-    receipts.extend(results.iter().filter_map(|r| match r {
-        Some(Ok(Written::Appended(a))) if !a.duplicate => {
-            let m = &a.message;
-            Some((m.conversation_id, m.sender_id, Some(m.seq), Some(m.seq)))
-        }
-        _ => None,
-    }));
-    let mut raised = super::chat::raise_receipts(&txn, &receipts, now).await?.into_iter().take(asked);
+    let mut raised = super::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
     for (slot, w) in results.iter_mut().zip(writes) {
         if let Write::Receipt { .. } = w {
             *slot = raised.next().map(|r| r.map(Written::Receipt));

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
@@ -124,9 +124,13 @@ impl NotificationRepo {
     /// Marks one of `user`'s notifications read. `false` if `user` has none with this id
     /// (another user's id is "not found", never "forbidden").
     pub async fn mark_read(&self, user: UserId, id: Uuid, now: i64) -> Result<bool, DbErr> {
+        // The user's counter first, as every notification write takes it (no lock-order
+        // deadlock with the notify consumer on PostgreSQL).
+        let txn = self.db.begin().await?;
+        lock_counters(&txn, [user.0]).await?;
         let found = notification::Entity::find_by_id(id)
             .filter(notification::Column::UserId.eq(user.0))
-            .one(&self.db)
+            .one(&txn)
             .await?
             .is_some();
         if found {
@@ -136,21 +140,25 @@ impl NotificationRepo {
                 .filter(notification::Column::Id.eq(id))
                 .filter(notification::Column::UserId.eq(user.0))
                 .filter(notification::Column::ReadAt.is_null())
-                .exec(&self.db)
+                .exec(&txn)
                 .await?;
         }
+        txn.commit().await?;
         Ok(found)
     }
 
     /// Marks all of `user`'s notifications read; returns how many changed.
     pub async fn mark_all_read(&self, user: UserId, now: i64) -> Result<u64, DbErr> {
+        let txn = self.db.begin().await?;
+        lock_counters(&txn, [user.0]).await?;
         let r = notification::Entity::update_many()
             .col_expr(notification::Column::ReadAt, Expr::value(now))
             .col_expr(notification::Column::Count, Expr::value(0i64))
             .filter(notification::Column::UserId.eq(user.0))
             .filter(notification::Column::ReadAt.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         Ok(r.rows_affected)
     }
 
@@ -563,33 +571,37 @@ pub(super) struct Bump<'a> {
     pub count: i64,
 }
 
-/// The unread messages of a conversation for a user who read up to `read_seq`, its newest
-/// message from the other participant being `seq`: every message after the read marker is
-/// the other's, because sending raises the sender's read marker to their message (in the
-/// appending transaction). A count from seqs, not a tally, so a message whose event comes
-/// late, twice, or through another notify instance counts exactly once.
-pub(super) fn unread_after(seq: i64, read_seq: i64) -> i64 {
-    Ord::max(seq.saturating_sub(read_seq), 0)
+/// What is left unread of `stored` (unread, standing for messages up to `stored.seq`) once
+/// its user has read up to `read_seq`: nothing at or past its newest message; otherwise at
+/// most the messages after `read_seq`, never more than it counted. Exact unless the user's
+/// own messages sit among those (they sent without reading): then an overcount by those,
+/// until they read on. No query: a read costs the same however long the conversation.
+pub(super) fn unread_left(stored: Stored, read_seq: i64) -> i64 {
+    if stored.read || read_seq >= stored.seq { 0 } else { Ord::min(stored.count, stored.seq - read_seq) }
 }
 
 /// The message notification of a conversation after `news` (new messages in it for its
 /// user), given the stored one and the user's read marker: `None` when none is newer than
-/// what it stands for (a redelivery, or an event overtaken by a newer one, which the count
-/// includes already).
+/// what it stands for (a redelivery). New messages after the read marker add to what is
+/// left unread of the stored one; messages read on another device before their
+/// notification was stored do not count.
 pub(super) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNotification]) -> Option<Bump<'a>> {
-    let newest = news.iter().copied().filter(|n| n.seq.is_some()).max_by_key(|n| n.seq)?;
-    let seq = newest.seq?;
-    if stored.is_some_and(|s| seq <= s.seq) {
-        return None;
-    }
-    Some(Bump { newest, count: unread_after(seq, read_seq) })
+    let after = stored.map_or(i64::MIN, |s| s.seq);
+    let mut fresh: Vec<(i64, &'a NewNotification)> =
+        news.iter().filter_map(|n| n.seq.filter(|s| *s > after).map(|s| (s, *n))).collect();
+    fresh.sort_by_key(|(s, _)| *s);
+    fresh.dedup_by_key(|(s, _)| *s);
+    let &(_, newest) = fresh.last()?;
+    let left = stored.map_or(0, |s| unread_left(s, read_seq));
+    let count = left + fresh.iter().filter(|(s, _)| *s > read_seq).count() as i64;
+    Some(Bump { newest, count })
 }
 
 /// The unread count of the message notification `stored` after its user read up to
-/// `read_seq`; `None` if it does not change. 0: read.
+/// `read_seq` ([`unread_left`]); `None` if it does not change. 0: read.
 pub(super) fn after_read(stored: Stored, read_seq: i64) -> Option<i64> {
-    let count = unread_after(stored.seq, read_seq);
-    (!stored.read && count < stored.count).then_some(count)
+    let count = unread_left(stored, read_seq);
+    (!stored.read && count != stored.count).then_some(count)
 }
 
 fn unavailable(e: DbErr) -> StoreError {
@@ -651,30 +663,30 @@ mod tests {
     }
 
     #[test]
-    fn counts_come_from_seqs_so_late_and_repeated_events_count_once() {
+    fn new_messages_add_to_the_unread_count_and_redeliveries_change_nothing() {
         let (u, c) = (UserId::new(), ConversationId::new());
         let news: Vec<NewNotification> = (1..=3).map(|s| message(u, c, s)).collect();
         let refs: Vec<&NewNotification> = news.iter().collect();
         let first = bump(None, 0, &refs).expect("new");
         assert_eq!((first.newest.seq, first.count), (Some(3), 3));
-        // Standing for 1..=3: seq 2 again (redelivered) and 4 new, twice.
+        // Unread, standing for 1..=3: seq 2 again (redelivered) and 4 new, twice.
         let stored = Stored { seq: 3, count: 3, read: false };
         let more = [message(u, c, 2), message(u, c, 4), message(u, c, 4)];
         let b = bump(Some(stored), 0, &more.iter().collect::<Vec<_>>()).expect("one new");
         assert_eq!((b.newest.seq, b.count), (Some(4), 4));
         assert!(bump(Some(stored), 0, &[&news[1]]).is_none(), "a redelivery changes nothing");
-        // Seq 5 came first (another notify instance): 4 arriving late is in its count.
-        let five = Stored { seq: 5, count: 5, read: false };
-        assert!(bump(Some(five), 0, &[&more[1]]).is_none());
-        // Read up to 3 before: only what came after counts.
-        assert_eq!(bump(Some(Stored { seq: 3, count: 0, read: true }), 3, &[&more[1]]).map(|b| b.count), Some(1));
-        // Read on another device before the notification was stored: not unread.
+        // Read before (by the marker or "mark all read"): counting starts again.
+        let read = Stored { seq: 3, count: 0, read: true };
+        assert_eq!(bump(Some(read), 0, &[&more[1]]).map(|b| b.count), Some(1));
+        // Read on another device up to 3 before the event for 4 came: only 4 is unread;
+        // up to 4: nothing is.
+        assert_eq!(bump(Some(stored), 3, &[&more[1]]).map(|b| b.count), Some(1));
         assert_eq!(bump(Some(stored), 4, &[&more[1]]).map(|b| b.count), Some(0));
         assert_eq!(bump(None, 2, &refs).map(|b| b.count), Some(1), "only seq 3 is after the marker");
     }
 
     #[test]
-    fn reading_part_of_a_notification_leaves_the_rest_unread() {
+    fn reading_part_of_a_notification_leaves_the_rest_unread_without_a_query() {
         let unread = Stored { seq: 10, count: 4, read: false };
         assert_eq!(after_read(unread, 10), Some(0), "read to its newest: read");
         assert_eq!(after_read(unread, 12), Some(0));
@@ -682,6 +694,5 @@ mod tests {
         assert_eq!(after_read(unread, 6), None, "a marker below what it counts changes nothing");
         assert_eq!(after_read(unread, 0), None);
         assert_eq!(after_read(Stored { read: true, count: 0, ..unread }, 12), None, "read already");
-        assert_eq!(unread_after(3, 7), 0, "never below zero");
     }
 }

@@ -385,12 +385,6 @@ impl Batch<'_> {
                 message.file_id.map(|f| *f.0.as_bytes()),
                 message.created_at,
             ])?;
-        // Sending marks the conversation read up to the message for its sender, so every
-        // message after a user's read marker is the other participant's (unread counts
-        // are seq differences, [`super::notifications::unread_after`]).
-        if let Err(e) = self.raise_receipt(m.conversation_id, m.sender_id, Some(message.seq), Some(message.seq))? {
-            return Ok(Err(e));
-        }
         Ok(Ok(Appended { message, duplicate: false }))
     }
 

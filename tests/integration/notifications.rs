@@ -182,8 +182,8 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(2), Some(2)));
     assert_eq!(f["notification"]["id"], notes[0]["id"], "the same notification, updated");
 
-    // Replying marks what came before read for Bob: after Alice's next message one is
-    // unread, not three.
+    // Replying is not reading: Alice's next message makes three unread, and Alice does
+    // not see Bob's read marker move.
     bob_ws.send_to_conv("b1", &conv, "reply").await;
     assert_eq!(bob_ws.next_of("ack").await["seq"], 4);
     alice_ws.send_to_conv("m4", &conv, "fourth").await;
@@ -193,8 +193,10 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
             break f;
         }
     };
-    assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(1), Some(1)));
-    assert_eq!(f["unread"]["total"], 2, "that one and the contact request");
+    assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(3), Some(3)));
+    assert_eq!(f["unread"]["total"], 4, "those and the contact request");
+    let convs = app.get_json("/api/conversations", &alice).await;
+    assert_eq!(convs["conversations"][0]["peer_read_seq"], 1, "{convs}");
 
     // Reading the conversation up to its last message clears its notification.
     bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 5})).await;
