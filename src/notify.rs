@@ -52,7 +52,7 @@ pub const TAP_QUEUE: usize = 65_536;
 /// and of receipts only a reader's own, which carries their read marker.)
 pub fn wants(event: &Event) -> bool {
     match event {
-        Event::MessageCreated { to, message } => message.sender_id != *to,
+        Event::MessageCreated { to, message, .. } => message.sender_id != *to,
         Event::Receipt { to, receipt } => receipt.user_id == *to,
         Event::Contact { change, .. } => matches!(change.kind.as_str(), "requested" | "accepted"),
         _ => false,
@@ -256,7 +256,9 @@ impl Notifier {
 /// For an event that makes a notification: its recipient, kind, and the user it is from.
 fn notification_source(event: &Event) -> Option<(UserId, &'static str, UserId)> {
     match event {
-        Event::MessageCreated { to, message } if message.sender_id != *to => Some((*to, "message", message.sender_id)),
+        Event::MessageCreated { to, message, .. } if message.sender_id != *to => {
+            Some((*to, "message", message.sender_id))
+        }
         Event::Contact { to, change } if change.kind == "requested" && change.addressee_id == *to => {
             Some((*to, "contact_request", change.requester_id))
         }
@@ -387,8 +389,8 @@ mod tests {
             state: "pending".into(),
         };
         let mut out = vec![
-            Event::MessageCreated { to: ann, message: message.clone() },
-            Event::MessageCreated { to: ben, message },
+            Event::MessageCreated { to: ann, message: message.clone(), frame: None },
+            Event::MessageCreated { to: ben, message, frame: None },
             Event::Receipt { to: ann, receipt },
             Event::Receipt { to: ben, receipt },
             Event::Typing { to: ben, conversation_id: receipt.conversation_id, user_id: ann, active: true },

@@ -136,7 +136,15 @@ pub trait ChatStore: Send + Sync + 'static {
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum Event {
     /// A message was committed in a conversation of `to`.
-    MessageCreated { to: UserId, message: StoredMessage },
+    MessageCreated {
+        to: UserId,
+        message: StoredMessage,
+        /// The message's `message` frame, encoded once by the room for every connection
+        /// of every participant on this node (not carried across the broker: a node that
+        /// receives the event encodes it there).
+        #[serde(skip)]
+        frame: Option<std::sync::Arc<str>>,
+    },
     /// A participant's receipt markers moved.
     Receipt { to: UserId, receipt: Receipt },
     /// The peer started or stopped typing.
@@ -223,7 +231,7 @@ impl Event {
     /// queue, which needs only the other copies, is not sent them (docs/broker.md).
     pub fn routing_key(&self) -> String {
         let kind = match self {
-            Event::MessageCreated { to, message } if message.sender_id == *to => "message.created.self",
+            Event::MessageCreated { to, message, .. } if message.sender_id == *to => "message.created.self",
             Event::MessageCreated { .. } => "message.created",
             Event::Receipt { to, receipt } if receipt.user_id == *to => "receipt.self",
             Event::Receipt { .. } => "receipt",

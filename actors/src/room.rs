@@ -25,6 +25,7 @@ use crate::NORMAL_EXIT;
 use crate::ids::{ConversationId, UserId};
 use crate::node::NodeCtx;
 use crate::ports::{Appended, ConversationInfo, Envelope, Event, NewMessage, Pending, StoreError, StoredMessage};
+use crate::protocol::ServerFrame;
 
 /// A send that failed, with a code for the client's `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,8 +142,14 @@ async fn complete(
             }
         });
         if let Ok(appended) = &result {
+            // Encoded once: the same text goes to every connection of both participants.
+            let frame: Arc<str> = ServerFrame::Message(appended.message.clone()).to_json().into();
             for to in participants {
-                let event = Envelope::new(Event::MessageCreated { to, message: appended.message.clone() });
+                let event = Envelope::new(Event::MessageCreated {
+                    to,
+                    message: appended.message.clone(),
+                    frame: Some(frame.clone()),
+                });
                 if let Err(e) = ctx.bus.publish(event).await {
                     // Committed, so not lost: the recipient gets it on the next message
                     // (gap fill) or on sync.

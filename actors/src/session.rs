@@ -26,6 +26,8 @@ use crate::room::{RoomMsg, SendError};
 #[derive(Debug)]
 pub enum Outbound {
     Text(String),
+    /// A frame encoded once for many connections (a message to both participants).
+    Shared(Arc<str>),
 }
 
 /// WebSocket close code for a policy violation.
@@ -92,7 +94,16 @@ impl ConnHandle {
     /// Queues a frame without waiting. A full queue means the client does not read: the
     /// connection is closed rather than allowed to grow memory.
     pub fn push(&self, frame: &ServerFrame) -> bool {
-        match self.tx.try_send(Outbound::Text(frame.to_json())) {
+        self.push_outbound(Outbound::Text(frame.to_json()))
+    }
+
+    /// [`Self::push`] for a frame encoded already.
+    pub fn push_encoded(&self, frame: &Arc<str>) -> bool {
+        self.push_outbound(Outbound::Shared(frame.clone()))
+    }
+
+    fn push_outbound(&self, outbound: Outbound) -> bool {
+        match self.tx.try_send(outbound) {
             Ok(()) => true,
             Err(flume::TrySendError::Full(_)) => {
                 self.close(CLOSE_TRY_AGAIN, "client is not reading");
@@ -643,7 +654,7 @@ impl SessionState {
 
     async fn on_event(&mut self, myself: &ActorRef<SessionMsg>, event: Event) {
         match event {
-            Event::MessageCreated { message, .. } => self.deliver(myself, message).await,
+            Event::MessageCreated { message, frame, .. } => self.deliver(myself, message, frame).await,
             Event::Receipt { receipt, .. } => {
                 self.conn.push(&ServerFrame::Receipt(receipt));
             }
@@ -705,7 +716,7 @@ impl SessionState {
     }
 
     /// Live delivery, in seq order and gap-free per conversation.
-    async fn deliver(&mut self, myself: &ActorRef<SessionMsg>, m: StoredMessage) {
+    async fn deliver(&mut self, myself: &ActorRef<SessionMsg>, m: StoredMessage, frame: Option<Arc<str>>) {
         let c = m.conversation_id;
         let last = self.conn.last_sent(c).unwrap_or(0);
         if m.seq <= last {
@@ -715,7 +726,11 @@ impl SessionState {
             return;
         }
         let (seq, sender) = (m.seq, m.sender_id);
-        if !self.conn.push(&ServerFrame::Message(m)) {
+        let pushed = match &frame {
+            Some(f) => self.conn.push_encoded(f),
+            None => self.conn.push(&ServerFrame::Message(m)),
+        };
+        if !pushed {
             return;
         }
         self.conn.set_last_sent(c, seq);

@@ -50,6 +50,15 @@ const CLOSE_INTERNAL: u16 = 1011;
 /// event closes a connection at once; this bounds how long one can be missed.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(300);
 
+/// The WebSocket message for a queued frame (a shared one is copied here, once per
+/// connection: cheaper than encoding it again).
+fn message_of(out: Outbound) -> Message {
+    match out {
+        Outbound::Text(text) => Message::text(text),
+        Outbound::Shared(text) => Message::text(String::from(&*text)),
+    }
+}
+
 #[handler]
 async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?.clone();
@@ -156,23 +165,23 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                     biased;
                     _ = conn.closed.cancelled() => {
                         // Flush what is queued (e.g. the error frame that explains the close).
-                        while let Ok(Outbound::Text(text)) = outbound.try_recv() {
-                            if sink.send(Message::text(text)).await.is_err() { break; }
+                        while let Ok(out) = outbound.try_recv() {
+                            if sink.send(message_of(out)).await.is_err() { break; }
                         }
                         let (code, reason) = conn.close_reason().unwrap_or((1000, "closed"));
                         let _ = sink.send(Message::close_with(code, reason)).await;
                         break;
                     }
                     next = outbound.recv_async() => match next {
-                        Ok(Outbound::Text(text)) => {
+                        Ok(out) => {
                             // Frames queued together (an ack and the sender's own copy, a
                             // burst) leave in one write to the socket, not one each.
-                            let mut written = sink.feed(Message::text(text)).await;
-                            for Outbound::Text(text) in outbound.try_iter().take(WRITE_BATCH) {
+                            let mut written = sink.feed(message_of(out)).await;
+                            for out in outbound.try_iter().take(WRITE_BATCH) {
                                 if written.is_err() {
                                     break;
                                 }
-                                written = sink.feed(Message::text(text)).await;
+                                written = sink.feed(message_of(out)).await;
                             }
                             if written.is_err() || sink.flush().await.is_err() {
                                 conn.close(1000, "write failed");
