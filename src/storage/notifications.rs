@@ -260,7 +260,7 @@ pub(super) async fn read_conversation_in_txn(
         q = q.lock_exclusive();
     }
     let Some(row) = q.one(txn).await? else { return Ok(None) };
-    let stored = Stored { seq: row.seq.unwrap_or(0), count: row.count, read: row.read_at.is_some() };
+    let stored = Stored::of(&row);
     let Some(count) = after_read(stored, seq) else { return Ok(None) };
     notification::Entity::update_many()
         .col_expr(notification::Column::Count, Expr::value(count))
@@ -298,13 +298,8 @@ pub(super) async fn record_in_txn(
         Change::Single(n) => Some(n),
         Change::Conversation { .. } => None,
     });
-    let stored_before = singles.clone().fold(Condition::any(), |c, n| {
-        c.add(
-            Condition::all()
-                .add(notification::Column::UserId.eq(n.user.0))
-                .add(notification::Column::EventId.eq(n.event_id)),
-        )
-    });
+    let stored_before =
+        any_pair(singles.map(|n| (n.user.0, n.event_id)), notification::Column::UserId, notification::Column::EventId);
     let seen: HashSet<(Uuid, Uuid)> = if stored_before.is_empty() {
         HashSet::new()
     } else {
@@ -325,14 +320,9 @@ pub(super) async fn record_in_txn(
         Change::Conversation { user, conversation, .. } => Some((user.0, conversation.0)),
         Change::Single(_) => None,
     });
-    let of_pairs = |user: notification::Column, conversation: notification::Column| {
-        pairs
-            .clone()
-            .fold(Condition::any(), |c, (u, v)| c.add(Condition::all().add(user.eq(u)).add(conversation.eq(v))))
-    };
     let mut current: HashMap<(Uuid, Uuid), notification::Model> = HashMap::new();
     let mut read_seqs: HashMap<(Uuid, Uuid), i64> = HashMap::new();
-    let by_pair = of_pairs(notification::Column::UserId, notification::Column::ConversationId);
+    let by_pair = any_pair(pairs.clone(), notification::Column::UserId, notification::Column::ConversationId);
     if !by_pair.is_empty() {
         let mut q =
             notification::Entity::find().filter(message_kind()).filter(by_pair).order_by_asc(notification::Column::Id);
@@ -344,9 +334,7 @@ pub(super) async fn record_in_txn(
                 current.insert((row.user_id, c), row);
             }
         }
-        let markers = pairs.clone().fold(Condition::any(), |c, (u, v)| {
-            c.add(Condition::all().add(receipt::Column::UserId.eq(u)).add(receipt::Column::ConversationId.eq(v)))
-        });
+        let markers = any_pair(pairs, receipt::Column::UserId, receipt::Column::ConversationId);
         for r in receipt::Entity::find().filter(markers).all(txn).await? {
             read_seqs.insert((r.user_id, r.conversation_id), r.read_seq);
         }
@@ -364,7 +352,7 @@ pub(super) async fn record_in_txn(
             Change::Conversation { user, conversation, news } => {
                 let key = (user.0, conversation.0);
                 let old = current.get(&key);
-                let stored = old.map(|m| Stored { seq: m.seq.unwrap_or(0), count: m.count, read: m.read_at.is_some() });
+                let stored = old.map(Stored::of);
                 let read_seq = read_seqs.get(&key).copied().unwrap_or(0);
                 if let Some(b) = bump(stored, read_seq, news) {
                     planned.push((row_for(b.newest, old.map(|m| (m.id, m.event_id)), b.count, now), b.newest));
@@ -459,6 +447,11 @@ pub(super) async fn record_in_txn(
             .collect(),
         unread: unread_counts_in(txn, &users).await?,
     })
+}
+
+/// `(a = x AND b = y) OR …` for each `(x, y)` of `pairs` (empty: no pairs).
+fn any_pair<A: ColumnTrait, B: ColumnTrait>(pairs: impl Iterator<Item = (Uuid, Uuid)>, a: A, b: B) -> Condition {
+    pairs.fold(Condition::any(), |c, (x, y)| c.add(Condition::all().add(a.eq(x)).add(b.eq(y))))
 }
 
 /// `kind = 'message'` as a literal, so a cached PostgreSQL plan (and SQLite) can use the
@@ -560,6 +553,12 @@ pub(super) struct Stored {
     pub seq: i64,
     pub count: i64,
     pub read: bool,
+}
+
+impl Stored {
+    fn of(m: &notification::Model) -> Self {
+        Stored { seq: m.seq.unwrap_or(0), count: m.count, read: m.read_at.is_some() }
+    }
 }
 
 /// What a message notification becomes.
