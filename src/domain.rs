@@ -7,17 +7,19 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::error::ErrorCode;
+
 pub use switchboard_actors::ids::{ConnId, ConversationId, EventId, FileId, MessageId, SessionId, TransferId, UserId};
 
 /// Why an input was refused; `code` is stable for clients, `message` says how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InvalidInput {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> InvalidInput {
+fn invalid(code: ErrorCode, message: impl Into<String>) -> InvalidInput {
     InvalidInput { code, message: message.into() }
 }
 
@@ -36,12 +38,12 @@ impl Username {
         let n = s.chars().count();
         if !(Self::MIN..=Self::MAX).contains(&n) {
             return Err(invalid(
-                "invalid_username",
+                ErrorCode::InvalidUsername,
                 format!("username must be {} to {} characters", Self::MIN, Self::MAX),
             ));
         }
         if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')) {
-            return Err(invalid("invalid_username", "username may contain only letters a-z, digits and _ . -"));
+            return Err(invalid(ErrorCode::InvalidUsername, "username may contain only letters a-z, digits and _ . -"));
         }
         Ok(Self(s))
     }
@@ -67,7 +69,10 @@ impl Password {
 
     pub fn parse(raw: String) -> Result<Self, InvalidInput> {
         if raw.len() < Self::MIN || raw.len() > Self::MAX {
-            return Err(invalid("invalid_password", format!("password must be {} to {} bytes", Self::MIN, Self::MAX)));
+            return Err(invalid(
+                ErrorCode::InvalidPassword,
+                format!("password must be {} to {} bytes", Self::MIN, Self::MAX),
+            ));
         }
         Ok(Self(raw))
     }
@@ -168,13 +173,16 @@ impl DisplayName {
         let s = raw.trim();
         let n = s.chars().count();
         if n == 0 || n > Self::MAX {
-            return Err(invalid("invalid_display_name", format!("display name must be 1 to {} characters", Self::MAX)));
+            return Err(invalid(
+                ErrorCode::InvalidDisplayName,
+                format!("display name must be 1 to {} characters", Self::MAX),
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(invalid("invalid_display_name", "display name may not contain control characters"));
+            return Err(invalid(ErrorCode::InvalidDisplayName, "display name may not contain control characters"));
         }
         if let Err(why) = check_visible_name(s) {
-            return Err(invalid("invalid_display_name", format!("display name {why}")));
+            return Err(invalid(ErrorCode::InvalidDisplayName, format!("display name {why}")));
         }
         Ok(Self(s.to_owned()))
     }

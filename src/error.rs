@@ -7,25 +7,26 @@
 use salvo::http::{ParseError, StatusCode};
 use salvo::prelude::*;
 use serde::Serialize;
+pub use switchboard_actors::codes::ErrorCode;
 
 /// An error a handler returns; rendered by its [`Writer`] impl.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The request is malformed or a field is invalid (400).
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     /// No valid credentials, or the token is expired or revoked (401).
     #[error("{message}")]
-    Unauthorized { code: &'static str, message: String },
+    Unauthorized { code: ErrorCode, message: String },
     /// Authenticated, but not allowed to do this (403).
     #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
+    Forbidden { code: ErrorCode, message: String },
     /// The thing does not exist, or the caller may not know it exists (404).
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
+    NotFound { code: ErrorCode, message: String },
     /// The request conflicts with the current state, e.g. a taken username (409).
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     /// The body is larger than the route allows (413).
     #[error("request body too large (limit {limit} bytes)")]
     PayloadTooLarge { limit: usize },
@@ -47,19 +48,19 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::BadRequest { code, message: message.into() }
     }
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Unauthorized { code, message: message.into() }
     }
-    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Forbidden { code, message: message.into() }
     }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::NotFound { code, message: message.into() }
     }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Conflict { code, message: message.into() }
     }
 
@@ -80,19 +81,19 @@ impl AppError {
     }
 
     /// The stable, machine-readable code clients switch on.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             Self::BadRequest { code, .. }
             | Self::Unauthorized { code, .. }
             | Self::Forbidden { code, .. }
             | Self::NotFound { code, .. }
-            | Self::Conflict { code, .. } => code,
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::TooManyConnections { .. } => "too_many_connections",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
+            | Self::Conflict { code, .. } => *code,
+            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::TooManyConnections { .. } => ErrorCode::TooManyConnections,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -109,9 +110,9 @@ impl AppError {
         match err {
             ParseError::PayloadTooLarge => Self::PayloadTooLarge { limit },
             ParseError::InvalidContentType => Self::UnsupportedMediaType,
-            ParseError::SerdeJson(e) => Self::bad_request("invalid_json", format!("invalid request body: {e}")),
-            ParseError::EmptyBody => Self::bad_request("invalid_json", "request body is empty"),
-            other => Self::bad_request("bad_request", format!("could not read request: {other}")),
+            ParseError::SerdeJson(e) => Self::bad_request(ErrorCode::InvalidJson, format!("invalid request body: {e}")),
+            ParseError::EmptyBody => Self::bad_request(ErrorCode::InvalidJson, "request body is empty"),
+            other => Self::bad_request(ErrorCode::BadRequest, format!("could not read request: {other}")),
         }
     }
 }
@@ -131,12 +132,12 @@ pub struct ErrorBody<'a> {
 /// `{code, message}`: `code` is stable, `message` is for people.
 #[derive(Debug, Serialize)]
 pub struct ErrorDetail<'a> {
-    pub code: &'a str,
+    pub code: ErrorCode,
     pub message: &'a str,
 }
 
 /// Writes the JSON error body with `status`.
-pub fn write_error(res: &mut Response, status: StatusCode, code: &str, message: &str) {
+pub fn write_error(res: &mut Response, status: StatusCode, code: ErrorCode, message: &str) {
     res.status_code(status);
     res.render(Json(ErrorBody { error: ErrorDetail { code, message } }));
 }
@@ -177,12 +178,12 @@ pub async fn json_catcher(res: &mut Response, ctrl: &mut FlowCtrl) {
         return;
     }
     let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
-        StatusCode::BAD_REQUEST => ("bad_request", "bad request"),
-        s if s.is_server_error() => ("internal", "internal server error"),
-        _ => ("error", "request failed"),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such resource"),
+        StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
+        StatusCode::BAD_REQUEST => (ErrorCode::BadRequest, "bad request"),
+        s if s.is_server_error() => (ErrorCode::Internal, "internal server error"),
+        _ => (ErrorCode::Error, "request failed"),
     };
     write_error(res, status, code, message);
     ctrl.skip_rest();
@@ -192,4 +193,17 @@ pub async fn json_catcher(res: &mut Response, ctrl: &mut FlowCtrl) {
 /// `ErrorBody` schema); the error type itself adds nothing to the spec.
 impl salvo::oapi::EndpointOutRegister for AppError {
     fn register(_components: &mut salvo::oapi::Components, _operation: &mut salvo::oapi::Operation) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_error_code_is_documented() {
+        let docs = [include_str!("../docs/api.md"), include_str!("../docs/protocol.md")].concat();
+        let missing: Vec<&str> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).filter(|c| !docs.contains(&format!("`{c}`"))).collect();
+        assert!(missing.is_empty(), "error codes not in docs/api.md or docs/protocol.md: {missing:?}");
+    }
 }

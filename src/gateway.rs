@@ -34,7 +34,7 @@ use salvo_proxy::{Proxy, Upstreams};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::error::{AppError, json_catcher};
+use crate::error::{AppError, ErrorCode, json_catcher};
 use crate::ratelimit::KeyedLimiter;
 
 /// How long an upstream may take to start its answer (headers; bodies stream).
@@ -142,13 +142,13 @@ impl Pool {
     fn unavailable(&self) -> hyper::Response<ResBody> {
         error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
+            ErrorCode::ServiceUnavailable,
             &format!("the {} service is unavailable; try again shortly", self.service.name()),
         )
     }
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str) -> hyper::Response<ResBody> {
+fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> hyper::Response<ResBody> {
     let body = json!({"error": {"code": code, "message": message}}).to_string();
     let mut res = hyper::Response::new(ResBody::Once(body.into()));
     *res.status_mut() = status;
@@ -214,7 +214,7 @@ impl salvo_proxy::Client for GatewayClient {
                 tracing::warn!(service = pool.service.name(), upstream = %pool.members[index].url, "upstream timed out");
                 return Ok(error_response(
                     StatusCode::GATEWAY_TIMEOUT,
-                    "gateway_timeout",
+                    ErrorCode::GatewayTimeout,
                     &format!("the {} service did not answer in time", pool.service.name()),
                 ));
             };
@@ -231,7 +231,7 @@ impl salvo_proxy::Client for GatewayClient {
                     tracing::warn!(service = pool.service.name(), upstream = %pool.members[index].url, error = %e, "upstream failed");
                     return Ok(error_response(
                         StatusCode::BAD_GATEWAY,
-                        "bad_gateway",
+                        ErrorCode::BadGateway,
                         &format!("the {} service failed to answer", pool.service.name()),
                     ));
                 }

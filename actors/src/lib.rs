@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`ids`]: typed ids shared with the main crate.
+//! - [`codes`]: [`codes::ErrorCode`], every error code a client can get (REST and WebSocket).
 //! - [`ports`]: what the actors need from outside — [`ports::ChatStore`] (storage) and
 //!   [`ports::Bus`] (events between nodes) — as traits the main crate implements.
 //! - [`protocol`]: the WebSocket frames, client → server and server → client.
@@ -31,6 +32,7 @@
 //! one process (tests do this).
 
 pub mod bridge;
+pub mod codes;
 pub mod faults;
 pub mod ids;
 pub mod node;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codes::ErrorCode;
 use crate::ids::{ConversationId, MessageId, UserId};
 use crate::ports::{ContactChange, NotificationView, Receipt, StoredMessage, Unread};
 
@@ -69,7 +70,7 @@ pub enum ServerFrame {
     SyncDone { messages: u64 },
     /// A request failed; `ref` names it (its `id` or `client_msg_id`).
     Error {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
@@ -79,21 +80,22 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
-    pub fn error(code: &'static str, message: impl Into<String>, reference: Option<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
         ServerFrame::Error { code, message: message.into(), reference }
     }
 
     /// The frame as JSON text.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"cannot encode frame"}"#.to_owned())
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            format!(r#"{{"type":"error","code":"{}","message":"cannot encode frame"}}"#, ErrorCode::Internal)
+        })
     }
 }
 
 /// A frame that could not be parsed: what to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub reference: Option<String>,
 }
@@ -107,7 +109,7 @@ impl From<FrameError> for ServerFrame {
 /// Parses a text frame into a [`ClientFrame`], or says what is wrong with it.
 pub fn parse_client_frame(text: &str) -> Result<(ClientFrame, Option<String>), FrameError> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError {
-        code: "invalid_json",
+        code: ErrorCode::InvalidJson,
         message: format!("frame is not valid JSON: {e}"),
         reference: None,
     })?;
@@ -118,20 +120,20 @@ pub fn parse_client_frame(text: &str) -> Result<(ClientFrame, Option<String>), F
         .map(|s| s.chars().take(MAX_CLIENT_MSG_ID).collect::<String>());
     let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
         return Err(FrameError {
-            code: "invalid_frame",
+            code: ErrorCode::InvalidFrame,
             message: "frame must be a JSON object with a string `type`".into(),
             reference,
         });
     };
     if !matches!(kind.as_str(), "send" | "sync" | "typing" | "read" | "ping") {
         return Err(FrameError {
-            code: "unknown_type",
+            code: ErrorCode::UnknownType,
             message: format!("unknown frame type {:?}", kind.chars().take(32).collect::<String>()),
             reference,
         });
     }
     let frame: ClientFrame = serde_json::from_value(value).map_err(|e| FrameError {
-        code: "invalid_frame",
+        code: ErrorCode::InvalidFrame,
         message: format!("bad {kind} frame: {e}"),
         reference: reference.clone(),
     })?;
@@ -154,22 +156,22 @@ mod tests {
     #[test]
     fn bad_frames_say_why_and_name_the_request() {
         let e = parse_client_frame("{nope").expect_err("bad json");
-        assert_eq!(e.code, "invalid_json");
+        assert_eq!(e.code, ErrorCode::InvalidJson);
         let e = parse_client_frame(r#"{"type":"fly","id":"r7"}"#).expect_err("unknown");
-        assert_eq!((e.code, e.reference.as_deref()), ("unknown_type", Some("r7")));
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::UnknownType, Some("r7")));
         let e = parse_client_frame(r#"{"type":"send","client_msg_id":"m2","body":5}"#).expect_err("type");
-        assert_eq!((e.code, e.reference.as_deref()), ("invalid_frame", Some("m2")));
+        assert_eq!((e.code, e.reference.as_deref()), (ErrorCode::InvalidFrame, Some("m2")));
         let e = parse_client_frame(r#"[1,2]"#).expect_err("array");
-        assert_eq!(e.code, "invalid_frame");
+        assert_eq!(e.code, ErrorCode::InvalidFrame);
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        assert_eq!(parse_client_frame(&deep).expect_err("deep").code, "invalid_json");
+        assert_eq!(parse_client_frame(&deep).expect_err("deep").code, ErrorCode::InvalidJson);
         let e = parse_client_frame(r#"{"type":"read","conversation_id":"x","seq":1}"#).expect_err("id");
-        assert_eq!(e.code, "invalid_frame");
+        assert_eq!(e.code, ErrorCode::InvalidFrame);
     }
 
     #[test]
     fn server_frames_have_a_type() {
-        let f = ServerFrame::error("rate_limited", "slow down", Some("m1".into()));
+        let f = ServerFrame::error(ErrorCode::RateLimited, "slow down", Some("m1".into()));
         let v: serde_json::Value = serde_json::from_str(&f.to_json()).expect("json");
         assert_eq!(v["type"], "error");
         assert_eq!(v["ref"], "m1");

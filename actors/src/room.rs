@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::NORMAL_EXIT;
+use crate::codes::ErrorCode;
 use crate::ids::{ConversationId, UserId};
 use crate::node::NodeCtx;
 use crate::ports::{Appended, ConversationInfo, Envelope, Event, NewMessage, Pending, StoreError, StoredMessage};
@@ -30,7 +31,7 @@ use crate::protocol::ServerFrame;
 /// A send that failed, with a code for the client's `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -103,14 +104,16 @@ impl Actor for RoomActor {
             RoomMsg::Send { msg, reply } => {
                 state.last_activity = Instant::now();
                 if !state.info.has(msg.sender_id) {
-                    let _ = reply.send(Err(SendError { code: "not_found", message: "no such conversation".into() }));
+                    let _ = reply
+                        .send(Err(SendError { code: ErrorCode::NotFound, message: "no such conversation".into() }));
                     return Ok(());
                 }
                 let pending = state.ctx.store.queue_append(*msg).await;
                 if let Err(mpsc::error::SendError(c)) = state.completions.send(Completion { pending, reply }) {
                     // Cannot happen while the room lives (it holds the receiver's task);
                     // answer anyway rather than leave the sender waiting.
-                    let _ = c.reply.send(Err(SendError { code: "unavailable", message: "room stopped".into() }));
+                    let _ =
+                        c.reply.send(Err(SendError { code: ErrorCode::Unavailable, message: "room stopped".into() }));
                 }
             }
             RoomMsg::Tick => {
@@ -134,11 +137,11 @@ async fn complete(
 ) {
     while let Some(Completion { pending, reply }) = rx.recv().await {
         let result = pending.await.map_err(|e| match e {
-            StoreError::NotFound => SendError { code: "not_found", message: "no such conversation".into() },
-            StoreError::Forbidden(why) => SendError { code: "forbidden", message: why.into() },
+            StoreError::NotFound => SendError { code: ErrorCode::NotFound, message: "no such conversation".into() },
+            StoreError::Forbidden(why) => SendError { code: ErrorCode::Forbidden, message: why.into() },
             StoreError::Unavailable(e) => {
                 tracing::warn!(room = %name, error = %e, "append failed");
-                SendError { code: "unavailable", message: "storage is unavailable; resend later".into() }
+                SendError { code: ErrorCode::Unavailable, message: "storage is unavailable; resend later".into() }
             }
         });
         if let Ok(appended) = &result {

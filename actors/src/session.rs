@@ -16,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::sync::CancellationToken;
 
 use crate::NORMAL_EXIT;
+use crate::codes::ErrorCode;
 use crate::ids::{ConnId, ConversationId, UserId};
 use crate::node::NodeCtx;
 use crate::ports::{ConversationInfo, Envelope, Event, NewMessage, StoreError, StoredMessage};
@@ -145,7 +146,7 @@ impl ConnHandle {
 
     /// Closes the connection because its login was revoked, telling the client why.
     pub fn close_logged_out(&self) {
-        self.push(&ServerFrame::error("session_revoked", "you were logged out; log in again", None));
+        self.push(&ServerFrame::error(ErrorCode::SessionRevoked, "you were logged out; log in again", None));
         self.close(CLOSE_LOGGED_OUT, "logged out");
     }
 
@@ -366,7 +367,7 @@ impl SessionState {
         }
     }
 
-    fn error(&self, code: &'static str, message: impl Into<String>, reference: Option<String>) {
+    fn error(&self, code: ErrorCode, message: impl Into<String>, reference: Option<String>) {
         self.conn.push(&ServerFrame::error(code, message, reference));
     }
 
@@ -483,31 +484,33 @@ impl SessionState {
         {
             self.count_violation();
             return self.error(
-                "invalid_client_msg_id",
+                ErrorCode::InvalidClientMsgId,
                 format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} characters"),
                 r,
             );
         }
         if body.trim().is_empty() {
-            return self.error("empty_body", "message body is empty", r);
+            return self.error(ErrorCode::EmptyBody, "message body is empty", r);
         }
         if body.contains('\0') {
             // Text cannot hold NUL on PostgreSQL (and it is no character a person types).
-            return self.error("invalid_body", "message body must not contain NUL characters", r);
+            return self.error(ErrorCode::InvalidBody, "message body must not contain NUL characters", r);
         }
         if body.len() > self.ctx.limits.max_body_bytes {
             return self.error(
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("message body is over {} bytes", self.ctx.limits.max_body_bytes),
                 r,
             );
         }
         if self.ctx.send_limiter.check_key(&me).is_err() {
-            return self.error("rate_limited", "sending too fast; resend this message later", r);
+            return self.error(ErrorCode::RateLimited, "sending too fast; resend this message later", r);
         }
         let conv = match (conversation_id, to_user_id) {
             (Some(c), _) => self.conversation(c).await,
-            (None, Some(to)) if to == me => return self.error("invalid_recipient", "you cannot message yourself", r),
+            (None, Some(to)) if to == me => {
+                return self.error(ErrorCode::InvalidRecipient, "you cannot message yourself", r);
+            }
             (None, Some(to)) => match self.ctx.store.open_conversation(me, to).await {
                 Ok(c) => {
                     self.conversations.insert(c.id, c);
@@ -515,7 +518,7 @@ impl SessionState {
                 }
                 Err(e) => Err(e),
             },
-            (None, None) => return self.error("invalid_frame", "send needs conversation_id or to_user_id", r),
+            (None, None) => return self.error(ErrorCode::InvalidFrame, "send needs conversation_id or to_user_id", r),
         };
         let conv = match conv {
             Ok(c) => c,
@@ -527,7 +530,7 @@ impl SessionState {
             Ok(room) => room,
             Err(e) => {
                 tracing::warn!(conversation = %conv.id, error = %e, "no room actor");
-                return self.error("unavailable", "conversation is unavailable; resend later", r);
+                return self.error(ErrorCode::Unavailable, "conversation is unavailable; resend later", r);
             }
         };
         let msg = NewMessage {
@@ -541,7 +544,7 @@ impl SessionState {
         let (tx, rx) = ractor::concurrency::oneshot();
         let reply: RpcReplyPort<Result<StoredMessage, SendError>> = tx.into();
         if room.cast(RoomMsg::Send { msg: Box::new(msg), reply }).is_err() {
-            return self.error("unavailable", "conversation is restarting; resend later", r);
+            return self.error(ErrorCode::Unavailable, "conversation is restarting; resend later", r);
         }
         // Wait for the commit off the actor, so this session keeps delivering meanwhile.
         let conn = self.conn.clone();
@@ -562,7 +565,11 @@ impl SessionState {
                 // sure this connection sees whatever was committed.
                 _ => {
                     let _ = myself.cast(SessionMsg::Refresh(conv_id));
-                    ServerFrame::error("not_acknowledged", "not acknowledged; resend with the same client_msg_id", r)
+                    ServerFrame::error(
+                        ErrorCode::NotAcknowledged,
+                        "not acknowledged; resend with the same client_msg_id",
+                        r,
+                    )
                 }
             };
             conn.push(&frame);
@@ -571,19 +578,19 @@ impl SessionState {
 
     fn store_error(&self, e: StoreError, r: Option<String>) {
         match e {
-            StoreError::NotFound => self.error("not_found", "no such conversation or user", r),
-            StoreError::Forbidden(why) => self.error("forbidden", why, r),
-            StoreError::Unavailable(_) => self.error("unavailable", "storage is unavailable; retry later", r),
+            StoreError::NotFound => self.error(ErrorCode::NotFound, "no such conversation or user", r),
+            StoreError::Forbidden(why) => self.error(ErrorCode::Forbidden, why, r),
+            StoreError::Unavailable(_) => self.error(ErrorCode::Unavailable, "storage is unavailable; retry later", r),
         }
     }
 
     async fn on_sync(&mut self, since: HashMap<ConversationId, i64>, reference: Option<String>) {
         if self.ctx.sync_limiter.check_key(&self.me()).is_err() {
-            return self.error("rate_limited", "syncing too often; sync again in a second", reference);
+            return self.error(ErrorCode::RateLimited, "syncing too often; sync again in a second", reference);
         }
         if since.len() > MAX_SYNC_CONVERSATIONS {
             return self.error(
-                "invalid_frame",
+                ErrorCode::InvalidFrame,
                 format!("sync names more than {MAX_SYNC_CONVERSATIONS} conversations"),
                 reference,
             );
@@ -613,7 +620,7 @@ impl SessionState {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(conversation = %c, error = %e, "catch-up read failed");
-                    self.error("unavailable", "storage is unavailable; sync again later", None);
+                    self.error(ErrorCode::Unavailable, "storage is unavailable; sync again later", None);
                     return None;
                 }
             };
@@ -769,7 +776,7 @@ impl SessionState {
     /// permission check and a publish).
     async fn on_typing(&mut self, c: ConversationId, active: bool) {
         let Ok(conv) = self.conversation(c).await else {
-            return self.error("not_found", "no such conversation", None);
+            return self.error(ErrorCode::NotFound, "no such conversation", None);
         };
         let now = Instant::now();
         let forward = match self.typing.get(&c) {
@@ -810,7 +817,7 @@ impl SessionState {
             Err(e) => return self.store_error(e, reference),
         };
         if seq < 0 {
-            return self.error("invalid_frame", "seq must not be negative", reference);
+            return self.error(ErrorCode::InvalidFrame, "seq must not be negative", reference);
         }
         if self.read_asked.get(&c).is_some_and(|asked| seq <= *asked) {
             return;

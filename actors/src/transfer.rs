@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
 use crate::NORMAL_EXIT;
+use crate::codes::ErrorCode;
 use crate::ids::{ConversationId, FileId, TransferId, UserId};
 use crate::node::NodeCtx;
 use crate::ports::{Envelope, Event, NewMessage, StoreError};
@@ -241,7 +242,7 @@ impl TransferState {
         let posted = ractor::call_t!(room, |reply| RoomMsg::Send { msg: Box::new(msg), reply }, 30_000)?;
         match posted {
             Ok(_) => {}
-            Err(e) if e.code == "forbidden" => {
+            Err(e) if e.code == ErrorCode::Forbidden => {
                 // Blocked (or no longer contacts) while the file went up: it is not posted.
                 tracing::info!(transfer = %self.id, why = %e.message, "file not posted");
                 store.refuse(self.id).await?;

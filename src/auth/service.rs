@@ -11,7 +11,7 @@ use super::passwords::PasswordHasher;
 use super::tokens::{Claims, TokenKeys};
 use crate::config::AuthConfig;
 use crate::domain::{DisplayName, Password, SessionId, Username};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::ratelimit::{FailureCounter, KeyedLimiter};
 use crate::storage::Storage;
 use crate::storage::users::{CreateUserError, User};
@@ -116,7 +116,7 @@ impl AuthService {
                 Ok(user)
             }
             Err(CreateUserError::UsernameTaken) => {
-                Err(AppError::conflict("username_taken", "this username is already taken"))
+                Err(AppError::conflict(ErrorCode::UsernameTaken, "this username is already taken"))
             }
             Err(CreateUserError::Db(e)) => Err(e.into()),
         }
@@ -134,7 +134,7 @@ impl AuthService {
         if let Some(ip) = ip {
             check(&self.limits.login_ip, &crate::net::limit_key(ip))?;
         }
-        let bad = || AppError::unauthorized("invalid_credentials", "wrong username or password");
+        let bad = || AppError::unauthorized(ErrorCode::InvalidCredentials, "wrong username or password");
         // Malformed names or passwords cannot match an account: same answer as a wrong one.
         let username = Username::parse(username).map_err(|_| bad())?;
         let password = Password::parse(password).map_err(|_| bad())?;
@@ -188,7 +188,8 @@ impl AuthService {
 
     /// Turns a token into the caller, or 401 if it is invalid, expired or revoked.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AppError> {
-        let unauthorized = || AppError::unauthorized("invalid_token", "missing, invalid, expired or revoked token");
+        let unauthorized =
+            || AppError::unauthorized(ErrorCode::InvalidToken, "missing, invalid, expired or revoked token");
         let claims = self.keys.verify(token).ok_or_else(unauthorized)?;
         if !self.storage.sessions.is_active(claims.jti, claims.sub, crate::now_ms()).await? {
             return Err(unauthorized());
@@ -202,7 +203,7 @@ impl AuthService {
             .users
             .find(who.user_id)
             .await?
-            .ok_or_else(|| AppError::unauthorized("invalid_token", "the account no longer exists"))
+            .ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "the account no longer exists"))
     }
 
     /// Periodic housekeeping: forget idle rate-limit keys, delete long-expired sessions.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::state;
 use crate::auth::{AuthUser, SESSION_COOKIE};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 pub fn router() -> Router {
     Router::with_path("api/auth")
@@ -128,7 +128,7 @@ pub fn caller(depot: &Depot) -> Result<AuthUser, AppError> {
     depot
         .get_typed::<AuthUser>()
         .copied()
-        .map_err(|_| AppError::unauthorized("invalid_token", "authentication required"))
+        .map_err(|_| AppError::unauthorized(ErrorCode::InvalidToken, "authentication required"))
 }
 
 /// Hoop: 401 unless the request carries a valid, unrevoked token; otherwise the caller
@@ -137,7 +137,7 @@ pub fn caller(depot: &Depot) -> Result<AuthUser, AppError> {
 pub async fn require_auth(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
     let result = match (request_token(req), state(depot)) {
         (_, Err(e)) => Err(e),
-        (None, _) => Err(AppError::unauthorized("invalid_token", "authentication required")),
+        (None, _) => Err(AppError::unauthorized(ErrorCode::InvalidToken, "authentication required")),
         (Some(token), Ok(st)) => st.auth.authenticate(&token).await,
     };
     match result {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::auth::{caller, json_body, require_auth};
 use super::{AppState, state};
 use crate::domain::{UserId, Username};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::storage::contacts::{ContactError, ContactRequest, RequestOutcome};
 
 /// Largest page of search results.
@@ -45,9 +45,9 @@ pub fn router() -> Router {
 impl From<ContactError> for AppError {
     fn from(e: ContactError) -> Self {
         match e {
-            ContactError::NotFound => AppError::not_found("not_found", "no such user or request"),
-            ContactError::Forbidden(why) => AppError::Forbidden { code: "forbidden", message: why.into() },
-            ContactError::Conflict(why) => AppError::conflict("conflict", why),
+            ContactError::NotFound => AppError::not_found(ErrorCode::NotFound, "no such user or request"),
+            ContactError::Forbidden(why) => AppError::Forbidden { code: ErrorCode::Forbidden, message: why.into() },
+            ContactError::Conflict(why) => AppError::conflict(ErrorCode::Conflict, why),
             ContactError::Db(e) => e.into(),
         }
     }
@@ -73,7 +73,7 @@ async fn publish(st: &AppState, kind: &str, r: &ContactRequest) {
 fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
     req.param::<String>(key)
         .and_then(|s| Uuid::parse_str(&s).ok())
-        .ok_or_else(|| AppError::not_found("not_found", "no such user or request"))
+        .ok_or_else(|| AppError::not_found(ErrorCode::NotFound, "no such user or request"))
 }
 
 /// `GET /api/contacts` → `{"contacts": [{user, since}]}`.
@@ -120,7 +120,7 @@ async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
     st.contact_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
-    let not_found = || AppError::not_found("not_found", "no such user");
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such user");
     let username = Username::parse(&body.username).map_err(|_| not_found())?;
     let target = st.storage.users.find_by_username(&username).await?.ok_or_else(not_found)?;
     let (request, outcome) = st.storage.contacts.request(me, target.id).await?;
@@ -233,18 +233,17 @@ async fn search(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     st.search_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     let q = req.queries().get("q").map(|s| s.trim().to_lowercase()).unwrap_or_default();
     if q.is_empty() || q.chars().count() > 64 || q.chars().any(char::is_control) {
-        return Err(AppError::bad_request("invalid_query", "q must be 1 to 64 characters"));
+        return Err(AppError::bad_request(ErrorCode::InvalidQuery, "q must be 1 to 64 characters"));
     }
-    let limit =
-        match req.queries().get("limit") {
-            None => 20,
-            Some(v) => v.parse::<u64>().ok().filter(|n| (1..=MAX_SEARCH_PAGE).contains(n)).ok_or_else(|| {
-                AppError::bad_request("invalid_query", format!("limit must be 1 to {MAX_SEARCH_PAGE}"))
-            })?,
-        };
+    let limit = match req.queries().get("limit") {
+        None => 20,
+        Some(v) => v.parse::<u64>().ok().filter(|n| (1..=MAX_SEARCH_PAGE).contains(n)).ok_or_else(|| {
+            AppError::bad_request(ErrorCode::InvalidQuery, format!("limit must be 1 to {MAX_SEARCH_PAGE}"))
+        })?,
+    };
     let cursor = req.queries().get("cursor").map(String::as_str);
     if cursor.is_some_and(|c| c.len() > 64) {
-        return Err(AppError::bad_request("invalid_query", "bad cursor"));
+        return Err(AppError::bad_request(ErrorCode::InvalidQuery, "bad cursor"));
     }
     let (users, next) = st.storage.contacts.search(me, &q, limit, cursor).await?;
     res.render(Json(json!({ "users": users, "next_cursor": next })));

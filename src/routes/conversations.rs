@@ -10,7 +10,7 @@ use switchboard_actors::ports::ChatStore;
 use super::auth::{caller, require_auth};
 use super::state;
 use crate::domain::ConversationId;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 /// Largest page of history.
 pub const MAX_PAGE: u64 = 500;
@@ -40,19 +40,16 @@ pub fn query_limit(req: &Request, default: u64, max: u64) -> Result<u64, AppErro
             .parse::<u64>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| AppError::bad_request("invalid_query", format!("limit must be 1 to {max}"))),
+            .ok_or_else(|| AppError::bad_request(ErrorCode::InvalidQuery, format!("limit must be 1 to {max}"))),
     }
 }
 
 pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
     match req.queries().get(key) {
         None => Ok(None),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Some)
-            .ok_or_else(|| AppError::bad_request("invalid_query", format!("{key} must be a non-negative integer"))),
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or_else(|| {
+            AppError::bad_request(ErrorCode::InvalidQuery, format!("{key} must be a non-negative integer"))
+        }),
     }
 }
 
@@ -63,7 +60,7 @@ pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
 async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
-    let not_found = || AppError::not_found("not_found", "no such conversation");
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such conversation");
     let id = req.param::<String>("id").and_then(|s| ConversationId::parse(&s)).ok_or_else(not_found)?;
     let after = query_i64(req, "after_seq")?;
     let before = query_i64(req, "before_seq")?;

@@ -23,7 +23,7 @@ use salvo::prelude::*;
 use super::state;
 use crate::auth::SESSION_COOKIE;
 use crate::config::Config;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 /// The double-submit cookie (HttpOnly: the pages hand its value to their scripts).
 pub const CSRF_COOKIE: &str = "sb_csrf";
@@ -62,7 +62,7 @@ pub async fn csrf_guard(req: &mut Request, depot: &mut Depot, res: &mut Response
 
 fn check(req: &Request, config: &Config) -> Result<(), AppError> {
     if !origin_allowed(req, config) {
-        return Err(AppError::forbidden("cross_site_request", "requests from another site are refused"));
+        return Err(AppError::forbidden(ErrorCode::CrossSiteRequest, "requests from another site are refused"));
     }
     if req.headers().contains_key(header::AUTHORIZATION) {
         return Ok(());
@@ -75,7 +75,7 @@ fn check(req: &Request, config: &Config) -> Result<(), AppError> {
     let given = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if expected.len() < 16 || !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
         return Err(AppError::forbidden(
-            "csrf_token_invalid",
+            ErrorCode::CsrfTokenInvalid,
             "missing or wrong X-CSRF-Token header (reload the page)",
         ));
     }

@@ -9,7 +9,7 @@ use switchboard_actors::node::SUPERVISORS;
 
 use super::auth::require_auth;
 use super::state;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 pub fn router() -> Router {
     Router::with_path("api/debug")
@@ -35,15 +35,15 @@ async fn inject(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let st = state(depot)?;
     if !matches!(body.kind.as_str(), "session" | "room" | "nstream" | "transfer" | "bridge" | "sup") {
         return Err(AppError::bad_request(
-            "invalid_kind",
+            ErrorCode::InvalidKind,
             "kind must be session, room, nstream, transfer, bridge or sup",
         ));
     }
     let fault = Fault::parse(&body.fault)
-        .ok_or_else(|| AppError::bad_request("invalid_fault", "fault must be kill, panic or error"))?;
+        .ok_or_else(|| AppError::bad_request(ErrorCode::InvalidFault, "fault must be kill, panic or error"))?;
     let name = st.node.ctx.name(&body.kind, &body.id);
     if !st.node.ctx.faults.inject(&name, fault) {
-        return Err(AppError::not_found("not_found", "no such actor"));
+        return Err(AppError::not_found(ErrorCode::NotFound, "no such actor"));
     }
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())

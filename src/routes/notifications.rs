@@ -16,7 +16,7 @@ use switchboard_actors::notify_stream::StreamItem;
 use super::auth::{caller, require_auth};
 use super::conversations::{query_i64, query_limit};
 use super::state;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::notify::Notifier;
 
 /// Largest page of notifications.
@@ -49,7 +49,7 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     let unread_only = match req.queries().get("unread").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => return Err(AppError::bad_request("invalid_query", "unread must be true or false")),
+        Some(_) => return Err(AppError::bad_request(ErrorCode::InvalidQuery, "unread must be true or false")),
     };
     let before = query_i64(req, "before")?;
     let limit = query_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
@@ -64,7 +64,7 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
 #[endpoint(tags("notifications"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 204, description = "marked read"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let not_found = || AppError::not_found("not_found", "no such notification");
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such notification");
     let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
     if !state(depot)?.storage.notifications.mark_read(me, id, crate::now_ms()).await? {
         return Err(not_found());
@@ -93,13 +93,12 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let who = caller(depot)?;
     let me = who.user_id;
     let header = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let after =
-        match header {
-            Some(h) => h.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                AppError::bad_request("invalid_header", "Last-Event-ID must be a notification number")
-            })?,
-            None => query_i64(req, "after")?.unwrap_or(0),
-        };
+    let after = match header {
+        Some(h) => h.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            AppError::bad_request(ErrorCode::InvalidHeader, "Last-Event-ID must be a notification number")
+        })?,
+        None => query_i64(req, "after")?.unwrap_or(0),
+    };
     let st = state(depot)?;
     // Streams hold memory and a task each: one user gets as many as chat sockets.
     let limit = st.config.messaging.max_connections_per_user;

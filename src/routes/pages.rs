@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::csrf;
 use crate::auth::SESSION_COOKIE;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 /// The pages and static files. `cookie_secure` marks the CSRF cookie `Secure`.
 pub fn router(cookie_secure: bool) -> Router {
@@ -190,7 +190,7 @@ static ASSETS_VERSION: LazyLock<String> = LazyLock::new(|| {
 async fn static_file(req: &mut Request, res: &mut Response) -> Result<(), AppError> {
     let name = req.param::<String>("file").unwrap_or_default();
     let Some((_, ctype, body)) = STATIC_FILES.iter().find(|(n, _, _)| *n == name) else {
-        return Err(AppError::not_found("not_found", "no such file"));
+        return Err(AppError::not_found(ErrorCode::NotFound, "no such file"));
     };
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     let versioned = req.query::<String>("v").is_some_and(|v| v == *ASSETS_VERSION);

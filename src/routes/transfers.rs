@@ -15,7 +15,7 @@ use switchboard_actors::ports::ChatStore;
 use super::auth::{caller, json_body, require_auth};
 use super::state;
 use crate::domain::ConversationId;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::storage::entities::transfer;
 use crate::storage::files::{ChunkError, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex};
 
@@ -114,23 +114,23 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let body: CreateBody = json_body(req, depot).await?;
     let st = state(depot)?;
     let limits = &st.config.files;
-    check_name(&body.name).map_err(|m| AppError::bad_request("invalid_name", m))?;
+    check_name(&body.name).map_err(|m| AppError::bad_request(ErrorCode::InvalidName, m))?;
     let sha = body.sha256.to_ascii_lowercase();
     if !is_sha256_hex(&sha) {
-        return Err(AppError::bad_request("invalid_sha256", "sha256 must be 64 hexadecimal digits"));
+        return Err(AppError::bad_request(ErrorCode::InvalidSha256, "sha256 must be 64 hexadecimal digits"));
     }
     if body.size < 1 {
-        return Err(AppError::bad_request("invalid_size", "size must be at least 1 byte"));
+        return Err(AppError::bad_request(ErrorCode::InvalidSize, "size must be at least 1 byte"));
     }
     if body.size as u64 > limits.max_file_bytes {
         return Err(AppError::PayloadTooLarge { limit: limits.max_file_bytes as usize });
     }
-    let not_found = || AppError::not_found("not_found", "no such conversation");
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such conversation");
     let conv_id = ConversationId::parse(&body.conversation_id).ok_or_else(not_found)?;
     let conv = participant_conversation(depot, conv_id, me).await?.ok_or_else(not_found)?;
     if let Some(peer) = conv.peer_of(me) {
         st.storage.chat.may_message(me, peer).await.map_err(|_| AppError::Forbidden {
-            code: "forbidden",
+            code: ErrorCode::Forbidden,
             message: "you may not send files to this user".into(),
         })?;
     }
@@ -149,13 +149,13 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         Ok(t) => t,
         Err(LimitExceeded::TooManyTransfers) => {
             return Err(AppError::Conflict {
-                code: "too_many_transfers",
+                code: ErrorCode::TooManyTransfers,
                 message: format!("at most {} uploads at once; finish or wait for one", limits.max_concurrent_transfers),
             });
         }
         Err(LimitExceeded::Quota) => {
             return Err(AppError::Conflict {
-                code: "quota_exceeded",
+                code: ErrorCode::QuotaExceeded,
                 message: format!("this upload would pass your storage quota of {} bytes", limits.quota_bytes),
             });
         }
@@ -169,7 +169,7 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 async fn visible_transfer(req: &Request, depot: &Depot) -> Result<transfer::Model, AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
-    let not_found = || AppError::not_found("not_found", "no such transfer");
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such transfer");
     let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
     let t = st.files.transfer(TransferId(id)).await?.ok_or_else(not_found)?;
     participant_conversation(depot, ConversationId(t.conversation_id), me).await?.ok_or_else(not_found)?;
@@ -204,17 +204,20 @@ async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
     let t = visible_transfer(req, depot).await?;
     let st = state(depot)?;
     if t.uploader_id != me.0 {
-        return Err(AppError::Forbidden { code: "forbidden", message: "only the uploader sends chunks".into() });
+        return Err(AppError::Forbidden {
+            code: ErrorCode::Forbidden,
+            message: "only the uploader sends chunks".into(),
+        });
     }
     if t.state != "uploading" || t.file_id.is_some() {
-        return Err(AppError::conflict("transfer_closed", format!("this transfer is {}", t.state)));
+        return Err(AppError::conflict(ErrorCode::TransferClosed, format!("this transfer is {}", t.state)));
     }
     let index = req
         .param::<String>("index")
         .and_then(|s| s.parse::<i64>().ok())
         .filter(|i| (0..t.chunk_count as i64).contains(i))
         .ok_or_else(|| {
-            AppError::bad_request("invalid_index", format!("chunk index must be 0 to {}", t.chunk_count - 1))
+            AppError::bad_request(ErrorCode::InvalidIndex, format!("chunk index must be 0 to {}", t.chunk_count - 1))
         })?;
     let sha = req
         .headers()
@@ -222,7 +225,9 @@ async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase)
         .filter(|s| is_sha256_hex(s))
-        .ok_or_else(|| AppError::bad_request("invalid_sha256", "X-Chunk-Sha256 must be 64 hexadecimal digits"))?;
+        .ok_or_else(|| {
+            AppError::bad_request(ErrorCode::InvalidSha256, "X-Chunk-Sha256 must be 64 hexadecimal digits")
+        })?;
     let id = TransferId(t.id);
     let expected = chunk_len(&t, index) as u64;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -239,10 +244,10 @@ async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
                 return Err(AppError::PayloadTooLarge { limit: expected as usize });
             }
             Err(e @ (ChunkError::WrongSize { .. } | ChunkError::Body(_))) => {
-                return Err(AppError::bad_request("invalid_chunk", e.to_string()));
+                return Err(AppError::bad_request(ErrorCode::InvalidChunk, e.to_string()));
             }
             Err(ChunkError::HashMismatch) => {
-                return Err(AppError::bad_request("chunk_hash_mismatch", ChunkError::HashMismatch.to_string()));
+                return Err(AppError::bad_request(ErrorCode::ChunkHashMismatch, ChunkError::HashMismatch.to_string()));
             }
             Err(ChunkError::Io(e)) => return Err(AppError::Internal(e.into())),
         }
@@ -264,7 +269,7 @@ const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/w
 async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
-    let not_found = || AppError::not_found("not_found", "no such file");
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such file");
     let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
     let f = st.files.file(FileId(id)).await?.ok_or_else(not_found)?;
     participant_conversation(depot, ConversationId(f.conversation_id), me).await?.ok_or_else(not_found)?;

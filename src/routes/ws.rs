@@ -27,7 +27,7 @@ use super::state;
 use crate::auth::AuthUser;
 use crate::config::MessagingConfig;
 use crate::domain::UserId;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 pub fn router() -> Router {
     Router::with_path("ws").get(upgrade)
@@ -62,12 +62,13 @@ fn message_of(out: Outbound) -> Message {
 #[handler]
 async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?.clone();
-    let token = request_token(req).ok_or_else(|| AppError::unauthorized("invalid_token", "authentication required"))?;
+    let token =
+        request_token(req).ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "authentication required"))?;
     let who = st.auth.authenticate(&token).await?;
     let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
     if by_cookie && !super::csrf::origin_allowed(req, &st.config) {
         return Err(AppError::Forbidden {
-            code: "origin_not_allowed",
+            code: ErrorCode::OriginNotAllowed,
             message: "this origin may not open the chat socket".into(),
         });
     }
@@ -95,7 +96,7 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
             drop(slot);
         })
         .await
-        .map_err(|e| AppError::bad_request("bad_upgrade", e.brief))
+        .map_err(|e| AppError::bad_request(ErrorCode::BadUpgrade, e.brief))
 }
 
 /// Open chat sockets per user on this node, so one account cannot hold unbounded
@@ -232,7 +233,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                 None => break,
             }
         } else if msg.is_binary() {
-            conn.push(&ServerFrame::error("binary_not_supported", "send JSON text frames", None));
+            conn.push(&ServerFrame::error(ErrorCode::BinaryNotSupported, "send JSON text frames", None));
             if conn.violation(m.max_violations) {
                 conn.close(CLOSE_POLICY, "too many invalid frames");
             }
