@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::ids::UserId;
 use switchboard_actors::ports::{Bus, Envelope, Event};
+use switchboard_actors::states::{ContactChangeKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
@@ -54,7 +55,9 @@ pub fn wants(event: &Event) -> bool {
     match event {
         Event::MessageCreated { to, message, .. } => message.sender_id != *to,
         Event::Receipt { to, receipt } => receipt.user_id == *to,
-        Event::Contact { change, .. } => matches!(change.kind.as_str(), "requested" | "accepted"),
+        Event::Contact { change, .. } => {
+            matches!(change.kind, ContactChangeKind::Requested | ContactChangeKind::Accepted)
+        }
         _ => false,
     }
 }
@@ -254,16 +257,16 @@ impl Notifier {
 }
 
 /// For an event that makes a notification: its recipient, kind, and the user it is from.
-fn notification_source(event: &Event) -> Option<(UserId, &'static str, UserId)> {
+fn notification_source(event: &Event) -> Option<(UserId, NotificationKind, UserId)> {
     match event {
         Event::MessageCreated { to, message, .. } if message.sender_id != *to => {
-            Some((*to, "message", message.sender_id))
+            Some((*to, NotificationKind::Message, message.sender_id))
         }
-        Event::Contact { to, change } if change.kind == "requested" && change.addressee_id == *to => {
-            Some((*to, "contact_request", change.requester_id))
+        Event::Contact { to, change } if change.kind == ContactChangeKind::Requested && change.addressee_id == *to => {
+            Some((*to, NotificationKind::ContactRequest, change.requester_id))
         }
-        Event::Contact { to, change } if change.kind == "accepted" && change.requester_id == *to => {
-            Some((*to, "contact_accepted", change.addressee_id))
+        Event::Contact { to, change } if change.kind == ContactChangeKind::Accepted && change.requester_id == *to => {
+            Some((*to, NotificationKind::ContactAccepted, change.addressee_id))
         }
         _ => None,
     }
@@ -352,6 +355,7 @@ mod tests {
     use super::*;
     use switchboard_actors::ids::{ConversationId, MessageId};
     use switchboard_actors::ports::{ContactChange, Receipt, StoredMessage};
+    use switchboard_actors::states::{ContactState, MessageKind};
 
     /// RabbitMQ's topic match: `*` is one word, `#` zero or more.
     fn topic_matches(pattern: &str, key: &str) -> bool {
@@ -375,18 +379,18 @@ mod tests {
             seq: 1,
             sender_id: ann,
             client_msg_id: "c1".into(),
-            kind: "text".into(),
+            kind: MessageKind::Text,
             body: "hi".into(),
             file_id: None,
             created_at: 0,
         };
         let receipt = Receipt { conversation_id: message.conversation_id, user_id: ben, delivered_seq: 1, read_seq: 1 };
-        let change = |kind: &str| ContactChange {
-            kind: kind.into(),
+        let change = |kind: ContactChangeKind| ContactChange {
+            kind,
             request_id: uuid::Uuid::nil(),
             requester_id: ann,
             addressee_id: ben,
-            state: "pending".into(),
+            state: ContactState::Pending,
         };
         let mut out = vec![
             Event::MessageCreated { to: ann, message: message.clone(), frame: None },
@@ -396,7 +400,7 @@ mod tests {
             Event::Typing { to: ben, conversation_id: receipt.conversation_id, user_id: ann, active: true },
             Event::Presence { to: ben, user_id: ann, online: true },
         ];
-        for kind in ["requested", "accepted", "declined", "cancelled", "removed"] {
+        for kind in ContactChangeKind::ALL.iter().copied() {
             out.push(Event::Contact { to: ann, change: change(kind) });
             out.push(Event::Contact { to: ben, change: change(kind) });
         }

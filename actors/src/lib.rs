@@ -10,6 +10,7 @@
 //! ```
 //!
 //! - [`ids`]: typed ids shared with the main crate.
+//! - [`states`]: the states and kinds (message, contact, transfer, notification) as enums.
 //! - [`codes`]: [`codes::ErrorCode`], every error code a client can get (REST and WebSocket).
 //! - [`ports`]: what the actors need from outside — [`ports::ChatStore`] (storage) and
 //!   [`ports::Bus`] (events between nodes) — as traits the main crate implements.
@@ -31,6 +32,62 @@
 //! Actor names and process groups are scoped by node id, so several nodes can live in
 //! one process (tests do this).
 
+/// Declares an enum whose variants travel as fixed strings (in JSON, on the bus, in the
+/// database): `as_str`, `parse`, `ALL`, `Display`, and serde as those strings. Used for
+/// every state, kind and error code, so a misspelt one does not compile.
+#[macro_export]
+macro_rules! text_enum {
+    ($(#[doc = $edoc:literal])* $name:ident { $($(#[doc = $doc:literal])* $variant:ident = $text:literal,)* }) => {
+        $(#[doc = $edoc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The text it travels as.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            /// The value written `s`, if any.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| {
+                    let expected: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    serde::de::Error::custom(format!("unknown {} {:?}; expected one of {}", stringify!($name), s, expected.join(", ")))
+                })
+            }
+        }
+    };
+}
+
 pub mod bridge;
 pub mod codes;
 pub mod faults;
@@ -41,6 +98,7 @@ pub mod ports;
 pub mod protocol;
 pub mod room;
 pub mod session;
+pub mod states;
 pub mod supervisor;
 pub mod transfer;
 

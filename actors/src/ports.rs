@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConversationId, EventId, FileId, MessageId, UserId};
+use crate::states::{ContactChangeKind, ContactState, MessageKind, NotificationKind};
 
 /// A stored message, as delivered to clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,8 +14,7 @@ pub struct StoredMessage {
     pub seq: i64,
     pub sender_id: UserId,
     pub client_msg_id: String,
-    /// `text` or `file`.
-    pub kind: String,
+    pub kind: MessageKind,
     pub body: String,
     pub file_id: Option<FileId>,
     pub created_at: i64,
@@ -26,7 +26,7 @@ pub struct NewMessage {
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
     pub client_msg_id: String,
-    pub kind: String,
+    pub kind: MessageKind,
     pub body: String,
     pub file_id: Option<FileId>,
 }
@@ -176,7 +176,7 @@ pub struct NotificationView {
     pub n: i64,
     /// `message` (one per conversation, updated in place by each new message: `seq` and
     /// `payload` are the newest message's), `contact_request` or `contact_accepted`.
-    pub kind: String,
+    pub kind: NotificationKind,
     pub conversation_id: Option<ConversationId>,
     pub seq: Option<i64>,
     /// Kind-specific details (sender, preview, requester, ...).
@@ -201,13 +201,11 @@ pub struct Unread {
 /// A contact request's new state, for both users it involves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactChange {
-    /// `requested`, `accepted`, `declined`, `cancelled` or `removed`.
-    pub kind: String,
+    pub kind: ContactChangeKind,
     pub request_id: uuid::Uuid,
     pub requester_id: UserId,
     pub addressee_id: UserId,
-    /// `pending`, `accepted`, `declined`, `cancelled` or `removed`.
-    pub state: String,
+    pub state: ContactState,
 }
 
 impl Event {

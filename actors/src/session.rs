@@ -22,6 +22,7 @@ use crate::node::NodeCtx;
 use crate::ports::{ConversationInfo, Envelope, Event, NewMessage, StoreError, StoredMessage};
 use crate::protocol::{ClientFrame, MAX_CLIENT_MSG_ID, MAX_SYNC_CONVERSATIONS, ServerFrame, parse_client_frame};
 use crate::room::{RoomMsg, SendError};
+use crate::states::{ContactChangeKind, MessageKind};
 
 /// What the writer task sends on the socket.
 #[derive(Debug)]
@@ -537,7 +538,7 @@ impl SessionState {
             conversation_id: conv.id,
             sender_id: me,
             client_msg_id,
-            kind: "text".into(),
+            kind: MessageKind::Text,
             body,
             file_id: None,
         };
@@ -697,9 +698,9 @@ impl SessionState {
             Event::Contact { change, .. } => {
                 let me = self.me();
                 let peer = if change.requester_id == me { change.addressee_id } else { change.requester_id };
-                let now_contacts = match change.kind.as_str() {
-                    "accepted" => Some(true),
-                    "removed" => Some(false),
+                let now_contacts = match change.kind {
+                    ContactChangeKind::Accepted => Some(true),
+                    ContactChangeKind::Removed => Some(false),
                     _ => None,
                 };
                 self.conn.push(&ServerFrame::Contact(change));

@@ -18,6 +18,7 @@ use crate::ids::{ConversationId, FileId, TransferId, UserId};
 use crate::node::NodeCtx;
 use crate::ports::{Envelope, Event, NewMessage, StoreError};
 use crate::room::RoomMsg;
+use crate::states::{MessageKind, TransferState};
 
 /// A transfer's state, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,8 +31,7 @@ pub struct TransferStatus {
     pub mime: String,
     pub chunk_count: i64,
     pub received_chunks: i64,
-    /// `uploading`, `complete`, `failed` or `expired`.
-    pub state: String,
+    pub state: TransferState,
     pub file_id: Option<FileId>,
 }
 
@@ -45,7 +45,7 @@ pub struct TransferProgress {
     pub size: i64,
     pub received_chunks: i64,
     pub chunk_count: i64,
-    pub state: String,
+    pub state: TransferState,
     pub file_id: Option<FileId>,
 }
 
@@ -59,7 +59,7 @@ impl From<&TransferStatus> for TransferProgress {
             size: s.size,
             received_chunks: s.received_chunks,
             chunk_count: s.chunk_count,
-            state: s.state.clone(),
+            state: s.state,
             file_id: s.file_id,
         }
     }
@@ -95,7 +95,7 @@ pub struct TransferArgs {
     pub id: TransferId,
 }
 
-pub struct TransferState {
+pub struct TransferActorState {
     ctx: Arc<NodeCtx>,
     id: TransferId,
     name: String,
@@ -114,18 +114,18 @@ const IDLE: Duration = Duration::from_secs(60);
 
 impl Actor for TransferActor {
     type Msg = TransferMsg;
-    type State = TransferState;
+    type State = TransferActorState;
     type Arguments = TransferArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TransferMsg>,
         args: TransferArgs,
-    ) -> Result<TransferState, ActorProcessingErr> {
+    ) -> Result<TransferActorState, ActorProcessingErr> {
         let ticker = Some(myself.send_interval(TICK, || TransferMsg::Tick));
         // Whatever happened before a restart, look again: maybe every chunk is in.
         let _ = myself.cast(TransferMsg::ChunkStored);
-        Ok(TransferState {
+        Ok(TransferActorState {
             name: args.ctx.name("transfer", args.id),
             ctx: args.ctx,
             id: args.id,
@@ -139,7 +139,7 @@ impl Actor for TransferActor {
     async fn post_stop(
         &self,
         _myself: ActorRef<TransferMsg>,
-        state: &mut TransferState,
+        state: &mut TransferActorState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
@@ -151,7 +151,7 @@ impl Actor for TransferActor {
         &self,
         myself: ActorRef<TransferMsg>,
         msg: TransferMsg,
-        state: &mut TransferState,
+        state: &mut TransferActorState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.faults.check(&state.name)?;
         let Some(store) = state.ctx.transfers.clone() else { return Ok(()) };
@@ -163,7 +163,7 @@ impl Actor for TransferActor {
                     myself.stop(Some(NORMAL_EXIT.to_owned()));
                     return Ok(());
                 };
-                if status.state != "uploading" {
+                if status.state != TransferState::Uploading {
                     state.report(&status).await;
                     myself.stop(Some(NORMAL_EXIT.to_owned()));
                 } else if status.received_chunks >= status.chunk_count {
@@ -189,7 +189,7 @@ impl Actor for TransferActor {
     }
 }
 
-impl TransferState {
+impl TransferActorState {
     /// Tells the uploader how far the upload is, and the peer too while the uploader may
     /// message them (never across a block: the name is the uploader's to choose). The
     /// peer's copy goes first, so a client that saw the uploader's has had the peer's
@@ -223,7 +223,7 @@ impl TransferState {
             Ok(f) => f,
             Err(StoreError::Forbidden(why)) => {
                 tracing::warn!(transfer = %self.id, why, "upload failed verification");
-                status.state = "failed".into();
+                status.state = TransferState::Failed;
                 self.report(&status).await;
                 return Ok(());
             }
@@ -234,7 +234,7 @@ impl TransferState {
             conversation_id: status.conversation_id,
             sender_id: status.uploader,
             client_msg_id: format!("transfer:{}", self.id),
-            kind: "file".into(),
+            kind: MessageKind::File,
             body,
             file_id: Some(file_id),
         };
@@ -246,7 +246,7 @@ impl TransferState {
                 // Blocked (or no longer contacts) while the file went up: it is not posted.
                 tracing::info!(transfer = %self.id, why = %e.message, "file not posted");
                 store.refuse(self.id).await?;
-                status.state = "failed".into();
+                status.state = TransferState::Failed;
                 status.file_id = None;
                 self.report(&status).await;
                 return Ok(());
@@ -254,7 +254,7 @@ impl TransferState {
             Err(e) => return Err(format!("posting the file message: {}", e.message).into()),
         }
         store.complete(self.id).await?;
-        status.state = "complete".into();
+        status.state = TransferState::Complete;
         status.file_id = Some(file_id);
         self.report(&status).await;
         Ok(())

@@ -21,6 +21,7 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use switchboard_actors::states::{ContactState, MessageKind, TransferState};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -128,7 +129,7 @@ async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> 
                 conversation_id,
                 sender_id,
                 client_msg_id: format!("m{i}"),
-                kind: "text".into(),
+                kind: MessageKind::Text,
                 body: format!("message {i} of the committer benchmark"),
                 file_id: None,
             })
@@ -449,10 +450,10 @@ async fn files_bench(url: &str, mib: u64, parallel: usize) -> anyhow::Result<()>
     // Complete once the file is assembled, verified and posted.
     let file_id = loop {
         let v: Value = http.get(format!("{url}/api/transfers/{id}")).bearer_auth(&a_token).send().await?.json().await?;
-        if v["state"] == "complete" {
+        if v["state"] == TransferState::Complete.as_str() {
             break v["file_id"].as_str().context("file id")?.to_owned();
         }
-        anyhow::ensure!(v["state"] == "uploading", "transfer {}", v["state"]);
+        anyhow::ensure!(v["state"] == TransferState::Uploading.as_str(), "transfer {}", v["state"]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let assembled = t0.elapsed();
@@ -501,7 +502,7 @@ async fn befriend(http: &reqwest::Client, url: &str, a_token: &str, b_token: &st
         .await?;
     anyhow::ensure!(r.status().is_success(), "contact request: {}", r.status());
     let v: Value = r.json().await?;
-    if v["state"] == "accepted" {
+    if v["state"] == ContactState::Accepted.as_str() {
         return Ok(());
     }
     let id = v["id"].as_str().context("request id")?;

@@ -10,6 +10,7 @@ use super::openapi::*;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ports::{ChatStore, Envelope, Event};
+use switchboard_actors::states::{ContactChangeKind, ContactState};
 use uuid::Uuid;
 
 use super::auth::{caller, json_body, require_auth};
@@ -54,8 +55,8 @@ impl From<ContactError> for AppError {
 }
 
 /// Tells both users of a request that it changed (best effort: the database is the record).
-async fn publish(st: &AppState, kind: &str, r: &ContactRequest) {
-    if kind == "accepted" {
+async fn publish(st: &AppState, kind: ContactChangeKind, r: &ContactRequest) {
+    if kind == ContactChangeKind::Accepted {
         // New contacts get their conversation now: files can be sent before a first
         // message, and each side's live sessions learn the other's presence.
         if let Err(e) = st.storage.chat.open_conversation(r.requester_id, r.addressee_id).await {
@@ -126,10 +127,10 @@ async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let (request, outcome) = st.storage.contacts.request(me, target.id).await?;
     match outcome {
         RequestOutcome::Created => {
-            publish(st, "requested", &request).await;
+            publish(st, ContactChangeKind::Requested, &request).await;
             res.status_code(StatusCode::CREATED);
         }
-        RequestOutcome::Accepted => publish(st, "accepted", &request).await,
+        RequestOutcome::Accepted => publish(st, ContactChangeKind::Accepted, &request).await,
         RequestOutcome::Unchanged => {}
     }
     res.render(Json(request));
@@ -142,7 +143,7 @@ async fn answer(req: &mut Request, depot: &mut Depot, res: &mut Response, yes: b
     let st = state(depot)?;
     let (request, changed) = st.storage.contacts.answer(me, id, yes).await?;
     if changed {
-        publish(st, if yes { "accepted" } else { "declined" }, &request).await;
+        publish(st, if yes { ContactChangeKind::Accepted } else { ContactChangeKind::Declined }, &request).await;
     }
     res.render(Json(request));
     Ok(())
@@ -168,7 +169,7 @@ async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let st = state(depot)?;
     let (request, changed) = st.storage.contacts.cancel(me, id).await?;
     if changed {
-        publish(st, "cancelled", &request).await;
+        publish(st, ContactChangeKind::Cancelled, &request).await;
     }
     res.render(Json(request));
     Ok(())
@@ -182,7 +183,7 @@ async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let st = state(depot)?;
     let (request, changed) = st.storage.contacts.remove(me, other).await?;
     if changed {
-        publish(st, "removed", &request).await;
+        publish(st, ContactChangeKind::Removed, &request).await;
     }
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
@@ -195,10 +196,10 @@ async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
     let other = UserId(path_uuid(req, "user_id")?);
     let st = state(depot)?;
     if let Some(ended) = st.storage.contacts.block(me, other).await? {
-        let kind = match ended.state.as_str() {
-            "cancelled" => "cancelled",
-            "declined" => "declined",
-            _ => "removed",
+        let kind = match ended.state {
+            ContactState::Cancelled => ContactChangeKind::Cancelled,
+            ContactState::Declined => ContactChangeKind::Declined,
+            _ => ContactChangeKind::Removed,
         };
         publish(st, kind, &ended).await;
     }

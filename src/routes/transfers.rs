@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ids::{FileId, TransferId};
 use switchboard_actors::ports::ChatStore;
+use switchboard_actors::states::TransferState;
 
 use super::auth::{caller, json_body, require_auth};
 use super::state;
@@ -209,7 +210,7 @@ async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
             message: "only the uploader sends chunks".into(),
         });
     }
-    if t.state != "uploading" || t.file_id.is_some() {
+    if t.state != TransferState::Uploading.as_str() || t.file_id.is_some() {
         return Err(AppError::conflict(ErrorCode::TransferClosed, format!("this transfer is {}", t.state)));
     }
     let index = req

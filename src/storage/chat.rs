@@ -23,6 +23,7 @@ use serde::Serialize;
 use switchboard_actors::ports::{
     Appended, ChatStore, ConversationInfo, NewMessage, Pending, Receipt, StoreError, StoredMessage,
 };
+use switchboard_actors::states::MessageKind;
 use uuid::Uuid;
 
 use super::committer::{Committer, Write, Written};
@@ -65,7 +66,7 @@ impl ChatRepo {
             rows.reverse();
             rows
         };
-        Ok(rows.into_iter().map(to_stored).collect())
+        rows.into_iter().map(to_stored).collect()
     }
 
     /// The caller's conversations, most recent first, with peer, last message and
@@ -101,7 +102,8 @@ impl ChatRepo {
                 .filter(message::Column::Seq.eq(c.last_seq))
                 .one(&self.db)
                 .await?
-                .map(to_stored);
+                .map(to_stored)
+                .transpose()?;
             let unread = message::Entity::find()
                 .filter(message::Column::ConversationId.eq(c.id))
                 .filter(message::Column::Seq.gt(read_seq))
@@ -151,18 +153,18 @@ pub struct PeerSummary {
     pub display_name: String,
 }
 
-fn to_stored(m: message::Model) -> StoredMessage {
-    StoredMessage {
+fn to_stored(m: message::Model) -> Result<StoredMessage, DbErr> {
+    Ok(StoredMessage {
         id: MessageId(m.id),
         conversation_id: ConversationId(m.conversation_id),
         seq: m.seq,
         sender_id: UserId(m.sender_id),
         client_msg_id: m.client_msg_id,
-        kind: m.kind,
+        kind: super::stored(MessageKind::parse, "messages.kind", &m.kind)?,
         body: m.body,
         file_id: m.file_id.map(FileId),
         created_at: m.created_at,
-    }
+    })
 }
 
 fn info(c: &conversation::Model) -> ConversationInfo {
@@ -257,7 +259,10 @@ pub(super) async fn append_all(
                 return if reused(old.conversation_id) {
                     Fate::Refused(StoreError::Forbidden(REUSED_ID))
                 } else {
-                    Fate::Stored(Box::new(to_stored(old.clone())))
+                    match to_stored(old.clone()) {
+                        Ok(stored) => Fate::Stored(Box::new(stored)),
+                        Err(e) => Fate::Refused(StoreError::Unavailable(e.to_string())),
+                    }
                 };
             }
             if let Some(&j) = first_in_batch.get(&(m.sender_id.0, m.client_msg_id.as_str())) {
@@ -314,12 +319,12 @@ pub(super) async fn append_all(
                     seq: last - count as i64 + 1 + *n as i64,
                     sender_id: m.sender_id.0,
                     client_msg_id: m.client_msg_id.clone(),
-                    kind: m.kind.clone(),
+                    kind: m.kind.to_string(),
                     body: m.body.clone(),
                     file_id: m.file_id.map(|f| f.0),
                     created_at: now,
                 };
-                let stored = to_stored(row.clone());
+                let stored = to_stored(row.clone())?;
                 rows.push(message::ActiveModel::from(row));
                 Ok(Appended { message: stored, duplicate: false })
             }

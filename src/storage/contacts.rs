@@ -16,16 +16,18 @@ use sea_orm::{
 };
 use serde::Serialize;
 use switchboard_actors::ports::{ContactChange, StoreError};
+use switchboard_actors::states::{ContactChangeKind, ContactState, Relation};
 use uuid::Uuid;
 
 use super::entities::{block, contact, user};
 use crate::domain::UserId;
 
-pub const PENDING: &str = "pending";
-pub const ACCEPTED: &str = "accepted";
-pub const DECLINED: &str = "declined";
-pub const CANCELLED: &str = "cancelled";
-pub const REMOVED: &str = "removed";
+use ContactState::{Accepted, Cancelled, Declined, Pending, Removed};
+
+/// A row's state.
+fn state_of(row: &contact::Model) -> Result<ContactState, DbErr> {
+    super::stored(ContactState::parse, "contacts.state", &row.state)
+}
 
 /// Most attempts at a transition that keeps losing races (each loss means another
 /// request moved the state; the next attempt sees the new one).
@@ -64,33 +66,33 @@ pub struct ContactRequest {
     pub id: Uuid,
     pub requester_id: UserId,
     pub addressee_id: UserId,
-    pub state: String,
+    pub state: ContactState,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 impl ContactRequest {
-    fn from_row(c: &contact::Model) -> Self {
+    fn from_row(c: &contact::Model) -> Result<Self, DbErr> {
         let requester = c.requester_id;
         let addressee = if c.user_low == requester { c.user_high } else { c.user_low };
-        Self {
+        Ok(Self {
             id: c.id,
             requester_id: UserId(requester),
             addressee_id: UserId(addressee),
-            state: c.state.clone(),
+            state: state_of(c)?,
             created_at: c.created_at,
             updated_at: c.updated_at,
-        }
+        })
     }
 
     /// The bus event announcing this request's change.
-    pub fn change(&self, kind: &str) -> ContactChange {
+    pub fn change(&self, kind: ContactChangeKind) -> ContactChange {
         ContactChange {
-            kind: kind.to_owned(),
+            kind,
             request_id: self.id,
             requester_id: self.requester_id,
             addressee_id: self.addressee_id,
-            state: self.state.clone(),
+            state: self.state,
         }
     }
 }
@@ -127,7 +129,7 @@ pub struct SearchHit {
     #[serde(flatten)]
     pub user: PublicUser,
     /// `none`, `pending_in`, `pending_out` or `contact`.
-    pub relation: &'static str,
+    pub relation: Relation,
 }
 
 pub fn pair(a: UserId, b: UserId) -> (Uuid, Uuid) {
@@ -155,12 +157,18 @@ impl ContactRepo {
 
     /// Moves the row from `from` to `to` (with `requester`, if given) unless someone else
     /// moved it first; true if this call made the transition.
-    async fn transition(&self, id: Uuid, from: &str, to: &str, requester: Option<Uuid>) -> Result<bool, DbErr> {
+    async fn transition(
+        &self,
+        id: Uuid,
+        from: ContactState,
+        to: ContactState,
+        requester: Option<Uuid>,
+    ) -> Result<bool, DbErr> {
         let mut q = contact::Entity::update_many()
-            .col_expr(contact::Column::State, Expr::value(to))
+            .col_expr(contact::Column::State, Expr::value(to.as_str()))
             .col_expr(contact::Column::UpdatedAt, Expr::value(crate::now_ms()))
             .filter(contact::Column::Id.eq(id))
-            .filter(contact::Column::State.eq(from));
+            .filter(contact::Column::State.eq(from.as_str()));
         if let Some(r) = requester {
             q = q.col_expr(contact::Column::RequesterId, Expr::value(r));
         }
@@ -192,7 +200,7 @@ impl ContactRepo {
                 user_low: Set(low),
                 user_high: Set(high),
                 requester_id: Set(me.0),
-                state: Set(PENDING.into()),
+                state: Set(Pending.to_string()),
                 created_at: Set(now),
                 updated_at: Set(now),
             })
@@ -203,23 +211,23 @@ impl ContactRepo {
             .await?;
             let Some(row) = self.row(me, target).await? else { continue };
             if inserted == 1 {
-                return Ok((ContactRequest::from_row(&row), RequestOutcome::Created));
+                return Ok((ContactRequest::from_row(&row)?, RequestOutcome::Created));
             }
-            match row.state.as_str() {
-                PENDING if row.requester_id == me.0 => {
-                    return Ok((ContactRequest::from_row(&row), RequestOutcome::Unchanged));
+            match state_of(&row)? {
+                Pending if row.requester_id == me.0 => {
+                    return Ok((ContactRequest::from_row(&row)?, RequestOutcome::Unchanged));
                 }
-                ACCEPTED => return Ok((ContactRequest::from_row(&row), RequestOutcome::Unchanged)),
-                PENDING => {
-                    if self.transition(row.id, PENDING, ACCEPTED, None).await? {
+                Accepted => return Ok((ContactRequest::from_row(&row)?, RequestOutcome::Unchanged)),
+                Pending => {
+                    if self.transition(row.id, Pending, Accepted, None).await? {
                         let row = self.row(me, target).await?.ok_or(ContactError::NotFound)?;
-                        return Ok((ContactRequest::from_row(&row), RequestOutcome::Accepted));
+                        return Ok((ContactRequest::from_row(&row)?, RequestOutcome::Accepted));
                     }
                 }
                 old => {
-                    if self.transition(row.id, old, PENDING, Some(me.0)).await? {
+                    if self.transition(row.id, old, Pending, Some(me.0)).await? {
                         let row = self.row(me, target).await?.ok_or(ContactError::NotFound)?;
-                        return Ok((ContactRequest::from_row(&row), RequestOutcome::Created));
+                        return Ok((ContactRequest::from_row(&row)?, RequestOutcome::Created));
                     }
                 }
             }
@@ -237,13 +245,13 @@ impl ContactRepo {
 
     /// The addressee answers a pending request. Answering the same way twice is fine.
     pub async fn answer(&self, me: UserId, id: Uuid, accept: bool) -> Result<(ContactRequest, bool), ContactError> {
-        let to = if accept { ACCEPTED } else { DECLINED };
+        let to = if accept { Accepted } else { Declined };
         self.settle(me, id, false, to, "only the user asked can answer a request").await
     }
 
     /// The requester withdraws a pending request. Cancelling twice is fine.
     pub async fn cancel(&self, me: UserId, id: Uuid) -> Result<(ContactRequest, bool), ContactError> {
-        self.settle(me, id, true, CANCELLED, "only the user who sent a request can cancel it").await
+        self.settle(me, id, true, Cancelled, "only the user who sent a request can cancel it").await
     }
 
     /// Moves a pending request of `me`'s to `to`, if `me` is on the allowed side
@@ -254,30 +262,30 @@ impl ContactRepo {
         me: UserId,
         id: Uuid,
         as_requester: bool,
-        to: &str,
+        to: ContactState,
         wrong_side: &'static str,
     ) -> Result<(ContactRequest, bool), ContactError> {
         let row = self.by_id_for(me, id).await?;
         if (row.requester_id == me.0) != as_requester {
             return Err(ContactError::Forbidden(wrong_side));
         }
-        let changed = self.transition(id, PENDING, to, None).await?;
+        let changed = self.transition(id, Pending, to, None).await?;
         let row = self.by_id_for(me, id).await?;
-        if !changed && row.state != to {
+        if !changed && state_of(&row)? != to {
             return Err(ContactError::Conflict("this request is no longer pending"));
         }
-        Ok((ContactRequest::from_row(&row), changed))
+        Ok((ContactRequest::from_row(&row)?, changed))
     }
 
     /// Either side ends an accepted contact. Removing twice is fine.
     pub async fn remove(&self, me: UserId, other: UserId) -> Result<(ContactRequest, bool), ContactError> {
         let row = self.row(me, other).await?.ok_or(ContactError::NotFound)?;
-        let changed = self.transition(row.id, ACCEPTED, REMOVED, None).await?;
+        let changed = self.transition(row.id, Accepted, Removed, None).await?;
         let row = self.row(me, other).await?.ok_or(ContactError::NotFound)?;
-        if !changed && row.state != REMOVED {
+        if !changed && state_of(&row)? != Removed {
             return Err(ContactError::NotFound);
         }
-        Ok((ContactRequest::from_row(&row), changed))
+        Ok((ContactRequest::from_row(&row)?, changed))
     }
 
     /// `me` blocks `other`: any relation between them ends (contact removed, pending
@@ -300,15 +308,16 @@ impl ContactRepo {
         .await?;
         for _ in 0..ATTEMPTS {
             let Some(row) = self.row(me, other).await? else { return Ok(None) };
-            let to = match row.state.as_str() {
-                ACCEPTED => REMOVED,
-                PENDING if row.requester_id == me.0 => CANCELLED,
-                PENDING => DECLINED,
+            let from = state_of(&row)?;
+            let to = match from {
+                Accepted => Removed,
+                Pending if row.requester_id == me.0 => Cancelled,
+                Pending => Declined,
                 _ => return Ok(None),
             };
-            if self.transition(row.id, &row.state, to, None).await? {
+            if self.transition(row.id, from, to, None).await? {
                 let row = self.row(me, other).await?.ok_or(ContactError::NotFound)?;
-                return Ok(Some(ContactRequest::from_row(&row)));
+                return Ok(Some(ContactRequest::from_row(&row)?));
             }
         }
         Err(ContactError::Conflict("the relation changed concurrently; try again"))
@@ -325,10 +334,10 @@ impl ContactRepo {
         Ok(rows.into_iter().map(|u| (u.id, u)).collect())
     }
 
-    async fn rows_of(&self, me: UserId, states: &[&str]) -> Result<Vec<contact::Model>, DbErr> {
+    async fn rows_of(&self, me: UserId, states: &[ContactState]) -> Result<Vec<contact::Model>, DbErr> {
         contact::Entity::find()
             .filter(Condition::any().add(contact::Column::UserLow.eq(me.0)).add(contact::Column::UserHigh.eq(me.0)))
-            .filter(contact::Column::State.is_in(states.iter().copied()))
+            .filter(contact::Column::State.is_in(states.iter().map(|s| s.as_str())))
             .order_by_desc(contact::Column::UpdatedAt)
             .all(&self.db)
             .await
@@ -336,7 +345,7 @@ impl ContactRepo {
 
     /// The caller's accepted contacts, most recent first.
     pub async fn contacts(&self, me: UserId) -> Result<Vec<ContactView>, DbErr> {
-        let rows = self.rows_of(me, &[ACCEPTED]).await?;
+        let rows = self.rows_of(me, &[Accepted]).await?;
         let other = |c: &contact::Model| if c.user_low == me.0 { c.user_high } else { c.user_low };
         let mut users = self.users(rows.iter().map(other).collect()).await?;
         Ok(rows
@@ -362,13 +371,13 @@ impl ContactRepo {
 
     /// Pending requests: `(incoming, outgoing)`.
     pub async fn requests(&self, me: UserId) -> Result<(Vec<RequestView>, Vec<RequestView>), DbErr> {
-        let rows = self.rows_of(me, &[PENDING]).await?;
+        let rows = self.rows_of(me, &[Pending]).await?;
         let other = |c: &contact::Model| if c.user_low == me.0 { c.user_high } else { c.user_low };
         let users = self.users(rows.iter().map(other).collect()).await?;
         let (mut incoming, mut outgoing) = (vec![], vec![]);
         for c in &rows {
             let Some(u) = users.get(&other(c)) else { continue };
-            let view = RequestView { request: ContactRequest::from_row(c), user: u.clone().into() };
+            let view = RequestView { request: ContactRequest::from_row(c)?, user: u.clone().into() };
             if c.requester_id == me.0 { outgoing.push(view) } else { incoming.push(view) }
         }
         Ok((incoming, outgoing))
@@ -421,7 +430,7 @@ impl ContactRepo {
         let hits = rows
             .into_iter()
             .map(|u| {
-                let relation = relations.get(&u.id).copied().unwrap_or("none");
+                let relation = relations.get(&u.id).copied().unwrap_or(Relation::None);
                 SearchHit { user: u.into(), relation }
             })
             .collect();
@@ -429,7 +438,7 @@ impl ContactRepo {
     }
 
     /// How each of `others` relates to `me`.
-    async fn relations(&self, me: UserId, others: &[Uuid]) -> Result<HashMap<Uuid, &'static str>, DbErr> {
+    async fn relations(&self, me: UserId, others: &[Uuid]) -> Result<HashMap<Uuid, Relation>, DbErr> {
         if others.is_empty() {
             return Ok(HashMap::new());
         }
@@ -447,17 +456,17 @@ impl ContactRepo {
                             .add(contact::Column::UserLow.is_in(others.to_vec())),
                     ),
             )
-            .filter(contact::Column::State.is_in([PENDING, ACCEPTED]))
+            .filter(contact::Column::State.is_in([Pending.as_str(), Accepted.as_str()]))
             .all(&self.db)
             .await?;
         Ok(rows
             .into_iter()
             .map(|c| {
                 let other = if c.user_low == me.0 { c.user_high } else { c.user_low };
-                let rel = match (c.state.as_str(), c.requester_id == me.0) {
-                    (ACCEPTED, _) => "contact",
-                    (_, true) => "pending_out",
-                    _ => "pending_in",
+                let rel = match (c.state == Accepted.as_str(), c.requester_id == me.0) {
+                    (true, _) => Relation::Contact,
+                    (_, true) => Relation::PendingOut,
+                    _ => Relation::PendingIn,
                 };
                 (other, rel)
             })
@@ -510,7 +519,7 @@ pub async fn messageable_pairs<C: ConnectionTrait>(
         .column(contact::Column::UserLow)
         .column(contact::Column::UserHigh)
         .filter(any_pair)
-        .filter(contact::Column::State.eq(ACCEPTED))
+        .filter(contact::Column::State.eq(Accepted.as_str()))
         .filter(Expr::exists(either_blocked).not())
         .into_tuple()
         .all(db)

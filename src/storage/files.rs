@@ -17,6 +17,8 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use switchboard_actors::ids::{ConversationId, FileId, TransferId, UserId};
 use switchboard_actors::ports::StoreError;
+use switchboard_actors::states::TransferState;
+use switchboard_actors::states::TransferState::{Complete, Expired, Failed, Uploading};
 use switchboard_actors::transfer::{TransferStatus, TransferStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -188,7 +190,7 @@ impl FileRepo {
             sha256: Set(new.sha256),
             chunk_size: Set(new.chunk_size as i32),
             chunk_count: Set(chunk_count(new.size, new.chunk_size) as i32),
-            state: Set("uploading".into()),
+            state: Set(Uploading.to_string()),
             file_id: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
@@ -299,7 +301,7 @@ impl FileRepo {
         };
         let open = transfer::Entity::find()
             .filter(transfer::Column::ConversationId.eq(conv.id))
-            .filter(transfer::Column::State.eq("uploading"))
+            .filter(transfer::Column::State.eq(Uploading.as_str()))
             .all(&self.db)
             .await?;
         let mut failed = Vec::with_capacity(open.len());
@@ -307,11 +309,11 @@ impl FileRepo {
             // Only an upload still in progress is failed (one completing this instant
             // keeps its state; its post is refused by the block in any case).
             let changed = transfer::Entity::update_many()
-                .col_expr(transfer::Column::State, Expr::value("failed"))
+                .col_expr(transfer::Column::State, Expr::value(Failed.as_str()))
                 .col_expr(transfer::Column::FileId, Expr::value(Option::<Uuid>::None))
                 .col_expr(transfer::Column::UpdatedAt, Expr::value(crate::now_ms()))
                 .filter(transfer::Column::Id.eq(t.id))
-                .filter(transfer::Column::State.eq("uploading"))
+                .filter(transfer::Column::State.eq(Uploading.as_str()))
                 .exec(&self.db)
                 .await?
                 .rows_affected;
@@ -322,8 +324,8 @@ impl FileRepo {
             if let Some(f) = t.file_id.take() {
                 file::Entity::delete_by_id(f).exec(&self.db).await?;
             }
-            t.state = "failed".into();
-            failed.push(status_of(t, 0));
+            t.state = Failed.to_string();
+            failed.push(status_of(t, 0)?);
         }
         Ok(failed)
     }
@@ -350,14 +352,14 @@ impl FileRepo {
     /// Deletes uploads whose time ran out: their chunks, and marks them expired.
     pub async fn expire(&self, now: i64) -> Result<u64, DbErr> {
         let stale = transfer::Entity::find()
-            .filter(transfer::Column::State.eq("uploading"))
+            .filter(transfer::Column::State.eq(Uploading.as_str()))
             .filter(transfer::Column::ExpiresAt.lt(now))
             .all(&self.db)
             .await?;
         for t in &stale {
             self.drop_parts(TransferId(t.id)).await?;
             transfer::Entity::update_many()
-                .col_expr(transfer::Column::State, Expr::value("expired"))
+                .col_expr(transfer::Column::State, Expr::value(Expired.as_str()))
                 .filter(transfer::Column::Id.eq(t.id))
                 .exec(&self.db)
                 .await?;
@@ -374,9 +376,9 @@ impl FileRepo {
         Ok(())
     }
 
-    async fn set_state(&self, id: TransferId, state: &str, file_id: Option<Uuid>) -> Result<(), DbErr> {
+    async fn set_state(&self, id: TransferId, state: TransferState, file_id: Option<Uuid>) -> Result<(), DbErr> {
         let mut q = transfer::Entity::update_many()
-            .col_expr(transfer::Column::State, Expr::value(state))
+            .col_expr(transfer::Column::State, Expr::value(state.as_str()))
             .col_expr(transfer::Column::UpdatedAt, Expr::value(crate::now_ms()));
         if let Some(f) = file_id {
             q = q.col_expr(transfer::Column::FileId, Expr::value(f));
@@ -397,7 +399,7 @@ impl FileRepo {
         if let Some(f) = t.file_id {
             return Ok(Ok(FileId(f)));
         }
-        if t.state != "uploading" {
+        if t.state != Uploading.as_str() {
             return Ok(Err(STOPPED));
         }
         let blob = self.blob_path(&t.sha256).ok_or_else(|| anyhow::anyhow!("bad hash on record"))?;
@@ -460,7 +462,7 @@ impl FileRepo {
             .col_expr(transfer::Column::FileId, Expr::value(file_id))
             .filter(transfer::Column::Id.eq(id.0))
             .filter(transfer::Column::FileId.is_null())
-            .filter(transfer::Column::State.eq("uploading"))
+            .filter(transfer::Column::State.eq(Uploading.as_str()))
             .exec(&self.db)
             .await?
             .rows_affected;
@@ -479,7 +481,7 @@ impl FileRepo {
 async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64), DbErr> {
     let uploading = transfer::Entity::find()
         .filter(transfer::Column::UploaderId.eq(user.0))
-        .filter(transfer::Column::State.eq("uploading"));
+        .filter(transfer::Column::State.eq(Uploading.as_str()));
     let count = uploading.clone().count(db).await?;
     let pending: Option<i64> = uploading
         .select_only()
@@ -501,9 +503,9 @@ async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64),
 
 /// A transfer row as the actors see it, with `received` chunks stored (an assembled
 /// upload, its file recorded, counts as all of them).
-fn status_of(t: transfer::Model, received: i64) -> TransferStatus {
+fn status_of(t: transfer::Model, received: i64) -> Result<TransferStatus, DbErr> {
     let received = if t.file_id.is_some() { t.chunk_count as i64 } else { received };
-    TransferStatus {
+    Ok(TransferStatus {
         id: TransferId(t.id),
         uploader: UserId(t.uploader_id),
         conversation_id: ConversationId(t.conversation_id),
@@ -512,9 +514,9 @@ fn status_of(t: transfer::Model, received: i64) -> TransferStatus {
         mime: t.mime,
         chunk_count: t.chunk_count as i64,
         received_chunks: received,
-        state: t.state,
+        state: super::stored(TransferState::parse, "transfers.state", &t.state)?,
         file_id: t.file_id.map(FileId),
-    }
+    })
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -526,7 +528,7 @@ impl TransferStore for FileRepo {
     async fn status(&self, id: TransferId) -> Result<Option<TransferStatus>, StoreError> {
         let Some(t) = self.transfer(id).await.map_err(unavailable)? else { return Ok(None) };
         let received = self.received(id).await.map_err(unavailable)?.len() as i64;
-        Ok(Some(status_of(t, received)))
+        Ok(Some(status_of(t, received).map_err(unavailable)?))
     }
 
     async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError> {
@@ -534,7 +536,7 @@ impl TransferStore for FileRepo {
             Ok(Ok(f)) => Ok(f),
             Ok(Err(why)) => {
                 self.drop_parts(id).await.map_err(unavailable)?;
-                self.set_state(id, "failed", None).await.map_err(unavailable)?;
+                self.set_state(id, Failed, None).await.map_err(unavailable)?;
                 Err(StoreError::Forbidden(why))
             }
             Err(e) => Err(unavailable(format!("{e:#}"))),
@@ -542,7 +544,7 @@ impl TransferStore for FileRepo {
     }
 
     async fn complete(&self, id: TransferId) -> Result<(), StoreError> {
-        self.set_state(id, "complete", None).await.map_err(unavailable)
+        self.set_state(id, Complete, None).await.map_err(unavailable)
     }
 
     /// The file row goes; its blob stays: blobs are content-addressed and may be shared
@@ -551,7 +553,7 @@ impl TransferStore for FileRepo {
     async fn refuse(&self, id: TransferId) -> Result<(), StoreError> {
         let Some(t) = self.transfer(id).await.map_err(unavailable)? else { return Ok(()) };
         transfer::Entity::update_many()
-            .col_expr(transfer::Column::State, Expr::value("failed"))
+            .col_expr(transfer::Column::State, Expr::value(Failed.as_str()))
             .col_expr(transfer::Column::FileId, Expr::value(Option::<Uuid>::None))
             .col_expr(transfer::Column::UpdatedAt, Expr::value(crate::now_ms()))
             .filter(transfer::Column::Id.eq(id.0))

@@ -109,3 +109,10 @@ pub(crate) fn sum_bigint<C: sea_orm::ColumnTrait>(column: C) -> sea_orm::sea_que
     use sea_orm::sea_query::{Expr, Func};
     Expr::expr(Func::cast_as(Func::sum(Expr::col(column)), "BIGINT"))
 }
+
+/// A state or kind as the database holds it (text), as its enum
+/// (`switchboard_actors::states`): a value that is none of the enum's is an error, never a
+/// default.
+pub(crate) fn stored<T>(parse: fn(&str) -> Option<T>, column: &str, text: &str) -> Result<T, DbErr> {
+    parse(text).ok_or_else(|| DbErr::Type(format!("{column} holds {text:?}, which is none of its values")))
+}

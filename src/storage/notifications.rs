@@ -14,6 +14,7 @@ use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
 use switchboard_actors::notify_stream::NotificationStore;
 use switchboard_actors::ports::{NotificationView, StoreError, Unread};
+use switchboard_actors::states::NotificationKind;
 use uuid::Uuid;
 
 use super::committer::{Committer, Write, Written};
@@ -28,7 +29,7 @@ pub struct NewNotification {
     pub user: UserId,
     /// The bus event it comes from: one notification per (user, event).
     pub event_id: Uuid,
-    pub kind: &'static str,
+    pub kind: NotificationKind,
     pub conversation_id: Option<ConversationId>,
     pub seq: Option<i64>,
     pub payload: Value,
@@ -66,18 +67,18 @@ pub struct NotificationRepo {
     committer: Committer,
 }
 
-fn view(m: notification::Model) -> NotificationView {
-    NotificationView {
+fn view(m: notification::Model) -> Result<NotificationView, DbErr> {
+    Ok(NotificationView {
         id: m.id,
         n: m.n,
-        kind: m.kind,
+        kind: super::stored(NotificationKind::parse, "notifications.kind", &m.kind)?,
         conversation_id: m.conversation_id.map(ConversationId),
         seq: m.seq,
         payload: serde_json::from_str(&m.payload).unwrap_or(Value::Null),
         read: m.read_at.is_some(),
         count: m.count,
         created_at: m.created_at,
-    }
+    })
 }
 
 impl NotificationRepo {
@@ -178,7 +179,7 @@ impl NotificationRepo {
             q = q.filter(notification::Column::N.lt(b));
         }
         let rows = q.order_by_desc(notification::Column::N).limit(limit).all(&self.db).await?;
-        Ok(rows.into_iter().map(view).collect())
+        rows.into_iter().map(view).collect()
     }
 
     /// Deletes notifications created before `cutoff` (retention); returns how many.
@@ -209,7 +210,7 @@ impl NotificationRepo {
             .limit(limit)
             .all(&self.db)
             .await?;
-        Ok(rows.into_iter().map(view).collect())
+        rows.into_iter().map(view).collect()
     }
 }
 
@@ -443,8 +444,8 @@ pub(super) async fn record_in_txn(
         stored: rows
             .into_iter()
             .filter(|r| last.get(&r.user_id).is_some_and(|l| r.n > l - keep))
-            .map(|r| (UserId(r.user_id), view(r)))
-            .collect(),
+            .map(|r| Ok((UserId(r.user_id), view(r)?)))
+            .collect::<Result<_, DbErr>>()?,
         unread: unread_counts_in(txn, &users).await?,
     })
 }
@@ -457,7 +458,7 @@ fn any_pair<A: ColumnTrait, B: ColumnTrait>(pairs: impl Iterator<Item = (Uuid, U
 /// `kind = 'message'` as a literal, so a cached PostgreSQL plan (and SQLite) can use the
 /// partial index on (user, conversation) of message notifications.
 fn message_kind() -> Expr {
-    Expr::cust("kind = 'message'")
+    Expr::cust(format!("kind = '{}'", NotificationKind::Message))
 }
 
 /// Makes sure each of `users` has a notification counter and, on PostgreSQL, locks them
@@ -497,7 +498,7 @@ fn row_for(new: &NewNotification, existing: Option<(Uuid, Uuid)>, count: i64, no
         user_id: new.user.0,
         n: 0,
         event_id,
-        kind: new.kind.to_owned(),
+        kind: new.kind.to_string(),
         conversation_id: new.conversation_id.map(|c| c.0),
         seq: new.seq,
         payload: String::new(),
@@ -506,9 +507,6 @@ fn row_for(new: &NewNotification, existing: Option<(Uuid, Uuid)>, count: i64, no
         created_at: now,
     }
 }
-
-/// The kind of the notifications that stand for a conversation's messages.
-pub(super) const MESSAGE: &str = "message";
 
 /// What a batch of new notifications changes, in order: each contact notification (once
 /// per (user, event)), and once per (user, conversation) the message notification with
@@ -525,17 +523,19 @@ pub(super) fn changes(news: &[NewNotification]) -> Vec<Change<'_>> {
     let mut singles: HashSet<(UserId, Uuid)> = HashSet::new();
     for new in news {
         match (new.kind, new.conversation_id, new.seq) {
-            (MESSAGE, Some(conversation), Some(_)) => match conversations.get(&(new.user, conversation)) {
-                Some(&i) => {
-                    if let Change::Conversation { news, .. } = &mut out[i] {
-                        news.push(new);
+            (NotificationKind::Message, Some(conversation), Some(_)) => {
+                match conversations.get(&(new.user, conversation)) {
+                    Some(&i) => {
+                        if let Change::Conversation { news, .. } = &mut out[i] {
+                            news.push(new);
+                        }
+                    }
+                    None => {
+                        conversations.insert((new.user, conversation), out.len());
+                        out.push(Change::Conversation { user: new.user, conversation, news: vec![new] });
                     }
                 }
-                None => {
-                    conversations.insert((new.user, conversation), out.len());
-                    out.push(Change::Conversation { user: new.user, conversation, news: vec![new] });
-                }
-            },
+            }
             _ => {
                 if singles.insert((new.user, new.event_id)) {
                     out.push(Change::Single(new));
@@ -626,7 +626,7 @@ mod tests {
         NewNotification {
             user,
             event_id: Uuid::now_v7(),
-            kind: MESSAGE,
+            kind: NotificationKind::Message,
             conversation_id: Some(conversation),
             seq: Some(seq),
             payload: serde_json::json!({"seq": seq}),
@@ -638,7 +638,7 @@ mod tests {
         NewNotification {
             user,
             event_id,
-            kind: "contact_request",
+            kind: NotificationKind::ContactRequest,
             conversation_id: None,
             seq: None,
             payload: Value::Null,

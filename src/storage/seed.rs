@@ -4,9 +4,9 @@
 
 use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait};
 
-use super::contacts::ACCEPTED;
 use super::entities::{contact, conversation, user};
 use crate::domain::{ConversationId, UserId};
+use switchboard_actors::states::ContactState;
 
 /// Two users who are contacts and the conversation between them.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +42,7 @@ pub async fn contact_pairs(db: &DatabaseConnection, n: usize, tag: &str) -> Resu
                 user_low: Set(low),
                 user_high: Set(high),
                 requester_id: Set(a),
-                state: Set(ACCEPTED.into()),
+                state: Set(ContactState::Accepted.to_string()),
                 created_at: Set(now),
                 updated_at: Set(now),
             });

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt, StoreError, StoredMessage, Unread};
+use switchboard_actors::states::{ContactState, MessageKind};
 use uuid::Uuid;
 
 use super::committer::{MAX_BATCH, Reply, Write, Written};
@@ -294,6 +295,18 @@ fn uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into()))
 }
 
+/// A state or kind at column `i`, as its enum (a value none of its variants is an error).
+fn text_at<T>(row: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text = row.get_ref(i)?.as_str()?;
+    parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("{text:?} is none of the column's values").into(),
+        )
+    })
+}
+
 fn opt_uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
     match row.get_ref(i)? {
         rusqlite::types::ValueRef::Null => Ok(None),
@@ -332,7 +345,7 @@ impl Batch<'_> {
                  AND NOT EXISTS (SELECT 1 FROM blocks b WHERE (b.blocker_id = ?1 AND b.blocked_id = ?2) \
                  OR (b.blocker_id = ?2 AND b.blocked_id = ?1))",
             )?
-            .exists(params![low.as_bytes(), high.as_bytes(), super::contacts::ACCEPTED])?;
+            .exists(params![low.as_bytes(), high.as_bytes(), ContactState::Accepted.as_str()])?;
         self.allowed.insert((low, high), ok);
         Ok(ok)
     }
@@ -364,7 +377,7 @@ impl Batch<'_> {
             seq: c.last_seq,
             sender_id: m.sender_id,
             client_msg_id: m.client_msg_id.clone(),
-            kind: m.kind.clone(),
+            kind: m.kind,
             body: m.body.clone(),
             file_id: m.file_id,
             created_at: self.now,
@@ -380,7 +393,7 @@ impl Batch<'_> {
                 message.seq,
                 sender.as_bytes(),
                 message.client_msg_id,
-                message.kind,
+                message.kind.as_str(),
                 message.body,
                 message.file_id.map(|f| *f.0.as_bytes()),
                 message.created_at,
@@ -402,7 +415,7 @@ impl Batch<'_> {
                     seq: r.get(2)?,
                     sender_id: UserId(sender),
                     client_msg_id: client_msg_id.to_owned(),
-                    kind: r.get(3)?,
+                    kind: text_at(r, 3, MessageKind::parse)?,
                     body: r.get(4)?,
                     file_id: opt_uuid_at(r, 5)?.map(FileId),
                     created_at: r.get(6)?,
@@ -508,7 +521,7 @@ impl Batch<'_> {
             let view = NotificationView {
                 id: existing.unwrap_or_else(Uuid::now_v7),
                 n,
-                kind: new.kind.to_owned(),
+                kind: new.kind,
                 conversation_id: new.conversation_id,
                 seq: new.seq,
                 payload,
@@ -543,7 +556,7 @@ impl Batch<'_> {
                         user.as_bytes(),
                         n,
                         new.event_id.as_bytes(),
-                        view.kind,
+                        view.kind.as_str(),
                         view.conversation_id.map(|c| *c.0.as_bytes()),
                         view.seq,
                         view.payload.to_string(),
@@ -573,7 +586,10 @@ impl Batch<'_> {
         user: UserId,
         conversation: ConversationId,
     ) -> rusqlite::Result<Option<(Uuid, Stored)>> {
-        // The literal kind lets SQLite use the partial index on (user, conversation).
+        // The literal kind lets SQLite use the partial index on (user, conversation); it is
+        // `NotificationKind::Message`'s text, as in the index's definition (migration
+        // m20261206_000004); a drift would find no row and break the unique index, which
+        // the storage tests of notifications catch.
         self.db
             .prepare_cached(
                 "SELECT id, seq, count, read_at IS NOT NULL FROM notifications \

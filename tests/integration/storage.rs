@@ -13,6 +13,7 @@ use switchboard::storage::contacts::ContactRepo;
 use switchboard::storage::entities::block;
 use switchboard::storage::seed::contact_pairs;
 use switchboard_actors::ports::{Appended, ChatStore, NewMessage, NotificationView, StoreError};
+use switchboard_actors::states::{MessageKind, NotificationKind};
 
 use crate::helpers::{Backend, spawn_app_with};
 
@@ -21,7 +22,7 @@ fn text(conversation: ConversationId, sender: UserId, client_msg_id: &str) -> Ne
         conversation_id: conversation,
         sender_id: sender,
         client_msg_id: client_msg_id.into(),
-        kind: "text".into(),
+        kind: MessageKind::Text,
         body: format!("body of {client_msg_id}"),
         file_id: None,
     }
@@ -145,7 +146,7 @@ async fn postgres_notifications_in_a_batch_are_numbered_once_per_change_and_capp
 
 /// (n, kind, seq, count) of each of `user`'s notifications in `stored`.
 fn summary(stored: &[(UserId, NotificationView)], user: UserId) -> Vec<(i64, String, Option<i64>, i64)> {
-    stored.iter().filter(|(u, _)| *u == user).map(|(_, n)| (n.n, n.kind.clone(), n.seq, n.count)).collect()
+    stored.iter().filter(|(u, _)| *u == user).map(|(_, n)| (n.n, n.kind.to_string(), n.seq, n.count)).collect()
 }
 
 async fn notifications_are_numbered_once_per_change_and_capped(backend: Backend) {
@@ -164,7 +165,7 @@ async fn notifications_are_numbered_once_per_change_and_capped(backend: Backend)
     let message = |user: UserId, conversation: ConversationId, seq: i64| NewNotification {
         user,
         event_id: uuid::Uuid::now_v7(),
-        kind: "message",
+        kind: NotificationKind::Message,
         conversation_id: Some(conversation),
         seq: Some(seq),
         payload: serde_json::json!({"seq": seq}),
@@ -173,7 +174,7 @@ async fn notifications_are_numbered_once_per_change_and_capped(backend: Backend)
     let contact = |user: UserId, event_id: uuid::Uuid| NewNotification {
         user,
         event_id,
-        kind: "contact_request",
+        kind: NotificationKind::ContactRequest,
         conversation_id: None,
         seq: None,
         payload: serde_json::json!({}),
@@ -389,7 +390,7 @@ async fn upgrading_folds_message_notifications_into_one_per_conversation() {
         .await
         .expect("list")
         .into_iter()
-        .map(|v| (v.n, v.kind, v.seq, v.read, v.count))
+        .map(|v| (v.n, v.kind.to_string(), v.seq, v.read, v.count))
         .collect();
     assert_eq!(
         kept,
