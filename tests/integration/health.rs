@@ -46,6 +46,34 @@ async fn pages_are_served_with_security_headers() {
 }
 
 #[tokio::test]
+async fn static_files_go_gzipped_to_clients_that_accept_it_and_plain_to_others() {
+    let app = spawn_app().await;
+    for file in ["chat.js", "style.css"] {
+        let plain = app.client().get(app.url(&format!("/static/{file}"))).send().await.expect("sent");
+        assert_eq!(plain.status(), StatusCode::OK);
+        assert!(plain.headers().get("content-encoding").is_none(), "no Accept-Encoding: sent as is");
+        assert_eq!(plain.headers()["vary"], "accept-encoding");
+        let plain = plain.bytes().await.expect("body");
+        let gz = app
+            .client()
+            .get(app.url(&format!("/static/{file}")))
+            .header("accept-encoding", "br;q=1, gzip;q=0.8")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(gz.headers()["content-encoding"], "gzip");
+        let gz = gz.bytes().await.expect("body");
+        assert!(gz.len() * 2 < plain.len(), "{file}: {} bytes gzipped, {} plain", gz.len(), plain.len());
+        let mut unzipped = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut unzipped).expect("valid gzip");
+        assert_eq!(unzipped, plain, "{file}: the same bytes");
+        let refused =
+            app.client().get(app.url(&format!("/static/{file}"))).header("accept-encoding", "gzip;q=0").send().await;
+        assert!(refused.expect("sent").headers().get("content-encoding").is_none(), "q=0 refuses gzip");
+    }
+}
+
+#[tokio::test]
 async fn login_is_rate_limited_per_username_and_per_address() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.auth.login_per_username_per_minute = 3;
