@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::cluster_support::{Cluster, PrivateBroker, poll};
+use crate::cluster_support::{Cluster, PrivateBroker};
+use crate::helpers::eventually;
 use crate::helpers::{Api, PASSWORD, error_code, tcp_established};
 use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob};
 
@@ -30,7 +31,7 @@ pub async fn connect(addr: SocketAddr, token: &str) -> Option<(Client, String)> 
 /// Reconnects `client` through `addr` (retrying until a node takes it), keeping what it
 /// has received; returns the node now serving it.
 async fn reconnect(client: &mut Client, addr: SocketAddr, token: &str) -> String {
-    let (fresh, node) = poll("a live node to take the reconnect", || connect(addr, token)).await;
+    let (fresh, node) = eventually("a live node to take the reconnect", || connect(addr, token)).await;
     client.ws = fresh.ws;
     client.closed = None;
     node
@@ -419,7 +420,7 @@ async fn nodes_reconnect_by_themselves_after_the_broker_restarts() {
     // The outage is real: both nodes say their link is down...
     for i in 1..=2 {
         let url = format!("http://{}/readyz", cluster.addr(&format!("messaging-{i}")));
-        poll("the node to report its broker link down", || async {
+        eventually("the node to report its broker link down", || async {
             let v: Value = cluster.client().get(&url).send().await.ok()?.json().await.ok()?;
             (v["broker"] == "down").then_some(())
         })
@@ -445,7 +446,7 @@ async fn nodes_reconnect_by_themselves_after_the_broker_restarts() {
     // Both nodes find the broker again by themselves.
     for i in 1..=2 {
         let url = format!("http://{}/readyz", cluster.addr(&format!("messaging-{i}")));
-        poll("the node's broker link", || async {
+        eventually("the node's broker link", || async {
             let v: Value = cluster.client().get(&url).send().await.ok()?.json().await.ok()?;
             (v["broker"] == "up").then_some(())
         })
@@ -528,7 +529,7 @@ async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
     }
     let dead = format!("{}.dead", cluster.prefix);
     // Two consumers got each: the node (Bob has a session there) and the notify service.
-    poll("six dead letters", || async {
+    eventually("six dead letters", || async {
         let q = ch
             .queue_declare(
                 dead.clone().into(),
@@ -655,7 +656,7 @@ async fn hole_a_client_that_stops_reading_pins_gateway_sockets() {
         let id = format!("z{i}");
         a.read_until("ack", move |d| d.acks.contains_key(&id)).await;
     }
-    poll("the gateway to drop the stalled socket", || async {
+    eventually("the gateway to drop the stalled socket", || async {
         (!tcp_established(gateway_port, bob_port)).then_some(())
     })
     .await;
@@ -685,7 +686,7 @@ async fn a_node_whose_root_supervisor_dies_exits_and_its_clients_move_on_losing_
                 .expect("fault injected");
             assert_eq!(r.status(), StatusCode::NO_CONTENT);
             let readyz = format!("http://{}/readyz", cluster.addr(&bob_proc));
-            poll("the dying node's /readyz to fail", || async {
+            eventually("the dying node's /readyz to fail", || async {
                 match cluster.client().get(&readyz).send().await {
                     Ok(r) => (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(()),
                     Err(_) => Some(()), // gone already

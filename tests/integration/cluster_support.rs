@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::Client;
 use tempfile::TempDir;
 
-use crate::helpers::{Api, TEST_JWT_SECRET};
+use crate::helpers::{Api, TEST_JWT_SECRET, eventually};
 
 /// The machine's shared broker.
 pub const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -205,7 +205,7 @@ reconnect_max_ms = 500
     /// Waits until the gateway's health check has marked `name` down.
     pub async fn wait_marked_down(&self, name: &str) {
         let url = format!("http://{}", self.killed.get(name).expect("killed before"));
-        poll("the gateway to mark the upstream down", || async {
+        eventually("the gateway to mark the upstream down", || async {
             let r = self.http.get(self.url("/readyz")).send().await.ok()?;
             let v: serde_json::Value = r.json().await.ok()?;
             let all = v["services"].as_object()?.values().flat_map(|m| m.as_array().cloned().unwrap_or_default());
@@ -274,22 +274,6 @@ pub fn delete_broker_objects(amqp_url: &str, prefix: &str) {
         let _ = rt.block_on(async move { tokio::time::timeout(Duration::from_secs(20), work).await });
     })
     .join();
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most 30 s.
-pub async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn free_port() -> u16 {

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cluster_support::poll;
+use crate::helpers::eventually;
 use crate::helpers::{Api, Backend, TEST_JWT_SECRET, error_code, spawn_app_with};
 use crate::ws_client::{Client, alice_and_bob, make_contacts, user};
 
@@ -150,7 +150,7 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
             break;
         }
     }
-    poll("the transfer to complete", || async {
+    eventually("the transfer to complete", || async {
         (transfer(&app, &alice, &id).await["state"] == "complete").then_some(())
     })
     .await;
@@ -421,7 +421,7 @@ async fn hole_uploads_that_grow_memory_without_bound_200_mib_across_a_restart_an
             assert_eq!(r.status(), StatusCode::NO_CONTENT, "the upload's actor is running");
         }
     }
-    let done = poll("the transfer to complete", || async {
+    let done = eventually("the transfer to complete", || async {
         let t = transfer(&server, &alice, &id).await;
         (t["state"] == "complete").then_some(t)
     })
@@ -711,7 +711,7 @@ async fn hole_a_block_during_assembly_leaves_its_bytes_on_disk() {
     block(&app, &bob, &alice_id).await;
     let f = settled(&mut alice_ws).await;
     let tmp = app.data_dir.path().join("files/tmp");
-    poll("no temporary file left", || async { files_under_or_none(&tmp).is_empty().then_some(()) }).await;
+    eventually("no temporary file left", || async { files_under_or_none(&tmp).is_empty().then_some(()) }).await;
     assert!(f["state"] == "failed" || f["state"] == "complete", "{f}");
     assert!(files_under_or_none(&app.data_dir.path().join("files/parts")).is_empty(), "no chunk left");
 }

@@ -247,3 +247,17 @@ pub fn tcp_established(local_port: u16, remote_port: u16) -> bool {
         f.len() > 3 && f[1].ends_with(&local) && f[2].ends_with(&remote) && f[3] == "01"
     })
 }
+
+/// Waits until `probe` answers `Some` and returns it: polled every 50 ms for at most 30 s,
+/// then the test fails naming `what`. The tests' one way to wait for a condition (a bare
+/// sleep either waits too long or not long enough on a busy machine).
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after 30 s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -174,15 +174,10 @@ async fn hole_unbounded_connections_per_user() {
     let _bob = Client::connect(&app, &bob).await;
     first.ws.close(None).await.unwrap();
     drop(first);
-    let mut again = None;
-    for _ in 0..200 {
-        if let Ok(ws) = crate::ws_client::connect_with(app.addr, bearer(&alice)).await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(again.is_some(), "the place of the closed socket is free again");
+    crate::helpers::eventually("the place of the closed socket to be free again", async || {
+        crate::ws_client::connect_with(app.addr, bearer(&alice)).await.ok()
+    })
+    .await;
 }
 
 /// Every thing Alice and Bob own, tried by Mallory by id: 404 (existence not revealed) or
@@ -219,16 +214,11 @@ async fn hole_reading_another_users_data_by_id() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let mut file_id = None;
-    for _ in 0..500 {
+    let file_id = crate::helpers::eventually("the file to be stored", async || {
         let t = app.get_json(&format!("/api/transfers/{done_id}"), &alice).await;
-        if let Some(f) = t["file_id"].as_str() {
-            file_id = Some(f.to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let file_id = file_id.expect("the file is stored");
+        t["file_id"].as_str().map(str::to_owned)
+    })
+    .await;
     // A notification of Bob's, and a request of Mallory's own to use as a control.
     let bob_notes = app.get_json("/api/notifications", &bob).await;
     let note_id = bob_notes["notifications"][0]["id"].as_str().expect("bob has a notification").to_owned();
@@ -677,7 +667,7 @@ async fn hole_unbounded_notification_streams_per_user() {
     let (bob, _) = user(&app, "bob").await;
     let _bob_stream = SseReader::open(&app, &bob, None).await;
     drop(open.pop());
-    let reopened = crate::cluster_support::poll("a closed stream's place to be given back", || async {
+    let reopened = crate::helpers::eventually("a closed stream's place to be given back", || async {
         let r = app.get_as("/api/notifications/stream", &alice).await;
         (r.status() == StatusCode::OK).then_some(r)
     })
@@ -737,7 +727,7 @@ async fn hole_the_data_directory_is_world_readable() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let blob = dir.join("files/blobs").join(&sha[..2]).join(&sha);
-    crate::cluster_support::poll("the file to be stored", || async { blob.exists().then_some(()) }).await;
+    crate::helpers::eventually("the file to be stored", || async { blob.exists().then_some(()) }).await;
     assert_eq!(mode(&blob), 0o600, "a stored file");
 }
 

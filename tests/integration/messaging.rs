@@ -11,7 +11,7 @@ use switchboard_actors::ids::UserId;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{Api, Backend, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Api, Backend, TestApp, eventually, spawn_app, spawn_app_with};
 use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob, connect_with, make_contacts, user};
 
 /// Opens the conversation from `a` to user `b_id` with one message; returns its id.
@@ -640,17 +640,11 @@ fn assert_gap_free(dev: &Client, conv: &str) {
 
 /// The registry name of the one session actor of `user`, once it is running.
 async fn session_of(node: &switchboard_actors::node::Node, user: UserId) -> String {
-    let mut name = None;
-    eventually("one running session actor", || {
-        let cells = node.ctx.sessions_of(user);
-        name = match cells.as_slice() {
-            [cell] if cell.get_status() == ractor::ActorStatus::Running => cell.get_name(),
-            _ => None,
-        };
-        name.is_some()
+    eventually("one running session actor", async || match node.ctx.sessions_of(user).as_slice() {
+        [cell] if cell.get_status() == ractor::ActorStatus::Running => cell.get_name(),
+        _ => None,
     })
-    .await;
-    name.expect("a name")
+    .await
 }
 
 /// Injects `fault` (`kill`, or `panic` in its next message's handler) into the running
@@ -658,8 +652,10 @@ async fn session_of(node: &switchboard_actors::node::Node, user: UserId) -> Stri
 /// actor runs (past `pre_start`): a kill then tests a restart, not a failed start.
 async fn inject(app: &TestApp, token: &str, (kind, id, name): (&str, &str, &str), fault: &str) {
     let n = name.to_owned();
-    eventually("the victim running", move || {
-        ractor::registry::where_is(n.clone()).is_some_and(|c| c.get_status() == ractor::ActorStatus::Running)
+    eventually("the victim running", async || {
+        ractor::registry::where_is(n.clone())
+            .is_some_and(|c| c.get_status() == ractor::ActorStatus::Running)
+            .then_some(())
     })
     .await;
     let r = app
@@ -770,7 +766,7 @@ async fn killed_room_and_session_actors_lose_nothing_acknowledged() {
     for (name, k) in &faults {
         let which = if name == &room_name { "rooms" } else { "sessions" };
         let (n, name, k) = (node.clone(), name.clone(), *k);
-        crate::cluster_support::poll(&format!("{k} restarts of {name}"), move || {
+        eventually(&format!("{k} restarts of {name}"), move || {
             let (n, name) = (n.clone(), name.clone());
             async move {
                 let stats = n.stats(which).await?;
@@ -811,15 +807,10 @@ async fn a_client_that_does_not_read_is_disconnected() {
         tokio_tungstenite::MaybeTlsStream::Plain(s) => s.local_addr().expect("local addr").port(),
         _ => unreachable!("plain TCP in tests"),
     };
-    let mut released = false;
-    for _ in 0..300 {
-        if !crate::helpers::tcp_established(app.addr.port(), bob_port) {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(released, "the server still holds the socket of a client that stopped reading");
+    eventually("the server to let go of the socket of a client that stopped reading", async || {
+        (!crate::helpers::tcp_established(app.addr.port(), bob_port)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -840,15 +831,10 @@ async fn a_killed_supervisor_is_restarted_by_the_node_and_chat_goes_on() {
         .expect("sent");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let node = app.node.clone();
-    let mut restarted = false;
-    for _ in 0..500 {
-        if node.stats("node").await.is_some_and(|s| s.restarts_by_key.get(&rooms) == Some(&1)) {
-            restarted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(restarted, "node supervisor restarted the rooms supervisor");
+    eventually("the node supervisor to restart the rooms supervisor", async || {
+        node.stats("node").await.is_some_and(|s| s.restarts_by_key.get(&rooms) == Some(&1)).then_some(())
+    })
+    .await;
     // Rooms come back on demand under the new supervisor.
     a.send_to_conv("k1", &conv, "after the drill").await;
     a.read_until("ack", |d| d.acks.contains_key("k1")).await;
@@ -878,17 +864,6 @@ async fn a_killed_supervisor_is_restarted_by_the_node_and_chat_goes_on() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "fault injection is off by default");
 }
 
-/// Polls `cond` every 20 ms for up to 15 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..750 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn a_silent_connection_is_closed_by_the_heartbeat() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
@@ -903,14 +878,14 @@ async fn a_silent_connection_is_closed_by_the_heartbeat() {
     // ...one that never reads again does not.
     let silent = Client::connect(&app, &alice).await;
     let node = app.node.clone();
-    eventually("two sessions", || node.ctx.sessions_of(uid).len() == 2).await;
+    eventually("two sessions", async || (node.ctx.sessions_of(uid).len() == 2).then_some(())).await;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
         live.send(json!({"type": "ping"})).await;
         live.next_of("pong").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eventually("the silent one closed", || node.ctx.sessions_of(uid).len() == 1).await;
+    eventually("the silent one closed", async || (node.ctx.sessions_of(uid).len() == 1).then_some(())).await;
     live.send(json!({"type": "ping"})).await;
     live.next_of("pong").await;
     drop(silent);
@@ -924,9 +899,9 @@ async fn an_idle_room_stops_and_comes_back_on_demand() {
     let conv = open_conversation(&mut a, &bob_id, "i0").await;
     let room = app.node.ctx.name("room", &conv);
     let r = room.clone();
-    eventually("room running", move || ractor::registry::where_is(r.clone()).is_some()).await;
+    eventually("room running", async || ractor::registry::where_is(r.clone()).map(|_| ())).await;
     let r = room.clone();
-    eventually("idle room stopped", move || ractor::registry::where_is(r.clone()).is_none()).await;
+    eventually("idle room stopped", async || ractor::registry::where_is(r.clone()).is_none().then_some(())).await;
     a.send_to_conv("i1", &conv, "wake up").await;
     a.read_until("ack", |d| d.acks.contains_key("i1")).await;
     assert_eq!(a.acks["i1"].1, 2, "the sequence continues from the database");

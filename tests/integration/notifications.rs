@@ -8,7 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::cluster::connect;
-use crate::cluster_support::{Cluster, poll};
+use crate::cluster_support::Cluster;
+use crate::helpers::eventually;
 use crate::helpers::{Api, TestApp, error_code, spawn_app_with};
 use crate::ws_client::{Client, alice_and_bob, user};
 
@@ -120,7 +121,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     let app = app().await;
     let (alice, bob, bob_id) = alice_and_bob(&app).await;
     // Bob was asked, Alice was accepted.
-    let n = poll("contact notifications", || async {
+    let n = eventually("contact notifications", || async {
         let b = list(&app, &bob, "").await;
         let a = list(&app, &alice, "").await;
         (b["notifications"].as_array()?.len() == 1 && a["notifications"].as_array()?.len() == 1).then_some((a, b))
@@ -221,7 +222,7 @@ async fn a_user_only_ever_sees_their_own_notifications() {
     let app = app().await;
     let (alice, bob, _) = alice_and_bob(&app).await;
     let (carol, _) = user(&app, "carol").await;
-    let alices = poll("alice's notification", || async {
+    let alices = eventually("alice's notification", || async {
         list(&app, &alice, "").await["notifications"].as_array().filter(|a| !a.is_empty()).cloned()
     })
     .await;
@@ -301,7 +302,7 @@ async fn a_killed_stream_actor_restarts_and_the_stream_resumes_in_order_without_
             seen.push(data);
         }
     }
-    let restarts = poll("the supervisor to restart the stream actor", || async {
+    let restarts = eventually("the supervisor to restart the stream actor", || async {
         let v: Value = app
             .client()
             .get(app.url("/api/debug/supervisors"))
@@ -338,7 +339,7 @@ async fn a_killed_stream_actor_restarts_and_the_stream_resumes_in_order_without_
 async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
     let mut cluster = Cluster::start(1);
     let (alice, bob, bob_id) = alice_and_bob(&cluster).await;
-    poll("bob's contact request notification", || async {
+    eventually("bob's contact request notification", || async {
         (list(&cluster, &bob, "").await["unread"]["total"] == 1).then_some(())
     })
     .await;
@@ -369,7 +370,7 @@ async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
     }
 
     cluster.restart("notify");
-    let all = poll("bob's notifications to catch up", || async {
+    let all = eventually("bob's notifications to catch up", || async {
         let r =
             cluster.client().get(cluster.url("/api/notifications?unread=true")).bearer_auth(&bob).send().await.ok()?;
         let v: Value = r.json().await.ok()?;

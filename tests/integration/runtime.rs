@@ -161,7 +161,7 @@ async fn the_root_supervisor_exiting_fails_readiness_and_stops_the_process() {
         .await
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::NO_CONTENT);
-    let r = crate::cluster_support::poll("/readyz to fail", || async {
+    let r = crate::helpers::eventually("/readyz to fail", || async {
         let r = app.client.get(app.url("/readyz")).send().await.ok()?;
         (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(r)
     })
