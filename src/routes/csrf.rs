@@ -14,6 +14,15 @@
 //!
 //! Bearer-token clients are not affected: their token is not ambient. The pages set the
 //! `sb_csrf` cookie and put its value in `<meta name="csrf-token">` for the page scripts.
+//!
+//! Why not salvo's own `csrf` feature (salvo-csrf): it covers rule 2 only, a token from a
+//! header, form or JSON body checked against a proof it keeps in a cookie or session, for
+//! POST, PATCH, PUT and DELETE, with a skipper per request (bearer clients could be skipped
+//! with one). It has no origin rule, so rule 1 would stay here anyway. It would also add a
+//! cipher dependency (bcrypt, HMAC, AES-GCM or ChaCha20-Poly1305) and the code that
+//! issues its tokens. Double submit needs only a random cookie value, compared in
+//! constant time. Rule 2 here is about forty lines, with tests
+//! (`tests/integration/pages.rs`), so it is kept.
 
 use salvo::http::Method;
 use salvo::http::cookie::{Cookie, SameSite};
