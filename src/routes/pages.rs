@@ -170,7 +170,7 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("auth.js", "text/javascript; charset=utf-8", include_str!("../../static/auth.js")),
     ("chat.js", "text/javascript; charset=utf-8", include_str!("../../static/chat.js")),
     ("contacts.js", "text/javascript; charset=utf-8", include_str!("../../static/contacts.js")),
-    ("sha256.js", "text/javascript; charset=utf-8", include_str!("../../static/sha256.js")),
+    ("noble-hashes.js", "text/javascript; charset=utf-8", include_str!("../../static/noble-hashes.js")),
     ("icon.svg", "image/svg+xml", include_str!("../../static/icon.svg")),
 ];
 
