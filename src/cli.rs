@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
-use crate::routes::Mount;
 use crate::startup::{Application, shutdown_signal};
+use crate::web::Mount;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "Switchboard: distributed one-to-one chat")]

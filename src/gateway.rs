@@ -453,7 +453,7 @@ async fn healthz(res: &mut Response) {
 fn router(config: &Config, pools: &[Arc<Pool>], edge: Edge) -> Router {
     let mut root = Router::new()
         .hoop(edge)
-        .hoop(crate::routes::security_headers)
+        .hoop(crate::web::security_headers)
         .push(Router::with_path("healthz").get(healthz))
         .push(Router::with_path("readyz").get(readyz));
     for (prefix, service) in ROUTES {
@@ -477,7 +477,7 @@ fn router(config: &Config, pools: &[Arc<Pool>], edge: Edge) -> Router {
             .push(Router::with_path(*prefix).goal(SharedProxy(proxy.clone())))
             .push(Router::with_path(format!("{prefix}/{{**rest}}")).goal(SharedProxy(proxy)));
     }
-    root.push(crate::routes::pages::router(config.auth.cookie_secure))
+    root.push(crate::web::pages::router(config.auth.cookie_secure))
 }
 
 /// One proxy shared by the routes of a service.

@@ -1,39 +1,57 @@
 //! Switchboard: a distributed one-to-one chat server.
 //!
 //! This crate is the `switchboard` binary's library: everything but the actor system
-//! (`switchboard-actors`) and the schema (`migration`). Modules, from the door inwards:
+//! (`switchboard-actors`) and the schema (`migration`). One folder per service, each with
+//! its routes and its repository, then what they share.
 //!
-//! - [`cli`]: the command line (`switchboard [all|auth|gateway|messaging|notify|migrate]`).
-//! - [`config`]: layered configuration (defaults < file < environment < flags), validated.
-//! - [`startup`]: [`startup::Application`] builds the services of one process on one
-//!   listener and runs them until a shutdown future resolves.
-//! - [`gateway`]: the public entry point: reverse proxy to the services, health checks.
-//! - [`notify`]: the notify service's consumer: bus events → stored notifications.
+//! The services (docs/architecture.md):
+//!
+//! - [`auth`]: accounts, passwords (argon2id), access tokens (JWT + revocable login
+//!   sessions), `/api/auth/*`, and the `require_auth` hoop every service uses.
+//! - [`contacts`]: the contact rules (requests, blocks, who may message whom) and user
+//!   search.
+//! - [`messaging`]: the message path (the WebSocket, the chat repository the actors write
+//!   through, history) and files (chunked uploads, downloads).
+//! - [`notify`]: notifications: the consumer that turns bus events into them, their
+//!   storage, and `/api/notifications*` with the live stream.
+//! - [`gateway`]: the public entry point: routing of paths to service instances (reverse
+//!   proxy), health checks, edge limits.
+//!
+//! What they share:
+//!
+//! - [`web`]: the router of one process (which services a `Mount` serves), request state,
+//!   the CSRF guard, health, the OpenAPI document, and the web UI's pages.
+//! - [`storage`]: the database connection, the SeaORM entities, the write queue (group
+//!   commit; on SQLite one writer thread) and [`storage::Storage`], every repository.
 //! - [`bus`]: the RabbitMQ implementation of the actors' `Bus` port.
-//! - [`routes`]: HTTP handlers grouped by resource (`health`, `auth`, `pages`).
-//! - [`auth`]: passwords (argon2id), access tokens (JWT + revocable sessions), the auth
-//!   service logic, and the `require_auth` hoop that puts the caller in the depot.
+//! - [`startup`]: [`startup::Application`] builds the services of one process on one
+//!   listener and runs them until a shutdown future resolves; [`cli`] is its command line
+//!   (`switchboard [all|auth|gateway|messaging|notify|migrate]`).
+//! - [`config`]: layered configuration (defaults < file < environment < flags), validated.
 //! - [`domain`]: typed ids and parsed inputs (`Username`, `Password`, `DisplayName`).
-//! - [`storage`]: the database connection, SeaORM entities and one repository per aggregate.
-//! - [`error`]: [`error::AppError`], the one place errors become HTTP responses.
+//! - [`error`]: [`error::AppError`], the one place errors become HTTP responses, and the
+//!   error codes.
 //! - [`net`]: the client's address behind trusted proxies (`X-Forwarded-For`).
 //! - [`ratelimit`]: keyed rate limits (login per address and per username, registration).
 //! - [`telemetry`]: tracing subscriber and panic hook.
 
 pub mod auth;
+pub mod contacts;
+pub mod gateway;
+pub mod messaging;
+pub mod notify;
+
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
-pub mod gateway;
 pub mod net;
-pub mod notify;
 pub mod ratelimit;
-pub mod routes;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod web;
 
 /// Milliseconds since the Unix epoch: the one time unit stored in the database.
 pub fn now_ms() -> i64 {

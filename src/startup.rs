@@ -25,8 +25,8 @@ use crate::config::{Config, Secret};
 use crate::error::json_catcher;
 use crate::notify::Notifier;
 use crate::ratelimit::KeyedLimiter;
-use crate::routes::{self, AppState, Mount};
 use crate::storage::{self, Storage};
+use crate::web::{self, AppState, Mount};
 use tokio_util::sync::CancellationToken;
 
 /// Pending connections the kernel queues for us. Tokio's default (128) drops SYNs in a
@@ -70,7 +70,7 @@ impl Application {
         let db = storage::connect(&config.database_url()).await?;
         let storage = Storage::new(db);
         let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let files = crate::storage::files::FileRepo::new(storage.db.clone(), &config.data_dir);
+        let files = crate::messaging::files::FileRepo::new(storage.db.clone(), &config.data_dir);
         let (node, rabbit, tap) = start_node(&config, &storage, &files, mount).await?;
         let node = Arc::new(node);
         let auth = auth.with_bus(node.ctx.bus.clone());
@@ -105,7 +105,7 @@ impl Application {
             sockets: Arc::default(),
             streams: Arc::default(),
         };
-        let router = routes::router(state.clone(), mount);
+        let router = web::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));
         let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
@@ -189,7 +189,7 @@ type Tap = tokio::sync::mpsc::Receiver<switchboard_actors::ports::Envelope>;
 async fn start_node(
     config: &Config,
     storage: &Storage,
-    files: &crate::storage::files::FileRepo,
+    files: &crate::messaging::files::FileRepo,
     mount: Mount,
 ) -> anyhow::Result<(Node, Option<RabbitBus>, Option<Tap>)> {
     let node_id = format!("n{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);

@@ -6,11 +6,17 @@
 //! - [`service::AuthService`]: register, login, logout, and [`service::AuthService::authenticate`],
 //!   which turns a token into an [`AuthUser`] only if its session is still active.
 //!
+//! - [`routes`]: `/api/auth/*` and the `require_auth` hoop every other service uses.
+//! - [`users`], [`sessions`]: the repositories of accounts and login sessions.
+//!
 //! Identity comes from the verified token only, never from a field the client sends.
 
 pub mod passwords;
+pub mod routes;
 pub mod service;
+pub mod sessions;
 pub mod tokens;
+pub mod users;
 
 use crate::domain::{SessionId, UserId};
 

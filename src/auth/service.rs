@@ -9,12 +9,12 @@ use switchboard_actors::ports::{Bus, Envelope, Event};
 use super::AuthUser;
 use super::passwords::PasswordHasher;
 use super::tokens::{Claims, TokenKeys};
+use crate::auth::users::{CreateUserError, User};
 use crate::config::AuthConfig;
 use crate::domain::{DisplayName, Password, SessionId, Username};
 use crate::error::{AppError, ErrorCode};
 use crate::ratelimit::{FailureCounter, KeyedLimiter};
 use crate::storage::Storage;
-use crate::storage::users::{CreateUserError, User};
 
 /// A successful login.
 #[derive(Debug, Clone, Serialize)]

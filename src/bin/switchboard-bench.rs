@@ -101,7 +101,7 @@ struct Args {
 /// `--in-flight` waiting for their commit at once, each counted when its durable commit
 /// (the ack point) returns. Reports appends/s and the append→commit latency.
 async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> anyhow::Result<()> {
-    use switchboard::storage::chat::ChatRepo;
+    use switchboard::messaging::chat::ChatRepo;
     use switchboard_actors::ports::{ChatStore, NewMessage};
 
     anyhow::ensure!(rooms >= 1 && total >= 1 && in_flight >= 1, "rooms, messages and in-flight must be positive");
@@ -176,7 +176,7 @@ async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> 
 /// Seeds `n` users (if not there yet) and times prefix searches through the repository.
 async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
     use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
-    use switchboard::storage::contacts::ContactRepo;
+    use switchboard::contacts::repo::ContactRepo;
     use switchboard::storage::entities::user;
 
     let db = switchboard::storage::connect(url).await?;

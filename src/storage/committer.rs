@@ -18,8 +18,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Transaction
 use switchboard_actors::ports::{Appended, NewMessage, Receipt, StoreError, Unread};
 use tokio::sync::oneshot;
 
-use super::notifications::{NewNotification, Recorded};
 use crate::domain::{ConversationId, UserId};
+use crate::notify::repo::{NewNotification, Recorded};
 
 /// Most writes committed in one transaction. Bounds the time one commit holds the write
 /// lock, and the latency of the first write in a full batch.
@@ -28,7 +28,7 @@ pub const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 
 /// A write the committer performs inside a group transaction.
-pub(super) enum Write {
+pub(crate) enum Write {
     Append(NewMessage),
     Receipt {
         conversation: ConversationId,
@@ -49,7 +49,7 @@ pub(super) enum Write {
     },
 }
 
-pub(super) enum Written {
+pub(crate) enum Written {
     Appended(Appended),
     Receipt(Receipt),
     Notifications(Recorded),
@@ -57,7 +57,7 @@ pub(super) enum Written {
     Read(Option<Unread>),
 }
 
-pub(super) type Reply = oneshot::Sender<Result<Written, StoreError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Written, StoreError>>;
 
 /// The handle repositories write through; clones share one committer.
 #[derive(Clone, Debug)]
@@ -67,16 +67,16 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer for `db`: on a SQLite file, a writer thread with its own
-    /// connection ([`super::sqlite_writer`]); otherwise (PostgreSQL, in-memory SQLite) a
+    /// connection ([`crate::storage::sqlite_writer`]); otherwise (PostgreSQL, in-memory SQLite) a
     /// task on the current runtime writing through `db`.
     pub fn start(db: DatabaseConnection) -> Self {
         let (tx, rx) = flume::bounded(QUEUE);
         if let Some(path) = sqlite_file(&db) {
-            match super::sqlite_writer::open(&path, super::SQLITE_BUSY_TIMEOUT) {
+            match crate::storage::sqlite_writer::open(&path, crate::storage::SQLITE_BUSY_TIMEOUT) {
                 Ok(conn) => {
                     let spawned = std::thread::Builder::new()
                         .name("sqlite-writer".into())
-                        .spawn(move || super::sqlite_writer::run(conn, &path, rx));
+                        .spawn(move || crate::storage::sqlite_writer::run(conn, &path, rx));
                     match spawned {
                         Ok(_) => return Self { tx },
                         Err(e) => tracing::error!(error = %e, "cannot start the SQLite writer thread"),
@@ -98,7 +98,7 @@ impl Committer {
     /// Queues `w` (waiting for room if the queue is full) and returns the future of its
     /// result, which resolves after the commit. Writes queued one after another are
     /// committed in that order.
-    pub(super) async fn queue(
+    pub(crate) async fn queue(
         &self,
         w: Write,
     ) -> impl std::future::Future<Output = Result<Written, StoreError>> + Send + 'static {
@@ -137,7 +137,7 @@ fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
 }
 
 async fn run(db: DatabaseConnection, rx: flume::Receiver<(Write, Reply)>) {
-    let _drain = super::sqlite_writer::DrainOnExit(rx.clone());
+    let _drain = crate::storage::sqlite_writer::DrainOnExit(rx.clone());
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv_async().await {
         batch.push(first);
@@ -159,7 +159,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: Vec<(Write, Reply)>) {
                 let _ = reply.send(result);
             }
         }
-        Err(e) if batch.len() > 1 && !super::affects_every_write(&e) => {
+        Err(e) if batch.len() > 1 && !crate::storage::affects_every_write(&e) => {
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
             for (write, reply) in batch {
                 let result = match write_in_txn(db, &[&write]).await {
@@ -196,7 +196,7 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
             _ => None,
         })
         .collect();
-    let mut appended = super::chat::append_all(&txn, &appends, now).await?.into_iter();
+    let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?.into_iter();
     // Appends first (a receipt in the same batch may count one of them).
     for (slot, w) in results.iter_mut().zip(writes) {
         if let Write::Append(_) = w {
@@ -205,14 +205,14 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
     }
     // Then every receipt at once (two statements for the batch), then notifications in
     // queue order.
-    let receipts: Vec<super::chat::RaiseReceipt> = writes
+    let receipts: Vec<crate::messaging::chat::RaiseReceipt> = writes
         .iter()
         .filter_map(|w| match w {
             Write::Receipt { conversation, user, delivered, read } => Some((*conversation, *user, *delivered, *read)),
             _ => None,
         })
         .collect();
-    let mut raised = super::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
+    let mut raised = crate::messaging::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
     for (slot, w) in results.iter_mut().zip(writes) {
         if let Write::Receipt { .. } = w {
             *slot = raised.next().map(|r| r.map(Written::Receipt));
@@ -222,12 +222,12 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &[&Write]) -> Result<Vec<
         match w {
             Write::Receipt { .. } => {}
             Write::Notifications { news, keep } => {
-                let stored = super::notifications::record_in_txn(&txn, news, *keep, now).await?;
+                let stored = crate::notify::repo::record_in_txn(&txn, news, *keep, now).await?;
                 *slot = Some(Ok(Written::Notifications(stored)));
             }
             Write::ReadNotifications { user, conversation, seq } => {
                 let unread =
-                    super::notifications::read_conversation_in_txn(&txn, *user, *conversation, *seq, now).await?;
+                    crate::notify::repo::read_conversation_in_txn(&txn, *user, *conversation, *seq, now).await?;
                 *slot = Some(Ok(Written::Read(unread)));
             }
             Write::Append(_) => {}

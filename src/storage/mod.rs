@@ -18,16 +18,10 @@
 //! (contacts, conversations and messages, transfers and files, notifications) get their
 //! repository here with the issue that builds them; the schema for them exists already.
 
-pub mod chat;
 pub mod committer;
-pub mod contacts;
 pub mod entities;
-pub mod files;
-pub mod notifications;
 pub mod seed;
-pub mod sessions;
 mod sqlite_writer;
-pub mod users;
 
 use std::time::Duration;
 
@@ -44,22 +38,22 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Storage {
     pub db: DatabaseConnection,
-    pub users: users::UserRepo,
-    pub sessions: sessions::SessionRepo,
-    pub chat: chat::ChatRepo,
-    pub contacts: contacts::ContactRepo,
-    pub notifications: notifications::NotificationRepo,
+    pub users: crate::auth::users::UserRepo,
+    pub sessions: crate::auth::sessions::SessionRepo,
+    pub chat: crate::messaging::chat::ChatRepo,
+    pub contacts: crate::contacts::repo::ContactRepo,
+    pub notifications: crate::notify::repo::NotificationRepo,
 }
 
 impl Storage {
     pub fn new(db: DatabaseConnection) -> Self {
         let committer = committer::Committer::start(db.clone());
         Self {
-            users: users::UserRepo::new(db.clone()),
-            sessions: sessions::SessionRepo::new(db.clone()),
-            chat: chat::ChatRepo::new(db.clone(), committer.clone()),
-            contacts: contacts::ContactRepo::new(db.clone()),
-            notifications: notifications::NotificationRepo::new(db.clone(), committer),
+            users: crate::auth::users::UserRepo::new(db.clone()),
+            sessions: crate::auth::sessions::SessionRepo::new(db.clone()),
+            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone()),
+            contacts: crate::contacts::repo::ContactRepo::new(db.clone()),
+            notifications: crate::notify::repo::NotificationRepo::new(db.clone(), committer),
             db,
         }
     }

@@ -4,8 +4,8 @@
 
 use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait};
 
-use super::entities::{contact, conversation, user};
 use crate::domain::{ConversationId, UserId};
+use crate::storage::entities::{contact, conversation, user};
 use switchboard_actors::states::ContactState;
 
 /// Two users who are contacts and the conversation between them.

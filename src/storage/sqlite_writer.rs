@@ -9,7 +9,7 @@
 //! and wake) rather than to SQLite (docs/benchmarks.md, issue 17's profile). Here a batch
 //! costs one hand-off in and one answer out per write, and each statement is a call into
 //! SQLite on this thread, its plan cached: per-row statements, which cost microseconds
-//! here, where the sea-orm version ([`super::committer`], still the PostgreSQL path)
+//! here, where the sea-orm version ([`crate::storage::committer`], still the PostgreSQL path)
 //! batches rows into few statements to save round trips. Both store the same rows; the
 //! answers differ only in that the PostgreSQL path answers every receipt write of a batch
 //! with the receipt as the whole batch leaves it.
@@ -31,9 +31,9 @@ use switchboard_actors::ports::{Appended, NewMessage, NotificationView, Receipt,
 use switchboard_actors::states::{ContactState, MessageKind};
 use uuid::Uuid;
 
-use super::committer::{MAX_BATCH, Reply, Write, Written};
-use super::notifications::{Change, NewNotification, Recorded, Stored, add_unread, after_read, bump, changes};
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
+use crate::notify::repo::{Change, NewNotification, Recorded, Stored, add_unread, after_read, bump, changes};
+use crate::storage::committer::{MAX_BATCH, Reply, Write, Written};
 
 /// Prepared statements kept per connection (the writer uses a dozen).
 const STATEMENT_CACHE: usize = 32;
@@ -50,7 +50,7 @@ const GROUP_WINDOW: Duration = Duration::from_millis(4);
 /// Opens the write connection on the database file `path` (created and migrated by the
 /// pool already), with the pool's settings: WAL (a property of the file),
 /// `synchronous=FULL`, the busy timeout, foreign keys.
-pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+pub(crate) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -67,7 +67,7 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
 /// Commits start at most one per [`GROUP_WINDOW`]: a write that arrives sooner after the
 /// last commit began waits for the rest of the window, with what else arrives meanwhile.
 /// An idle writer commits at once; a busy one puts many writes under one fsync.
-pub(super) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<(Write, Reply)>) {
+pub(crate) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<(Write, Reply)>) {
     let _drain = DrainOnExit(rx.clone());
     // Checkpoints run beside the writer; the writer's own (in a commit) only as the
     // backstop that restarts the log (see [`BACKSTOP_PAGES`]).
@@ -136,7 +136,7 @@ const WAL_SIZE_LIMIT: i64 = 12 * 1024 * 1024;
 fn start_checkpointer(path: &Path) -> std::io::Result<std::sync::mpsc::Sender<()>> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(std::io::Error::other)?;
-    conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT).map_err(std::io::Error::other)?;
+    conn.busy_timeout(crate::storage::SQLITE_BUSY_TIMEOUT).map_err(std::io::Error::other)?;
     let (alive, ended) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
         let mut failing = false;
@@ -157,7 +157,7 @@ fn start_checkpointer(path: &Path) -> std::io::Result<std::sync::mpsc::Sender<()
 /// Answers every write still queued when the writer ends (every sender gone, or an
 /// unwinding panic) with an error: a queued write must never wait for ever. Shared with the
 /// pool-backed committer.
-pub(super) struct DrainOnExit(pub(super) flume::Receiver<(Write, Reply)>);
+pub(crate) struct DrainOnExit(pub(crate) flume::Receiver<(Write, Reply)>);
 
 impl Drop for DrainOnExit {
     fn drop(&mut self) {
@@ -332,7 +332,7 @@ impl Batch<'_> {
         Ok(self.conversations.get_mut(&id).and_then(Option::as_mut))
     }
 
-    /// The one messaging rule ([`super::contacts::messageable_pairs`]): an accepted contact
+    /// The one messaging rule ([`crate::contacts::repo::messageable_pairs`]): an accepted contact
     /// and no block either way.
     fn may_message(&mut self, low: Uuid, high: Uuid) -> rusqlite::Result<bool> {
         if let Some(&ok) = self.allowed.get(&(low, high)) {
@@ -359,7 +359,7 @@ impl Batch<'_> {
             _ => return Ok(Err(NOT_FOUND)),
         };
         if !self.may_message(low, high)? {
-            return Ok(Err(StoreError::Forbidden(super::contacts::NOT_A_CONTACT)));
+            return Ok(Err(StoreError::Forbidden(crate::contacts::repo::NOT_A_CONTACT)));
         }
         if let Some(old) = self.stored_message(sender, &m.client_msg_id)? {
             return Ok(if old.conversation_id != m.conversation_id {
@@ -468,7 +468,7 @@ impl Batch<'_> {
         Ok(Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq }))
     }
 
-    /// Stores `news` as [`super::notifications::NotificationRepo::record_batch`] says: a
+    /// Stores `news` as [`crate::notify::repo::NotificationRepo::record_batch`] says: a
     /// contact notification per (user, event), one update per (user, conversation) of its
     /// message notification; numbers each change; deletes each user's notifications
     /// older than their newest `keep` numbers. Returns what was changed and kept, and the

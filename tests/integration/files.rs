@@ -477,7 +477,7 @@ async fn an_abandoned_upload_expires_and_its_chunks_are_removed() {
     // The housekeeping pass, a day and a bit later (the same repository call the server
     // makes every minute, on the same database file).
     let db = switchboard::storage::connect(&app.config.database_url()).await.unwrap();
-    let repo = switchboard::storage::files::FileRepo::new(db, app.data_dir.path());
+    let repo = switchboard::messaging::files::FileRepo::new(db, app.data_dir.path());
     assert_eq!(repo.expire(switchboard::now_ms() + 25 * 3600 * 1000).await.unwrap(), 1);
     assert!(files_under(&parts).is_empty(), "its chunks are gone");
     assert_eq!(transfer(&app, &alice, &id).await["state"], "expired");
@@ -531,7 +531,7 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     assert_eq!(alice_ws.messages.len(), 1, "nothing posted but the first text: {:?}", alice_ws.messages);
     // Neither an upload in progress nor stored bytes count against Alice any more.
     let db = switchboard::storage::connect(&app.config.database_url()).await.unwrap();
-    let repo = switchboard::storage::files::FileRepo::new(db, app.data_dir.path());
+    let repo = switchboard::messaging::files::FileRepo::new(db, app.data_dir.path());
     let me = switchboard::domain::UserId(alice_id.parse().unwrap());
     assert_eq!(repo.usage(me).await.unwrap(), (0, 0));
 }

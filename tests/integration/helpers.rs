@@ -8,8 +8,8 @@ use reqwest::{Client, Response, StatusCode};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use switchboard::config::{Config, Secret};
-use switchboard::routes::Mount;
 use switchboard::startup::Application;
+use switchboard::web::Mount;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 

@@ -820,7 +820,7 @@ async fn hole_a_missed_revocation_leaves_connections_open() {
     let keys = TokenKeys::new(&Secret::new(TEST_JWT_SECRET));
     let claims: Claims = keys.verify(&alice).expect("our own token");
     let db = switchboard::storage::connect(&app.config.database_url()).await.unwrap();
-    switchboard::storage::sessions::SessionRepo::new(db)
+    switchboard::auth::sessions::SessionRepo::new(db)
         .revoke(claims.jti, chrono::Utc::now().timestamp_millis())
         .await
         .unwrap();

@@ -107,8 +107,8 @@ fn migrate_applies_the_schema_and_exits() {
 async fn auth_and_messaging_run_apart_on_one_database() {
     use crate::helpers::test_config;
     use crate::ws_client::Client;
-    use switchboard::routes::Mount;
     use switchboard::startup::Application;
+    use switchboard::web::Mount;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut started = vec![];

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use sea_orm::{ActiveValue::Set, EntityTrait};
+use switchboard::contacts::repo::ContactRepo;
 use switchboard::domain::{ConversationId, UserId};
-use switchboard::storage::chat::ChatRepo;
+use switchboard::messaging::chat::ChatRepo;
 use switchboard::storage::committer::Committer;
-use switchboard::storage::contacts::ContactRepo;
 use switchboard::storage::entities::block;
 use switchboard::storage::seed::contact_pairs;
 use switchboard_actors::ports::{Appended, ChatStore, NewMessage, NotificationView, StoreError};
@@ -70,9 +70,9 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
             pending.push(repo.queue_append(text(ab.conversation, cd.a, "outsider")).await);
             expect.push(("outsider", Some(StoreError::NotFound)));
             pending.push(repo.queue_append(text(blocked.conversation, blocked.a, &format!("x{i}"))).await);
-            expect.push(("blocked", Some(StoreError::Forbidden(switchboard::storage::contacts::NOT_A_CONTACT))));
+            expect.push(("blocked", Some(StoreError::Forbidden(switchboard::contacts::repo::NOT_A_CONTACT))));
             pending.push(repo.queue_append(text(block_only.conversation, block_only.b, &format!("y{i}"))).await);
-            expect.push(("blocked", Some(StoreError::Forbidden(switchboard::storage::contacts::NOT_A_CONTACT))));
+            expect.push(("blocked", Some(StoreError::Forbidden(switchboard::contacts::repo::NOT_A_CONTACT))));
             pending.push(repo.queue_append(text(ConversationId::new(), ab.a, &format!("z{i}"))).await);
             expect.push(("nowhere", Some(StoreError::NotFound)));
         }
@@ -150,7 +150,7 @@ fn summary(stored: &[(UserId, NotificationView)], user: UserId) -> Vec<(i64, Str
 }
 
 async fn notifications_are_numbered_once_per_change_and_capped(backend: Backend) {
-    use switchboard::storage::notifications::{NewNotification, NotificationRepo};
+    use switchboard::notify::repo::{NewNotification, NotificationRepo};
     let app = spawn_app_with(backend, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 2, "nb").await.expect("seed");
@@ -379,7 +379,7 @@ async fn upgrading_folds_message_notifications_into_one_per_conversation() {
         .expect("old notification");
     }
     Migrator::up(&db, None).await.expect("upgrade");
-    let repo = switchboard::storage::notifications::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
+    let repo = switchboard::notify::repo::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
     let kept: Vec<(i64, String, Option<i64>, bool, i64)> = repo
         .after_n(UserId(bob), 0, 100)
         .await

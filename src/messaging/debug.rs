@@ -7,9 +7,9 @@ use serde_json::json;
 use switchboard_actors::faults::Fault;
 use switchboard_actors::node::SUPERVISORS;
 
-use super::auth::require_auth;
-use super::state;
+use crate::auth::routes::require_auth;
 use crate::error::{AppError, ErrorCode};
+use crate::web::state;
 
 pub fn router() -> Router {
     Router::with_path("api/debug")
@@ -31,7 +31,7 @@ struct FaultBody {
 /// `POST /api/debug/faults {kind, id, fault}` → 204, or 404 if no such actor runs.
 #[handler]
 async fn inject(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
-    let body: FaultBody = super::auth::json_body(req, depot).await?;
+    let body: FaultBody = crate::auth::routes::json_body(req, depot).await?;
     let st = state(depot)?;
     if !matches!(body.kind.as_str(), "session" | "room" | "nstream" | "transfer" | "bridge" | "sup") {
         return Err(AppError::bad_request(

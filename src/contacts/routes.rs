@@ -6,18 +6,18 @@
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
-use super::openapi::*;
+use crate::web::openapi::*;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ports::{ChatStore, Envelope, Event};
 use switchboard_actors::states::{ContactChangeKind, ContactState};
 use uuid::Uuid;
 
-use super::auth::{caller, json_body, require_auth};
-use super::{AppState, state};
+use crate::auth::routes::{caller, json_body, require_auth};
+use crate::contacts::repo::{ContactError, ContactRequest, RequestOutcome};
 use crate::domain::{UserId, Username};
 use crate::error::{AppError, ErrorCode};
-use crate::storage::contacts::{ContactError, ContactRequest, RequestOutcome};
+use crate::web::{AppState, state};
 
 /// Largest page of search results.
 pub const MAX_SEARCH_PAGE: u64 = 50;

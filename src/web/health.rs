@@ -3,11 +3,11 @@
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
-use super::openapi::*;
+use crate::web::openapi::*;
 use serde_json::json;
 
-use super::state;
 use crate::error::AppError;
+use crate::web::state;
 
 pub fn router() -> Router {
     Router::new().push(Router::with_path("healthz").get(healthz)).push(Router::with_path("readyz").get(readyz))

@@ -23,8 +23,8 @@ use switchboard_actors::transfer::{TransferStatus, TransferStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use super::entities::{file, transfer, transfer_chunk, user};
-use super::is_unique_violation;
+use crate::storage::entities::{file, transfer, transfer_chunk, user};
+use crate::storage::is_unique_violation;
 
 /// A new upload, validated by the caller.
 #[derive(Debug, Clone)]
@@ -296,7 +296,7 @@ impl FileRepo {
     /// blocked the other): their chunks go, any file assembled but not yet posted is
     /// removed, and nothing more of them reaches either user. Returns the failed uploads.
     pub async fn fail_between(&self, a: UserId, b: UserId) -> Result<Vec<TransferStatus>, DbErr> {
-        let Some(conv) = super::chat::between(a, b).one(&self.db).await? else {
+        let Some(conv) = crate::messaging::chat::between(a, b).one(&self.db).await? else {
             return Ok(vec![]);
         };
         let open = transfer::Entity::find()
@@ -485,7 +485,7 @@ async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64),
     let count = uploading.clone().count(db).await?;
     let pending: Option<i64> = uploading
         .select_only()
-        .column_as(super::sum_bigint(transfer::Column::Size), "s")
+        .column_as(crate::storage::sum_bigint(transfer::Column::Size), "s")
         .into_tuple::<Option<i64>>()
         .one(db)
         .await?
@@ -493,7 +493,7 @@ async fn usage_in(db: &impl ConnectionTrait, user: UserId) -> Result<(u64, i64),
     let stored: Option<i64> = file::Entity::find()
         .filter(file::Column::OwnerId.eq(user.0))
         .select_only()
-        .column_as(super::sum_bigint(file::Column::Size), "s")
+        .column_as(crate::storage::sum_bigint(file::Column::Size), "s")
         .into_tuple::<Option<i64>>()
         .one(db)
         .await?
@@ -514,7 +514,7 @@ fn status_of(t: transfer::Model, received: i64) -> Result<TransferStatus, DbErr>
         mime: t.mime,
         chunk_count: t.chunk_count as i64,
         received_chunks: received,
-        state: super::stored(TransferState::parse, "transfers.state", &t.state)?,
+        state: crate::storage::stored(TransferState::parse, "transfers.state", &t.state)?,
         file_id: t.file_id.map(FileId),
     })
 }

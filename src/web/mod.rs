@@ -1,31 +1,22 @@
-//! HTTP routes, grouped by resource.
+//! The HTTP layer every service shares: the router of one process (which slices' routes
+//! a [`Mount`] serves), the request state, and what is not one service's:
 //!
 //! - [`health`]: `GET /healthz`, `GET /readyz` (every service).
-//! - [`auth`]: `/api/auth/*` (the auth service) and the `require_auth` hoop.
-//! - [`contacts`]: `/api/contacts*` and `/api/users` (search).
-//! - [`conversations`]: `/api/conversations*`, history for participants.
-//! - [`ws`]: `GET /ws`, the chat WebSocket.
-//! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
-//! - [`notifications`]: `/api/notifications*`: list, mark read, the live stream (SSE).
-//! - [`debug`]: fault injection, mounted only when enabled.
 //! - [`csrf`]: the cross-site request forgery guard on every state-changing request.
-//! - [`openapi`]: `GET /api/openapi.json`, the REST API's spec generated from these routes.
-//! - [`pages`]: server-rendered pages and embedded static files.
+//! - [`openapi`]: `GET /api/openapi.json`, the REST API's spec generated from the routes.
+//! - [`pages`]: server-rendered pages and embedded static files (the web UI).
+//!
+//! The services' own routes live in their slices: [`crate::auth::routes`],
+//! [`crate::contacts::routes`], [`crate::messaging`] (`ws`, `conversations`, `transfers`,
+//! `debug`) and [`crate::notify::routes`].
 //!
 //! [`AppState`] is put in every request's depot by the [`InjectState`] hoop; handlers
 //! take it from there with [`state`].
 
-pub mod auth;
-pub mod contacts;
-pub mod conversations;
 pub mod csrf;
-pub mod debug;
 pub mod health;
-pub mod notifications;
 pub mod openapi;
 pub mod pages;
-pub mod transfers;
-pub mod ws;
 
 use std::sync::Arc;
 
@@ -53,13 +44,13 @@ pub struct AppState {
     /// Contact requests per user per minute.
     pub contact_limiter: Arc<KeyedLimiter>,
     /// Transfers and stored files.
-    pub files: crate::storage::files::FileRepo,
+    pub files: crate::messaging::files::FileRepo,
     /// The RabbitMQ bus, when this process uses one (readiness reports its link).
     pub rabbit: Option<crate::bus::RabbitBus>,
     /// Open chat sockets per user on this node (`messaging.max_connections_per_user`).
-    pub sockets: Arc<ws::SocketCounts>,
+    pub sockets: Arc<crate::messaging::ws::SocketCounts>,
     /// Open notification streams per user in this process (the same cap as sockets).
-    pub streams: Arc<ws::SocketCounts>,
+    pub streams: Arc<crate::messaging::ws::SocketCounts>,
 }
 
 /// Which services' routes one process serves.
@@ -98,16 +89,17 @@ pub fn router(state: AppState, mount: Mount) -> Router {
     let mut root =
         Router::new().hoop(InjectState(state)).hoop(security_headers).hoop(csrf::csrf_guard).push(health::router());
     if matches!(mount, Mount::All | Mount::Auth) {
-        root = root.push(auth::router()).push(contacts::router()).push(openapi::router());
+        root = root.push(crate::auth::routes::router()).push(crate::contacts::routes::router()).push(openapi::router());
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
+        use crate::messaging::{conversations, transfers, ws};
         root = root.push(conversations::router()).push(ws::router()).push(transfers::router());
     }
     if mount.notifies() {
-        root = root.push(notifications::router());
+        root = root.push(crate::notify::routes::router());
     }
     if fault_injection && mount != Mount::Auth {
-        root = root.push(debug::router());
+        root = root.push(crate::messaging::debug::router());
     }
     if mount == Mount::All {
         root = root.push(pages::router(state_cookie_secure));

@@ -5,12 +5,12 @@ use salvo::http::header;
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
-use super::openapi::*;
+use crate::web::openapi::*;
 use serde::Deserialize;
 
-use super::state;
 use crate::auth::{AuthUser, SESSION_COOKIE};
 use crate::error::{AppError, ErrorCode};
+use crate::web::state;
 
 pub fn router() -> Router {
     Router::with_path("api/auth")

@@ -17,8 +17,8 @@ use switchboard_actors::ports::{NotificationView, StoreError, Unread};
 use switchboard_actors::states::NotificationKind;
 use uuid::Uuid;
 
-use super::committer::{Committer, Write, Written};
-use super::entities::{notification, notification_counter, receipt, user};
+use crate::storage::committer::{Committer, Write, Written};
+use crate::storage::entities::{notification, notification_counter, receipt, user};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
 const INSERT_ROWS: usize = 1000;
@@ -42,7 +42,7 @@ pub struct NewNotification {
 
 impl NewNotification {
     /// The payload with the sender's names (`None`: unknown user, `null` names).
-    pub(super) fn payload_named(&self, names: Option<(&str, &str)>) -> Value {
+    pub(crate) fn payload_named(&self, names: Option<(&str, &str)>) -> Value {
         let mut payload = self.payload.clone();
         if let (Some((_, prefix)), Value::Object(map)) = (self.from, &mut payload) {
             let (username, display_name) = names.map_or((Value::Null, Value::Null), |(u, d)| (u.into(), d.into()));
@@ -71,7 +71,7 @@ fn view(m: notification::Model) -> Result<NotificationView, DbErr> {
     Ok(NotificationView {
         id: m.id,
         n: m.n,
-        kind: super::stored(NotificationKind::parse, "notifications.kind", &m.kind)?,
+        kind: crate::storage::stored(NotificationKind::parse, "notifications.kind", &m.kind)?,
         conversation_id: m.conversation_id.map(ConversationId),
         seq: m.seq,
         payload: serde_json::from_str(&m.payload).unwrap_or(Value::Null),
@@ -221,7 +221,7 @@ async fn unread_counts_in<C: ConnectionTrait>(db: &C, users: &[UserId]) -> Resul
         .select_only()
         .column(notification::Column::UserId)
         .column(notification::Column::ConversationId)
-        .column_as(super::sum_bigint(notification::Column::Count), "count")
+        .column_as(crate::storage::sum_bigint(notification::Column::Count), "count")
         .filter(notification::Column::UserId.is_in(users.iter().map(|u| u.0)))
         .filter(notification::Column::ReadAt.is_null())
         .group_by(notification::Column::UserId)
@@ -237,7 +237,7 @@ async fn unread_counts_in<C: ConnectionTrait>(db: &C, users: &[UserId]) -> Resul
 }
 
 /// Adds `count` unread of `conversation` (`None`: not of a conversation).
-pub(super) fn add_unread(unread: &mut Unread, conversation: Option<ConversationId>, count: i64) {
+pub(crate) fn add_unread(unread: &mut Unread, conversation: Option<ConversationId>, count: i64) {
     unread.total += count;
     if let Some(c) = conversation {
         unread.conversations.insert(c, count);
@@ -245,7 +245,7 @@ pub(super) fn add_unread(unread: &mut Unread, conversation: Option<ConversationI
 }
 
 /// [`NotificationRepo::read_conversation`] inside the committer's transaction.
-pub(super) async fn read_conversation_in_txn(
+pub(crate) async fn read_conversation_in_txn(
     txn: &DatabaseTransaction,
     user: UserId,
     conversation: ConversationId,
@@ -276,7 +276,7 @@ pub(super) async fn read_conversation_in_txn(
 /// of statements however large the batch (the stored rows it changes, the read markers,
 /// the names, the counter upsert and one `UPDATE … CASE … RETURNING` for every user's
 /// numbers, one multi-row upsert, one cap delete, the counts).
-pub(super) async fn record_in_txn(
+pub(crate) async fn record_in_txn(
     txn: &DatabaseTransaction,
     news: &[NewNotification],
     keep: u64,
@@ -511,13 +511,13 @@ fn row_for(new: &NewNotification, existing: Option<(Uuid, Uuid)>, count: i64, no
 /// What a batch of new notifications changes, in order: each contact notification (once
 /// per (user, event)), and once per (user, conversation) the message notification with
 /// every new message of the batch for it.
-pub(super) enum Change<'a> {
+pub(crate) enum Change<'a> {
     Single(&'a NewNotification),
     Conversation { user: UserId, conversation: ConversationId, news: Vec<&'a NewNotification> },
 }
 
 /// Groups `news` into [`Change`]s, in the order each first appears.
-pub(super) fn changes(news: &[NewNotification]) -> Vec<Change<'_>> {
+pub(crate) fn changes(news: &[NewNotification]) -> Vec<Change<'_>> {
     let mut out: Vec<Change<'_>> = Vec::new();
     let mut conversations: HashMap<(UserId, ConversationId), usize> = HashMap::new();
     let mut singles: HashSet<(UserId, Uuid)> = HashSet::new();
@@ -548,7 +548,7 @@ pub(super) fn changes(news: &[NewNotification]) -> Vec<Change<'_>> {
 
 /// A stored message notification, as [`bump`] needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stored {
+pub(crate) struct Stored {
     /// The newest message it stands for.
     pub seq: i64,
     pub count: i64,
@@ -563,7 +563,7 @@ impl Stored {
 
 /// What a message notification becomes.
 #[derive(Debug)]
-pub(super) struct Bump<'a> {
+pub(crate) struct Bump<'a> {
     /// The newest message (its seq, preview and sender go into the notification).
     pub newest: &'a NewNotification,
     /// Unread messages it stands for; 0: read.
@@ -575,7 +575,7 @@ pub(super) struct Bump<'a> {
 /// most the messages after `read_seq`, never more than it counted. Exact unless the user's
 /// own messages sit among those (they sent without reading): then an overcount by those,
 /// until they read on. No query: a read costs the same however long the conversation.
-pub(super) fn unread_left(stored: Stored, read_seq: i64) -> i64 {
+pub(crate) fn unread_left(stored: Stored, read_seq: i64) -> i64 {
     if stored.read || read_seq >= stored.seq { 0 } else { Ord::min(stored.count, stored.seq - read_seq) }
 }
 
@@ -584,7 +584,7 @@ pub(super) fn unread_left(stored: Stored, read_seq: i64) -> i64 {
 /// what it stands for (a redelivery). New messages after the read marker add to what is
 /// left unread of the stored one; messages read on another device before their
 /// notification was stored do not count.
-pub(super) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNotification]) -> Option<Bump<'a>> {
+pub(crate) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNotification]) -> Option<Bump<'a>> {
     let after = stored.map_or(i64::MIN, |s| s.seq);
     let mut fresh: Vec<(i64, &'a NewNotification)> =
         news.iter().filter_map(|n| n.seq.filter(|s| *s > after).map(|s| (s, *n))).collect();
@@ -598,7 +598,7 @@ pub(super) fn bump<'a>(stored: Option<Stored>, read_seq: i64, news: &[&'a NewNot
 
 /// The unread count of the message notification `stored` after its user read up to
 /// `read_seq` ([`unread_left`]); `None` if it does not change. 0: read.
-pub(super) fn after_read(stored: Stored, read_seq: i64) -> Option<i64> {
+pub(crate) fn after_read(stored: Stored, read_seq: i64) -> Option<i64> {
     let count = unread_left(stored, read_seq);
     (!stored.read && count != stored.count).then_some(count)
 }

@@ -3,8 +3,8 @@
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use serde::Serialize;
 
-use super::entities::user;
 use crate::domain::{DisplayName, UserId, Username};
+use crate::storage::entities::user;
 
 /// A user as others may see it: never the password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,7 +59,7 @@ impl UserRepo {
         };
         match model.insert(&self.db).await {
             Ok(m) => Ok(m.into()),
-            Err(e) if super::is_unique_violation(&e) => Err(CreateUserError::UsernameTaken),
+            Err(e) if crate::storage::is_unique_violation(&e) => Err(CreateUserError::UsernameTaken),
             Err(e) => Err(e.into()),
         }
     }

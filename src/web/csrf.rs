@@ -29,10 +29,10 @@ use salvo::http::cookie::{Cookie, SameSite};
 use salvo::http::header;
 use salvo::prelude::*;
 
-use super::state;
 use crate::auth::SESSION_COOKIE;
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode};
+use crate::web::state;
 
 /// The double-submit cookie (HttpOnly: the pages hand its value to their scripts).
 pub const CSRF_COOKIE: &str = "sb_csrf";

@@ -7,8 +7,8 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
-use super::entities::login_session;
 use crate::domain::{SessionId, UserId};
+use crate::storage::entities::login_session;
 
 #[derive(Clone, Debug)]
 pub struct SessionRepo {

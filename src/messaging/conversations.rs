@@ -3,14 +3,14 @@
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
-use super::openapi::*;
+use crate::web::openapi::*;
 use serde_json::json;
 use switchboard_actors::ports::ChatStore;
 
-use super::auth::{caller, require_auth};
-use super::state;
+use crate::auth::routes::{caller, require_auth};
 use crate::domain::ConversationId;
 use crate::error::{AppError, ErrorCode};
+use crate::web::state;
 
 /// Largest page of history.
 pub const MAX_PAGE: u64 = 500;

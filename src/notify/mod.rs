@@ -1,5 +1,12 @@
-//! The notify service's consumer: turns bus events into stored notifications and tells
-//! the user's devices (chat sockets, notification streams) through the bus.
+//! The notify slice: notifications.
+//!
+//! - This module: the consumer, which turns bus events into stored notifications and
+//!   tells the user's devices (chat sockets, notification streams) through the bus.
+//! - [`repo`]: their storage (one message notification per conversation, updated in
+//!   place; unread counts), the actors' `NotificationStore`.
+//! - [`routes`]: `/api/notifications*`: list, mark read, the live stream (SSE).
+//!
+//! The consumer:
 //!
 //! - With RabbitMQ it consumes the durable queue `<prefix>.notify`, bound to the keys it
 //!   needs ([`KEYS`]); an event is acked after it is stored, so while the service is down
@@ -11,6 +18,9 @@
 //! conversation, updated in place), a contact request to you (`contact_request`), your
 //! request accepted (`contact_accepted`). Your own read marker in a conversation counts
 //! its messages up to that seq read.
+
+pub mod repo;
+pub mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +42,8 @@ use switchboard_actors::states::{ContactChangeKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
+use crate::notify::repo::{NewNotification, Recorded};
 use crate::storage::Storage;
-use crate::storage::notifications::{NewNotification, Recorded};
 
 /// Routing keys the notify queue is bound to.
 pub const KEYS: &[&str] =

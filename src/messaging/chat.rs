@@ -26,9 +26,9 @@ use switchboard_actors::ports::{
 use switchboard_actors::states::MessageKind;
 use uuid::Uuid;
 
-use super::committer::{Committer, Write, Written};
-use super::entities::{conversation, message, receipt, user};
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
+use crate::storage::committer::{Committer, Write, Written};
+use crate::storage::entities::{conversation, message, receipt, user};
 
 #[derive(Clone, Debug)]
 pub struct ChatRepo {
@@ -160,7 +160,7 @@ fn to_stored(m: message::Model) -> Result<StoredMessage, DbErr> {
         seq: m.seq,
         sender_id: UserId(m.sender_id),
         client_msg_id: m.client_msg_id,
-        kind: super::stored(MessageKind::parse, "messages.kind", &m.kind)?,
+        kind: crate::storage::stored(MessageKind::parse, "messages.kind", &m.kind)?,
         body: m.body,
         file_id: m.file_id.map(FileId),
         created_at: m.created_at,
@@ -195,7 +195,7 @@ enum Fate {
 /// conversation's numbers with one `UPDATE … RETURNING`, insert all new rows in one
 /// multi-row `INSERT`. The caller's transaction makes it all or nothing; the answers come
 /// back in the order of `appends`.
-pub(super) async fn append_all(
+pub(crate) async fn append_all(
     txn: &DatabaseTransaction,
     appends: &[&NewMessage],
     now: i64,
@@ -218,11 +218,11 @@ pub(super) async fn append_all(
             .map(|c| (c.user_low, c.user_high))
     };
     let pairs: HashSet<(Uuid, Uuid)> = appends.iter().filter_map(|m| member(m)).collect();
-    let allowed = super::contacts::messageable_pairs(txn, &pairs.into_iter().collect::<Vec<_>>()).await?;
+    let allowed = crate::contacts::repo::messageable_pairs(txn, &pairs.into_iter().collect::<Vec<_>>()).await?;
 
     let may_send = |m: &NewMessage| match member(m) {
         None => Err(StoreError::NotFound),
-        Some(p) if !allowed.contains(&p) => Err(StoreError::Forbidden(super::contacts::NOT_A_CONTACT)),
+        Some(p) if !allowed.contains(&p) => Err(StoreError::Forbidden(crate::contacts::repo::NOT_A_CONTACT)),
         Some(_) => Ok(()),
     };
     let resends = appends.iter().filter(|m| may_send(m).is_ok()).fold(Condition::any(), |c, m| {
@@ -344,14 +344,14 @@ const REUSED_ID: &str = "client_msg_id was already used for another conversation
 const INSERT_ROWS: usize = 1000;
 
 /// A receipt write: raise `user`'s delivered and/or read markers in `conversation`.
-pub(super) type RaiseReceipt = (ConversationId, UserId, Option<i64>, Option<i64>);
+pub(crate) type RaiseReceipt = (ConversationId, UserId, Option<i64>, Option<i64>);
 
 /// Raises users' markers (never lowers them; read implies delivered; both capped at the
 /// last seq), a whole batch in two statements: one read of the conversations, one
 /// multi-row upsert that keeps the higher of the stored and the new value (several writes
 /// to one receipt in the batch are merged first). Answers in the order of `writes`, each
 /// with the receipt as the batch leaves it.
-pub(super) async fn raise_receipts(
+pub(crate) async fn raise_receipts(
     txn: &DatabaseTransaction,
     writes: &[RaiseReceipt],
     now: i64,
@@ -435,7 +435,7 @@ impl sea_orm::sea_query::Iden for Excluded {
 }
 
 /// The query for the conversation between `a` and `b` (stored once, as (lower, higher)).
-pub(super) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Entity> {
+pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Entity> {
     let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
     conversation::Entity::find()
         .filter(conversation::Column::UserLow.eq(low))
@@ -445,7 +445,7 @@ pub(super) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Ent
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
     async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError> {
-        super::sessions::SessionRepo::new(self.db.clone())
+        crate::auth::sessions::SessionRepo::new(self.db.clone())
             .is_active(crate::domain::SessionId(session), user, crate::now_ms())
             .await
             .map_err(unavailable)
@@ -493,7 +493,7 @@ impl ChatStore for ChatRepo {
     }
 
     async fn may_message(&self, from: UserId, to: UserId) -> Result<(), StoreError> {
-        super::contacts::may_message(&self.db, from, to).await
+        crate::contacts::repo::may_message(&self.db, from, to).await
     }
 
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {

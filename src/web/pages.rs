@@ -3,7 +3,7 @@
 //! The pages are shells: layout, forms and `<template>` elements rendered here; the page
 //! scripts (`static/*.js`) fill them from the REST API and the WebSocket, writing user
 //! data only through `textContent`. Every page sets the CSRF cookie and hands its value
-//! to the scripts in `<meta name="csrf-token">` (see [`super::csrf`]). Pages that need a
+//! to the scripts in `<meta name="csrf-token">` (see [`crate::web::csrf`]). Pages that need a
 //! signed-in user redirect to `/login` when there is no session cookie; the scripts check
 //! the session itself (`GET /api/auth/me`) and go to `/login` on 401. The pages need no
 //! database, so the gateway serves them as well as `switchboard all`.
@@ -19,9 +19,9 @@ use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::csrf;
 use crate::auth::SESSION_COOKIE;
 use crate::error::{AppError, ErrorCode};
+use crate::web::csrf;
 
 /// The pages and static files. `cookie_secure` marks the CSRF cookie `Secure`.
 pub fn router(cookie_secure: bool) -> Router {

@@ -19,14 +19,14 @@ use switchboard_actors::ports::{ContactChange, StoreError};
 use switchboard_actors::states::{ContactChangeKind, ContactState, Relation};
 use uuid::Uuid;
 
-use super::entities::{block, contact, user};
 use crate::domain::UserId;
+use crate::storage::entities::{block, contact, user};
 
 use ContactState::{Accepted, Cancelled, Declined, Pending, Removed};
 
 /// A row's state.
 fn state_of(row: &contact::Model) -> Result<ContactState, DbErr> {
-    super::stored(ContactState::parse, "contacts.state", &row.state)
+    crate::storage::stored(ContactState::parse, "contacts.state", &row.state)
 }
 
 /// Most attempts at a transition that keeps losing races (each loss means another

@@ -8,16 +8,16 @@ use futures_util::StreamExt;
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
-use super::openapi::*;
+use crate::web::openapi::*;
 use salvo::sse::{SseEvent, SseKeepAlive};
 use serde_json::json;
 use switchboard_actors::notify_stream::StreamItem;
 
-use super::auth::{caller, require_auth};
-use super::conversations::{query_i64, query_limit};
-use super::state;
+use crate::auth::routes::{caller, require_auth};
 use crate::error::{AppError, ErrorCode};
+use crate::messaging::conversations::{query_i64, query_limit};
 use crate::notify::Notifier;
+use crate::web::state;
 
 /// Largest page of notifications.
 pub const MAX_PAGE: u64 = 100;

@@ -6,19 +6,19 @@ use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
 
 #[allow(unused_imports)]
-use super::openapi::*;
+use crate::web::openapi::*;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ids::{FileId, TransferId};
 use switchboard_actors::ports::ChatStore;
 use switchboard_actors::states::TransferState;
 
-use super::auth::{caller, json_body, require_auth};
-use super::state;
+use crate::auth::routes::{caller, json_body, require_auth};
 use crate::domain::ConversationId;
 use crate::error::{AppError, ErrorCode};
+use crate::messaging::files::{ChunkError, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex};
 use crate::storage::entities::transfer;
-use crate::storage::files::{ChunkError, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex};
+use crate::web::state;
 
 pub fn router() -> Router {
     Router::new()

@@ -14,12 +14,12 @@ use salvo::prelude::*;
 /// The document, built once.
 static DOC: LazyLock<String> = LazyLock::new(|| {
     let api = Router::new()
-        .push(super::health::router())
-        .push(super::auth::router())
-        .push(super::contacts::router())
-        .push(super::conversations::router())
-        .push(super::transfers::router())
-        .push(super::notifications::router());
+        .push(crate::web::health::router())
+        .push(crate::auth::routes::router())
+        .push(crate::contacts::routes::router())
+        .push(crate::messaging::conversations::router())
+        .push(crate::messaging::transfers::router())
+        .push(crate::notify::routes::router());
     let mut doc = OpenApi::new("Switchboard", env!("CARGO_PKG_VERSION")).merge_router(&api);
     doc.info.description = Some(
         "One-to-one chat. Authenticate with `Authorization: Bearer <access token>` (from login) \

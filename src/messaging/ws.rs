@@ -22,12 +22,12 @@ use switchboard_actors::protocol::ServerFrame;
 use switchboard_actors::session::{CLOSE_POLICY, ConnHandle, Outbound, SessionMsg};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::auth::request_token;
-use super::state;
 use crate::auth::AuthUser;
+use crate::auth::routes::request_token;
 use crate::config::MessagingConfig;
 use crate::domain::UserId;
 use crate::error::{AppError, ErrorCode};
+use crate::web::state;
 
 pub fn router() -> Router {
     Router::with_path("ws").get(upgrade)
@@ -66,7 +66,7 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         request_token(req).ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "authentication required"))?;
     let who = st.auth.authenticate(&token).await?;
     let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
-    if by_cookie && !super::csrf::origin_allowed(req, &st.config) {
+    if by_cookie && !crate::web::csrf::origin_allowed(req, &st.config) {
         return Err(AppError::Forbidden {
             code: ErrorCode::OriginNotAllowed,
             message: "this origin may not open the chat socket".into(),

@@ -1,0 +1,19 @@
+//! The messaging slice: the message path and files. The actors that carry live traffic
+//! (sessions, rooms, transfers) are in the `switchboard-actors` crate; this is what they
+//! are plugged into.
+//!
+//! - [`ws`]: `GET /ws`, the chat WebSocket: authenticates, opens a session actor, and
+//!   moves frames between the socket and it.
+//! - [`chat`]: the chat repository, the actors' `ChatStore`: appends (through the write
+//!   queue, [`crate::storage::committer`]), receipts, conversations, history.
+//! - [`conversations`]: `/api/conversations*`, history for participants.
+//! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
+//! - [`files`]: the file repository (chunks, assembly, content addressing, quotas).
+//! - [`debug`]: fault injection into the actor tree, mounted only when enabled.
+
+pub mod chat;
+pub mod conversations;
+pub mod debug;
+pub mod files;
+pub mod transfers;
+pub mod ws;
