@@ -93,7 +93,15 @@ impl Application {
                 (None, None) => {}
             }
         }
+        let contacts = crate::contacts::service::ContactsService::new(
+            storage.contacts.clone(),
+            storage.users.clone(),
+            storage.chat.clone(),
+            files.clone(),
+            node.ctx.bus.clone(),
+        );
         let state = AppState {
+            contacts,
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
             contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),
             config: Arc::new(config.clone()),

@@ -1,7 +1,5 @@
-//! `/api/contacts*` and `/api/users` (search): the auth service's contact management.
-//!
-//! Every change is published on the bus to both users (`contact.requested`, `.accepted`,
-//! `.declined`, `.cancelled`, `.removed`), for live sessions and the notify service.
+//! `/api/contacts*` and `/api/users` (search): parse, call [`super::service`], shape.
+//! [`ContactError`] becomes an HTTP error here, in one place.
 
 use salvo::prelude::*;
 
@@ -9,15 +7,13 @@ use salvo::prelude::*;
 use crate::web::openapi::*;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_actors::ports::{ChatStore, Envelope, Event};
-use switchboard_actors::states::{ContactChangeKind, ContactState};
 use uuid::Uuid;
 
 use crate::auth::routes::{caller, json_body, require_auth};
-use crate::contacts::repo::{ContactError, ContactRequest, RequestOutcome};
-use crate::domain::{UserId, Username};
+use crate::contacts::repo::{ContactError, RequestOutcome};
+use crate::domain::UserId;
 use crate::error::{AppError, ErrorCode};
-use crate::web::{AppState, state};
+use crate::web::state;
 
 /// Largest page of search results.
 pub const MAX_SEARCH_PAGE: u64 = 50;
@@ -54,23 +50,6 @@ impl From<ContactError> for AppError {
     }
 }
 
-/// Tells both users of a request that it changed (best effort: the database is the record).
-async fn publish(st: &AppState, kind: ContactChangeKind, r: &ContactRequest) {
-    if kind == ContactChangeKind::Accepted {
-        // New contacts get their conversation now: files can be sent before a first
-        // message, and each side's live sessions learn the other's presence.
-        if let Err(e) = st.storage.chat.open_conversation(r.requester_id, r.addressee_id).await {
-            tracing::warn!(error = %e, "conversation for new contacts not opened");
-        }
-    }
-    for to in [r.requester_id, r.addressee_id] {
-        let event = Envelope::new(Event::Contact { to, change: r.change(kind) });
-        if let Err(e) = st.node.ctx.bus.publish(event).await {
-            tracing::warn!(error = %e, "contact event not published");
-        }
-    }
-}
-
 fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
     req.param::<String>(key)
         .and_then(|s| Uuid::parse_str(&s).ok())
@@ -81,7 +60,7 @@ fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
 #[endpoint(tags("contacts"), responses((status_code = 200, description = "accepted contacts", body = ContactList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let contacts = state(depot)?.storage.contacts.contacts(me).await?;
+    let contacts = state(depot)?.contacts.contacts(me).await?;
     res.render(Json(json!({ "contacts": contacts })));
     Ok(())
 }
@@ -91,7 +70,7 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
 #[endpoint(tags("contacts"), responses((status_code = 200, description = "users you blocked", body = BlockedList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let users = state(depot)?.storage.contacts.blocked(me).await?;
+    let users = state(depot)?.contacts.blocked(me).await?;
     res.render(Json(json!({ "blocked": users })));
     Ok(())
 }
@@ -100,7 +79,7 @@ async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> 
 #[endpoint(tags("contacts"), responses((status_code = 200, description = "pending requests in and out", body = RequestLists), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn requests(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let (incoming, outgoing) = state(depot)?.storage.contacts.requests(me).await?;
+    let (incoming, outgoing) = state(depot)?.contacts.requests(me).await?;
     res.render(Json(json!({ "incoming": incoming, "outgoing": outgoing })));
     Ok(())
 }
@@ -121,17 +100,12 @@ async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
     st.contact_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
-    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such user");
-    let username = Username::parse(&body.username).map_err(|_| not_found())?;
-    let target = st.storage.users.find_by_username(&username).await?.ok_or_else(not_found)?;
-    let (request, outcome) = st.storage.contacts.request(me, target.id).await?;
-    match outcome {
-        RequestOutcome::Created => {
-            publish(st, ContactChangeKind::Requested, &request).await;
-            res.status_code(StatusCode::CREATED);
-        }
-        RequestOutcome::Accepted => publish(st, ContactChangeKind::Accepted, &request).await,
-        RequestOutcome::Unchanged => {}
+    let (request, outcome) = st.contacts.request(me, &body.username).await.map_err(|e| match e {
+        ContactError::NotFound => AppError::not_found(ErrorCode::NotFound, "no such user"),
+        e => e.into(),
+    })?;
+    if outcome == RequestOutcome::Created {
+        res.status_code(StatusCode::CREATED);
     }
     res.render(Json(request));
     Ok(())
@@ -140,11 +114,7 @@ async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) 
 async fn answer(req: &mut Request, depot: &mut Depot, res: &mut Response, yes: bool) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let id = path_uuid(req, "id")?;
-    let st = state(depot)?;
-    let (request, changed) = st.storage.contacts.answer(me, id, yes).await?;
-    if changed {
-        publish(st, if yes { ContactChangeKind::Accepted } else { ContactChangeKind::Declined }, &request).await;
-    }
+    let request = state(depot)?.contacts.answer(me, id, yes).await?;
     res.render(Json(request));
     Ok(())
 }
@@ -166,11 +136,7 @@ async fn decline(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
 async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let id = path_uuid(req, "id")?;
-    let st = state(depot)?;
-    let (request, changed) = st.storage.contacts.cancel(me, id).await?;
-    if changed {
-        publish(st, ContactChangeKind::Cancelled, &request).await;
-    }
+    let request = state(depot)?.contacts.cancel(me, id).await?;
     res.render(Json(request));
     Ok(())
 }
@@ -180,11 +146,7 @@ async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
-    let st = state(depot)?;
-    let (request, changed) = st.storage.contacts.remove(me, other).await?;
-    if changed {
-        publish(st, ContactChangeKind::Removed, &request).await;
-    }
+    state(depot)?.contacts.remove(me, other).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -194,23 +156,7 @@ async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
-    let st = state(depot)?;
-    if let Some(ended) = st.storage.contacts.block(me, other).await? {
-        let kind = match ended.state {
-            ContactState::Cancelled => ContactChangeKind::Cancelled,
-            ContactState::Declined => ContactChangeKind::Declined,
-            _ => ContactChangeKind::Removed,
-        };
-        publish(st, kind, &ended).await;
-    }
-    // Uploads under way between the two stop here: the blocked user could otherwise keep
-    // putting `transfer` frames (with a name of their choosing) in front of the blocker.
-    for t in st.files.fail_between(me, other).await? {
-        let event = Event::Transfer { to: t.uploader, progress: (&t).into() };
-        if let Err(e) = st.node.ctx.bus.publish(Envelope::new(event)).await {
-            tracing::warn!(error = %e, "cannot tell the uploader their upload failed");
-        }
-    }
+    state(depot)?.contacts.block(me, other).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -220,7 +166,7 @@ async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
 async fn unblock(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
-    state(depot)?.storage.contacts.unblock(me, other).await?;
+    state(depot)?.contacts.unblock(me, other).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -246,7 +192,7 @@ async fn search(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     if cursor.is_some_and(|c| c.len() > 64) {
         return Err(AppError::bad_request(ErrorCode::InvalidQuery, "bad cursor"));
     }
-    let (users, next) = st.storage.contacts.search(me, &q, limit, cursor).await?;
+    let (users, next) = st.contacts.search(me, &q, limit, cursor).await?;
     res.render(Json(json!({ "users": users, "next_cursor": next })));
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub storage: Storage,
     pub auth: AuthService,
+    /// The contact rules and their consequences.
+    pub contacts: crate::contacts::service::ContactsService,
     /// The actor system of this process (messaging).
     pub node: Arc<Node>,
     /// User searches per user per minute.

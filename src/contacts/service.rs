@@ -1,0 +1,156 @@
+//! The contacts service: each change to a relation, with its consequences. The state
+//! machine itself (which transitions are allowed, races) is the repository's
+//! ([`super::repo`]); this adds what a change means beyond its row:
+//!
+//! - every change is published to both users (`contact` events: their live sessions, and
+//!   the notify service for requests and acceptances);
+//! - an acceptance opens the pair's conversation (files can go before a first message, and
+//!   each side's sessions learn the other's presence);
+//! - a block ends the relation and fails the uploads under way between the two (the
+//!   blocked user could otherwise keep putting `transfer` frames, with names of their
+//!   choosing, in front of the blocker).
+//!
+//! Publishing is best effort: the database is the record, and clients read it on load.
+
+use std::sync::Arc;
+
+use switchboard_actors::ports::{Bus, ChatStore, Envelope, Event};
+use switchboard_actors::states::{ContactChangeKind, ContactState};
+use uuid::Uuid;
+
+use super::repo::{ContactError, ContactRepo, ContactRequest, ContactView, RequestOutcome, RequestView, SearchHit};
+use crate::auth::users::UserRepo;
+use crate::domain::{UserId, Username};
+use crate::messaging::chat::ChatRepo;
+use crate::messaging::files::FileRepo;
+
+#[derive(Clone)]
+pub struct ContactsService {
+    contacts: ContactRepo,
+    users: UserRepo,
+    chat: ChatRepo,
+    files: FileRepo,
+    bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for ContactsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContactsService").finish_non_exhaustive()
+    }
+}
+
+impl ContactsService {
+    pub fn new(contacts: ContactRepo, users: UserRepo, chat: ChatRepo, files: FileRepo, bus: Arc<dyn Bus>) -> Self {
+        Self { contacts, users, chat, files, bus }
+    }
+
+    /// `me` asks the user named `username`. [`RequestOutcome::Accepted`] when that user had
+    /// asked first (the two are contacts now). An unknown or malformed name is not found.
+    pub async fn request(&self, me: UserId, username: &str) -> Result<(ContactRequest, RequestOutcome), ContactError> {
+        let username = Username::parse(username).map_err(|_| ContactError::NotFound)?;
+        let target = self.users.find_by_username(&username).await?.ok_or(ContactError::NotFound)?;
+        let (request, outcome) = self.contacts.request(me, target.id).await?;
+        match outcome {
+            RequestOutcome::Created => self.publish(ContactChangeKind::Requested, &request).await,
+            RequestOutcome::Accepted => self.publish(ContactChangeKind::Accepted, &request).await,
+            RequestOutcome::Unchanged => {}
+        }
+        Ok((request, outcome))
+    }
+
+    /// The addressee accepts or declines a pending request (the same answer twice is fine).
+    pub async fn answer(&self, me: UserId, id: Uuid, accept: bool) -> Result<ContactRequest, ContactError> {
+        let (request, changed) = self.contacts.answer(me, id, accept).await?;
+        if changed {
+            let kind = if accept { ContactChangeKind::Accepted } else { ContactChangeKind::Declined };
+            self.publish(kind, &request).await;
+        }
+        Ok(request)
+    }
+
+    /// The requester withdraws a pending request (twice is fine).
+    pub async fn cancel(&self, me: UserId, id: Uuid) -> Result<ContactRequest, ContactError> {
+        let (request, changed) = self.contacts.cancel(me, id).await?;
+        if changed {
+            self.publish(ContactChangeKind::Cancelled, &request).await;
+        }
+        Ok(request)
+    }
+
+    /// Either side ends an accepted contact (history stays; twice is fine).
+    pub async fn remove(&self, me: UserId, other: UserId) -> Result<(), ContactError> {
+        let (request, changed) = self.contacts.remove(me, other).await?;
+        if changed {
+            self.publish(ContactChangeKind::Removed, &request).await;
+        }
+        Ok(())
+    }
+
+    /// `me` blocks `other`: the relation ends (contact removed, request cancelled or
+    /// declined) and uploads between the two fail.
+    pub async fn block(&self, me: UserId, other: UserId) -> Result<(), ContactError> {
+        if let Some(ended) = self.contacts.block(me, other).await? {
+            let kind = match ended.state {
+                ContactState::Cancelled => ContactChangeKind::Cancelled,
+                ContactState::Declined => ContactChangeKind::Declined,
+                _ => ContactChangeKind::Removed,
+            };
+            self.publish(kind, &ended).await;
+        }
+        for t in self.files.fail_between(me, other).await? {
+            let event = Event::Transfer { to: t.uploader, progress: (&t).into() };
+            if let Err(e) = self.bus.publish(Envelope::new(event)).await {
+                tracing::warn!(error = %e, "cannot tell the uploader their upload failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Lifts a block (they are not contacts again; they may ask anew).
+    pub async fn unblock(&self, me: UserId, other: UserId) -> Result<(), ContactError> {
+        self.contacts.unblock(me, other).await
+    }
+
+    /// The caller's contacts, most recent first.
+    pub async fn contacts(&self, me: UserId) -> Result<Vec<ContactView>, ContactError> {
+        Ok(self.contacts.contacts(me).await?)
+    }
+
+    /// The users the caller blocked, newest first.
+    pub async fn blocked(&self, me: UserId) -> Result<Vec<ContactView>, ContactError> {
+        Ok(self.contacts.blocked(me).await?)
+    }
+
+    /// Pending requests: `(incoming, outgoing)`.
+    pub async fn requests(&self, me: UserId) -> Result<(Vec<RequestView>, Vec<RequestView>), ContactError> {
+        Ok(self.contacts.requests(me).await?)
+    }
+
+    /// Users whose username or display name starts with `prefix` (see
+    /// [`ContactRepo::search`]), and the cursor of the next page.
+    pub async fn search(
+        &self,
+        me: UserId,
+        prefix: &str,
+        limit: u64,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<SearchHit>, Option<String>), ContactError> {
+        Ok(self.contacts.search(me, prefix, limit, cursor).await?)
+    }
+
+    /// Tells both users of a request that it changed; an acceptance first opens their
+    /// conversation.
+    async fn publish(&self, kind: ContactChangeKind, r: &ContactRequest) {
+        if kind == ContactChangeKind::Accepted
+            && let Err(e) = self.chat.open_conversation(r.requester_id, r.addressee_id).await
+        {
+            tracing::warn!(error = %e, "conversation for new contacts not opened");
+        }
+        for to in [r.requester_id, r.addressee_id] {
+            let event = Envelope::new(Event::Contact { to, change: r.change(kind) });
+            if let Err(e) = self.bus.publish(event).await {
+                tracing::warn!(error = %e, "contact event not published");
+            }
+        }
+    }
+}
