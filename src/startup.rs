@@ -75,12 +75,12 @@ impl Application {
         let node = Arc::new(node);
         let auth = auth.with_bus(node.ctx.bus.clone());
         let stop = CancellationToken::new();
+        let notifier = Notifier::new(storage.clone(), node.ctx.bus.clone(), config.notify.clone());
         if mount.notifies() {
-            let notifier = Notifier::new(storage.clone(), node.ctx.bus.clone(), config.notify.clone());
             tokio::spawn(notifier.clone().run_retention(HOUSEKEEPING_EVERY));
             match (&config.amqp_url, tap) {
                 (Some(url), _) => {
-                    tokio::spawn(notifier.run_amqp(
+                    tokio::spawn(notifier.clone().run_amqp(
                         url.clone(),
                         node.ctx.node_id.clone(),
                         config.bus.clone(),
@@ -88,7 +88,7 @@ impl Application {
                     ));
                 }
                 (None, Some(rx)) => {
-                    tokio::spawn(notifier.run_tap(rx, stop.clone()));
+                    tokio::spawn(notifier.clone().run_tap(rx, stop.clone()));
                 }
                 (None, None) => {}
             }
@@ -101,6 +101,7 @@ impl Application {
             node.ctx.bus.clone(),
         );
         let state = AppState {
+            notifier,
             contacts,
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
             contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),

@@ -132,8 +132,8 @@ impl Drop for SocketSlot {
     }
 }
 
-/// The request's `Origin` is the server's own (same host) or configured as allowed; a
-/// request without `Origin` is not from a browser.
+/// Runs one accepted connection: opens its session actor, then moves frames between the
+/// socket and it (reader and writer tasks) until either side closes.
 async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig) {
     let (conn, outbound) = ConnHandle::new(who.user_id, who.session_id.0, who.expires_at, m.outbound_queue);
     let (mut sink, mut stream) = ws.split();

@@ -78,12 +78,19 @@ const BATCH: usize = 256;
 /// Longest message preview kept in a notification, in characters.
 const PREVIEW_CHARS: usize = 140;
 
-/// Turns events into notifications.
+/// Turns events into notifications, and changes them for their user (marking read), each
+/// time telling the user's devices.
 #[derive(Clone)]
 pub struct Notifier {
     storage: Storage,
     bus: Arc<dyn Bus>,
     config: NotifyConfig,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl Notifier {
@@ -140,8 +147,27 @@ impl Notifier {
         }
     }
 
+    /// Marks one of `user`'s notifications read and tells their devices the new counts;
+    /// `false` (nothing changed) if it is not one of theirs.
+    pub async fn mark_read(&self, user: UserId, id: uuid::Uuid) -> Result<bool, sea_orm::DbErr> {
+        if !self.storage.notifications.mark_read(user, id, crate::now_ms()).await? {
+            return Ok(false);
+        }
+        self.publish_counts(user).await?;
+        Ok(true)
+    }
+
+    /// Marks all of `user`'s notifications read; their devices get the new counts if any
+    /// was unread.
+    pub async fn mark_all_read(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
+        if self.storage.notifications.mark_all_read(user, crate::now_ms()).await? > 0 {
+            self.publish_counts(user).await?;
+        }
+        Ok(())
+    }
+
     /// Tells `user`'s devices their unread counts changed.
-    pub async fn publish_counts(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
+    async fn publish_counts(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
         let unread = self.storage.notifications.unread_counts(user).await?;
         self.publish(Event::Notification { to: user, notification: None, unread }).await;
         Ok(())

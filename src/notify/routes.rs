@@ -16,7 +16,6 @@ use switchboard_actors::notify_stream::StreamItem;
 use crate::auth::routes::{caller, require_auth};
 use crate::error::{AppError, ErrorCode};
 use crate::messaging::conversations::{query_i64, query_limit};
-use crate::notify::Notifier;
 use crate::web::state;
 
 /// Largest page of notifications.
@@ -32,11 +31,6 @@ pub fn router() -> Router {
         .push(Router::with_path("read-all").post(read_all))
         .push(Router::with_path("stream").get(stream))
         .push(Router::with_path("{id}/read").post(read_one))
-}
-
-fn notifier(depot: &Depot) -> Result<Notifier, AppError> {
-    let st = state(depot)?;
-    Ok(Notifier::new(st.storage.clone(), st.node.ctx.bus.clone(), st.config.notify.clone()))
 }
 
 /// `GET /api/notifications?unread=true&before=N&limit=` → `{"notifications": [...],
@@ -66,10 +60,9 @@ async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     let me = caller(depot)?.user_id;
     let not_found = || AppError::not_found(ErrorCode::NotFound, "no such notification");
     let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
-    if !state(depot)?.storage.notifications.mark_read(me, id, crate::now_ms()).await? {
+    if !state(depot)?.notifier.mark_read(me, id).await? {
         return Err(not_found());
     }
-    notifier(depot)?.publish_counts(me).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -78,9 +71,7 @@ async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
 #[endpoint(tags("notifications"), responses((status_code = 204, description = "all marked read"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
 async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    if state(depot)?.storage.notifications.mark_all_read(me, crate::now_ms()).await? > 0 {
-        notifier(depot)?.publish_counts(me).await?;
-    }
+    state(depot)?.notifier.mark_all_read(me).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }

@@ -1,22 +1,18 @@
-//! Storage: the database connection and one repository per aggregate (DESIGN.md §5).
+//! Storage, the part every service shares: the database connection, the entities and the
+//! write queue. Each service's repository lives in its own folder (`auth::users`,
+//! `auth::sessions`, `contacts::repo`, `messaging::chat`, `messaging::files`,
+//! `notify::repo`); [`Storage`] holds the ones a process serves from.
 //!
 //! - [`connect`] opens SQLite (WAL, `synchronous=FULL`, busy timeout, foreign keys) or
 //!   PostgreSQL by URL and runs the migrations.
 //! - [`entities`], SeaORM entities, one per table.
-//! - [`users::UserRepo`], accounts.
-//! - [`sessions::SessionRepo`], login sessions, i.e. issued tokens and their revocation.
-//! - [`contacts::ContactRepo`], contact requests, contacts, blocks and user search.
 //! - [`committer::Committer`], the one writer of the hot paths (messages, receipts,
-//!   notifications): group commit, one transaction per batch.
-//! - [`chat::ChatRepo`], conversations, messages (group-committed) and receipts; it is
-//!   also the actors' `ChatStore` port.
-//! - [`notifications::NotificationRepo`], notifications and unread counts; also the
-//!   actors' `NotificationStore` port.
+//!   notifications): group commit, one transaction per batch; on a SQLite file a writer
+//!   thread of its own (`sqlite_writer`).
 //! - [`seed`], bulk contact pairs for benchmarks and storage tests.
+//! - [`stored`], a state or kind read from a text column, as its enum.
 //!
-//! Handlers and actors call repositories, never SQL directly. Later aggregates
-//! (contacts, conversations and messages, transfers and files, notifications) get their
-//! repository here with the issue that builds them; the schema for them exists already.
+//! Handlers and actors call repositories, never SQL directly.
 
 pub mod committer;
 pub mod entities;

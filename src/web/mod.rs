@@ -37,6 +37,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub storage: Storage,
     pub auth: AuthService,
+    /// Notifications: changes for their user, each told to the user's devices.
+    pub notifier: crate::notify::Notifier,
     /// The contact rules and their consequences.
     pub contacts: crate::contacts::service::ContactsService,
     /// The actor system of this process (messaging).

@@ -198,22 +198,26 @@ static GZIPPED: LazyLock<Vec<Option<Vec<u8>>>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Whether the request's `Accept-Encoding` allows gzip (`gzip` or `*`, not with `q=0`).
+/// Whether the request's `Accept-Encoding` allows gzip (RFC 9110, 12.5.3): gzip's own
+/// weight if the header names it, else the weight of `*`; weight 0 refuses. No header, or
+/// one that names neither, means the content as it is.
 fn accepts_gzip(req: &Request) -> bool {
-    req.headers()
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or_default().trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .next()
-                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && q > 0.0
-        })
+    let (mut gzip, mut any) = (None, None);
+    let items = req.headers().get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok());
+    for item in items.flat_map(|v| v.split(',')) {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        let weight = parts
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| q.trim().parse::<f32>().unwrap_or(0.0));
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(weight);
+        } else if coding == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 /// `GET /static/{file}`: one of the embedded files, gzipped when the client accepts it;
@@ -267,6 +271,12 @@ mod tests {
         assert!(with("GZIP"));
         assert!(with("*"));
         assert!(!with("gzip;q=0"));
+        assert!(!with("gzip;Q=0"), "the weight's name is case-insensitive");
+        assert!(!with("gzip;q=0, *"), "* covers only codings not named");
+        assert!(!with("*, gzip;q=0"));
+        assert!(with("identity;q=0.5, *;q=0.1"));
+        assert!(!with("*;q=0"));
+        assert!(with("x-gzip"));
         assert!(!with("br, deflate"));
         assert!(!with("identity"));
         assert!(!accepts_gzip(&salvo::Request::new()));

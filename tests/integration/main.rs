@@ -10,6 +10,15 @@
 //!   [`cluster_support`] starts them, and a private broker a test may restart.
 //! - [`runtime`]: configuration file, restart with the same data, CLI exit codes,
 //!   graceful shutdown.
+//! - [`messaging`]: the delivery guarantee (acks, seqs, resends, sync, killed actors),
+//!   receipts, typing, presence, limits; [`ws_client`] is the test's WebSocket client and
+//!   [`ws_fuzz`] throws malformed frames at it.
+//! - [`contacts`], [`files`], [`notifications`]: those services through their APIs.
+//! - [`storage`]: the write queue on SQLite and PostgreSQL, migrations, checkpoints.
+//! - [`holes`]: attacks that once worked (or could), each shut.
+//! - [`openapi`]: the OpenAPI document against the routes.
+//! - [`pages`]: the web pages and the CSRF guard over plain HTTP.
+//! - [`bench_tool`]: the load tool runs against a real server.
 
 mod auth;
 mod bench_tool;
