@@ -13,6 +13,10 @@ use salvo::prelude::*;
 
 /// The document, built once.
 static DOC: LazyLock<String> = LazyLock::new(|| {
+    // Schemas are named by their type alone (`ErrorBody`, not
+    // `switchboard.web.openapi.ErrorBody`): the document does not change when code moves
+    // between modules, and generated clients get plain names.
+    salvo::oapi::naming::set_namer(salvo::oapi::naming::FlexNamer::new().short_mode(true));
     let api = Router::new()
         .push(crate::web::health::router())
         .push(crate::auth::routes::router())

@@ -85,3 +85,25 @@ async fn the_spec_covers_every_route_with_errors_and_limits() {
     let error = schemas.as_object().unwrap().iter().find(|(k, _)| k.ends_with("ErrorDetail")).unwrap().1;
     assert_eq!(error["required"], serde_json::json!(["code", "message"]));
 }
+
+/// Names in the document are part of the API (generated clients use them): operations are
+/// `<area>.<handler>`, unique, and schemas are named by type, never by the module the code
+/// happens to live in, so moving code does not change the document.
+#[tokio::test]
+async fn operation_and_schema_names_do_not_depend_on_the_code_layout() {
+    let app = spawn_app().await;
+    let spec: Value = app.client().get(app.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut ids = BTreeSet::new();
+    for ops in spec["paths"].as_object().unwrap().values() {
+        for op in ops.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().expect("every operation has an id");
+            let (area, handler) = id.split_once('.').expect("area.handler");
+            assert!(!area.is_empty() && !handler.is_empty() && !handler.contains('.'), "{id}");
+            assert!(ids.insert(id.to_owned()), "{id} twice");
+        }
+    }
+    assert_eq!(ids.len(), OPERATIONS.len());
+    for name in spec["components"]["schemas"].as_object().unwrap().keys() {
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric()), "schema {name} is named by its type alone");
+    }
+}
