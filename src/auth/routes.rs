@@ -58,7 +58,21 @@ pub fn client_ip(req: &Request, config: &crate::config::Config) -> Option<std::n
 }
 
 /// `POST /api/auth/register` → 201 with the new user.
-#[endpoint(operation_id = "auth.register", tags("auth"), request_body = RegisterBody, responses((status_code = 201, description = "the new user", body = UserOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 409, description = "username taken", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "auth.register",
+    tags("auth"),
+    request_body = RegisterBody,
+    responses(
+        (status_code = 201, description = "the new user", body = UserOut),
+        errors::BadInput,
+        errors::NotAllowed,
+        (status_code = 409, description = "username taken", body = ErrorBody),
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
 async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: RegisterBody = json_body(req, depot).await?;
     let ip = client_ip(req, &state(depot)?.config);
@@ -69,7 +83,21 @@ async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
 }
 
 /// `POST /api/auth/login` → 200 `{access_token, expires_at, user}` and the session cookie.
-#[endpoint(operation_id = "auth.login", tags("auth"), request_body = LoginBody, responses((status_code = 200, description = "token, expiry and user; also the session cookie", body = LoginOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "wrong username or password", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "auth.login",
+    tags("auth"),
+    request_body = LoginBody,
+    responses(
+        (status_code = 200, description = "token, expiry and user; also the session cookie", body = LoginOut),
+        errors::BadInput,
+        (status_code = 401, description = "wrong username or password", body = ErrorBody),
+        errors::NotAllowed,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
 async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: LoginBody = json_body(req, depot).await?;
     let ip = client_ip(req, &state(depot)?.config);
@@ -84,7 +112,16 @@ async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
 }
 
 /// `POST /api/auth/logout` → 204; the token is revoked and the cookie cleared.
-#[endpoint(operation_id = "auth.logout", tags("auth"), responses((status_code = 204, description = "revoked"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "auth.logout",
+    tags("auth"),
+    responses(
+        (status_code = 204, description = "revoked"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::Unavailable,
+    ),
+)]
 async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let st = state(depot)?;
@@ -95,7 +132,15 @@ async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
 }
 
 /// `GET /api/auth/me` → the caller.
-#[endpoint(operation_id = "auth.me", tags("auth"), responses((status_code = 200, description = "the caller", body = UserOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "auth.me",
+    tags("auth"),
+    responses(
+        (status_code = 200, description = "the caller", body = UserOut),
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
 async fn me(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let user = state(depot)?.auth.me(who).await?;

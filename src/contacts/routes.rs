@@ -57,7 +57,15 @@ fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
 }
 
 /// `GET /api/contacts` → `{"contacts": [{user, since}]}`.
-#[endpoint(operation_id = "contacts.list", tags("contacts"), responses((status_code = 200, description = "accepted contacts", body = ContactList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.list",
+    tags("contacts"),
+    responses(
+        (status_code = 200, description = "accepted contacts", body = ContactList),
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let contacts = state(depot)?.contacts.contacts(me).await?;
@@ -67,7 +75,15 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
 
 /// `GET /api/contacts/blocked` → `{"blocked": [{user, since}]}`: the users the caller
 /// blocked, newest first (so the UI can lift a block).
-#[endpoint(operation_id = "contacts.blocked", tags("contacts"), responses((status_code = 200, description = "users you blocked", body = BlockedList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.blocked",
+    tags("contacts"),
+    responses(
+        (status_code = 200, description = "users you blocked", body = BlockedList),
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
 async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let users = state(depot)?.contacts.blocked(me).await?;
@@ -76,7 +92,15 @@ async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> 
 }
 
 /// `GET /api/contacts/requests` → `{"incoming": [...], "outgoing": [...]}` (pending).
-#[endpoint(operation_id = "contacts.requests", tags("contacts"), responses((status_code = 200, description = "pending requests in and out", body = RequestLists), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.requests",
+    tags("contacts"),
+    responses(
+        (status_code = 200, description = "pending requests in and out", body = RequestLists),
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
 async fn requests(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let (incoming, outgoing) = state(depot)?.contacts.requests(me).await?;
@@ -94,7 +118,24 @@ struct RequestBody {
 /// `POST /api/contacts/requests {username}` → 201 with a new request; 200 if it was
 /// pending already, they are contacts already, or the other user had asked first (then
 /// the request comes back `accepted`).
-#[endpoint(operation_id = "contacts.send_request", tags("contacts"), request_body = RequestBody, responses((status_code = 201, description = "a new pending request", body = RequestOut), (status_code = 200, description = "already pending, already contacts, or made mutual (accepted)", body = RequestOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.send_request",
+    tags("contacts"),
+    request_body = RequestBody,
+    responses(
+        (status_code = 201, description = "a new pending request", body = RequestOut),
+        (status_code = 200, description = "already pending, already contacts, or made mutual (accepted)", body = RequestOut),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
 async fn send_request(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let body: RequestBody = json_body(req, depot).await?;
     let me = caller(depot)?.user_id;
@@ -120,19 +161,61 @@ async fn answer(req: &mut Request, depot: &mut Depot, res: &mut Response, yes: b
 }
 
 /// `POST /api/contacts/requests/{id}/accept` → the request, `accepted` (addressee only).
-#[endpoint(operation_id = "contacts.accept", tags("contacts"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the request, accepted", body = RequestOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.accept",
+    tags("contacts"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+    ),
+    responses(
+        (status_code = 200, description = "the request, accepted", body = RequestOut),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::Unavailable,
+    ),
+)]
 async fn accept(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     answer(req, depot, res, true).await
 }
 
 /// `POST /api/contacts/requests/{id}/decline` → the request, `declined` (addressee only).
-#[endpoint(operation_id = "contacts.decline", tags("contacts"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the request, declined", body = RequestOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.decline",
+    tags("contacts"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+    ),
+    responses(
+        (status_code = 200, description = "the request, declined", body = RequestOut),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::Unavailable,
+    ),
+)]
 async fn decline(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     answer(req, depot, res, false).await
 }
 
 /// `DELETE /api/contacts/requests/{id}` → the request, `cancelled` (requester only).
-#[endpoint(operation_id = "contacts.cancel", tags("contacts"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the request, cancelled", body = RequestOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.cancel",
+    tags("contacts"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+    ),
+    responses(
+        (status_code = 200, description = "the request, cancelled", body = RequestOut),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::Unavailable,
+    ),
+)]
 async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let id = path_uuid(req, "id")?;
@@ -142,7 +225,20 @@ async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 }
 
 /// `DELETE /api/contacts/{user_id}` → 204; the contact is removed (history stays).
-#[endpoint(operation_id = "contacts.remove", tags("contacts"), parameters(("user_id" = String, Path, description = "the other user's UUID")), responses((status_code = 204, description = "removed"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.remove",
+    tags("contacts"),
+    parameters(
+        ("user_id" = String, Path, description = "the other user's UUID"),
+    ),
+    responses(
+        (status_code = 204, description = "removed"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Unavailable,
+    ),
+)]
 async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
@@ -152,7 +248,21 @@ async fn remove(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 }
 
 /// `POST /api/contacts/{user_id}/block` → 204.
-#[endpoint(operation_id = "contacts.block", tags("contacts"), parameters(("user_id" = String, Path, description = "the other user's UUID")), responses((status_code = 204, description = "blocked"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.block",
+    tags("contacts"),
+    parameters(
+        ("user_id" = String, Path, description = "the other user's UUID"),
+    ),
+    responses(
+        (status_code = 204, description = "blocked"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::Unavailable,
+    ),
+)]
 async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
@@ -162,7 +272,20 @@ async fn block(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
 }
 
 /// `DELETE /api/contacts/{user_id}/block` → 204.
-#[endpoint(operation_id = "contacts.unblock", tags("contacts"), parameters(("user_id" = String, Path, description = "the other user's UUID")), responses((status_code = 204, description = "unblocked"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.unblock",
+    tags("contacts"),
+    parameters(
+        ("user_id" = String, Path, description = "the other user's UUID"),
+    ),
+    responses(
+        (status_code = 204, description = "unblocked"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Unavailable,
+    ),
+)]
 async fn unblock(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let other = UserId(path_uuid(req, "user_id")?);
@@ -173,7 +296,22 @@ async fn unblock(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
 
 /// `GET /api/users?q=&limit=&cursor=` → `{"users": [{id, username, display_name,
 /// relation}], "next_cursor"}`: username or display-name prefix, case-insensitive.
-#[endpoint(operation_id = "contacts.search", tags("contacts"), parameters(("q" = String, Query, min_length = 1, max_length = 64, description = "1-64 characters"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 50, description = "1-50, default 20"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status_code = 200, description = "users whose username or display name starts with q", body = SearchPage), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "contacts.search",
+    tags("contacts"),
+    parameters(
+        ("q" = String, Query, min_length = 1, max_length = 64, description = "1-64 characters"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 50, description = "1-50, default 20"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status_code = 200, description = "users whose username or display name starts with q", body = SearchPage),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
 async fn search(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;

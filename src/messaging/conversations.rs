@@ -24,7 +24,15 @@ pub fn router() -> Router {
 }
 
 /// `GET /api/conversations` → `{"conversations": [...]}`, most recent first.
-#[endpoint(operation_id = "conversations.list", tags("conversations"), responses((status_code = 200, description = "the caller's conversations, most recent first", body = ConversationList), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "conversations.list",
+    tags("conversations"),
+    responses(
+        (status_code = 200, description = "the caller's conversations, most recent first", body = ConversationList),
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let convs = state(depot)?.storage.chat.summaries(me, 500).await?;
@@ -56,7 +64,23 @@ pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
 /// `GET /api/conversations/{id}/messages?after_seq=&before_seq=&limit=` → `{"messages":
 /// [...], "last_seq"}` oldest first. With `after_seq`, the page after it; otherwise the
 /// newest page (before `before_seq` if given). 404 unless the caller takes part.
-#[endpoint(operation_id = "conversations.messages", tags("conversations"), parameters(("id" = String, Path, description = "UUID"), ("after_seq" = Option<i64>, Query, minimum = 0), ("before_seq" = Option<i64>, Query, minimum = 0), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1-500, default 50")), responses((status_code = 200, description = "a page of history, oldest first", body = MessagePage), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "conversations.messages",
+    tags("conversations"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+        ("after_seq" = Option<i64>, Query, minimum = 0),
+        ("before_seq" = Option<i64>, Query, minimum = 0),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1-500, default 50"),
+    ),
+    responses(
+        (status_code = 200, description = "a page of history, oldest first", body = MessagePage),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotFound,
+        errors::Unavailable,
+    ),
+)]
 async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;

@@ -109,7 +109,23 @@ fn transfer_json(t: &transfer::Model, received: &[i64]) -> serde_json::Value {
 
 /// `POST /api/transfers {conversation_id, name, size, sha256, mime?}` → 201 `{id,
 /// chunk_size, chunk_count, missing, ...}`. Limits are checked here, before any byte.
-#[endpoint(operation_id = "transfers.create", tags("files"), request_body = CreateBody, responses((status_code = 201, description = "the transfer: chunk size and count, missing chunks", body = TransferOut), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 415, description = "the body is not application/json", body = ErrorBody), (status_code = 429, description = "rate limited (Retry-After)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "transfers.create",
+    tags("files"),
+    request_body = CreateBody,
+    responses(
+        (status_code = 201, description = "the transfer: chunk size and count, missing chunks", body = TransferOut),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
 async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let body: CreateBody = json_body(req, depot).await?;
@@ -189,7 +205,19 @@ async fn participant_conversation(
 }
 
 /// `GET /api/transfers/{id}` → the transfer with `missing` chunk indexes (resume).
-#[endpoint(operation_id = "transfers.status", tags("files"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 200, description = "the transfer and the chunks still missing", body = TransferOut), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "transfers.status",
+    tags("files"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+    ),
+    responses(
+        (status_code = 200, description = "the transfer and the chunks still missing", body = TransferOut),
+        errors::Unauthenticated,
+        errors::NotFound,
+        errors::Unavailable,
+    ),
+)]
 async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let t = visible_transfer(req, depot).await?;
     let received = state(depot)?.files.received(TransferId(t.id)).await?;
@@ -199,7 +227,26 @@ async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 
 /// `PUT /api/transfers/{id}/chunks/{index}` with the raw bytes and `X-Chunk-Sha256` →
 /// 204 once stored; a stored chunk sent again is a no-op (204).
-#[endpoint(operation_id = "transfers.put_chunk", tags("files"), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the chunk's bytes"), parameters(("id" = String, Path, description = "UUID"), ("index" = u32, Path, description = "chunk index, from 0"), ("x-chunk-sha256" = String, Header, description = "SHA-256 of the chunk, hex")), responses((status_code = 204, description = "stored (or already stored)"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 409, description = "conflict with the current state", body = ErrorBody), (status_code = 413, description = "body over the limit", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "transfers.put_chunk",
+    tags("files"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the chunk's bytes"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+        ("index" = u32, Path, description = "chunk index, from 0"),
+        ("x-chunk-sha256" = String, Header, description = "SHA-256 of the chunk, hex"),
+    ),
+    responses(
+        (status_code = 204, description = "stored (or already stored)"),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Conflict,
+        errors::TooLarge,
+        errors::Unavailable,
+    ),
+)]
 async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let t = visible_transfer(req, depot).await?;
@@ -266,7 +313,22 @@ const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/w
 
 /// `GET /api/files/{id}` → the file, with `Range` support; participants only (404
 /// otherwise). Always `nosniff` and a sandboxing CSP; only plain images are inline.
-#[endpoint(operation_id = "transfers.download", tags("files"), parameters(("id" = String, Path, description = "UUID"), ("range" = Option<String>, Header)), responses((status_code = 200, description = "the file", body = Vec<u8>, content_type = "application/octet-stream"), (status_code = 206, description = "a range of the file", body = Vec<u8>, content_type = "application/octet-stream"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 416, description = "range not satisfiable", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "transfers.download",
+    tags("files"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+        ("range" = Option<String>, Header),
+    ),
+    responses(
+        (status_code = 200, description = "the file", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status_code = 206, description = "a range of the file", body = Vec<u8>, content_type = "application/octet-stream"),
+        errors::Unauthenticated,
+        errors::NotFound,
+        (status_code = 416, description = "range not satisfiable", body = ErrorBody),
+        errors::Unavailable,
+    ),
+)]
 async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;

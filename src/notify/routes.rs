@@ -36,7 +36,21 @@ pub fn router() -> Router {
 /// `GET /api/notifications?unread=true&before=N&limit=` → `{"notifications": [...],
 /// "unread": {"total", "conversations"}, "next_before"}`, newest first; `next_before` is
 /// the `before` of the next (older) page, or null after the last.
-#[endpoint(operation_id = "notifications.list", tags("notifications"), parameters(("unread" = Option<bool>, Query), ("before" = Option<i64>, Query, description = "next_before of the previous page"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1-100, default 50")), responses((status_code = 200, description = "the caller's notifications, newest first, and unread counts", body = NotificationPage), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "notifications.list",
+    tags("notifications"),
+    parameters(
+        ("unread" = Option<bool>, Query),
+        ("before" = Option<i64>, Query, description = "next_before of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1-100, default 50"),
+    ),
+    responses(
+        (status_code = 200, description = "the caller's notifications, newest first, and unread counts", body = NotificationPage),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
 async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
@@ -55,7 +69,20 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
 }
 
 /// `POST /api/notifications/{id}/read` → 204; 404 unless it is one of the caller's.
-#[endpoint(operation_id = "notifications.read_one", tags("notifications"), parameters(("id" = String, Path, description = "UUID")), responses((status_code = 204, description = "marked read"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 404, description = "no such thing, or not yours", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "notifications.read_one",
+    tags("notifications"),
+    parameters(
+        ("id" = String, Path, description = "UUID"),
+    ),
+    responses(
+        (status_code = 204, description = "marked read"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Unavailable,
+    ),
+)]
 async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let not_found = || AppError::not_found(ErrorCode::NotFound, "no such notification");
@@ -68,7 +95,16 @@ async fn read_one(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
 }
 
 /// `POST /api/notifications/read-all` → 204.
-#[endpoint(operation_id = "notifications.read_all", tags("notifications"), responses((status_code = 204, description = "all marked read"), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 403, description = "not allowed (or a cross-site / CSRF-less cookie request)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "notifications.read_all",
+    tags("notifications"),
+    responses(
+        (status_code = 204, description = "all marked read"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::Unavailable,
+    ),
+)]
 async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     state(depot)?.notifier.mark_all_read(me).await?;
@@ -79,7 +115,21 @@ async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
 /// `GET /api/notifications/stream` (SSE). Resumes after the `Last-Event-ID` header (or
 /// `?after=N`): first the stored notifications after it, then live ones, each as an
 /// `event: notification` with `id: <n>`, and the unread counts as `event: unread`.
-#[endpoint(operation_id = "notifications.stream", tags("notifications"), parameters(("after" = Option<i64>, Query, description = "resume after this notification number"), ("last-event-id" = Option<String>, Header)), responses((status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"), (status_code = 400, description = "invalid JSON, fields or parameters", body = ErrorBody), (status_code = 401, description = "no valid session", body = ErrorBody), (status_code = 429, description = "too many streams open (messaging.max_connections_per_user)", body = ErrorBody), (status_code = 503, description = "storage or a dependency unavailable", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "notifications.stream",
+    tags("notifications"),
+    parameters(
+        ("after" = Option<i64>, Query, description = "resume after this notification number"),
+        ("last-event-id" = Option<String>, Header),
+    ),
+    responses(
+        (status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"),
+        errors::BadInput,
+        errors::Unauthenticated,
+        (status_code = 429, description = "too many streams open (messaging.max_connections_per_user)", body = ErrorBody),
+        errors::Unavailable,
+    ),
+)]
 async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let me = who.user_id;

@@ -14,7 +14,13 @@ pub fn router() -> Router {
 }
 
 /// Liveness: the process answers.
-#[endpoint(operation_id = "health.healthz", tags("health"), responses((status_code = 200, description = "alive", body = Health)))]
+#[endpoint(
+    operation_id = "health.healthz",
+    tags("health"),
+    responses(
+        (status_code = 200, description = "alive", body = Health),
+    ),
+)]
 async fn healthz(res: &mut Response) {
     res.render(Json(json!({"status": "ok"})));
 }
@@ -23,7 +29,14 @@ async fn healthz(res: &mut Response) {
 /// balancer stops routing here.
 /// The broker link is reported but does not decide: without it local chat still works
 /// and the node catches its sessions up when the link returns.
-#[endpoint(operation_id = "health.readyz", tags("health"), responses((status_code = 200, description = "ready", body = Ready), (status_code = 503, description = "not ready (database down, or the actor system stopped)", body = ErrorBody)))]
+#[endpoint(
+    operation_id = "health.readyz",
+    tags("health"),
+    responses(
+        (status_code = 200, description = "ready", body = Ready),
+        (status_code = 503, description = "not ready (database down, or the actor system stopped)", body = ErrorBody),
+    ),
+)]
 async fn readyz(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?;
     if st.node.is_failed() {

@@ -65,6 +65,58 @@ async fn spec(res: &mut Response) {
     res.render(Text::Json(DOC.as_str()));
 }
 
+/// The error responses most operations share, each a type an `#[endpoint]` lists by name
+/// in `responses(...)` (`errors::Unauthenticated`), so the attributes say which errors an
+/// operation has without repeating their description and body. Each is an [`ErrorBody`]
+/// with its status; an operation with its own wording for one lists it as a tuple.
+pub mod errors {
+    use salvo::oapi::{Components, Content, RefOr, Response, Responses, ToResponses, ToSchema};
+
+    use super::ErrorBody;
+
+    fn error(components: &mut Components, description: &str) -> RefOr<Response> {
+        Response::new(description)
+            .add_content("application/json", Content::new(ErrorBody::to_schema(components)))
+            .into()
+    }
+
+    macro_rules! error_responses {
+        ($($(#[doc = $doc:literal])* $name:ident = $status:literal, $description:literal;)*) => {
+            $(
+                $(#[doc = $doc])*
+                pub struct $name;
+
+                impl ToResponses for $name {
+                    fn to_responses(components: &mut Components) -> Responses {
+                        Responses::new().response($status, error(components, $description))
+                    }
+                }
+            )*
+        };
+    }
+
+    error_responses! {
+        /// 400: a body, field or parameter the operation refuses.
+        BadInput = "400", "invalid JSON, fields or parameters";
+        /// 401: no token, or an invalid, expired or revoked one.
+        Unauthenticated = "401", "no valid session";
+        /// 403: not the caller's to do (or a cross-site or CSRF-less cookie request).
+        NotAllowed = "403", "not allowed (or a cross-site / CSRF-less cookie request)";
+        /// 404: no such thing, or one the caller may not know exists.
+        NotFound = "404", "no such thing, or not yours";
+        /// 409: the thing is not in a state that allows this.
+        Conflict = "409", "conflict with the current state";
+        /// 413: the body is over the operation's limit.
+        TooLarge = "413", "body over the limit";
+        /// 415: the body is not JSON.
+        NotJson = "415", "the body is not application/json";
+        /// 429: too many requests (with `Retry-After`).
+        RateLimited = "429", "rate limited (Retry-After)";
+        /// 503: storage or another dependency is unavailable.
+        Unavailable = "503", "storage or a dependency unavailable";
+    }
+}
+
 /// Every error: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
