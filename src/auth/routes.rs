@@ -4,12 +4,13 @@ use salvo::http::cookie::{Cookie, SameSite};
 use salvo::http::header;
 use salvo::prelude::*;
 
-#[allow(unused_imports)]
-use crate::web::openapi::*;
 use serde::Deserialize;
 
+use crate::auth::service::LoginOutcome;
+use crate::auth::users::User;
 use crate::auth::{AuthUser, SESSION_COOKIE};
 use crate::error::{AppError, ErrorCode};
+use crate::web::openapi::{ErrorBody, errors};
 use crate::web::state;
 
 pub fn router() -> Router {
@@ -63,7 +64,7 @@ pub fn client_ip(req: &Request, config: &crate::config::Config) -> Option<std::n
     tags("auth"),
     request_body = RegisterBody,
     responses(
-        (status_code = 201, description = "the new user", body = UserOut),
+        (status_code = 201, description = "the new user", body = User),
         errors::BadInput,
         errors::NotAllowed,
         (status_code = 409, description = "username taken", body = ErrorBody),
@@ -88,7 +89,7 @@ async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     tags("auth"),
     request_body = LoginBody,
     responses(
-        (status_code = 200, description = "token, expiry and user; also the session cookie", body = LoginOut),
+        (status_code = 200, description = "token, expiry and user; also the session cookie", body = LoginOutcome),
         errors::BadInput,
         (status_code = 401, description = "wrong username or password", body = ErrorBody),
         errors::NotAllowed,
@@ -136,7 +137,7 @@ async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     operation_id = "auth.me",
     tags("auth"),
     responses(
-        (status_code = 200, description = "the caller", body = UserOut),
+        (status_code = 200, description = "the caller", body = User),
         errors::Unauthenticated,
         errors::Unavailable,
     ),

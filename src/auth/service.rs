@@ -17,7 +17,8 @@ use crate::ratelimit::{FailureCounter, KeyedLimiter};
 use crate::storage::Storage;
 
 /// A successful login.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, salvo::oapi::ToSchema)]
+#[salvo(schema(name = LoginOut))]
 pub struct LoginOutcome {
     pub access_token: String,
     /// Expiry, in milliseconds since the Unix epoch (like every time in the API).

@@ -6,9 +6,12 @@ use serde::Serialize;
 use crate::domain::{DisplayName, UserId, Username};
 use crate::storage::entities::user;
 
-/// A user as others may see it: never the password hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A user as others may see it: never the password hash. (In the API: the caller, or a
+/// new account.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, salvo::oapi::ToSchema)]
+#[salvo(schema(name = UserOut))]
 pub struct User {
+    #[salvo(schema(value_type = String))]
     pub id: UserId,
     pub username: String,
     pub display_name: String,

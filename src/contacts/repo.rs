@@ -14,6 +14,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect,
 };
+use salvo::oapi::ToSchema;
 use serde::Serialize;
 use switchboard_actors::ports::{ContactChange, StoreError};
 use switchboard_actors::states::{ContactChangeKind, ContactState, Relation};
@@ -46,9 +47,11 @@ pub enum ContactError {
     Db(#[from] DbErr),
 }
 
-/// A user as shown in contact lists and search results.
-#[derive(Debug, Clone, Serialize)]
+/// A user as shown in contact lists and search results (as everyone may see them).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[salvo(schema(name = UserRef))]
 pub struct PublicUser {
+    #[salvo(schema(value_type = String))]
     pub id: UserId,
     pub username: String,
     pub display_name: String,
@@ -60,12 +63,18 @@ impl From<user::Model> for PublicUser {
     }
 }
 
-/// A contact request (the pair's relation) as its users see it.
-#[derive(Debug, Clone, Serialize)]
+/// A contact request (the pair's relation) as its users see it (`state`: `pending`,
+/// `accepted`, `declined`, `cancelled`, `removed`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[salvo(schema(name = RequestOut))]
 pub struct ContactRequest {
+    #[salvo(schema(value_type = String))]
     pub id: Uuid,
+    #[salvo(schema(value_type = String))]
     pub requester_id: UserId,
+    #[salvo(schema(value_type = String))]
     pub addressee_id: UserId,
+    #[salvo(schema(value_type = String))]
     pub state: ContactState,
     pub created_at: i64,
     pub updated_at: i64,
@@ -109,26 +118,29 @@ pub enum RequestOutcome {
 }
 
 /// A pending request with the other user's public fields.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[salvo(schema(name = RequestWithUser))]
 pub struct RequestView {
     #[serde(flatten)]
     pub request: ContactRequest,
     pub user: PublicUser,
 }
 
-/// An accepted contact.
-#[derive(Debug, Clone, Serialize)]
+/// An accepted contact (or a blocked user: `since` is when the block was made).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[salvo(schema(name = Contact))]
 pub struct ContactView {
     pub user: PublicUser,
     pub since: i64,
 }
 
 /// A search hit and how it relates to the caller.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SearchHit {
     #[serde(flatten)]
     pub user: PublicUser,
     /// `none`, `pending_in`, `pending_out` or `contact`.
+    #[salvo(schema(value_type = String))]
     pub relation: Relation,
 }
 

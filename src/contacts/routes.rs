@@ -3,17 +3,39 @@
 
 use salvo::prelude::*;
 
-#[allow(unused_imports)]
-use crate::web::openapi::*;
-use serde::Deserialize;
-use serde_json::json;
+use salvo::oapi::ToSchema;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::routes::{caller, json_body, require_auth};
-use crate::contacts::repo::{ContactError, RequestOutcome};
+use crate::contacts::repo::{ContactError, ContactRequest, ContactView, RequestOutcome, RequestView, SearchHit};
 use crate::domain::UserId;
 use crate::error::{AppError, ErrorCode};
+use crate::web::openapi::errors;
 use crate::web::state;
+
+#[derive(Serialize, ToSchema)]
+struct ContactList {
+    contacts: Vec<ContactView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct BlockedList {
+    /// `since`: when the block was made.
+    blocked: Vec<ContactView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RequestLists {
+    incoming: Vec<RequestView>,
+    outgoing: Vec<RequestView>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SearchPage {
+    users: Vec<SearchHit>,
+    next_cursor: Option<String>,
+}
 
 /// Largest page of search results.
 pub const MAX_SEARCH_PAGE: u64 = 50;
@@ -69,7 +91,7 @@ fn path_uuid(req: &Request, key: &str) -> Result<Uuid, AppError> {
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let contacts = state(depot)?.contacts.contacts(me).await?;
-    res.render(Json(json!({ "contacts": contacts })));
+    res.render(Json(ContactList { contacts }));
     Ok(())
 }
 
@@ -87,7 +109,7 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
 async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let users = state(depot)?.contacts.blocked(me).await?;
-    res.render(Json(json!({ "blocked": users })));
+    res.render(Json(BlockedList { blocked: users }));
     Ok(())
 }
 
@@ -104,7 +126,7 @@ async fn blocked(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> 
 async fn requests(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let (incoming, outgoing) = state(depot)?.contacts.requests(me).await?;
-    res.render(Json(json!({ "incoming": incoming, "outgoing": outgoing })));
+    res.render(Json(RequestLists { incoming, outgoing }));
     Ok(())
 }
 
@@ -123,8 +145,8 @@ struct RequestBody {
     tags("contacts"),
     request_body = RequestBody,
     responses(
-        (status_code = 201, description = "a new pending request", body = RequestOut),
-        (status_code = 200, description = "already pending, already contacts, or made mutual (accepted)", body = RequestOut),
+        (status_code = 201, description = "a new pending request", body = ContactRequest),
+        (status_code = 200, description = "already pending, already contacts, or made mutual (accepted)", body = ContactRequest),
         errors::BadInput,
         errors::Unauthenticated,
         errors::NotAllowed,
@@ -168,7 +190,7 @@ async fn answer(req: &mut Request, depot: &mut Depot, res: &mut Response, yes: b
         ("id" = String, Path, description = "UUID"),
     ),
     responses(
-        (status_code = 200, description = "the request, accepted", body = RequestOut),
+        (status_code = 200, description = "the request, accepted", body = ContactRequest),
         errors::Unauthenticated,
         errors::NotAllowed,
         errors::NotFound,
@@ -188,7 +210,7 @@ async fn accept(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         ("id" = String, Path, description = "UUID"),
     ),
     responses(
-        (status_code = 200, description = "the request, declined", body = RequestOut),
+        (status_code = 200, description = "the request, declined", body = ContactRequest),
         errors::Unauthenticated,
         errors::NotAllowed,
         errors::NotFound,
@@ -208,7 +230,7 @@ async fn decline(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         ("id" = String, Path, description = "UUID"),
     ),
     responses(
-        (status_code = 200, description = "the request, cancelled", body = RequestOut),
+        (status_code = 200, description = "the request, cancelled", body = ContactRequest),
         errors::Unauthenticated,
         errors::NotAllowed,
         errors::NotFound,
@@ -331,6 +353,6 @@ async fn search(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         return Err(AppError::bad_request(ErrorCode::InvalidQuery, "bad cursor"));
     }
     let (users, next) = st.contacts.search(me, &q, limit, cursor).await?;
-    res.render(Json(json!({ "users": users, "next_cursor": next })));
+    res.render(Json(SearchPage { users, next_cursor: next }));
     Ok(())
 }

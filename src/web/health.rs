@@ -1,13 +1,28 @@
 //! Liveness and readiness.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-
-#[allow(unused_imports)]
-use crate::web::openapi::*;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::error::AppError;
+use crate::web::openapi::ErrorBody;
 use crate::web::state;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: &'static str,
+    pub database: &'static str,
+    /// `up`, `down`, or `in-process` without RabbitMQ.
+    pub broker: &'static str,
+    /// The messaging node id.
+    pub node: String,
+}
 
 pub fn router() -> Router {
     Router::new().push(Router::with_path("healthz").get(healthz)).push(Router::with_path("readyz").get(readyz))
@@ -22,7 +37,7 @@ pub fn router() -> Router {
     ),
 )]
 async fn healthz(res: &mut Response) {
-    res.render(Json(json!({"status": "ok"})));
+    res.render(Json(Health { status: "ok" }));
 }
 
 /// Readiness: the actor system runs and the database answers. 503 otherwise, so a load
@@ -49,7 +64,7 @@ async fn readyz(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
             Some(bus) if bus.is_connected() => "up",
             Some(_) => "down",
         };
-        res.render(Json(json!({"status": "ready", "database": "ok", "broker": broker, "node": st.node.ctx.node_id})));
+        res.render(Json(Ready { status: "ready", database: "ok", broker, node: st.node.ctx.node_id.clone() }));
         Ok(())
     } else {
         Err(AppError::Unavailable("database"))

@@ -133,116 +133,6 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// A user as everyone may see them.
-#[derive(ToSchema, serde::Serialize)]
-#[allow(dead_code)]
-pub struct UserRef {
-    pub id: String,
-    pub username: String,
-    pub display_name: String,
-}
-
-/// The caller, or a new account.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct UserOut {
-    pub id: String,
-    pub username: String,
-    pub display_name: String,
-    pub created_at: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct LoginOut {
-    pub access_token: String,
-    pub expires_at: i64,
-    pub user: UserOut,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    pub status: String,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Ready {
-    /// `ready`.
-    pub status: String,
-    pub database: String,
-    /// `up`, `down`, or `in-process` without RabbitMQ.
-    pub broker: String,
-    /// The messaging node id.
-    pub node: String,
-}
-
-/// A contact request (`state`: `pending`, `accepted`, `declined`, `cancelled`, `removed`).
-#[derive(ToSchema, serde::Serialize)]
-#[allow(dead_code)]
-pub struct RequestOut {
-    pub id: String,
-    pub requester_id: String,
-    pub addressee_id: String,
-    pub state: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// A pending request with the other user.
-#[derive(ToSchema, serde::Serialize)]
-#[allow(dead_code)]
-pub struct RequestWithUser {
-    #[serde(flatten)]
-    pub request: RequestOut,
-    pub user: UserRef,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct RequestLists {
-    pub incoming: Vec<RequestWithUser>,
-    pub outgoing: Vec<RequestWithUser>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Contact {
-    pub user: UserRef,
-    pub since: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ContactList {
-    pub contacts: Vec<Contact>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct BlockedList {
-    /// `since`: when the block was made.
-    pub blocked: Vec<Contact>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct SearchHit {
-    pub id: String,
-    pub username: String,
-    pub display_name: String,
-    /// `none`, `pending_in`, `pending_out` or `contact`.
-    pub relation: String,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct SearchPage {
-    pub users: Vec<SearchHit>,
-    pub next_cursor: Option<String>,
-}
-
 /// A stored message (as in the WebSocket `message` frame).
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -263,7 +153,7 @@ pub struct MessageOut {
 #[allow(dead_code)]
 pub struct ConversationOut {
     pub id: String,
-    pub peer: Option<UserRef>,
+    pub peer: Option<crate::contacts::repo::PublicUser>,
     pub last_seq: i64,
     pub read_seq: i64,
     pub peer_delivered_seq: i64,
