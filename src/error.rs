@@ -123,23 +123,26 @@ impl From<sea_orm::DbErr> for AppError {
     }
 }
 
-/// The JSON error body of every failed request.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    pub error: ErrorDetail<'a>,
+/// Every error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize, salvo::oapi::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
 /// `{code, message}`: `code` is stable, `message` is for people.
-#[derive(Debug, Serialize)]
-pub struct ErrorDetail<'a> {
+#[derive(Debug, Serialize, salvo::oapi::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `invalid_json`, `not_found`, `rate_limited`, ... (docs/api.md).
+    #[salvo(schema(value_type = String))]
     pub code: ErrorCode,
-    pub message: &'a str,
+    /// For people.
+    pub message: String,
 }
 
 /// Writes the JSON error body with `status`.
 pub fn write_error(res: &mut Response, status: StatusCode, code: ErrorCode, message: &str) {
     res.status_code(status);
-    res.render(Json(ErrorBody { error: ErrorDetail { code, message } }));
+    res.render(Json(ErrorBody { error: ErrorDetail { code, message: message.to_owned() } }));
 }
 
 /// Formats an error with its whole cause chain on one line, for the log.

@@ -9,12 +9,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use salvo::oapi::ToSchema;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect,
 };
-use salvo::oapi::ToSchema;
 use serde::Serialize;
 use switchboard_actors::ports::{ContactChange, StoreError};
 use switchboard_actors::states::{ContactChangeKind, ContactState, Relation};

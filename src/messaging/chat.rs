@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use salvo::oapi::ToSchema;
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
@@ -26,6 +27,7 @@ use switchboard_actors::ports::{
 use switchboard_actors::states::MessageKind;
 use uuid::Uuid;
 
+use crate::contacts::repo::PublicUser;
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
 use crate::storage::committer::{Committer, Write, Written};
 use crate::storage::entities::{conversation, message, receipt, user};
@@ -112,17 +114,13 @@ impl ChatRepo {
                 .await?;
             out.push(ConversationSummary {
                 id: ConversationId(c.id),
-                peer: peer.map(|p| PeerSummary {
-                    id: UserId(p.id),
-                    username: p.username,
-                    display_name: p.display_name,
-                }),
+                peer: peer.map(PublicUser::from),
                 last_seq: c.last_seq,
                 read_seq,
                 peer_delivered_seq,
                 peer_read_seq,
                 unread,
-                last_message,
+                last_message: last_message.map(MessageOut::from),
                 updated_at: c.updated_at,
             });
         }
@@ -131,26 +129,51 @@ impl ChatRepo {
 }
 
 /// A conversation as listed for one of its participants.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[salvo(schema(name = ConversationOut))]
 pub struct ConversationSummary {
+    #[salvo(schema(value_type = String))]
     pub id: ConversationId,
     /// The other participant (`null` if their account was deleted).
-    pub peer: Option<PeerSummary>,
+    pub peer: Option<PublicUser>,
     pub last_seq: i64,
     pub read_seq: i64,
     /// How far the peer has received and read (0 unless you are contacts).
     pub peer_delivered_seq: i64,
     pub peer_read_seq: i64,
     pub unread: u64,
-    pub last_message: Option<StoredMessage>,
+    pub last_message: Option<MessageOut>,
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerSummary {
-    pub id: UserId,
-    pub username: String,
-    pub display_name: String,
+// The actors' `StoredMessage` with its OpenAPI schema (the actors crate knows no HTTP).
+/// A stored message (as in the WebSocket `message` frame).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageOut {
+    #[salvo(schema(value_type = String))]
+    pub id: MessageId,
+    #[salvo(schema(value_type = String))]
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    #[salvo(schema(value_type = String))]
+    pub sender_id: UserId,
+    pub client_msg_id: String,
+    /// `text` or `file`.
+    #[salvo(schema(value_type = String))]
+    pub kind: MessageKind,
+    pub body: String,
+    #[salvo(schema(value_type = Option<String>))]
+    pub file_id: Option<FileId>,
+    pub created_at: i64,
+}
+
+impl From<StoredMessage> for MessageOut {
+    fn from(m: StoredMessage) -> Self {
+        // Every field named: a field added to `StoredMessage` does not compile here until
+        // the API says whether it shows it.
+        let StoredMessage { id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at } = m;
+        Self { id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at }
+    }
 }
 
 fn to_stored(m: message::Model) -> Result<StoredMessage, DbErr> {

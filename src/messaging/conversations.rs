@@ -2,19 +2,31 @@
 
 use salvo::prelude::*;
 
-#[allow(unused_imports)]
-use crate::web::openapi::*;
-use serde_json::json;
+use salvo::oapi::ToSchema;
+use serde::Serialize;
 use switchboard_actors::ports::ChatStore;
 
 use crate::auth::routes::{caller, require_auth};
 use crate::domain::ConversationId;
 use crate::error::{AppError, ErrorCode};
+use crate::messaging::chat::{ConversationSummary, MessageOut};
+use crate::web::openapi::errors;
 use crate::web::state;
 
 /// Largest page of history.
 pub const MAX_PAGE: u64 = 500;
 const DEFAULT_PAGE: u64 = 50;
+
+#[derive(Serialize, ToSchema)]
+struct ConversationList {
+    conversations: Vec<ConversationSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MessagePage {
+    messages: Vec<MessageOut>,
+    last_seq: i64,
+}
 
 pub fn router() -> Router {
     Router::with_path("api/conversations")
@@ -36,7 +48,7 @@ pub fn router() -> Router {
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let convs = state(depot)?.storage.chat.summaries(me, 500).await?;
-    res.render(Json(json!({ "conversations": convs })));
+    res.render(Json(ConversationList { conversations: convs }));
     Ok(())
 }
 
@@ -98,6 +110,9 @@ async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
         .filter(|c| c.has(me))
         .ok_or_else(not_found)?;
     let page = st.storage.chat.history(id, after, before, limit).await?;
-    res.render(Json(json!({ "messages": page, "last_seq": conv.last_seq })));
+    res.render(Json(MessagePage {
+        messages: page.into_iter().map(MessageOut::from).collect(),
+        last_seq: conv.last_seq,
+    }));
     Ok(())
 }

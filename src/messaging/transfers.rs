@@ -5,19 +5,19 @@ use salvo::fs::NamedFile;
 use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
 
-#[allow(unused_imports)]
-use crate::web::openapi::*;
-use serde::Deserialize;
-use serde_json::json;
+use salvo::oapi::ToSchema;
+use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::{FileId, TransferId};
 use switchboard_actors::ports::ChatStore;
 use switchboard_actors::states::TransferState;
+use uuid::Uuid;
 
 use crate::auth::routes::{caller, json_body, require_auth};
 use crate::domain::ConversationId;
 use crate::error::{AppError, ErrorCode};
 use crate::messaging::files::{ChunkError, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex};
 use crate::storage::entities::transfer;
+use crate::web::openapi::{ErrorBody, errors};
 use crate::web::state;
 
 pub fn router() -> Router {
@@ -85,26 +85,55 @@ fn clean_mime(mime: Option<&str>) -> String {
     }
 }
 
-fn transfer_json(t: &transfer::Model, received: &[i64]) -> serde_json::Value {
-    let have: std::collections::HashSet<i64> = received.iter().copied().collect();
-    let missing: Vec<i64> =
-        if t.file_id.is_some() { vec![] } else { (0..t.chunk_count as i64).filter(|i| !have.contains(i)).collect() };
-    json!({
-        "id": t.id,
-        "conversation_id": t.conversation_id,
-        "uploader_id": t.uploader_id,
-        "name": t.name,
-        "mime": t.mime,
-        "size": t.size,
-        "sha256": t.sha256,
-        "chunk_size": t.chunk_size,
-        "chunk_count": t.chunk_count,
-        "state": t.state,
-        "file_id": t.file_id,
-        "received_chunks": t.chunk_count as usize - missing.len(),
-        "missing": missing,
-        "expires_at": t.expires_at,
-    })
+/// A transfer as its participants see it.
+#[derive(Serialize, ToSchema)]
+struct TransferOut {
+    #[salvo(schema(value_type = String))]
+    id: Uuid,
+    #[salvo(schema(value_type = String))]
+    conversation_id: Uuid,
+    #[salvo(schema(value_type = String))]
+    uploader_id: Uuid,
+    name: String,
+    mime: String,
+    size: i64,
+    sha256: String,
+    chunk_size: i64,
+    chunk_count: i64,
+    /// `uploading`, `complete`, `failed` or `expired`.
+    state: String,
+    #[salvo(schema(value_type = Option<String>))]
+    file_id: Option<Uuid>,
+    received_chunks: i64,
+    /// Chunk indexes still to send.
+    missing: Vec<i64>,
+    expires_at: i64,
+}
+
+impl TransferOut {
+    /// `t` with the chunks received so far.
+    fn of(t: transfer::Model, received: &[i64]) -> Self {
+        let have: std::collections::HashSet<i64> = received.iter().copied().collect();
+        let chunk_count = i64::from(t.chunk_count);
+        let missing: Vec<i64> =
+            if t.file_id.is_some() { vec![] } else { (0..chunk_count).filter(|i| !have.contains(i)).collect() };
+        Self {
+            id: t.id,
+            conversation_id: t.conversation_id,
+            uploader_id: t.uploader_id,
+            name: t.name,
+            mime: t.mime,
+            size: t.size,
+            sha256: t.sha256,
+            chunk_size: i64::from(t.chunk_size),
+            chunk_count,
+            state: t.state,
+            file_id: t.file_id,
+            received_chunks: chunk_count - missing.len() as i64,
+            missing,
+            expires_at: t.expires_at,
+        }
+    }
 }
 
 /// `POST /api/transfers {conversation_id, name, size, sha256, mime?}` → 201 `{id,
@@ -178,7 +207,7 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         }
     };
     res.status_code(StatusCode::CREATED);
-    res.render(Json(transfer_json(&t, &[])));
+    res.render(Json(TransferOut::of(t, &[])));
     Ok(())
 }
 
@@ -221,7 +250,7 @@ async fn participant_conversation(
 async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let t = visible_transfer(req, depot).await?;
     let received = state(depot)?.files.received(TransferId(t.id)).await?;
-    res.render(Json(transfer_json(&t, &received)));
+    res.render(Json(TransferOut::of(t, &received)));
     Ok(())
 }
 

@@ -7,15 +7,18 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use salvo::prelude::*;
 
-#[allow(unused_imports)]
-use crate::web::openapi::*;
+use salvo::oapi::ToSchema;
 use salvo::sse::{SseEvent, SseKeepAlive};
-use serde_json::json;
+use serde::Serialize;
+use switchboard_actors::ids::ConversationId;
 use switchboard_actors::notify_stream::StreamItem;
+use switchboard_actors::ports::{NotificationView, Unread};
+use switchboard_actors::states::NotificationKind;
 
 use crate::auth::routes::{caller, require_auth};
 use crate::error::{AppError, ErrorCode};
 use crate::messaging::conversations::{query_i64, query_limit};
+use crate::web::openapi::{ErrorBody, errors};
 use crate::web::state;
 
 /// Largest page of notifications.
@@ -23,6 +26,61 @@ pub const MAX_PAGE: u64 = 100;
 const DEFAULT_PAGE: u64 = 50;
 /// SSE comment lines sent this often keep proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+// The actors' `NotificationView` with its OpenAPI schema (the actors crate knows no HTTP).
+/// A notification: `message` ones stand for a conversation's unread messages.
+#[derive(Serialize, ToSchema)]
+struct NotificationOut {
+    #[salvo(schema(value_type = String))]
+    id: uuid::Uuid,
+    /// The stream cursor: every change takes the next number.
+    n: i64,
+    /// `message` (one per conversation, updated by each new message), `contact_request`
+    /// or `contact_accepted`.
+    #[salvo(schema(value_type = String))]
+    kind: NotificationKind,
+    #[salvo(schema(value_type = Option<String>))]
+    conversation_id: Option<ConversationId>,
+    seq: Option<i64>,
+    payload: serde_json::Value,
+    read: bool,
+    /// What it adds to the unread total while unread (unread messages of a message
+    /// notification, 1 for the others); 0 once read.
+    count: i64,
+    /// When it last changed.
+    created_at: i64,
+}
+
+impl From<NotificationView> for NotificationOut {
+    fn from(v: NotificationView) -> Self {
+        // Every field named: a field added to the view does not compile here until the API
+        // says whether it shows it.
+        let NotificationView { id, n, kind, conversation_id, seq, payload, read, count, created_at } = v;
+        Self { id, n, kind, conversation_id, seq, payload, read, count, created_at }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct UnreadOut {
+    total: i64,
+    /// Unread messages per conversation id.
+    #[salvo(schema(value_type = std::collections::BTreeMap<String, i64>))]
+    conversations: std::collections::BTreeMap<ConversationId, i64>,
+}
+
+impl From<Unread> for UnreadOut {
+    fn from(u: Unread) -> Self {
+        let Unread { total, conversations } = u;
+        Self { total, conversations }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct NotificationPage {
+    notifications: Vec<NotificationOut>,
+    unread: UnreadOut,
+    next_before: Option<i64>,
+}
 
 pub fn router() -> Router {
     Router::with_path("api/notifications")
@@ -64,7 +122,11 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     let page = st.storage.notifications.list(me, unread_only, before, limit).await?;
     let unread = st.storage.notifications.unread_counts(me).await?;
     let next_before = if page.len() as u64 == limit { page.last().map(|n| n.n) } else { None };
-    res.render(Json(json!({ "notifications": page, "unread": unread, "next_before": next_before })));
+    res.render(Json(NotificationPage {
+        notifications: page.into_iter().map(NotificationOut::from).collect(),
+        unread: unread.into(),
+        next_before,
+    }));
     Ok(())
 }
 

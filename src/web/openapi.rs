@@ -1,14 +1,15 @@
-//! `GET /api/openapi.json`: the REST API's OpenAPI document, generated from the routers
-//! (every handler under `/api` is an `#[endpoint]` naming its parameters, body and
-//! responses) and the schemas below.
-//!
-//! Several handlers build their JSON with `json!`; the schemas here describe those
-//! shapes. `scripts/fuzz-api` (schemathesis, run by `scripts/test`) checks every response
-//! the server gives against them, so a schema that drifts from the code fails the tests.
+//! `GET /api/openapi.json`: the REST API's OpenAPI document, generated from the routers:
+//! every handler under `/api` is an `#[endpoint]` naming its parameters, body and
+//! responses, and renders a typed response whose schema is derived from the type
+//! (`ToSchema`), so the document describes what the code sends. Where a body is the actors'
+//! type (a message, a notification), the slice has a mirror with a schema and a `From` that
+//! names every field, so a new field does not compile until the API decides on it.
+//! [`errors`] holds the error responses most operations share. `scripts/fuzz-api`
+//! (schemathesis, run by `scripts/test`) checks every response against the document.
 
 use std::sync::LazyLock;
 
-use salvo::oapi::{OpenApi, ToSchema};
+use salvo::oapi::OpenApi;
 use salvo::prelude::*;
 
 /// The document, built once.
@@ -117,118 +118,4 @@ pub mod errors {
     }
 }
 
-/// Every error: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Machine-readable: `invalid_json`, `not_found`, `rate_limited`, ...
-    pub code: String,
-    /// For people.
-    pub message: String,
-}
-
-/// A stored message (as in the WebSocket `message` frame).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct MessageOut {
-    pub id: String,
-    pub conversation_id: String,
-    pub seq: i64,
-    pub sender_id: String,
-    pub client_msg_id: String,
-    /// `text` or `file`.
-    pub kind: String,
-    pub body: String,
-    pub file_id: Option<String>,
-    pub created_at: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ConversationOut {
-    pub id: String,
-    pub peer: Option<crate::contacts::repo::PublicUser>,
-    pub last_seq: i64,
-    pub read_seq: i64,
-    pub peer_delivered_seq: i64,
-    pub peer_read_seq: i64,
-    pub unread: i64,
-    pub last_message: Option<MessageOut>,
-    pub updated_at: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ConversationList {
-    pub conversations: Vec<ConversationOut>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct MessagePage {
-    pub messages: Vec<MessageOut>,
-    pub last_seq: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct TransferOut {
-    pub id: String,
-    pub conversation_id: String,
-    pub uploader_id: String,
-    pub name: String,
-    pub mime: String,
-    pub size: i64,
-    pub sha256: String,
-    pub chunk_size: i64,
-    pub chunk_count: i64,
-    /// `uploading`, `complete`, `failed` or `expired`.
-    pub state: String,
-    pub file_id: Option<String>,
-    pub received_chunks: i64,
-    /// Chunk indexes still to send.
-    pub missing: Vec<i64>,
-    pub expires_at: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct NotificationOut {
-    pub id: String,
-    /// The stream cursor: every change takes the next number.
-    pub n: i64,
-    /// `message` (one per conversation, updated by each new message), `contact_request`
-    /// or `contact_accepted`.
-    pub kind: String,
-    pub conversation_id: Option<String>,
-    pub seq: Option<i64>,
-    pub payload: serde_json::Value,
-    pub read: bool,
-    /// What it adds to the unread total while unread (unread messages of a message
-    /// notification, 1 for the others); 0 once read.
-    pub count: i64,
-    /// When it last changed.
-    pub created_at: i64,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct UnreadOut {
-    pub total: i64,
-    /// Unread messages per conversation id.
-    pub conversations: std::collections::BTreeMap<String, i64>,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct NotificationPage {
-    pub notifications: Vec<NotificationOut>,
-    pub unread: UnreadOut,
-    pub next_before: Option<i64>,
-}
+pub use crate::error::ErrorBody;
