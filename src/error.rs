@@ -184,6 +184,7 @@ pub async fn json_catcher(res: &mut Response, ctrl: &mut FlowCtrl) {
         StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such resource"),
         StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed"),
         StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "request body too large"),
+        StatusCode::RANGE_NOT_SATISFIABLE => (ErrorCode::RangeNotSatisfiable, "range not satisfiable"),
         StatusCode::BAD_REQUEST => (ErrorCode::BadRequest, "bad request"),
         s if s.is_server_error() => (ErrorCode::Internal, "internal server error"),
         _ => (ErrorCode::Error, "request failed"),

@@ -89,6 +89,8 @@ crate::text_enum! {
         InvalidChunk = "invalid_chunk",
         /// A SHA-256 that is not 64 hexadecimal digits.
         InvalidSha256 = "invalid_sha256",
+        /// A download `Range` outside the file.
+        RangeNotSatisfiable = "range_not_satisfiable",
         /// A chunk whose bytes do not match its hash.
         ChunkHashMismatch = "chunk_hash_mismatch",
         /// The transfer is complete or failed.

@@ -10,8 +10,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::cluster_support::{Cluster, PrivateBroker};
-use crate::helpers::eventually;
-use crate::helpers::{Api, PASSWORD, error_code, tcp_established};
+use crate::helpers::{Api, PASSWORD, error_code, eventually, tcp_established};
 use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob};
 
 /// How long a test waits for a whole exchange to arrive.

@@ -10,8 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::eventually;
-use crate::helpers::{Api, Backend, TEST_JWT_SECRET, error_code, spawn_app_with};
+use crate::helpers::{Api, Backend, TEST_JWT_SECRET, error_code, eventually, spawn_app_with};
 use crate::ws_client::{Client, alice_and_bob, make_contacts, user};
 
 const CHUNK: usize = 1 << 20;
@@ -177,6 +176,16 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &chunk_bytes(1, 100)[..]);
+    // A range past the end: 416 with the error shape and its own code.
+    let r = app
+        .client()
+        .get(app.url(&format!("/api/files/{file_id}")))
+        .bearer_auth(&bob)
+        .header("range", "bytes=999999999999-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, StatusCode::RANGE_NOT_SATISFIABLE).await, "range_not_satisfiable");
     // Carol cannot download it; nor can anyone by a made-up id.
     for (who, fid) in [(&carol, file_id.as_str()), (&bob, "00000000-0000-0000-0000-000000000000"), (&bob, "nope")] {
         let r = app.get_as(&format!("/api/files/{fid}"), who).await;

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::connect;
 use crate::cluster_support::Cluster;
-use crate::helpers::eventually;
-use crate::helpers::{Api, TestApp, error_code, spawn_app_with};
+use crate::helpers::{Api, TestApp, error_code, eventually, spawn_app_with};
 use crate::ws_client::{Client, alice_and_bob, user};
 
 async fn list(api: &impl Api, token: &str, query: &str) -> Value {
