@@ -186,14 +186,15 @@ static ASSETS_VERSION: LazyLock<String> = LazyLock::new(|| {
 
 /// Each static file gzipped (best compression, once, on first use), or `None` where that
 /// does not make it smaller. The scripts and the style sheet shrink to about a quarter.
-static GZIPPED: LazyLock<Vec<Option<Vec<u8>>>> = LazyLock::new(|| {
+/// (`Bytes`: a response shares the buffer instead of copying it.)
+static GZIPPED: LazyLock<Vec<Option<hyper::body::Bytes>>> = LazyLock::new(|| {
     STATIC_FILES
         .iter()
         .map(|(_, _, body)| {
             use std::io::Write;
             let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             z.write_all(body.as_bytes()).ok()?;
-            z.finish().ok().filter(|gz| gz.len() < body.len())
+            z.finish().ok().filter(|gz| gz.len() < body.len()).map(hyper::body::Bytes::from)
         })
         .collect()
 });
