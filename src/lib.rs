@@ -11,18 +11,24 @@
 //! - [`contacts`]: the contact rules (requests, blocks, who may message whom) and user
 //!   search.
 //! - [`messaging`]: the message path (the WebSocket, the chat repository the actors write
-//!   through, history) and files (chunked uploads, downloads).
+//!   through and its writes on both databases, history) and files (chunked uploads,
+//!   downloads).
 //! - [`notify`]: notifications: the consumer that turns bus events into them, their
-//!   storage, and `/api/notifications*` with the live stream.
+//!   storage (rules, reads and writes, on both databases), and `/api/notifications*` with
+//!   the live stream.
 //! - [`gateway`]: the public entry point: routing of paths to service instances (reverse
 //!   proxy), health checks, edge limits.
 //!
 //! What they share:
 //!
-//! - [`web`]: the router of one process (which services a `Mount` serves), request state,
-//!   the CSRF guard, health, the OpenAPI document, and the web UI's pages.
-//! - [`storage`]: the database connection, the SeaORM entities, the write queue (group
-//!   commit; on SQLite one writer thread) and [`storage::Storage`], every repository.
+//! - [`web`]: the composition root of one process: the router (which services a `Mount`
+//!   serves), the request state (`AppState`, `Repos`: every repository), the CSRF guard,
+//!   health, the OpenAPI document, and the web UI's pages.
+//! - [`storage`]: the database connection and the SeaORM entities.
+//! - [`writer`]: the committer, the one writer of the hot paths (appends, receipts,
+//!   notifications; group commit, on a SQLite file one writer thread). It sits above
+//!   `messaging` and `notify`: it runs their statements and implements the ports they
+//!   queue writes through.
 //! - [`bus`]: the RabbitMQ implementation of the actors' `Bus` port.
 //! - [`startup`]: [`startup::Application`] builds the services of one process on one
 //!   listener and runs them until a shutdown future resolves; [`cli`] is its command line
@@ -52,6 +58,7 @@ pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod web;
+pub mod writer;
 
 /// Milliseconds since the Unix epoch: the one time unit stored in the database.
 pub fn now_ms() -> i64 {

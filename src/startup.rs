@@ -25,7 +25,8 @@ use crate::config::{Config, Secret};
 use crate::error::json_catcher;
 use crate::notify::Notifier;
 use crate::ratelimit::KeyedLimiter;
-use crate::storage::{self, Storage};
+use crate::storage;
+use crate::web::Repos;
 use crate::web::{self, AppState, Mount};
 use tokio_util::sync::CancellationToken;
 
@@ -68,14 +69,15 @@ impl Application {
         prepare_data_dir(&config)?;
         let secret = resolve_jwt_secret(&config)?;
         let db = storage::connect(&config.database_url()).await?;
-        let storage = Storage::new(db);
-        let auth = AuthService::new(storage.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let files = crate::messaging::files::FileRepo::new(storage.db.clone(), &config.data_dir);
-        let (node, rabbit, tap) = start_node(&config, &storage, &files, mount).await?;
+        let repos = Repos::new(db);
+        let auth =
+            AuthService::new(repos.users.clone(), repos.sessions.clone(), &config.auth, TokenKeys::new(&secret))?;
+        let files = crate::messaging::files::FileRepo::new(repos.db.clone(), &config.data_dir);
+        let (node, rabbit, tap) = start_node(&config, &repos, &files, mount).await?;
         let node = Arc::new(node);
         let auth = auth.with_bus(node.ctx.bus.clone());
         let stop = CancellationToken::new();
-        let notifier = Notifier::new(storage.clone(), node.ctx.bus.clone(), config.notify.clone());
+        let notifier = Notifier::new(repos.notifications.clone(), node.ctx.bus.clone(), config.notify.clone());
         if mount.notifies() {
             tokio::spawn(notifier.clone().run_retention(HOUSEKEEPING_EVERY));
             match (&config.amqp_url, tap) {
@@ -94,10 +96,10 @@ impl Application {
             }
         }
         let contacts = crate::contacts::service::ContactsService::new(
-            storage.contacts.clone(),
-            storage.users.clone(),
-            storage.chat.clone(),
-            files.clone(),
+            repos.contacts.clone(),
+            repos.users.clone(),
+            Arc::new(repos.chat.clone()),
+            Arc::new(files.clone()),
             node.ctx.bus.clone(),
         );
         let state = AppState {
@@ -106,7 +108,7 @@ impl Application {
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
             contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),
             config: Arc::new(config.clone()),
-            storage,
+            repos,
             auth,
             node,
             files,
@@ -179,7 +181,7 @@ impl Application {
         if let Some(bus) = &self.rabbit {
             bus.shutdown();
         }
-        self.state.storage.db.clone().close().await.ok();
+        self.state.repos.db.clone().close().await.ok();
         tracing::info!("stopped");
         anyhow::ensure!(
             !root_failed,
@@ -197,7 +199,7 @@ type Tap = tokio::sync::mpsc::Receiver<switchboard_actors::ports::Envelope>;
 /// runs it).
 async fn start_node(
     config: &Config,
-    storage: &Storage,
+    repos: &Repos,
     files: &crate::messaging::files::FileRepo,
     mount: Mount,
 ) -> anyhow::Result<(Node, Option<RabbitBus>, Option<Tap>)> {
@@ -224,9 +226,9 @@ async fn start_node(
     } else {
         bus
     };
-    let mut ctx = NodeCtx::new(node_id, Arc::new(storage.chat.clone()), bus, faults, limits);
+    let mut ctx = NodeCtx::new(node_id, Arc::new(repos.chat.clone()), bus, faults, limits);
     if mount.notifies() {
-        ctx = ctx.with_notifications(Arc::new(storage.notifications.clone()));
+        ctx = ctx.with_notifications(Arc::new(repos.notifications.clone()));
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
         ctx = ctx.with_transfers(Arc::new(files.clone()));

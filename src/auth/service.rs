@@ -9,12 +9,13 @@ use switchboard_actors::ports::{Bus, Envelope, Event};
 use super::AuthUser;
 use super::passwords::PasswordHasher;
 use super::tokens::{Claims, TokenKeys};
+use crate::auth::sessions::SessionRepo;
+use crate::auth::users::UserRepo;
 use crate::auth::users::{CreateUserError, User};
 use crate::config::AuthConfig;
 use crate::domain::{DisplayName, Password, SessionId, Username};
 use crate::error::{AppError, ErrorCode};
 use crate::ratelimit::{FailureCounter, KeyedLimiter};
-use crate::storage::Storage;
 
 /// A successful login.
 #[derive(Debug, Clone, Serialize, salvo::oapi::ToSchema)]
@@ -28,7 +29,8 @@ pub struct LoginOutcome {
 
 #[derive(Clone)]
 pub struct AuthService {
-    storage: Storage,
+    users: UserRepo,
+    sessions: SessionRepo,
     /// Where revocations are announced, so every node closes the sockets and streams of
     /// a revoked login (set once the process's bus is up).
     bus: Option<Arc<dyn Bus>>,
@@ -63,9 +65,10 @@ impl std::fmt::Debug for AuthService {
 }
 
 impl AuthService {
-    pub fn new(storage: Storage, cfg: &AuthConfig, keys: TokenKeys) -> anyhow::Result<Self> {
+    pub fn new(users: UserRepo, sessions: SessionRepo, cfg: &AuthConfig, keys: TokenKeys) -> anyhow::Result<Self> {
         Ok(Self {
-            storage,
+            users,
+            sessions,
             bus: None,
             retry: None,
             hasher: PasswordHasher::new(cfg)?,
@@ -111,7 +114,7 @@ impl AuthService {
             None => DisplayName::from(&username),
         };
         let hash = self.hasher.hash(&password).await?;
-        match self.storage.users.create(&username, &display_name, hash, crate::now_ms()).await {
+        match self.users.create(&username, &display_name, hash, crate::now_ms()).await {
             Ok(user) => {
                 tracing::info!(user_id = %user.id, username = %user.username, "user registered");
                 Ok(user)
@@ -145,7 +148,7 @@ impl AuthService {
         // (slow) hash and counts as a failure until it succeeds, so concurrent guesses
         // cannot all pass one check.
         let attempt = Attempt::begin(&self.limits, username.as_str(), ip)?;
-        let found = self.storage.users.find_credentials(&username).await?;
+        let found = self.users.find_credentials(&username).await?;
         let ok = self.hasher.verify(&password, found.as_ref().map(|(_, h)| h.as_str())).await?;
         let Some((user, _)) = found.filter(|_| ok) else {
             attempt.failed();
@@ -157,7 +160,7 @@ impl AuthService {
         let exp = now + self.token_ttl_secs;
         let claims = Claims { sub: user.id, jti: SessionId::new(), iat: now, exp };
         let user_agent = user_agent.map(|ua| ua.chars().take(256).collect());
-        self.storage.sessions.create(claims.jti, user.id, now * 1000, exp * 1000, user_agent).await?;
+        self.sessions.create(claims.jti, user.id, now * 1000, exp * 1000, user_agent).await?;
         let access_token = self.keys.sign(&claims)?;
         tracing::info!(user_id = %user.id, session = %claims.jti, "login");
         Ok(LoginOutcome { access_token, expires_at: exp * 1000, user })
@@ -166,7 +169,7 @@ impl AuthService {
     /// Revokes the caller's session: the token stops working at once, and every socket
     /// and notification stream it opened, on any node, is closed.
     pub async fn logout(&self, who: AuthUser) -> Result<(), AppError> {
-        self.storage.sessions.revoke(who.session_id, crate::now_ms()).await?;
+        self.sessions.revoke(who.session_id, crate::now_ms()).await?;
         tracing::info!(user_id = %who.user_id, session = %who.session_id, "logout");
         self.announce_revoked(who).await;
         Ok(())
@@ -192,7 +195,7 @@ impl AuthService {
         let unauthorized =
             || AppError::unauthorized(ErrorCode::InvalidToken, "missing, invalid, expired or revoked token");
         let claims = self.keys.verify(token).ok_or_else(unauthorized)?;
-        if !self.storage.sessions.is_active(claims.jti, claims.sub, crate::now_ms()).await? {
+        if !self.sessions.is_active(claims.jti, claims.sub, crate::now_ms()).await? {
             return Err(unauthorized());
         }
         Ok(AuthUser { user_id: claims.sub, session_id: claims.jti, expires_at: claims.exp.saturating_mul(1000) })
@@ -200,8 +203,7 @@ impl AuthService {
 
     /// The caller's account (401 if it no longer exists).
     pub async fn me(&self, who: AuthUser) -> Result<User, AppError> {
-        self.storage
-            .users
+        self.users
             .find(who.user_id)
             .await?
             .ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "the account no longer exists"))
@@ -213,7 +215,7 @@ impl AuthService {
         self.limits.login_user.prune();
         self.limits.login_user_addr.prune();
         self.limits.register_ip.prune();
-        let removed = self.storage.sessions.purge_expired(crate::now_ms()).await?;
+        let removed = self.sessions.purge_expired(crate::now_ms()).await?;
         if removed > 0 {
             tracing::debug!(removed, "purged expired sessions");
         }

@@ -6,6 +6,22 @@ use serde::Serialize;
 use crate::domain::{DisplayName, UserId, Username};
 use crate::storage::entities::user;
 
+/// A user as shown in contact lists and search results (as everyone may see them).
+#[derive(Debug, Clone, Serialize, salvo::oapi::ToSchema)]
+#[salvo(schema(name = UserRef))]
+pub struct PublicUser {
+    #[salvo(schema(value_type = String))]
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+impl From<user::Model> for PublicUser {
+    fn from(u: user::Model) -> Self {
+        Self { id: UserId(u.id), username: u.username, display_name: u.display_name }
+    }
+}
+
 /// A user as others may see it: never the password hash. (In the API: the caller, or a
 /// new account.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, salvo::oapi::ToSchema)]

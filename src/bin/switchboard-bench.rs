@@ -112,7 +112,7 @@ async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> 
         .into_iter()
         .map(|p| (p.conversation, p.a))
         .collect();
-    let committer = switchboard::storage::committer::Committer::start(db.clone());
+    let committer = Arc::new(switchboard::writer::Committer::start(db.clone()));
     let repo = Arc::new(ChatRepo::new(db, committer));
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));

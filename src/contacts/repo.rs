@@ -20,6 +20,7 @@ use switchboard_actors::ports::{ContactChange, StoreError};
 use switchboard_actors::states::{ContactChangeKind, ContactState, Relation};
 use uuid::Uuid;
 
+pub use crate::auth::users::PublicUser;
 use crate::domain::UserId;
 use crate::storage::entities::{block, contact, user};
 
@@ -45,22 +46,6 @@ pub enum ContactError {
     Conflict(&'static str),
     #[error(transparent)]
     Db(#[from] DbErr),
-}
-
-/// A user as shown in contact lists and search results (as everyone may see them).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[salvo(schema(name = UserRef))]
-pub struct PublicUser {
-    #[salvo(schema(value_type = String))]
-    pub id: UserId,
-    pub username: String,
-    pub display_name: String,
-}
-
-impl From<user::Model> for PublicUser {
-    fn from(u: user::Model) -> Self {
-        Self { id: UserId(u.id), username: u.username, display_name: u.display_name }
-    }
 }
 
 /// A contact request (the pair's relation) as its users see it (`state`: `pending`,

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use sea_orm::DbErr;
 use switchboard_actors::ports::{Bus, ChatStore, Envelope, Event};
 use switchboard_actors::states::{ContactChangeKind, ContactState};
 use uuid::Uuid;
@@ -21,15 +22,24 @@ use uuid::Uuid;
 use super::repo::{ContactError, ContactRepo, ContactRequest, ContactView, RequestOutcome, RequestView, SearchHit};
 use crate::auth::users::UserRepo;
 use crate::domain::{UserId, Username};
-use crate::messaging::chat::ChatRepo;
-use crate::messaging::files::FileRepo;
+
+/// The uploads between two users, which a block ends (implemented by messaging's file
+/// repository): the service depends on this port, not on messaging, which depends on the
+/// contact rules.
+#[async_trait::async_trait]
+pub trait Uploads: Send + Sync {
+    /// Fails every upload in progress between `a` and `b`; the events that tell each
+    /// uploader.
+    async fn fail_between(&self, a: UserId, b: UserId) -> Result<Vec<Event>, DbErr>;
+}
 
 #[derive(Clone)]
 pub struct ContactsService {
     contacts: ContactRepo,
     users: UserRepo,
-    chat: ChatRepo,
-    files: FileRepo,
+    /// Where an acceptance opens the pair's conversation (the actors' port).
+    chat: Arc<dyn ChatStore>,
+    uploads: Arc<dyn Uploads>,
     bus: Arc<dyn Bus>,
 }
 
@@ -40,8 +50,14 @@ impl std::fmt::Debug for ContactsService {
 }
 
 impl ContactsService {
-    pub fn new(contacts: ContactRepo, users: UserRepo, chat: ChatRepo, files: FileRepo, bus: Arc<dyn Bus>) -> Self {
-        Self { contacts, users, chat, files, bus }
+    pub fn new(
+        contacts: ContactRepo,
+        users: UserRepo,
+        chat: Arc<dyn ChatStore>,
+        uploads: Arc<dyn Uploads>,
+        bus: Arc<dyn Bus>,
+    ) -> Self {
+        Self { contacts, users, chat, uploads, bus }
     }
 
     /// `me` asks the user named `username`. [`RequestOutcome::Accepted`] when that user had
@@ -97,8 +113,7 @@ impl ContactsService {
             };
             self.publish(kind, &ended).await;
         }
-        for t in self.files.fail_between(me, other).await? {
-            let event = Event::Transfer { to: t.uploader, progress: (&t).into() };
+        for event in self.uploads.fail_between(me, other).await? {
             if let Err(e) = self.bus.publish(Envelope::new(event)).await {
                 tracing::warn!(error = %e, "cannot tell the uploader their upload failed");
             }

@@ -1,8 +1,10 @@
 //! The conversations-and-messages repository, and the [`ChatStore`] port the actors use.
 //!
 //! Writes on the message path (appends and receipt markers) are group-committed by the
-//! process's [`Committer`]: one fsync covers many messages, which is what makes
-//! `synchronous=FULL` affordable.
+//! process's committer ([`crate::writer`], through the [`MessageWrites`] port): one fsync
+//! covers many messages, which is what makes `synchronous=FULL` affordable. Through
+//! sea-orm (PostgreSQL) they are the functions below; on a SQLite file,
+//! [`crate::messaging::sqlite_writes`].
 //! A batch costs a fixed number of statements however many messages it holds (see
 //! [`append_all`]): the permission check (accepted contact, no block) for every pair in the
 //! batch, the resend lookup, one `UPDATE … RETURNING` that takes every conversation's new
@@ -13,6 +15,7 @@
 //! retried one transaction each, so one bad message never fails its neighbours.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use salvo::oapi::ToSchema;
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, OnConflict};
@@ -27,22 +30,33 @@ use switchboard_actors::ports::{
 use switchboard_actors::states::MessageKind;
 use uuid::Uuid;
 
-use crate::contacts::repo::PublicUser;
+use crate::auth::users::PublicUser;
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
-use crate::storage::committer::{Committer, Write, Written};
 use crate::storage::entities::{conversation, message, receipt, user};
+
+/// The message path's writes, queued for a group commit (implemented by
+/// [`crate::writer::Committer`]). Each returns once its write is queued, with the future of
+/// its answer, which resolves after the commit: writes queued one after another commit in
+/// that order.
+#[async_trait::async_trait]
+pub trait MessageWrites: Send + Sync + std::fmt::Debug {
+    /// Appends a message (or finds it stored: a resend).
+    async fn append(&self, message: NewMessage) -> Pending<Appended>;
+    /// Raises a user's delivered and/or read markers.
+    async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt>;
+}
 
 #[derive(Clone, Debug)]
 pub struct ChatRepo {
     db: DatabaseConnection,
-    committer: Committer,
+    writes: Arc<dyn MessageWrites>,
 }
 
 impl ChatRepo {
-    /// The repository; its appends and receipts go through `committer` (the process's
-    /// one group-committing writer).
-    pub fn new(db: DatabaseConnection, committer: Committer) -> Self {
-        Self { db, committer }
+    /// The repository; its appends and receipts go through `writes` (the process's one
+    /// group-committing writer).
+    pub fn new(db: DatabaseConnection, writes: Arc<dyn MessageWrites>) -> Self {
+        Self { db, writes }
     }
 
     /// One page of a conversation's history: `after_seq < seq < before_seq`, at most
@@ -362,12 +376,18 @@ pub(crate) async fn append_all(
     Ok(out)
 }
 
-const REUSED_ID: &str = "client_msg_id was already used for another conversation";
+pub(crate) const REUSED_ID: &str = "client_msg_id was already used for another conversation";
 /// Rows per multi-row `INSERT` (9 parameters each).
 const INSERT_ROWS: usize = 1000;
 
 /// A receipt write: raise `user`'s delivered and/or read markers in `conversation`.
-pub(crate) type RaiseReceipt = (ConversationId, UserId, Option<i64>, Option<i64>);
+#[derive(Clone, Copy, Debug)]
+pub struct RaiseReceipt {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    pub delivered: Option<i64>,
+    pub read: Option<i64>,
+}
 
 /// Raises users' markers (never lowers them; read implies delivered; both capped at the
 /// last seq), a whole batch in two statements: one read of the conversations, one
@@ -376,13 +396,13 @@ pub(crate) type RaiseReceipt = (ConversationId, UserId, Option<i64>, Option<i64>
 /// with the receipt as the batch leaves it.
 pub(crate) async fn raise_receipts(
     txn: &DatabaseTransaction,
-    writes: &[RaiseReceipt],
+    writes: &[&RaiseReceipt],
     now: i64,
 ) -> Result<Vec<Result<Receipt, StoreError>>, DbErr> {
     if writes.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: HashSet<Uuid> = writes.iter().map(|(c, ..)| c.0).collect();
+    let ids: HashSet<Uuid> = writes.iter().map(|w| w.conversation.0).collect();
     let conversations: HashMap<Uuid, conversation::Model> = conversation::Entity::find()
         .filter(conversation::Column::Id.is_in(ids))
         .all(txn)
@@ -393,7 +413,7 @@ pub(crate) async fn raise_receipts(
     // Per receipt: the highest delivered and read marker asked for (0: leave it).
     // Ordered: two nodes upserting the same receipts lock their rows in the same order.
     let mut raised: std::collections::BTreeMap<(Uuid, Uuid), (i64, i64)> = Default::default();
-    for (conversation, user, delivered, read) in writes {
+    for &&RaiseReceipt { conversation, user, delivered, read } in writes {
         let Some(c) = conversations.get(&conversation.0).filter(|c| c.user_low == user.0 || c.user_high == user.0)
         else {
             continue;
@@ -439,10 +459,10 @@ pub(crate) async fn raise_receipts(
     }
     Ok(writes
         .iter()
-        .map(|(conversation, user, ..)| {
+        .map(|&&RaiseReceipt { conversation, user, .. }| {
             let (delivered_seq, read_seq) =
                 stored.get(&(conversation.0, user.0)).copied().ok_or(StoreError::NotFound)?;
-            Ok(Receipt { conversation_id: *conversation, user_id: *user, delivered_seq, read_seq })
+            Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq })
         })
         .collect())
 }
@@ -520,13 +540,7 @@ impl ChatStore for ChatRepo {
     }
 
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {
-        let written = self.committer.queue(Write::Append(msg)).await;
-        Box::pin(async move {
-            match written.await? {
-                Written::Appended(a) => Ok(a),
-                _ => Err(StoreError::Unavailable("committer answered the wrong write".into())),
-            }
-        })
+        self.writes.append(msg).await
     }
 
     async fn messages_after(
@@ -558,9 +572,6 @@ impl ChatStore for ChatRepo {
         delivered: Option<i64>,
         read: Option<i64>,
     ) -> Result<Receipt, StoreError> {
-        match self.committer.queue(Write::Receipt { conversation, user, delivered, read }).await.await? {
-            Written::Receipt(r) => Ok(r),
-            _ => Err(StoreError::Unavailable("committer answered the wrong write".into())),
-        }
+        self.writes.raise_receipt(RaiseReceipt { conversation, user, delivered, read }).await.await
     }
 }

@@ -11,7 +11,7 @@ use crate::domain::ConversationId;
 use crate::error::{AppError, ErrorCode};
 use crate::messaging::chat::{ConversationSummary, MessageOut};
 use crate::web::openapi::errors;
-use crate::web::state;
+use crate::web::{query_i64, query_limit, state};
 
 /// Largest page of history.
 pub const MAX_PAGE: u64 = 500;
@@ -47,30 +47,9 @@ pub fn router() -> Router {
 )]
 async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let convs = state(depot)?.storage.chat.summaries(me, 500).await?;
+    let convs = state(depot)?.repos.chat.summaries(me, 500).await?;
     res.render(Json(ConversationList { conversations: convs }));
     Ok(())
-}
-
-/// `?limit=`: `default` when absent, else 1 to `max` (400 `invalid_query` otherwise).
-pub fn query_limit(req: &Request, default: u64, max: u64) -> Result<u64, AppError> {
-    match req.queries().get("limit") {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| AppError::bad_request(ErrorCode::InvalidQuery, format!("limit must be 1 to {max}"))),
-    }
-}
-
-pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
-    match req.queries().get(key) {
-        None => Ok(None),
-        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or_else(|| {
-            AppError::bad_request(ErrorCode::InvalidQuery, format!("{key} must be a non-negative integer"))
-        }),
-    }
 }
 
 /// `GET /api/conversations/{id}/messages?after_seq=&before_seq=&limit=` → `{"messages":
@@ -102,14 +81,14 @@ async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     let before = query_i64(req, "before_seq")?;
     let limit = query_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
     let conv = st
-        .storage
+        .repos
         .chat
         .conversation(id)
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?
         .filter(|c| c.has(me))
         .ok_or_else(not_found)?;
-    let page = st.storage.chat.history(id, after, before, limit).await?;
+    let page = st.repos.chat.history(id, after, before, limit).await?;
     res.render(Json(MessagePage {
         messages: page.into_iter().map(MessageOut::from).collect(),
         last_seq: conv.last_seq,

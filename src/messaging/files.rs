@@ -16,7 +16,7 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 use switchboard_actors::ids::{ConversationId, FileId, TransferId, UserId};
-use switchboard_actors::ports::StoreError;
+use switchboard_actors::ports::{Event, StoreError};
 use switchboard_actors::states::TransferState;
 use switchboard_actors::states::TransferState::{Complete, Expired, Failed, Uploading};
 use switchboard_actors::transfer::{TransferStatus, TransferStore};
@@ -521,6 +521,14 @@ fn status_of(t: transfer::Model, received: i64) -> Result<TransferStatus, DbErr>
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl crate::contacts::service::Uploads for FileRepo {
+    async fn fail_between(&self, a: UserId, b: UserId) -> Result<Vec<Event>, DbErr> {
+        let failed = FileRepo::fail_between(self, a, b).await?;
+        Ok(failed.iter().map(|t| Event::Transfer { to: t.uploader, progress: t.into() }).collect())
+    }
 }
 
 #[async_trait::async_trait]

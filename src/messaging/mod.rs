@@ -4,8 +4,10 @@
 //!
 //! - [`ws`]: `GET /ws`, the chat WebSocket: authenticates, opens a session actor, and
 //!   moves frames between the socket and it.
-//! - [`chat`]: the chat repository, the actors' `ChatStore`: appends (through the write
-//!   queue, [`crate::storage::committer`]), receipts, conversations, history.
+//! - [`chat`]: the chat repository, the actors' `ChatStore`: appends and receipts (queued
+//!   through its `MessageWrites` port for the committer, [`crate::writer`]),
+//!   conversations, history.
+//! - [`sqlite_writes`]: the same appends and receipts as the SQLite writer thread runs them.
 //! - [`conversations`]: `/api/conversations*`, history for participants.
 //! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
 //! - [`files`]: the file repository (chunks, assembly, content addressing, quotas).
@@ -15,5 +17,6 @@ pub mod chat;
 pub mod conversations;
 pub mod debug;
 pub mod files;
+pub(crate) mod sqlite_writes;
 pub mod transfers;
 pub mod ws;

@@ -175,7 +175,7 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let conv_id = ConversationId::parse(&body.conversation_id).ok_or_else(not_found)?;
     let conv = participant_conversation(depot, conv_id, me).await?.ok_or_else(not_found)?;
     if let Some(peer) = conv.peer_of(me) {
-        st.storage.chat.may_message(me, peer).await.map_err(|_| AppError::Forbidden {
+        st.repos.chat.may_message(me, peer).await.map_err(|_| AppError::Forbidden {
             code: ErrorCode::Forbidden,
             message: "you may not send files to this user".into(),
         })?;
@@ -229,7 +229,7 @@ async fn participant_conversation(
     me: crate::domain::UserId,
 ) -> Result<Option<switchboard_actors::ports::ConversationInfo>, AppError> {
     let conv =
-        state(depot)?.storage.chat.conversation(id).await.map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+        state(depot)?.repos.chat.conversation(id).await.map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
     Ok(conv.filter(|c| c.has(me)))
 }
 

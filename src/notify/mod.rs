@@ -3,7 +3,10 @@
 //! - This module: the consumer, which turns bus events into stored notifications and
 //!   tells the user's devices (chat sockets, notification streams) through the bus.
 //! - [`repo`]: their storage (one message notification per conversation, updated in
-//!   place; unread counts), the actors' `NotificationStore`.
+//!   place; unread counts), the actors' `NotificationStore`; the writes as frequent as
+//!   messages go through its `NotificationWrites` port to the committer
+//!   ([`crate::writer`]).
+//! - [`sqlite_writes`]: those writes as the SQLite writer thread runs them.
 //! - [`routes`]: `/api/notifications*`: list, mark read, the live stream (SSE).
 //!
 //! The consumer:
@@ -21,6 +24,7 @@
 
 pub mod repo;
 pub mod routes;
+pub(crate) mod sqlite_writes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,8 +46,8 @@ use switchboard_actors::states::{ContactChangeKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
+use crate::notify::repo::NotificationRepo;
 use crate::notify::repo::{NewNotification, Recorded};
-use crate::storage::Storage;
 
 /// Routing keys the notify queue is bound to.
 pub const KEYS: &[&str] =
@@ -82,7 +86,7 @@ const PREVIEW_CHARS: usize = 140;
 /// time telling the user's devices.
 #[derive(Clone)]
 pub struct Notifier {
-    storage: Storage,
+    notifications: NotificationRepo,
     bus: Arc<dyn Bus>,
     config: NotifyConfig,
 }
@@ -94,8 +98,8 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    pub fn new(storage: Storage, bus: Arc<dyn Bus>, config: NotifyConfig) -> Self {
-        Self { storage, bus, config }
+    pub fn new(notifications: NotificationRepo, bus: Arc<dyn Bus>, config: NotifyConfig) -> Self {
+        Self { notifications, bus, config }
     }
 
     /// Handles a run of events, in order. `Ok` means all are done (stored, or nothing to
@@ -108,11 +112,8 @@ impl Notifier {
             match &envelope.event {
                 Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
                     self.store(std::mem::take(&mut pending)).await?;
-                    let read = self
-                        .storage
-                        .notifications
-                        .read_conversation(*to, receipt.conversation_id, receipt.read_seq)
-                        .await?;
+                    let read =
+                        self.notifications.read_conversation(*to, receipt.conversation_id, receipt.read_seq).await?;
                     if let Some(unread) = read {
                         self.publish(Event::Notification { to: *to, notification: None, unread }).await;
                     }
@@ -130,8 +131,7 @@ impl Notifier {
     /// Stores `news` and tells each user's devices about theirs, with the unread counts
     /// (both from the storing transaction).
     async fn store(&self, news: Vec<NewNotification>) -> Result<(), sea_orm::DbErr> {
-        let Recorded { stored, unread } =
-            self.storage.notifications.record_batch(news, self.config.max_per_user).await?;
+        let Recorded { stored, unread } = self.notifications.record_batch(news, self.config.max_per_user).await?;
         for (user, view) in stored {
             let counts = unread.get(&user).cloned().unwrap_or_default();
             self.publish(Event::Notification { to: user, notification: Some(view), unread: counts }).await;
@@ -150,7 +150,7 @@ impl Notifier {
     /// Marks one of `user`'s notifications read and tells their devices the new counts;
     /// `false` (nothing changed) if it is not one of theirs.
     pub async fn mark_read(&self, user: UserId, id: uuid::Uuid) -> Result<bool, sea_orm::DbErr> {
-        if !self.storage.notifications.mark_read(user, id, crate::now_ms()).await? {
+        if !self.notifications.mark_read(user, id, crate::now_ms()).await? {
             return Ok(false);
         }
         self.publish_counts(user).await?;
@@ -160,7 +160,7 @@ impl Notifier {
     /// Marks all of `user`'s notifications read; their devices get the new counts if any
     /// was unread.
     pub async fn mark_all_read(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
-        if self.storage.notifications.mark_all_read(user, crate::now_ms()).await? > 0 {
+        if self.notifications.mark_all_read(user, crate::now_ms()).await? > 0 {
             self.publish_counts(user).await?;
         }
         Ok(())
@@ -168,7 +168,7 @@ impl Notifier {
 
     /// Tells `user`'s devices their unread counts changed.
     async fn publish_counts(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
-        let unread = self.storage.notifications.unread_counts(user).await?;
+        let unread = self.notifications.unread_counts(user).await?;
         self.publish(Event::Notification { to: user, notification: None, unread }).await;
         Ok(())
     }
@@ -179,7 +179,7 @@ impl Notifier {
         loop {
             tick.tick().await;
             let cutoff = crate::now_ms() - self.config.retention_days as i64 * 86_400_000;
-            match self.storage.notifications.expire(cutoff).await {
+            match self.notifications.expire(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "expired old notifications"),
                 Err(e) => tracing::warn!(error = %e, "notification retention failed"),

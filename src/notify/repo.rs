@@ -4,6 +4,7 @@
 //! place with the newest message and the count of unread ones.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
@@ -13,11 +14,10 @@ use sea_orm::{
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
 use switchboard_actors::notify_stream::NotificationStore;
-use switchboard_actors::ports::{NotificationView, StoreError, Unread};
+use switchboard_actors::ports::{NotificationView, Pending, StoreError, Unread};
 use switchboard_actors::states::NotificationKind;
 use uuid::Uuid;
 
-use crate::storage::committer::{Committer, Write, Written};
 use crate::storage::entities::{notification, notification_counter, receipt, user};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
@@ -61,10 +61,23 @@ pub struct Recorded {
     pub unread: HashMap<UserId, Unread>,
 }
 
+/// The notification writes that come as often as messages, queued for a group commit
+/// (implemented by [`crate::writer::Committer`]). Each returns once its write is queued,
+/// with the future of its answer, which resolves after the commit. Through sea-orm
+/// (PostgreSQL) they are [`record_in_txn`] and [`read_conversation_in_txn`]; on a SQLite
+/// file, [`crate::notify::sqlite_writes`].
+#[async_trait::async_trait]
+pub trait NotificationWrites: Send + Sync + std::fmt::Debug {
+    /// Stores `news`, capping each user's at `keep` (see [`NotificationRepo::record_batch`]).
+    async fn record(&self, news: Vec<NewNotification>, keep: u64) -> Pending<Recorded>;
+    /// `user` read `conversation` up to `seq` (see [`NotificationRepo::read_conversation`]).
+    async fn read_conversation(&self, user: UserId, conversation: ConversationId, seq: i64) -> Pending<Option<Unread>>;
+}
+
 #[derive(Clone, Debug)]
 pub struct NotificationRepo {
     db: DatabaseConnection,
-    committer: Committer,
+    writes: Arc<dyn NotificationWrites>,
 }
 
 fn view(m: notification::Model) -> Result<NotificationView, DbErr> {
@@ -82,9 +95,9 @@ fn view(m: notification::Model) -> Result<NotificationView, DbErr> {
 }
 
 impl NotificationRepo {
-    /// Notifications are written through `committer` (the process's one busy writer).
-    pub fn new(db: DatabaseConnection, committer: Committer) -> Self {
-        Self { db, committer }
+    /// Notifications are written through `writes` (the process's one busy writer).
+    pub fn new(db: DatabaseConnection, writes: Arc<dyn NotificationWrites>) -> Self {
+        Self { db, writes }
     }
 
     /// Stores `news` (through the process's committer, in its next group transaction):
@@ -98,11 +111,7 @@ impl NotificationRepo {
         if news.is_empty() {
             return Ok(Recorded::default());
         }
-        match self.committer.queue(Write::Notifications { news, keep }).await.await {
-            Ok(Written::Notifications(recorded)) => Ok(recorded),
-            Ok(_) => Err(DbErr::Custom("committer answered the wrong write".into())),
-            Err(e) => Err(DbErr::Custom(e.to_string())),
-        }
+        self.writes.record(news, keep).await.await.map_err(|e| DbErr::Custom(e.to_string()))
     }
 
     /// Counts `user`'s messages of `conversation` up to `seq` read in its notification
@@ -115,11 +124,7 @@ impl NotificationRepo {
         conversation: ConversationId,
         seq: i64,
     ) -> Result<Option<Unread>, DbErr> {
-        match self.committer.queue(Write::ReadNotifications { user, conversation, seq }).await.await {
-            Ok(Written::Read(unread)) => Ok(unread),
-            Ok(_) => Err(DbErr::Custom("committer answered the wrong write".into())),
-            Err(e) => Err(DbErr::Custom(e.to_string())),
-        }
+        self.writes.read_conversation(user, conversation, seq).await.await.map_err(|e| DbErr::Custom(e.to_string()))
     }
 
     /// Marks one of `user`'s notifications read. `false` if `user` has none with this id

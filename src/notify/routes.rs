@@ -17,9 +17,9 @@ use switchboard_actors::states::NotificationKind;
 
 use crate::auth::routes::{caller, require_auth};
 use crate::error::{AppError, ErrorCode};
-use crate::messaging::conversations::{query_i64, query_limit};
 use crate::web::openapi::{ErrorBody, errors};
 use crate::web::state;
+use crate::web::{query_i64, query_limit};
 
 /// Largest page of notifications.
 pub const MAX_PAGE: u64 = 100;
@@ -119,8 +119,8 @@ async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     };
     let before = query_i64(req, "before")?;
     let limit = query_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
-    let page = st.storage.notifications.list(me, unread_only, before, limit).await?;
-    let unread = st.storage.notifications.unread_counts(me).await?;
+    let page = st.repos.notifications.list(me, unread_only, before, limit).await?;
+    let unread = st.repos.notifications.unread_counts(me).await?;
     let next_before = if page.len() as u64 == limit { page.last().map(|n| n.n) } else { None };
     res.render(Json(NotificationPage {
         notifications: page.into_iter().map(NotificationOut::from).collect(),

@@ -1,23 +1,20 @@
-//! Storage, the part every service shares: the database connection, the entities and the
-//! write queue. Each service's repository lives in its own folder (`auth::users`,
-//! `auth::sessions`, `contacts::repo`, `messaging::chat`, `messaging::files`,
-//! `notify::repo`); [`Storage`] holds the ones a process serves from.
+//! Storage, the part every service shares: the database connection and the entities.
+//! Each service's repository lives in its own folder (`auth::users`, `auth::sessions`,
+//! `contacts::repo`, `messaging::chat`, `messaging::files`, `notify::repo`); the one
+//! writer of the hot paths is [`crate::writer`], above the services whose writes it runs.
 //!
 //! - [`connect`] opens SQLite (WAL, `synchronous=FULL`, busy timeout, foreign keys) or
 //!   PostgreSQL by URL and runs the migrations.
 //! - [`entities`], SeaORM entities, one per table.
-//! - [`committer::Committer`], the one writer of the hot paths (messages, receipts,
-//!   notifications): group commit, one transaction per batch; on a SQLite file a writer
-//!   thread of its own (`sqlite_writer`).
 //! - [`seed`], bulk contact pairs for benchmarks and storage tests.
-//! - [`stored`], a state or kind read from a text column, as its enum.
+//! - [`stored`], a state or kind read from a text column, as its enum; `rows`, the same
+//!   for the SQLite writer's rusqlite rows.
 //!
 //! Handlers and actors call repositories, never SQL directly.
 
-pub mod committer;
 pub mod entities;
+pub(crate) mod rows;
 pub mod seed;
-mod sqlite_writer;
 
 use std::time::Duration;
 
@@ -28,37 +25,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr};
 
 /// How long a SQLite writer waits for another (process or connection) to finish before
 /// failing with "database is locked". Generous: several processes may share one file.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The repositories of one process, sharing one connection pool.
-#[derive(Clone, Debug)]
-pub struct Storage {
-    pub db: DatabaseConnection,
-    pub users: crate::auth::users::UserRepo,
-    pub sessions: crate::auth::sessions::SessionRepo,
-    pub chat: crate::messaging::chat::ChatRepo,
-    pub contacts: crate::contacts::repo::ContactRepo,
-    pub notifications: crate::notify::repo::NotificationRepo,
-}
-
-impl Storage {
-    pub fn new(db: DatabaseConnection) -> Self {
-        let committer = committer::Committer::start(db.clone());
-        Self {
-            users: crate::auth::users::UserRepo::new(db.clone()),
-            sessions: crate::auth::sessions::SessionRepo::new(db.clone()),
-            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone()),
-            contacts: crate::contacts::repo::ContactRepo::new(db.clone()),
-            notifications: crate::notify::repo::NotificationRepo::new(db.clone(), committer),
-            db,
-        }
-    }
-
-    /// Is the database answering? (For `/readyz`.)
-    pub async fn ping(&self) -> bool {
-        self.db.ping().await.is_ok()
-    }
-}
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `url` and brings the schema up to date.
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {

@@ -58,7 +58,7 @@ async fn readyz(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
         // The actor tree is gone: the process is draining to exit (see startup).
         return Err(AppError::Unavailable("actor system"));
     }
-    if st.storage.ping().await {
+    if st.repos.ping().await {
         let broker = match &st.rabbit {
             None => "in-process",
             Some(bus) if bus.is_connected() => "up",

@@ -22,20 +22,20 @@ use std::sync::Arc;
 
 use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
+use sea_orm::DatabaseConnection;
 
 use switchboard_actors::node::Node;
 
 use crate::auth::service::AuthService;
 use crate::config::Config;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::ratelimit::KeyedLimiter;
-use crate::storage::Storage;
 
 /// What every handler may need. Cheap to clone (handles and `Arc`s).
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub storage: Storage,
+    pub repos: Repos,
     pub auth: AuthService,
     /// Notifications: changes for their user, each told to the user's devices.
     pub notifier: crate::notify::Notifier,
@@ -55,6 +55,38 @@ pub struct AppState {
     pub sockets: Arc<crate::messaging::ws::SocketCounts>,
     /// Open notification streams per user in this process (the same cap as sockets).
     pub streams: Arc<crate::messaging::ws::SocketCounts>,
+}
+
+/// The repositories of one process, sharing one connection pool and one committer.
+#[derive(Clone, Debug)]
+pub struct Repos {
+    pub db: DatabaseConnection,
+    pub users: crate::auth::users::UserRepo,
+    pub sessions: crate::auth::sessions::SessionRepo,
+    pub chat: crate::messaging::chat::ChatRepo,
+    pub contacts: crate::contacts::repo::ContactRepo,
+    pub notifications: crate::notify::repo::NotificationRepo,
+}
+
+impl Repos {
+    /// The repositories on `db`, and the committer ([`crate::writer`]) their hot writes
+    /// go through.
+    pub fn new(db: DatabaseConnection) -> Self {
+        let committer = Arc::new(crate::writer::Committer::start(db.clone()));
+        Self {
+            users: crate::auth::users::UserRepo::new(db.clone()),
+            sessions: crate::auth::sessions::SessionRepo::new(db.clone()),
+            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone()),
+            contacts: crate::contacts::repo::ContactRepo::new(db.clone()),
+            notifications: crate::notify::repo::NotificationRepo::new(db.clone(), committer),
+            db,
+        }
+    }
+
+    /// Is the database answering? (For `/readyz`.)
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
 }
 
 /// Which services' routes one process serves.
@@ -140,4 +172,26 @@ pub async fn security_headers(req: &mut Request, depot: &mut Depot, res: &mut Re
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
              connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ));
+}
+
+/// `?limit=`: `default` when absent, else 1 to `max` (400 `invalid_query` otherwise).
+pub fn query_limit(req: &Request, default: u64, max: u64) -> Result<u64, AppError> {
+    match req.queries().get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AppError::bad_request(ErrorCode::InvalidQuery, format!("limit must be 1 to {max}"))),
+    }
+}
+
+/// `?<key>=`: absent, or a non-negative integer (400 `invalid_query` otherwise).
+pub fn query_i64(req: &Request, key: &str) -> Result<Option<i64>, AppError> {
+    match req.queries().get(key) {
+        None => Ok(None),
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or_else(|| {
+            AppError::bad_request(ErrorCode::InvalidQuery, format!("{key} must be a non-negative integer"))
+        }),
+    }
 }

@@ -4,14 +4,15 @@
 //! messaging rule (contacts, no block) is enforced in the committing transaction.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use switchboard::contacts::repo::ContactRepo;
 use switchboard::domain::{ConversationId, UserId};
 use switchboard::messaging::chat::ChatRepo;
-use switchboard::storage::committer::Committer;
 use switchboard::storage::entities::block;
 use switchboard::storage::seed::contact_pairs;
+use switchboard::writer::Committer;
 use switchboard_actors::ports::{Appended, ChatStore, NewMessage, NotificationView, StoreError};
 use switchboard_actors::states::{MessageKind, NotificationKind};
 
@@ -45,7 +46,7 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
     .exec_without_returning(&db)
     .await
     .expect("block row");
-    let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
+    let repo = ChatRepo::new(db.clone(), Arc::new(Committer::start(db.clone())));
     // ab.a also talks to cd.a, through the real request/accept path.
     let contacts = ContactRepo::new(db.clone());
     let (request, _) = contacts.request(ab.a, cd.a).await.expect("request");
@@ -154,7 +155,7 @@ async fn notifications_are_numbered_once_per_change_and_capped(backend: Backend)
     let app = spawn_app_with(backend, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 2, "nb").await.expect("seed");
-    let committer = Committer::start(db.clone());
+    let committer = Arc::new(Committer::start(db.clone()));
     let repo = NotificationRepo::new(db.clone(), committer.clone());
     let chat = ChatRepo::new(db.clone(), committer);
     let (b, other, c0, c1) = (p[0].b, p[1].a, p[0].conversation, p[1].conversation);
@@ -266,7 +267,7 @@ async fn committed_messages_are_checkpointed_and_the_log_stays_bounded() {
     let file = app.data_dir.path().join("switchboard.db");
     let wal = app.data_dir.path().join("switchboard.db-wal");
     let before = std::fs::metadata(&file).expect("database file").len();
-    let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
+    let repo = ChatRepo::new(db.clone(), Arc::new(Committer::start(db.clone())));
     // About 24 MiB of messages, steadily: 6,000 pages, three times the writer's backstop.
     let body = "x".repeat(4000);
     let mut wal_peak = 0;
@@ -300,7 +301,7 @@ async fn postgres_a_write_the_database_refuses_does_not_fail_its_batch() {
     let app = spawn_app_with(Backend::Postgres, |_| {}).await;
     let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
     let p = contact_pairs(&db, 1, "bad").await.expect("seed");
-    let repo = ChatRepo::new(db.clone(), Committer::start(db.clone()));
+    let repo = ChatRepo::new(db.clone(), Arc::new(Committer::start(db.clone())));
     let message =
         |i: usize, body: &str| NewMessage { body: body.into(), ..text(p[0].conversation, p[0].a, &format!("b{i}")) };
     // Queued back to back, so they share batches with the bad one.
@@ -379,7 +380,7 @@ async fn upgrading_folds_message_notifications_into_one_per_conversation() {
         .expect("old notification");
     }
     Migrator::up(&db, None).await.expect("upgrade");
-    let repo = switchboard::notify::repo::NotificationRepo::new(db.clone(), Committer::start(db.clone()));
+    let repo = switchboard::notify::repo::NotificationRepo::new(db.clone(), Arc::new(Committer::start(db.clone())));
     let kept: Vec<(i64, String, Option<i64>, bool, i64)> = repo
         .after_n(UserId(bob), 0, 100)
         .await

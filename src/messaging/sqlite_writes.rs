@@ -1,0 +1,198 @@
+//! The message path's writes on SQLite: appends and receipt markers as per-row prepared
+//! statements on the writer thread's connection ([`crate::writer`]), inside its batch
+//! transaction. The same writes through sea-orm (the PostgreSQL path) are
+//! [`crate::messaging::chat::append_all`] and [`crate::messaging::chat::raise_receipts`];
+//! both store the same rows. Here a statement costs microseconds (a call into SQLite on
+//! this thread, its plan cached), so rows are written one by one, in queue order, sharing
+//! the batch's view of each conversation: a receipt after an append in the same batch
+//! counts that append.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use switchboard_actors::ports::{Appended, NewMessage, Receipt, StoreError, StoredMessage};
+use switchboard_actors::states::{ContactState, MessageKind};
+use uuid::Uuid;
+
+use crate::contacts::repo::NOT_A_CONTACT;
+use crate::domain::{ConversationId, FileId, MessageId, UserId};
+use crate::messaging::chat::{REUSED_ID, RaiseReceipt};
+use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
+
+/// A conversation as the batch sees it: its participants and its counter, raised by the
+/// batch's appends and written back once before the commit.
+struct Conversation {
+    low: Uuid,
+    high: Uuid,
+    last_seq: i64,
+    raised: bool,
+}
+
+impl Conversation {
+    fn has(&self, user: Uuid) -> bool {
+        self.low == user || self.high == user
+    }
+}
+
+/// One batch transaction's message writes, and what they read (conversations, contact
+/// rules), each read once per batch.
+pub(crate) struct Messages<'a> {
+    db: &'a Connection,
+    now: i64,
+    conversations: HashMap<Uuid, Option<Conversation>>,
+    allowed: HashMap<(Uuid, Uuid), bool>,
+}
+
+const NOT_FOUND: StoreError = StoreError::NotFound;
+
+impl<'a> Messages<'a> {
+    /// The message writes of the transaction open on `db`, at `now`.
+    pub(crate) fn new(db: &'a Connection, now: i64) -> Self {
+        Self { db, now, conversations: HashMap::new(), allowed: HashMap::new() }
+    }
+
+    fn conversation(&mut self, id: Uuid) -> rusqlite::Result<Option<&mut Conversation>> {
+        if !self.conversations.contains_key(&id) {
+            let found = self
+                .db
+                .prepare_cached("SELECT user_low, user_high, last_seq FROM conversations WHERE id = ?1")?
+                .query_row(params![id.as_bytes()], |r| {
+                    Ok(Conversation { low: uuid_at(r, 0)?, high: uuid_at(r, 1)?, last_seq: r.get(2)?, raised: false })
+                })
+                .optional()?;
+            self.conversations.insert(id, found);
+        }
+        Ok(self.conversations.get_mut(&id).and_then(Option::as_mut))
+    }
+
+    /// The one messaging rule ([`crate::contacts::repo::messageable_pairs`]): an accepted contact
+    /// and no block either way.
+    fn may_message(&mut self, low: Uuid, high: Uuid) -> rusqlite::Result<bool> {
+        if let Some(&ok) = self.allowed.get(&(low, high)) {
+            return Ok(ok);
+        }
+        let ok = self
+            .db
+            .prepare_cached(
+                "SELECT 1 FROM contacts c WHERE c.user_low = ?1 AND c.user_high = ?2 AND c.state = ?3 \
+                 AND NOT EXISTS (SELECT 1 FROM blocks b WHERE (b.blocker_id = ?1 AND b.blocked_id = ?2) \
+                 OR (b.blocker_id = ?2 AND b.blocked_id = ?1))",
+            )?
+            .exists(params![low.as_bytes(), high.as_bytes(), ContactState::Accepted.as_str()])?;
+        self.allowed.insert((low, high), ok);
+        Ok(ok)
+    }
+
+    /// Appends `m`, or answers a resend with the stored original (one stored by an earlier
+    /// write of this batch included: the transaction sees its own rows).
+    pub(crate) fn append(&mut self, m: &NewMessage) -> rusqlite::Result<Result<Appended, StoreError>> {
+        let (conversation, sender) = (m.conversation_id.0, m.sender_id.0);
+        let (low, high) = match self.conversation(conversation)? {
+            Some(c) if c.has(sender) => (c.low, c.high),
+            _ => return Ok(Err(NOT_FOUND)),
+        };
+        if !self.may_message(low, high)? {
+            return Ok(Err(StoreError::Forbidden(NOT_A_CONTACT)));
+        }
+        if let Some(old) = self.stored_message(sender, &m.client_msg_id)? {
+            return Ok(if old.conversation_id != m.conversation_id {
+                Err(StoreError::Forbidden(REUSED_ID))
+            } else {
+                Ok(Appended { message: old, duplicate: true })
+            });
+        }
+        let Some(c) = self.conversation(conversation)? else { return Ok(Err(NOT_FOUND)) };
+        c.last_seq += 1;
+        c.raised = true;
+        let message = StoredMessage {
+            id: MessageId::new(),
+            conversation_id: m.conversation_id,
+            seq: c.last_seq,
+            sender_id: m.sender_id,
+            client_msg_id: m.client_msg_id.clone(),
+            kind: m.kind,
+            body: m.body.clone(),
+            file_id: m.file_id,
+            created_at: self.now,
+        };
+        self.db
+            .prepare_cached(
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, \
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                message.id.0.as_bytes(),
+                conversation.as_bytes(),
+                message.seq,
+                sender.as_bytes(),
+                message.client_msg_id,
+                message.kind.as_str(),
+                message.body,
+                message.file_id.map(|f| *f.0.as_bytes()),
+                message.created_at,
+            ])?;
+        Ok(Ok(Appended { message, duplicate: false }))
+    }
+
+    /// The message `sender` stored with `client_msg_id`, if any (a resend).
+    fn stored_message(&self, sender: Uuid, client_msg_id: &str) -> rusqlite::Result<Option<StoredMessage>> {
+        self.db
+            .prepare_cached(
+                "SELECT id, conversation_id, seq, kind, body, file_id, created_at FROM messages \
+                 WHERE sender_id = ?1 AND client_msg_id = ?2",
+            )?
+            .query_row(params![sender.as_bytes(), client_msg_id], |r| {
+                Ok(StoredMessage {
+                    id: MessageId(uuid_at(r, 0)?),
+                    conversation_id: ConversationId(uuid_at(r, 1)?),
+                    seq: r.get(2)?,
+                    sender_id: UserId(sender),
+                    client_msg_id: client_msg_id.to_owned(),
+                    kind: text_at(r, 3, MessageKind::parse)?,
+                    body: r.get(4)?,
+                    file_id: opt_uuid_at(r, 5)?.map(FileId),
+                    created_at: r.get(6)?,
+                })
+            })
+            .optional()
+    }
+
+    /// Writes back the counters the batch's appends raised (last, before the commit).
+    pub(crate) fn finish(&self) -> rusqlite::Result<()> {
+        for (id, c) in &self.conversations {
+            if let Some(c) = c.as_ref().filter(|c| c.raised) {
+                self.db
+                    .prepare_cached("UPDATE conversations SET last_seq = ?1, updated_at = ?2 WHERE id = ?3")?
+                    .execute(params![c.last_seq, self.now, id.as_bytes()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises a user's markers (never lowers them; read implies delivered; both capped at
+    /// the last seq, counting this batch's appends).
+    pub(crate) fn raise_receipt(&mut self, r: &RaiseReceipt) -> rusqlite::Result<Result<Receipt, StoreError>> {
+        let RaiseReceipt { conversation, user, delivered, read } = *r;
+        let last = match self.conversation(conversation.0)? {
+            Some(c) if c.has(user.0) => c.last_seq,
+            _ => return Ok(Err(NOT_FOUND)),
+        };
+        let read = read.map_or(0, |s| s.clamp(0, last));
+        let delivered = delivered.map_or(0, |s| s.clamp(0, last)).max(read);
+        let (delivered_seq, read_seq) = self
+            .db
+            .prepare_cached(
+                "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (conversation_id, user_id) DO UPDATE SET \
+                 updated_at = CASE WHEN excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq \
+                 THEN excluded.updated_at ELSE updated_at END, \
+                 delivered_seq = MAX(delivered_seq, excluded.delivered_seq), \
+                 read_seq = MAX(read_seq, excluded.read_seq) \
+                 RETURNING delivered_seq, read_seq",
+            )?
+            .query_row(params![conversation.0.as_bytes(), user.0.as_bytes(), delivered, read, self.now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq }))
+    }
+}

@@ -1,0 +1,229 @@
+//! The committer's SQLite back end: one OS thread that owns a write connection
+//! (rusqlite) and runs each group of writes as one `BEGIN IMMEDIATE` transaction of
+//! cached prepared statements. The statements are the services' own
+//! ([`crate::messaging::sqlite_writes`], [`crate::notify::sqlite_writes`]); this is the
+//! thread, the connection, the batching and the checkpoints.
+//!
+//! Why not sea-orm here: its SQLite driver (sqlx) runs every statement on a worker thread
+//! of its own and hands the result back over a channel. A chat message is a dozen
+//! statements (permission, resend lookup, insert, seq, delivered marker, notification,
+//! counter, ...), so under load most of a node's CPU went to those hand-offs (futex wait
+//! and wake) rather than to SQLite (docs/benchmarks.md, issue 17's profile). Here a batch
+//! costs one hand-off in and one answer out per write, and each statement is a call into
+//! SQLite on this thread, its plan cached: per-row statements, which cost microseconds
+//! here, where the sea-orm version ([`super`]'s pool path, still the PostgreSQL one)
+//! batches rows into few statements to save round trips. Both store the same rows; the
+//! answers differ only in that the PostgreSQL path answers every receipt write of a batch
+//! with the receipt as the whole batch leaves it.
+//!
+//! The write lock is taken first (`BEGIN IMMEDIATE`), so the reads of a batch (the
+//! conversation's `last_seq`, the contact rules, resends) see what its writes build on,
+//! also when other processes write the same file. Writes are applied in queue order and
+//! share the batch's view of each conversation, so a receipt after an append in the same
+//! batch counts that append. (The PostgreSQL path runs a batch's appends before its
+//! receipts, so there a receipt queued just before an append may be capped one higher;
+//! a client reports only seqs it was sent, which are committed, so neither caps them.)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use switchboard_actors::ports::StoreError;
+
+use super::{DrainOnExit, MAX_BATCH, ReadUpTo, Record, Write};
+use crate::messaging::sqlite_writes::Messages;
+use crate::notify::sqlite_writes::Notifications;
+/// Prepared statements kept per connection (the writer uses a dozen).
+const STATEMENT_CACHE: usize = 32;
+
+/// Shortest time between the starts of two commits. Each commit is a WAL write and an
+/// fsync, whose CPU (mostly in the kernel) was most of the writer's when every write
+/// committed alone; a message makes three writes (the append, the recipient's delivered
+/// marker, the notification) at different moments. At most this much is added to an ack's
+/// latency, and only when the previous commit was this recent. At 1,000 msg/s, 2 / 3 / 4 /
+/// 5 ms cost 0.235 / 0.199 / 0.182 / 0.165 ms of CPU per message with p99 latency 4.7 /
+/// 6.0 / 7.1 / 7.6 ms (docs/benchmarks.md): 4 ms keeps p99 well inside 10 ms.
+const GROUP_WINDOW: Duration = Duration::from_millis(4);
+
+/// Opens the write connection on the database file `path` (created and migrated by the
+/// pool already), with the pool's settings: WAL (a property of the file),
+/// `synchronous=FULL`, the busy timeout, foreign keys.
+pub(crate) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The writer thread's loop: waits for a write, takes whatever else is queued (up to
+/// [`MAX_BATCH`]), commits them together, answers each. Ends when every sender is gone.
+///
+/// Commits start at most one per [`GROUP_WINDOW`]: a write that arrives sooner after the
+/// last commit began waits for the rest of the window, with what else arrives meanwhile.
+/// An idle writer commits at once; a busy one puts many writes under one fsync.
+pub(crate) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<Write>) {
+    let _drain = DrainOnExit(rx.clone());
+    // Checkpoints run beside the writer; the writer's own (in a commit) only as the
+    // backstop that restarts the log (see [`BACKSTOP_PAGES`]).
+    let _checkpoints = match start_checkpointer(path) {
+        Ok(running) => {
+            if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES) {
+                tracing::warn!(error = %e, "cannot hand checkpoints to their thread");
+            }
+            Some(running)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoint thread; the writer checkpoints in its commits");
+            None
+        }
+    };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_commit: Option<Instant> = None;
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        // Sleep out the window rather than wait on the queue: a waiting receiver is woken
+        // (a futex call on each side) by every write that arrives, a sleeping one is not.
+        let window_left =
+            last_commit.map_or(Duration::ZERO, |t| (t + GROUP_WINDOW).saturating_duration_since(Instant::now()));
+        if !window_left.is_zero() && rx.len() < MAX_BATCH - 1 {
+            std::thread::sleep(window_left);
+        }
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        last_commit = Some(Instant::now());
+        let writes = std::mem::take(&mut batch);
+        // A panic (a bug) fails its batch, whose callers see their reply dropped, and the
+        // writer goes on: the transaction was rolled back when it unwound.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, writes))).is_err() {
+            tracing::error!("the SQLite writer panicked in a batch; its writes failed");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        }
+    }
+}
+
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL pages after which the writer checkpoints inside a commit, as SQLite does by default
+/// every 1,000. A checkpoint beside a busy writer copies the log only up to where it stood
+/// when it began, and SQLite restarts the log from its beginning only when a write begins
+/// after a checkpoint copied *all* of it: under steady writes the thread's checkpoints
+/// alone never get there and the log grows without end. This one runs between the
+/// writer's own writes, so it completes and the next commit restarts the log; the thread
+/// has copied most pages by then, so it is short. (`journal_size_limit` then truncates the
+/// file back.)
+const BACKSTOP_PAGES: i64 = 2_000;
+
+/// Bytes the WAL file is truncated back to when the log restarts: a little over the
+/// backstop's 8 MiB, so a steady log reuses its file (growing a file costs more than
+/// overwriting it) and only a log that grew past it, behind a long reader, shrinks.
+const WAL_SIZE_LIMIT: i64 = 12 * 1024 * 1024;
+
+/// Starts the checkpoint thread: every [`CHECKPOINT_EVERY`], a `PASSIVE` checkpoint from a
+/// connection of its own, which copies committed WAL pages into the database file and
+/// fsyncs it while the writer goes on committing (WAL allows both at once). In a commit,
+/// as SQLite does by default every 1,000 pages, all of that copy and fsync held up every
+/// write queued behind it. The thread ends when the returned sender is dropped (the
+/// writer ends). A failing checkpoint is logged once until one succeeds again; the
+/// writer's backstop keeps the log bounded meanwhile.
+fn start_checkpointer(path: &Path) -> std::io::Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(std::io::Error::other)?;
+    conn.busy_timeout(crate::storage::SQLITE_BUSY_TIMEOUT).map_err(std::io::Error::other)?;
+    let (alive, ended) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        let mut failing = false;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(CHECKPOINT_EVERY) {
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "WAL checkpoint failed; the writer's backstop checkpoints meanwhile");
+                }
+                Err(_) => {}
+            }
+        }
+    })?;
+    Ok(alive)
+}
+
+/// Whether `e` is about the database rather than one write (busy, locked, full, I/O, read
+/// only): retrying the batch's writes one by one would meet it again for each.
+fn affects_every_write(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+                | NotADatabase
+                | DatabaseCorrupt
+        )
+    )
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>) {
+    match write_in_txn(conn, &mut batch) {
+        Ok(()) => batch.into_iter().for_each(Write::answer),
+        Err(e) if batch.len() > 1 && !affects_every_write(&e) => {
+            // One bad write (say a constraint another process raced) must not fail its
+            // neighbours: each alone, one transaction each. (Not for a busy lock, a full
+            // disk or an I/O error, which every write would meet again, one by one.)
+            tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
+            for mut write in batch {
+                write.forget();
+                match write_in_txn(conn, std::slice::from_mut(&mut write)) {
+                    Ok(()) => write.answer(),
+                    Err(e) => write.fail(unavailable(e)),
+                }
+            }
+        }
+        Err(e) => {
+            let e = unavailable(e);
+            for write in batch {
+                write.fail(e.clone());
+            }
+        }
+    }
+}
+
+/// Performs `writes` in one transaction, in queue order, leaving each one's answer in it.
+/// An error aborts the whole transaction; the answers are per write (not found, forbidden,
+/// a reused id, or what was stored).
+fn write_in_txn(conn: &mut Connection, writes: &mut [Write]) -> rusqlite::Result<()> {
+    let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = crate::now_ms();
+    let mut messages = Messages::new(&txn, now);
+    let mut notifications = Notifications::new(&txn, now);
+    for write in writes.iter_mut() {
+        match write {
+            Write::Append(j) => j.result = Some(messages.append(&j.input)?),
+            Write::Receipt(j) => j.result = Some(messages.raise_receipt(&j.input)?),
+            Write::Notifications(j) => {
+                let Record { news, keep } = &j.input;
+                j.result = Some(Ok(notifications.record(news, *keep)?));
+            }
+            Write::ReadNotifications(j) => {
+                let ReadUpTo { user, conversation, seq } = j.input;
+                j.result = Some(Ok(notifications.read_conversation(user, conversation, seq)?));
+            }
+        }
+    }
+    messages.finish()?;
+    drop((messages, notifications));
+    txn.commit()
+}
