@@ -102,7 +102,14 @@ impl Application {
             Arc::new(files.clone()),
             node.ctx.bus.clone(),
         );
+        let transfers = crate::messaging::transfer_service::TransferService::new(
+            files.clone(),
+            Arc::new(repos.chat.clone()),
+            node.clone(),
+            config.files.clone(),
+        );
         let state = AppState {
+            transfers,
             notifier,
             contacts,
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),

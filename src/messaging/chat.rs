@@ -59,6 +59,21 @@ impl ChatRepo {
         Self { db, writes }
     }
 
+    /// [`Self::history`] of `conversation` and its last seq, if `me` takes part in it
+    /// (`None` otherwise: to everyone else it does not exist).
+    pub async fn history_for(
+        &self,
+        me: UserId,
+        conversation: ConversationId,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: u64,
+    ) -> Result<Option<(Vec<StoredMessage>, i64)>, DbErr> {
+        let found = conversation::Entity::find_by_id(conversation.0).one(&self.db).await?;
+        let Some(c) = found.filter(|c| c.user_low == me.0 || c.user_high == me.0) else { return Ok(None) };
+        Ok(Some((self.history(conversation, after_seq, before_seq, limit).await?, c.last_seq)))
+    }
+
     /// One page of a conversation's history: `after_seq < seq < before_seq`, at most
     /// `limit`, oldest first. With only `before_seq` (or neither) it is the newest page.
     pub async fn history(

@@ -4,7 +4,6 @@ use salvo::prelude::*;
 
 use salvo::oapi::ToSchema;
 use serde::Serialize;
-use switchboard_actors::ports::ChatStore;
 
 use crate::auth::routes::{caller, require_auth};
 use crate::domain::ConversationId;
@@ -80,18 +79,7 @@ async fn messages(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     let after = query_i64(req, "after_seq")?;
     let before = query_i64(req, "before_seq")?;
     let limit = query_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
-    let conv = st
-        .repos
-        .chat
-        .conversation(id)
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?
-        .filter(|c| c.has(me))
-        .ok_or_else(not_found)?;
-    let page = st.repos.chat.history(id, after, before, limit).await?;
-    res.render(Json(MessagePage {
-        messages: page.into_iter().map(MessageOut::from).collect(),
-        last_seq: conv.last_seq,
-    }));
+    let (page, last_seq) = st.repos.chat.history_for(me, id, after, before, limit).await?.ok_or_else(not_found)?;
+    res.render(Json(MessagePage { messages: page.into_iter().map(MessageOut::from).collect(), last_seq }));
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! - [`sqlite_writes`]: the same appends and receipts as the SQLite writer thread runs them.
 //! - [`conversations`]: `/api/conversations*`, history for participants.
 //! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
+//! - [`transfer_service`]: the rules of uploads and downloads (who may, limits, chunk
+//!   checks), with `TransferError`.
 //! - [`files`]: the file repository (chunks, assembly, content addressing, quotas).
 //! - [`debug`]: fault injection into the actor tree, mounted only when enabled.
 
@@ -18,5 +20,6 @@ pub mod conversations;
 pub mod debug;
 pub mod files;
 pub(crate) mod sqlite_writes;
+pub mod transfer_service;
 pub mod transfers;
 pub mod ws;

@@ -1,5 +1,7 @@
 //! `/api/transfers` (chunked, resumable uploads) and `/api/files/{id}` (downloads), for
-//! the participants of the file's conversation only.
+//! the participants of the file's conversation only. The rules are the transfers
+//! service's ([`super::transfer_service`]); here requests are parsed and answers shaped,
+//! and its errors become HTTP ones (`From<TransferError> for AppError`, at the end).
 
 use salvo::fs::NamedFile;
 use salvo::http::header::{self, HeaderValue};
@@ -7,15 +9,11 @@ use salvo::prelude::*;
 
 use salvo::oapi::ToSchema;
 use serde::{Deserialize, Serialize};
-use switchboard_actors::ids::{FileId, TransferId};
-use switchboard_actors::ports::ChatStore;
-use switchboard_actors::states::TransferState;
 use uuid::Uuid;
 
 use crate::auth::routes::{caller, json_body, require_auth};
-use crate::domain::ConversationId;
 use crate::error::{AppError, ErrorCode};
-use crate::messaging::files::{ChunkError, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex};
+use crate::messaging::transfer_service::{ChunkUpload, NewUpload, TransferError};
 use crate::storage::entities::transfer;
 use crate::web::openapi::{ErrorBody, errors};
 use crate::web::state;
@@ -50,39 +48,6 @@ struct CreateBody {
     #[serde(default)]
     #[salvo(schema(max_length = 255))]
     mime: Option<String>,
-}
-
-/// Checks a file name: 1–255 bytes, no control characters, no path separators, not `.`
-/// or `..`. Names are shown to people and sent back in `Content-Disposition`, never used
-/// as a path.
-pub fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 255 {
-        return Err("name must be 1 to 255 bytes");
-    }
-    if name.chars().any(|c| c.is_control()) {
-        return Err("name must not contain control characters");
-    }
-    if crate::domain::check_visible_name(name).is_err() {
-        return Err("name must not contain invisible or text-direction characters (such as U+202E), nor be blank");
-    }
-    if name.contains(['/', '\\']) || name == "." || name == ".." {
-        return Err("name must not contain / or \\ or be . or ..");
-    }
-    if name.trim() != name {
-        return Err("name must not start or end with spaces");
-    }
-    Ok(())
-}
-
-/// A MIME type like `image/png`: `type/subtype` of token characters, at most 127 bytes;
-/// parameters are dropped. Anything else is `application/octet-stream`.
-fn clean_mime(mime: Option<&str>) -> String {
-    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
-    let m = mime.and_then(|m| m.split(';').next()).map(|m| m.trim().to_ascii_lowercase()).unwrap_or_default();
-    match m.split_once('/') {
-        Some((t, s)) if m.len() <= 127 && token(t) && token(s) => m,
-        _ => "application/octet-stream".into(),
-    }
 }
 
 /// A transfer as its participants see it.
@@ -157,80 +122,17 @@ impl TransferOut {
 )]
 async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let body: CreateBody = json_body(req, depot).await?;
-    let st = state(depot)?;
-    let limits = &st.config.files;
-    check_name(&body.name).map_err(|m| AppError::bad_request(ErrorCode::InvalidName, m))?;
-    let sha = body.sha256.to_ascii_lowercase();
-    if !is_sha256_hex(&sha) {
-        return Err(AppError::bad_request(ErrorCode::InvalidSha256, "sha256 must be 64 hexadecimal digits"));
-    }
-    if body.size < 1 {
-        return Err(AppError::bad_request(ErrorCode::InvalidSize, "size must be at least 1 byte"));
-    }
-    if body.size as u64 > limits.max_file_bytes {
-        return Err(AppError::PayloadTooLarge { limit: limits.max_file_bytes as usize });
-    }
-    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such conversation");
-    let conv_id = ConversationId::parse(&body.conversation_id).ok_or_else(not_found)?;
-    let conv = participant_conversation(depot, conv_id, me).await?.ok_or_else(not_found)?;
-    if let Some(peer) = conv.peer_of(me) {
-        st.repos.chat.may_message(me, peer).await.map_err(|_| AppError::Forbidden {
-            code: ErrorCode::Forbidden,
-            message: "you may not send files to this user".into(),
-        })?;
-    }
-    let new = NewTransfer {
-        uploader: me,
-        conversation_id: conv_id,
-        name: body.name,
-        mime: clean_mime(body.mime.as_deref()),
-        size: body.size,
-        sha256: sha,
-        chunk_size: limits.chunk_bytes as i64,
-    };
-    let caps = TransferLimits { max_concurrent: limits.max_concurrent_transfers, quota_bytes: limits.quota_bytes };
-    let ttl = limits.transfer_ttl_secs as i64 * 1000;
-    let t = match st.files.create_within_limits(new, caps, ttl, crate::now_ms()).await? {
-        Ok(t) => t,
-        Err(LimitExceeded::TooManyTransfers) => {
-            return Err(AppError::Conflict {
-                code: ErrorCode::TooManyTransfers,
-                message: format!("at most {} uploads at once; finish or wait for one", limits.max_concurrent_transfers),
-            });
-        }
-        Err(LimitExceeded::Quota) => {
-            return Err(AppError::Conflict {
-                code: ErrorCode::QuotaExceeded,
-                message: format!("this upload would pass your storage quota of {} bytes", limits.quota_bytes),
-            });
-        }
-    };
+    let CreateBody { conversation_id, name, size, sha256, mime } = json_body(req, depot).await?;
+    let upload = NewUpload { conversation_id, name, size, sha256, mime };
+    let t = state(depot)?.transfers.create(me, upload).await?;
     res.status_code(StatusCode::CREATED);
     res.render(Json(TransferOut::of(t, &[])));
     Ok(())
 }
 
-/// The transfer, if the caller takes part in its conversation (404 otherwise).
-async fn visible_transfer(req: &Request, depot: &Depot) -> Result<transfer::Model, AppError> {
-    let me = caller(depot)?.user_id;
-    let st = state(depot)?;
-    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such transfer");
-    let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
-    let t = st.files.transfer(TransferId(id)).await?.ok_or_else(not_found)?;
-    participant_conversation(depot, ConversationId(t.conversation_id), me).await?.ok_or_else(not_found)?;
-    Ok(t)
-}
-
-/// The conversation, if `me` takes part in it.
-async fn participant_conversation(
-    depot: &Depot,
-    id: ConversationId,
-    me: crate::domain::UserId,
-) -> Result<Option<switchboard_actors::ports::ConversationInfo>, AppError> {
-    let conv =
-        state(depot)?.repos.chat.conversation(id).await.map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
-    Ok(conv.filter(|c| c.has(me)))
+/// The path's `{id}` (empty if absent: no such transfer or file).
+fn id_param(req: &Request) -> String {
+    req.param::<String>("id").unwrap_or_default()
 }
 
 /// `GET /api/transfers/{id}` → the transfer with `missing` chunk indexes (resume).
@@ -248,8 +150,8 @@ async fn participant_conversation(
     ),
 )]
 async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
-    let t = visible_transfer(req, depot).await?;
-    let received = state(depot)?.files.received(TransferId(t.id)).await?;
+    let me = caller(depot)?.user_id;
+    let (t, received) = state(depot)?.transfers.status(me, &id_param(req)).await?;
     res.render(Json(TransferOut::of(t, &received)));
     Ok(())
 }
@@ -278,61 +180,14 @@ async fn status(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 )]
 async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let t = visible_transfer(req, depot).await?;
-    let st = state(depot)?;
-    if t.uploader_id != me.0 {
-        return Err(AppError::Forbidden {
-            code: ErrorCode::Forbidden,
-            message: "only the uploader sends chunks".into(),
-        });
-    }
-    if t.state != TransferState::Uploading.as_str() || t.file_id.is_some() {
-        return Err(AppError::conflict(ErrorCode::TransferClosed, format!("this transfer is {}", t.state)));
-    }
-    let index = req
-        .param::<String>("index")
-        .and_then(|s| s.parse::<i64>().ok())
-        .filter(|i| (0..t.chunk_count as i64).contains(i))
-        .ok_or_else(|| {
-            AppError::bad_request(ErrorCode::InvalidIndex, format!("chunk index must be 0 to {}", t.chunk_count - 1))
-        })?;
-    let sha = req
-        .headers()
-        .get("x-chunk-sha256")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase)
-        .filter(|s| is_sha256_hex(s))
-        .ok_or_else(|| {
-            AppError::bad_request(ErrorCode::InvalidSha256, "X-Chunk-Sha256 must be 64 hexadecimal digits")
-        })?;
-    let id = TransferId(t.id);
-    let expected = chunk_len(&t, index) as u64;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > expected
-    {
-        return Err(AppError::PayloadTooLarge { limit: expected as usize });
-    }
-    if !st.files.has_chunk(id, index).await? {
-        let ttl = st.config.files.transfer_ttl_secs as i64 * 1000;
-        let body = req.take_body();
-        match st.files.store_chunk(&t, index, &sha, body, crate::now_ms(), ttl).await {
-            Ok(()) => {}
-            Err(ChunkError::TooLarge { expected }) => {
-                return Err(AppError::PayloadTooLarge { limit: expected as usize });
-            }
-            Err(e @ (ChunkError::WrongSize { .. } | ChunkError::Body(_))) => {
-                return Err(AppError::bad_request(ErrorCode::InvalidChunk, e.to_string()));
-            }
-            Err(ChunkError::HashMismatch) => {
-                return Err(AppError::bad_request(ErrorCode::ChunkHashMismatch, ChunkError::HashMismatch.to_string()));
-            }
-            Err(ChunkError::Io(e)) => return Err(AppError::Internal(e.into())),
-        }
-    }
-    if let Err(e) = st.node.transfer_touched(id).await {
-        // Stored; the next chunk or a status read starts the actor again.
-        tracing::warn!(transfer = %id, error = %e, "cannot reach the transfer actor");
-    }
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let chunk = ChunkUpload {
+        index: req.param::<String>("index").and_then(|s| s.parse::<i64>().ok()),
+        sha256: header(header::HeaderName::from_static("x-chunk-sha256")).map(str::to_owned),
+        content_length: header(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()),
+        body: req.take_body(),
+    };
+    state(depot)?.transfers.put_chunk(me, &id_param(req), chunk).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -360,12 +215,7 @@ const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/w
 )]
 async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
-    let st = state(depot)?;
-    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such file");
-    let id = req.param::<String>("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()).ok_or_else(not_found)?;
-    let f = st.files.file(FileId(id)).await?.ok_or_else(not_found)?;
-    participant_conversation(depot, ConversationId(f.conversation_id), me).await?.ok_or_else(not_found)?;
-    let path = st.files.blob_path(&f.sha256).ok_or_else(not_found)?;
+    let (f, path) = state(depot)?.transfers.download(me, &id_param(req)).await?;
     let inline = INLINE_TYPES.contains(&f.mime.as_str());
     let mime: salvo::http::mime::Mime = if inline {
         f.mime.parse().unwrap_or(salvo::http::mime::APPLICATION_OCTET_STREAM)
@@ -392,4 +242,28 @@ async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     }
     file.send(req.headers(), res).await;
     Ok(())
+}
+
+impl From<TransferError> for AppError {
+    fn from(e: TransferError) -> Self {
+        use TransferError::*;
+        let message = e.to_string();
+        match e {
+            InvalidName(_) => AppError::bad_request(ErrorCode::InvalidName, message),
+            InvalidSha256 | InvalidChunkSha256 => AppError::bad_request(ErrorCode::InvalidSha256, message),
+            InvalidSize => AppError::bad_request(ErrorCode::InvalidSize, message),
+            InvalidIndex { .. } => AppError::bad_request(ErrorCode::InvalidIndex, message),
+            InvalidChunk(_) => AppError::bad_request(ErrorCode::InvalidChunk, message),
+            ChunkHashMismatch => AppError::bad_request(ErrorCode::ChunkHashMismatch, message),
+            TooLarge { limit } => AppError::PayloadTooLarge { limit: usize::try_from(limit).unwrap_or(usize::MAX) },
+            NoConversation | NoTransfer | NoFile => AppError::not_found(ErrorCode::NotFound, message),
+            NotAllowed | NotUploader => AppError::Forbidden { code: ErrorCode::Forbidden, message },
+            Closed(_) => AppError::conflict(ErrorCode::TransferClosed, message),
+            TooManyTransfers(_) => AppError::Conflict { code: ErrorCode::TooManyTransfers, message },
+            QuotaExceeded(_) => AppError::Conflict { code: ErrorCode::QuotaExceeded, message },
+            Db(e) => e.into(),
+            Io(e) => AppError::Internal(e.into()),
+            Store(e) => AppError::Internal(anyhow::anyhow!("{e}")),
+        }
+    }
 }

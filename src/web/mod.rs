@@ -49,6 +49,8 @@ pub struct AppState {
     pub contact_limiter: Arc<KeyedLimiter>,
     /// Transfers and stored files.
     pub files: crate::messaging::files::FileRepo,
+    /// The rules of uploads and downloads.
+    pub transfers: crate::messaging::transfer_service::TransferService,
     /// The RabbitMQ bus, when this process uses one (readiness reports its link).
     pub rabbit: Option<crate::bus::RabbitBus>,
     /// Open chat sockets per user on this node (`messaging.max_connections_per_user`).

@@ -19,9 +19,9 @@
 //! and receipts through sea-orm, the PostgreSQL path) and [`crate::messaging::sqlite_writes`],
 //! [`crate::notify::repo`] and [`crate::notify::sqlite_writes`] — and so are the ports the
 //! services queue through ([`MessageWrites`], [`NotificationWrites`]), which [`Committer`]
-//! implements: the services never name the committer, so nothing here is a circle. Each
-//! queued write carries the sender of its own answer's type ([`Job`]), so an answer cannot
-//! reach the wrong caller.
+//! implements: the services' code never names the committer, so nothing here is a
+//! circle. Each queued write carries the sender of its own answer's type ([`Job`]): an
+//! answer of the wrong kind does not compile, where it used to be matched at run time.
 
 mod sqlite;
 
@@ -42,9 +42,9 @@ const QUEUE: usize = 4096;
 /// One queued write: what to write, where its answer goes, and the answer while its
 /// transaction is open (sent only after the commit).
 pub(crate) struct Job<T, R> {
-    pub(crate) input: T,
+    input: T,
     reply: oneshot::Sender<Result<R, StoreError>>,
-    pub(crate) result: Option<Result<R, StoreError>>,
+    result: Option<Result<R, StoreError>>,
 }
 
 impl<T, R> Job<T, R> {
@@ -236,8 +236,8 @@ impl Drop for DrainOnExit {
     }
 }
 
-/// The pool-backed committer (PostgreSQL, in-memory SQLite): batches as the SQLite writer
-/// does, through sea-orm.
+/// The pool-backed committer (PostgreSQL, in-memory SQLite), through sea-orm: takes what
+/// is queued, without a window; in each batch, appends, then receipts, then notifications.
 async fn run(db: DatabaseConnection, rx: flume::Receiver<Write>) {
     let _drain = DrainOnExit(rx.clone());
     let mut batch = Vec::with_capacity(MAX_BATCH);

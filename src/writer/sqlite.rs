@@ -33,6 +33,7 @@ use switchboard_actors::ports::StoreError;
 use super::{DrainOnExit, MAX_BATCH, ReadUpTo, Record, Write};
 use crate::messaging::sqlite_writes::Messages;
 use crate::notify::sqlite_writes::Notifications;
+
 /// Prepared statements kept per connection (the writer uses a dozen).
 const STATEMENT_CACHE: usize = 32;
 
