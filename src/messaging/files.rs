@@ -66,6 +66,9 @@ pub enum ChunkError {
     HashMismatch,
     #[error("the upload body failed: {0}")]
     Body(String),
+    /// The transfer stopped uploading (failed, expired or complete) while the chunk came.
+    #[error("the transfer is no longer uploading")]
+    Closed,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -90,6 +93,9 @@ impl Drop for TempFile {
         }
     }
 }
+
+/// Longest wait for the next piece of a chunk's body before the upload of that chunk fails.
+const CHUNK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Transfers, chunks and files. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -240,7 +246,13 @@ impl FileRepo {
         let result = async {
             let mut hasher = Sha256::new();
             let mut got: u64 = 0;
-            while let Some(frame) = body.frame().await {
+            loop {
+                // A client that stops sending mid-chunk must not hold the connection and
+                // its temporary file for ever.
+                let next = tokio::time::timeout(CHUNK_IDLE, body.frame()).await.map_err(|_| {
+                    ChunkError::Body(format!("no data for {} s; send the chunk again", CHUNK_IDLE.as_secs()))
+                })?;
+                let Some(frame) = next else { break };
                 let frame = frame.map_err(|e| ChunkError::Body(e.to_string()))?;
                 let Ok(data) = frame.into_data() else { continue };
                 got += data.len() as u64;
@@ -262,6 +274,26 @@ impl FileRepo {
         .await;
         drop(f);
         result?;
+        let db_err = |e: DbErr| ChunkError::Io(std::io::Error::other(e.to_string()));
+        // The transfer may have failed or expired while the chunk streamed in (a block, the
+        // whole-file check, the sweeper): the chunk goes into place only if it is still
+        // uploading, checked and recorded in one transaction whose row update holds off
+        // the writes that end a transfer until the part is in place (they then remove it).
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let still_open = transfer::Entity::update_many()
+            .col_expr(transfer::Column::UpdatedAt, Expr::value(now))
+            .col_expr(transfer::Column::ExpiresAt, Expr::value(now + ttl_ms))
+            .filter(transfer::Column::Id.eq(t.id))
+            .filter(transfer::Column::State.eq(Uploading.as_str()))
+            .filter(transfer::Column::FileId.is_null())
+            .exec(&txn)
+            .await
+            .map_err(db_err)?
+            .rows_affected
+            > 0;
+        if !still_open {
+            return Err(ChunkError::Closed);
+        }
         let id = TransferId(t.id);
         tokio::fs::create_dir_all(self.part_dir(id)).await?;
         tokio::fs::rename(&tmp.path, self.part_path(id, index)).await?;
@@ -273,18 +305,12 @@ impl FileRepo {
             size: Set(expected as i32),
             created_at: Set(now),
         };
-        match transfer_chunk::Entity::insert(row).exec_without_returning(&self.db).await {
+        match transfer_chunk::Entity::insert(row).exec_without_returning(&txn).await {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {} // the same chunk, stored twice: fine
-            Err(e) => return Err(ChunkError::Io(std::io::Error::other(e.to_string()))),
+            Err(e) => return Err(db_err(e)),
         }
-        transfer::Entity::update_many()
-            .col_expr(transfer::Column::UpdatedAt, Expr::value(now))
-            .col_expr(transfer::Column::ExpiresAt, Expr::value(now + ttl_ms))
-            .filter(transfer::Column::Id.eq(t.id))
-            .exec(&self.db)
-            .await
-            .map_err(|e| ChunkError::Io(std::io::Error::other(e.to_string())))?;
+        txn.commit().await.map_err(db_err)?;
         Ok(())
     }
 

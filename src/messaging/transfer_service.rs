@@ -197,6 +197,10 @@ impl TransferService {
                 }
                 Err(ChunkError::HashMismatch) => return Err(TransferError::ChunkHashMismatch),
                 Err(ChunkError::Io(e)) => return Err(TransferError::Io(e)),
+                Err(ChunkError::Closed) => {
+                    let now = self.files.transfer(id).await?.map_or_else(|| "gone".to_owned(), |t| t.state);
+                    return Err(TransferError::Closed(now));
+                }
             }
         }
         if let Err(e) = self.node.transfer_touched(id).await {

@@ -21,7 +21,9 @@ use std::time::Duration;
 use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr, TransactionTrait,
+};
 
 /// How long a SQLite writer waits for another (process or connection) to finish before
 /// failing with "database is locked". Generous: several processes may share one file.
@@ -45,8 +47,27 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         opts.max_connections(16).min_connections(1);
     }
     let db = Database::connect(opts).await.context("cannot connect to the database")?;
-    Migrator::up(&db, None).await.context("cannot apply database migrations")?;
+    migrate(&db).await.context("cannot apply database migrations")?;
     Ok(db)
+}
+
+/// Key of the PostgreSQL advisory lock held while migrating (any constant all processes
+/// share; these are the bytes of "sb-migr").
+const MIGRATION_LOCK: i64 = 0x0073_622d_6d69_6772;
+
+/// Brings the schema up to date. Every process does this at start; on PostgreSQL, where
+/// processes on several hosts may start at once, one migrates at a time (an advisory lock
+/// held by a transaction of its own, released when it ends) and the others find the
+/// schema current. (On SQLite the file's write lock serialises them.)
+async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let lock = db.begin().await?;
+    lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await?;
+    let migrated = Migrator::up(db, None).await;
+    lock.commit().await?;
+    migrated
 }
 
 /// True when `err` is about reaching the database (no connection, pool exhausted), not

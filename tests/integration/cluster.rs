@@ -1,5 +1,8 @@
 //! The distributed system: separate processes (auth, messaging nodes, gateway) joined by
 //! the real RabbitMQ, clients through the gateway. See `cluster_support` for the harness.
+//! The core (two nodes exchanging through the gateway, a node killed, the broker
+//! restarted) runs on SQLite and again on PostgreSQL (`postgres_*`), the database of a
+//! cluster past one host.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,8 +12,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::cluster_support::{Cluster, PrivateBroker};
-use crate::helpers::{Api, PASSWORD, error_code, eventually, tcp_established};
+use crate::cluster_support::{Cluster, PrivateBroker, SHARED_AMQP};
+use crate::helpers::{Api, Backend, PASSWORD, error_code, eventually, tcp_established};
 use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob};
 
 /// How long a test waits for a whole exchange to arrive.
@@ -150,8 +153,8 @@ struct Apart {
     conv: String,
 }
 
-async fn apart() -> (Cluster, Client, Client, Apart) {
-    let cluster = Cluster::start(2);
+async fn apart(backend: Backend) -> (Cluster, Client, Client, Apart) {
+    let cluster = Cluster::start_on_backend(2, SHARED_AMQP, backend);
     let ids = node_ids(&cluster, 2).await;
     let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
     let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
@@ -194,7 +197,16 @@ async fn open_conversation(alice: &mut Client, bob: &mut Client, bob_id: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
-    let cluster = Cluster::start(2);
+    exchange_through_the_gateway(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
+    exchange_through_the_gateway(Backend::Postgres).await;
+}
+
+async fn exchange_through_the_gateway(backend: Backend) {
+    let cluster = Cluster::start_on_backend(2, SHARED_AMQP, backend);
     let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
     let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
     let (mut bob, bob_node) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
@@ -253,7 +265,16 @@ async fn two_nodes_exchange_a_thousand_messages_each_way_through_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_nothing_acknowledged_and_its_clients_move_to_a_live_one() {
-    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart().await;
+    killed_node_loses_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_killed_node_loses_nothing_acknowledged_and_its_clients_move_to_a_live_one() {
+    killed_node_loses_nothing(Backend::Postgres).await;
+}
+
+async fn killed_node_loses_nothing(backend: Backend) {
+    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart(backend).await;
 
     // Alice keeps sending; Bob's node dies a third of the way in.
     const N: usize = 300;
@@ -399,8 +420,17 @@ async fn killing_the_senders_node_loses_no_ack_and_resends_are_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reconnect_by_themselves_after_the_broker_restarts() {
+    broker_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_reconnect_by_themselves_after_the_broker_restarts() {
+    broker_restart(Backend::Postgres).await;
+}
+
+async fn broker_restart(backend: Backend) {
     let broker = tokio::task::spawn_blocking(PrivateBroker::start).await.expect("broker starts");
-    let cluster = Cluster::start_on(2, &broker.url());
+    let cluster = Cluster::start_on_backend(2, &broker.url(), backend);
     let ids = node_ids(&cluster, 2).await;
     let (alice_t, bob_t, bob_id) = alice_and_bob(&cluster).await;
     let (mut alice, alice_node) = connect(cluster.gateway(), &alice_t).await.expect("alice connects");
@@ -669,7 +699,7 @@ async fn hole_a_client_that_stops_reading_pins_gateway_sockets() {
 /// other node and lose nothing that was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_root_supervisor_dies_exits_and_its_clients_move_on_losing_nothing() {
-    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart().await;
+    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart(Backend::Sqlite).await;
 
     const N: usize = 200;
     for i in 1..N {

@@ -1,6 +1,7 @@
 //! A real cluster for tests: `switchboard auth`, N `switchboard messaging` nodes and
 //! `switchboard gateway`, each its own process (the binary under test), sharing one SQLite
-//! file and a RabbitMQ broker under a prefix of its own. And [`PrivateBroker`]: a RabbitMQ
+//! file (or a fresh PostgreSQL database, [`Backend::Postgres`]) and a RabbitMQ broker under
+//! a prefix of its own. And [`PrivateBroker`]: a RabbitMQ
 //! node a test starts (and restarts) itself, on its own port and node name, so other tests
 //! keep the machine's shared broker.
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use reqwest::Client;
 use tempfile::TempDir;
 
-use crate::helpers::{Api, TEST_JWT_SECRET, eventually};
+use crate::helpers::{Api, Backend, TEST_JWT_SECRET, create_pg_database, drop_pg_database, eventually};
 
 /// The machine's shared broker.
 pub const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -30,6 +31,8 @@ pub struct Cluster {
     /// Prefix of this cluster's broker objects.
     pub prefix: String,
     pub amqp_url: String,
+    /// The PostgreSQL database the processes share (`None`: the SQLite file), and its URL.
+    pg: Option<(String, String)>,
     procs: HashMap<String, Proc>,
     /// Addresses of killed processes.
     killed: HashMap<String, SocketAddr>,
@@ -49,11 +52,28 @@ impl Cluster {
     /// As [`Cluster::start_on`], with `gateway_extra` appended to the gateway's
     /// `[gateway]` table.
     pub fn start_with(nodes: usize, amqp_url: &str, gateway_extra: &str) -> Cluster {
+        Self::start_full(nodes, amqp_url, gateway_extra, Backend::Sqlite)
+    }
+
+    /// As [`Cluster::start_on`], on `backend`'s database.
+    pub fn start_on_backend(nodes: usize, amqp_url: &str, backend: Backend) -> Cluster {
+        Self::start_full(nodes, amqp_url, "", backend)
+    }
+
+    fn start_full(nodes: usize, amqp_url: &str, gateway_extra: &str, backend: Backend) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = format!("sbtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        let mut c =
-            Cluster { dir, prefix, amqp_url: amqp_url.to_owned(), procs: HashMap::new(), killed: HashMap::new(), http };
+        let pg = (backend == Backend::Postgres).then(create_pg_database);
+        let mut c = Cluster {
+            dir,
+            prefix,
+            amqp_url: amqp_url.to_owned(),
+            pg,
+            procs: HashMap::new(),
+            killed: HashMap::new(),
+            http,
+        };
         std::fs::write(c.dir.path().join("cluster.toml"), c.config_toml()).expect("write config");
         c.spawn("auth", "auth", "cluster.toml", None);
         c.spawn("notify", "notify", "cluster.toml", None);
@@ -76,9 +96,13 @@ impl Cluster {
 
     fn config_toml(&self) -> String {
         let data = self.dir.path().join("data");
+        let database_url = match &self.pg {
+            Some((_, url)) => url.clone(),
+            None => format!("sqlite://{}/switchboard.db", data.display()),
+        };
         format!(
             r#"data_dir = "{data}"
-database_url = "sqlite://{data}/switchboard.db"
+database_url = "{database_url}"
 amqp_url = "{amqp}"
 log = "warn"
 trusted_proxies = ["127.0.0.1"]
@@ -245,6 +269,9 @@ impl Drop for Cluster {
             let _ = p.child.wait();
         }
         delete_broker_objects(&self.amqp_url, &self.prefix);
+        if let Some((name, _)) = self.pg.take() {
+            drop_pg_database(name);
+        }
     }
 }
 

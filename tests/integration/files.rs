@@ -545,6 +545,56 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     assert_eq!(repo.usage(me).await.unwrap(), (0, 0));
 }
 
+/// A chunk that was still streaming in when its transfer failed (here: a block) used to be
+/// put in place and answered 204, leaving its bytes on disk for a transfer that would never
+/// complete. The state is checked again when the chunk is recorded.
+#[tokio::test]
+async fn hole_a_chunk_streaming_in_when_its_transfer_fails_is_refused_and_not_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = alice_ws_user_id(&app, &alice).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let conv = conversation(&mut alice_ws, &bob_id).await;
+    let size = CHUNK as u64 + 10;
+    let (sha, chunks) = file_hashes(size);
+    let id = create_id(&app, &alice, json!({"conversation_id": conv, "name": "slow.bin", "size": size, "sha256": sha}))
+        .await;
+    // Alice's first chunk, by hand: the headers and half the body...
+    let data = chunk_bytes(0, CHUNK);
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "PUT /api/transfers/{id}/chunks/0 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\n\
+         X-Chunk-Sha256: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {CHUNK}\r\n\r\n",
+        app.addr, chunks[0]
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&data[..CHUNK / 2]).await.unwrap();
+    // ...until the server streams it to a temporary file (past every check up front)...
+    let tmp = app.data_dir.path().join("files").join("tmp");
+    eventually("the chunk streaming to a temporary file", || async {
+        (tmp.is_dir() && !files_under(&tmp).is_empty()).then_some(())
+    })
+    .await;
+    // ...when Bob blocks Alice, which fails the upload; then the rest of the chunk.
+    block(&app, &bob, &alice_id).await;
+    assert_eq!(transfer(&app, &alice, &id).await["state"], "failed");
+    tcp.write_all(&data[CHUNK / 2..]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("transfer_closed") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the server closed without a 409: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 409"), "{}", String::from_utf8_lossy(&answer));
+    let t = transfer(&app, &alice, &id).await;
+    assert_eq!((t["state"].as_str(), t["received_chunks"].as_i64()), (Some("failed"), Some(0)), "{t}");
+    let files = app.data_dir.path().join("files");
+    eventually("no bytes of the failed upload left on disk", || async { files_under(&files).is_empty().then_some(()) })
+        .await;
+}
+
 /// Issue 16, hole 1: assembly used to reuse a stored blob whenever the declared SHA-256
 /// matched, without hashing what was uploaded, so anyone who knew a file's hash could
 /// fetch it (and learn that it exists) by uploading one byte.

@@ -74,13 +74,8 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     let mut config = test_config(&data_dir);
     let mut pg_database = None;
     if backend == Backend::Postgres {
-        let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = Database::connect(pg_admin_url()).await.expect("connect to local PostgreSQL");
-        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
-        admin.close().await.ok();
-        let base = pg_admin_url();
-        let base = base.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("pg url has a path");
-        config.database_url = Some(Secret::new(format!("{base}/{name}")));
+        let (name, url) = create_pg_database();
+        config.database_url = Some(Secret::new(url));
         pg_database = Some(name);
     }
     tweak(&mut config);
@@ -211,21 +206,48 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
         if let Some(name) = self.pg_database.take() {
-            // Drop the test database from a thread of its own: Drop cannot await, and the
-            // test's runtime may be shutting down.
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-                rt.block_on(async move {
-                    if let Ok(admin) = Database::connect(pg_admin_url()).await {
-                        let _ =
-                            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
-                        admin.close().await.ok();
-                    }
-                });
-            })
-            .join();
+            drop_pg_database(name);
         }
     }
+}
+
+/// Runs `f` to completion on a runtime of its own, on a thread of its own: usable from
+/// `Drop` (which cannot await, while the test's runtime may be shutting down) and from
+/// synchronous set-up called inside a test's runtime.
+fn on_own_runtime<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> Option<T> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        Some(rt.block_on(f))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Creates a fresh database on the local PostgreSQL: its name and URL.
+pub fn create_pg_database() -> (String, String) {
+    let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
+    let create = format!("CREATE DATABASE \"{name}\"");
+    on_own_runtime(async move {
+        let admin = Database::connect(pg_admin_url()).await.expect("connect to local PostgreSQL");
+        admin.execute_unprepared(&create).await.expect("create test database");
+        admin.close().await.ok();
+    })
+    .expect("create test database");
+    let base = pg_admin_url();
+    let base = base.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("pg url has a path");
+    let url = format!("{base}/{name}");
+    (name, url)
+}
+
+/// Drops a database made by [`create_pg_database`] (its connections too).
+pub fn drop_pg_database(name: String) {
+    on_own_runtime(async move {
+        if let Ok(admin) = Database::connect(pg_admin_url()).await {
+            let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+            admin.close().await.ok();
+        }
+    });
 }
 
 /// Asserts the JSON error shape and returns the error code.

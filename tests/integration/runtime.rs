@@ -103,6 +103,32 @@ fn migrate_applies_the_schema_and_exits() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Hosts of a cluster start at once, each process migrating the shared PostgreSQL schema
+/// at start: they take turns, and every one of them starts.
+#[test]
+fn postgres_processes_migrating_at_once_all_succeed() {
+    let (name, url) = crate::helpers::create_pg_database();
+    let migrators: Vec<_> = (0..6)
+        .map(|_| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+                .args(["migrate", "--database-url", &url, "--data-dir"])
+                .arg(dir.path().join("data"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("binary runs");
+            (dir, child)
+        })
+        .collect();
+    let outcomes: Vec<_> =
+        migrators.into_iter().map(|(_dir, child)| child.wait_with_output().expect("migrate exits")).collect();
+    crate::helpers::drop_pg_database(name);
+    for out in outcomes {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[tokio::test]
 async fn auth_and_messaging_run_apart_on_one_database() {
     use crate::helpers::test_config;
