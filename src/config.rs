@@ -574,10 +574,14 @@ impl Config {
         );
         if let Some(url) = &self.amqp_url {
             let u = url.expose();
+            // The AMQP client is built without TLS: an amqps:// URL would connect in plain
+            // text, to the port the operator meant for TLS, without a word. Refused instead.
             anyhow::ensure!(
-                u.starts_with("amqp://") || u.starts_with("amqps://"),
-                "amqp_url must start with amqp:// or amqps://"
+                !u.starts_with("amqps://"),
+                "amqp_url: amqps:// (TLS) is not supported by this build; use amqp:// on a private network, or a \
+                 TLS tunnel to the broker"
             );
+            anyhow::ensure!(u.starts_with("amqp://"), "amqp_url must start with amqp://");
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .with_context(|| format!("log: {:?} is not a valid log filter", self.log))?;
@@ -694,6 +698,7 @@ mod tests {
         assert!(err(&[("SWITCHBOARD_AUTH__JWT_SECRET", "short")]).contains("at least 32 bytes"));
         assert!(err(&[("SWITCHBOARD_DATABASE_URL", "mysql://x")]).contains("database_url"));
         assert!(err(&[("SWITCHBOARD_AMQP_URL", "http://x")]).contains("amqp_url"));
+        assert!(err(&[("SWITCHBOARD_AMQP_URL", "amqps://broker:5671")]).contains("TLS"), "never plain text for amqps");
         assert!(err(&[("SWITCHBOARD_LISTEN", "nowhere")]).contains("listen"));
         assert!(err(&[("SWITCHBOARD_NO_SUCH_FIELD", "1")]).contains("no_such_field"));
     }

@@ -48,7 +48,9 @@ struct Args {
     /// server RSS per connection), `files` (upload and download throughput), `commit`
     /// (appends/s of the storage layer alone, acks at the durable commit; needs
     /// `--database-url`) or `search` (user search queries against a database seeded with
-    /// `--users` users; needs `--database-url`).
+    /// `--users` users; needs `--database-url`), or `storm` (`--connections` synced sockets,
+    /// the server killed and restarted by `--restart-cmd`, every socket reconnecting and
+    /// syncing at once: time until all are synced, lost and duplicated messages).
     #[arg(long, default_value = "pairs")]
     scenario: String,
     /// Conversations for `commit`.
@@ -94,6 +96,10 @@ struct Args {
     /// Where receivers open their WebSocket (default: `--url`).
     #[arg(long)]
     receiver_url: Option<String>,
+    /// `storm`: the shell command that kills the server and starts it again (on the same
+    /// address and data); default: the `SB_BENCH_RESTART` environment variable.
+    #[arg(long)]
+    restart_cmd: Option<String>,
 }
 
 /// The `commit` scenario: the storage layer alone. `--rooms` conversations in a fresh
@@ -560,6 +566,9 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "idle" {
         return idle_bench(&args).await;
     }
+    if args.scenario == "storm" {
+        return storm_bench(&args).await;
+    }
     if args.scenario == "files" {
         return files_bench(&args.url, args.file_mib, args.parallel).await;
     }
@@ -892,4 +901,236 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
         );
     }
     Ok(result)
+}
+
+/// Devices per user in the storm: a few, as people have (a user's devices all syncing at
+/// once meet the per-user sync limit, 10 at once, which a client answers by syncing again a
+/// second later).
+const STORM_SOCKETS_PER_ACCOUNT: usize = 4;
+
+/// Messages each pair's sender has acked before the storm: half before the sockets
+/// sync, half just before the kill (some of those still in flight to the receivers).
+const STORM_MESSAGES: usize = 6;
+
+/// One socket of the storm: which conversation it follows, the seqs it holds, and when it
+/// had synced again after the restart.
+#[derive(Default)]
+struct StormOutcome {
+    seqs: std::collections::HashSet<i64>,
+    duplicates: u64,
+    attempts: u64,
+    synced_after: Option<Duration>,
+}
+
+/// `storm`: `--connections` sockets (4 per account, accounts in contact pairs with one
+/// conversation each) connect and sync; each pair's sender has messages acked, some of
+/// them still on their way to the sockets, when `--restart-cmd` kills and restarts the
+/// server. Every socket then reconnects at once (retrying refused connections every
+/// 50-100 ms, as a client would) and syncs from the last seq it holds. Reports the time
+/// from the kill until every socket has synced, and per socket, and checks that each holds
+/// every acked message of its conversation exactly once.
+async fn storm_bench(args: &Args) -> anyhow::Result<()> {
+    let restart = match &args.restart_cmd {
+        Some(c) => c.clone(),
+        None => std::env::var("SB_BENCH_RESTART").context("storm needs --restart-cmd or SB_BENCH_RESTART")?,
+    };
+    if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("open-file limit of the load tool: {n}");
+    }
+    let http = reqwest::Client::new();
+    let run: String = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+    let accounts = args.connections.div_ceil(STORM_SOCKETS_PER_ACCOUNT).max(2).next_multiple_of(2);
+    eprintln!("registering {accounts} users in {} pairs ...", accounts / 2);
+    let mut users = vec![];
+    for chunk in (0..accounts).collect::<Vec<_>>().chunks(8) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("s{run}_{i}")).collect();
+        let futs = names.iter().map(|n| account(&http, &args.url, n));
+        for r in futures_util::future::join_all(futs).await {
+            users.push(r?);
+        }
+    }
+    // Each pair: contacts, the conversation and its first messages (from a socket closed
+    // after: one left unread for minutes would be closed by the server's heartbeat).
+    let mut convs = vec![];
+    for p in 0..accounts / 2 {
+        let ((a_token, _), (b_token, b_id)) = (&users[2 * p], &users[2 * p + 1]);
+        befriend(&http, &args.url, a_token, b_token, &format!("s{run}_{}", 2 * p + 1)).await?;
+        let mut a = connect(&args.url, a_token).await?;
+        let mut conv = None;
+        for i in 0..STORM_MESSAGES / 2 {
+            let target = match &conv {
+                None => json!({"to_user_id": b_id}),
+                Some(c) => json!({"conversation_id": c}),
+            };
+            let mut frame = json!({"type": "send", "client_msg_id": format!("m{i}"), "body": format!("before {i}")});
+            frame.as_object_mut().context("object")?.extend(target.as_object().cloned().unwrap_or_default());
+            a.send(Message::text(frame.to_string())).await?;
+            loop {
+                let v = next_json(&mut a).await?;
+                if v["type"] == "ack" {
+                    conv = v["conversation_id"].as_str().map(str::to_owned);
+                    break;
+                }
+            }
+        }
+        a.close(None).await.ok();
+        convs.push(conv.context("a conversation")?);
+    }
+    // Every socket connects and syncs; then it reads until the server goes, reconnects,
+    // syncs from what it holds, and reports.
+    eprintln!("connecting and syncing {} sockets ...", args.connections);
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
+    let mut tasks = Vec::with_capacity(args.connections);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(args.connections);
+    // At most this many first connections at once (the listen backlog); the storm itself
+    // is every socket at once.
+    let opening = Arc::new(tokio::sync::Semaphore::new(200));
+    for k in 0..args.connections {
+        let account = (k / STORM_SOCKETS_PER_ACCOUNT) % accounts;
+        let (token, conv) = (users[account].0.clone(), convs[account / 2].clone());
+        let (url, ready, kill) = (args.url.clone(), ready_tx.clone(), kill_rx.clone());
+        let opening = opening.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = StormOutcome::default();
+            let first = async {
+                let _turn = opening.acquire().await?;
+                let mut ws = connect_from(&url, &token, k).await?;
+                storm_sync(&mut ws, &conv, &mut out).await?;
+                anyhow::Ok(ws)
+            }
+            .await;
+            let mut ws = match first {
+                Ok(ws) => {
+                    let _ = ready.send(Ok(())).await;
+                    ws
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e)).await;
+                    return out;
+                }
+            };
+            // Live until the server goes.
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m
+                    && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+                {
+                    storm_record(&v, &conv, &mut out);
+                }
+            }
+            let Some(killed) = *kill.borrow() else { return out };
+            loop {
+                out.attempts += 1;
+                if let Ok(mut ws) = connect_from(&url, &token, k).await
+                    && storm_sync(&mut ws, &conv, &mut out).await.is_ok()
+                {
+                    out.synced_after = Some(killed.elapsed());
+                    return out;
+                }
+                if killed.elapsed() > Duration::from_secs(120) {
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(50 + (k as u64 * 7919) % 50)).await;
+            }
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..args.connections {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+            .await
+            .context("sockets still not synced after 120 s")?
+            .context("a socket task ended")??;
+    }
+    // The rest of the messages, acked, and at once the kill: some are still on their way.
+    let mut senders = vec![];
+    for (p, conv) in convs.iter().enumerate() {
+        let mut s = connect(&args.url, &users[2 * p].0).await?;
+        for i in STORM_MESSAGES / 2..STORM_MESSAGES {
+            let frame = json!({"type": "send", "client_msg_id": format!("m{i}"), "conversation_id": conv, "body": format!("late {i}")});
+            s.send(Message::text(frame.to_string())).await?;
+        }
+        senders.push(s);
+    }
+    for s in &mut senders {
+        let mut acked = 0;
+        while acked < STORM_MESSAGES - STORM_MESSAGES / 2 {
+            if next_json(s).await?["type"] == "ack" {
+                acked += 1;
+            }
+        }
+    }
+    eprintln!("killing and restarting the server ...");
+    let killed = Instant::now();
+    kill_tx.send_replace(Some(killed));
+    let status = tokio::task::spawn_blocking(move || std::process::Command::new("sh").arg("-c").arg(&restart).status())
+        .await??;
+    anyhow::ensure!(status.success(), "the restart command failed: {status}");
+    let mut outcomes = vec![];
+    for t in tasks {
+        outcomes.push(t.await?);
+    }
+    let total = killed.elapsed();
+    let expected = STORM_MESSAGES as i64;
+    let mut times: Vec<f64> = outcomes.iter().filter_map(|o| o.synced_after.map(|d| d.as_secs_f64())).collect();
+    times.sort_by(f64::total_cmp);
+    let synced = times.len();
+    let lost: u64 = outcomes.iter().map(|o| (1..=expected).filter(|s| !o.seqs.contains(s)).count() as u64).sum();
+    let duplicates: u64 = outcomes.iter().map(|o| o.duplicates).sum();
+    let attempts: u64 = outcomes.iter().map(|o| o.attempts).sum();
+    let pct = |q: f64| times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let all = (synced == args.connections).then(|| times.last().copied()).flatten();
+    println!(
+        "| sockets | synced again | all synced after (s) | p50 (s) | p99 (s) | lost | duplicated | connect attempts |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let show = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.2}"));
+    println!(
+        "| {} | {synced} | {} | {} | {} | {lost} | {duplicates} | {attempts} |",
+        args.connections,
+        show(all),
+        show(pct(0.5)),
+        show(pct(0.99))
+    );
+    println!(
+        "{}",
+        json!({"scenario": "storm", "connections": args.connections, "synced": synced,
+               "all_synced_s": all, "p50_s": pct(0.5), "p99_s": pct(0.99), "lost": lost,
+               "duplicated": duplicates, "connect_attempts": attempts, "took_s": total.as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// Waits for `hello`, asks for everything after the last seq `out` holds of `conv`, and
+/// reads until `sync_done`, recording each message.
+async fn storm_sync(ws: &mut Ws, conv: &str, out: &mut StormOutcome) -> anyhow::Result<()> {
+    let hello = next_json(ws).await?;
+    anyhow::ensure!(hello["type"] == "hello", "expected hello, got {hello}");
+    let sync = |out: &StormOutcome| {
+        let since = out.seqs.iter().max().copied().unwrap_or(0);
+        Message::text(json!({"type": "sync", "since": {conv: since}}).to_string())
+    };
+    ws.send(sync(out)).await?;
+    loop {
+        let v = next_json(ws).await?;
+        match v["type"].as_str() {
+            Some("sync_done") => return Ok(()),
+            // As a client does: a sync refused for its rate (a user's devices all syncing at
+            // once) is sent again a second later.
+            Some("error") if v["code"] == "rate_limited" => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ws.send(sync(out)).await?;
+            }
+            Some("error") => anyhow::bail!("sync refused: {v}"),
+            _ => storm_record(&v, conv, out),
+        }
+    }
+}
+
+fn storm_record(v: &Value, conv: &str, out: &mut StormOutcome) {
+    if v["type"] == "message"
+        && v["conversation_id"] == conv
+        && let Some(seq) = v["seq"].as_i64()
+        && !out.seqs.insert(seq)
+    {
+        out.duplicates += 1;
+    }
 }

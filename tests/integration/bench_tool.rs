@@ -131,3 +131,61 @@ async fn every_scenario_of_the_load_tool_runs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("different messaging nodes"));
 }
+
+/// `storm`: a server process of its own (the scenario kills it and starts it again), a
+/// few dozen synced sockets, every one of them back and synced after the restart, holding
+/// every acked message exactly once.
+#[test]
+fn the_storm_scenario_restarts_the_server_and_every_socket_resyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (server, data, pid_file, log) = (
+        env!("CARGO_BIN_EXE_switchboard"),
+        dir.path().join("data").display().to_string(),
+        dir.path().join("pid").display().to_string(),
+        dir.path().join("server.log").display().to_string(),
+    );
+    // The server's output goes to a file: a restarted server holding the tool's captured
+    // stderr open would keep the tool's output from ending.
+    let start = format!(
+        "'{server}' --listen 127.0.0.1:{port} --data-dir '{data}' --log warn >>'{log}' 2>&1 & echo $! >'{pid_file}'"
+    );
+    let limits = [
+        ("SWITCHBOARD_AUTH__REGISTER_PER_IP_PER_MINUTE", "100000"),
+        ("SWITCHBOARD_AUTH__LOGIN_PER_IP_PER_MINUTE", "100000"),
+        ("SWITCHBOARD_LIMITS__CONTACT_REQUESTS_PER_MINUTE", "100000"),
+    ];
+    let sh = |script: &str| {
+        let status = Command::new("sh").arg("-c").arg(script).envs(limits).status().unwrap();
+        assert!(status.success(), "{script}");
+    };
+    sh(&start);
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("sh").arg("-c").arg(format!("kill $(cat '{}')", self.0)).status();
+        }
+    }
+    let _stop = Stop(pid_file.clone());
+    let url = format!("http://127.0.0.1:{port}");
+    let up = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the server listens");
+    let restart = format!(
+        "kill -9 $(cat '{pid_file}'); while kill -0 $(cat '{pid_file}') 2>/dev/null; do sleep 0.01; done; {start}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+        .args(["--url", &url, "--scenario", "storm", "--connections", "24", "--restart-cmd", &restart])
+        .envs(limits)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "storm failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON summary");
+    let storm: Value = serde_json::from_str(last).unwrap();
+    assert_eq!((storm["connections"].as_u64(), storm["synced"].as_u64()), (Some(24), Some(24)), "{storm}");
+    assert_eq!((storm["lost"].as_u64(), storm["duplicated"].as_u64()), (Some(0), Some(0)), "{storm}");
+    assert!(storm["all_synced_s"].is_number() && storm["connect_attempts"].as_u64() >= Some(24), "{storm}");
+}
