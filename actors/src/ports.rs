@@ -98,6 +98,22 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn open_conversation(&self, a: UserId, b: UserId) -> Result<ConversationInfo, StoreError>;
     /// Whether `from` may send into a conversation with `to` now.
     async fn may_message(&self, from: UserId, to: UserId) -> Result<(), StoreError>;
+    /// Of `peers`, those `me` may message now: whom a session's presence goes to. A real
+    /// store answers with one query (a session starting after a restart would otherwise
+    /// make one per conversation); this default asks one by one.
+    async fn messageable_peers(
+        &self,
+        me: UserId,
+        peers: &[UserId],
+    ) -> Result<std::collections::HashSet<UserId>, StoreError> {
+        let mut allowed = std::collections::HashSet::new();
+        for peer in peers {
+            if self.may_message(me, *peer).await.is_ok() {
+                allowed.insert(*peer);
+            }
+        }
+        Ok(allowed)
+    }
     /// Appends a message, assigning the next sequence number in the same transaction; a
     /// resend of a stored `(sender, client_msg_id)` returns the stored message.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {

@@ -379,14 +379,15 @@ impl SessionState {
         let remaining = self.ctx.sessions_of(me).len();
         let edge = if online { remaining == 1 } else { remaining == 0 };
         // Presence is for contacts only: not for former contacts, and never across a block.
-        let mut peers = vec![];
-        for c in self.conversations.values() {
-            if let Some(peer) = c.peer_of(me)
-                && self.ctx.store.may_message(me, peer).await.is_ok()
-            {
-                peers.push(peer);
+        // One question for all the conversations (a store that cannot answer: no one).
+        let candidates: Vec<UserId> = self.conversations.values().filter_map(|c| c.peer_of(me)).collect();
+        let peers: Vec<UserId> = match self.ctx.store.messageable_peers(me, &candidates).await {
+            Ok(allowed) => candidates.into_iter().filter(|p| allowed.contains(p)).collect(),
+            Err(e) => {
+                tracing::warn!(user = %me, error = %e, "presence: cannot read who may be told");
+                vec![]
             }
-        }
+        };
         let mut probes = vec![];
         if online {
             // Tell this connection which of those peers are online here; ask about the

@@ -391,6 +391,9 @@ pub(crate) async fn append_all(
     Ok(out)
 }
 
+/// Pairs asked about in one permission query ([`ChatStore::messageable_peers`]).
+const PAIRS_PER_QUERY: usize = 200;
+
 pub(crate) const REUSED_ID: &str = "client_msg_id was already used for another conversation";
 /// Rows per multi-row `INSERT` (9 parameters each).
 const INSERT_ROWS: usize = 1000;
@@ -552,6 +555,18 @@ impl ChatStore for ChatRepo {
 
     async fn may_message(&self, from: UserId, to: UserId) -> Result<(), StoreError> {
         crate::contacts::repo::may_message(&self.db, from, to).await
+    }
+
+    async fn messageable_peers(&self, me: UserId, peers: &[UserId]) -> Result<HashSet<UserId>, StoreError> {
+        use crate::contacts::repo::{messageable_pairs, pair};
+        let mut allowed = HashSet::new();
+        // A bounded OR of pairs per query, however many conversations the user has.
+        for chunk in peers.chunks(PAIRS_PER_QUERY) {
+            let pairs: Vec<(Uuid, Uuid)> = chunk.iter().map(|p| pair(me, *p)).collect();
+            let ok = messageable_pairs(&self.db, &pairs).await.map_err(unavailable)?;
+            allowed.extend(chunk.iter().filter(|p| ok.contains(&pair(me, **p))));
+        }
+        Ok(allowed)
     }
 
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {
