@@ -291,6 +291,9 @@ async fn run_link(inner: Arc<Inner>) {
                 }
                 tracing::warn!(node = %inner.node_id, "broker link lost; reconnecting");
             }
+            Err(e) if declaration_refused(&e) => {
+                tracing::error!(node = %inner.node_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "{DECLARATION_REFUSED}");
+            }
             Err(e) => {
                 tracing::warn!(node = %inner.node_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the broker");
             }
@@ -367,6 +370,18 @@ pub async fn declare_common(channel: &Channel, t: &Topology, config: &BusConfig)
             FieldTable::default(),
         )
         .await
+}
+
+/// What to tell the operator when the broker refuses a declaration: the link stays down
+/// (readiness says `"broker": "down"`) until the configuration and the broker agree.
+pub const DECLARATION_REFUSED: &str = "the broker refused to declare this process's queues or exchanges with \
+     its arguments (PRECONDITION_FAILED): they exist with others, most often bus.quorum_queues differing from the \
+     existing <prefix>.dead and <prefix>.notify queues; no events cross the broker until it is fixed (docs/broker.md)";
+
+/// Whether `e` is the broker refusing a declaration whose arguments differ from the
+/// existing object's (a configuration mismatch, not an outage).
+pub fn declaration_refused(e: &lapin::Error) -> bool {
+    e.to_string().contains("PRECONDITION_FAILED")
 }
 
 /// Arguments of the durable queues: quorum queues when configured (for a broker cluster).

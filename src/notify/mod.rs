@@ -281,6 +281,9 @@ impl Notifier {
                     }
                     tracing::warn!("notify consumer lost its link; reconnecting");
                 }
+                Err(e) if crate::bus::declaration_refused(&e) => {
+                    tracing::error!(error = %e, "notify consumer: {}", crate::bus::DECLARATION_REFUSED)
+                }
                 Err(e) => tracing::warn!(error = %e, "notify consumer cannot reach the broker"),
             }
             tokio::select! {

@@ -658,7 +658,14 @@ async fn quorum_queues_are_one_switch_away() {
     classic.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
     let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
     let err = ch.queue_declare(format!("{prefix}.dead").into(), durable, classic).await;
-    assert!(err.is_err(), "the dead-letter queue was declared as a quorum queue");
+    let err = err.expect_err("the dead-letter queue was declared as a quorum queue");
+    assert!(switchboard::bus::declaration_refused(&err), "recognised as a configuration mismatch: {err}");
+    // A process still configured for classic queues on this prefix says its link is down
+    // (and logs why) rather than running as if connected.
+    let config = BusConfig { prefix: prefix.clone(), quorum_queues: false, ..BusConfig::default() };
+    let mismatched = RabbitBus::start(Secret::new(crate::cluster_support::SHARED_AMQP), "nclassic", config);
+    assert!(!mismatched.wait_connected(Duration::from_secs(3)).await, "a mismatched process is not connected");
+    mismatched.shutdown();
     bus.shutdown();
     let _ = conn.close(200, "bye".into()).await;
     crate::cluster_support::delete_broker_objects(crate::cluster_support::SHARED_AMQP, &prefix);
