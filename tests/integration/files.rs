@@ -516,8 +516,19 @@ async fn a_file_that_does_not_match_its_announced_hash_is_refused_whole() {
     assert!(files_under(&app.data_dir.path().join("files")).is_empty(), "no file kept, no chunk left");
 }
 
-#[tokio::test]
-async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_costs_no_quota() {
+/// Alice (connected, her first message to Bob sent) has announced an upload of one whole
+/// chunk and 10 bytes into their conversation, and sent nothing of it yet.
+struct Upload {
+    app: crate::helpers::TestApp,
+    alice: String,
+    bob: String,
+    alice_id: String,
+    alice_ws: Client,
+    id: String,
+    chunks: Vec<String>,
+}
+
+async fn alice_starts_an_upload_to_bob(name: &str) -> Upload {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let (alice, bob, bob_id) = alice_and_bob(&app).await;
     let alice_id = alice_ws_user_id(&app, &alice).await;
@@ -525,8 +536,14 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
     let conv = conversation(&mut alice_ws, &bob_id).await;
     let size = CHUNK as u64 + 10;
     let (sha, chunks) = file_hashes(size);
-    let id = create_id(&app, &alice, json!({"conversation_id": conv, "name": "late.bin", "size": size, "sha256": sha}))
-        .await;
+    let id = create_id(&app, &alice, json!({"conversation_id": conv, "name": name, "size": size, "sha256": sha})).await;
+    Upload { app, alice, bob, alice_id, alice_ws, id, chunks }
+}
+
+#[tokio::test]
+async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_costs_no_quota() {
+    let Upload { app, alice, bob, alice_id, mut alice_ws, id, chunks } =
+        alice_starts_an_upload_to_bob("late.bin").await;
     let r = put_chunk(&app, &alice, &id, 0, chunk_bytes(0, CHUNK), &chunks[0]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // Bob blocks Alice before her last chunk.
@@ -551,15 +568,7 @@ async fn a_file_whose_uploader_is_blocked_while_it_goes_up_is_not_posted_and_cos
 #[tokio::test]
 async fn hole_a_chunk_streaming_in_when_its_transfer_fails_is_refused_and_not_kept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
-    let (alice, bob, bob_id) = alice_and_bob(&app).await;
-    let alice_id = alice_ws_user_id(&app, &alice).await;
-    let mut alice_ws = Client::connect(&app, &alice).await;
-    let conv = conversation(&mut alice_ws, &bob_id).await;
-    let size = CHUNK as u64 + 10;
-    let (sha, chunks) = file_hashes(size);
-    let id = create_id(&app, &alice, json!({"conversation_id": conv, "name": "slow.bin", "size": size, "sha256": sha}))
-        .await;
+    let Upload { app, alice, bob, alice_id, id, chunks, .. } = alice_starts_an_upload_to_bob("slow.bin").await;
     // Alice's first chunk, by hand: the headers and half the body...
     let data = chunk_bytes(0, CHUNK);
     let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
