@@ -4,20 +4,28 @@
 //! revoked and has not expired, so logout takes effect at once in every service that
 //! shares the database.
 
+use std::sync::Arc;
+
+use rusqlite::OptionalExtension;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
 use crate::domain::{SessionId, UserId};
 use crate::storage::entities::login_session;
+use crate::storage::readers::Readers;
 
 #[derive(Clone, Debug)]
 pub struct SessionRepo {
     db: DatabaseConnection,
+    /// On a SQLite file, [`Self::is_active`] (every socket and request checks it) reads
+    /// here, without a thread hand-off.
+    readers: Option<Arc<Readers>>,
 }
 
 impl SessionRepo {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        let readers = Readers::for_db(&db);
+        Self { db, readers }
     }
 
     /// Records a newly issued token.
@@ -44,6 +52,18 @@ impl SessionRepo {
 
     /// True if the session exists for `user`, is not revoked and has not expired.
     pub async fn is_active(&self, id: SessionId, user: UserId, now: i64) -> Result<bool, DbErr> {
+        if let Some(readers) = &self.readers {
+            let row: Option<(Vec<u8>, Option<i64>, i64)> = readers
+                .read(|c| {
+                    c.prepare_cached("SELECT user_id, revoked_at, expires_at FROM login_sessions WHERE id = ?1")?
+                        .query_row([id.0.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            return Ok(row.is_some_and(|(owner, revoked_at, expires_at)| {
+                owner == user.0.as_bytes() && revoked_at.is_none() && expires_at > now
+            }));
+        }
         let row = login_session::Entity::find_by_id(id.0).one(&self.db).await?;
         Ok(row.is_some_and(|s| s.user_id == user.0 && s.revoked_at.is_none() && s.expires_at > now))
     }

@@ -33,6 +33,8 @@ use uuid::Uuid;
 use crate::auth::users::PublicUser;
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
 use crate::storage::entities::{conversation, message, receipt, user};
+use crate::storage::readers::Readers;
+use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 
 /// The message path's writes, queued for a group commit (implemented by
 /// [`crate::writer::Committer`]). Each returns once its write is queued, with the future of
@@ -50,13 +52,19 @@ pub trait MessageWrites: Send + Sync + std::fmt::Debug {
 pub struct ChatRepo {
     db: DatabaseConnection,
     writes: Arc<dyn MessageWrites>,
+    sessions: crate::auth::sessions::SessionRepo,
+    /// On a SQLite file, the reads of session start and sync (conversations, messages
+    /// after a seq) go here, without a thread hand-off ([`Readers`]).
+    readers: Option<Arc<Readers>>,
 }
 
 impl ChatRepo {
     /// The repository; its appends and receipts go through `writes` (the process's one
     /// group-committing writer).
     pub fn new(db: DatabaseConnection, writes: Arc<dyn MessageWrites>) -> Self {
-        Self { db, writes }
+        let sessions = crate::auth::sessions::SessionRepo::new(db.clone());
+        let readers = Readers::for_db(&db);
+        Self { db, writes, sessions, readers }
     }
 
     /// [`Self::history`] of `conversation` and its last seq, if `me` takes part in it
@@ -229,6 +237,54 @@ fn info(c: &conversation::Model) -> ConversationInfo {
 
 fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+fn read_failed(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// [`ChatStore::conversations_of`] on a reader connection (what the sea-orm query reads).
+fn read_conversations_of(c: &rusqlite::Connection, user: UserId) -> rusqlite::Result<Vec<ConversationInfo>> {
+    let mut q = c.prepare_cached(
+        "SELECT id, user_low, user_high, last_seq FROM conversations WHERE user_low = ?1 OR user_high = ?1",
+    )?;
+    let rows = q.query_map([user.0.as_bytes()], |r| {
+        Ok(ConversationInfo {
+            id: ConversationId(uuid_at(r, 0)?),
+            participants: [UserId(uuid_at(r, 1)?), UserId(uuid_at(r, 2)?)],
+            last_seq: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// [`ChatRepo::history`] after `after_seq` (oldest first, at most `limit`) on a reader
+/// connection.
+fn read_messages_after(
+    c: &rusqlite::Connection,
+    conversation: ConversationId,
+    after_seq: i64,
+    limit: u64,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    let mut q = c.prepare_cached(
+        "SELECT id, seq, sender_id, client_msg_id, kind, body, file_id, created_at FROM messages \
+         WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = q.query_map(rusqlite::params![conversation.0.as_bytes(), after_seq, limit], |r| {
+        Ok(StoredMessage {
+            id: MessageId(uuid_at(r, 0)?),
+            conversation_id: conversation,
+            seq: r.get(1)?,
+            sender_id: UserId(uuid_at(r, 2)?),
+            client_msg_id: r.get(3)?,
+            kind: text_at(r, 4, MessageKind::parse)?,
+            body: r.get(5)?,
+            file_id: opt_uuid_at(r, 6)?.map(FileId),
+            created_at: r.get(7)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// What became of one append while its batch is worked out.
@@ -506,10 +562,7 @@ pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Ent
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
     async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError> {
-        crate::auth::sessions::SessionRepo::new(self.db.clone())
-            .is_active(crate::domain::SessionId(session), user, crate::now_ms())
-            .await
-            .map_err(unavailable)
+        self.sessions.is_active(crate::domain::SessionId(session), user, crate::now_ms()).await.map_err(unavailable)
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationInfo>, StoreError> {
@@ -579,10 +632,16 @@ impl ChatStore for ChatRepo {
         after_seq: i64,
         limit: u64,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        if let Some(readers) = &self.readers {
+            return readers.read(|c| read_messages_after(c, conversation, after_seq, limit)).map_err(read_failed);
+        }
         self.history(conversation, Some(after_seq), None, limit).await.map_err(unavailable)
     }
 
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError> {
+        if let Some(readers) = &self.readers {
+            return readers.read(|c| read_conversations_of(c, user)).map_err(read_failed);
+        }
         let rows = conversation::Entity::find()
             .filter(
                 Condition::any()

@@ -13,6 +13,7 @@
 //! Handlers and actors call repositories, never SQL directly.
 
 pub mod entities;
+pub mod readers;
 pub(crate) mod rows;
 pub mod seed;
 
@@ -93,4 +94,23 @@ pub(crate) fn sum_bigint<C: sea_orm::ColumnTrait>(column: C) -> sea_orm::sea_que
 /// default.
 pub(crate) fn stored<T>(parse: fn(&str) -> Option<T>, column: &str, text: &str) -> Result<T, DbErr> {
     parse(text).ok_or_else(|| DbErr::Type(format!("{column} holds {text:?}, which is none of its values")))
+}
+
+/// The database file of a SQLite connection opened read-write on a plain file (`None`
+/// for PostgreSQL, in-memory, read-only or other special SQLite URLs, which the pool
+/// keeps serving).
+pub(crate) fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
+    use sea_orm::sqlx::ConnectOptions;
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let url = options.to_url_lossy();
+    let plain = url.query_pairs().all(|(k, v)| match &*k {
+        "mode" => v == "rw" || v == "rwc",
+        "cache" => true,
+        _ => false,
+    });
+    let path = options.get_filename().to_owned();
+    (plain && path.is_file()).then_some(path)
 }

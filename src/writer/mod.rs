@@ -126,7 +126,7 @@ impl Committer {
     /// current runtime writing through `db`.
     pub fn start(db: DatabaseConnection) -> Self {
         let (tx, rx) = flume::bounded(QUEUE);
-        if let Some(path) = sqlite_file(&db) {
+        if let Some(path) = crate::storage::sqlite_file(&db) {
             match sqlite::open(&path, crate::storage::SQLITE_BUSY_TIMEOUT) {
                 Ok(conn) => {
                     let spawned = std::thread::Builder::new()
@@ -189,25 +189,6 @@ impl NotificationWrites for Committer {
 
 fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-/// The database file of a SQLite connection opened read-write on a plain file (`None`
-/// for PostgreSQL, in-memory, read-only or other special SQLite URLs, which the pool
-/// keeps serving).
-fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
-    use sea_orm::sqlx::ConnectOptions;
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return None;
-    }
-    let options = db.get_sqlite_connection_pool().connect_options();
-    let url = options.to_url_lossy();
-    let plain = url.query_pairs().all(|(k, v)| match &*k {
-        "mode" => v == "rw" || v == "rwc",
-        "cache" => true,
-        _ => false,
-    });
-    let path = options.get_filename().to_owned();
-    (plain && path.is_file()).then_some(path)
 }
 
 /// Answers every write still queued when the writer ends (every sender gone, or an
