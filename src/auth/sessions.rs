@@ -25,6 +25,12 @@ pub struct SessionRepo {
 impl SessionRepo {
     pub fn new(db: DatabaseConnection) -> Self {
         let readers = Readers::for_db(&db);
+        Self::sharing(db, readers)
+    }
+
+    /// The repository reading through `readers` (another repository's, so one process
+    /// keeps one set of reader connections per repository that owns them).
+    pub(crate) fn sharing(db: DatabaseConnection, readers: Option<Arc<Readers>>) -> Self {
         Self { db, readers }
     }
 

@@ -62,8 +62,8 @@ impl ChatRepo {
     /// The repository; its appends and receipts go through `writes` (the process's one
     /// group-committing writer).
     pub fn new(db: DatabaseConnection, writes: Arc<dyn MessageWrites>) -> Self {
-        let sessions = crate::auth::sessions::SessionRepo::new(db.clone());
         let readers = Readers::for_db(&db);
+        let sessions = crate::auth::sessions::SessionRepo::sharing(db.clone(), readers.clone());
         Self { db, writes, sessions, readers }
     }
 
