@@ -85,8 +85,16 @@ pub struct AuthConfig {
     /// same one. Unset on embedded defaults (SQLite, no broker): generated once and kept in
     /// `<data_dir>/jwt.key` so that restarts do not log everyone out. Required otherwise.
     pub jwt_secret: Option<Secret>,
-    /// Lifetime of an access token, in seconds (60 s to 30 days).
+    /// Lifetime of an access token, in seconds (60 s to 1 day). Clients renew it from
+    /// their login (`POST /api/auth/refresh`; browsers by their refresh cookie) while the
+    /// login lasts, so it can be short.
     pub token_ttl_secs: u64,
+    /// A login ends after this many seconds without use (a request, a refresh or an open
+    /// socket), 5 minutes to 1 year.
+    pub session_idle_secs: u64,
+    /// A login ends this many seconds after it began however much it is used (the
+    /// absolute maximum), 1 hour to 1 year and at least `session_idle_secs`.
+    pub session_max_secs: u64,
     /// Mark the session cookie `Secure` (set this when served over HTTPS).
     pub cookie_secure: bool,
     /// Argon2id memory cost in KiB (OWASP: 19456 KiB with 2 passes).
@@ -332,7 +340,9 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: None,
-            token_ttl_secs: 12 * 3600,
+            token_ttl_secs: 15 * 60,
+            session_idle_secs: 14 * 24 * 3600,
+            session_max_secs: 90 * 24 * 3600,
             cookie_secure: false,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
@@ -405,9 +415,21 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         let a = &self.auth;
         anyhow::ensure!(
-            (60..=30 * 24 * 3600).contains(&a.token_ttl_secs),
-            "auth.token_ttl_secs must be between 60 and 2592000 (30 days), got {}",
+            (60..=24 * 3600).contains(&a.token_ttl_secs),
+            "auth.token_ttl_secs must be between 60 and 86400 (1 day), got {}",
             a.token_ttl_secs
+        );
+        const YEAR: u64 = 365 * 24 * 3600;
+        anyhow::ensure!(
+            (300..=YEAR).contains(&a.session_idle_secs),
+            "auth.session_idle_secs must be between 300 and 31536000 (1 year), got {}",
+            a.session_idle_secs
+        );
+        anyhow::ensure!(
+            (3600..=YEAR).contains(&a.session_max_secs) && a.session_max_secs >= a.session_idle_secs,
+            "auth.session_max_secs must be between 3600 and 31536000 (1 year) and at least \
+             auth.session_idle_secs, got {}",
+            a.session_max_secs
         );
         if let Some(secret) = &a.jwt_secret {
             anyhow::ensure!(

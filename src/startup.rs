@@ -69,7 +69,7 @@ impl Application {
         prepare_data_dir(&config)?;
         let secret = resolve_jwt_secret(&config)?;
         let db = storage::connect(&config.database_url()).await?;
-        let repos = Repos::new(db);
+        let repos = Repos::new(db, crate::auth::sessions::Lifetimes::from_config(&config.auth));
         let auth =
             AuthService::new(repos.users.clone(), repos.sessions.clone(), &config.auth, TokenKeys::new(&secret))?;
         let files = crate::messaging::files::FileRepo::new(repos.db.clone(), &config.data_dir);

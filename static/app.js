@@ -311,14 +311,18 @@ const SB = (() => {
     location.assign('/login');
   }
 
+  // The signed-in user in the top bar (the Settings link).
+  function showMe(u) {
+    const e = document.getElementById('me');
+    if (e) e.textContent = `${name(u)} (@${u.username})`;
+  }
+
   document.addEventListener('DOMContentLoaded', () => {
     if (!signedIn) return;
     document.getElementById('logout').addEventListener('click', logout);
-    me.then((u) => {
-      document.getElementById('me').textContent = `${name(u)} (@${u.username})`;
-    }).catch(() => {});
+    me.then(showMe).catch(() => {});
     startNotifications();
   });
 
-  return { api, ApiError, el, clone, toast, time, when, name, me, notif, setTitleCount, toLogin, stillSignedIn, leaving: () => leaving || toLoginStarted };
+  return { api, ApiError, el, clone, toast, time, when, name, me, showMe, notif, setTitleCount, toLogin, stillSignedIn, leaving: () => leaving || toLoginStarted };
 })();

@@ -637,7 +637,7 @@
       if (S.ws !== ws) return;
       S.connected = false;
       S.ws = null;
-      // 4001: this login was logged out; 4002: its token expired. The cookie is no longer
+      // 4001: this login was logged out; 4002: it reached its end. The cookie is no longer
       // good, so reconnecting would only get 401: log in again instead (unless this page
       // is logging out, which goes to the login page by itself).
       if (ev.code === CLOSE_LOGGED_OUT || ev.code === CLOSE_TOKEN_EXPIRED) {
@@ -727,6 +727,18 @@
         return;
       }
       case 'contact': return reloadLists();
+      case 'profile': {
+        // A contact renamed themselves (or this user did, on another device).
+        if (f.user_id === S.me.id) {
+          S.me.display_name = f.display_name;
+          SB.showMe(S.me);
+        } else if (S.peers.has(f.user_id)) {
+          peer(f.user_id).user.display_name = f.display_name;
+          renderList();
+          if (f.user_id === S.current) renderHeader();
+        }
+        return;
+      }
       case 'transfer': return onTransfer(f);
       case 'error': return onError(f);
       default: return; // pong, sync_done, notification (the menu has its own stream)

@@ -45,6 +45,8 @@ crate::text_enum! {
         InvalidDisplayName = "invalid_display_name",
         /// The login that opened the socket was logged out.
         SessionRevoked = "session_revoked",
+        /// An operator disabled the account.
+        AccountDisabled = "account_disabled",
 
         // Things and permissions.
         /// No such thing, or the caller may not know it exists.

@@ -180,6 +180,8 @@ pub enum Event {
     /// The login session `session_id` of `to` was revoked (logout): every socket and
     /// stream it authenticated, on every node, closes.
     SessionRevoked { to: UserId, session_id: uuid::Uuid },
+    /// `user_id` (a contact of `to`, or `to`) changed their display name.
+    Profile { to: UserId, user_id: UserId, display_name: String },
 }
 
 /// A stored notification, as clients see it.
@@ -236,7 +238,8 @@ impl Event {
             | Event::Contact { to, .. }
             | Event::Notification { to, .. }
             | Event::Transfer { to, .. }
-            | Event::SessionRevoked { to, .. } => *to,
+            | Event::SessionRevoked { to, .. }
+            | Event::Profile { to, .. } => *to,
         }
     }
 
@@ -255,6 +258,7 @@ impl Event {
             Event::Notification { .. } => "notification",
             Event::Transfer { .. } => "transfer",
             Event::SessionRevoked { .. } => "session.revoked",
+            Event::Profile { .. } => "profile",
             Event::Contact { change, .. } => return format!("user.{}.contact.{}", self.recipient(), change.kind),
         };
         format!("user.{}.{kind}", self.recipient())

@@ -62,6 +62,8 @@ pub enum ServerFrame {
     Presence { user_id: UserId, online: bool },
     /// A contact request involving you changed.
     Contact(ContactChange),
+    /// A contact (or you, on another device) changed their display name.
+    Profile { user_id: UserId, display_name: String },
     /// An upload in one of your conversations progressed, completed or failed.
     Transfer(crate::transfer::TransferProgress),
     /// A new notification (or `null`) and your unread counts now.

@@ -39,8 +39,8 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// WebSocket close code: the login that opened the connection was revoked (logout);
 /// log in again before reconnecting.
 pub const CLOSE_LOGGED_OUT: u16 = 4001;
-/// WebSocket close code: the token that opened the connection expired; reconnect with a
-/// fresh one.
+/// WebSocket close code: the login that opened the connection reached its absolute end
+/// (it outlives its access token, not its login); log in again.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 
 /// The connection as the actor sees it; owned jointly with the socket tasks, so it
@@ -136,11 +136,12 @@ impl ConnHandle {
         self.closed.cancel();
     }
 
-    /// Closes the connection if its token has expired by `now`; true if it has.
+    /// Closes the connection if its login has reached its absolute end by `now`; true if
+    /// it has. (An idle-expired or revoked login is found by the periodic check.)
     pub fn close_if_expired(&self, now: i64) -> bool {
         let expired = now >= self.expires_at;
         if expired {
-            self.close(CLOSE_TOKEN_EXPIRED, "token expired");
+            self.close(CLOSE_TOKEN_EXPIRED, "login expired");
         }
         expired
     }
@@ -689,6 +690,9 @@ impl SessionState {
             }
             Event::Notification { notification, unread, .. } => {
                 self.conn.push(&ServerFrame::Notification { notification, unread });
+            }
+            Event::Profile { user_id, display_name, .. } => {
+                self.conn.push(&ServerFrame::Profile { user_id, display_name });
             }
             Event::SessionRevoked { session_id, .. } => {
                 if session_id == self.conn.login_session {

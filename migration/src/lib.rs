@@ -6,6 +6,8 @@
 //! - [`m20261127_000003_notification_order`]: per-user notification numbers (`n`).
 //! - [`m20261206_000004_notification_per_conversation`]: one message notification per
 //!   (user, conversation), updated in place, with the unread messages it stands for.
+//! - [`m20261206_000005_accounts`]: sliding login sessions (last use, client address,
+//!   refresh secret hash) and disabled accounts.
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -18,6 +20,7 @@ pub mod m20261127_000001_initial;
 pub mod m20261127_000002_user_search;
 pub mod m20261127_000003_notification_order;
 pub mod m20261206_000004_notification_per_conversation;
+pub mod m20261206_000005_accounts;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -30,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_user_search::Migration),
             Box::new(m20261127_000003_notification_order::Migration),
             Box::new(m20261206_000004_notification_per_conversation::Migration),
+            Box::new(m20261206_000005_accounts::Migration),
         ]
     }
 }

@@ -25,10 +25,15 @@ use crate::domain::{SessionId, UserId};
 pub struct AuthUser {
     pub user_id: UserId,
     pub session_id: SessionId,
-    /// When the token expires, in ms since the epoch: long-lived connections opened with
-    /// it (WebSocket, notification stream) close then.
+    /// The absolute end of the login, in ms since the epoch: long-lived connections
+    /// opened with it (WebSocket, notification stream) close then at the latest. (They
+    /// outlive their access token: it only has to be valid when they open.)
     pub expires_at: i64,
 }
 
-/// Name of the browser session cookie (HttpOnly, SameSite=Lax).
+/// Name of the browser's access-token cookie (HttpOnly, SameSite=Lax), as long-lived as
+/// the token.
 pub const SESSION_COOKIE: &str = "sb_session";
+/// Name of the browser's refresh cookie (HttpOnly, SameSite=Lax): renews the access
+/// cookie while the login lasts.
+pub const REFRESH_COOKIE: &str = "sb_refresh";

@@ -1,4 +1,5 @@
-//! `/api/auth/*`: register, login, logout, me; and the [`require_auth`] hoop.
+//! `/api/auth/*`: register, login, refresh, logout, the caller's account (name,
+//! password) and logins (list, end); and the [`require_auth`] hoop.
 
 use salvo::http::cookie::{Cookie, SameSite};
 use salvo::http::header;
@@ -6,9 +7,9 @@ use salvo::prelude::*;
 
 use serde::Deserialize;
 
-use crate::auth::service::LoginOutcome;
+use crate::auth::service::{LoginOutcome, SessionView};
 use crate::auth::users::User;
-use crate::auth::{AuthUser, SESSION_COOKIE};
+use crate::auth::{AuthUser, REFRESH_COOKIE, SESSION_COOKIE};
 use crate::error::{AppError, ErrorCode};
 use crate::web::openapi::{ErrorBody, errors};
 use crate::web::state;
@@ -17,8 +18,17 @@ pub fn router() -> Router {
     Router::with_path("api/auth")
         .push(Router::with_path("register").post(register))
         .push(Router::with_path("login").post(login))
+        .push(Router::with_path("refresh").post(refresh))
         .push(Router::with_path("logout").hoop(require_auth).post(logout))
-        .push(Router::with_path("me").hoop(require_auth).get(me))
+        .push(Router::with_path("me").hoop(require_auth).get(me).patch(update_me))
+        .push(Router::with_path("password").hoop(require_auth).post(change_password))
+        .push(
+            Router::with_path("sessions")
+                .hoop(require_auth)
+                .get(sessions)
+                .delete(end_other_sessions)
+                .push(Router::with_path("{id}").delete(end_session)),
+        )
 }
 
 #[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
@@ -33,6 +43,30 @@ struct RegisterBody {
     #[serde(default)]
     #[salvo(schema(min_length = 1, max_length = 64))]
     display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
+struct RefreshBody {
+    /// The login's `refresh_token`; browsers leave it out and send their refresh cookie.
+    #[serde(default)]
+    #[salvo(schema(max_length = 128))]
+    refresh_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
+struct PasswordBody {
+    #[salvo(schema(max_length = 1024))]
+    current_password: String,
+    /// 8-1024 bytes.
+    #[salvo(schema(min_length = 8, max_length = 1024))]
+    new_password: String,
+}
+
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
+struct ProfileBody {
+    /// 1-64 characters after trimming, no control characters.
+    #[salvo(schema(min_length = 1, max_length = 64))]
+    display_name: String,
 }
 
 #[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
@@ -105,8 +139,42 @@ async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
     let ua = req.header::<String>(header::USER_AGENT);
     let st = state(depot)?;
     let out = st.auth.login(ip, &body.username, body.password, ua).await?;
-    let max_age = (out.expires_at - crate::now_ms()) / 1000;
-    res.add_cookie(session_cookie(out.access_token.clone(), max_age, st.config.auth.cookie_secure));
+    let secure = st.config.auth.cookie_secure;
+    set_access_cookie(res, &out, secure);
+    if let Some(secret) = &out.refresh_token {
+        let max_age = st.auth.login_max_secs();
+        res.add_cookie(auth_cookie(REFRESH_COOKIE, secret.clone(), max_age, secure));
+    }
+    res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    res.render(Json(out));
+    Ok(())
+}
+
+/// `POST /api/auth/refresh` → 200 `{access_token, expires_at, session_expires_at, user}`
+/// and a new access cookie: a fresh access token for the same login, while it lasts.
+#[endpoint(
+    operation_id = "auth.refresh",
+    tags("auth"),
+    request_body = RefreshBody,
+    responses(
+        (status_code = 200, description = "a new access token for the same login", body = LoginOutcome),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::Unavailable,
+    ),
+)]
+async fn refresh(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let body: RefreshBody = json_body(req, depot).await?;
+    let token = body
+        .refresh_token
+        .or_else(|| req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned()))
+        .ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "refresh_token required"))?;
+    let st = state(depot)?;
+    let (_, out) = st.auth.refresh(&token).await?;
+    set_access_cookie(res, &out, st.config.auth.cookie_secure);
     res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     res.render(Json(out));
     Ok(())
@@ -127,7 +195,129 @@ async fn logout(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
     let st = state(depot)?;
     st.auth.logout(who).await?;
-    res.add_cookie(session_cookie(String::new(), 0, st.config.auth.cookie_secure));
+    clear_cookies(res, st.config.auth.cookie_secure);
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+fn clear_cookies(res: &mut Response, secure: bool) {
+    res.add_cookie(auth_cookie(SESSION_COOKIE, String::new(), 0, secure));
+    res.add_cookie(auth_cookie(REFRESH_COOKIE, String::new(), 0, secure));
+}
+
+/// `PATCH /api/auth/me {display_name}` → 200 with the user; contacts see the new name.
+#[endpoint(
+    operation_id = "auth.update_me",
+    tags("auth"),
+    request_body = ProfileBody,
+    responses(
+        (status_code = 200, description = "the caller, renamed", body = User),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::Unavailable,
+    ),
+)]
+async fn update_me(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let body: ProfileBody = json_body(req, depot).await?;
+    let st = state(depot)?;
+    let user = st.auth.set_display_name(who, &body.display_name).await?;
+    st.contacts.announce_profile(who.user_id, &user.display_name).await;
+    res.render(Json(user));
+    Ok(())
+}
+
+/// `POST /api/auth/password {current_password, new_password}` → 204; every other login
+/// of the caller ends.
+#[endpoint(
+    operation_id = "auth.change_password",
+    tags("auth"),
+    request_body = PasswordBody,
+    responses(
+        (status_code = 204, description = "changed; the caller's other logins ended"),
+        errors::BadInput,
+        (status_code = 401, description = "wrong current password, or not authenticated", body = ErrorBody),
+        errors::NotAllowed,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
+async fn change_password(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let body: PasswordBody = json_body(req, depot).await?;
+    let st = state(depot)?;
+    let ip = client_ip(req, &st.config);
+    st.auth.change_password(who, ip, body.current_password, body.new_password).await?;
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `GET /api/auth/sessions` → the caller's valid logins, most recently used first.
+#[endpoint(
+    operation_id = "auth.sessions",
+    tags("auth"),
+    responses(
+        (status_code = 200, description = "the caller's logins", body = Vec<SessionView>),
+        errors::Unauthenticated,
+        errors::Unavailable,
+    ),
+)]
+async fn sessions(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let list = state(depot)?.auth.sessions(who).await?;
+    res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    res.render(Json(list));
+    Ok(())
+}
+
+/// `DELETE /api/auth/sessions/{id}` → 204: that login ends (404 unless it is the caller's).
+#[endpoint(
+    operation_id = "auth.end_session",
+    tags("auth"),
+    parameters(("id" = String, Path, description = "the login's id")),
+    responses(
+        (status_code = 204, description = "ended: its sockets and streams are closed"),
+        errors::BadInput,
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::Unavailable,
+    ),
+)]
+async fn end_session(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let id = req
+        .param::<String>("id")
+        .and_then(|s| uuid::Uuid::try_parse(&s).ok())
+        .ok_or_else(|| AppError::not_found(ErrorCode::NotFound, "no such session"))?;
+    let st = state(depot)?;
+    st.auth.end_session(who, crate::domain::SessionId(id)).await?;
+    if id == who.session_id.0 {
+        clear_cookies(res, st.config.auth.cookie_secure);
+    }
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `DELETE /api/auth/sessions` → 204: every login of the caller but this one ends.
+#[endpoint(
+    operation_id = "auth.end_other_sessions",
+    tags("auth"),
+    responses(
+        (status_code = 204, description = "every other login ended"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::Unavailable,
+    ),
+)]
+async fn end_other_sessions(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    state(depot)?.auth.end_logins(who.user_id, Some(who.session_id)).await?;
     res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
@@ -149,8 +339,14 @@ async fn me(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     Ok(())
 }
 
-fn session_cookie(value: String, max_age_secs: i64, secure: bool) -> Cookie<'static> {
-    Cookie::build((SESSION_COOKIE, value))
+/// The access cookie, living as long as its token.
+fn set_access_cookie(res: &mut Response, out: &LoginOutcome, secure: bool) {
+    let max_age = (out.expires_at - crate::now_ms()) / 1000;
+    res.add_cookie(auth_cookie(SESSION_COOKIE, out.access_token.clone(), max_age, secure));
+}
+
+fn auth_cookie(name: &'static str, value: String, max_age_secs: i64, secure: bool) -> Cookie<'static> {
+    Cookie::build((name, value))
         .http_only(true)
         .same_site(SameSite::Lax)
         .secure(secure)
@@ -178,13 +374,13 @@ pub fn caller(depot: &Depot) -> Result<AuthUser, AppError> {
 }
 
 /// Hoop: 401 unless the request carries a valid, unrevoked token; otherwise the caller
-/// goes in the depot as an [`AuthUser`].
+/// goes in the depot as an [`AuthUser`]. A browser whose access cookie has expired is
+/// renewed here from its refresh cookie ([`authenticate_request`]).
 #[handler]
 pub async fn require_auth(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
-    let result = match (request_token(req), state(depot)) {
-        (_, Err(e)) => Err(e),
-        (None, _) => Err(AppError::unauthorized(ErrorCode::InvalidToken, "authentication required")),
-        (Some(token), Ok(st)) => st.auth.authenticate(&token).await,
+    let result = match state(depot) {
+        Err(e) => Err(e),
+        Ok(st) => authenticate_request(req, res, st).await,
     };
     match result {
         Ok(who) => {
@@ -195,4 +391,43 @@ pub async fn require_auth(req: &mut Request, depot: &mut Depot, res: &mut Respon
             ctrl.skip_rest();
         }
     }
+}
+
+/// The caller of `req`: by its bearer token if it has one (never renewed here: bearer
+/// clients renew with `POST /api/auth/refresh`); else by the access cookie, or, when that
+/// is missing or no longer valid, by the refresh cookie, which sets a new access cookie
+/// on `res`. So an active browser is never logged out while its login lasts.
+pub async fn authenticate_request(
+    req: &Request,
+    res: &mut Response,
+    st: &crate::web::AppState,
+) -> Result<AuthUser, AppError> {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        let token = request_token(req)
+            .ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "authentication required"))?;
+        return st.auth.authenticate(&token).await;
+    }
+    let access = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()).filter(|v| !v.is_empty());
+    let secret = req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned()).filter(|v| !v.is_empty());
+    let denied = match access {
+        Some(token) => match st.auth.authenticate(&token).await {
+            Ok(who) => return Ok(who),
+            Err(e) => e,
+        },
+        None => AppError::unauthorized(ErrorCode::InvalidToken, "authentication required"),
+    };
+    let Some(secret) = secret else { return Err(denied) };
+    match st.auth.refresh(&secret).await {
+        Ok((who, out)) => {
+            set_access_cookie(res, &out, st.config.auth.cookie_secure);
+            Ok(who)
+        }
+        Err(AppError::Unauthorized { .. }) => Err(denied),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the request carries any login cookie (a page shows the signed-in layout).
+pub fn has_login_cookie(req: &Request) -> bool {
+    [SESSION_COOKIE, REFRESH_COOKIE].iter().any(|n| req.cookie(*n).is_some_and(|c| !c.value().is_empty()))
 }

@@ -9,22 +9,47 @@ use switchboard_actors::ports::{Bus, Envelope, Event};
 use super::AuthUser;
 use super::passwords::PasswordHasher;
 use super::tokens::{Claims, TokenKeys};
-use crate::auth::sessions::SessionRepo;
-use crate::auth::users::UserRepo;
+use crate::auth::sessions::{ActiveLogin, Lifetimes, NewLogin, SessionRepo};
 use crate::auth::users::{CreateUserError, User};
+use crate::auth::users::{Credentials, UserRepo};
 use crate::config::AuthConfig;
-use crate::domain::{DisplayName, Password, SessionId, Username};
+use crate::domain::{DisplayName, Password, SessionId, UserId, Username};
 use crate::error::{AppError, ErrorCode};
 use crate::ratelimit::{FailureCounter, KeyedLimiter};
 
-/// A successful login.
+/// A successful login, or a renewed access token.
 #[derive(Debug, Clone, Serialize, salvo::oapi::ToSchema)]
 #[salvo(schema(name = LoginOut))]
 pub struct LoginOutcome {
+    /// The short-lived access token (`Authorization: Bearer …`).
     pub access_token: String,
-    /// Expiry, in milliseconds since the Unix epoch (like every time in the API).
+    /// Its expiry, in milliseconds since the Unix epoch (like every time in the API):
+    /// renew it before then with `POST /api/auth/refresh`.
     pub expires_at: i64,
+    /// The login's refresh secret (only in the login's answer): renews access tokens while
+    /// the login lasts. Keep it like a password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// When the login ends unless used again (it slides with use, up to its absolute end).
+    pub session_expires_at: i64,
     pub user: User,
+}
+
+/// One of the caller's logins, in `GET /api/auth/sessions`.
+#[derive(Debug, Clone, Serialize, salvo::oapi::ToSchema)]
+#[salvo(schema(name = LoginSession))]
+pub struct SessionView {
+    #[salvo(schema(value_type = String))]
+    pub id: SessionId,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    /// When it ends unless used again.
+    pub expires_at: i64,
+    pub user_agent: Option<String>,
+    /// The address it logged in from.
+    pub client_addr: Option<String>,
+    /// Whether this is the login making the request.
+    pub current: bool,
 }
 
 #[derive(Clone)]
@@ -68,7 +93,7 @@ impl AuthService {
     pub fn new(users: UserRepo, sessions: SessionRepo, cfg: &AuthConfig, keys: TokenKeys) -> anyhow::Result<Self> {
         Ok(Self {
             users,
-            sessions,
+            sessions: sessions.with_lifetimes(Lifetimes::from_config(cfg)),
             bus: None,
             retry: None,
             hasher: PasswordHasher::new(cfg)?,
@@ -126,8 +151,8 @@ impl AuthService {
         }
     }
 
-    /// Checks credentials and issues a token. Unknown user and wrong password give the
-    /// same error, after the same work.
+    /// Checks credentials and starts a login: an access token and the login's refresh
+    /// secret. Unknown user and wrong password give the same error, after the same work.
     pub async fn login(
         &self,
         ip: Option<IpAddr>,
@@ -138,32 +163,165 @@ impl AuthService {
         if let Some(ip) = ip {
             check(&self.limits.login_ip, &crate::net::limit_key(ip))?;
         }
-        let bad = || AppError::unauthorized(ErrorCode::InvalidCredentials, "wrong username or password");
         // Malformed names or passwords cannot match an account: same answer as a wrong one.
-        let username = Username::parse(username).map_err(|_| bad())?;
-        let password = Password::parse(password).map_err(|_| bad())?;
+        let username = Username::parse(username).map_err(|_| bad_credentials())?;
+        let password = Password::parse(password).map_err(|_| bad_credentials())?;
+        let found = self.users.find_credentials(&username).await?;
+        let (user, creds) = self.verify_password(username.as_str(), ip, &password, found).await?;
+        if creds.disabled_at.is_some() {
+            tracing::info!(user_id = %user.id, "login refused: account disabled");
+            return Err(disabled());
+        }
+        let now = crate::now_ms();
+        let (refresh_token, refresh_hash) = refresh_secret(SessionId::new());
+        let id = refresh_token.session;
+        let login = NewLogin {
+            id,
+            user: user.id,
+            now,
+            user_agent: user_agent.map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect()),
+            client_addr: ip.map(|ip| ip.to_string()),
+            refresh_hash,
+        };
+        let active = self.sessions.create(login).await?;
+        tracing::info!(user_id = %user.id, session = %id, "login");
+        let mut out = self.issue(user, id, active, now)?;
+        out.refresh_token = Some(refresh_token.to_string());
+        Ok(out)
+    }
+
+    /// An access token for the login `id` of `user`, expiring after the token lifetime
+    /// or with the login, whichever is first.
+    fn issue(&self, user: User, id: SessionId, login: ActiveLogin, now: i64) -> Result<LoginOutcome, AppError> {
+        let now_s = now / 1000;
+        let ends_s = self.sessions.lifetimes().ends_at(login.created_at) / 1000;
+        let exp = (now_s + self.token_ttl_secs).min(ends_s).max(now_s + 1);
+        let claims = Claims { sub: user.id, jti: id, iat: now_s, exp };
+        let access_token = self.keys.sign(&claims)?;
+        Ok(LoginOutcome {
+            access_token,
+            expires_at: exp * 1000,
+            refresh_token: None,
+            session_expires_at: login.expires_at,
+            user,
+        })
+    }
+
+    /// Checks `password` against `found` under the login failure limits for `username`
+    /// (per address and per name), so guessing here is as slow as at login.
+    async fn verify_password(
+        &self,
+        username: &str,
+        ip: Option<IpAddr>,
+        password: &Password,
+        found: Option<(User, Credentials)>,
+    ) -> Result<(User, Credentials), AppError> {
         // Failures count per (username, address), so no one can lock a chosen user out
         // by failing on purpose; a ceiling per username (many addresses) holds back only
         // addresses that have failed themselves. Each attempt is reserved before the
         // (slow) hash and counts as a failure until it succeeds, so concurrent guesses
         // cannot all pass one check.
-        let attempt = Attempt::begin(&self.limits, username.as_str(), ip)?;
-        let found = self.users.find_credentials(&username).await?;
-        let ok = self.hasher.verify(&password, found.as_ref().map(|(_, h)| h.as_str())).await?;
-        let Some((user, _)) = found.filter(|_| ok) else {
+        let attempt = Attempt::begin(&self.limits, username, ip)?;
+        let ok = self.hasher.verify(password, found.as_ref().map(|(_, c)| c.password_hash.as_str())).await?;
+        let Some(found) = found.filter(|_| ok) else {
             attempt.failed();
-            tracing::info!(username = %username, "login failed");
-            return Err(bad());
+            tracing::info!(username = %username, "password check failed");
+            return Err(bad_credentials());
         };
         attempt.succeeded();
-        let now = chrono::Utc::now().timestamp();
-        let exp = now + self.token_ttl_secs;
-        let claims = Claims { sub: user.id, jti: SessionId::new(), iat: now, exp };
-        let user_agent = user_agent.map(|ua| ua.chars().take(256).collect());
-        self.sessions.create(claims.jti, user.id, now * 1000, exp * 1000, user_agent).await?;
-        let access_token = self.keys.sign(&claims)?;
-        tracing::info!(user_id = %user.id, session = %claims.jti, "login");
-        Ok(LoginOutcome { access_token, expires_at: exp * 1000, user })
+        Ok(found)
+    }
+
+    /// A new access token for the login a refresh secret belongs to, if that login is
+    /// still valid (the login slides: this is a use). 401 otherwise.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(AuthUser, LoginOutcome), AppError> {
+        let token = RefreshToken::parse(refresh_token).ok_or_else(invalid_token)?;
+        let now = crate::now_ms();
+        let (user_id, hash) = self.sessions.refreshable(token.session, now).await?.ok_or_else(invalid_token)?;
+        if !constant_time_eq(hash.as_bytes(), hash_secret(&token.secret).as_bytes()) {
+            return Err(invalid_token());
+        }
+        let login = self.sessions.use_login(token.session, user_id, now).await?.ok_or_else(invalid_token)?;
+        let Some((user, creds)) = self.users.credentials_of(user_id).await? else { return Err(invalid_token()) };
+        if creds.disabled_at.is_some() {
+            return Err(invalid_token());
+        }
+        let out = self.issue(user, token.session, login, now)?;
+        let who = AuthUser {
+            user_id,
+            session_id: token.session,
+            expires_at: self.sessions.lifetimes().ends_at(login.created_at),
+        };
+        Ok((who, out))
+    }
+
+    /// Changes the caller's password after checking the current one (401 if wrong,
+    /// counted like a failed login). Every other login of the user ends, with its
+    /// sockets and streams; the caller's stays.
+    pub async fn change_password(
+        &self,
+        who: AuthUser,
+        ip: Option<IpAddr>,
+        current: String,
+        new: String,
+    ) -> Result<(), AppError> {
+        let new = Password::parse(new).map_err(invalid)?;
+        let current = Password::parse(current).map_err(|_| bad_credentials())?;
+        let found = self.users.credentials_of(who.user_id).await?;
+        let username = found.as_ref().map(|(u, _)| u.username.clone()).ok_or_else(gone)?;
+        self.verify_password(&username, ip, &current, found).await?;
+        let hash = self.hasher.hash(&new).await?;
+        if !self.users.set_password(who.user_id, hash, crate::now_ms()).await? {
+            return Err(gone());
+        }
+        let ended = self.end_logins(who.user_id, Some(who.session_id)).await?;
+        tracing::info!(user_id = %who.user_id, other_logins_ended = ended, "password changed");
+        Ok(())
+    }
+
+    /// The caller's valid logins, most recently used first.
+    pub async fn sessions(&self, who: AuthUser) -> Result<Vec<SessionView>, AppError> {
+        let rows = self.sessions.list(who.user_id, crate::now_ms()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SessionView {
+                current: r.id == who.session_id,
+                id: r.id,
+                created_at: r.created_at,
+                last_seen_at: r.last_seen_at,
+                expires_at: r.expires_at,
+                user_agent: r.user_agent,
+                client_addr: r.client_addr,
+            })
+            .collect())
+    }
+
+    /// Ends one of the caller's logins (404 unless it is theirs and valid).
+    pub async fn end_session(&self, who: AuthUser, id: SessionId) -> Result<(), AppError> {
+        let now = crate::now_ms();
+        if !self.sessions.is_active(id, who.user_id, now).await? {
+            return Err(AppError::not_found(ErrorCode::NotFound, "no such session"));
+        }
+        self.sessions.revoke(id, now).await?;
+        tracing::info!(user_id = %who.user_id, session = %id, "session ended by its owner");
+        self.announce_revoked(AuthUser { session_id: id, ..who }).await;
+        Ok(())
+    }
+
+    /// Ends every login of `user` but `keep`, closing their connections on every node;
+    /// returns how many ended.
+    pub async fn end_logins(&self, user: UserId, keep: Option<SessionId>) -> Result<usize, AppError> {
+        let ended = self.sessions.revoke_all(user, keep, crate::now_ms()).await?;
+        for id in &ended {
+            self.announce_revoked(AuthUser { user_id: user, session_id: *id, expires_at: 0 }).await;
+        }
+        Ok(ended.len())
+    }
+
+    /// Renames the caller; the user as it is now.
+    pub async fn set_display_name(&self, who: AuthUser, name: &str) -> Result<User, AppError> {
+        let name = DisplayName::parse(name).map_err(invalid)?;
+        self.users.set_display_name(who.user_id, &name, crate::now_ms()).await?.ok_or_else(gone)
     }
 
     /// Revokes the caller's session: the token stops working at once, and every socket
@@ -195,18 +353,22 @@ impl AuthService {
         let unauthorized =
             || AppError::unauthorized(ErrorCode::InvalidToken, "missing, invalid, expired or revoked token");
         let claims = self.keys.verify(token).ok_or_else(unauthorized)?;
-        if !self.sessions.is_active(claims.jti, claims.sub, crate::now_ms()).await? {
-            return Err(unauthorized());
-        }
-        Ok(AuthUser { user_id: claims.sub, session_id: claims.jti, expires_at: claims.exp.saturating_mul(1000) })
+        let login = self.sessions.use_login(claims.jti, claims.sub, crate::now_ms()).await?.ok_or_else(unauthorized)?;
+        Ok(AuthUser {
+            user_id: claims.sub,
+            session_id: claims.jti,
+            expires_at: self.sessions.lifetimes().ends_at(login.created_at),
+        })
+    }
+
+    /// The absolute lifetime of a login, in seconds (how long a refresh cookie may live).
+    pub fn login_max_secs(&self) -> i64 {
+        self.sessions.lifetimes().max_ms / 1000
     }
 
     /// The caller's account (401 if it no longer exists).
     pub async fn me(&self, who: AuthUser) -> Result<User, AppError> {
-        self.users
-            .find(who.user_id)
-            .await?
-            .ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "the account no longer exists"))
+        self.users.find(who.user_id).await?.ok_or_else(gone)
     }
 
     /// Periodic housekeeping: forget idle rate-limit keys, delete long-expired sessions.
@@ -296,4 +458,86 @@ fn check(limiter: &KeyedLimiter, key: &str) -> Result<(), AppError> {
 
 fn invalid(e: crate::domain::InvalidInput) -> AppError {
     AppError::bad_request(e.code, e.message)
+}
+
+fn bad_credentials() -> AppError {
+    AppError::unauthorized(ErrorCode::InvalidCredentials, "wrong username or password")
+}
+
+fn invalid_token() -> AppError {
+    AppError::unauthorized(ErrorCode::InvalidToken, "missing, invalid, expired or revoked token")
+}
+
+fn disabled() -> AppError {
+    AppError::forbidden(ErrorCode::AccountDisabled, "this account is disabled; ask the operator")
+}
+
+fn gone() -> AppError {
+    AppError::unauthorized(ErrorCode::InvalidToken, "the account no longer exists")
+}
+
+/// A login's refresh secret as clients hold it: `<login id>.<64 hex digits>`.
+struct RefreshToken {
+    session: SessionId,
+    secret: String,
+}
+
+impl RefreshToken {
+    fn parse(s: &str) -> Option<Self> {
+        let (id, secret) = s.split_once('.')?;
+        if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) || id.len() > 36 {
+            return None;
+        }
+        Some(Self { session: SessionId(uuid::Uuid::try_parse(id).ok()?), secret: secret.to_ascii_lowercase() })
+    }
+}
+
+impl std::fmt::Display for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.session.0.simple(), self.secret)
+    }
+}
+
+/// A new refresh secret for the login `session`, and the hash the database keeps.
+fn refresh_secret(session: SessionId) -> (RefreshToken, String) {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = hash_secret(&secret);
+    (RefreshToken { session, secret }, hash)
+}
+
+fn hash_secret(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_round_trip_and_reject_malformed_ones() {
+        let (t, hash) = refresh_secret(SessionId::new());
+        let parsed = RefreshToken::parse(&t.to_string()).expect("parses");
+        assert_eq!(parsed.session, t.session);
+        assert_eq!(hash_secret(&parsed.secret), hash);
+        let s = t.to_string();
+        for bad in [
+            "",
+            ".",
+            "x.y",
+            &s[..s.len() - 1],
+            &format!("{s}0"),
+            &s.replace('.', "-"),
+            &format!("{}.{}", "z".repeat(32), &s[33..]),
+        ] {
+            assert!(RefreshToken::parse(bad).is_none(), "{bad:?}");
+        }
+        assert_ne!(refresh_secret(t.session).1, hash, "each secret is new");
+    }
 }

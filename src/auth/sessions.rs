@@ -1,25 +1,100 @@
-//! The login-sessions repository: one row per issued access token, keyed by its `jti`.
+//! The login-sessions repository: one row per login, keyed by the `jti` its access
+//! tokens carry.
 //!
-//! A token is valid only while its row exists, belongs to the token's user, is not
-//! revoked and has not expired, so logout takes effect at once in every service that
-//! shares the database.
+//! A token is valid only while its login's row exists, belongs to the token's user, is
+//! not revoked and has not expired, so logout takes effect at once in every service that
+//! shares the database. A login slides: each use (at most one write per
+//! [`TOUCH_EVERY`]) moves `expires_at` to `last use + idle`, never past `created_at +
+//! max` ([`Lifetimes`]).
 
 use std::sync::Arc;
 
 use rusqlite::OptionalExtension;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 
 use crate::domain::{SessionId, UserId};
 use crate::storage::entities::login_session;
 use crate::storage::readers::Readers;
 
+/// A login is written as used at most this often (each write slides its expiry), or a
+/// tenth of its idle lifetime if that is shorter.
+pub const TOUCH_EVERY_MS: i64 = 60_000;
+
+/// How long logins last: `idle_ms` after their last use, `max_ms` after they began at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub idle_ms: i64,
+    pub max_ms: i64,
+}
+
+impl Lifetimes {
+    pub fn from_config(cfg: &crate::config::AuthConfig) -> Self {
+        let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+        Self { idle_ms: ms(cfg.session_idle_secs), max_ms: ms(cfg.session_max_secs) }
+    }
+
+    /// When a login that began at `created_at` and was last used at `used_at` ends.
+    pub fn expiry(&self, created_at: i64, used_at: i64) -> i64 {
+        used_at.saturating_add(self.idle_ms).min(self.ends_at(created_at))
+    }
+
+    /// The absolute end of a login that began at `created_at`.
+    pub fn ends_at(&self, created_at: i64) -> i64 {
+        created_at.saturating_add(self.max_ms)
+    }
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self::from_config(&crate::config::AuthConfig::default())
+    }
+}
+
+/// A login that is still valid, as [`SessionRepo::active`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveLogin {
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+}
+
+/// A new login's row.
+#[derive(Clone, Debug)]
+pub struct NewLogin {
+    pub id: SessionId,
+    pub user: UserId,
+    pub now: i64,
+    pub user_agent: Option<String>,
+    pub client_addr: Option<String>,
+    /// SHA-256 (hex) of its refresh secret.
+    pub refresh_hash: String,
+}
+
+/// A login as its owner sees it in the sessions list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginInfo {
+    pub id: SessionId,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub user_agent: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+/// Logins one user may have listed at once, at most (the list shows the newest).
+pub const MAX_LISTED: u64 = 200;
+
 #[derive(Clone, Debug)]
 pub struct SessionRepo {
     db: DatabaseConnection,
-    /// On a SQLite file, [`Self::is_active`] (every socket and request checks it) reads
+    /// On a SQLite file, [`Self::active`] (every socket and request checks it) reads
     /// here, without a thread hand-off.
     readers: Option<Arc<Readers>>,
+    lifetimes: Lifetimes,
 }
 
 impl SessionRepo {
@@ -31,47 +106,138 @@ impl SessionRepo {
     /// The repository reading through `readers` (another repository's, so one process
     /// keeps one set of reader connections per repository that owns them).
     pub(crate) fn sharing(db: DatabaseConnection, readers: Option<Arc<Readers>>) -> Self {
-        Self { db, readers }
+        Self { db, readers, lifetimes: Lifetimes::default() }
     }
 
-    /// Records a newly issued token.
-    pub async fn create(
-        &self,
-        id: SessionId,
-        user: UserId,
-        now: i64,
-        expires_at: i64,
-        user_agent: Option<String>,
-    ) -> Result<(), DbErr> {
+    /// The same repository sliding logins by `lifetimes`.
+    pub fn with_lifetimes(mut self, lifetimes: Lifetimes) -> Self {
+        self.lifetimes = lifetimes;
+        self
+    }
+
+    pub fn lifetimes(&self) -> Lifetimes {
+        self.lifetimes
+    }
+
+    /// Records a new login; it expires after the idle lifetime unless used.
+    pub async fn create(&self, login: NewLogin) -> Result<ActiveLogin, DbErr> {
+        let expires_at = self.lifetimes.expiry(login.now, login.now);
         login_session::ActiveModel {
-            id: Set(id.0),
-            user_id: Set(user.0),
-            created_at: Set(now),
+            id: Set(login.id.0),
+            user_id: Set(login.user.0),
+            created_at: Set(login.now),
             expires_at: Set(expires_at),
             revoked_at: Set(None),
-            user_agent: Set(user_agent),
+            user_agent: Set(login.user_agent),
+            last_seen_at: Set(login.now),
+            client_addr: Set(login.client_addr),
+            refresh_hash: Set(Some(login.refresh_hash)),
         }
         .insert(&self.db)
         .await?;
-        Ok(())
+        Ok(ActiveLogin { created_at: login.now, last_seen_at: login.now, expires_at })
+    }
+
+    /// The login if it exists for `user`, is not revoked and has not expired by `now`.
+    pub async fn active(&self, id: SessionId, user: UserId, now: i64) -> Result<Option<ActiveLogin>, DbErr> {
+        let row = self.row(id).await?;
+        Ok(row.filter(|r| r.user_id == user.0 && r.revoked_at.is_none() && r.expires_at > now).map(|r| ActiveLogin {
+            created_at: r.created_at,
+            last_seen_at: r.last_seen_at,
+            expires_at: r.expires_at,
+        }))
     }
 
     /// True if the session exists for `user`, is not revoked and has not expired.
     pub async fn is_active(&self, id: SessionId, user: UserId, now: i64) -> Result<bool, DbErr> {
+        Ok(self.active(id, user, now).await?.is_some())
+    }
+
+    /// [`Self::active`], and the login written as used now if it was not for
+    /// [`TOUCH_EVERY_MS`] (so its expiry slides).
+    pub async fn use_login(&self, id: SessionId, user: UserId, now: i64) -> Result<Option<ActiveLogin>, DbErr> {
+        let Some(mut login) = self.active(id, user, now).await? else { return Ok(None) };
+        if now - login.last_seen_at >= TOUCH_EVERY_MS.min(self.lifetimes.idle_ms / 10) {
+            let expires_at = self.lifetimes.expiry(login.created_at, now);
+            login_session::Entity::update_many()
+                .col_expr(login_session::Column::LastSeenAt, Expr::value(now))
+                .col_expr(login_session::Column::ExpiresAt, Expr::value(expires_at))
+                .filter(login_session::Column::Id.eq(id.0))
+                .filter(login_session::Column::RevokedAt.is_null())
+                .filter(login_session::Column::ExpiresAt.gt(now))
+                .exec(&self.db)
+                .await?;
+            login.last_seen_at = now;
+            login.expires_at = expires_at;
+        }
+        Ok(Some(login))
+    }
+
+    /// The login's owner and refresh-secret hash, if it is valid at `now`.
+    pub async fn refreshable(&self, id: SessionId, now: i64) -> Result<Option<(UserId, String)>, DbErr> {
+        let row = self.row(id).await?;
+        Ok(row
+            .filter(|r| r.revoked_at.is_none() && r.expires_at > now)
+            .and_then(|r| r.refresh_hash.map(|h| (UserId(r.user_id), h))))
+    }
+
+    /// The fields the checks need, from a reader connection where there is one.
+    async fn row(&self, id: SessionId) -> Result<Option<CheckRow>, DbErr> {
         if let Some(readers) = &self.readers {
-            let row: Option<(Vec<u8>, Option<i64>, i64)> = readers
+            return readers
                 .read(|c| {
-                    c.prepare_cached("SELECT user_id, revoked_at, expires_at FROM login_sessions WHERE id = ?1")?
-                        .query_row([id.0.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
+                    c.prepare_cached(
+                        "SELECT user_id, revoked_at, expires_at, created_at, last_seen_at, refresh_hash \
+                         FROM login_sessions WHERE id = ?1",
+                    )?
+                    .query_row([id.0.as_bytes()], |r| {
+                        let owner: Vec<u8> = r.get(0)?;
+                        Ok(CheckRow {
+                            user_id: uuid::Uuid::from_slice(&owner).unwrap_or_default(),
+                            revoked_at: r.get(1)?,
+                            expires_at: r.get(2)?,
+                            created_at: r.get(3)?,
+                            last_seen_at: r.get(4)?,
+                            refresh_hash: r.get(5)?,
+                        })
+                    })
+                    .optional()
                 })
-                .map_err(|e| DbErr::Custom(e.to_string()))?;
-            return Ok(row.is_some_and(|(owner, revoked_at, expires_at)| {
-                owner == user.0.as_bytes() && revoked_at.is_none() && expires_at > now
-            }));
+                .map_err(|e| DbErr::Custom(e.to_string()));
         }
         let row = login_session::Entity::find_by_id(id.0).one(&self.db).await?;
-        Ok(row.is_some_and(|s| s.user_id == user.0 && s.revoked_at.is_none() && s.expires_at > now))
+        Ok(row.map(|r| CheckRow {
+            user_id: r.user_id,
+            revoked_at: r.revoked_at,
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+            last_seen_at: r.last_seen_at,
+            refresh_hash: r.refresh_hash,
+        }))
+    }
+
+    /// `user`'s valid logins at `now`, most recently used first ([`MAX_LISTED`] at most).
+    pub async fn list(&self, user: UserId, now: i64) -> Result<Vec<LoginInfo>, DbErr> {
+        let rows = login_session::Entity::find()
+            .filter(login_session::Column::UserId.eq(user.0))
+            .filter(login_session::Column::RevokedAt.is_null())
+            .filter(login_session::Column::ExpiresAt.gt(now))
+            .order_by_desc(login_session::Column::LastSeenAt)
+            .order_by_desc(login_session::Column::Id)
+            .limit(MAX_LISTED)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LoginInfo {
+                id: SessionId(r.id),
+                created_at: r.created_at,
+                last_seen_at: r.last_seen_at,
+                expires_at: r.expires_at,
+                user_agent: r.user_agent,
+                client_addr: r.client_addr,
+            })
+            .collect())
     }
 
     /// Revokes the session; revoking twice is harmless.
@@ -85,8 +251,35 @@ impl SessionRepo {
         Ok(())
     }
 
+    /// Revokes `user`'s valid logins except `keep`; returns the ones it revoked (so their
+    /// connections can be closed).
+    pub async fn revoke_all(&self, user: UserId, keep: Option<SessionId>, now: i64) -> Result<Vec<SessionId>, DbErr> {
+        let mut q = login_session::Entity::find()
+            .filter(login_session::Column::UserId.eq(user.0))
+            .filter(login_session::Column::RevokedAt.is_null())
+            .filter(login_session::Column::ExpiresAt.gt(now));
+        if let Some(k) = keep {
+            q = q.filter(login_session::Column::Id.ne(k.0));
+        }
+        let ids: Vec<uuid::Uuid> = q.all(&self.db).await?.into_iter().map(|r| r.id).collect();
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // By owner, not by the ids just read: a login made meanwhile is revoked too (its
+        // own connections are closed by their periodic check).
+        let mut update = login_session::Entity::update_many()
+            .col_expr(login_session::Column::RevokedAt, Expr::value(now))
+            .filter(login_session::Column::UserId.eq(user.0))
+            .filter(login_session::Column::RevokedAt.is_null());
+        if let Some(k) = keep {
+            update = update.filter(login_session::Column::Id.ne(k.0));
+        }
+        update.exec(&self.db).await?;
+        Ok(ids.into_iter().map(SessionId).collect())
+    }
+
     /// Deletes sessions that expired before `before`; returns how many. Their tokens are
-    /// rejected by their own `exp` already, so the rows are no longer needed.
+    /// rejected by their rows' `expires_at` already, so the rows are no longer needed.
     pub async fn purge_expired(&self, before: i64) -> Result<u64, DbErr> {
         let res = login_session::Entity::delete_many()
             .filter(login_session::Column::ExpiresAt.lt(before))
@@ -94,4 +287,14 @@ impl SessionRepo {
             .await?;
         Ok(res.rows_affected)
     }
+}
+
+/// The columns the checks read.
+struct CheckRow {
+    user_id: uuid::Uuid,
+    revoked_at: Option<i64>,
+    expires_at: i64,
+    created_at: i64,
+    last_seen_at: i64,
+    refresh_hash: Option<String>,
 }

@@ -1,6 +1,10 @@
 //! The users repository: accounts and their credentials.
 
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use serde::Serialize;
 
 use crate::domain::{DisplayName, UserId, Username};
@@ -71,10 +75,11 @@ impl UserRepo {
             id: Set(UserId::new().0),
             username: Set(username.as_str().to_owned()),
             display_name: Set(display_name.as_str().to_owned()),
-            display_key: Set(display_name.as_str().to_lowercase().chars().take(64).collect()),
+            display_key: Set(display_key(display_name)),
             password_hash: Set(password_hash),
             created_at: Set(now),
             updated_at: Set(now),
+            disabled_at: Set(None),
         };
         match model.insert(&self.db).await {
             Ok(m) => Ok(m.into()),
@@ -94,12 +99,83 @@ impl UserRepo {
         Ok(found.map(User::from))
     }
 
-    /// The user and password hash for a login, if the username exists.
-    pub async fn find_credentials(&self, username: &Username) -> Result<Option<(User, String)>, DbErr> {
+    /// The user and credentials for a login, if the username exists.
+    pub async fn find_credentials(&self, username: &Username) -> Result<Option<(User, Credentials)>, DbErr> {
         let found = user::Entity::find().filter(user::Column::Username.eq(username.as_str())).one(&self.db).await?;
-        Ok(found.map(|m| {
-            let hash = m.password_hash.clone();
-            (User::from(m), hash)
-        }))
+        Ok(found.map(credentials))
     }
+
+    /// The user and credentials of `id`, if the account exists.
+    pub async fn credentials_of(&self, id: UserId) -> Result<Option<(User, Credentials)>, DbErr> {
+        Ok(user::Entity::find_by_id(id.0).one(&self.db).await?.map(credentials))
+    }
+
+    /// Replaces the password hash; false if the account is gone.
+    pub async fn set_password(&self, id: UserId, password_hash: String, now: i64) -> Result<bool, DbErr> {
+        let res = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(id.0))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Renames the account (the display name others see); the user, or `None` if gone.
+    pub async fn set_display_name(&self, id: UserId, name: &DisplayName, now: i64) -> Result<Option<User>, DbErr> {
+        let res = user::Entity::update_many()
+            .col_expr(user::Column::DisplayName, Expr::value(name.as_str()))
+            .col_expr(user::Column::DisplayKey, Expr::value(display_key(name)))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(id.0))
+            .exec(&self.db)
+            .await?;
+        if res.rows_affected != 1 {
+            return Ok(None);
+        }
+        self.find(id).await
+    }
+
+    /// Disables (`Some(now)`) or enables (`None`) the account; false if it does not exist.
+    pub async fn set_disabled(&self, id: UserId, disabled_at: Option<i64>, now: i64) -> Result<bool, DbErr> {
+        let res = user::Entity::update_many()
+            .col_expr(user::Column::DisabledAt, Expr::value(disabled_at))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(id.0))
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
+    /// Accounts whose username or display name starts with `query` (case-insensitive;
+    /// every account without one), by username, at most `limit`, with their state.
+    pub async fn list(&self, query: Option<&str>, limit: u64) -> Result<Vec<(User, Option<i64>)>, DbErr> {
+        let mut q = user::Entity::find();
+        if let Some(prefix) = query.map(str::to_lowercase).filter(|p| !p.is_empty()) {
+            q = q.filter(
+                sea_orm::Condition::any()
+                    .add(user::Column::Username.starts_with(&prefix))
+                    .add(user::Column::DisplayKey.starts_with(&prefix)),
+            );
+        }
+        let rows = q.order_by_asc(user::Column::Username).limit(limit).all(&self.db).await?;
+        Ok(rows.into_iter().map(|m| (m.disabled_at, User::from(m))).map(|(d, u)| (u, d)).collect())
+    }
+}
+
+/// What a login checks besides the user.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub password_hash: String,
+    pub disabled_at: Option<i64>,
+}
+
+fn credentials(m: user::Model) -> (User, Credentials) {
+    let c = Credentials { password_hash: m.password_hash.clone(), disabled_at: m.disabled_at };
+    (User::from(m), c)
+}
+
+/// The lower-cased display name that search matches on.
+pub fn display_key(name: &DisplayName) -> String {
+    name.as_str().to_lowercase().chars().take(64).collect()
 }

@@ -199,6 +199,7 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
                 password_hash: Set("!".into()),
                 created_at: Set(now),
                 updated_at: Set(now),
+                disabled_at: Set(None),
             });
             user::Entity::insert_many(rows).exec_without_returning(&db).await?;
         }

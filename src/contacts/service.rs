@@ -153,6 +153,25 @@ impl ContactsService {
         Ok(self.contacts.search(me, prefix, limit, cursor).await?)
     }
 
+    /// Tells `user`'s devices and contacts that they are now called `display_name`
+    /// (`profile` frames). Best effort, like every change told here: lists read on load
+    /// show the new name regardless.
+    pub async fn announce_profile(&self, user: UserId, display_name: &str) {
+        let contacts = match self.contacts.contacts(user).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "contacts not told of a new display name");
+                vec![]
+            }
+        };
+        for to in std::iter::once(user).chain(contacts.into_iter().map(|c| c.user.id)) {
+            let event = Event::Profile { to, user_id: user, display_name: display_name.to_owned() };
+            if let Err(e) = self.bus.publish(Envelope::new(event)).await {
+                tracing::warn!(error = %e, "profile event not published");
+            }
+        }
+    }
+
     /// Tells both users of a request that it changed; an acceptance first opens their
     /// conversation.
     async fn publish(&self, kind: ContactChangeKind, r: &ContactRequest) {

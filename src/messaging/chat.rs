@@ -67,6 +67,13 @@ impl ChatRepo {
         Self { db, writes, sessions, readers }
     }
 
+    /// The same repository sliding the logins it checks by `lifetimes` (the auth
+    /// configuration's).
+    pub fn with_login_lifetimes(mut self, lifetimes: crate::auth::sessions::Lifetimes) -> Self {
+        self.sessions = self.sessions.with_lifetimes(lifetimes);
+        self
+    }
+
     /// [`Self::history`] of `conversation` and its last seq, if `me` takes part in it
     /// (`None` otherwise: to everyone else it does not exist).
     pub async fn history_for(
@@ -562,7 +569,9 @@ pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Ent
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
     async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError> {
-        self.sessions.is_active(crate::domain::SessionId(session), user, crate::now_ms()).await.map_err(unavailable)
+        // A use: an open socket or stream keeps its login from expiring while idle.
+        let login = self.sessions.use_login(crate::domain::SessionId(session), user, crate::now_ms()).await;
+        login.map(|l| l.is_some()).map_err(unavailable)
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationInfo>, StoreError> {

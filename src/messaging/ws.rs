@@ -23,7 +23,7 @@ use switchboard_actors::session::{CLOSE_POLICY, ConnHandle, Outbound, SessionMsg
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::AuthUser;
-use crate::auth::routes::request_token;
+use crate::auth::routes::authenticate_request;
 use crate::config::MessagingConfig;
 use crate::domain::UserId;
 use crate::error::{AppError, ErrorCode};
@@ -62,9 +62,9 @@ fn message_of(out: Outbound) -> Message {
 #[handler]
 async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?.clone();
-    let token =
-        request_token(req).ok_or_else(|| AppError::unauthorized(ErrorCode::InvalidToken, "authentication required"))?;
-    let who = st.auth.authenticate(&token).await?;
+    // A browser whose access cookie expired is renewed from its refresh cookie here too
+    // (the new cookie rides on the handshake's answer).
+    let who = authenticate_request(req, res, &st).await?;
     let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
     if by_cookie && !crate::web::csrf::origin_allowed(req, &st.config) {
         return Err(AppError::Forbidden {

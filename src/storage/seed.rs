@@ -34,6 +34,7 @@ pub async fn contact_pairs(db: &DatabaseConnection, n: usize, tag: &str) -> Resu
                     password_hash: Set("!".into()),
                     created_at: Set(now),
                     updated_at: Set(now),
+                    disabled_at: Set(None),
                 });
             }
             let (low, high) = (a.min(b), a.max(b));

@@ -29,7 +29,6 @@ use salvo::http::cookie::{Cookie, SameSite};
 use salvo::http::header;
 use salvo::prelude::*;
 
-use crate::auth::SESSION_COOKIE;
 use crate::config::Config;
 use crate::error::{AppError, ErrorCode};
 use crate::web::state;
@@ -76,8 +75,9 @@ fn check(req: &Request, config: &Config) -> Result<(), AppError> {
     if req.headers().contains_key(header::AUTHORIZATION) {
         return Ok(());
     }
-    let by_cookie = req.cookie(SESSION_COOKIE).is_some_and(|c| !c.value().is_empty());
-    if !by_cookie {
+    // Either login cookie authenticates a request (the refresh cookie renews the access
+    // cookie in passing), so either one makes it a cookie request.
+    if !crate::auth::routes::has_login_cookie(req) {
         return Ok(());
     }
     let expected = req.cookie(CSRF_COOKIE).map(|c| c.value()).unwrap_or_default();

@@ -72,13 +72,13 @@ pub struct Repos {
 
 impl Repos {
     /// The repositories on `db`, and the committer ([`crate::writer`]) their hot writes
-    /// go through.
-    pub fn new(db: DatabaseConnection) -> Self {
+    /// go through; logins slide by `lifetimes`.
+    pub fn new(db: DatabaseConnection, lifetimes: crate::auth::sessions::Lifetimes) -> Self {
         let committer = Arc::new(crate::writer::Committer::start(db.clone()));
         Self {
             users: crate::auth::users::UserRepo::new(db.clone()),
-            sessions: crate::auth::sessions::SessionRepo::new(db.clone()),
-            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone()),
+            sessions: crate::auth::sessions::SessionRepo::new(db.clone()).with_lifetimes(lifetimes),
+            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone()).with_login_lifetimes(lifetimes),
             contacts: crate::contacts::repo::ContactRepo::new(db.clone()),
             notifications: crate::notify::repo::NotificationRepo::new(db.clone(), committer),
             db,

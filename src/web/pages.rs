@@ -19,7 +19,6 @@ use salvo::http::header::{self, HeaderValue};
 use salvo::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::auth::SESSION_COOKIE;
 use crate::error::{AppError, ErrorCode};
 use crate::web::csrf;
 
@@ -81,7 +80,7 @@ struct ContactsPage {
 }
 
 fn has_session(req: &Request) -> bool {
-    req.cookie(SESSION_COOKIE).is_some_and(|c| !c.value().is_empty())
+    crate::auth::routes::has_login_cookie(req)
 }
 
 fn layout(req: &Request, depot: &Depot, res: &mut Response, page: &'static str) -> Layout {

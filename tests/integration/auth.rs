@@ -173,8 +173,14 @@ async fn login_errors_do_not_reveal_whether_user_exists(app: TestApp) {
 async fn browser_cookie_login_and_logout(app: TestApp) {
     app.register("erin", PASSWORD).await;
     let r = app.login("erin", PASSWORD).await;
-    let set_cookie = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_owned();
-    assert!(set_cookie.starts_with("sb_session="), "{set_cookie}");
+    let set_cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("sb_session="))
+        .expect("the access cookie")
+        .to_owned();
     for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age="] {
         assert!(set_cookie.contains(attr), "{attr} missing in {set_cookie}");
     }
@@ -197,8 +203,13 @@ async fn browser_cookie_login_and_logout(app: TestApp) {
     const CSRF: &str = "0123456789abcdefABCDEF0123456789";
     let r = logout(format!("{cookie}; sb_csrf={CSRF}"), Some(CSRF)).await.expect("sent");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let cleared = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("cookie cleared").to_owned();
-    assert!(cleared.starts_with("sb_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    let cleared: Vec<&str> = r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+    for name in ["sb_session", "sb_refresh"] {
+        assert!(
+            cleared.iter().any(|c| c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0")),
+            "{name} cleared: {cleared:?}"
+        );
+    }
     assert_eq!(me(cookie).await.expect("sent").status(), StatusCode::UNAUTHORIZED);
 }
 

@@ -451,29 +451,36 @@ async fn hole_logout_leaves_open_sockets_and_streams_working() {
     assert!(!stream_laptop.ends_within(Duration::from_millis(500)).await, "the laptop's stream stays open");
 }
 
-/// Issue 16, hole 2 (expiry): a connection outlived its token's `exp`. Now it closes then
-/// (the socket with 4002, the stream ends), and the client reconnects with a fresh token.
+/// Issue 16, hole 2 (expiry): a connection outlived its token's `exp`. Since issue 19 a
+/// connection outlives its short-lived access token on purpose (renewal must not drop the
+/// chat, `accounts::a_login_outlives_its_access_tokens_and_sockets_stay_open`), but never
+/// its login: at the login's absolute end the socket closes with 4002 and the stream ends.
 #[tokio::test]
 async fn hole_connections_outlive_their_token() {
     let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| {
         c.messaging.heartbeat_secs = 1;
         c.messaging.idle_timeout_secs = 60;
+        c.auth.session_idle_secs = 4;
+        c.auth.session_max_secs = 4;
     })
     .await;
-    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
-    // The same login, with a token that expires in 3 s (signed with the server's key).
-    let keys = TokenKeys::new(&Secret::new(TEST_JWT_SECRET));
-    let claims: Claims = keys.verify(&alice).expect("our own token");
-    let now = chrono::Utc::now().timestamp();
-    let short = keys.sign(&Claims { iat: now, exp: now + 3, ..claims }).expect("sign");
+    let (_, _bob, bob_id) = alice_and_bob(&app).await;
+    let short = login_token(&app, "alice").await;
     let mut ws = Client::connect(&app, &short).await;
     let mut stream = SseReader::open(&app, &short, None).await;
     acked(&mut ws, "while-valid", &bob_id).await;
     let closed = ws.closed_within(Duration::from_secs(15)).await;
-    assert_eq!(closed, Some((4002, "token expired".to_owned())));
-    assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream ends with its token");
-    // The long-lived token of the same login still connects.
-    let mut again = Client::connect(&app, &alice).await;
+    assert_eq!(closed, Some((4002, "login expired".to_owned())));
+    assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream ends with its login");
+    // The login is over: its token no longer opens anything.
+    let refused = connect_with(app.addr, |r| {
+        r.headers_mut().insert("authorization", format!("Bearer {short}").parse().unwrap());
+    })
+    .await;
+    assert_eq!(refused.err(), Some(401));
+    // A new login connects.
+    let fresh = login_token(&app, "alice").await;
+    let mut again = Client::connect(&app, &fresh).await;
     acked(&mut again, "fresh", &bob_id).await;
 }
 

@@ -20,6 +20,7 @@
 //! - [`pages`]: the web pages and the CSRF guard over plain HTTP.
 //! - [`bench_tool`]: the load tool runs against a real server.
 
+mod accounts;
 mod auth;
 mod bench_tool;
 mod cluster;

@@ -344,6 +344,8 @@ async fn upgrading_folds_message_notifications_into_one_per_conversation() {
             password_hash: Set(String::new()),
             created_at: Set(0),
             updated_at: Set(0),
+            // Not in the schema of that time: left out of the insert.
+            ..Default::default()
         })
         .exec_without_returning(&db)
         .await

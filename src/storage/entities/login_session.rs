@@ -1,4 +1,5 @@
-//! `login_sessions`: one row per issued access token (its `jti`), for revocation.
+//! `login_sessions`: one row per login (the `jti` of its access tokens): listed, slid
+//! while used, revoked.
 
 use sea_orm::entity::prelude::*;
 
@@ -12,6 +13,12 @@ pub struct Model {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub user_agent: Option<String>,
+    /// When the login was last used; `expires_at` slides with it.
+    pub last_seen_at: i64,
+    /// The client's address at login.
+    pub client_addr: Option<String>,
+    /// SHA-256 (hex) of the refresh secret that renews the login's access tokens.
+    pub refresh_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
