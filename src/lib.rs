@@ -41,6 +41,7 @@
 //! - [`ratelimit`]: keyed rate limits (login per address and per username, registration).
 //! - [`telemetry`]: tracing subscriber and panic hook.
 
+pub mod accounts;
 pub mod auth;
 pub mod contacts;
 pub mod gateway;

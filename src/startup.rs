@@ -42,6 +42,13 @@ const BROKER_WAIT: Duration = Duration::from_secs(5);
 const ROOT_FAILURE_NOTICE: Duration = Duration::from_secs(2);
 /// How often expired sessions and idle rate-limit keys are cleaned up.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How often a node reads the revocation feed ([`revocation_feed`]).
+const REVOCATION_FEED_EVERY: Duration = Duration::from_secs(2);
+/// How far back each read of the feed looks beyond the last one: other processes stamp
+/// revocations with their own clocks, which may run behind ours.
+const REVOCATION_FEED_OVERLAP_MS: i64 = 10_000;
+/// Revocations read per pass at most (the next pass goes on from the last one read).
+const REVOCATION_FEED_BATCH: u64 = 5_000;
 
 /// One running process: its listener, state and router.
 pub struct Application {
@@ -54,6 +61,9 @@ pub struct Application {
     /// Stops the background consumers (notify) at shutdown.
     stop: CancellationToken,
 }
+
+/// Data exports a user may start per minute (each reads all their messages).
+const EXPORTS_PER_MINUTE: u32 = 2;
 
 impl Application {
     /// The process's actor system (tests inspect supervisors and inject faults).
@@ -122,6 +132,7 @@ impl Application {
             rabbit: rabbit.clone(),
             sockets: Arc::default(),
             streams: Arc::default(),
+            export_limiter: Arc::new(KeyedLimiter::per_minute(EXPORTS_PER_MINUTE)),
         };
         let router = web::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));
@@ -162,6 +173,8 @@ impl Application {
                 }
             }
         });
+        let feed = (self.mount != Mount::Auth)
+            .then(|| tokio::spawn(revocation_feed(self.state.repos.sessions.clone(), self.state.node.clone())));
         // Stop on the shutdown signal, or when the actor system's root supervisor has
         // gone: then `/readyz` already fails, open requests drain, and the process exits
         // non-zero so that whatever supervises it restarts it.
@@ -181,6 +194,9 @@ impl Application {
         announce(self.mount.name(), self.local_addr);
         server.serve(self.service).await;
         housekeeping.abort();
+        if let Some(feed) = feed {
+            feed.abort();
+        }
         // Read before our own shutdown of the tree, which is not a failure.
         let root_failed = self.state.node.is_failed();
         self.stop.cancel();
@@ -385,5 +401,34 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// The revocation feed: every [`REVOCATION_FEED_EVERY`], the logins revoked since the last
+/// read (from the database, the record) are handed to this node's sockets and streams as
+/// `SessionRevoked` events, so a revocation closes connections within seconds even when
+/// no bus carried it: the operator's command line on embedded defaults (no broker), or a
+/// node whose broker link was down. Delivering one twice is harmless (a closed
+/// connection stays closed).
+async fn revocation_feed(sessions: crate::auth::sessions::SessionRepo, node: Arc<Node>) {
+    let mut since = crate::now_ms() - REVOCATION_FEED_OVERLAP_MS;
+    let mut tick = tokio::time::interval(REVOCATION_FEED_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = crate::now_ms();
+        match sessions.revoked_since(since, REVOCATION_FEED_BATCH).await {
+            Ok(rows) => {
+                for (login, user, _) in &rows {
+                    let event = switchboard_actors::ports::Event::SessionRevoked { to: *user, session_id: login.0 };
+                    switchboard_actors::bridge::dispatch(&node.ctx, event);
+                }
+                since = match rows.last() {
+                    Some((_, _, at)) if rows.len() as u64 == REVOCATION_FEED_BATCH => *at,
+                    _ => since.max(now - REVOCATION_FEED_OVERLAP_MS),
+                };
+            }
+            Err(e) => tracing::debug!(error = %e, "revocation feed not read"),
+        }
     }
 }

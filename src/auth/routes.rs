@@ -20,7 +20,14 @@ pub fn router() -> Router {
         .push(Router::with_path("login").post(login))
         .push(Router::with_path("refresh").post(refresh))
         .push(Router::with_path("logout").hoop(require_auth).post(logout))
-        .push(Router::with_path("me").hoop(require_auth).get(me).patch(update_me))
+        .push(
+            Router::with_path("me")
+                .hoop(require_auth)
+                .get(me)
+                .patch(update_me)
+                .delete(delete_me)
+                .push(Router::with_path("export").get(export_me)),
+        )
         .push(Router::with_path("password").hoop(require_auth).post(change_password))
         .push(
             Router::with_path("sessions")
@@ -60,6 +67,13 @@ struct PasswordBody {
     /// 8-1024 bytes.
     #[salvo(schema(min_length = 8, max_length = 1024))]
     new_password: String,
+}
+
+#[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
+struct DeleteAccountBody {
+    /// The account's password, as proof.
+    #[salvo(schema(max_length = 1024))]
+    password: String,
 }
 
 #[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
@@ -227,6 +241,65 @@ async fn update_me(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
     let user = st.auth.set_display_name(who, &body.display_name).await?;
     st.contacts.announce_profile(who.user_id, &user.display_name).await;
     res.render(Json(user));
+    Ok(())
+}
+
+/// `DELETE /api/auth/me {password}` → 204: the account is deleted (docs/api.md says what
+/// stays), every login ends and the cookies are cleared.
+#[endpoint(
+    operation_id = "auth.delete_me",
+    tags("auth"),
+    request_body = DeleteAccountBody,
+    responses(
+        (status_code = 204, description = "deleted"),
+        errors::BadInput,
+        (status_code = 401, description = "wrong password, or not authenticated", body = ErrorBody),
+        errors::NotAllowed,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
+async fn delete_me(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let body: DeleteAccountBody = json_body(req, depot).await?;
+    let st = state(depot)?;
+    let ip = client_ip(req, &st.config);
+    st.auth.check_password(who, ip, body.password).await?;
+    st.accounts().delete(who.user_id).await?;
+    clear_cookies(res, st.config.auth.cookie_secure);
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
+/// `GET /api/auth/me/export` → the caller's data as one JSON document, streamed.
+#[endpoint(
+    operation_id = "auth.export_me",
+    tags("auth"),
+    responses(
+        (status_code = 200, description = "profile, contacts, blocks, conversations with their messages (JSON, streamed)"),
+        errors::Unauthenticated,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
+async fn export_me(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let who = caller(depot)?;
+    let st = state(depot)?;
+    st.export_limiter
+        .check(&who.user_id.to_string())
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    let rx = st.accounts().export(who.user_id);
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        header::HeaderValue::from_static("attachment; filename=\"switchboard-export.json\""),
+    );
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    res.stream(chunks);
     Ok(())
 }
 

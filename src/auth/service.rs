@@ -266,10 +266,7 @@ impl AuthService {
         new: String,
     ) -> Result<(), AppError> {
         let new = Password::parse(new).map_err(invalid)?;
-        let current = Password::parse(current).map_err(|_| bad_credentials())?;
-        let found = self.users.credentials_of(who.user_id).await?;
-        let username = found.as_ref().map(|(u, _)| u.username.clone()).ok_or_else(gone)?;
-        self.verify_password(&username, ip, &current, found).await?;
+        self.check_password(who, ip, current).await?;
         let hash = self.hasher.hash(&new).await?;
         if !self.users.set_password(who.user_id, hash, crate::now_ms()).await? {
             return Err(gone());
@@ -277,6 +274,53 @@ impl AuthService {
         let ended = self.end_logins(who.user_id, Some(who.session_id)).await?;
         tracing::info!(user_id = %who.user_id, other_logins_ended = ended, "password changed");
         Ok(())
+    }
+
+    /// Checks the caller's password (401 if wrong, counted like a failed login): the
+    /// proof a destructive request (deleting the account) asks for.
+    pub async fn check_password(&self, who: AuthUser, ip: Option<IpAddr>, password: String) -> Result<(), AppError> {
+        let password = Password::parse(password).map_err(|_| bad_credentials())?;
+        let found = self.users.credentials_of(who.user_id).await?;
+        let username = found.as_ref().map(|(u, _)| u.username.clone()).ok_or_else(gone)?;
+        self.verify_password(&username, ip, &password, found).await?;
+        Ok(())
+    }
+
+    /// The operator sets `username`'s password (no proof asked: they hold the database);
+    /// every login of the user ends. `Ok(None)` if there is no such account.
+    pub async fn reset_password(&self, username: &str, password: String) -> Result<Option<User>, AppError> {
+        let Some(user) = self.find_user(username).await? else { return Ok(None) };
+        let password = Password::parse(password).map_err(invalid)?;
+        let hash = self.hasher.hash(&password).await?;
+        if !self.users.set_password(user.id, hash, crate::now_ms()).await? {
+            return Ok(None);
+        }
+        let ended = self.end_logins(user.id, None).await?;
+        tracing::info!(user_id = %user.id, logins_ended = ended, "password reset by the operator");
+        Ok(Some(user))
+    }
+
+    /// The operator disables (`true`) or enables an account; disabling ends every login
+    /// of the user at once. `Ok(None)` if there is no such account.
+    pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<Option<User>, AppError> {
+        let Some(user) = self.find_user(username).await? else { return Ok(None) };
+        let now = crate::now_ms();
+        if !self.users.set_disabled(user.id, disabled.then_some(now), now).await? {
+            return Ok(None);
+        }
+        if disabled {
+            let ended = self.end_logins(user.id, None).await?;
+            tracing::info!(user_id = %user.id, logins_ended = ended, "account disabled by the operator");
+        } else {
+            tracing::info!(user_id = %user.id, "account enabled by the operator");
+        }
+        Ok(Some(user))
+    }
+
+    /// The account named `username` (any casing), if it exists.
+    pub async fn find_user(&self, username: &str) -> Result<Option<User>, AppError> {
+        let Ok(name) = Username::parse(username) else { return Ok(None) };
+        Ok(self.users.find_by_username(&name).await?)
     }
 
     /// The caller's valid logins, most recently used first.

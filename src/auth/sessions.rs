@@ -278,6 +278,18 @@ impl SessionRepo {
         Ok(ids.into_iter().map(SessionId).collect())
     }
 
+    /// Logins revoked at or after `since` (at most `limit`, oldest first): the revocation
+    /// feed each node reads, `(login, owner, revoked_at)`.
+    pub async fn revoked_since(&self, since: i64, limit: u64) -> Result<Vec<(SessionId, UserId, i64)>, DbErr> {
+        let rows = login_session::Entity::find()
+            .filter(login_session::Column::RevokedAt.gte(since))
+            .order_by_asc(login_session::Column::RevokedAt)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|r| (SessionId(r.id), UserId(r.user_id), r.revoked_at.unwrap_or(since))).collect())
+    }
+
     /// Deletes sessions that expired before `before`; returns how many. Their tokens are
     /// rejected by their rows' `expires_at` already, so the rows are no longer needed.
     pub async fn purge_expired(&self, before: i64) -> Result<u64, DbErr> {

@@ -80,6 +80,7 @@ impl UserRepo {
             created_at: Set(now),
             updated_at: Set(now),
             disabled_at: Set(None),
+            deleted_at: Set(None),
         };
         match model.insert(&self.db).await {
             Ok(m) => Ok(m.into()),
@@ -147,10 +148,30 @@ impl UserRepo {
         Ok(res.rows_affected == 1)
     }
 
+    /// Deletes the account as people see it: the row stays (messages the other
+    /// participants keep name it as their sender) without a name, display name or
+    /// password, disabled, under a username no one can register or look up
+    /// ([`deleted_username`]: the name is free to register again). False if it does not exist or was deleted already.
+    pub async fn anonymize(&self, id: UserId, now: i64) -> Result<bool, DbErr> {
+        let res = user::Entity::update_many()
+            .col_expr(user::Column::Username, Expr::value(deleted_username(id)))
+            .col_expr(user::Column::DisplayName, Expr::value(DELETED_NAME))
+            .col_expr(user::Column::DisplayKey, Expr::value(""))
+            .col_expr(user::Column::PasswordHash, Expr::value("!"))
+            .col_expr(user::Column::DisabledAt, Expr::value(now))
+            .col_expr(user::Column::DeletedAt, Expr::value(now))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(id.0))
+            .filter(user::Column::DeletedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
     /// Accounts whose username or display name starts with `query` (case-insensitive;
     /// every account without one), by username, at most `limit`, with their state.
     pub async fn list(&self, query: Option<&str>, limit: u64) -> Result<Vec<(User, Option<i64>)>, DbErr> {
-        let mut q = user::Entity::find();
+        let mut q = user::Entity::find().filter(user::Column::DeletedAt.is_null());
         if let Some(prefix) = query.map(str::to_lowercase).filter(|p| !p.is_empty()) {
             q = q.filter(
                 sea_orm::Condition::any()
@@ -162,6 +183,17 @@ impl UserRepo {
         Ok(rows.into_iter().map(|m| (m.disabled_at, User::from(m))).map(|(d, u)| (u, d)).collect())
     }
 }
+
+/// The username a deleted account keeps: `~` (outside the username rules, so no one can
+/// register or look it up) and 31 hex digits of its id (unique; 32 characters fit the
+/// column).
+pub fn deleted_username(id: UserId) -> String {
+    let hex = id.0.simple().to_string();
+    format!("~{}", &hex[..31])
+}
+
+/// The display name a deleted account shows where its messages remain.
+pub const DELETED_NAME: &str = "Deleted user";
 
 /// What a login checks besides the user.
 #[derive(Debug, Clone)]
@@ -178,4 +210,18 @@ fn credentials(m: user::Model) -> (User, Credentials) {
 /// The lower-cased display name that search matches on.
 pub fn display_key(name: &DisplayName) -> String {
     name.as_str().to_lowercase().chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_accounts_username_fits_and_cannot_be_registered_or_looked_up() {
+        let id = UserId::new();
+        let name = deleted_username(id);
+        assert_eq!(name.chars().count(), 32);
+        assert!(Username::parse(&name).is_err(), "{name}");
+        assert_ne!(deleted_username(UserId::new()), name);
+    }
 }

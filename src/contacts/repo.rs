@@ -340,6 +340,36 @@ impl ContactRepo {
             .await
     }
 
+    /// Every relation row of `user` (any state): `(request id, the other user, state,
+    /// requester)`.
+    pub async fn relations_of(&self, user: UserId) -> Result<Vec<(Uuid, UserId, String, UserId)>, DbErr> {
+        let rows = contact::Entity::find()
+            .filter(Condition::any().add(contact::Column::UserLow.eq(user.0)).add(contact::Column::UserHigh.eq(user.0)))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|c| {
+                let other = if c.user_low == user.0 { c.user_high } else { c.user_low };
+                (c.id, UserId(other), c.state, UserId(c.requester_id))
+            })
+            .collect())
+    }
+
+    /// Deletes every contact relation and block that involves `user` (an account being
+    /// deleted); returns how many rows went.
+    pub async fn forget(&self, user: UserId) -> Result<u64, DbErr> {
+        let contacts = contact::Entity::delete_many()
+            .filter(Condition::any().add(contact::Column::UserLow.eq(user.0)).add(contact::Column::UserHigh.eq(user.0)))
+            .exec(&self.db)
+            .await?;
+        let blocks = block::Entity::delete_many()
+            .filter(Condition::any().add(block::Column::BlockerId.eq(user.0)).add(block::Column::BlockedId.eq(user.0)))
+            .exec(&self.db)
+            .await?;
+        Ok(contacts.rows_affected + blocks.rows_affected)
+    }
+
     /// The caller's accepted contacts, most recent first.
     pub async fn contacts(&self, me: UserId) -> Result<Vec<ContactView>, DbErr> {
         let rows = self.rows_of(me, &[Accepted]).await?;
@@ -411,6 +441,7 @@ impl ContactRepo {
         let mut q = user::Entity::find()
             .filter(Condition::any().add(range("username")).add(range("display_key")))
             .filter(user::Column::Id.ne(me.0))
+            .filter(user::Column::DeletedAt.is_null())
             .filter(user::Column::Id.not_in_subquery(blocked_me));
         if let Some(c) = cursor {
             q = q.filter(user::Column::Username.gt(c));

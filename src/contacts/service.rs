@@ -153,6 +153,41 @@ impl ContactsService {
         Ok(self.contacts.search(me, prefix, limit, cursor).await?)
     }
 
+    /// Ends every relation of `user`, whose account is being deleted: contacts are
+    /// removed and pending requests cancelled or declined (each told to the other side, as
+    /// if done by hand), uploads between them fail, then every contact row and block
+    /// involving `user` is deleted.
+    pub async fn forget(&self, user: UserId) -> Result<(), ContactError> {
+        for (id, other, state, requester) in self.contacts.relations_of(user).await? {
+            let ended = match ContactState::parse(&state) {
+                Some(ContactState::Accepted) => self.remove(user, other).await,
+                Some(ContactState::Pending) if requester == user => self.cancel(user, id).await.map(|_| ()),
+                Some(ContactState::Pending) => self.answer(user, id, false).await.map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "a relation of a deleted account did not end cleanly");
+            }
+            self.fail_uploads(user, other).await;
+        }
+        self.contacts.forget(user).await?;
+        Ok(())
+    }
+
+    /// Fails the uploads between `a` and `b`, telling each uploader.
+    async fn fail_uploads(&self, a: UserId, b: UserId) {
+        match self.uploads.fail_between(a, b).await {
+            Ok(events) => {
+                for event in events {
+                    if let Err(e) = self.bus.publish(Envelope::new(event)).await {
+                        tracing::warn!(error = %e, "transfer event not published");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "uploads not failed"),
+        }
+    }
+
     /// Tells `user`'s devices and contacts that they are now called `display_name`
     /// (`profile` frames). Best effort, like every change told here: lists read on load
     /// show the new name regardless.

@@ -153,6 +153,13 @@ impl NotificationRepo {
         Ok(found)
     }
 
+    /// Deletes every notification of `user` (an account being deleted).
+    pub async fn forget(&self, user: UserId) -> Result<u64, DbErr> {
+        let r =
+            notification::Entity::delete_many().filter(notification::Column::UserId.eq(user.0)).exec(&self.db).await?;
+        Ok(r.rows_affected)
+    }
+
     /// Marks all of `user`'s notifications read; returns how many changed.
     pub async fn mark_all_read(&self, user: UserId, now: i64) -> Result<u64, DbErr> {
         let txn = self.db.begin().await?;

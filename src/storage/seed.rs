@@ -35,6 +35,7 @@ pub async fn contact_pairs(db: &DatabaseConnection, n: usize, tag: &str) -> Resu
                     created_at: Set(now),
                     updated_at: Set(now),
                     disabled_at: Set(None),
+                    deleted_at: Set(None),
                 });
             }
             let (low, high) = (a.min(b), a.max(b));

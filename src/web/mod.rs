@@ -57,6 +57,21 @@ pub struct AppState {
     pub sockets: Arc<crate::messaging::ws::SocketCounts>,
     /// Open notification streams per user in this process (the same cap as sockets).
     pub streams: Arc<crate::messaging::ws::SocketCounts>,
+    /// Data exports per user per minute.
+    pub export_limiter: Arc<KeyedLimiter>,
+}
+
+impl AppState {
+    /// The services an account's life touches (deleting it, exporting it).
+    pub fn accounts(&self) -> crate::accounts::Accounts {
+        crate::accounts::Accounts {
+            auth: self.auth.clone(),
+            users: self.repos.users.clone(),
+            contacts: self.contacts.clone(),
+            chat: self.repos.chat.clone(),
+            notifications: self.repos.notifications.clone(),
+        }
+    }
 }
 
 /// The repositories of one process, sharing one connection pool and one committer.

@@ -343,3 +343,195 @@ async fn an_unused_login_expires_and_a_used_one_slides() {
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert!(list[0]["expires_at"].as_i64().expect("expires_at") > first_expiry, "{list}");
 }
+
+#[tokio::test]
+async fn deleting_an_account_keeps_the_peers_history_and_frees_the_name() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut ws_alice = Client::connect(&app, &alice).await;
+    let mut ws_bob = Client::connect(&app, &bob).await;
+    acked(&mut ws_alice, "hello-bob", &bob_id).await;
+    let convs = app.get_json("/api/conversations", &alice).await;
+    let conv = convs["conversations"][0]["id"].as_str().expect("their conversation").to_owned();
+    let delete = |password: &str| {
+        send_as(&app, reqwest::Method::DELETE, "/api/auth/me", &alice, Some(json!({"password": password})))
+    };
+    assert_eq!(error_code(delete("not my password").await, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+    assert_eq!(app.me(&alice).await.status(), StatusCode::OK, "a wrong password deletes nothing");
+    assert_eq!(delete(PASSWORD).await.status(), StatusCode::NO_CONTENT);
+
+    // Alice is gone: her socket closed, her token and password refused.
+    assert_eq!(ws_alice.closed_within(Duration::from_secs(10)).await, Some((4001, "logged out".to_owned())));
+    assert_eq!(app.me(&alice).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login("alice", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    // Bob keeps the conversation and its messages, from "Deleted user", and is told.
+    let frame = ws_bob.next_of("profile").await;
+    assert_eq!(frame["display_name"], "Deleted user");
+    let history = app.get_json(&format!("/api/conversations/{conv}/messages"), &bob).await;
+    assert!(history.to_string().contains("hello-bob"), "{history}");
+    let convs = app.get_json("/api/conversations", &bob).await;
+    assert!(convs.to_string().contains("Deleted user"), "{convs}");
+    assert!(!convs.to_string().contains("\"alice\""), "no trace of her username: {convs}");
+    // No longer a contact, not findable, not messageable.
+    let contacts = app.get_json("/api/contacts", &bob).await;
+    assert_eq!(contacts["contacts"].as_array().map(Vec::len), Some(0), "{contacts}");
+    let found = app.get_json("/api/users?q=alice", &bob).await;
+    assert!(!found.to_string().contains("alice"), "{found}");
+    let found = app.get_json("/api/users?q=deleted", &bob).await;
+    assert!(!found.to_string().contains("Deleted user"), "{found}");
+    ws_bob.send_to_conv("to-the-void", &conv, "anyone?").await;
+    let err = ws_bob.next_of("error").await;
+    assert_eq!(err["ref"], "to-the-void");
+    assert_eq!(err["code"], "forbidden", "{err}");
+
+    // The name is free again, for a new person with nothing of the old account.
+    let (new_alice, new_id) = user(&app, "alice").await;
+    assert_ne!(Some(new_id.as_str()), frame["user_id"].as_str());
+    let convs = app.get_json("/api/conversations", &new_alice).await;
+    assert_eq!(convs["conversations"].as_array().map(Vec::len), Some(0), "{convs}");
+    let r = app.get_as(&format!("/api/conversations/{conv}/messages"), &new_alice).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_export_holds_a_persons_own_data_and_only_theirs() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let (carol, _) = user(&app, "carol").await;
+    let mut ws_alice = Client::connect(&app, &alice).await;
+    for i in 0..3 {
+        acked(&mut ws_alice, &format!("note-{i}"), &bob_id).await;
+    }
+    let mut ws_carol = Client::connect(&app, &carol).await;
+    crate::ws_client::make_contacts(&app, &carol, &bob, "bob").await;
+    acked(&mut ws_carol, "carols-secret", &bob_id).await;
+
+    let r = app.get_as("/api/auth/me/export", &alice).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let disposition = r.headers().get("content-disposition").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(disposition.starts_with("attachment"), "{disposition}");
+    let text = r.text().await.expect("body");
+    let doc: Value = serde_json::from_str(&text).expect("one JSON document");
+    assert_eq!(doc["format"], "switchboard-export/1");
+    assert_eq!(doc["user"]["username"], "alice");
+    assert!(doc["contacts"].to_string().contains("bob"), "{}", doc["contacts"]);
+    let convs = doc["conversations"].as_array().expect("conversations");
+    assert_eq!(convs.len(), 1, "{text}");
+    assert_eq!(convs[0]["peer"]["username"], "bob");
+    let bodies: Vec<&str> =
+        convs[0]["messages"].as_array().expect("messages").iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, ["note-0", "note-1", "note-2"]);
+    assert!(!text.contains("carols-secret") && !text.contains("carol"), "nothing of others' conversations");
+    assert!(!text.contains("argon2"), "no password hash");
+    // Exports are limited per user.
+    let mut limited = false;
+    for _ in 0..3 {
+        let r = app.get_as("/api/auth/me/export", &alice).await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+        r.text().await.expect("drained");
+    }
+    assert!(limited, "a third export within the minute waits");
+}
+
+/// Runs `switchboard user …` against `app`'s database, with `stdin` on standard input.
+async fn cli(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut all: Vec<String> = vec!["user".into()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    all.extend(["--data-dir".into(), app.config.data_dir.display().to_string()]);
+    all.extend(["--database-url".into(), app.config.database_url()]);
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(&all)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).expect("stdin");
+        }
+        let out = child.wait_with_output().expect("it ends");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+    })
+    .await
+    .expect("joined")
+}
+
+macro_rules! cli_tests {
+    ($backend:expr) => {
+        #[tokio::test]
+        async fn the_operator_manages_accounts_from_the_command_line() {
+            super::the_operator_manages_accounts_from_the_command_line($backend).await
+        }
+    };
+}
+
+mod cli_sqlite {
+    cli_tests!(crate::helpers::Backend::Sqlite);
+}
+
+mod cli_postgres {
+    cli_tests!(crate::helpers::Backend::Postgres);
+}
+
+async fn the_operator_manages_accounts_from_the_command_line(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let (code, out, err) = cli(
+        &app,
+        &["create", "Dora", "--display-name", "Dora M.", "--password-stdin"],
+        Some("dora's first password\n"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created dora"), "{out}");
+    assert!(!out.contains("first password") && !err.contains("first password"), "a password is never echoed");
+    assert_eq!(app.login("dora", "dora's first password").await.status(), StatusCode::OK);
+    let (code, _, err) = cli(&app, &["create", "dora", "--password-stdin"], Some("another password\n")).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("taken"), "{err}");
+    let (code, out, _) = cli(&app, &["list", "--query", "DO"], None).await;
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.starts_with("dora\t")).expect("listed");
+    assert!(line.contains("\tDora M.\t") && line.contains("\tactive\t"), "{line}");
+
+    // Disabled: the open socket closes at once (the revocation feed), logins are refused.
+    let (token, _, _) = login_as(&app, "dora", "dora's first password", "dora").await;
+    let mut ws = Client::connect(&app, &token).await;
+    let (code, out, err) = cli(&app, &["disable", "dora"], None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(ws.closed_within(Duration::from_secs(15)).await, Some((4001, "logged out".to_owned())));
+    assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED);
+    let r = app.login("dora", "dora's first password").await;
+    assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "account_disabled");
+    let (_, out, _) = cli(&app, &["list"], None).await;
+    assert!(out.lines().any(|l| l.starts_with("dora\t") && l.contains("\tdisabled\t")), "{out}");
+    let (code, _, _) = cli(&app, &["enable", "dora"], None).await;
+    assert_eq!(code, 0);
+    let (token, _, _) = login_as(&app, "dora", "dora's first password", "dora").await;
+
+    // A reset without stdin generates a password, prints it once, and ends every login.
+    let (code, out, _) = cli(&app, &["reset-password", "dora"], None).await;
+    assert_eq!(code, 0);
+    let new_password = out.lines().find_map(|l| l.strip_prefix("password: ")).expect("printed").to_owned();
+    assert_eq!(app.me(&token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login("dora", "dora's first password").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login("dora", &new_password).await.status(), StatusCode::OK);
+
+    // Deleted: gone from the list, no login; unknown names are an error.
+    let (code, out, err) = cli(&app, &["delete", "dora"], None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(app.login("dora", &new_password).await.status(), StatusCode::UNAUTHORIZED);
+    let (_, out, _) = cli(&app, &["list"], None).await;
+    assert!(!out.contains("dora") && !out.contains('~'), "{out}");
+    for action in ["disable", "enable", "delete", "reset-password"] {
+        let (code, _, err) = cli(&app, &[action, "nobody"], Some("whatever password\n")).await;
+        assert_eq!(code, 1, "{action}");
+        assert!(err.contains("no account named"), "{action}: {err}");
+    }
+}

@@ -15,6 +15,8 @@ const OPERATIONS: &[&str] = &[
     "POST /api/auth/logout",
     "GET /api/auth/me",
     "PATCH /api/auth/me",
+    "DELETE /api/auth/me",
+    "GET /api/auth/me/export",
     "POST /api/auth/refresh",
     "POST /api/auth/password",
     "GET /api/auth/sessions",

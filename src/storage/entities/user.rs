@@ -17,6 +17,9 @@ pub struct Model {
     pub updated_at: i64,
     /// Set while an operator has disabled the account.
     pub disabled_at: Option<i64>,
+    /// Set when the account was deleted: the row keeps only its id (for the messages
+    /// others keep), under a freed username.
+    pub deleted_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

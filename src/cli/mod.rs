@@ -1,4 +1,5 @@
-//! The command line: `switchboard [all|auth|gateway|messaging|notify|migrate]`.
+//! The command line: `switchboard [all|auth|gateway|messaging|notify|migrate]`, and the
+//! operator's `switchboard user …` ([`admin`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Every service in one process (the default).
     All,
@@ -49,6 +50,44 @@ pub enum Command {
     Notify,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage accounts (on the configured database; a running cluster sees the change).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `switchboard user …`. Passwords are read from standard input (`--password-stdin`),
+/// never from the command line; without it a random one is generated and printed once.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum UserCommand {
+    /// List accounts (username, display name, id, state, created), by username.
+    List {
+        /// Only usernames or display names starting with this (case-insensitive).
+        #[arg(long)]
+        query: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Create an account.
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password; every login of the user ends.
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account: it cannot log in, and its logins end at once (sockets close).
+    Disable { name: String },
+    /// Enable a disabled account.
+    Enable { name: String },
+    /// Delete an account (what stays: docs/api.md, "Deleting an account").
+    Delete { name: String },
 }
 
 impl Cli {
@@ -87,13 +126,13 @@ fn worker_threads(config: &Config, mount: Option<Mount>) -> usize {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::All);
+    let command = cli.command.clone().unwrap_or(Command::All);
     let mount = match command {
         Command::All => Some(Mount::All),
         Command::Auth => Some(Mount::Auth),
         Command::Messaging => Some(Mount::Messaging),
         Command::Notify => Some(Mount::Notify),
-        Command::Migrate | Command::Gateway => None,
+        Command::Migrate | Command::Gateway | Command::User(_) => None,
     };
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides()) {
         Ok(c) => c,
@@ -111,6 +150,9 @@ pub fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
+    }
+    if let Command::User(action) = command {
+        return admin::run(config, action);
     }
     crate::telemetry::init(&config.log);
     raise_open_file_limit();
@@ -152,3 +194,5 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+pub mod admin;
