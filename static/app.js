@@ -324,5 +324,17 @@ const SB = (() => {
     startNotifications();
   });
 
-  return { api, ApiError, el, clone, toast, time, when, name, me, showMe, notif, setTitleCount, toLogin, stillSignedIn, leaving: () => leaving || toLoginStarted };
+  // Runs `work` (which ends this login: logout, deleting the account) with the page
+  // marked as leaving, so the closing stream does not race it to the login page.
+  async function whileLeaving(work) {
+    leaving = true;
+    try {
+      return await work();
+    } catch (e) {
+      leaving = false;
+      throw e;
+    }
+  }
+
+  return { api, ApiError, el, clone, toast, time, when, name, me, showMe, notif, setTitleCount, toLogin, stillSignedIn, whileLeaving, leaving: () => leaving || toLoginStarted };
 })();

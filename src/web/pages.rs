@@ -31,6 +31,7 @@ pub fn router(cookie_secure: bool) -> Router {
         .push(Router::with_path("register").get(register))
         .push(Router::with_path("chat").get(chat))
         .push(Router::with_path("contacts").get(contacts))
+        .push(Router::with_path("settings").get(settings))
         .push(Router::with_path("static/{file}").get(static_file))
 }
 
@@ -76,6 +77,12 @@ struct ChatPage {
 #[derive(Template)]
 #[template(path = "contacts.html")]
 struct ContactsPage {
+    l: Layout,
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
     l: Layout,
 }
 
@@ -162,6 +169,16 @@ async fn contacts(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     render(res, ContactsPage { l })
 }
 
+/// `GET /settings`: display name, password, logins, export, delete.
+#[handler]
+async fn settings(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    if !require_session(req, res, "/settings") {
+        return Ok(());
+    }
+    let l = layout(req, depot, res, "settings");
+    render(res, SettingsPage { l })
+}
+
 /// `(name, content type, bytes)` of every static file.
 const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("style.css", "text/css; charset=utf-8", include_str!("../../static/style.css")),
@@ -169,6 +186,7 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("auth.js", "text/javascript; charset=utf-8", include_str!("../../static/auth.js")),
     ("chat.js", "text/javascript; charset=utf-8", include_str!("../../static/chat.js")),
     ("contacts.js", "text/javascript; charset=utf-8", include_str!("../../static/contacts.js")),
+    ("settings.js", "text/javascript; charset=utf-8", include_str!("../../static/settings.js")),
     ("noble-hashes.js", "text/javascript; charset=utf-8", include_str!("../../static/noble-hashes.js")),
     ("icon.svg", "image/svg+xml", include_str!("../../static/icon.svg")),
 ];

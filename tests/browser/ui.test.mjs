@@ -179,7 +179,6 @@ test('two people use Switchboard in real browsers', async (t) => {
     await result.getByRole('button', { name: 'Add contact' }).click();
     await alice.locator('#outgoing li', { hasText: '@bob' }).waitFor({ timeout: WAIT });
     await result.getByRole('button', { name: 'Requested' }).waitFor({ timeout: WAIT });
-    await shot(alice, 'contacts');
 
     // Bob, on the chat page, sees the notification count go up live.
     await bob.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
@@ -244,7 +243,6 @@ test('two people use Switchboard in real browsers', async (t) => {
     await alice.keyboard.press('Enter');
     await waitForBody(bob, 'line two');
     assert.ok((await bodies(bob)).includes('line one\nline two'));
-    await shot(alice, 'chat');
   });
 
   await t.test('hole: stored XSS through message bodies and display names (shown as text, nothing runs)', async () => {
@@ -319,7 +317,6 @@ test('two people use Switchboard in real browsers', async (t) => {
     await bob.locator('#conn-status', { hasText: 'Offline' }).waitFor({ timeout: WAIT });
     await send(alice, 'written while offline');
     await alice.locator('#messages li.pending .status', { hasText: 'Queued' }).waitFor({ timeout: WAIT });
-    await shot(alice, 'chat-offline');
     await server.start();
     // Reconnects by itself (backoff of at most 10 s).
     await alice.locator('#conn-status[data-state=online]').waitFor({ state: 'attached', timeout: 30_000 });
@@ -413,10 +410,131 @@ test('two people use Switchboard in real browsers', async (t) => {
     assert.equal(await list.isVisible(), false, 'the conversation takes the whole width');
     const width = await phone.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(width <= 390, `nothing wider than the screen (${width}px)`);
-    await shot(phone, 'chat-phone-dark');
     await phone.click('#back');
     await list.waitFor({ state: 'visible' });
     assert.deepEqual(phone.errors, []);
     await phone.context().close();
   });
+});
+
+test('settings: a new name, the devices list, a new password, an export, deleting the account', async (t) => {
+  const desk = await person('dana-desk');
+  const laptop = await person('dana-laptop');
+  await register(desk, 'dana', 'Dana', PASSWORD);
+  await laptop.goto(server.url + '/login');
+  await laptop.fill('#username', 'dana');
+  await laptop.fill('#password', PASSWORD);
+  await laptop.click('button[type=submit]');
+  await laptop.waitForURL('**/chat');
+
+  await t.test('the settings page lists both logins and renames', async () => {
+    await desk.click('nav a[href="/settings"]');
+    await desk.waitForURL('**/settings');
+    await desk.locator('#sessions li').nth(1).waitFor({ timeout: WAIT });
+    assert.equal(await desk.locator('#sessions li').count(), 2);
+    assert.equal(await desk.locator('#sessions li', { hasText: '(this device)' }).count(), 1);
+    await desk.fill('#display-name', 'Dana Scully');
+    await desk.click('#profile-form button[type=submit]');
+    await desk.locator('#me', { hasText: 'Dana Scully (@dana)' }).waitFor({ timeout: WAIT });
+    await desk.reload();
+    assert.equal(await desk.inputValue('#display-name'), 'Dana Scully');
+  });
+
+  await t.test('logging the laptop out from the desk sends it to the login page', async () => {
+    const other = desk.locator('#sessions li', { hasNotText: '(this device)' });
+    await other.getByRole('button', { name: /^Log out/ }).click();
+    await laptop.waitForURL((u) => u.pathname === '/login', { timeout: WAIT });
+    await desk.locator('#sessions li').nth(1).waitFor({ state: 'detached', timeout: WAIT });
+  });
+
+  await t.test('a wrong current password is refused in place; the right one changes it', async () => {
+    await desk.fill('#current-password', 'not the password');
+    await desk.fill('#new-password', 'a much better password');
+    await desk.click('#password-form button[type=submit]');
+    await desk.locator('#toast', { hasText: 'wrong username or password' }).waitFor({ timeout: WAIT });
+    assert.equal(new URL(desk.url()).pathname, '/settings', 'still here, not sent to the login page');
+    await desk.fill('#current-password', PASSWORD);
+    await desk.click('#password-form button[type=submit]');
+    await desk.locator('#toast', { hasText: 'Password changed' }).waitFor({ timeout: WAIT });
+    await shot(desk, 'settings');
+  });
+
+  await t.test('the export downloads her data as JSON', async () => {
+    const [download] = await Promise.all([desk.waitForEvent('download'), desk.click('#export')]);
+    const doc = JSON.parse(readFileSync(await download.path(), 'utf8'));
+    assert.equal(doc.user.username, 'dana');
+    assert.equal(doc.user.display_name, 'Dana Scully');
+    assert.ok(Array.isArray(doc.conversations));
+  });
+
+  await t.test('deleting the account needs the password and the box ticked, then ends it', async () => {
+    await desk.fill('#delete-password', 'a much better password');
+    await desk.click('#delete-form button[type=submit]');
+    assert.equal(new URL(desk.url()).pathname, '/settings', 'not without the box ticked');
+    await desk.check('#delete-confirm');
+    await desk.click('#delete-form button[type=submit]');
+    await desk.waitForURL((u) => u.pathname === '/login', { timeout: WAIT });
+    await desk.fill('#username', 'dana');
+    await desk.fill('#password', 'a much better password');
+    await desk.click('button[type=submit]');
+    await desk.locator('#form-error', { hasText: 'Wrong username or password' }).waitFor({ timeout: WAIT });
+    assert.deepEqual(desk.errors, []);
+  });
+  await desk.context().close();
+  await laptop.context().close();
+});
+
+// The README's screenshots: plausible people and a realistic conversation (the hostile
+// names and bodies above belong to the tests, not the front page).
+test('screenshots of a realistic conversation', async () => {
+  const maria = await person('maria');
+  const jonas = await person('jonas');
+  await register(maria, 'maria', 'Maria Santos', PASSWORD);
+  await register(jonas, 'jonas', 'Jonas Weber', PASSWORD);
+  await maria.goto(server.url + '/contacts');
+  await maria.type('#search', 'jonas', { delay: 20 });
+  await maria.locator('#search-results li', { hasText: '@jonas' }).getByRole('button', { name: 'Add contact' }).click();
+  await jonas.goto(server.url + '/contacts');
+  await jonas.locator('#incoming li', { hasText: '@maria' }).getByRole('button', { name: 'Accept' }).click();
+  await maria.locator('#contacts li', { hasText: '@jonas' }).waitFor({ timeout: WAIT });
+  await shot(maria, 'contacts');
+  await maria.goto(server.url + '/chat');
+  await jonas.goto(server.url + '/chat');
+  await openChatWith(maria, 'Jonas Weber');
+  await openChatWith(jonas, 'Maria Santos');
+  const say = async (from, to, text) => {
+    await send(from, text);
+    await waitForBody(to, text);
+  };
+  await say(maria, jonas, 'Hi Jonas! Did you get a chance to look at the venues for Saturday?');
+  await say(jonas, maria, 'Yes, the boathouse looks great: room for 40 and a terrace by the water.');
+  await say(maria, jonas, 'Perfect. I will send them the deposit today.');
+  await jonas.setInputFiles('#file-input', { name: 'boathouse-floor-plan.pdf', mimeType: 'application/pdf', buffer: randomBytes(180_000) });
+  await maria.locator('#messages a.file-link', { hasText: 'boathouse-floor-plan.pdf' }).waitFor({ timeout: WAIT });
+  await say(jonas, maria, 'Here is the floor plan they sent me.');
+  await say(maria, jonas, 'Thanks! Shall we meet there at 6 to set up?');
+  await maria.locator('#messages li.msg.mine .status', { hasText: 'Read' }).last().waitFor({ timeout: WAIT });
+  await shot(maria, 'chat');
+
+  // Offline: the server goes away; what is typed waits, marked as queued, and goes out
+  // when it is back.
+  await server.kill();
+  await maria.locator('#conn-status', { hasText: 'Offline' }).waitFor({ timeout: WAIT });
+  await send(maria, 'On my way, see you soon!');
+  await maria.locator('#messages li.pending .status', { hasText: 'Queued' }).waitFor({ timeout: WAIT });
+  await shot(maria, 'chat-offline');
+  await server.start();
+  await waitForBody(jonas, 'On my way, see you soon!');
+
+  const phone = await person('jonas-phone', { viewport: { width: 390, height: 780 }, colorScheme: 'dark', isMobile: true, hasTouch: true });
+  await phone.goto(server.url + '/login');
+  await phone.fill('#username', 'jonas');
+  await phone.fill('#password', PASSWORD);
+  await phone.click('button[type=submit]');
+  await phone.waitForURL('**/chat');
+  await phone.locator('#conv-list a.conv', { hasText: 'Maria Santos' }).click();
+  await waitForBody(phone, 'On my way, see you soon!');
+  await shot(phone, 'chat-phone-dark');
+  for (const p of [maria, jonas, phone]) assert.deepEqual(p.errors, []);
+  for (const p of [maria, jonas, phone]) await p.context().close();
 });
