@@ -90,7 +90,7 @@ pub struct AuthConfig {
     /// login lasts, so it can be short.
     pub token_ttl_secs: u64,
     /// A login ends after this many seconds without use (a request, a refresh or an open
-    /// socket), 5 minutes to 1 year.
+    /// socket, which counts every 5 minutes), 15 minutes to 1 year.
     pub session_idle_secs: u64,
     /// A login ends this many seconds after it began however much it is used (the
     /// absolute maximum), 1 hour to 1 year and at least `session_idle_secs`.
@@ -421,8 +421,8 @@ impl Config {
         );
         const YEAR: u64 = 365 * 24 * 3600;
         anyhow::ensure!(
-            (300..=YEAR).contains(&a.session_idle_secs),
-            "auth.session_idle_secs must be between 300 and 31536000 (1 year), got {}",
+            (900..=YEAR).contains(&a.session_idle_secs),
+            "auth.session_idle_secs must be between 900 and 31536000 (1 year), got {}",
             a.session_idle_secs
         );
         anyhow::ensure!(

@@ -142,7 +142,7 @@ impl Actor for NotificationStreamActor {
                 }
                 // Attached, so a revocation from now on arrives as an event; one that
                 // came while the stream was opening is found here.
-                Box::pin(state.drop_revoked(Some(login))).await;
+                Box::pin(state.drop_revoked(Some(login), false)).await;
             }
             StreamMsg::Event(event) => match *event {
                 Event::Notification { notification, unread, .. } => {
@@ -152,12 +152,13 @@ impl Actor for NotificationStreamActor {
                 Event::SessionRevoked { session_id, .. } => state.streams.retain(|s| s.login != session_id),
                 _ => {}
             },
-            StreamMsg::Recheck => Box::pin(state.drop_revoked(None)).await,
+            StreamMsg::Recheck => Box::pin(state.drop_revoked(None, false)).await,
             StreamMsg::Tick => {
                 state.streams.retain(|s| !s.tx.is_closed());
                 state.ticks += 1;
                 if state.ticks.is_multiple_of(RECHECK_TICKS) {
-                    Box::pin(state.drop_revoked(None)).await;
+                    // The periodic check: a use of each open stream's login.
+                    Box::pin(state.drop_revoked(None, true)).await;
                 }
                 if state.streams.is_empty() {
                     state.idle_ticks += 1;
@@ -176,12 +177,12 @@ impl Actor for NotificationStreamActor {
 impl StreamState {
     /// Ends the streams whose login is no longer valid (`only`: just that login's). A
     /// store that cannot answer ends nothing: the next check will.
-    async fn drop_revoked(&mut self, only: Option<uuid::Uuid>) {
+    async fn drop_revoked(&mut self, only: Option<uuid::Uuid>, in_use: bool) {
         let mut logins: Vec<uuid::Uuid> = self.streams.iter().map(|s| s.login).collect();
         logins.sort_unstable();
         logins.dedup();
         for login in logins.into_iter().filter(|l| only.is_none_or(|o| o == *l)) {
-            if let Ok(false) = self.ctx.store.login_active(login, self.user).await {
+            if let Ok(false) = self.ctx.store.login_active(login, self.user, in_use).await {
                 self.streams.retain(|s| s.login != login);
             }
         }

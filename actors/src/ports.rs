@@ -134,8 +134,11 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError>;
     /// Whether the login session `session` of `user` is still valid (exists, not revoked,
     /// not expired). Sessions check again after the bus was down, when a revocation
-    /// event may have been missed.
-    async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError>;
+    /// event may have been missed. `in_use`: the check is a connection's periodic one,
+    /// which counts as a use of the login (so an open connection keeps it from expiring
+    /// while idle); the checks at start and after an outage do not (a reconnect storm
+    /// must not write a row per login).
+    async fn login_active(&self, session: uuid::Uuid, user: UserId, in_use: bool) -> Result<bool, StoreError>;
     /// Raises the user's delivered and/or read markers (never lowers them; read implies
     /// delivered; both are capped at the conversation's last seq).
     async fn update_receipt(

@@ -264,7 +264,7 @@ impl Actor for SessionActor {
             ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
             state.load_conversations(false).await;
             tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
-            if !state.revalidate().await {
+            if !state.revalidate(false).await {
                 return Ok(state);
             }
             state.catch_up_all().await;
@@ -284,7 +284,7 @@ impl Actor for SessionActor {
             // Joined (and bound), so a revocation from now on arrives as an event; one
             // that came while the socket was opening, after its token was checked, is
             // found here. (After `announce`, so the close unbinds what it bound.)
-            state.revalidate().await;
+            state.revalidate(false).await;
         }
         Ok(state)
     }
@@ -307,7 +307,7 @@ impl Actor for SessionActor {
             SessionMsg::CatchUp => {
                 Box::pin(async {
                     // A revocation published while the bus was down never came: ask.
-                    if !state.revalidate().await {
+                    if !state.revalidate(false).await {
                         return;
                     }
                     state.load_conversations(false).await;
@@ -316,7 +316,8 @@ impl Actor for SessionActor {
                 .await
             }
             SessionMsg::Revalidate => {
-                Box::pin(state.revalidate()).await;
+                // The connection's periodic check: a use of its login.
+                Box::pin(state.revalidate(true)).await;
             }
             SessionMsg::DeliveredSaved(c) => {
                 if let Some(Some((seq, sender))) = state.delivered_inflight.remove(&c) {
@@ -344,8 +345,8 @@ impl SessionState {
 
     /// Closes the connection (4001) if its login was revoked; true if it may go on. A
     /// store that cannot answer does not close anyone: the next check will.
-    async fn revalidate(&mut self) -> bool {
-        match self.ctx.store.login_active(self.conn.login_session, self.me()).await {
+    async fn revalidate(&mut self, in_use: bool) -> bool {
+        match self.ctx.store.login_active(self.conn.login_session, self.me(), in_use).await {
             Ok(false) => {
                 tracing::info!(user = %self.me(), conn = %self.conn.id, "login no longer valid; closing the socket");
                 self.conn.close_logged_out();

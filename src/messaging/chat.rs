@@ -568,10 +568,15 @@ pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Ent
 
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
-    async fn login_active(&self, session: uuid::Uuid, user: UserId) -> Result<bool, StoreError> {
-        // A use: an open socket or stream keeps its login from expiring while idle.
-        let login = self.sessions.use_login(crate::domain::SessionId(session), user, crate::now_ms()).await;
-        login.map(|l| l.is_some()).map_err(unavailable)
+    async fn login_active(&self, session: uuid::Uuid, user: UserId, in_use: bool) -> Result<bool, StoreError> {
+        let (id, now) = (crate::domain::SessionId(session), crate::now_ms());
+        let login = if in_use {
+            // An open socket's or stream's periodic check keeps its login from expiring.
+            self.sessions.use_login(id, user, now).await.map(|l| l.is_some())
+        } else {
+            self.sessions.is_active(id, user, now).await
+        };
+        login.map_err(unavailable)
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationInfo>, StoreError> {
