@@ -772,3 +772,30 @@ async fn hole_logout_leaves_sockets_open_on_other_nodes() {
     laptop_ws.send_to_user("laptop", &bob_id, "still here").await;
     laptop_ws.read_until("the laptop's ack", |c| c.acks.contains_key("laptop")).await;
 }
+
+/// Issue 19: the operator disables an account from the command line, beside a running
+/// cluster: its sockets on every node and its notification stream close at once, its
+/// tokens are refused, and it cannot log in.
+#[tokio::test]
+async fn the_operator_disabling_an_account_closes_its_connections_on_every_node() {
+    let cluster = Cluster::start(2);
+    let (alice_t, _bob_t, bob_id) = alice_and_bob(&cluster).await;
+    let (mut on_1, _) = connect(cluster.addr("messaging-1"), &alice_t).await.expect("node 1");
+    let (mut on_2, _) = connect(cluster.addr("messaging-2"), &alice_t).await.expect("node 2");
+    let mut stream = crate::notifications::SseReader::open(&cluster, &alice_t, None).await;
+    while stream.next().await.expect("the stream is attached").0 != "unread" {}
+    for (ws, cid) in [(&mut on_1, "one"), (&mut on_2, "two")] {
+        ws.send_to_user(cid, &bob_id, cid).await;
+        ws.read_until("the ack", |c| c.acks.contains_key(cid)).await;
+    }
+    // A short blocking run (no password to hash): the sockets just wait meanwhile.
+    let (code, out, err) = cluster.user_command(&["disable", "alice"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for ws in [&mut on_1, &mut on_2] {
+        assert_eq!(ws.closed_within(FRAME_TIMEOUT).await, Some((4001, "logged out".to_owned())));
+    }
+    assert!(stream.ends_within(FRAME_TIMEOUT).await, "the notification stream ends");
+    assert_eq!(cluster.me(&alice_t).await.status(), StatusCode::UNAUTHORIZED);
+    let r = cluster.login("alice", crate::helpers::PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a disabled account cannot log in");
+}

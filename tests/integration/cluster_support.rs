@@ -133,6 +133,23 @@ reconnect_max_ms = 500
         )
     }
 
+    /// Runs the operator's `switchboard user …` on this cluster's configuration (its
+    /// database and broker): `(exit code, stdout, stderr)`.
+    pub fn user_command(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.dir.path().join("cli.toml");
+        std::fs::write(&config, self.config_toml()).expect("write config");
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--config")
+            .arg(&config)
+            .arg("user")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the binary runs");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+    }
+
     /// Starts one process (on `addr`, or any free port) and waits for its "listening on"
     /// line.
     fn spawn(&mut self, name: &str, service: &str, config: &str, addr: Option<SocketAddr>) {
