@@ -173,11 +173,16 @@ impl Writer for AppError {
 }
 
 /// Catcher hoop: any error status without a body (404 for an unknown path, 405, salvo's
-/// own 413 ...) gets the same JSON error shape as handler errors.
+/// own 413 ...) gets the same JSON error shape as handler errors; a browser asking for a
+/// page that does not exist gets an HTML page instead.
 #[handler]
-pub async fn json_catcher(res: &mut Response, ctrl: &mut FlowCtrl) {
+pub async fn json_catcher(req: &mut Request, res: &mut Response, ctrl: &mut FlowCtrl) {
     let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
     if !(status.is_client_error() || status.is_server_error()) {
+        return;
+    }
+    if status == StatusCode::NOT_FOUND && crate::web::pages::html_not_found(req, res) {
+        ctrl.skip_rest();
         return;
     }
     let (code, message) = match status {

@@ -86,6 +86,34 @@ struct SettingsPage {
     l: Layout,
 }
 
+#[derive(Template)]
+#[template(path = "not_found.html")]
+struct NotFoundPage {
+    l: Layout,
+}
+
+/// For a browser asking for a page that does not exist (a `GET` that accepts HTML, outside
+/// `/api/`, `/ws` and `/static/`), writes an HTML "page not found" into `res` (its status
+/// stays 404) and returns true; API clients keep the JSON error.
+pub fn html_not_found(req: &Request, res: &mut Response) -> bool {
+    let path = req.uri().path();
+    let page_like = matches!(*req.method(), salvo::http::Method::GET)
+        && !["/api/", "/ws", "/static/"].iter().any(|p| path.starts_with(p))
+        && req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if !page_like {
+        return false;
+    }
+    // No cookie is set here (the router's settings, such as `Secure`, are not known on
+    // this path): the page reuses the browser's CSRF token if it has one.
+    let csrf = req
+        .cookie(csrf::CSRF_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| v.len() >= 16 && v.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_default();
+    let l = Layout { csrf, assets: &ASSETS_VERSION, signed_in: has_session(req), page: "not-found" };
+    render(res, NotFoundPage { l }).is_ok()
+}
+
 fn has_session(req: &Request) -> bool {
     crate::auth::routes::has_login_cookie(req)
 }

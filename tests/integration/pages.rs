@@ -159,3 +159,34 @@ async fn static_files_are_cached_by_content_version() {
         assert!(!body.contains("innerHTML") && !body.contains("insertAdjacentHTML"), "{script} writes no HTML");
     }
 }
+
+/// Issue 20: an unknown page showed raw JSON in the browser. A browser now gets an HTML
+/// page (still 404) with a way back; API clients keep the JSON error.
+#[tokio::test]
+async fn an_unknown_page_is_an_html_page_for_browsers_and_json_for_the_api() {
+    let app = spawn_app().await;
+    let get = |path: &str, accept: &str| app.client().get(app.url(path)).header("accept", accept.to_owned()).send();
+    let r = get("/no-such-page", "text/html,application/xhtml+xml,*/*;q=0.8").await.expect("sent");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.headers().get("set-cookie").is_none(), "no cookie from a 404 page");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Page not found") && html.contains("href=\"/\""), "{html}");
+    for (path, accept) in
+        [("/api/no-such-thing", "text/html"), ("/no-such-page", "application/json"), ("/static/nope.js", "text/html")]
+    {
+        let r = get(path, accept).await.expect("sent");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = r.json().await.expect("a JSON error");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_login_and_register_pages_say_what_switchboard_is() {
+    let app = spawn_app().await;
+    for path in ["/login", "/register"] {
+        let html = app.client().get(app.url(path)).send().await.unwrap().text().await.unwrap();
+        assert!(html.contains("class=\"tagline\"") && html.contains("one-to-one chat"), "{path}");
+    }
+}
