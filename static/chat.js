@@ -800,8 +800,11 @@
       ev.preventDefault();
       submit();
     });
+    // On a touch screen Enter adds a line (there is no Shift to hold): the Send button sends.
+    const touch = window.matchMedia('(pointer: coarse)').matches;
+    if (touch) input.placeholder = 'Write a message';
     input.addEventListener('keydown', (ev) => {
-      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && !touch) {
         ev.preventDefault();
         submit();
       }

@@ -410,6 +410,13 @@ test('two people use Switchboard in real browsers', async (t) => {
     assert.equal(await list.isVisible(), false, 'the conversation takes the whole width');
     const width = await phone.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(width <= 390, `nothing wider than the screen (${width}px)`);
+    // The top bar is one row, and the notifications menu opens fully on the screen.
+    const bar = await phone.locator('.topbar').boundingBox();
+    assert.ok(bar.height < 60, `the top bar is one row (${bar.height}px high)`);
+    await phone.click('#notif-button');
+    const panel = await phone.locator('#notif-panel').boundingBox();
+    assert.ok(panel.x >= 0 && panel.x + panel.width <= 390, `the menu is on the screen (${panel.x}..${panel.x + panel.width})`);
+    await phone.keyboard.press('Escape');
     await phone.click('#back');
     await list.waitFor({ state: 'visible' });
     assert.deepEqual(phone.errors, []);
