@@ -14,7 +14,8 @@
 //!   told, as when done by hand), then every contact row and block involving the user is
 //!   deleted; uploads in progress between them fail. No one can message the deleted
 //!   account (messages need an accepted contact) or find it (search skips it).
-//! - Its notifications are deleted.
+//! - Its notifications are deleted, and other users' notifications about it lose its
+//!   names (username null, display name "Deleted user").
 //! - Conversations and their messages stay for the other participant (they are theirs
 //!   too), attributed to "Deleted user"; the files in them stay downloadable by that
 //!   participant alone, since no one else can log in as the deleted user.
@@ -56,6 +57,7 @@ impl Accounts {
         self.contacts.announce_profile(user, DELETED_NAME).await;
         self.contacts.forget(user).await.map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
         let notifications = self.notifications.forget(user).await?;
+        self.notifications.forget_sender(user, DELETED_NAME).await?;
         tracing::info!(user_id = %user, logins_ended = ended, notifications, "account deleted");
         Ok(true)
     }

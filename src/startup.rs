@@ -411,21 +411,25 @@ pub async fn shutdown_signal() {
 /// node whose broker link was down. Delivering one twice is harmless (a closed
 /// connection stays closed).
 async fn revocation_feed(sessions: crate::auth::sessions::SessionRepo, node: Arc<Node>) {
-    let mut since = crate::now_ms() - REVOCATION_FEED_OVERLAP_MS;
+    let mut after = (crate::now_ms() - REVOCATION_FEED_OVERLAP_MS, None);
     let mut tick = tokio::time::interval(REVOCATION_FEED_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = crate::now_ms();
-        match sessions.revoked_since(since, REVOCATION_FEED_BATCH).await {
+        match sessions.revoked_after(after, REVOCATION_FEED_BATCH).await {
             Ok(rows) => {
                 for (login, user, _) in &rows {
                     let event = switchboard_actors::ports::Event::SessionRevoked { to: *user, session_id: login.0 };
                     switchboard_actors::bridge::dispatch(&node.ctx, event);
                 }
-                since = match rows.last() {
-                    Some((_, _, at)) if rows.len() as u64 == REVOCATION_FEED_BATCH => *at,
-                    _ => since.max(now - REVOCATION_FEED_OVERLAP_MS),
+                after = match rows.last() {
+                    // A full page: go on from its last row (by time, then id), at once.
+                    Some((login, _, at)) if rows.len() as u64 == REVOCATION_FEED_BATCH => {
+                        tick.reset_immediately();
+                        (*at, Some(*login))
+                    }
+                    _ => (after.0.max(now - REVOCATION_FEED_OVERLAP_MS), None),
                 };
             }
             Err(e) => tracing::debug!(error = %e, "revocation feed not read"),

@@ -303,14 +303,15 @@ async fn export_me(depot: &mut Depot, res: &mut Response) -> Result<(), AppError
     Ok(())
 }
 
-/// `POST /api/auth/password {current_password, new_password}` → 204; every other login
-/// of the caller ends.
+/// `POST /api/auth/password {current_password, new_password}` → every other login of the
+/// caller ends, and this one gets a new refresh token ([`new_refresh_token`]).
 #[endpoint(
     operation_id = "auth.change_password",
     tags("auth"),
     request_body = PasswordBody,
     responses(
-        (status_code = 204, description = "changed; the caller's other logins ended"),
+        (status_code = 200, description = "changed; the caller's other logins ended; a bearer client's new refresh token", body = RefreshOut),
+        (status_code = 204, description = "changed; the caller's other logins ended; a browser's new refresh cookie"),
         errors::BadInput,
         (status_code = 401, description = "wrong current password, or not authenticated", body = ErrorBody),
         errors::NotAllowed,
@@ -326,8 +327,34 @@ async fn change_password(req: &mut Request, depot: &mut Depot, res: &mut Respons
     let st = state(depot)?;
     let ip = client_ip(req, &st.config);
     st.auth.change_password(who, ip, body.current_password, body.new_password).await?;
-    res.status_code(StatusCode::NO_CONTENT);
+    new_refresh_token(req, res, st, who).await
+}
+
+/// A new refresh secret for the caller's login (the old one stops working), after a change
+/// that must shut out whoever else holds a copy of it. A browser gets it as its refresh
+/// cookie (204: its scripts never see it); a bearer client in the body (200).
+async fn new_refresh_token(
+    req: &Request,
+    res: &mut Response,
+    st: &crate::web::AppState,
+    who: AuthUser,
+) -> Result<(), AppError> {
+    let token = st.auth.rotate_refresh(who).await?;
+    res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        res.render(Json(RefreshOut { refresh_token: token }));
+    } else {
+        let max_age = st.auth.login_max_secs();
+        res.add_cookie(auth_cookie(REFRESH_COOKIE, token, max_age, st.config.auth.cookie_secure));
+        res.status_code(StatusCode::NO_CONTENT);
+    }
     Ok(())
+}
+
+/// The calling login's new refresh token.
+#[derive(Debug, serde::Serialize, salvo::oapi::ToSchema)]
+struct RefreshOut {
+    refresh_token: String,
 }
 
 /// `GET /api/auth/sessions` → the caller's valid logins, most recently used first.
@@ -377,22 +404,24 @@ async fn end_session(req: &mut Request, depot: &mut Depot, res: &mut Response) -
     Ok(())
 }
 
-/// `DELETE /api/auth/sessions` → 204: every login of the caller but this one ends.
+/// `DELETE /api/auth/sessions`: every login of the caller but this one ends, and this one
+/// gets a new refresh token ([`new_refresh_token`]).
 #[endpoint(
     operation_id = "auth.end_other_sessions",
     tags("auth"),
     responses(
-        (status_code = 204, description = "every other login ended"),
+        (status_code = 200, description = "every other login ended; a bearer client's new refresh token", body = RefreshOut),
+        (status_code = 204, description = "every other login ended; a browser's new refresh cookie"),
         errors::Unauthenticated,
         errors::NotAllowed,
         errors::Unavailable,
     ),
 )]
-async fn end_other_sessions(depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+async fn end_other_sessions(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let who = caller(depot)?;
-    state(depot)?.auth.end_logins(who.user_id, Some(who.session_id)).await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    let st = state(depot)?;
+    st.auth.end_logins(who.user_id, Some(who.session_id)).await?;
+    new_refresh_token(req, res, st, who).await
 }
 
 /// `GET /api/auth/me` → the caller.

@@ -77,7 +77,12 @@ struct Limits {
     /// many addresses. Past it, only addresses that have not failed may still try.
     login_user: FailureCounter,
     register_ip: KeyedLimiter,
+    /// Display-name changes per user (each is a frame to every contact).
+    renames: KeyedLimiter,
 }
+
+/// Display-name changes a user may make per minute.
+const RENAMES_PER_MINUTE: u32 = 10;
 
 /// The per-username ceiling is this many times the per-(username, address) limit.
 const USERNAME_CEILING_FACTOR: u32 = 10;
@@ -107,6 +112,7 @@ impl AuthService {
                     LOGIN_WINDOW,
                 ),
                 register_ip: KeyedLimiter::per_minute(cfg.register_per_ip_per_minute),
+                renames: KeyedLimiter::per_minute(RENAMES_PER_MINUTE),
             }),
         })
     }
@@ -135,7 +141,7 @@ impl AuthService {
         let username = Username::parse(username).map_err(invalid)?;
         let password = Password::parse(password).map_err(invalid)?;
         let display_name = match display_name {
-            Some(d) => DisplayName::parse(d).map_err(invalid)?,
+            Some(d) => self::display_name(d)?,
             None => DisplayName::from(&username),
         };
         let hash = self.hasher.hash(&password).await?;
@@ -279,6 +285,9 @@ impl AuthService {
     /// Checks the caller's password (401 if wrong, counted like a failed login): the
     /// proof a destructive request (deleting the account) asks for.
     pub async fn check_password(&self, who: AuthUser, ip: Option<IpAddr>, password: String) -> Result<(), AppError> {
+        if let Some(ip) = ip {
+            check(&self.limits.login_ip, &crate::net::limit_key(ip))?;
+        }
         let password = Password::parse(password).map_err(|_| bad_credentials())?;
         let found = self.users.credentials_of(who.user_id).await?;
         let username = found.as_ref().map(|(u, _)| u.username.clone()).ok_or_else(gone)?;
@@ -323,6 +332,17 @@ impl AuthService {
         Ok(self.users.find_by_username(&name).await?)
     }
 
+    /// Gives the caller's login a new refresh secret (the old one stops working): after a
+    /// password change or "log out everywhere else", a copy of this device's refresh token
+    /// held by someone else must stop working too. The new refresh token.
+    pub async fn rotate_refresh(&self, who: AuthUser) -> Result<String, AppError> {
+        let (token, hash) = refresh_secret(who.session_id);
+        if !self.sessions.set_refresh_hash(who.session_id, who.user_id, &hash).await? {
+            return Err(invalid_token());
+        }
+        Ok(token.to_string())
+    }
+
     /// The caller's valid logins, most recently used first.
     pub async fn sessions(&self, who: AuthUser) -> Result<Vec<SessionView>, AppError> {
         let rows = self.sessions.list(who.user_id, crate::now_ms()).await?;
@@ -364,7 +384,8 @@ impl AuthService {
 
     /// Renames the caller; the user as it is now.
     pub async fn set_display_name(&self, who: AuthUser, name: &str) -> Result<User, AppError> {
-        let name = DisplayName::parse(name).map_err(invalid)?;
+        check(&self.limits.renames, &who.user_id.to_string())?;
+        let name = display_name(name)?;
         self.users.set_display_name(who.user_id, &name, crate::now_ms()).await?.ok_or_else(gone)
     }
 
@@ -421,6 +442,7 @@ impl AuthService {
         self.limits.login_user.prune();
         self.limits.login_user_addr.prune();
         self.limits.register_ip.prune();
+        self.limits.renames.prune();
         let removed = self.sessions.purge_expired(crate::now_ms()).await?;
         if removed > 0 {
             tracing::debug!(removed, "purged expired sessions");
@@ -502,6 +524,16 @@ fn check(limiter: &KeyedLimiter, key: &str) -> Result<(), AppError> {
 
 fn invalid(e: crate::domain::InvalidInput) -> AppError {
     AppError::bad_request(e.code, e.message)
+}
+
+/// A display name a person may choose: the domain's rules, and not the name deleted
+/// accounts show (no one may pass for one).
+fn display_name(name: &str) -> Result<DisplayName, AppError> {
+    let name = DisplayName::parse(name).map_err(invalid)?;
+    if name.as_str().eq_ignore_ascii_case(crate::auth::users::DELETED_NAME) {
+        return Err(AppError::bad_request(ErrorCode::InvalidDisplayName, "this display name is reserved"));
+    }
+    Ok(name)
 }
 
 fn bad_credentials() -> AppError {

@@ -240,6 +240,19 @@ impl SessionRepo {
             .collect())
     }
 
+    /// Replaces the refresh-secret hash of `user`'s valid login `id`; false if there is no
+    /// such login.
+    pub async fn set_refresh_hash(&self, id: SessionId, user: UserId, hash: &str) -> Result<bool, DbErr> {
+        let r = login_session::Entity::update_many()
+            .col_expr(login_session::Column::RefreshHash, Expr::value(hash))
+            .filter(login_session::Column::Id.eq(id.0))
+            .filter(login_session::Column::UserId.eq(user.0))
+            .filter(login_session::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
+    }
+
     /// Revokes the session; revoking twice is harmless.
     pub async fn revoke(&self, id: SessionId, now: i64) -> Result<(), DbErr> {
         login_session::Entity::update_many()
@@ -278,16 +291,32 @@ impl SessionRepo {
         Ok(ids.into_iter().map(SessionId).collect())
     }
 
-    /// Logins revoked at or after `since` (at most `limit`, oldest first): the revocation
-    /// feed each node reads, `(login, owner, revoked_at)`.
-    pub async fn revoked_since(&self, since: i64, limit: u64) -> Result<Vec<(SessionId, UserId, i64)>, DbErr> {
+    /// Logins revoked after `after` (a `(revoked_at, id)` position: those at that time
+    /// with a larger id, then later ones), at most `limit`, in that order: the revocation
+    /// feed each node reads, `(login, owner, revoked_at)`. Paging by the pair, not the
+    /// time alone, because one revocation of many logins stamps them all alike.
+    pub async fn revoked_after(
+        &self,
+        after: (i64, Option<SessionId>),
+        limit: u64,
+    ) -> Result<Vec<(SessionId, UserId, i64)>, DbErr> {
+        let (at, id) = after;
+        let position = match id {
+            Some(id) => sea_orm::Condition::any().add(login_session::Column::RevokedAt.gt(at)).add(
+                sea_orm::Condition::all()
+                    .add(login_session::Column::RevokedAt.eq(at))
+                    .add(login_session::Column::Id.gt(id.0)),
+            ),
+            None => sea_orm::Condition::all().add(login_session::Column::RevokedAt.gte(at)),
+        };
         let rows = login_session::Entity::find()
-            .filter(login_session::Column::RevokedAt.gte(since))
+            .filter(position)
             .order_by_asc(login_session::Column::RevokedAt)
+            .order_by_asc(login_session::Column::Id)
             .limit(limit)
             .all(&self.db)
             .await?;
-        Ok(rows.into_iter().map(|r| (SessionId(r.id), UserId(r.user_id), r.revoked_at.unwrap_or(since))).collect())
+        Ok(rows.into_iter().map(|r| (SessionId(r.id), UserId(r.user_id), r.revoked_at.unwrap_or(at))).collect())
     }
 
     /// Deletes sessions that expired before `before`; returns how many. Their tokens are

@@ -1,6 +1,6 @@
 //! The users repository: accounts and their credentials.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -173,10 +173,21 @@ impl UserRepo {
     pub async fn list(&self, query: Option<&str>, limit: u64) -> Result<Vec<(User, Option<i64>)>, DbErr> {
         let mut q = user::Entity::find().filter(user::Column::DeletedAt.is_null());
         if let Some(prefix) = query.map(str::to_lowercase).filter(|p| !p.is_empty()) {
+            // The query is text, not a pattern: `%`, `_` and the escape itself match
+            // themselves.
+            let mut escaped = String::with_capacity(prefix.len() + 1);
+            for c in prefix.chars() {
+                if matches!(c, '\\' | '%' | '_') {
+                    escaped.push('\\');
+                }
+                escaped.push(c);
+            }
+            escaped.push('%');
+            let like = || sea_orm::sea_query::LikeExpr::new(escaped.clone()).escape('\\');
             q = q.filter(
                 sea_orm::Condition::any()
-                    .add(user::Column::Username.starts_with(&prefix))
-                    .add(user::Column::DisplayKey.starts_with(&prefix)),
+                    .add(Expr::col(user::Column::Username).like(like()))
+                    .add(Expr::col(user::Column::DisplayKey).like(like())),
             );
         }
         let rows = q.order_by_asc(user::Column::Username).limit(limit).all(&self.db).await?;

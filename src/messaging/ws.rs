@@ -62,9 +62,7 @@ fn message_of(out: Outbound) -> Message {
 #[handler]
 async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?.clone();
-    // A browser whose access cookie expired is renewed from its refresh cookie here too
-    // (the new cookie rides on the handshake's answer).
-    let who = authenticate_request(req, res, &st).await?;
+    // The origin first: a page on another site must not even get a cookie renewed.
     let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
     if by_cookie && !crate::web::csrf::origin_allowed(req, &st.config) {
         return Err(AppError::Forbidden {
@@ -72,6 +70,9 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
             message: "this origin may not open the chat socket".into(),
         });
     }
+    // A browser whose access cookie expired is renewed from its refresh cookie here too
+    // (the new cookie rides on the handshake's answer).
+    let who = authenticate_request(req, res, &st).await?;
     let m = st.config.messaging.clone();
     let slot = st
         .sockets

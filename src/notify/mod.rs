@@ -20,7 +20,8 @@
 //! What makes a notification: messages to you from someone else (`message`, one per
 //! conversation, updated in place), a contact request to you (`contact_request`), your
 //! request accepted (`contact_accepted`). Your own read marker in a conversation counts
-//! its messages up to that seq read.
+//! its messages up to that seq read; a request answered or withdrawn (on any device)
+//! counts its `contact_request` notification read.
 
 pub mod repo;
 pub mod routes;
@@ -50,8 +51,14 @@ use crate::notify::repo::NotificationRepo;
 use crate::notify::repo::{NewNotification, Recorded};
 
 /// Routing keys the notify queue is bound to.
-pub const KEYS: &[&str] =
-    &["user.*.message.created", "user.*.contact.requested", "user.*.contact.accepted", "user.*.receipt.self"];
+pub const KEYS: &[&str] = &[
+    "user.*.message.created",
+    "user.*.contact.requested",
+    "user.*.contact.accepted",
+    "user.*.contact.declined",
+    "user.*.contact.cancelled",
+    "user.*.receipt.self",
+];
 
 /// Keys the notify queue was bound to by earlier versions, removed at start (RabbitMQ
 /// treats removing a binding that does not exist as done).
@@ -69,10 +76,31 @@ pub fn wants(event: &Event) -> bool {
     match event {
         Event::MessageCreated { to, message, .. } => message.sender_id != *to,
         Event::Receipt { to, receipt } => receipt.user_id == *to,
-        Event::Contact { change, .. } => {
-            matches!(change.kind, ContactChangeKind::Requested | ContactChangeKind::Accepted)
-        }
+        Event::Contact { change, .. } => matches!(
+            change.kind,
+            ContactChangeKind::Requested
+                | ContactChangeKind::Accepted
+                | ContactChangeKind::Declined
+                | ContactChangeKind::Cancelled
+        ),
         _ => false,
+    }
+}
+
+/// A request answered or withdrawn, to its addressee: their "wants to be your contact"
+/// notification is done with, wherever it was acted on.
+fn request_settled(event: &Event) -> Option<(UserId, uuid::Uuid)> {
+    match event {
+        Event::Contact { to, change }
+            if change.addressee_id == *to
+                && matches!(
+                    change.kind,
+                    ContactChangeKind::Accepted | ContactChangeKind::Declined | ContactChangeKind::Cancelled
+                ) =>
+        {
+            Some((*to, change.request_id))
+        }
+        _ => None,
     }
 }
 
@@ -119,6 +147,12 @@ impl Notifier {
                     }
                 }
                 event => {
+                    if let Some((user, request)) = request_settled(event) {
+                        self.store(std::mem::take(&mut pending)).await?;
+                        if self.notifications.read_request(user, request, crate::now_ms()).await? > 0 {
+                            self.publish_counts(user).await?;
+                        }
+                    }
                     if let Some(new) = notification_for(envelope.id.0, event) {
                         pending.push(new);
                     }

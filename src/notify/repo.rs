@@ -153,6 +153,58 @@ impl NotificationRepo {
         Ok(found)
     }
 
+    /// Marks `user`'s unread `contact_request` notification of request `request` read (the
+    /// request was answered or withdrawn); returns how many changed.
+    pub async fn read_request(&self, user: UserId, request: Uuid, now: i64) -> Result<u64, DbErr> {
+        // The user's counter first, as every notification write takes it (see `mark_read`).
+        let txn = self.db.begin().await?;
+        lock_counters(&txn, [user.0]).await?;
+        let r = notification::Entity::update_many()
+            .col_expr(notification::Column::ReadAt, Expr::value(now))
+            .col_expr(notification::Column::Count, Expr::value(0i64))
+            .filter(notification::Column::UserId.eq(user.0))
+            .filter(notification::Column::Kind.eq(NotificationKind::ContactRequest.as_str()))
+            .filter(notification::Column::ReadAt.is_null())
+            .filter(notification::Column::Payload.contains(request.to_string()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(r.rows_affected)
+    }
+
+    /// Removes a deleted account's names from other users' notifications about it (its
+    /// username may belong to someone else tomorrow): `sender_username`/`username` become
+    /// null and the display names "Deleted user". Returns how many changed.
+    pub async fn forget_sender(&self, user: UserId, deleted_name: &str) -> Result<u64, DbErr> {
+        let id = user.0.to_string();
+        let rows = notification::Entity::find()
+            .filter(notification::Column::UserId.ne(user.0))
+            .filter(notification::Column::Payload.contains(&id))
+            .all(&self.db)
+            .await?;
+        let mut changed = 0;
+        for row in rows {
+            let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&row.payload) else { continue };
+            let mut touched = false;
+            for (id_key, prefix) in [("sender_id", "sender_"), ("user_id", "")] {
+                if map.get(id_key).and_then(Value::as_str) == Some(id.as_str()) {
+                    map.insert(format!("{prefix}username"), Value::Null);
+                    map.insert(format!("{prefix}display_name"), Value::from(deleted_name));
+                    touched = true;
+                }
+            }
+            if touched {
+                notification::Entity::update_many()
+                    .col_expr(notification::Column::Payload, Expr::value(Value::Object(map).to_string()))
+                    .filter(notification::Column::Id.eq(row.id))
+                    .exec(&self.db)
+                    .await?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Deletes every notification of `user` (an account being deleted).
     pub async fn forget(&self, user: UserId) -> Result<u64, DbErr> {
         let r =

@@ -51,7 +51,7 @@ async fn acked(ws: &mut Client, cid: &str, to: &str) {
 async fn changing_the_password_ends_every_other_login_and_its_connections() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let (_, _bob, bob_id) = alice_and_bob(&app).await;
-    let (phone, _, _) = login_as(&app, "alice", PASSWORD, "phone").await;
+    let (phone, phone_refresh, _) = login_as(&app, "alice", PASSWORD, "phone").await;
     let (laptop, _, _) = login_as(&app, "alice", PASSWORD, "laptop").await;
     let mut ws_laptop = Client::connect(&app, &laptop).await;
     let mut stream_laptop = SseReader::open(&app, &laptop, None).await;
@@ -73,7 +73,19 @@ async fn changing_the_password_ends_every_other_login_and_its_connections() {
     assert_eq!(error_code(change(PASSWORD, "short").await, StatusCode::BAD_REQUEST).await, "invalid_password");
     assert_eq!(app.me(&laptop).await.status(), StatusCode::OK);
 
-    assert_eq!(change(PASSWORD, "a brand new password").await.status(), StatusCode::NO_CONTENT);
+    let r = change(PASSWORD, "a brand new password").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // The phone's login gets a new refresh token: a copy of its old one, wherever it
+    // leaked, is dead too.
+    let new_refresh = r.json::<Value>().await.expect("json")["refresh_token"].as_str().expect("token").to_owned();
+    assert_ne!(new_refresh, phone_refresh);
+    let renew = |t: &str| {
+        let body = json!({"refresh_token": t});
+        let app = &app;
+        async move { app.post_json("/api/auth/refresh", &body).await }
+    };
+    assert_eq!(renew(&phone_refresh).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(renew(&new_refresh).await.status(), StatusCode::OK);
     // The laptop's socket and stream end; its token is refused.
     assert_eq!(ws_laptop.closed_within(Duration::from_secs(10)).await, Some((4001, "logged out".to_owned())));
     assert!(stream_laptop.ends_within(Duration::from_secs(10)).await, "the laptop's stream ends");
@@ -166,10 +178,9 @@ async fn a_person_lists_their_logins_and_ends_them() {
 
     // "Log out everywhere else": the tablet goes, the phone stays.
     let mut ws_tablet = Client::connect(&app, &tablet).await;
-    assert_eq!(
-        send_as(&app, reqwest::Method::DELETE, "/api/auth/sessions", &phone, None).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    let r = send_as(&app, reqwest::Method::DELETE, "/api/auth/sessions", &phone, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.json::<Value>().await.expect("json")["refresh_token"].as_str().is_some(), "a new refresh token");
     assert_eq!(ws_tablet.closed_within(Duration::from_secs(10)).await, Some((4001, "logged out".to_owned())));
     assert_eq!(app.me(&tablet).await.status(), StatusCode::UNAUTHORIZED);
     let left = app.get_json("/api/auth/sessions", &phone).await;
@@ -196,6 +207,7 @@ async fn a_new_display_name_reaches_contacts_live_and_in_lists() {
         (json!("   "), "blank"),
         (json!("x".repeat(65)), "too long"),
         (json!("a\u{7}b"), "control"),
+        (json!("deleted USER"), "the name deleted accounts show"),
     ] {
         assert_eq!(error_code(rename(bad).await, StatusCode::BAD_REQUEST).await, "invalid_display_name", "{why}");
     }
@@ -375,6 +387,10 @@ async fn deleting_an_account_keeps_the_peers_history_and_frees_the_name() {
     // No longer a contact, not findable, not messageable.
     let contacts = app.get_json("/api/contacts", &bob).await;
     assert_eq!(contacts["contacts"].as_array().map(Vec::len), Some(0), "{contacts}");
+    // Bob's notifications about her keep what she wrote but not her names.
+    let notes = app.get_json("/api/notifications", &bob).await;
+    assert!(notes.to_string().contains("hello-bob"), "{notes}");
+    assert!(!notes.to_string().contains("\"alice\""), "{notes}");
     let found = app.get_json("/api/users?q=alice", &bob).await;
     assert!(!found.to_string().contains("alice"), "{found}");
     let found = app.get_json("/api/users?q=deleted", &bob).await;
@@ -495,6 +511,9 @@ async fn the_operator_manages_accounts_from_the_command_line(backend: Backend) {
     let (code, _, err) = cli(&app, &["create", "dora", "--password-stdin"], Some("another password\n")).await;
     assert_eq!(code, 1);
     assert!(err.contains("taken"), "{err}");
+    let (code, out, _) = cli(&app, &["list", "--query", "_"], None).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "a query is text, not a pattern: only the header: {out}");
     let (code, out, _) = cli(&app, &["list", "--query", "DO"], None).await;
     assert_eq!(code, 0);
     let line = out.lines().find(|l| l.starts_with("dora\t")).expect("listed");
@@ -534,4 +553,32 @@ async fn the_operator_manages_accounts_from_the_command_line(backend: Backend) {
         assert_eq!(code, 1, "{action}");
         assert!(err.contains("no account named"), "{action}: {err}");
     }
+}
+
+/// The revocation feed pages by (time, id): a revocation of many logins at one instant is
+/// read whole, page after page, never re-read for ever (review of issue 19).
+#[tokio::test]
+async fn the_revocation_feed_pages_past_logins_revoked_at_the_same_instant() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (token, _) = user(&app, "alice").await;
+    for i in 0..6 {
+        login_as(&app, "alice", PASSWORD, &format!("device {i}")).await;
+    }
+    let before = chrono::Utc::now().timestamp_millis() - 1;
+    let r = send_as(&app, reqwest::Method::DELETE, "/api/auth/sessions", &token, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("db");
+    let sessions = switchboard::auth::sessions::SessionRepo::new(db);
+    let (mut after, mut seen) = ((before, None), std::collections::HashSet::new());
+    for _ in 0..10 {
+        let page = sessions.revoked_after(after, 4).await.expect("page");
+        for (id, _, _) in &page {
+            assert!(seen.insert(*id), "{id} read twice");
+        }
+        match page.last() {
+            Some((id, _, at)) if page.len() == 4 => after = (*at, Some(*id)),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 6, "the six other logins, each once");
 }

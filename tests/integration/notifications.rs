@@ -130,6 +130,8 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     assert_eq!(n.1["notifications"][0]["payload"]["username"], "alice");
     assert_eq!(n.0["notifications"][0]["kind"], "contact_accepted");
     assert_eq!(n.0["notifications"][0]["payload"]["username"], "bob");
+    // Bob answered the request (accepted it): its notification is read (issue 20).
+    assert_eq!(n.1["notifications"][0]["read"], true, "{}", n.1);
 
     let mut bob_ws = Client::connect(&app, &bob).await;
     let mut alice_ws = Client::connect(&app, &alice).await;
@@ -149,12 +151,14 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     // Who it is from, as the notification list shows it (names filled in when stored).
     assert_eq!(frame["notification"]["payload"]["sender_username"], "alice");
     assert!(frame["notification"]["payload"]["sender_display_name"].is_string(), "{frame}");
-    assert_eq!(frame["unread"]["total"], 3);
+    assert_eq!(frame["unread"]["total"], 2);
 
     let page = list(&app, &bob, "?unread=true").await;
-    assert_eq!(page["unread"]["total"], 3);
+    assert_eq!(page["unread"]["total"], 2);
     // One notification for the conversation, standing for both messages, above the
-    // contact request (number 1).
+    // (answered, so read) contact request (number 1).
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 1, "{page}");
+    let page = list(&app, &bob, "").await;
     let notes = page["notifications"].as_array().unwrap();
     assert_eq!(notes.len(), 2, "{page}");
     assert_eq!((notes[0]["kind"].as_str(), notes[0]["count"].as_i64()), (Some("message"), Some(2)));
@@ -167,7 +171,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     loop {
         let f = bob_ws.next_of("notification").await;
         if f["notification"].is_null() && f["unread"]["conversations"][&conv] == 1 {
-            assert_eq!(f["unread"]["total"], 2);
+            assert_eq!(f["unread"]["total"], 1);
             break;
         }
     }
@@ -194,7 +198,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
         }
     };
     assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(3), Some(3)));
-    assert_eq!(f["unread"]["total"], 4, "those and the contact request");
+    assert_eq!(f["unread"]["total"], 3, "those three");
     let convs = app.get_json("/api/conversations", &alice).await;
     assert_eq!(convs["conversations"][0]["peer_read_seq"], 1, "{convs}");
 
@@ -202,14 +206,13 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them() {
     bob_ws.send(json!({"type": "read", "conversation_id": conv, "seq": 5})).await;
     loop {
         let f = bob_ws.next_of("notification").await;
-        if f["notification"].is_null() && f["unread"]["total"] == 1 {
+        if f["notification"].is_null() && f["unread"]["total"] == 0 {
             assert!(f["unread"]["conversations"].get(&conv).is_none());
             break;
         }
     }
     let page = list(&app, &bob, "?unread=true").await;
-    assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
-    assert_eq!(page["notifications"][0]["kind"], "contact_request");
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 0, "{page}");
 
     let r = app.client().post(app.url("/api/notifications/read-all")).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -338,8 +341,9 @@ async fn a_killed_stream_actor_restarts_and_the_stream_resumes_in_order_without_
 async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
     let mut cluster = Cluster::start(1);
     let (alice, bob, bob_id) = alice_and_bob(&cluster).await;
-    eventually("bob's contact request notification", || async {
-        (list(&cluster, &bob, "").await["unread"]["total"] == 1).then_some(())
+    eventually("bob's contact request notification (answered, so read)", || async {
+        let page = list(&cluster, &bob, "").await;
+        (page["notifications"].as_array()?.len() == 1 && page["unread"]["total"] == 0).then_some(())
     })
     .await;
     cluster.kill("notify");
@@ -373,7 +377,7 @@ async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
         let r =
             cluster.client().get(cluster.url("/api/notifications?unread=true")).bearer_auth(&bob).send().await.ok()?;
         let v: Value = r.json().await.ok()?;
-        (v["unread"]["total"].as_i64()? >= 206).then_some(())
+        (v["unread"]["total"].as_i64()? >= 205).then_some(())
     });
     all.await;
     let notes = all_notifications(&cluster, &bob).await;
@@ -391,7 +395,7 @@ async fn notify_catches_up_after_an_outage_with_no_loss_and_no_duplicates() {
     let ns: BTreeSet<i64> = notes.iter().map(|n| n["n"].as_i64().unwrap()).collect();
     assert_eq!(ns.len(), 7, "numbered without repeats");
     let page = list(&cluster, &bob, "").await;
-    assert_eq!(page["unread"]["total"], 206);
+    assert_eq!(page["unread"]["total"], 205, "200 messages and the five new requests");
     assert_eq!(page["unread"]["conversations"][&conv], 200);
 
     // Live again: a new message reaches Bob's socket as a notification frame.
@@ -425,4 +429,65 @@ async fn only_the_newest_notifications_are_kept_per_user() {
     assert_eq!((notes[0]["kind"].as_str(), notes[0]["count"].as_i64()), (Some("message"), Some(15)));
     assert!(notes[0]["n"].as_i64() >= Some(15), "{notes:?}");
     assert_eq!(list(&app, &bob, "").await["unread"]["total"], 15, "counts follow what is kept");
+}
+
+/// Issue 20: a contact request answered or withdrawn elsewhere stayed unread until "Mark
+/// all read". Acting on it now clears its notification, on every device.
+#[tokio::test]
+async fn answering_or_withdrawing_a_request_clears_its_notification() {
+    let app = app().await;
+    let (alice, _) = user(&app, "alice").await;
+    let (bob, _) = user(&app, "bob").await;
+    let (carol, _) = user(&app, "carol").await;
+    let request = |from: String, to: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .client()
+                .post(app.url("/api/contacts/requests"))
+                .bearer_auth(&from)
+                .json(&serde_json::json!({"username": to}))
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let unread = |token: String| {
+        let app = &app;
+        async move { list(app, &token, "?unread=true").await["unread"]["total"].as_i64() }
+    };
+    let from_alice = request(alice.clone(), "bob").await;
+    let from_carol = request(carol.clone(), "bob").await;
+    eventually("both requests notified", async || (unread(bob.clone()).await == Some(2)).then_some(())).await;
+    // Bob declines Alice's on one device: that notification is read.
+    let r = app
+        .client()
+        .post(app.url(&format!("/api/contacts/requests/{from_alice}/decline")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    eventually("the declined request's notification is read", async || {
+        (unread(bob.clone()).await == Some(1)).then_some(())
+    })
+    .await;
+    // Carol withdraws hers: nothing is left unread.
+    let r = app
+        .client()
+        .delete(app.url(&format!("/api/contacts/requests/{from_carol}")))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    eventually("the withdrawn request's notification is read", async || {
+        (unread(bob.clone()).await == Some(0)).then_some(())
+    })
+    .await;
+    let all = all_notifications(&app, &bob).await;
+    assert_eq!(all.len(), 2, "kept, read: {all:?}");
+    assert!(all.iter().all(|n| n["read"] == true), "{all:?}");
 }
