@@ -204,6 +204,7 @@ const SB = (() => {
     document.addEventListener('click', (e) => {
       if (!panel.hidden && !panel.contains(e.target) && !button.contains(e.target)) closePanel();
     });
+    setUpDesktopButton();
     document.getElementById('notif-read-all').addEventListener('click', async () => {
       try {
         await api('POST', '/api/notifications/read-all');
@@ -222,6 +223,49 @@ const SB = (() => {
     openStream();
   }
 
+  // ---- desktop notifications ------------------------------------------------------------
+  // With the browser's permission, a new message or contact request that arrives while
+  // this tab is hidden shows a system notification (sender and a short text; a click opens
+  // it). Every open tab gets the same stream, so the tabs agree through a lock and a list
+  // in localStorage which one shows it: one notification per change, however many tabs.
+  const DESKTOP_SEEN = 'sb:desktop-seen';
+
+  function desktopNotify(n) {
+    if (!('Notification' in window) || Notification.permission !== 'granted' || !document.hidden) return;
+    if (n.read || !['message', 'contact_request'].includes(n.kind)) return;
+    const key = `${n.id}:${n.n}`; // a conversation's notification is updated in place, with a new n
+    const show = () => {
+      let seen = [];
+      try { seen = JSON.parse(localStorage.getItem(DESKTOP_SEEN) || '[]'); } catch (_) { /* start over */ }
+      if (!Array.isArray(seen)) seen = [];
+      if (seen.includes(key)) return;
+      seen.push(key);
+      localStorage.setItem(DESKTOP_SEEN, JSON.stringify(seen.slice(-100)));
+      const p = n.payload || {};
+      const title = n.kind === 'message' ? (p.sender_display_name || p.sender_username || 'New message') : 'Contact request';
+      const shown = new Notification(title, { body: notifText(n).slice(0, 200), tag: 'sb-' + n.id });
+      shown.onclick = () => {
+        window.focus();
+        location.assign(notifTarget(n));
+        shown.close();
+      };
+    };
+    if (navigator.locks) navigator.locks.request('sb-desktop-notify', show);
+    else show();
+  }
+
+  // The panel offers to turn them on while the browser has not been asked yet.
+  function setUpDesktopButton() {
+    const b = document.getElementById('notif-desktop');
+    if (!b || !('Notification' in window)) return;
+    b.hidden = Notification.permission !== 'default';
+    b.addEventListener('click', async () => {
+      const answer = await Notification.requestPermission();
+      b.hidden = answer !== 'default';
+      toast(answer === 'granted' ? 'Desktop notifications are on.' : 'Desktop notifications stay off.');
+    });
+  }
+
   // The notification stream. It ends when this login is logged out or its token expires,
   // and a reconnect then gets 401, which EventSource does not report (it only errors). So
   // on any error we close it ourselves, ask GET /api/auth/me (a 401 goes to the login
@@ -238,6 +282,7 @@ const SB = (() => {
       const n = JSON.parse(ev.data);
       addNotif(n);
       renderNotifs();
+      desktopNotify(n);
       document.dispatchEvent(new CustomEvent('sb:notification', { detail: n }));
     });
     source.addEventListener('unread', (ev) => {

@@ -545,3 +545,61 @@ test('screenshots of a realistic conversation', async () => {
   for (const p of [maria, jonas, phone]) assert.deepEqual(p.errors, []);
   for (const p of [maria, jonas, phone]) await p.context().close();
 });
+
+// Desktop notifications: the Notification API is stubbed to record what would be shown
+// (headless Chromium shows nothing), and `document.hidden` is under the test's control.
+test('desktop notifications: one per new message while hidden, however many tabs', async () => {
+  const stub = () => {
+    window.__shown = [];
+    window.__hidden = false;
+    Object.defineProperty(Document.prototype, 'hidden', { get() { return window.__hidden; }, configurable: true });
+    window.Notification = class {
+      static permission = 'granted';
+      static requestPermission() { return Promise.resolve('granted'); }
+      constructor(title, opts) { window.__shown.push({ title, body: opts.body, tag: opts.tag }); }
+      close() {}
+    };
+  };
+  const erin = await person('erin');
+  await erin.context().addInitScript(stub);
+  const frank = await person('frank');
+  await register(erin, 'erin', 'Erin Brockovich', PASSWORD);
+  await register(frank, 'frank', 'Frank Castle', PASSWORD);
+  await frank.goto(server.url + '/contacts');
+  await frank.type('#search', 'erin', { delay: 20 });
+  await frank.locator('#search-results li', { hasText: '@erin' }).getByRole('button', { name: 'Add contact' }).click();
+  await erin.goto(server.url + '/contacts');
+  await erin.locator('#incoming li', { hasText: '@frank' }).getByRole('button', { name: 'Accept' }).click();
+  // Two tabs on pages without the chat (an open conversation would read the messages).
+  await erin.goto(server.url + '/settings');
+  const erin2 = await erin.context().newPage();
+  erin2.errors = [];
+  erin2.on('pageerror', (e) => erin2.errors.push(String(e)));
+  await erin2.goto(server.url + '/contacts');
+  await frank.goto(server.url + '/chat');
+  await openChatWith(frank, 'Erin Brockovich');
+  const shown = async () => (await erin.evaluate(() => window.__shown)).concat(await erin2.evaluate(() => window.__shown));
+
+  // Visible tabs: nothing pops up.
+  await send(frank, 'Are you at your desk?');
+  await erin.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
+  await erin2.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
+  assert.deepEqual(await shown(), []);
+
+  // Both tabs hidden: one system notification, from one tab, naming the sender.
+  for (const p of [erin, erin2]) await p.evaluate(() => { window.__hidden = true; });
+  await send(frank, 'The report is ready for review');
+  // Both tabs have handled the notification once it is in their menus (the menu is drawn
+  // just before the decision); the lock is granted in order, so taking it afterwards in
+  // each tab waits until every decision queued before has been made.
+  for (const p of [erin, erin2]) {
+    await p.locator('#notif-list .notif-text', { hasText: 'The report is ready for review' }).waitFor({ state: 'attached', timeout: WAIT });
+  }
+  for (const p of [erin, erin2]) await p.evaluate(() => navigator.locks.request('sb-desktop-notify', () => {}));
+  const all = await shown();
+  assert.equal(all.length, 1, JSON.stringify(all));
+  assert.equal(all[0].title, 'Frank Castle');
+  assert.match(all[0].body, /The report is ready for review/);
+  assert.deepEqual(erin.errors.concat(erin2.errors), []);
+  for (const p of [erin, frank]) await p.context().close();
+});
