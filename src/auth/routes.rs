@@ -231,6 +231,7 @@ fn clear_cookies(res: &mut Response, secure: bool) {
         errors::NotAllowed,
         errors::TooLarge,
         errors::NotJson,
+        errors::RateLimited,
         errors::Unavailable,
     ),
 )]
