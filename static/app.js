@@ -116,7 +116,7 @@ const SB = (() => {
     const who = p.sender_display_name || p.display_name || p.sender_username || p.username || 'someone';
     if (n.kind === 'message') {
       // One notification per conversation: the newest message, and how many are unread.
-      const latest = p.message_kind === 'file' ? `${who} sent a file` : `${who}: ${p.preview || ''}`;
+      const latest = p.message_kind === 'file' ? `${who} sent ${p.file_name || 'a file'}` : `${who}: ${p.preview || ''}`;
       return n.count > 1 ? `${n.count} new messages. ${latest}` : latest;
     }
     if (n.kind === 'contact_request') return `${who} (@${p.username}) wants to be your contact`;

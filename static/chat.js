@@ -25,6 +25,7 @@
     unread: {}, // conversation id -> unread count (notification counts)
     uploads: new Map(), // transfer id -> upload view
     lastPong: 0,
+    newAfter: null, // the read marker when the open conversation was opened ("New" divider)
   };
 
   // ---- persistence ---------------------------------------------------------------------
@@ -176,6 +177,12 @@
 
   async function open(peerId) {
     if (!peerId) return;
+    if (S.current !== peerId) {
+      // Messages after what was read when the conversation opened get a "New" divider.
+      const known = convOf(peerId);
+      S.newAfter = known ? known.readSeq : null;
+      $('new-pill').hidden = true;
+    }
     S.current = peerId;
     history.replaceState(null, '', '#u=' + encodeURIComponent(peerId));
     $('chat-layout').classList.add('open');
@@ -189,6 +196,8 @@
     updateComposer();
     const c = convOf(peerId);
     if (c && !c.loaded) await loadOlder(c, true);
+    if (S.newAfter === null && c) S.newAfter = c.readSeq;
+    renderMessages();
     markRead();
     if (window.matchMedia('(min-width: 701px)').matches) $('composer-input').focus();
   }
@@ -336,12 +345,19 @@
     const atBottom = h.scrollHeight - h.scrollTop - h.clientHeight < 60;
     const items = [];
     let lastDay = null;
+    let divided = false;
     if (c) {
       for (const m of [...c.messages.values()].sort((a, b) => a.seq - b.seq)) {
         const day = new Date(m.created_at).toDateString();
         if (day !== lastDay) {
           items.push(dayEl(m.created_at));
           lastDay = day;
+        }
+        if (!divided && S.newAfter !== null && m.seq > S.newAfter && m.sender_id !== S.me.id) {
+          const li = el('li', 'new-divider');
+          li.append(el('span', '', 'New'));
+          items.push(li);
+          divided = true;
         }
         items.push(messageEl(c, m));
       }
@@ -686,8 +702,12 @@
     switch (f.type) {
       case 'hello': return onHello(f);
       case 'message': {
+        const h = $('history');
+        const atBottom = h.scrollHeight - h.scrollTop - h.clientHeight < 60;
         const c = addMessage(f);
         if (c.peerId === S.current) {
+          // Scrolled up to read older messages: a pill says something new came.
+          if (!atBottom && f.sender_id !== S.me.id) $('new-pill').hidden = false;
           renderMessages();
           markRead();
         }
@@ -816,7 +836,15 @@
       if (file) startUpload(file);
     });
     $('back').addEventListener('click', close);
+    $('new-pill').addEventListener('click', () => {
+      const h = $('history');
+      h.scrollTop = h.scrollHeight;
+      $('new-pill').hidden = true;
+      $('composer-input').focus();
+    });
     $('history').addEventListener('scroll', () => {
+      const h = $('history');
+      if (h.scrollHeight - h.scrollTop - h.clientHeight < 60) $('new-pill').hidden = true;
       const c = S.current && convOf(S.current);
       if (c && c.loaded && $('history').scrollTop < 80) loadOlder(c, false);
     });

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::ids::UserId;
 use switchboard_actors::ports::{Bus, Envelope, Event};
-use switchboard_actors::states::{ContactChangeKind, NotificationKind};
+use switchboard_actors::states::{MessageKind, ContactChangeKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
@@ -351,13 +351,24 @@ fn notification_for(event_id: uuid::Uuid, event: &Event) -> Option<NewNotificati
     let (user, kind, from) = notification_source(event)?;
     let (conversation_id, seq, payload, prefix) = match event {
         Event::MessageCreated { message, .. } => {
-            let preview: String = message.body.chars().take(PREVIEW_CHARS).collect();
-            let payload = json!({
+            // A file's notification names the file (its body is the file's JSON description).
+            let file_name = (message.kind == MessageKind::File)
+                .then(|| serde_json::from_str::<serde_json::Value>(&message.body).ok())
+                .flatten()
+                .and_then(|d| d["name"].as_str().map(|n| n.chars().take(PREVIEW_CHARS).collect::<String>()));
+            let preview: String = match &file_name {
+                Some(name) => name.clone(),
+                None => message.body.chars().take(PREVIEW_CHARS).collect(),
+            };
+            let mut payload = json!({
                 "message_id": message.id,
                 "sender_id": message.sender_id,
                 "message_kind": message.kind,
                 "preview": preview,
             });
+            if let Some(name) = file_name {
+                payload["file_name"] = name.into();
+            }
             (Some(message.conversation_id), Some(message.seq), payload, "sender_")
         }
         Event::Contact { change, .. } => (None, None, json!({"request_id": change.request_id, "user_id": from}), ""),

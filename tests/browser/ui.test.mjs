@@ -309,6 +309,23 @@ test('two people use Switchboard in real browsers', async (t) => {
     }
     assert.deepEqual(await bodies(bob), before, 'all of the history, in order, after scrolling up');
     await bob.locator('#history-top', { hasText: 'beginning of the conversation' }).waitFor({ timeout: WAIT });
+    // Scrolled up, bob is told of a new message by a pill, which takes him down to it.
+    assert.equal(await bob.locator('#new-pill').isVisible(), false);
+    await send(alice, 'while you were reading');
+    await bob.locator('#new-pill').waitFor({ state: 'visible', timeout: WAIT });
+    await bob.click('#new-pill');
+    await bob.locator('#new-pill').waitFor({ state: 'hidden', timeout: WAIT });
+    await bob.waitForFunction(() => { const h = document.getElementById('history'); return h.scrollHeight - h.scrollTop - h.clientHeight < 60; }, null, { timeout: WAIT });
+    // Opening a conversation with unread messages shows where the new ones start.
+    await bob.goto(server.url + '/contacts');
+    await send(alice, 'first unread');
+    await send(alice, 'second unread');
+    await bob.goto(server.url + '/chat');
+    await openChatWith(bob, 'Alice');
+    await waitForBody(bob, 'second unread');
+    const afterDivider = bob.locator('#messages li.new-divider + li.msg .body');
+    await afterDivider.waitFor({ timeout: WAIT });
+    assert.equal(await afterDivider.textContent(), 'first unread');
   });
 
   await t.test('offline and back: what was typed offline is sent once, nothing is lost', async () => {

@@ -138,6 +138,14 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
     };
     let meta: Value = serde_json::from_str(file_msg["body"].as_str().unwrap()).unwrap();
     assert_eq!(meta, json!({"name": "report <b>final<b> & co.pdf", "size": size, "mime": "application/pdf"}));
+    // Bob's notification names the file (issue 20), not its JSON description.
+    let note = crate::helpers::eventually("bob's notification of the file", || async {
+        let page = app.get_json("/api/notifications", &bob).await;
+        page["notifications"].as_array()?.iter().find(|n| n["payload"]["message_kind"] == "file").cloned()
+    })
+    .await;
+    assert_eq!(note["payload"]["file_name"], "report <b>final<b> & co.pdf");
+    assert_eq!(note["payload"]["preview"], "report <b>final<b> & co.pdf");
     let file_id = file_msg["file_id"].as_str().unwrap().to_owned();
     let progress = alice_ws.next_of("transfer").await;
     assert_eq!(progress["transfer_id"], id.as_str());
