@@ -226,21 +226,16 @@ const SB = (() => {
   // ---- desktop notifications ------------------------------------------------------------
   // With the browser's permission, a new message or contact request that arrives while
   // this tab is hidden shows a system notification (sender and a short text; a click opens
-  // it). Every open tab gets the same stream, so the tabs agree through a lock and a list
-  // in localStorage which one shows it: one notification per change, however many tabs.
-  const DESKTOP_SEEN = 'sb:desktop-seen';
+  // it). Every open tab gets the same stream, so the tabs race for a Web Lock named after
+  // the change and only the winner shows it; it keeps the lock for a minute, past the
+  // moment every tab has had the event (localStorage cannot decide this: another tab may
+  // see a write late).
+  const DESKTOP_HOLD_MS = 60_000;
 
   function desktopNotify(n) {
     if (!('Notification' in window) || Notification.permission !== 'granted' || !document.hidden) return;
     if (n.read || !['message', 'contact_request'].includes(n.kind)) return;
-    const key = `${n.id}:${n.n}`; // a conversation's notification is updated in place, with a new n
     const show = () => {
-      let seen = [];
-      try { seen = JSON.parse(localStorage.getItem(DESKTOP_SEEN) || '[]'); } catch (_) { /* start over */ }
-      if (!Array.isArray(seen)) seen = [];
-      if (seen.includes(key)) return;
-      seen.push(key);
-      localStorage.setItem(DESKTOP_SEEN, JSON.stringify(seen.slice(-100)));
       const p = n.payload || {};
       const title = n.kind === 'message' ? (p.sender_display_name || p.sender_username || 'New message') : 'Contact request';
       const shown = new Notification(title, { body: notifText(n).slice(0, 200), tag: 'sb-' + n.id });
@@ -250,8 +245,13 @@ const SB = (() => {
         shown.close();
       };
     };
-    if (navigator.locks) navigator.locks.request('sb-desktop-notify', show);
-    else show();
+    if (!navigator.locks) return show();
+    // A conversation's notification is updated in place, with a new n: one lock per update.
+    navigator.locks.request(`sb-desktop:${n.id}:${n.n}`, { ifAvailable: true }, (lock) => {
+      if (!lock) return null; // another tab has it
+      show();
+      return new Promise((done) => setTimeout(done, DESKTOP_HOLD_MS));
+    });
   }
 
   // The panel offers to turn them on while the browser has not been asked yet.

@@ -109,6 +109,7 @@
         const p = peer(ct.user.id);
         p.user = ct.user;
         p.contact = true;
+        if (ct.last_seen_at) p.lastSeen = Math.max(p.lastSeen || 0, ct.last_seen_at);
       }
       for (const cv of convs.conversations) {
         peer(cv.peer.id).user = cv.peer;
@@ -173,6 +174,7 @@
     $('peer-name').textContent = name(p.user);
     $('peer-dot').classList.toggle('online', p.online);
     $('peer-dot').title = p.online ? 'online' : 'offline';
+    $('peer-seen').textContent = p.online ? 'online' : p.lastSeen ? `last seen ${SB.when(p.lastSeen)}` : '';
   }
 
   async function open(peerId) {
@@ -742,6 +744,7 @@
       case 'typing': return showTyping(f);
       case 'presence': {
         peer(f.user_id).online = f.online;
+        if (!f.online && f.last_seen_at) peer(f.user_id).lastSeen = f.last_seen_at;
         renderList();
         if (f.user_id === S.current) renderHeader();
         return;

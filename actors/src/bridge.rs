@@ -163,7 +163,7 @@ mod tests {
     use crate::ports::Event;
 
     fn presence(online: bool) -> Envelope {
-        Envelope::new(Event::Presence { to: UserId::new(), user_id: UserId::new(), online })
+        Envelope::new(Event::Presence { to: UserId::new(), user_id: UserId::new(), online, last_seen_at: None })
     }
 
     #[tokio::test]

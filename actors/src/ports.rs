@@ -132,6 +132,8 @@ pub trait ChatStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Every conversation `user` takes part in.
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError>;
+    /// Records that `user` was last connected at `at` (their contacts' "last seen").
+    async fn record_last_seen(&self, user: UserId, at: i64) -> Result<(), StoreError>;
     /// Whether the login session `session` of `user` is still valid (exists, not revoked,
     /// not expired). Sessions check again after the bus was down, when a revocation
     /// event may have been missed. `in_use`: the check is a connection's periodic one,
@@ -169,7 +171,14 @@ pub enum Event {
     /// The peer started or stopped typing.
     Typing { to: UserId, conversation_id: ConversationId, user_id: UserId, active: bool },
     /// A peer came online or went offline.
-    Presence { to: UserId, user_id: UserId, online: bool },
+    Presence {
+        to: UserId,
+        user_id: UserId,
+        online: bool,
+        /// With `online: false` on the user's last disconnect: when that was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen_at: Option<i64>,
+    },
     /// `from` just connected on a node where `to` has no session and asks whether `to` is
     /// online: `to`'s sessions, wherever they are, answer with a `Presence` to `from`.
     PresenceProbe { to: UserId, from: UserId },

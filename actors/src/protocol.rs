@@ -59,7 +59,13 @@ pub enum ServerFrame {
     /// A peer is typing (or stopped).
     Typing { conversation_id: ConversationId, user_id: UserId, active: bool },
     /// A peer came online or went offline.
-    Presence { user_id: UserId, online: bool },
+    Presence {
+        user_id: UserId,
+        online: bool,
+        /// When an offline contact was last connected, if known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_seen_at: Option<i64>,
+    },
     /// A contact request involving you changed.
     Contact(ContactChange),
     /// A contact (or you, on another device) changed their display name.

@@ -396,7 +396,7 @@ impl SessionState {
             // others (they may be on other nodes: their sessions answer over the bus).
             for peer in &peers {
                 if !self.ctx.sessions_of(*peer).is_empty() {
-                    self.conn.push(&ServerFrame::Presence { user_id: *peer, online: true });
+                    self.conn.push(&ServerFrame::Presence { user_id: *peer, online: true, last_seen_at: None });
                 } else {
                     probes.push(*peer);
                 }
@@ -421,9 +421,18 @@ impl SessionState {
         if !edge {
             return;
         }
+        // The last connection here closed: that is when the user was last seen.
+        let last_seen_at = (!online).then(crate::now_ms);
+        let store = self.ctx.store.clone();
         tokio::spawn(async move {
+            if let Some(at) = last_seen_at
+                && let Err(e) = store.record_last_seen(me, at).await
+            {
+                tracing::debug!(user = %me, error = %e, "last seen not recorded");
+            }
             for peer in peers {
-                let _ = bus.publish(Envelope::new(Event::Presence { to: peer, user_id: me, online })).await;
+                let _ =
+                    bus.publish(Envelope::new(Event::Presence { to: peer, user_id: me, online, last_seen_at })).await;
             }
         });
     }
@@ -672,8 +681,8 @@ impl SessionState {
             Event::Typing { conversation_id, user_id, active, .. } => {
                 self.conn.push(&ServerFrame::Typing { conversation_id, user_id, active });
             }
-            Event::Presence { user_id, online, .. } => {
-                self.conn.push(&ServerFrame::Presence { user_id, online });
+            Event::Presence { user_id, online, last_seen_at, .. } => {
+                self.conn.push(&ServerFrame::Presence { user_id, online, last_seen_at });
             }
             Event::PresenceProbe { from, .. } => {
                 // Answer only contacts (presence never crosses a block).
@@ -681,8 +690,14 @@ impl SessionState {
                 if self.ctx.store.may_message(me, from).await.is_ok() {
                     let bus = self.ctx.bus.clone();
                     tokio::spawn(async move {
-                        let _ =
-                            bus.publish(Envelope::new(Event::Presence { to: from, user_id: me, online: true })).await;
+                        let _ = bus
+                            .publish(Envelope::new(Event::Presence {
+                                to: from,
+                                user_id: me,
+                                online: true,
+                                last_seen_at: None,
+                            }))
+                            .await;
                     });
                 }
             }
@@ -718,11 +733,16 @@ impl SessionState {
                     }
                     let peer_here = !self.ctx.sessions_of(peer).is_empty();
                     if peer_here || !online {
-                        self.conn.push(&ServerFrame::Presence { user_id: peer, online: online && peer_here });
+                        self.conn.push(&ServerFrame::Presence {
+                            user_id: peer,
+                            online: online && peer_here,
+                            last_seen_at: None,
+                        });
                     }
                     let bus = self.ctx.bus.clone();
                     tokio::spawn(async move {
-                        let _ = bus.publish(Envelope::new(Event::Presence { to: peer, user_id: me, online })).await;
+                        let event = Event::Presence { to: peer, user_id: me, online, last_seen_at: None };
+                        let _ = bus.publish(Envelope::new(event)).await;
                     });
                 }
             }

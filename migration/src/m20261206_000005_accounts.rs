@@ -8,6 +8,7 @@
 //! - `login_sessions.refresh_hash`: SHA-256 (hex) of the login's refresh secret, which
 //!   renews its short-lived access tokens; the secret itself is never stored.
 //! - `users.disabled_at`: set by `switchboard user disable`; a disabled user cannot log in.
+//! - `users.last_seen_at`: when the user was last connected (their contacts see it).
 //! - `users.deleted_at`: set when the account was deleted (the row stays, without name or
 //!   password, for the messages the other participants keep).
 //! - an index on `login_sessions.revoked_at`: nodes read recent revocations from it every
@@ -31,6 +32,7 @@ impl MigrationTrait for Migration {
         m.alter_table(add("login_sessions", ColumnDef::new("refresh_hash").string_len(64).null())).await?;
         m.alter_table(add("users", ColumnDef::new("disabled_at").big_integer().null())).await?;
         m.alter_table(add("users", ColumnDef::new("deleted_at").big_integer().null())).await?;
+        m.alter_table(add("users", ColumnDef::new("last_seen_at").big_integer().null())).await?;
         m.create_index(
             Index::create().name("ix_login_sessions_revoked").table("login_sessions").col("revoked_at").to_owned(),
         )
@@ -42,6 +44,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         let drop = |table: &'static str, col: &'static str| Table::alter().table(table).drop_column(col).to_owned();
         m.drop_index(Index::drop().name("ix_login_sessions_revoked").table("login_sessions").to_owned()).await?;
+        m.alter_table(drop("users", "last_seen_at")).await?;
         m.alter_table(drop("users", "deleted_at")).await?;
         m.alter_table(drop("users", "disabled_at")).await?;
         m.alter_table(drop("login_sessions", "refresh_hash")).await?;

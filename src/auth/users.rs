@@ -81,6 +81,7 @@ impl UserRepo {
             updated_at: Set(now),
             disabled_at: Set(None),
             deleted_at: Set(None),
+            last_seen_at: Set(None),
         };
         match model.insert(&self.db).await {
             Ok(m) => Ok(m.into()),

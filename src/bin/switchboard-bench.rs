@@ -201,6 +201,7 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
                 updated_at: Set(now),
                 disabled_at: Set(None),
                 deleted_at: Set(None),
+                last_seen_at: Set(None),
             });
             user::Entity::insert_many(rows).exec_without_returning(&db).await?;
         }

@@ -117,6 +117,8 @@ pub struct RequestView {
 pub struct ContactView {
     pub user: PublicUser,
     pub since: i64,
+    /// When the contact's last connection closed (`null`: never, or not a contact).
+    pub last_seen_at: Option<i64>,
 }
 
 /// A search hit and how it relates to the caller.
@@ -377,7 +379,13 @@ impl ContactRepo {
         let mut users = self.users(rows.iter().map(other).collect()).await?;
         Ok(rows
             .iter()
-            .filter_map(|c| users.remove(&other(c)).map(|u| ContactView { user: u.into(), since: c.updated_at }))
+            .filter_map(|c| {
+                users.remove(&other(c)).map(|u| ContactView {
+                    last_seen_at: u.last_seen_at,
+                    user: u.into(),
+                    since: c.updated_at,
+                })
+            })
             .collect())
     }
 
@@ -392,7 +400,13 @@ impl ContactRepo {
         let mut users = self.users(rows.iter().map(|b| b.blocked_id).collect()).await?;
         Ok(rows
             .iter()
-            .filter_map(|b| users.remove(&b.blocked_id).map(|u| ContactView { user: u.into(), since: b.created_at }))
+            .filter_map(|b| {
+                users.remove(&b.blocked_id).map(|u| ContactView {
+                    user: u.into(),
+                    since: b.created_at,
+                    last_seen_at: None,
+                })
+            })
             .collect())
     }
 

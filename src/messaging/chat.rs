@@ -568,6 +568,16 @@ pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Ent
 
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
+    async fn record_last_seen(&self, user: UserId, at: i64) -> Result<(), StoreError> {
+        user::Entity::update_many()
+            .col_expr(user::Column::LastSeenAt, sea_orm::sea_query::Expr::value(at))
+            .filter(user::Column::Id.eq(user.0))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn login_active(&self, session: uuid::Uuid, user: UserId, in_use: bool) -> Result<bool, StoreError> {
         let (id, now) = (crate::domain::SessionId(session), crate::now_ms());
         let login = if in_use {

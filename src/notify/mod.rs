@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::ids::UserId;
 use switchboard_actors::ports::{Bus, Envelope, Event};
-use switchboard_actors::states::{MessageKind, ContactChangeKind, NotificationKind};
+use switchboard_actors::states::{ContactChangeKind, MessageKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
 use crate::config::{BusConfig, NotifyConfig, Secret};
@@ -482,7 +482,7 @@ mod tests {
             Event::Receipt { to: ann, receipt },
             Event::Receipt { to: ben, receipt },
             Event::Typing { to: ben, conversation_id: receipt.conversation_id, user_id: ann, active: true },
-            Event::Presence { to: ben, user_id: ann, online: true },
+            Event::Presence { to: ben, user_id: ann, online: true, last_seen_at: None },
         ];
         for kind in ContactChangeKind::ALL.iter().copied() {
             out.push(Event::Contact { to: ann, change: change(kind) });

@@ -36,6 +36,7 @@ pub async fn contact_pairs(db: &DatabaseConnection, n: usize, tag: &str) -> Resu
                     updated_at: Set(now),
                     disabled_at: Set(None),
                     deleted_at: Set(None),
+                    last_seen_at: Set(None),
                 });
             }
             let (low, high) = (a.min(b), a.max(b));

@@ -599,20 +599,21 @@ test('desktop notifications: one per new message while hidden, however many tabs
 
   // Visible tabs: nothing pops up.
   await send(frank, 'Are you at your desk?');
-  await erin.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
-  await erin2.locator('#notif-count', { hasText: '1' }).waitFor({ timeout: WAIT });
+  for (const p of [erin, erin2]) {
+    await p.locator('#notif-list .notif-text', { hasText: 'Are you at your desk?' }).waitFor({ state: 'attached', timeout: WAIT });
+  }
   assert.deepEqual(await shown(), []);
 
   // Both tabs hidden: one system notification, from one tab, naming the sender.
   for (const p of [erin, erin2]) await p.evaluate(() => { window.__hidden = true; });
   await send(frank, 'The report is ready for review');
   // Both tabs have handled the notification once it is in their menus (the menu is drawn
-  // just before the decision); the lock is granted in order, so taking it afterwards in
-  // each tab waits until every decision queued before has been made.
+  // just before the decision, which takes the lock at once or gives up).
   for (const p of [erin, erin2]) {
     await p.locator('#notif-list .notif-text', { hasText: 'The report is ready for review' }).waitFor({ state: 'attached', timeout: WAIT });
   }
-  for (const p of [erin, erin2]) await p.evaluate(() => navigator.locks.request('sb-desktop-notify', () => {}));
+  // The winner holds the change's lock; a query from either tab sees it held, by one.
+  await erin.waitForFunction(async () => (await navigator.locks.query()).held.some((l) => l.name.startsWith('sb-desktop:')), null, { timeout: WAIT });
   const all = await shown();
   assert.equal(all.length, 1, JSON.stringify(all));
   assert.equal(all[0].title, 'Frank Castle');

@@ -342,6 +342,7 @@ async fn search_at_100k_users_returns_the_right_first_page() {
                 updated_at: Set(now),
                 disabled_at: Set(None),
                 deleted_at: Set(None),
+                last_seen_at: Set(None),
             }
         });
         user::Entity::insert_many(rows).exec_without_returning(&db).await.expect("seed");

@@ -911,3 +911,34 @@ async fn an_idle_room_stops_and_comes_back_on_demand() {
     b.send(json!({"type": "sync"})).await;
     assert_eq!(b.next_of("sync_done").await["messages"], 2);
 }
+
+/// Issue 20: "last seen". When a contact's last connection closes, the others are told
+/// when (a `presence` frame with `last_seen_at`), and the contacts list keeps it for
+/// later; someone who is not a contact learns nothing.
+#[tokio::test]
+async fn contacts_see_when_someone_was_last_online() {
+    let app = spawn_app().await;
+    let (alice, _) = user(&app, "alice").await;
+    let (bob, bob_id) = user(&app, "bob").await;
+    make_contacts(&app, &alice, &bob, "bob").await;
+    let mut a = Client::connect(&app, &alice).await;
+    let b = Client::connect(&app, &bob).await;
+    let p = a.next_of("presence").await;
+    assert_eq!((p["user_id"].as_str(), p["online"].as_bool()), (Some(bob_id.as_str()), Some(true)));
+    assert!(p.get("last_seen_at").is_none(), "online: no last seen");
+    let before = chrono::Utc::now().timestamp_millis();
+    drop(b);
+    let p = a.next_of("presence").await;
+    assert_eq!((p["user_id"].as_str(), p["online"].as_bool()), (Some(bob_id.as_str()), Some(false)));
+    let seen = p["last_seen_at"].as_i64().expect("last_seen_at with the offline presence");
+    assert!(seen >= before - 1000 && seen <= chrono::Utc::now().timestamp_millis(), "{seen}");
+    let listed = eventually("the contacts list keeps it", async || {
+        let contacts = app.get_json("/api/contacts", &alice).await;
+        contacts["contacts"][0]["last_seen_at"].as_i64()
+    })
+    .await;
+    assert_eq!(listed, seen);
+    // Bob's own view of Alice (she never left) has none yet.
+    let contacts = app.get_json("/api/contacts", &bob).await;
+    assert!(contacts["contacts"][0]["last_seen_at"].is_null(), "{contacts}");
+}

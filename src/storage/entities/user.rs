@@ -20,6 +20,8 @@ pub struct Model {
     /// Set when the account was deleted: the row keeps only its id (for the messages
     /// others keep), under a freed username.
     pub deleted_at: Option<i64>,
+    /// When the user's last connection closed (shown to contacts as "last seen").
+    pub last_seen_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
