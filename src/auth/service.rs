@@ -244,7 +244,7 @@ impl AuthService {
         let token = RefreshToken::parse(refresh_token).ok_or_else(invalid_token)?;
         let now = crate::now_ms();
         let (user_id, hash) = self.sessions.refreshable(token.session, now).await?.ok_or_else(invalid_token)?;
-        if !constant_time_eq(hash.as_bytes(), hash_secret(&token.secret).as_bytes()) {
+        if !crate::web::csrf::constant_time_eq(hash.as_bytes(), hash_secret(&token.secret).as_bytes()) {
             return Err(invalid_token());
         }
         let login = self.sessions.use_login(token.session, user_id, now).await?.ok_or_else(invalid_token)?;
@@ -586,10 +586,6 @@ fn refresh_secret(session: SessionId) -> (RefreshToken, String) {
 fn hash_secret(secret: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
