@@ -7,7 +7,8 @@ use salvo::prelude::*;
 
 use serde::Deserialize;
 
-use crate::auth::service::{LoginOutcome, SessionView};
+use crate::auth::service::LoginOutcome;
+use crate::auth::sessions::LoginInfo;
 use crate::auth::users::User;
 use crate::auth::{AuthUser, REFRESH_COOKIE, SESSION_COOKIE};
 use crate::error::{AppError, ErrorCode};
@@ -363,7 +364,7 @@ struct RefreshOut {
     operation_id = "auth.sessions",
     tags("auth"),
     responses(
-        (status_code = 200, description = "the caller's logins", body = Vec<SessionView>),
+        (status_code = 200, description = "the caller's logins", body = Vec<LoginInfo>),
         errors::Unauthenticated,
         errors::Unavailable,
     ),

@@ -9,7 +9,7 @@ use switchboard_actors::ports::{Bus, Envelope, Event};
 use super::AuthUser;
 use super::passwords::PasswordHasher;
 use super::tokens::{Claims, TokenKeys};
-use crate::auth::sessions::{ActiveLogin, Lifetimes, NewLogin, SessionRepo};
+use crate::auth::sessions::{ActiveLogin, Lifetimes, LoginInfo, NewLogin, SessionRepo};
 use crate::auth::users::{CreateUserError, User};
 use crate::auth::users::{Credentials, UserRepo};
 use crate::config::AuthConfig;
@@ -33,23 +33,6 @@ pub struct LoginOutcome {
     /// When the login ends unless used again (it slides with use, up to its absolute end).
     pub session_expires_at: i64,
     pub user: User,
-}
-
-/// One of the caller's logins, in `GET /api/auth/sessions`.
-#[derive(Debug, Clone, Serialize, salvo::oapi::ToSchema)]
-#[salvo(schema(name = LoginSession))]
-pub struct SessionView {
-    #[salvo(schema(value_type = String))]
-    pub id: SessionId,
-    pub created_at: i64,
-    pub last_seen_at: i64,
-    /// When it ends unless used again.
-    pub expires_at: i64,
-    pub user_agent: Option<String>,
-    /// The address it logged in from.
-    pub client_addr: Option<String>,
-    /// Whether this is the login making the request.
-    pub current: bool,
 }
 
 #[derive(Clone)]
@@ -344,20 +327,12 @@ impl AuthService {
     }
 
     /// The caller's valid logins, most recently used first.
-    pub async fn sessions(&self, who: AuthUser) -> Result<Vec<SessionView>, AppError> {
-        let rows = self.sessions.list(who.user_id, crate::now_ms()).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SessionView {
-                current: r.id == who.session_id,
-                id: r.id,
-                created_at: r.created_at,
-                last_seen_at: r.last_seen_at,
-                expires_at: r.expires_at,
-                user_agent: r.user_agent,
-                client_addr: r.client_addr,
-            })
-            .collect())
+    pub async fn sessions(&self, who: AuthUser) -> Result<Vec<LoginInfo>, AppError> {
+        let mut logins = self.sessions.list(who.user_id, crate::now_ms()).await?;
+        for login in &mut logins {
+            login.current = login.id == who.session_id;
+        }
+        Ok(logins)
     }
 
     /// Ends one of the caller's logins (404 unless it is theirs and valid).

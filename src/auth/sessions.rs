@@ -74,15 +74,21 @@ pub struct NewLogin {
     pub refresh_hash: String,
 }
 
-/// A login as its owner sees it in the sessions list.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A login as its owner sees it in the sessions list (`GET /api/auth/sessions`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, salvo::oapi::ToSchema)]
+#[salvo(schema(name = LoginSession))]
 pub struct LoginInfo {
+    #[salvo(schema(value_type = String))]
     pub id: SessionId,
     pub created_at: i64,
     pub last_seen_at: i64,
+    /// When it ends unless used again.
     pub expires_at: i64,
     pub user_agent: Option<String>,
+    /// The address it logged in from.
     pub client_addr: Option<String>,
+    /// Whether this is the login making the request (set by the service).
+    pub current: bool,
 }
 
 /// Logins one user may have listed at once, at most (the list shows the newest).
@@ -236,6 +242,7 @@ impl SessionRepo {
                 expires_at: r.expires_at,
                 user_agent: r.user_agent,
                 client_addr: r.client_addr,
+                current: false,
             })
             .collect())
     }

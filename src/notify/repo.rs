@@ -140,14 +140,7 @@ impl NotificationRepo {
             .await?
             .is_some();
         if found {
-            notification::Entity::update_many()
-                .col_expr(notification::Column::ReadAt, Expr::value(now))
-                .col_expr(notification::Column::Count, Expr::value(0i64))
-                .filter(notification::Column::Id.eq(id))
-                .filter(notification::Column::UserId.eq(user.0))
-                .filter(notification::Column::ReadAt.is_null())
-                .exec(&txn)
-                .await?;
+            mark_unread_read(&txn, user, Condition::all().add(notification::Column::Id.eq(id)), now).await?;
         }
         txn.commit().await?;
         Ok(found)
@@ -159,17 +152,12 @@ impl NotificationRepo {
         // The user's counter first, as every notification write takes it (see `mark_read`).
         let txn = self.db.begin().await?;
         lock_counters(&txn, [user.0]).await?;
-        let r = notification::Entity::update_many()
-            .col_expr(notification::Column::ReadAt, Expr::value(now))
-            .col_expr(notification::Column::Count, Expr::value(0i64))
-            .filter(notification::Column::UserId.eq(user.0))
-            .filter(notification::Column::Kind.eq(NotificationKind::ContactRequest.as_str()))
-            .filter(notification::Column::ReadAt.is_null())
-            .filter(notification::Column::Payload.contains(request.to_string()))
-            .exec(&txn)
-            .await?;
+        let which = Condition::all()
+            .add(notification::Column::Kind.eq(NotificationKind::ContactRequest.as_str()))
+            .add(notification::Column::Payload.contains(request.to_string()));
+        let changed = mark_unread_read(&txn, user, which, now).await?;
         txn.commit().await?;
-        Ok(r.rows_affected)
+        Ok(changed)
     }
 
     /// Removes a deleted account's names from other users' notifications about it (its
@@ -216,15 +204,9 @@ impl NotificationRepo {
     pub async fn mark_all_read(&self, user: UserId, now: i64) -> Result<u64, DbErr> {
         let txn = self.db.begin().await?;
         lock_counters(&txn, [user.0]).await?;
-        let r = notification::Entity::update_many()
-            .col_expr(notification::Column::ReadAt, Expr::value(now))
-            .col_expr(notification::Column::Count, Expr::value(0i64))
-            .filter(notification::Column::UserId.eq(user.0))
-            .filter(notification::Column::ReadAt.is_null())
-            .exec(&txn)
-            .await?;
+        let changed = mark_unread_read(&txn, user, Condition::all(), now).await?;
         txn.commit().await?;
-        Ok(r.rows_affected)
+        Ok(changed)
     }
 
     /// A page of `user`'s notifications, newest first, with `n < before` when given.
@@ -680,6 +662,20 @@ impl NotificationStore for NotificationRepo {
     async fn unread(&self, user: UserId) -> Result<Unread, StoreError> {
         self.unread_counts(user).await.map_err(unavailable)
     }
+}
+
+/// Marks `user`'s unread notifications that match `which` read (they no longer count),
+/// inside `txn`, which holds the user's counter; returns how many changed.
+async fn mark_unread_read(txn: &DatabaseTransaction, user: UserId, which: Condition, now: i64) -> Result<u64, DbErr> {
+    let r = notification::Entity::update_many()
+        .col_expr(notification::Column::ReadAt, Expr::value(now))
+        .col_expr(notification::Column::Count, Expr::value(0i64))
+        .filter(notification::Column::UserId.eq(user.0))
+        .filter(notification::Column::ReadAt.is_null())
+        .filter(which)
+        .exec(txn)
+        .await?;
+    Ok(r.rows_affected)
 }
 
 #[cfg(test)]
