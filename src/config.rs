@@ -158,6 +158,11 @@ pub struct MessagingConfig {
     /// Origins (scheme://host[:port]) allowed to open a cookie-authenticated WebSocket,
     /// besides the server's own. Bearer-token clients are not origin-checked.
     pub allowed_origins: Vec<String>,
+    /// How long after sending a text message its sender may still edit it, in seconds
+    /// (0: no edits). Deleting has no time limit.
+    pub edit_window_secs: u64,
+    /// Edits and deletions one user may make per minute.
+    pub changes_per_minute: u32,
 }
 
 /// A server with the HTTP/1 header limits of `limits` (request line plus headers, and
@@ -295,6 +300,8 @@ impl Default for MessagingConfig {
             idle_timeout_secs: 60,
             room_idle_secs: l.room_idle.as_secs(),
             allowed_origins: vec![],
+            edit_window_secs: l.edit_window.as_secs(),
+            changes_per_minute: 60,
         }
     }
 }
@@ -310,6 +317,7 @@ impl MessagingConfig {
             send_burst: self.send_burst,
             max_violations: self.max_violations,
             room_idle: std::time::Duration::from_secs(self.room_idle_secs),
+            edit_window: std::time::Duration::from_secs(self.edit_window_secs),
             ..Limits::default()
         }
     }
@@ -510,6 +518,16 @@ impl Config {
             (1..=10_000).contains(&m.max_connections_per_user),
             "messaging.max_connections_per_user must be between 1 and 10000, got {}",
             m.max_connections_per_user
+        );
+        anyhow::ensure!(
+            m.edit_window_secs <= 366 * 86_400,
+            "messaging.edit_window_secs must be at most 31622400 (a year), got {}",
+            m.edit_window_secs
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&m.changes_per_minute),
+            "messaging.changes_per_minute must be between 1 and 10000, got {}",
+            m.changes_per_minute
         );
         for o in &m.allowed_origins {
             anyhow::ensure!(

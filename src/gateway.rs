@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, Service)] = &[
     ("api/users", Service::Auth),
     ("api/contacts", Service::Auth),
     ("api/conversations", Service::Messaging),
+    ("api/messages", Service::Messaging),
     ("api/transfers", Service::Messaging),
     ("api/files", Service::Messaging),
     ("api/debug", Service::Messaging),

@@ -133,6 +133,7 @@ impl Application {
             sockets: Arc::default(),
             streams: Arc::default(),
             export_limiter: Arc::new(KeyedLimiter::per_minute(EXPORTS_PER_MINUTE)),
+            change_limiter: Arc::new(KeyedLimiter::per_minute(config.messaging.changes_per_minute)),
         };
         let router = web::router(state.clone(), mount);
         let service = Service::new(router).catcher(Catcher::default().hoop(json_catcher));

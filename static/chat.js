@@ -26,6 +26,9 @@
     uploads: new Map(), // transfer id -> upload view
     lastPong: 0,
     newAfter: null, // the read marker when the open conversation was opened ("New" divider)
+    editWindow: 24 * 3600 * 1000, // how long a sent text can be edited (hello says)
+    editing: null, // { id, draft }: the own message being edited
+    confirming: null, // the id of the own message whose "Delete for everyone?" is shown
   };
 
   // ---- persistence ---------------------------------------------------------------------
@@ -78,6 +81,7 @@
   }
 
   function addMessage(m) {
+    if (m.kind === 'edit' || m.kind === 'delete') return applyChange(m);
     let peerId = null;
     if (m.sender_id !== S.me.id) peerId = m.sender_id;
     else {
@@ -92,6 +96,23 @@
       c.updated = m.created_at;
     }
     if (m.sender_id === S.me.id && m.client_msg_id) dropFromOutbox(m.client_msg_id);
+    return c;
+  }
+
+  // An edit or deletion: an entry of the conversation's seq stream like a message (so it
+  // moves lastSeq, and sync resumes after it), applied to its target where that is loaded
+  // (history and the conversation list already show messages as they are now).
+  function applyChange(m) {
+    const c = conv(m.conversation_id, m.sender_id !== S.me.id ? m.sender_id : null);
+    c.lastSeq = Math.max(c.lastSeq, m.seq);
+    const change = (t) => {
+      if (!t || t.id !== m.target_id) return;
+      if (m.kind === 'delete') Object.assign(t, { deleted: true, body: '', file_id: null });
+      else if (!m.deleted && !t.deleted) Object.assign(t, { body: m.body, edited_at: m.created_at });
+    };
+    for (const t of c.messages.values()) change(t);
+    change(c.last);
+    if (m.kind === 'delete' && S.editing && S.editing.id === m.target_id) S.editing = null;
     return c;
   }
 
@@ -135,6 +156,7 @@
   // ---- conversation list -----------------------------------------------------------------
   function preview(m) {
     if (!m) return '';
+    if (m.deleted) return 'Message deleted';
     if (m.kind === 'file') return 'File: ' + fileInfo(m).name;
     return (m.sender_id === S.me.id ? 'You: ' : '') + m.body.replace(/\s+/g, ' ').slice(0, 80);
   }
@@ -302,7 +324,12 @@
     li.dataset.seq = m.seq;
     li.dataset.id = m.id;
     const body = li.querySelector('.body');
-    if (m.kind === 'file' && m.file_id) {
+    if (m.deleted) {
+      li.classList.add('deleted');
+      body.append(el('em', null, 'Message deleted'));
+    } else if (S.editing && S.editing.id === m.id) {
+      body.append(editorEl(m));
+    } else if (m.kind === 'file' && m.file_id) {
       const f = fileInfo(m);
       const a = el('a', 'file-link', f.name);
       a.href = '/api/files/' + encodeURIComponent(m.file_id);
@@ -315,8 +342,126 @@
     t.textContent = SB.time(m.created_at);
     t.dateTime = new Date(m.created_at).toISOString();
     t.title = new Date(m.created_at).toLocaleString();
+    if (m.edited_at && !m.deleted) {
+      const e = li.querySelector('.edited');
+      e.textContent = 'edited';
+      e.title = 'Edited ' + new Date(m.edited_at).toLocaleString();
+    }
     li.querySelector('.status').textContent = mine ? statusOf(c, m) : '';
+    if (mine && !m.deleted && !(S.editing && S.editing.id === m.id)) li.querySelector('.actions').append(...actionsOf(m));
     return li;
+  }
+
+  // Edit and Delete on one's own message (buttons: reachable with Tab), or the deletion's
+  // confirmation.
+  function actionsOf(m) {
+    const button = (text, cls, label, onClick) => {
+      const b = el('button', 'link ' + cls, text);
+      b.type = 'button';
+      b.setAttribute('aria-label', label);
+      b.addEventListener('click', onClick);
+      return b;
+    };
+    if (S.confirming === m.id) {
+      return [el('span', 'confirm-text', 'Delete for everyone?'),
+        button('Delete', 'msg-delete-yes', 'Delete this message for everyone', () => deleteMessage(m)),
+        button('Cancel', 'msg-delete-no', 'Keep this message', () => {
+          S.confirming = null;
+          renderMessages();
+          focusIn(m.id, '.msg-delete');
+        })];
+    }
+    const out = [];
+    if (m.kind === 'text' && (S.editWindow <= 0 ? false : Date.now() - m.created_at < S.editWindow)) {
+      out.push(button('Edit', 'msg-edit', 'Edit this message', () => {
+        S.editing = { id: m.id, draft: m.body };
+        S.confirming = null;
+        renderMessages();
+        focusIn(m.id, 'textarea');
+      }));
+    }
+    out.push(button('Delete', 'msg-delete', 'Delete this message', () => {
+      S.confirming = m.id;
+      renderMessages();
+      focusIn(m.id, '.msg-delete-yes');
+    }));
+    return out;
+  }
+
+  function focusIn(id, selector) {
+    const li = $('messages').querySelector(`li[data-id="${CSS.escape(id)}"]`);
+    const target = li && li.querySelector(selector);
+    if (target) target.focus();
+  }
+
+  // The editor of one's own message: Enter (or Save) saves, Escape (or Cancel) keeps it.
+  function editorEl(m) {
+    const form = el('div', 'editor');
+    const ta = el('textarea', 'edit-input');
+    ta.value = S.editing.draft;
+    ta.rows = 2;
+    ta.setAttribute('aria-label', 'Edit message');
+    ta.addEventListener('input', () => { if (S.editing) S.editing.draft = ta.value; });
+    const cancel = () => {
+      S.editing = null;
+      renderMessages();
+      focusIn(m.id, '.msg-edit');
+    };
+    const save = el('button', 'edit-save', 'Save');
+    save.type = 'button';
+    save.addEventListener('click', () => saveEdit(m, ta.value));
+    const no = el('button', 'secondary edit-cancel', 'Cancel');
+    no.type = 'button';
+    no.addEventListener('click', cancel);
+    ta.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') {
+        ev.preventDefault();
+        ev.stopPropagation();
+        cancel();
+      } else if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && !window.matchMedia('(pointer: coarse)').matches) {
+        ev.preventDefault();
+        saveEdit(m, ta.value);
+      }
+    });
+    const row = el('div', 'edit-actions');
+    row.append(no, save);
+    form.append(ta, row);
+    return form;
+  }
+
+  async function saveEdit(m, text) {
+    if (!text.trim()) return toast('A message cannot be empty: delete it instead.');
+    if (new TextEncoder().encode(text).length > S.maxBody) return toast(`Messages are at most ${size(S.maxBody)}.`);
+    if (text === m.body) {
+      S.editing = null;
+      renderMessages();
+      return;
+    }
+    try {
+      const now = await api('PATCH', '/api/messages/' + encodeURIComponent(m.id), { body: text });
+      Object.assign(m, { body: now.body, edited_at: now.edited_at });
+      S.editing = null;
+      renderMessages();
+      renderList();
+      focusIn(m.id, '.msg-edit');
+    } catch (e) {
+      toast('Could not edit the message: ' + e.message);
+    }
+  }
+
+  async function deleteMessage(m) {
+    try {
+      await api('DELETE', '/api/messages/' + encodeURIComponent(m.id));
+      Object.assign(m, { deleted: true, body: '', file_id: null });
+      const c = S.convs.get(m.conversation_id);
+      if (c && c.last && c.last.id === m.id) Object.assign(c.last, { deleted: true, body: '', file_id: null });
+      S.confirming = null;
+      renderMessages();
+      renderList();
+      $('composer-input').focus();
+    } catch (e) {
+      toast('Could not delete the message: ' + e.message);
+    }
   }
 
   function pendingEl(e, failed) {
@@ -366,7 +511,17 @@
     }
     for (const e of S.outbox) if (e.to_user_id === S.current) items.push(pendingEl(e, false));
     for (const e of S.failed) if (e.to_user_id === S.current) items.push(pendingEl(e, true));
+    // A re-render (a message came) keeps the caret of an open editor.
+    const active = document.activeElement;
+    const editing = active && active.classList.contains('edit-input') ? [active.selectionStart, active.selectionEnd] : null;
     $('messages').replaceChildren(...items);
+    if (editing && S.editing) {
+      const ta = $('messages').querySelector('.edit-input');
+      if (ta) {
+        ta.focus();
+        ta.setSelectionRange(...editing);
+      }
+    }
     historyTop(c);
     if (scroll === 'bottom' || atBottom) h.scrollTop = h.scrollHeight;
   }
@@ -683,6 +838,7 @@
     S.connected = true;
     S.retry = 0;
     S.maxBody = f.max_body_bytes || S.maxBody;
+    if (typeof f.edit_window_secs === 'number') S.editWindow = f.edit_window_secs * 1000;
     S.lastPong = Date.now();
     // What we have per conversation; the server sends the rest, then live messages.
     syncAll();
@@ -709,7 +865,8 @@
         const c = addMessage(f);
         if (c.peerId === S.current) {
           // Scrolled up to read older messages: a pill says something new came.
-          if (!atBottom && f.sender_id !== S.me.id) $('new-pill').hidden = false;
+          const change = f.kind === 'edit' || f.kind === 'delete';
+          if (!atBottom && f.sender_id !== S.me.id && !change) $('new-pill').hidden = false;
           renderMessages();
           markRead();
         }

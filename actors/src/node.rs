@@ -12,8 +12,9 @@ use crate::bridge::{BridgeArgs, BusBridge};
 use crate::faults::Faults;
 use crate::ids::{ConversationId, TransferId, UserId};
 use crate::notify_stream::{NotificationStore, NotificationStreamActor, StreamArgs, StreamItem, StreamMsg};
-use crate::ports::{Bus, ChatStore};
-use crate::room::{RoomActor, RoomArgs, RoomMsg};
+use crate::codes::ErrorCode;
+use crate::ports::{Bus, ChatStore, NewMessage, StoredMessage};
+use crate::room::{RoomActor, RoomArgs, RoomMsg, SendError};
 use crate::session::{ConnHandle, SessionActor, SessionArgs, SessionMsg};
 use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
 use crate::transfer::{TransferActor, TransferArgs, TransferMsg, TransferStore};
@@ -41,6 +42,9 @@ pub struct Limits {
     pub commit_timeout: Duration,
     /// How long a catch-up may wait for a full outbound queue to drain.
     pub drain_timeout: Duration,
+    /// How long after sending a text message its sender may edit it (0: no edits); told
+    /// to clients in `hello`, enforced by the REST API.
+    pub edit_window: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +60,7 @@ impl Default for Limits {
             sync_page: 500,
             commit_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(15),
+            edit_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -350,6 +355,34 @@ impl Node {
             }
         };
         actor.cast(TransferMsg::ChunkStored).map_err(|e| format!("transfer actor: {e}"))
+    }
+
+    /// Commits `msg` (an edit or a deletion from the REST API) through its conversation's
+    /// room as a sent message is: appended in the room's order, published to both
+    /// participants, answered after the commit. A room that stopped before it took the
+    /// message (idle, killed) is asked once more; an answer that never comes is
+    /// `not_acknowledged` (the change may or may not be committed: both kinds are safe to
+    /// repeat).
+    pub async fn post(&self, msg: NewMessage) -> Result<StoredMessage, SendError> {
+        let unavailable = |message: String| SendError { code: ErrorCode::Unavailable, message };
+        let mut last = unavailable("conversation is restarting; try again".into());
+        for _ in 0..2 {
+            let room = self.ctx.room(msg.conversation_id).await.map_err(unavailable)?;
+            let (tx, rx) = ractor::concurrency::oneshot();
+            if room.cast(RoomMsg::Send { msg: Box::new(msg.clone()), reply: tx.into() }).is_err() {
+                continue;
+            }
+            match tokio::time::timeout(self.ctx.limits.commit_timeout, rx).await {
+                Ok(Ok(answer)) => return answer,
+                // The room stopped with the message in its mailbox: not queued.
+                Ok(Err(_)) => continue,
+                Err(_) => {
+                    last = SendError { code: ErrorCode::NotAcknowledged, message: "not acknowledged; try again".into() };
+                    break;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Counters of one supervisor (`node`, `sessions`, `rooms`, ...).

@@ -18,6 +18,16 @@ pub struct StoredMessage {
     pub body: String,
     pub file_id: Option<FileId>,
     pub created_at: i64,
+    /// For an `edit` or `delete` entry: the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<MessageId>,
+    /// When the message was last edited (`null` if never).
+    #[serde(default)]
+    pub edited_at: Option<i64>,
+    /// Whether the message was deleted (its body and file link are gone). An `edit` entry
+    /// of a deleted message is deleted too (its text erased with the message's).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// A message to append.
@@ -29,6 +39,9 @@ pub struct NewMessage {
     pub kind: MessageKind,
     pub body: String,
     pub file_id: Option<FileId>,
+    /// For an `edit` or `delete`: the message it changes (the sender's own, in the same
+    /// conversation; checked in the appending transaction).
+    pub target_id: Option<MessageId>,
 }
 
 /// The result of an append: the stored message, and whether it was stored before (a
@@ -80,6 +93,10 @@ pub enum StoreError {
     /// The sender may not message the recipient (not contacts, blocked).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The operation does not fit the thing's state now (say an edit of a deleted
+    /// message).
+    #[error("{0}")]
+    Conflict(&'static str),
     /// The database failed; the operation may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -49,7 +49,9 @@ pub enum ClientFrame {
 pub enum ServerFrame {
     /// Sent once on connect: who the server thinks you are, and the limits in force.
     /// `node` names the messaging node serving this connection (for diagnostics).
-    Hello { user_id: UserId, node: String, max_body_bytes: usize, max_frame_bytes: usize },
+    /// `edit_window_secs`: how long after sending a text message it may be edited (0: no
+    /// edits).
+    Hello { user_id: UserId, node: String, max_body_bytes: usize, max_frame_bytes: usize, edit_window_secs: u64 },
     /// The message is committed: its id and sequence number.
     Ack { client_msg_id: String, message_id: MessageId, conversation_id: ConversationId, seq: i64 },
     /// A message (live, or in answer to `sync`).
@@ -98,6 +100,22 @@ impl ServerFrame {
             format!(r#"{{"type":"error","code":"{}","message":"cannot encode frame"}}"#, ErrorCode::Internal)
         })
     }
+}
+
+/// Whether `body` may be a message's text (sent, or an edit): not blank, no NUL (text
+/// cannot hold it on PostgreSQL, and it is no character a person types), at most
+/// `max_bytes`. Otherwise the code and message to answer with.
+pub fn check_body(body: &str, max_bytes: usize) -> Result<(), (ErrorCode, String)> {
+    if body.trim().is_empty() {
+        return Err((ErrorCode::EmptyBody, "message body is empty".into()));
+    }
+    if body.contains('\0') {
+        return Err((ErrorCode::InvalidBody, "message body must not contain NUL characters".into()));
+    }
+    if body.len() > max_bytes {
+        return Err((ErrorCode::BodyTooLarge, format!("message body is over {max_bytes} bytes")));
+    }
+    Ok(())
 }
 
 /// A frame that could not be parsed: what to answer.

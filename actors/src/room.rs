@@ -139,6 +139,7 @@ async fn complete(
         let result = pending.await.map_err(|e| match e {
             StoreError::NotFound => SendError { code: ErrorCode::NotFound, message: "no such conversation".into() },
             StoreError::Forbidden(why) => SendError { code: ErrorCode::Forbidden, message: why.into() },
+            StoreError::Conflict(why) => SendError { code: ErrorCode::Conflict, message: why.into() },
             StoreError::Unavailable(e) => {
                 tracing::warn!(room = %name, error = %e, "append failed");
                 SendError { code: ErrorCode::Unavailable, message: "storage is unavailable; resend later".into() }

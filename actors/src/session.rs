@@ -279,6 +279,7 @@ impl Actor for SessionActor {
                 node: state.ctx.node_id.clone(),
                 max_body_bytes: state.ctx.limits.max_body_bytes,
                 max_frame_bytes: state.ctx.limits.max_frame_bytes,
+                edit_window_secs: state.ctx.limits.edit_window.as_secs(),
             });
             state.announce(true).await;
             // Joined (and bound), so a revocation from now on arrives as an event; one
@@ -502,19 +503,8 @@ impl SessionState {
                 r,
             );
         }
-        if body.trim().is_empty() {
-            return self.error(ErrorCode::EmptyBody, "message body is empty", r);
-        }
-        if body.contains('\0') {
-            // Text cannot hold NUL on PostgreSQL (and it is no character a person types).
-            return self.error(ErrorCode::InvalidBody, "message body must not contain NUL characters", r);
-        }
-        if body.len() > self.ctx.limits.max_body_bytes {
-            return self.error(
-                ErrorCode::BodyTooLarge,
-                format!("message body is over {} bytes", self.ctx.limits.max_body_bytes),
-                r,
-            );
+        if let Err((code, why)) = crate::protocol::check_body(&body, self.ctx.limits.max_body_bytes) {
+            return self.error(code, why, r);
         }
         if self.ctx.send_limiter.check_key(&me).is_err() {
             return self.error(ErrorCode::RateLimited, "sending too fast; resend this message later", r);
@@ -553,6 +543,7 @@ impl SessionState {
             kind: MessageKind::Text,
             body,
             file_id: None,
+            target_id: None,
         };
         let (tx, rx) = ractor::concurrency::oneshot();
         let reply: RpcReplyPort<Result<StoredMessage, SendError>> = tx.into();
@@ -593,6 +584,7 @@ impl SessionState {
         match e {
             StoreError::NotFound => self.error(ErrorCode::NotFound, "no such conversation or user", r),
             StoreError::Forbidden(why) => self.error(ErrorCode::Forbidden, why, r),
+            StoreError::Conflict(why) => self.error(ErrorCode::Conflict, why, r),
             StoreError::Unavailable(_) => self.error(ErrorCode::Unavailable, "storage is unavailable; retry later", r),
         }
     }

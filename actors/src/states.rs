@@ -12,6 +12,23 @@ crate::text_enum! {
         /// A file, posted by the server when an upload completes (`body` is its JSON
         /// description, `file_id` names it).
         File = "file",
+        /// A correction of an earlier text message of the same sender (`target_id`):
+        /// `body` is its new text. An entry of the conversation's seq stream like any
+        /// message, so it reaches every device with the same guarantees; the target's
+        /// stored row is changed in the same transaction.
+        Edit = "edit",
+        /// The deletion of an earlier message of the same sender (`target_id`), for both
+        /// participants: the target's text and file link are erased in the same
+        /// transaction, a tombstone stays. `body` is empty.
+        Delete = "delete",
+    }
+}
+
+impl MessageKind {
+    /// Whether this kind is a change to an earlier message (an edit or a deletion) rather
+    /// than a message people see in the list.
+    pub fn is_change(self) -> bool {
+        matches!(self, MessageKind::Edit | MessageKind::Delete)
     }
 }
 

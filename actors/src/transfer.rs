@@ -237,6 +237,7 @@ impl TransferActorState {
             kind: MessageKind::File,
             body,
             file_id: Some(file_id),
+            target_id: None,
         };
         let room = self.ctx.room(status.conversation_id).await?;
         let posted = ractor::call_t!(room, |reply| RoomMsg::Send { msg: Box::new(msg), reply }, 30_000)?;

@@ -8,6 +8,8 @@
 //!   (user, conversation), updated in place, with the unread messages it stands for.
 //! - [`m20261206_000005_accounts`]: sliding login sessions (last use, client address,
 //!   refresh secret hash) and disabled accounts.
+//! - [`m20261207_000006_message_changes`]: edits and deletions of messages (the target
+//!   of a change entry, edited and deleted times).
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -21,6 +23,7 @@ pub mod m20261127_000002_user_search;
 pub mod m20261127_000003_notification_order;
 pub mod m20261206_000004_notification_per_conversation;
 pub mod m20261206_000005_accounts;
+pub mod m20261207_000006_message_changes;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -34,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_notification_order::Migration),
             Box::new(m20261206_000004_notification_per_conversation::Migration),
             Box::new(m20261206_000005_accounts::Migration),
+            Box::new(m20261207_000006_message_changes::Migration),
         ]
     }
 }

@@ -138,6 +138,7 @@ async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> 
                 kind: MessageKind::Text,
                 body: format!("message {i} of the committer benchmark"),
                 file_id: None,
+                target_id: None,
             })
             .await;
         let (hist, failed) = (hist.clone(), failed.clone());

@@ -91,6 +91,8 @@ impl ChatRepo {
 
     /// One page of a conversation's history: `after_seq < seq < before_seq`, at most
     /// `limit`, oldest first. With only `before_seq` (or neither) it is the newest page.
+    /// The messages in their current state: the `edit` and `delete` entries that changed
+    /// them are left out (a page may hold fewer than `limit` for them).
     pub async fn history(
         &self,
         conversation: ConversationId,
@@ -98,7 +100,23 @@ impl ChatRepo {
         before_seq: Option<i64>,
         limit: u64,
     ) -> Result<Vec<StoredMessage>, DbErr> {
+        self.entries(conversation, after_seq, before_seq, limit, false).await
+    }
+
+    /// [`Self::history`], with the `edit` and `delete` entries if `changes` (the seq
+    /// stream as `sync` delivers it).
+    async fn entries(
+        &self,
+        conversation: ConversationId,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: u64,
+        changes: bool,
+    ) -> Result<Vec<StoredMessage>, DbErr> {
         let mut q = message::Entity::find().filter(message::Column::ConversationId.eq(conversation.0));
+        if !changes {
+            q = q.filter(message::Column::TargetId.is_null());
+        }
         if let Some(a) = after_seq {
             q = q.filter(message::Column::Seq.gt(a));
         }
@@ -113,6 +131,17 @@ impl ChatRepo {
             rows
         };
         rows.into_iter().map(to_stored).collect()
+    }
+
+    /// One message of a conversation `me` takes part in (`None` otherwise, or if there is
+    /// no such message): what an edit or deletion is checked against.
+    pub async fn message_for(&self, me: UserId, id: MessageId) -> Result<Option<StoredMessage>, DbErr> {
+        let Some(m) = message::Entity::find_by_id(id.0).one(&self.db).await? else { return Ok(None) };
+        let c = conversation::Entity::find_by_id(m.conversation_id).one(&self.db).await?;
+        if !c.is_some_and(|c| c.user_low == me.0 || c.user_high == me.0) {
+            return Ok(None);
+        }
+        to_stored(m).map(Some)
     }
 
     /// The caller's conversations, most recent first, with peer, last message and
@@ -143,9 +172,11 @@ impl ChatRepo {
             } else {
                 (0, 0)
             };
+            // The newest message people see (not an edit or deletion entry).
             let last_message = message::Entity::find()
                 .filter(message::Column::ConversationId.eq(c.id))
-                .filter(message::Column::Seq.eq(c.last_seq))
+                .filter(message::Column::TargetId.is_null())
+                .order_by_desc(message::Column::Seq)
                 .one(&self.db)
                 .await?
                 .map(to_stored)
@@ -154,6 +185,8 @@ impl ChatRepo {
                 .filter(message::Column::ConversationId.eq(c.id))
                 .filter(message::Column::Seq.gt(read_seq))
                 .filter(message::Column::SenderId.eq(peer_id))
+                .filter(message::Column::TargetId.is_null())
+                .filter(message::Column::DeletedAt.is_null())
                 .count(&self.db)
                 .await?;
             out.push(ConversationSummary {
@@ -202,21 +235,57 @@ pub struct MessageOut {
     #[salvo(schema(value_type = String))]
     pub sender_id: UserId,
     pub client_msg_id: String,
-    /// `text` or `file`.
+    /// `text` or `file` (history lists messages in their current state, so never the
+    /// `edit` and `delete` entries the WebSocket stream carries).
     #[salvo(schema(value_type = String))]
     pub kind: MessageKind,
+    /// Empty once deleted.
     pub body: String,
     #[salvo(schema(value_type = Option<String>))]
     pub file_id: Option<FileId>,
     pub created_at: i64,
+    /// On an `edit` or `delete` entry: the message it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[salvo(schema(value_type = Option<String>))]
+    pub target_id: Option<MessageId>,
+    /// When it was last edited (`null` if never).
+    pub edited_at: Option<i64>,
+    /// Deleted by its sender: `body` is empty and `file_id` null.
+    pub deleted: bool,
 }
 
 impl From<StoredMessage> for MessageOut {
     fn from(m: StoredMessage) -> Self {
         // Every field named: a field added to `StoredMessage` does not compile here until
         // the API says whether it shows it.
-        let StoredMessage { id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at } = m;
-        Self { id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at }
+        let StoredMessage {
+            id,
+            conversation_id,
+            seq,
+            sender_id,
+            client_msg_id,
+            kind,
+            body,
+            file_id,
+            created_at,
+            target_id,
+            edited_at,
+            deleted,
+        } = m;
+        Self {
+            id,
+            conversation_id,
+            seq,
+            sender_id,
+            client_msg_id,
+            kind,
+            body,
+            file_id,
+            created_at,
+            target_id,
+            edited_at,
+            deleted,
+        }
     }
 }
 
@@ -231,6 +300,32 @@ fn to_stored(m: message::Model) -> Result<StoredMessage, DbErr> {
         body: m.body,
         file_id: m.file_id.map(FileId),
         created_at: m.created_at,
+        target_id: m.target_id.map(MessageId),
+        edited_at: m.edited_at,
+        deleted: m.deleted_at.is_some(),
+    })
+}
+
+/// The columns [`message_at`] reads, in its order.
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at, target_id, edited_at, \
+     deleted_at";
+
+/// A message row selected as [`MESSAGE_COLUMNS`] (rusqlite: the writer and the readers).
+pub(crate) fn message_at(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: MessageId(uuid_at(r, 0)?),
+        conversation_id: ConversationId(uuid_at(r, 1)?),
+        seq: r.get(2)?,
+        sender_id: UserId(uuid_at(r, 3)?),
+        client_msg_id: r.get(4)?,
+        kind: text_at(r, 5, MessageKind::parse)?,
+        body: r.get(6)?,
+        file_id: opt_uuid_at(r, 7)?.map(FileId),
+        created_at: r.get(8)?,
+        target_id: opt_uuid_at(r, 9)?.map(MessageId),
+        edited_at: r.get(10)?,
+        deleted: r.get::<_, Option<i64>>(11)?.is_some(),
     })
 }
 
@@ -273,24 +368,11 @@ fn read_messages_after(
     after_seq: i64,
     limit: u64,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
-    let mut q = c.prepare_cached(
-        "SELECT id, seq, sender_id, client_msg_id, kind, body, file_id, created_at FROM messages \
-         WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
+    let mut q = c.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = q.query_map(rusqlite::params![conversation.0.as_bytes(), after_seq, limit], |r| {
-        Ok(StoredMessage {
-            id: MessageId(uuid_at(r, 0)?),
-            conversation_id: conversation,
-            seq: r.get(1)?,
-            sender_id: UserId(uuid_at(r, 2)?),
-            client_msg_id: r.get(3)?,
-            kind: text_at(r, 4, MessageKind::parse)?,
-            body: r.get(5)?,
-            file_id: opt_uuid_at(r, 6)?.map(FileId),
-            created_at: r.get(7)?,
-        })
-    })?;
+    let rows = q.query_map(rusqlite::params![conversation.0.as_bytes(), after_seq, limit], message_at)?;
     rows.collect()
 }
 
@@ -337,7 +419,9 @@ pub(crate) async fn append_all(
 
     let may_send = |m: &NewMessage| match member(m) {
         None => Err(StoreError::NotFound),
-        Some(p) if !allowed.contains(&p) => Err(StoreError::Forbidden(crate::contacts::repo::NOT_A_CONTACT)),
+        Some(p) if !allowed.contains(&p) && m.kind != MessageKind::Delete => {
+            Err(StoreError::Forbidden(crate::contacts::repo::NOT_A_CONTACT))
+        }
         Some(_) => Ok(()),
     };
     let resends = appends.iter().filter(|m| may_send(m).is_ok()).fold(Condition::any(), |c, m| {
@@ -359,6 +443,20 @@ pub(crate) async fn append_all(
             .collect()
     };
 
+    let target_ids: HashSet<Uuid> = appends.iter().filter_map(|m| m.target_id.map(|t| t.0)).collect();
+    let mut targets: HashMap<Uuid, Target> = if target_ids.is_empty() {
+        HashMap::new()
+    } else {
+        message::Entity::find()
+            .filter(message::Column::Id.is_in(target_ids))
+            .all(txn)
+            .await?
+            .iter()
+            .map(|m| (m.id, Target::from(m)))
+            .collect()
+    };
+
+    let original = targets.clone();
     let mut new_per_conversation: HashMap<Uuid, usize> = HashMap::new();
     let mut first_in_batch: HashMap<(Uuid, &str), usize> = HashMap::new();
     let fates: Vec<Fate> = appends
@@ -386,6 +484,16 @@ pub(crate) async fn append_all(
                 } else {
                     Fate::SameAs(j)
                 };
+            }
+            // Checked against the target as the batch's earlier changes leave it.
+            let target = m.target_id.and_then(|t| targets.get(&t.0).copied());
+            if let Err(e) = check_change(m, target) {
+                return Fate::Refused(e);
+            }
+            if let (MessageKind::Delete, Some(t)) = (m.kind, m.target_id)
+                && let Some(target) = targets.get_mut(&t.0)
+            {
+                target.deleted = true;
             }
             first_in_batch.insert((m.sender_id.0, m.client_msg_id.as_str()), i);
             let n = new_per_conversation.entry(m.conversation_id.0).or_default();
@@ -438,6 +546,9 @@ pub(crate) async fn append_all(
                     body: m.body.clone(),
                     file_id: m.file_id.map(|f| f.0),
                     created_at: now,
+                    target_id: m.target_id.map(|t| t.0),
+                    edited_at: None,
+                    deleted_at: None,
                 };
                 let stored = to_stored(row.clone())?;
                 rows.push(message::ActiveModel::from(row));
@@ -451,7 +562,101 @@ pub(crate) async fn append_all(
         let chunk: Vec<message::ActiveModel> = rows.by_ref().take(INSERT_ROWS).collect();
         message::Entity::insert_many(chunk).exec_without_returning(txn).await?;
     }
+    // Then the changes, in batch order (an edit and a deletion of one message in one
+    // batch: the deletion erases the edit too).
+    for (m, fate) in appends.iter().zip(&fates) {
+        if let (Fate::New(_), Some(target)) = (fate, m.target_id.and_then(|t| original.get(&t.0))) {
+            apply_change(txn, m, target, now).await?;
+        }
+    }
     Ok(out)
+}
+
+/// What an edit or deletion is checked against: the message it changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Target {
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub kind: MessageKind,
+    pub file_id: Option<FileId>,
+    pub deleted: bool,
+}
+
+impl From<&message::Model> for Target {
+    fn from(m: &message::Model) -> Self {
+        Target {
+            conversation_id: ConversationId(m.conversation_id),
+            sender_id: UserId(m.sender_id),
+            // A kind the database holds that is none of ours cannot be changed.
+            kind: MessageKind::parse(&m.kind).unwrap_or(MessageKind::Edit),
+            file_id: m.file_id.map(FileId),
+            deleted: m.deleted_at.is_some(),
+        }
+    }
+}
+
+pub(crate) const ALREADY_DELETED: &str = "the message was deleted";
+const ONLY_TEXT: &str = "only text messages can be edited";
+
+/// The one rule of edits and deletions (both write paths): a change names a message of
+/// its own sender in its own conversation that is not itself a change (else, as for
+/// anyone else's message, "not found"), not deleted, and for an edit a text. A plain
+/// message names no target. Who may message whom is checked apart (a deletion needs no
+/// contact: people can always take back what they said).
+pub(crate) fn check_change(m: &NewMessage, target: Option<Target>) -> Result<(), StoreError> {
+    match (m.kind.is_change(), m.target_id) {
+        (false, None) => return Ok(()),
+        (false, Some(_)) | (true, None) => return Err(StoreError::Conflict("a change names the message it changes")),
+        (true, Some(_)) => {}
+    }
+    let target = target
+        .filter(|t| t.conversation_id == m.conversation_id && t.sender_id == m.sender_id && !t.kind.is_change())
+        .ok_or(StoreError::NotFound)?;
+    if target.deleted {
+        return Err(StoreError::Conflict(ALREADY_DELETED));
+    }
+    if m.kind == MessageKind::Edit && target.kind != MessageKind::Text {
+        return Err(StoreError::Conflict(ONLY_TEXT));
+    }
+    Ok(())
+}
+
+/// Applies a committed-to change entry `m` to its target (sea-orm, inside the append's
+/// transaction): an edit sets the text and `edited_at`; a deletion erases the text and
+/// file link of the target and of its edit entries, and removes the file's record (so
+/// it can no longer be downloaded).
+async fn apply_change(txn: &DatabaseTransaction, m: &NewMessage, target: &Target, now: i64) -> Result<(), DbErr> {
+    let Some(id) = m.target_id else { return Ok(()) };
+    match m.kind {
+        MessageKind::Edit => {
+            message::Entity::update_many()
+                .col_expr(message::Column::Body, Expr::value(m.body.clone()))
+                .col_expr(message::Column::EditedAt, Expr::value(now))
+                .filter(message::Column::Id.eq(id.0))
+                .exec(txn)
+                .await?;
+        }
+        MessageKind::Delete => {
+            message::Entity::update_many()
+                .col_expr(message::Column::Body, Expr::value(""))
+                .col_expr(message::Column::FileId, Expr::value(Option::<Uuid>::None))
+                .col_expr(message::Column::DeletedAt, Expr::value(now))
+                .filter(
+                    Condition::any().add(message::Column::Id.eq(id.0)).add(
+                        Condition::all()
+                            .add(message::Column::TargetId.eq(id.0))
+                            .add(message::Column::Kind.eq(MessageKind::Edit.as_str())),
+                    ),
+                )
+                .exec(txn)
+                .await?;
+            if let Some(file) = target.file_id {
+                crate::storage::entities::file::Entity::delete_by_id(file.0).exec(txn).await?;
+            }
+        }
+        MessageKind::Text | MessageKind::File => {}
+    }
+    Ok(())
 }
 
 /// Pairs asked about in one permission query ([`ChatStore::messageable_peers`]).
@@ -659,7 +864,7 @@ impl ChatStore for ChatRepo {
         if let Some(readers) = &self.readers {
             return readers.read(|c| read_messages_after(c, conversation, after_seq, limit)).map_err(read_failed);
         }
-        self.history(conversation, Some(after_seq), None, limit).await.map_err(unavailable)
+        self.entries(conversation, Some(after_seq), None, limit, true).await.map_err(unavailable)
     }
 
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationInfo>, StoreError> {

@@ -9,6 +9,7 @@
 //!   conversations, history.
 //! - [`sqlite_writes`]: the same appends and receipts as the SQLite writer thread runs them.
 //! - [`conversations`]: `/api/conversations*`, history for participants.
+//! - [`messages`]: `/api/messages/{id}`, a sender's edits and deletions.
 //! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
 //! - [`transfer_service`]: the rules of uploads and downloads (who may, limits, chunk
 //!   checks), with `TransferError`.
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod conversations;
 pub mod debug;
 pub mod files;
+pub mod messages;
 pub(crate) mod sqlite_writes;
 pub mod transfer_service;
 pub mod transfers;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::contacts::repo::NOT_A_CONTACT;
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
-use crate::messaging::chat::{REUSED_ID, RaiseReceipt};
+use crate::messaging::chat::{MESSAGE_COLUMNS, REUSED_ID, RaiseReceipt, Target, check_change, message_at};
 use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 
 /// A conversation as the batch sees it: its participants and its counter, raised by the
@@ -91,7 +91,8 @@ impl<'a> Messages<'a> {
             Some(c) if c.has(sender) => (c.low, c.high),
             _ => return Ok(Err(NOT_FOUND)),
         };
-        if !self.may_message(low, high)? {
+        // A deletion needs no contact: people can always take back what they said.
+        if m.kind != MessageKind::Delete && !self.may_message(low, high)? {
             return Ok(Err(StoreError::Forbidden(NOT_A_CONTACT)));
         }
         if let Some(old) = self.stored_message(sender, &m.client_msg_id)? {
@@ -100,6 +101,16 @@ impl<'a> Messages<'a> {
             } else {
                 Ok(Appended { message: old, duplicate: true })
             });
+        }
+        let target = match m.target_id {
+            Some(t) => self.target(t.0)?,
+            None => None,
+        };
+        if let Err(e) = check_change(m, target) {
+            return Ok(Err(e));
+        }
+        if let (MessageKind::Delete, Some(t), Some(target)) = (m.kind, m.target_id, target) {
+            self.erase(t.0, target.file_id)?;
         }
         let Some(c) = self.conversation(conversation)? else { return Ok(Err(NOT_FOUND)) };
         c.last_seq += 1;
@@ -114,11 +125,14 @@ impl<'a> Messages<'a> {
             body: m.body.clone(),
             file_id: m.file_id,
             created_at: self.now,
+            target_id: m.target_id,
+            edited_at: None,
+            deleted: false,
         };
         self.db
             .prepare_cached(
                 "INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, \
-                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 created_at, target_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 message.id.0.as_bytes(),
@@ -130,30 +144,54 @@ impl<'a> Messages<'a> {
                 message.body,
                 message.file_id.map(|f| *f.0.as_bytes()),
                 message.created_at,
+                message.target_id.map(|t| *t.0.as_bytes()),
             ])?;
+        if let (MessageKind::Edit, Some(t)) = (m.kind, m.target_id) {
+            self.db
+                .prepare_cached("UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3")?
+                .execute(params![m.body, self.now, t.0.as_bytes()])?;
+        }
         Ok(Ok(Appended { message, duplicate: false }))
+    }
+
+    /// The message an edit or deletion names, as the transaction sees it.
+    fn target(&self, id: Uuid) -> rusqlite::Result<Option<Target>> {
+        self.db
+            .prepare_cached("SELECT conversation_id, sender_id, kind, file_id, deleted_at FROM messages WHERE id = ?1")?
+            .query_row(params![id.as_bytes()], |r| {
+                Ok(Target {
+                    conversation_id: ConversationId(uuid_at(r, 0)?),
+                    sender_id: UserId(uuid_at(r, 1)?),
+                    kind: text_at(r, 2, MessageKind::parse)?,
+                    file_id: opt_uuid_at(r, 3)?.map(FileId),
+                    deleted: r.get::<_, Option<i64>>(4)?.is_some(),
+                })
+            })
+            .optional()
+    }
+
+    /// Deletes message `id` for both participants: erases its text and file link and
+    /// those of its edit entries, and removes the file's record (no more downloads).
+    fn erase(&self, id: Uuid, file: Option<FileId>) -> rusqlite::Result<()> {
+        self.db
+            .prepare_cached(
+                "UPDATE messages SET body = '', file_id = NULL, deleted_at = ?1 \
+                 WHERE id = ?2 OR (target_id = ?2 AND kind = 'edit')",
+            )?
+            .execute(params![self.now, id.as_bytes()])?;
+        if let Some(file) = file {
+            self.db.prepare_cached("DELETE FROM files WHERE id = ?1")?.execute(params![file.0.as_bytes()])?;
+        }
+        Ok(())
     }
 
     /// The message `sender` stored with `client_msg_id`, if any (a resend).
     fn stored_message(&self, sender: Uuid, client_msg_id: &str) -> rusqlite::Result<Option<StoredMessage>> {
         self.db
-            .prepare_cached(
-                "SELECT id, conversation_id, seq, kind, body, file_id, created_at FROM messages \
-                 WHERE sender_id = ?1 AND client_msg_id = ?2",
-            )?
-            .query_row(params![sender.as_bytes(), client_msg_id], |r| {
-                Ok(StoredMessage {
-                    id: MessageId(uuid_at(r, 0)?),
-                    conversation_id: ConversationId(uuid_at(r, 1)?),
-                    seq: r.get(2)?,
-                    sender_id: UserId(sender),
-                    client_msg_id: client_msg_id.to_owned(),
-                    kind: text_at(r, 3, MessageKind::parse)?,
-                    body: r.get(4)?,
-                    file_id: opt_uuid_at(r, 5)?.map(FileId),
-                    created_at: r.get(6)?,
-                })
-            })
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+            ))?
+            .query_row(params![sender.as_bytes(), client_msg_id], message_at)
             .optional()
     }
 

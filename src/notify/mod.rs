@@ -146,6 +146,17 @@ impl Notifier {
                         self.publish(Event::Notification { to: *to, notification: None, unread }).await;
                     }
                 }
+                Event::MessageCreated { to, message, .. }
+                    if message.kind.is_change() && message.sender_id != *to =>
+                {
+                    // After what came before (the changed message's own notification).
+                    self.store(std::mem::take(&mut pending)).await?;
+                    if let Some(target) = message.target_id {
+                        let preview = (message.kind == MessageKind::Edit)
+                            .then(|| message.body.chars().take(PREVIEW_CHARS).collect::<String>());
+                        self.notifications.follow_change(*to, message.conversation_id, target.0, preview).await?;
+                    }
+                }
                 event => {
                     if let Some((user, request)) = request_settled(event) {
                         self.store(std::mem::take(&mut pending)).await?;
@@ -332,7 +343,8 @@ impl Notifier {
 /// For an event that makes a notification: its recipient, kind, and the user it is from.
 fn notification_source(event: &Event) -> Option<(UserId, NotificationKind, UserId)> {
     match event {
-        Event::MessageCreated { to, message, .. } if message.sender_id != *to => {
+        // An edit or deletion changes the notification of its message, if any, but makes none.
+        Event::MessageCreated { to, message, .. } if message.sender_id != *to && !message.kind.is_change() => {
             Some((*to, NotificationKind::Message, message.sender_id))
         }
         Event::Contact { to, change } if change.kind == ContactChangeKind::Requested && change.addressee_id == *to => {
@@ -467,6 +479,9 @@ mod tests {
             body: "hi".into(),
             file_id: None,
             created_at: 0,
+            target_id: None,
+            edited_at: None,
+            deleted: false,
         };
         let receipt = Receipt { conversation_id: message.conversation_id, user_id: ben, delivered_seq: 1, read_seq: 1 };
         let change = |kind: ContactChangeKind| ContactChange {

@@ -193,6 +193,50 @@ impl NotificationRepo {
         Ok(changed)
     }
 
+    /// Follows an edit or deletion (`preview`: the new text, `None`: deleted) of message
+    /// `target` in `user`'s message notification of `conversation`, if that notification
+    /// shows it: its preview becomes the new text, or is erased with the file name (a
+    /// deleted message's text is kept nowhere). Returns whether it changed. Its number and
+    /// unread count stay.
+    pub async fn follow_change(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        target: Uuid,
+        preview: Option<String>,
+    ) -> Result<bool, DbErr> {
+        let Some(row) = notification::Entity::find()
+            .filter(notification::Column::UserId.eq(user.0))
+            .filter(notification::Column::ConversationId.eq(conversation.0))
+            .filter(notification::Column::Kind.eq(NotificationKind::Message.as_str()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&row.payload) else { return Ok(false) };
+        if map.get("message_id").and_then(Value::as_str) != Some(target.to_string().as_str()) {
+            return Ok(false);
+        }
+        match preview {
+            Some(text) => {
+                map.insert("preview".into(), Value::from(text));
+                map.insert("edited".into(), Value::Bool(true));
+            }
+            None => {
+                map.insert("preview".into(), Value::from(""));
+                map.remove("file_name");
+                map.insert("deleted".into(), Value::Bool(true));
+            }
+        }
+        notification::Entity::update_many()
+            .col_expr(notification::Column::Payload, Expr::value(Value::Object(map).to_string()))
+            .filter(notification::Column::Id.eq(row.id))
+            .exec(&self.db)
+            .await?;
+        Ok(true)
+    }
+
     /// Deletes every notification of `user` (an account being deleted).
     pub async fn forget(&self, user: UserId) -> Result<u64, DbErr> {
         let r =

@@ -59,6 +59,8 @@ pub struct AppState {
     pub streams: Arc<crate::messaging::ws::SocketCounts>,
     /// Data exports per user per minute.
     pub export_limiter: Arc<KeyedLimiter>,
+    /// Message edits and deletions per user per minute.
+    pub change_limiter: Arc<KeyedLimiter>,
 }
 
 impl AppState {
@@ -145,8 +147,12 @@ pub fn router(state: AppState, mount: Mount) -> Router {
         root = root.push(crate::auth::routes::router()).push(crate::contacts::routes::router()).push(openapi::router());
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
-        use crate::messaging::{conversations, transfers, ws};
-        root = root.push(conversations::router()).push(ws::router()).push(transfers::router());
+        use crate::messaging::{conversations, messages, transfers, ws};
+        root = root
+            .push(conversations::router())
+            .push(messages::router())
+            .push(ws::router())
+            .push(transfers::router());
     }
     if mount.notifies() {
         root = root.push(crate::notify::routes::router());

@@ -14,6 +14,7 @@
 //!   receipts, typing, presence, limits; [`ws_client`] is the test's WebSocket client and
 //!   [`ws_fuzz`] throws malformed frames at it.
 //! - [`contacts`], [`files`], [`notifications`]: those services through their APIs.
+//! - [`edits`]: edits and deletions of messages, through the seq stream.
 //! - [`storage`]: the write queue on SQLite and PostgreSQL, migrations, checkpoints.
 //! - [`holes`]: attacks that once worked (or could), each shut.
 //! - [`openapi`]: the OpenAPI document against the routes.
@@ -26,6 +27,7 @@ mod bench_tool;
 mod cluster;
 mod cluster_support;
 mod contacts;
+mod edits;
 mod files;
 mod health;
 mod helpers;

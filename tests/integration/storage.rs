@@ -26,6 +26,7 @@ fn text(conversation: ConversationId, sender: UserId, client_msg_id: &str) -> Ne
         kind: MessageKind::Text,
         body: format!("body of {client_msg_id}"),
         file_id: None,
+        target_id: None,
     }
 }
 

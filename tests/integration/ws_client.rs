@@ -28,6 +28,8 @@ pub struct Client {
     pub by_seq: HashMap<String, BTreeMap<i64, String>>,
     /// Message frames received, in arrival order (duplicates included).
     pub arrivals: Vec<(String, i64)>,
+    /// The message frames themselves, in arrival order.
+    pub message_frames: Vec<Value>,
     /// Acks received: client_msg_id → (message id, seq).
     pub acks: HashMap<String, (String, i64)>,
     /// Other frames, in order.
@@ -76,6 +78,7 @@ impl Client {
             messages: HashMap::new(),
             by_seq: HashMap::new(),
             arrivals: vec![],
+            message_frames: vec![],
             acks: HashMap::new(),
             others: vec![],
             closed: None,
@@ -134,6 +137,7 @@ impl Client {
                 let prev = self.by_seq.entry(conv.clone()).or_default().insert(seq, id.clone());
                 assert!(prev.is_none() || prev.as_deref() == Some(id.as_str()), "two messages with seq {seq}");
                 self.messages.insert(id, (conv, seq));
+                self.message_frames.push(v.clone());
             }
             Some("ack") => {
                 let cid = v["client_msg_id"].as_str().expect("cid").to_owned();

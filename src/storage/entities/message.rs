@@ -16,6 +16,10 @@ pub struct Model {
     pub body: String,
     pub file_id: Option<Uuid>,
     pub created_at: i64,
+    /// On an `edit` or `delete` entry: the message it changes.
+    pub target_id: Option<Uuid>,
+    pub edited_at: Option<i64>,
+    pub deleted_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

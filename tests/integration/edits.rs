@@ -1,0 +1,217 @@
+//! Edits and deletions of messages (issue 20): each is an entry of the conversation's seq
+//! stream, so it reaches every device exactly once, live or through `sync`; history shows
+//! each message as it is now; only the sender may change a message, within the rules.
+
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, Backend, TestApp, error_code, eventually, spawn_app_with};
+use crate::ws_client::{Client, alice_and_bob};
+
+async fn patch(app: &TestApp, token: &str, id: &str, body: Value) -> reqwest::Response {
+    app.client.patch(app.url(&format!("/api/messages/{id}"))).bearer_auth(token).json(&body).send().await.unwrap()
+}
+
+async fn delete(app: &TestApp, token: &str, id: &str) -> reqwest::Response {
+    app.client.delete(app.url(&format!("/api/messages/{id}"))).bearer_auth(token).send().await.unwrap()
+}
+
+/// Sends `body` from `dev` into `conv` (or to user `to` when `conv` is empty); returns the
+/// message id and the conversation id from its ack.
+async fn say(dev: &mut Client, cid: &str, conv: &str, to: &str, body: &str) -> (String, String) {
+    if conv.is_empty() {
+        dev.send_to_user(cid, to, body).await;
+    } else {
+        dev.send_to_conv(cid, conv, body).await;
+    }
+    loop {
+        let ack = dev.next_of("ack").await;
+        if ack["client_msg_id"] == cid {
+            let field = |k: &str| ack[k].as_str().unwrap().to_owned();
+            return (field("message_id"), field("conversation_id"));
+        }
+    }
+}
+
+/// The message frames of `kind` `dev` got so far.
+fn changes<'a>(dev: &'a Client, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    dev.message_frames.iter().filter(move |f| f["kind"] == kind)
+}
+
+/// Rows of the database `app` uses whose text holds `needle` (messages and notifications).
+async fn stored_anywhere(app: &TestApp, needle: &str) -> i64 {
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("db");
+    let backend = db.get_database_backend();
+    let like = format!("%{needle}%");
+    let mut n = 0;
+    for sql in [
+        "SELECT COUNT(*) AS n FROM messages WHERE body LIKE $1",
+        "SELECT COUNT(*) AS n FROM notifications WHERE payload LIKE $1",
+    ] {
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(backend, sql, [like.clone().into()]))
+            .await
+            .expect("query")
+            .expect("a row");
+        n += row.try_get::<i64>("", "n").expect("count");
+    }
+    n
+}
+
+#[tokio::test]
+async fn edits_and_deletions_reach_every_device_once_and_history_shows_messages_as_they_are() {
+    edits_and_deletions(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_edits_and_deletions_reach_every_device_once_and_history_shows_messages_as_they_are() {
+    edits_and_deletions(Backend::Postgres).await
+}
+
+async fn edits_and_deletions(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut a = Client::connect(&app, &alice).await;
+    let mut b = Client::connect(&app, &bob).await;
+    let (m1, conv) = say(&mut a, "m1", "", &bob_id, "see you at teh station").await;
+    let (m2, _) = say(&mut a, "m2", &conv, "", "the secret plan: meet at 42").await;
+    // Bob's phone has both messages, then goes offline.
+    let mut phone = Client::connect(&app, &bob).await;
+    phone.send(json!({"type": "sync"})).await;
+    assert_eq!(phone.next_of("sync_done").await["messages"], 2);
+    drop(phone);
+
+    // Alice corrects her typo: the answer is the message as it is now.
+    let r = patch(&app, &alice, &m1, json!({"body": "see you at the station"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let edited: Value = r.json().await.unwrap();
+    assert_eq!((edited["id"].as_str(), edited["seq"].as_i64()), (Some(m1.as_str()), Some(1)));
+    assert_eq!(edited["body"], "see you at the station");
+    assert!(edited["edited_at"].as_i64().is_some(), "{edited}");
+    assert_eq!(edited["deleted"], false);
+    // Both users' open devices get it as the next entry of the stream.
+    let c = conv.clone();
+    b.read_until("the edit", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&3))).await;
+    let e = changes(&b, "edit").next().expect("an edit frame").clone();
+    assert_eq!((e["target_id"].as_str(), e["seq"].as_i64()), (Some(m1.as_str()), Some(3)));
+    assert_eq!(e["body"], "see you at the station");
+    let c = conv.clone();
+    a.read_until("her own edit", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&3))).await;
+
+    // Only the sender changes a message; to anyone else it is not there.
+    let r = patch(&app, &bob, &m1, json!({"body": "hijacked"})).await;
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    assert_eq!(error_code(delete(&app, &bob, &m1).await, StatusCode::NOT_FOUND).await, "not_found");
+    let (carol, _) = crate::ws_client::user(&app, "carol").await;
+    assert_eq!(error_code(delete(&app, &carol, &m1).await, StatusCode::NOT_FOUND).await, "not_found");
+    let nobody = uuid::Uuid::now_v7().to_string();
+    assert_eq!(error_code(delete(&app, &alice, &nobody).await, StatusCode::NOT_FOUND).await, "not_found");
+    assert_eq!(error_code(delete(&app, &alice, "not-a-uuid").await, StatusCode::NOT_FOUND).await, "not_found");
+    // An edit entry is not a message of its own.
+    let edit_entry = e["id"].as_str().unwrap().to_owned();
+    assert_eq!(error_code(delete(&app, &alice, &edit_entry).await, StatusCode::NOT_FOUND).await, "not_found");
+    // Bad text is refused as a sent message's would be.
+    for (body, code) in [
+        (json!({"body": "   "}), "empty_body"),
+        (json!({"body": "a\u{0}b"}), "invalid_body"),
+        (json!({"body": "x".repeat(16 * 1024 + 1)}), "body_too_large"),
+    ] {
+        assert_eq!(error_code(patch(&app, &alice, &m1, body).await, StatusCode::BAD_REQUEST).await, code);
+    }
+    let r = patch(&app, &alice, &m1, json!({"body": "ok", "sender_id": bob_id})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "unknown fields are refused");
+
+    // Alice deletes the other message, twice (the second is done already).
+    assert_eq!(delete(&app, &alice, &m2).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(delete(&app, &alice, &m2).await.status(), StatusCode::NO_CONTENT);
+    let r = patch(&app, &alice, &m2, json!({"body": "back"})).await;
+    assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
+    let c = conv.clone();
+    b.read_until("the deletion", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&4))).await;
+    let d = changes(&b, "delete").next().expect("a delete frame").clone();
+    assert_eq!((d["target_id"].as_str(), d["seq"].as_i64(), d["body"].as_str()), (Some(m2.as_str()), Some(4), Some("")));
+
+    // History shows each message as it is now, without the change entries.
+    let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &bob).await;
+    assert_eq!(page["last_seq"], 4);
+    let msgs = page["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{page}");
+    assert_eq!((msgs[0]["body"].as_str(), msgs[0]["deleted"].as_bool()), (Some("see you at the station"), Some(false)));
+    assert!(msgs[0]["edited_at"].as_i64().is_some());
+    assert_eq!((msgs[1]["id"].as_str(), msgs[1]["body"].as_str(), msgs[1]["deleted"].as_bool()), (Some(m2.as_str()), Some(""), Some(true)));
+    let list = app.get_json("/api/conversations", &bob).await;
+    let last = &list["conversations"][0]["last_message"];
+    assert_eq!((last["id"].as_str(), last["deleted"].as_bool()), (Some(m2.as_str()), Some(true)), "{list}");
+
+    // The phone comes back: exactly the two changes, in order; a fresh device gets it all.
+    let mut phone = Client::connect(&app, &bob).await;
+    phone.send(json!({"type": "sync", "since": {conv.clone(): 2}})).await;
+    assert_eq!(phone.next_of("sync_done").await["messages"], 2);
+    let kinds: Vec<(&str, i64)> =
+        phone.message_frames.iter().map(|f| (f["kind"].as_str().unwrap(), f["seq"].as_i64().unwrap())).collect();
+    assert_eq!(kinds, [("edit", 3), ("delete", 4)]);
+    let mut fresh = Client::connect(&app, &bob).await;
+    fresh.send(json!({"type": "sync"})).await;
+    assert_eq!(fresh.next_of("sync_done").await["messages"], 4);
+    fresh.assert_complete(&conv, 4);
+    let first = &fresh.message_frames[0];
+    assert_eq!((first["body"].as_str(), first["edited_at"].is_i64()), (Some("see you at the station"), true));
+    assert_eq!(fresh.message_frames[1]["deleted"], true);
+    // Every device got each entry once.
+    for dev in [&b, &fresh] {
+        dev.assert_in_order();
+        assert_eq!(dev.arrivals.len(), 4);
+    }
+
+    // The deleted text is kept nowhere: not in the message, not in Bob's notification.
+    let notified = eventually("Bob's notification follows the deletion", async || {
+        let n = app.get_json("/api/notifications", &bob).await;
+        let item = n["notifications"].as_array()?.iter().find(|i| i["kind"] == "message")?.clone();
+        (item["payload"]["deleted"] == true).then_some(item)
+    })
+    .await;
+    assert_eq!(notified["payload"]["preview"], "");
+    assert_eq!(stored_anywhere(&app, "secret plan").await, 0);
+    assert_eq!(stored_anywhere(&app, "see you at the station").await, 2, "the message and its edit entry");
+}
+
+/// The edit window (here: a message sent 25 hours ago), file messages, and contacts: an
+/// edit needs what a send needs, a deletion does not (people can always take back what
+/// they said).
+#[tokio::test]
+async fn edits_keep_to_the_window_and_deletions_need_no_contact() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut a = Client::connect(&app, &alice).await;
+    let (old, conv) = say(&mut a, "old", "", &bob_id, "yesterday's news").await;
+    let (fresh, _) = say(&mut a, "fresh", &conv, "", "today's news").await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("db");
+    let backend = db.get_database_backend();
+    let id = uuid::Uuid::parse_str(&old).unwrap();
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        "UPDATE messages SET created_at = created_at - $1 WHERE id = $2",
+        [(25 * 3_600_000i64).into(), id.into()],
+    ))
+    .await
+    .expect("backdated");
+    let r = patch(&app, &alice, &old, json!({"body": "fixed"})).await;
+    assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
+    assert_eq!(delete(&app, &alice, &old).await.status(), StatusCode::NO_CONTENT, "no window for deleting");
+
+    // Bob removes Alice from his contacts: she can no longer edit, but can still delete.
+    let contacts = app.get_json("/api/contacts", &bob).await;
+    assert_eq!(contacts["contacts"].as_array().map(Vec::len), Some(1));
+    let r = app.client.delete(app.url(&format!("/api/contacts/{}", a_id(&app, &alice).await))).bearer_auth(&bob).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = patch(&app, &alice, &fresh, json!({"body": "today's news, corrected"})).await;
+    assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "forbidden");
+    assert_eq!(delete(&app, &alice, &fresh).await.status(), StatusCode::NO_CONTENT);
+    let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &alice).await;
+    assert!(page["messages"].as_array().unwrap().iter().all(|m| m["deleted"] == true), "{page}");
+}
+
+async fn a_id(app: &TestApp, token: &str) -> String {
+    app.get_json("/api/auth/me", token).await["id"].as_str().unwrap().to_owned()
+}
