@@ -9,10 +9,10 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use crate::bridge::{BridgeArgs, BusBridge};
+use crate::codes::ErrorCode;
 use crate::faults::Faults;
 use crate::ids::{ConversationId, TransferId, UserId};
 use crate::notify_stream::{NotificationStore, NotificationStreamActor, StreamArgs, StreamItem, StreamMsg};
-use crate::codes::ErrorCode;
 use crate::ports::{Bus, ChatStore, NewMessage, StoredMessage};
 use crate::room::{RoomActor, RoomArgs, RoomMsg, SendError};
 use crate::session::{ConnHandle, SessionActor, SessionArgs, SessionMsg};
@@ -377,7 +377,8 @@ impl Node {
                 // The room stopped with the message in its mailbox: not queued.
                 Ok(Err(_)) => continue,
                 Err(_) => {
-                    last = SendError { code: ErrorCode::NotAcknowledged, message: "not acknowledged; try again".into() };
+                    last =
+                        SendError { code: ErrorCode::NotAcknowledged, message: "not acknowledged; try again".into() };
                     break;
                 }
             }

@@ -24,9 +24,7 @@ impl MigrationTrait for Migration {
         m.alter_table(add(ColumnDef::new("deleted_at").big_integer().null())).await?;
         // Partial (SQLite and PostgreSQL both): plain messages, nearly all rows, stay out.
         m.get_connection()
-            .execute_unprepared(
-                "CREATE INDEX ix_messages_target ON messages (target_id) WHERE target_id IS NOT NULL",
-            )
+            .execute_unprepared("CREATE INDEX ix_messages_target ON messages (target_id) WHERE target_id IS NOT NULL")
             .await?;
         Ok(())
     }

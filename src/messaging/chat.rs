@@ -307,8 +307,7 @@ fn to_stored(m: message::Model) -> Result<StoredMessage, DbErr> {
 }
 
 /// The columns [`message_at`] reads, in its order.
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at, target_id, edited_at, \
+pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at, target_id, edited_at, \
      deleted_at";
 
 /// A message row selected as [`MESSAGE_COLUMNS`] (rusqlite: the writer and the readers).

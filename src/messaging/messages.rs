@@ -39,12 +39,7 @@ pub fn router() -> Router {
 async fn own_message(req: &Request, st: &AppState, me: UserId) -> Result<StoredMessage, AppError> {
     let not_found = || AppError::not_found(ErrorCode::NotFound, "no such message");
     let id = req.param::<String>("id").and_then(|s| MessageId::parse(&s)).ok_or_else(not_found)?;
-    st.repos
-        .chat
-        .message_for(me, id)
-        .await?
-        .filter(|m| m.sender_id == me && !m.kind.is_change())
-        .ok_or_else(not_found)
+    st.repos.chat.message_for(me, id).await?.filter(|m| m.sender_id == me && !m.kind.is_change()).ok_or_else(not_found)
 }
 
 fn limited(st: &AppState, me: UserId) -> Result<(), AppError> {
@@ -52,7 +47,13 @@ fn limited(st: &AppState, me: UserId) -> Result<(), AppError> {
 }
 
 /// Commits the change entry `kind` of `target` with `body`.
-async fn commit(st: &AppState, me: UserId, target: &StoredMessage, kind: MessageKind, body: String) -> Result<StoredMessage, SendError> {
+async fn commit(
+    st: &AppState,
+    me: UserId,
+    target: &StoredMessage,
+    kind: MessageKind,
+    body: String,
+) -> Result<StoredMessage, SendError> {
     st.node
         .post(NewMessage {
             conversation_id: target.conversation_id,
@@ -100,7 +101,8 @@ async fn edit(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     let st = state(depot)?;
     limited(st, me)?;
     let max = st.config.messaging.max_body_bytes;
-    switchboard_actors::protocol::check_body(&body.body, max).map_err(|(code, why)| AppError::bad_request(code, why))?;
+    switchboard_actors::protocol::check_body(&body.body, max)
+        .map_err(|(code, why)| AppError::bad_request(code, why))?;
     let target = own_message(req, st, me).await?;
     if target.deleted {
         return Err(AppError::conflict(ErrorCode::Conflict, ALREADY_DELETED));

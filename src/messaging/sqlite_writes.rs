@@ -147,9 +147,11 @@ impl<'a> Messages<'a> {
                 message.target_id.map(|t| *t.0.as_bytes()),
             ])?;
         if let (MessageKind::Edit, Some(t)) = (m.kind, m.target_id) {
-            self.db
-                .prepare_cached("UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3")?
-                .execute(params![m.body, self.now, t.0.as_bytes()])?;
+            self.db.prepare_cached("UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3")?.execute(params![
+                m.body,
+                self.now,
+                t.0.as_bytes()
+            ])?;
         }
         Ok(Ok(Appended { message, duplicate: false }))
     }

@@ -146,9 +146,7 @@ impl Notifier {
                         self.publish(Event::Notification { to: *to, notification: None, unread }).await;
                     }
                 }
-                Event::MessageCreated { to, message, .. }
-                    if message.kind.is_change() && message.sender_id != *to =>
-                {
+                Event::MessageCreated { to, message, .. } if message.kind.is_change() && message.sender_id != *to => {
                     // After what came before (the changed message's own notification).
                     self.store(std::mem::take(&mut pending)).await?;
                     if let Some(target) = message.target_id {

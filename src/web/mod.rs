@@ -148,11 +148,7 @@ pub fn router(state: AppState, mount: Mount) -> Router {
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
         use crate::messaging::{conversations, messages, transfers, ws};
-        root = root
-            .push(conversations::router())
-            .push(messages::router())
-            .push(ws::router())
-            .push(transfers::router());
+        root = root.push(conversations::router()).push(messages::router()).push(ws::router()).push(transfers::router());
     }
     if mount.notifies() {
         root = root.push(crate::notify::routes::router());

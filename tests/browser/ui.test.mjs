@@ -350,6 +350,61 @@ test('two people use Switchboard in real browsers', async (t) => {
     assert.deepEqual((await bodies(bob)).slice(-10), (await bodies(alice)).slice(-10));
   });
 
+  await t.test('with the keyboard alone, alice corrects one message and takes back another; bob sees both', async () => {
+    await send(alice, 'meet at teh cafe');
+    await send(alice, 'wrong chat, sorry');
+    await waitForBody(bob, 'wrong chat, sorry');
+    // Bob is away from the chat while she changes them.
+    await bob.goto(server.url + '/contacts');
+    const focused = (cls) => alice.waitForFunction((c) => document.activeElement?.classList.contains(c), cls, { timeout: WAIT });
+    const typo = alice.locator('#messages li.msg.mine', { hasText: 'meet at teh cafe' });
+    await typo.locator('button.msg-edit').focus();
+    await alice.keyboard.press('Enter');
+    await focused('edit-input');
+    await alice.keyboard.press('Control+A');
+    await alice.keyboard.type('meet at the cafe');
+    await alice.keyboard.press('Enter');
+    const fixed = alice.locator('#messages li.msg.mine', { hasText: 'meet at the cafe' });
+    await fixed.locator('.edited', { hasText: 'edited' }).waitFor({ timeout: WAIT });
+    await focused('msg-edit');
+    // Escape leaves an edit without changing anything.
+    await alice.keyboard.press('Enter');
+    await focused('edit-input');
+    await alice.keyboard.type(' and more');
+    await alice.keyboard.press('Escape');
+    await focused('msg-edit');
+    assert.ok(!(await bodies(alice)).some((b) => b.includes('and more')));
+    // Deleting asks first, then the message is gone for both.
+    const wrong = alice.locator('#messages li.msg.mine', { hasText: 'wrong chat, sorry' });
+    await wrong.locator('button.msg-delete').focus();
+    await alice.keyboard.press('Enter');
+    await focused('msg-delete-yes');
+    await alice.keyboard.press('Enter');
+    await alice.locator('#messages li.msg.deleted', { hasText: 'Message deleted' }).waitFor({ timeout: WAIT });
+    assert.ok(!(await bodies(alice)).includes('wrong chat, sorry'));
+
+    // Bob comes back: the list and the conversation show them as they are now.
+    await bob.goto(server.url + '/chat');
+    await bob.locator('#conv-list a.conv .last', { hasText: 'Message deleted' }).waitFor({ timeout: WAIT });
+    await openChatWith(bob, 'Alice');
+    await waitForBody(bob, 'meet at the cafe');
+    await bob.locator('#messages li.msg', { hasText: 'meet at the cafe' }).locator('.edited', { hasText: 'edited' }).waitFor();
+    await bob.locator('#messages li.msg.deleted', { hasText: 'Message deleted' }).waitFor({ timeout: WAIT });
+    const seen = await bodies(bob);
+    assert.ok(!seen.some((b) => b.includes('teh') || b.includes('wrong chat')), seen.slice(-5).join(' | '));
+    // Bob cannot change alice's messages: no buttons on them.
+    assert.equal(await bob.locator('#messages li.msg:not(.mine) button').count(), 0);
+    // While he watches, a second correction arrives live.
+    await fixed.locator('button.msg-edit').click();
+    await alice.fill('#messages .edit-input', 'meet at the cafe at five');
+    await alice.click('#messages .edit-save');
+    await waitForBody(bob, 'meet at the cafe at five');
+    await bob.reload();
+    await waitForBody(bob, 'meet at the cafe at five');
+    await bob.locator('#messages li.msg.deleted', { hasText: 'Message deleted' }).waitFor({ timeout: WAIT });
+    await shot(alice, 'edit-delete');
+  });
+
   await t.test('keyboard only: log out, log in, open the conversation, send', async () => {
     await alice.click('#logout');
     await alice.waitForURL('**/login');

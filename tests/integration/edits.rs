@@ -130,7 +130,10 @@ async fn edits_and_deletions(backend: Backend) {
     let c = conv.clone();
     b.read_until("the deletion", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&4))).await;
     let d = changes(&b, "delete").next().expect("a delete frame").clone();
-    assert_eq!((d["target_id"].as_str(), d["seq"].as_i64(), d["body"].as_str()), (Some(m2.as_str()), Some(4), Some("")));
+    assert_eq!(
+        (d["target_id"].as_str(), d["seq"].as_i64(), d["body"].as_str()),
+        (Some(m2.as_str()), Some(4), Some(""))
+    );
 
     // History shows each message as it is now, without the change entries.
     let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &bob).await;
@@ -139,7 +142,10 @@ async fn edits_and_deletions(backend: Backend) {
     assert_eq!(msgs.len(), 2, "{page}");
     assert_eq!((msgs[0]["body"].as_str(), msgs[0]["deleted"].as_bool()), (Some("see you at the station"), Some(false)));
     assert!(msgs[0]["edited_at"].as_i64().is_some());
-    assert_eq!((msgs[1]["id"].as_str(), msgs[1]["body"].as_str(), msgs[1]["deleted"].as_bool()), (Some(m2.as_str()), Some(""), Some(true)));
+    assert_eq!(
+        (msgs[1]["id"].as_str(), msgs[1]["body"].as_str(), msgs[1]["deleted"].as_bool()),
+        (Some(m2.as_str()), Some(""), Some(true))
+    );
     let list = app.get_json("/api/conversations", &bob).await;
     let last = &list["conversations"][0]["last_message"];
     assert_eq!((last["id"].as_str(), last["deleted"].as_bool()), (Some(m2.as_str()), Some(true)), "{list}");
@@ -203,7 +209,13 @@ async fn edits_keep_to_the_window_and_deletions_need_no_contact() {
     // Bob removes Alice from his contacts: she can no longer edit, but can still delete.
     let contacts = app.get_json("/api/contacts", &bob).await;
     assert_eq!(contacts["contacts"].as_array().map(Vec::len), Some(1));
-    let r = app.client.delete(app.url(&format!("/api/contacts/{}", a_id(&app, &alice).await))).bearer_auth(&bob).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/contacts/{}", a_id(&app, &alice).await)))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     let r = patch(&app, &alice, &fresh, json!({"body": "today's news, corrected"})).await;
     assert_eq!(error_code(r, StatusCode::FORBIDDEN).await, "forbidden");
@@ -214,4 +226,60 @@ async fn edits_keep_to_the_window_and_deletions_need_no_contact() {
 
 async fn a_id(app: &TestApp, token: &str) -> String {
     app.get_json("/api/auth/me", token).await["id"].as_str().unwrap().to_owned()
+}
+
+/// The room actor is killed again and again while Alice corrects a message many times
+/// (each edit retried until it is acknowledged, as a client would): Bob's device, online
+/// throughout, gets every committed entry once and in order, and the message ends as the
+/// last acknowledged edit left it.
+#[tokio::test]
+async fn killing_the_room_while_edits_fly_loses_and_repeats_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.fault_injection = true).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut a = Client::connect(&app, &alice).await;
+    let mut b = Client::connect(&app, &bob).await;
+    let (m1, conv) = say(&mut a, "m1", "", &bob_id, "draft 0").await;
+    let room = app.node.ctx.name("room", &conv);
+    let edits = 40;
+    let editor = {
+        let (client, url, token) = (app.client.clone(), app.url(&format!("/api/messages/{m1}")), alice.clone());
+        tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+            for i in 1..=edits {
+                loop {
+                    let r = client
+                        .patch(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"body": format!("draft {i}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    *statuses.entry(r.status().as_u16()).or_default() += 1;
+                    if r.status() == StatusCode::OK {
+                        break;
+                    }
+                    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "an edit fails only as unavailable");
+                }
+            }
+            statuses
+        })
+    };
+    let mut kills = 0;
+    while !editor.is_finished() && kills < 8 {
+        crate::messaging::inject(&app, &alice, ("room", &conv, &room), "kill").await;
+        kills += 1;
+    }
+    let statuses = editor.await.unwrap();
+    assert!(kills >= 1, "the room was killed at least once");
+    let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &bob).await;
+    assert_eq!(page["messages"][0]["body"], format!("draft {edits}"), "{statuses:?}");
+    let last_seq = page["last_seq"].as_i64().unwrap();
+    assert!(last_seq > edits, "every acknowledged edit is an entry ({last_seq})");
+    let c = conv.clone();
+    b.read_until("every entry", move |d| d.by_seq.get(&c).is_some_and(|s| s.len() as i64 == last_seq)).await;
+    b.assert_complete(&conv, last_seq);
+    b.assert_in_order();
+    assert_eq!(b.arrivals.len() as i64, last_seq, "each entry once");
+    let newest = b.message_frames.iter().filter(|f| f["kind"] == "edit").map(|f| f["body"].clone()).collect::<Vec<_>>();
+    assert_eq!(newest.last().and_then(Value::as_str), Some(format!("draft {edits}").as_str()));
 }

@@ -199,6 +199,31 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
         let r = app.get_as(&format!("/api/files/{fid}"), who).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
+
+    // A file cannot be edited; deleted, it is gone for both, and so is its name.
+    let msg_id = file_msg["id"].as_str().unwrap();
+    let url = app.url(&format!("/api/messages/{msg_id}"));
+    let r = app.client.patch(&url).bearer_auth(&alice).json(&json!({"body": "x"})).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
+    let r = app.client.delete(&url).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for who in [&alice, &bob] {
+        let r = app.get_as(&format!("/api/files/{file_id}"), who).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "a deleted file cannot be downloaded");
+    }
+    let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &bob).await;
+    let gone = page["messages"].as_array().unwrap().iter().find(|m| m["id"] == msg_id).unwrap().clone();
+    assert_eq!(
+        (gone["deleted"].as_bool(), gone["body"].as_str(), gone["file_id"].is_null()),
+        (Some(true), Some(""), true)
+    );
+    let note = crate::helpers::eventually("bob's notification forgets the file", || async {
+        let page = app.get_json("/api/notifications", &bob).await;
+        let n = page["notifications"].as_array()?.iter().find(|n| n["payload"]["message_kind"] == "file").cloned()?;
+        (n["payload"]["deleted"] == true).then_some(n)
+    })
+    .await;
+    assert!(note["payload"].get("file_name").is_none() && note["payload"]["preview"] == "", "{note}");
 }
 
 async fn alice_ws_user_id(app: &impl Api, token: &str) -> String {

@@ -650,7 +650,7 @@ async fn session_of(node: &switchboard_actors::node::Node, user: UserId) -> Stri
 /// Injects `fault` (`kill`, or `panic` in its next message's handler) into the running
 /// actor `name` (of `kind`, with `id`) through the operator endpoint. Waits first until the
 /// actor runs (past `pre_start`): a kill then tests a restart, not a failed start.
-async fn inject(app: &TestApp, token: &str, (kind, id, name): (&str, &str, &str), fault: &str) {
+pub(crate) async fn inject(app: &TestApp, token: &str, (kind, id, name): (&str, &str, &str), fault: &str) {
     let n = name.to_owned();
     eventually("the victim running", async || {
         ractor::registry::where_is(n.clone())

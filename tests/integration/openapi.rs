@@ -35,6 +35,8 @@ const OPERATIONS: &[&str] = &[
     "DELETE /api/contacts/{user_id}/block",
     "GET /api/conversations",
     "GET /api/conversations/{id}/messages",
+    "PATCH /api/messages/{id}",
+    "DELETE /api/messages/{id}",
     "POST /api/transfers",
     "GET /api/transfers/{id}",
     "PUT /api/transfers/{id}/chunks/{index}",
