@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, Service)] = &[
     ("api/contacts", Service::Auth),
     ("api/conversations", Service::Messaging),
     ("api/messages", Service::Messaging),
+    ("api/search", Service::Messaging),
     ("api/transfers", Service::Messaging),
     ("api/files", Service::Messaging),
     ("api/debug", Service::Messaging),

@@ -10,6 +10,8 @@
 //!   refresh secret hash) and disabled accounts.
 //! - [`m20261207_000006_message_changes`]: edits and deletions of messages (the target
 //!   of a change entry, edited and deleted times).
+//! - [`m20261207_000007_message_search`]: full-text search over messages (SQLite FTS5
+//!   fed by triggers; a PostgreSQL GIN index).
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -24,6 +26,7 @@ pub mod m20261127_000003_notification_order;
 pub mod m20261206_000004_notification_per_conversation;
 pub mod m20261206_000005_accounts;
 pub mod m20261207_000006_message_changes;
+pub mod m20261207_000007_message_search;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -38,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000004_notification_per_conversation::Migration),
             Box::new(m20261206_000005_accounts::Migration),
             Box::new(m20261207_000006_message_changes::Migration),
+            Box::new(m20261207_000007_message_search::Migration),
         ]
     }
 }

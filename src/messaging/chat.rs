@@ -74,6 +74,11 @@ impl ChatRepo {
         self
     }
 
+    /// The SQLite reader connections, on a SQLite file.
+    pub fn readers(&self) -> Option<&Readers> {
+        self.readers.as_deref()
+    }
+
     /// [`Self::history`] of `conversation` and its last seq, if `me` takes part in it
     /// (`None` otherwise: to everyone else it does not exist).
     pub async fn history_for(

@@ -10,6 +10,7 @@
 //! - [`sqlite_writes`]: the same appends and receipts as the SQLite writer thread runs them.
 //! - [`conversations`]: `/api/conversations*`, history for participants.
 //! - [`messages`]: `/api/messages/{id}`, a sender's edits and deletions.
+//! - [`search`]: `/api/search/messages`, full-text search in the caller's conversations.
 //! - [`transfers`]: `/api/transfers*` (chunked uploads) and `/api/files/{id}` (downloads).
 //! - [`transfer_service`]: the rules of uploads and downloads (who may, limits, chunk
 //!   checks), with `TransferError`.
@@ -21,6 +22,7 @@ pub mod conversations;
 pub mod debug;
 pub mod files;
 pub mod messages;
+pub mod search;
 pub(crate) mod sqlite_writes;
 pub mod transfer_service;
 pub mod transfers;

@@ -147,8 +147,13 @@ pub fn router(state: AppState, mount: Mount) -> Router {
         root = root.push(crate::auth::routes::router()).push(crate::contacts::routes::router()).push(openapi::router());
     }
     if matches!(mount, Mount::All | Mount::Messaging) {
-        use crate::messaging::{conversations, messages, transfers, ws};
-        root = root.push(conversations::router()).push(messages::router()).push(ws::router()).push(transfers::router());
+        use crate::messaging::{conversations, messages, search, transfers, ws};
+        root = root
+            .push(conversations::router())
+            .push(messages::router())
+            .push(search::router())
+            .push(ws::router())
+            .push(transfers::router());
     }
     if mount.notifies() {
         root = root.push(crate::notify::routes::router());

@@ -24,6 +24,7 @@ static DOC: LazyLock<String> = LazyLock::new(|| {
         .push(crate::contacts::routes::router())
         .push(crate::messaging::conversations::router())
         .push(crate::messaging::messages::router())
+        .push(crate::messaging::search::router())
         .push(crate::messaging::transfers::router())
         .push(crate::notify::routes::router());
     let mut doc = OpenApi::new("Switchboard", env!("CARGO_PKG_VERSION")).merge_router(&api);

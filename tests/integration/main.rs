@@ -15,6 +15,7 @@
 //!   [`ws_fuzz`] throws malformed frames at it.
 //! - [`contacts`], [`files`], [`notifications`]: those services through their APIs.
 //! - [`edits`]: edits and deletions of messages, through the seq stream.
+//! - [`search`]: message search, isolation between users, both databases.
 //! - [`storage`]: the write queue on SQLite and PostgreSQL, migrations, checkpoints.
 //! - [`holes`]: attacks that once worked (or could), each shut.
 //! - [`openapi`]: the OpenAPI document against the routes.
@@ -37,6 +38,7 @@ mod notifications;
 mod openapi;
 mod pages;
 mod runtime;
+mod search;
 mod storage;
 mod ws_client;
 mod ws_fuzz;

@@ -37,6 +37,7 @@ const OPERATIONS: &[&str] = &[
     "GET /api/conversations/{id}/messages",
     "PATCH /api/messages/{id}",
     "DELETE /api/messages/{id}",
+    "GET /api/search/messages",
     "POST /api/transfers",
     "GET /api/transfers/{id}",
     "PUT /api/transfers/{id}/chunks/{index}",
