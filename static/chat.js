@@ -236,13 +236,13 @@
   }
 
   // Loads the newest page (first) or the page before the oldest loaded message.
-  async function loadOlder(c, first) {
+  async function loadOlder(c, first, limit = 50) {
     if (c.loading || (!first && !c.hasOlder)) return;
     c.loading = true;
     $('history-top').textContent = 'Loading…';
     const seqs = [...c.messages.keys()];
     const oldest = seqs.length && !first ? Math.min(...seqs) : null;
-    const query = oldest ? `?limit=50&before_seq=${oldest}` : '?limit=50';
+    const query = oldest ? `?limit=${limit}&before_seq=${oldest}` : `?limit=${limit}`;
     try {
       const page = await api('GET', `/api/conversations/${encodeURIComponent(c.id)}/messages${query}`);
       page.messages.forEach(addMessage);
@@ -541,6 +541,83 @@
       c.readSeq = c.lastSeq;
       send({ type: 'read', conversation_id: c.id, seq: c.lastSeq });
     }
+  }
+
+  // ---- message search --------------------------------------------------------------------
+  let searchTimer = null;
+  let searchRun = 0;
+  function onSearchInput() {
+    clearTimeout(searchTimer);
+    const q = $('search-input').value.trim();
+    if (!q) return endSearch();
+    searchTimer = setTimeout(() => runSearch(q), 250);
+  }
+
+  function endSearch() {
+    searchRun++;
+    $('search-results').hidden = true;
+    $('search-status').textContent = '';
+    $('conv-list').hidden = false;
+  }
+
+  async function runSearch(q) {
+    const run = ++searchRun;
+    try {
+      const page = await api('GET', '/api/search/messages?limit=30&q=' + encodeURIComponent(q));
+      if (run !== searchRun) return;
+      renderResults(page.results);
+    } catch (e) {
+      if (run !== searchRun) return;
+      $('search-status').textContent = e.code === 'invalid_query' ? 'Type a word to search for.' : 'Search failed: ' + e.message;
+    }
+  }
+
+  // Results as the list of the sidebar: who said it, when, and the words around the match
+  // (matched words in <mark>, all of it as text).
+  function renderResults(results) {
+    $('conv-list').hidden = true;
+    const list = $('search-results');
+    list.hidden = false;
+    list.replaceChildren(...results.map((r) => {
+      const m = r.message;
+      const c = S.convs.get(m.conversation_id);
+      const li = el('li');
+      const a = el('a', 'conv search-hit');
+      a.href = '#';
+      const main = el('span', 'conv-main');
+      const who = m.sender_id === S.me.id ? 'You' : name(peer(m.sender_id).user);
+      const to = c && c.peerId && m.sender_id === S.me.id ? ' → ' + name(peer(c.peerId).user) : '';
+      main.append(el('span', 'name', who + to));
+      const snippet = el('span', 'last snippet');
+      for (const s of r.snippet) snippet.append(s.hit ? el('mark', null, s.text) : document.createTextNode(s.text));
+      main.append(snippet);
+      a.append(main, el('time', 'muted', SB.when(m.created_at)));
+      a.addEventListener('click', (ev) => {
+        ev.preventDefault();
+        jumpTo(m);
+      });
+      li.append(a);
+      return li;
+    }));
+    $('search-status').textContent = results.length ? `${results.length}${results.length === 30 ? '+' : ''} found` : 'No messages found.';
+  }
+
+  // Opens the message's conversation with enough history loaded to show it, and shows it.
+  async function jumpTo(m) {
+    const c = S.convs.get(m.conversation_id);
+    if (!c || !c.peerId) return toast('That conversation is not in your list.');
+    await open(c.peerId);
+    for (let i = 0; i < 40 && !c.messages.has(m.seq) && c.hasOlder; i++) {
+      if (c.loading) await new Promise((r) => setTimeout(r, 50));
+      else await loadOlder(c, false, 500);
+    }
+    const li = $('messages').querySelector(`li[data-id="${CSS.escape(m.id)}"]`);
+    if (!li) return toast('That message could not be loaded.');
+    li.scrollIntoView({ block: 'center' });
+    li.classList.add('found');
+    li.tabIndex = -1;
+    li.focus({ preventScroll: true });
+    setTimeout(() => li.classList.remove('found'), 3000);
   }
 
   // ---- composer ------------------------------------------------------------------------
@@ -996,6 +1073,18 @@
       if (file) startUpload(file);
     });
     $('back').addEventListener('click', close);
+    $('search-input').addEventListener('input', onSearchInput);
+    $('search-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const q = $('search-input').value.trim();
+      if (q) runSearch(q);
+    });
+    $('search-input').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') {
+        $('search-input').value = '';
+        endSearch();
+      }
+    });
     $('new-pill').addEventListener('click', () => {
       const h = $('history');
       h.scrollTop = h.scrollHeight;

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use salvo::oapi::ToSchema;
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use switchboard_actors::ports::{
@@ -405,13 +405,16 @@ pub(crate) async fn append_all(
         return Ok(Vec::new());
     }
     let conversation_ids: HashSet<Uuid> = appends.iter().map(|m| m.conversation_id.0).collect();
-    let conversations: HashMap<Uuid, conversation::Model> = conversation::Entity::find()
-        .filter(conversation::Column::Id.is_in(conversation_ids))
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c))
-        .collect();
+    let mut read = conversation::Entity::find().filter(conversation::Column::Id.is_in(conversation_ids));
+    // An edit or deletion is checked against its target as read below: with several nodes
+    // writing, take the conversations' row locks first (what the counter update takes
+    // anyway, later), so another node's change of the same message commits before that
+    // read or waits for this one. (SQLite's write lock is the database's.)
+    if appends.iter().any(|m| m.kind.is_change()) && txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        read = read.order_by_asc(conversation::Column::Id).lock_exclusive();
+    }
+    let conversations: HashMap<Uuid, conversation::Model> =
+        read.all(txn).await?.into_iter().map(|c| (c.id, c)).collect();
     let member = |m: &NewMessage| {
         conversations
             .get(&m.conversation_id.0)
@@ -568,9 +571,9 @@ pub(crate) async fn append_all(
     }
     // Then the changes, in batch order (an edit and a deletion of one message in one
     // batch: the deletion erases the edit too).
-    for (m, fate) in appends.iter().zip(&fates) {
-        if let (Fate::New(_), Some(target)) = (fate, m.target_id.and_then(|t| original.get(&t.0))) {
-            apply_change(txn, m, target, now).await?;
+    for ((m, fate), answer) in appends.iter().zip(&fates).zip(&out) {
+        if let (Fate::New(_), Some(target), Ok(entry)) = (fate, m.target_id.and_then(|t| original.get(&t.0)), answer) {
+            apply_change(txn, m, entry.message.id, target, now).await?;
         }
     }
     Ok(out)
@@ -625,41 +628,76 @@ pub(crate) fn check_change(m: &NewMessage, target: Option<Target>) -> Result<(),
     Ok(())
 }
 
-/// Applies a committed-to change entry `m` to its target (sea-orm, inside the append's
-/// transaction): an edit sets the text and `edited_at`; a deletion erases the text and
-/// file link of the target and of its edit entries, and removes the file's record (so
-/// it can no longer be downloaded).
-async fn apply_change(txn: &DatabaseTransaction, m: &NewMessage, target: &Target, now: i64) -> Result<(), DbErr> {
+/// Applies the change entry `entry` (`m`, just inserted) to its target (sea-orm, inside
+/// the append's transaction): the target's earlier edit entries lose their text (an edit
+/// supersedes them, a deletion erases them: `deleted`, empty body); an edit sets the
+/// target's text and `edited_at`; a deletion erases the target's text and file link and
+/// forgets its file ([`erase_file`]).
+async fn apply_change(
+    txn: &DatabaseTransaction,
+    m: &NewMessage,
+    entry: MessageId,
+    target: &Target,
+    now: i64,
+) -> Result<(), DbErr> {
     let Some(id) = m.target_id else { return Ok(()) };
+    message::Entity::update_many()
+        .col_expr(message::Column::Body, Expr::value(""))
+        .col_expr(message::Column::DeletedAt, Expr::value(now))
+        .filter(message::Column::TargetId.eq(id.0))
+        .filter(message::Column::Kind.eq(MessageKind::Edit.as_str()))
+        .filter(message::Column::Id.ne(entry.0))
+        .filter(message::Column::DeletedAt.is_null())
+        .exec(txn)
+        .await?;
+    let the_target = || message::Entity::update_many().filter(message::Column::Id.eq(id.0));
     match m.kind {
         MessageKind::Edit => {
-            message::Entity::update_many()
+            the_target()
                 .col_expr(message::Column::Body, Expr::value(m.body.clone()))
                 .col_expr(message::Column::EditedAt, Expr::value(now))
-                .filter(message::Column::Id.eq(id.0))
+                .filter(message::Column::DeletedAt.is_null())
                 .exec(txn)
                 .await?;
         }
         MessageKind::Delete => {
-            message::Entity::update_many()
+            the_target()
                 .col_expr(message::Column::Body, Expr::value(""))
                 .col_expr(message::Column::FileId, Expr::value(Option::<Uuid>::None))
+                .col_expr(message::Column::EditedAt, Expr::value(Option::<i64>::None))
                 .col_expr(message::Column::DeletedAt, Expr::value(now))
-                .filter(
-                    Condition::any().add(message::Column::Id.eq(id.0)).add(
-                        Condition::all()
-                            .add(message::Column::TargetId.eq(id.0))
-                            .add(message::Column::Kind.eq(MessageKind::Edit.as_str())),
-                    ),
-                )
                 .exec(txn)
                 .await?;
             if let Some(file) = target.file_id {
-                crate::storage::entities::file::Entity::delete_by_id(file.0).exec(txn).await?;
+                erase_file(txn, file).await?;
             }
         }
         MessageKind::Text | MessageKind::File => {}
     }
+    Ok(())
+}
+
+/// Forgets the file of a deleted message: its record (no more downloads) and the upload
+/// that made it (name, hash and size no longer shown to either user). The stored bytes
+/// go after the commit if no other file shares them
+/// ([`crate::messaging::files::FileRepo::remove_blob_if_unused`]).
+async fn erase_file(txn: &DatabaseTransaction, file: FileId) -> Result<(), DbErr> {
+    use crate::storage::entities::{file as files, transfer, transfer_chunk};
+    let uploads: Vec<Uuid> = transfer::Entity::find()
+        .filter(transfer::Column::FileId.eq(file.0))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    if !uploads.is_empty() {
+        transfer_chunk::Entity::delete_many()
+            .filter(transfer_chunk::Column::TransferId.is_in(uploads.clone()))
+            .exec(txn)
+            .await?;
+        transfer::Entity::delete_many().filter(transfer::Column::Id.is_in(uploads)).exec(txn).await?;
+    }
+    files::Entity::delete_by_id(file.0).exec(txn).await?;
     Ok(())
 }
 

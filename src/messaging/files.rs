@@ -141,6 +141,30 @@ impl FileRepo {
         is_sha256_hex(sha256).then(|| self.root.join("blobs").join(&sha256[..2]).join(sha256))
     }
 
+    /// Removes the stored bytes with this SHA-256 (a deleted message's file) unless a file
+    /// record still uses them or an upload of the same content is under way (its assembly
+    /// shares a stored blob before its record exists, and it is `uploading` until then).
+    /// Returns whether it removed them.
+    pub async fn remove_blob_if_unused(&self, sha256: &str) -> anyhow::Result<bool> {
+        let Some(path) = self.blob_path(sha256) else { return Ok(false) };
+        if file::Entity::find().filter(file::Column::Sha256.eq(sha256)).count(&self.db).await? > 0 {
+            return Ok(false);
+        }
+        let uploading = transfer::Entity::find()
+            .filter(transfer::Column::Sha256.eq(sha256))
+            .filter(transfer::Column::State.eq(Uploading.as_str()))
+            .count(&self.db)
+            .await?;
+        if uploading > 0 {
+            return Ok(false);
+        }
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn temp_file(&self) -> std::io::Result<(TempFile, tokio::fs::File)> {
         let dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&dir).await?;

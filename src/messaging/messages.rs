@@ -110,8 +110,12 @@ async fn edit(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     if target.kind != MessageKind::Text {
         return Err(AppError::conflict(ErrorCode::Conflict, "only text messages can be edited"));
     }
-    let window_ms = i64::try_from(st.config.messaging.edit_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    if crate::now_ms().saturating_sub(target.created_at) > window_ms {
+    let window = st.config.messaging.edit_window_secs;
+    if window == 0 {
+        return Err(AppError::conflict(ErrorCode::Conflict, "editing messages is turned off on this server"));
+    }
+    let window_ms = i64::try_from(window.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if crate::now_ms().saturating_sub(target.created_at) >= window_ms {
         return Err(AppError::conflict(ErrorCode::Conflict, "the message is past its edit window"));
     }
     let entry = commit(st, me, &target, MessageKind::Edit, body.body).await.map_err(send_error)?;
@@ -141,11 +145,21 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     limited(st, me)?;
     let target = own_message(req, st, me).await?;
     if !target.deleted {
+        // A file's bytes go after the commit, if no other file shares them.
+        let stored = match target.file_id {
+            Some(f) => st.files.file(f).await?.map(|f| f.sha256),
+            None => None,
+        };
         match commit(st, me, &target, MessageKind::Delete, String::new()).await {
             Ok(_) => {}
             // Deleted meanwhile (another device, or an earlier try that was committed).
             Err(e) if e.code == ErrorCode::Conflict && e.message == ALREADY_DELETED => {}
             Err(e) => return Err(send_error(e)),
+        }
+        if let Some(sha256) = stored
+            && let Err(e) = st.files.remove_blob_if_unused(&sha256).await
+        {
+            tracing::warn!(error = %e, "cannot remove a deleted file's bytes");
         }
     }
     res.status_code(StatusCode::NO_CONTENT);

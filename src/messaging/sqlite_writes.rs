@@ -147,11 +147,10 @@ impl<'a> Messages<'a> {
                 message.target_id.map(|t| *t.0.as_bytes()),
             ])?;
         if let (MessageKind::Edit, Some(t)) = (m.kind, m.target_id) {
-            self.db.prepare_cached("UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3")?.execute(params![
-                m.body,
-                self.now,
-                t.0.as_bytes()
-            ])?;
+            self.supersede_edits(t.0, Some(message.id.0))?;
+            self.db
+                .prepare_cached("UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3 AND deleted_at IS NULL")?
+                .execute(params![m.body, self.now, t.0.as_bytes()])?;
         }
         Ok(Ok(Appended { message, duplicate: false }))
     }
@@ -175,15 +174,36 @@ impl<'a> Messages<'a> {
     /// Deletes message `id` for both participants: erases its text and file link and
     /// those of its edit entries, and removes the file's record (no more downloads).
     fn erase(&self, id: Uuid, file: Option<FileId>) -> rusqlite::Result<()> {
+        self.supersede_edits(id, None)?;
         self.db
             .prepare_cached(
-                "UPDATE messages SET body = '', file_id = NULL, deleted_at = ?1 \
-                 WHERE id = ?2 OR (target_id = ?2 AND kind = 'edit')",
+                "UPDATE messages SET body = '', file_id = NULL, edited_at = NULL, deleted_at = ?1 WHERE id = ?2",
             )?
             .execute(params![self.now, id.as_bytes()])?;
         if let Some(file) = file {
-            self.db.prepare_cached("DELETE FROM files WHERE id = ?1")?.execute(params![file.0.as_bytes()])?;
+            // The upload that made it goes too (its name and hash), as
+            // `chat::erase_file` does; the bytes after the commit, if unshared.
+            let file = file.0.as_bytes();
+            self.db
+                .prepare_cached(
+                    "DELETE FROM transfer_chunks WHERE transfer_id IN (SELECT id FROM transfers WHERE file_id = ?1)",
+                )?
+                .execute(params![file])?;
+            self.db.prepare_cached("DELETE FROM transfers WHERE file_id = ?1")?.execute(params![file])?;
+            self.db.prepare_cached("DELETE FROM files WHERE id = ?1")?.execute(params![file])?;
         }
+        Ok(())
+    }
+
+    /// The earlier edit entries of message `id` (all but `keep`) lose their text: a newer
+    /// edit supersedes them, a deletion erases them. They stay in the stream, `deleted`.
+    fn supersede_edits(&self, id: Uuid, keep: Option<Uuid>) -> rusqlite::Result<()> {
+        self.db
+            .prepare_cached(
+                "UPDATE messages SET body = '', deleted_at = ?1 WHERE target_id = ?2 AND kind = 'edit' \
+                 AND deleted_at IS NULL AND (?3 IS NULL OR id <> ?3)",
+            )?
+            .execute(params![self.now, id.as_bytes(), keep.map(|k| *k.as_bytes())])?;
         Ok(())
     }
 

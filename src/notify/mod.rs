@@ -152,7 +152,12 @@ impl Notifier {
                     if let Some(target) = message.target_id {
                         let preview = (message.kind == MessageKind::Edit)
                             .then(|| message.body.chars().take(PREVIEW_CHARS).collect::<String>());
-                        self.notifications.follow_change(*to, message.conversation_id, target.0, preview).await?;
+                        let changed =
+                            self.notifications.follow_change(*to, message.conversation_id, target.0, preview).await?;
+                        if let Some(view) = changed {
+                            let unread = self.notifications.unread_counts(*to).await?;
+                            self.publish(Event::Notification { to: *to, notification: Some(view), unread }).await;
+                        }
                     }
                 }
                 event => {

@@ -196,27 +196,29 @@ impl NotificationRepo {
     /// Follows an edit or deletion (`preview`: the new text, `None`: deleted) of message
     /// `target` in `user`'s message notification of `conversation`, if that notification
     /// shows it: its preview becomes the new text, or is erased with the file name (a
-    /// deleted message's text is kept nowhere). Returns whether it changed. Its number and
-    /// unread count stay.
+    /// deleted message's text is kept nowhere). Like every change it takes the user's next
+    /// number, so streams and clients that resume get it. Returns the changed notification.
     pub async fn follow_change(
         &self,
         user: UserId,
         conversation: ConversationId,
         target: Uuid,
         preview: Option<String>,
-    ) -> Result<bool, DbErr> {
+    ) -> Result<Option<NotificationView>, DbErr> {
+        let txn = self.db.begin().await?;
+        lock_counters(&txn, [user.0]).await?;
         let Some(row) = notification::Entity::find()
             .filter(notification::Column::UserId.eq(user.0))
             .filter(notification::Column::ConversationId.eq(conversation.0))
             .filter(notification::Column::Kind.eq(NotificationKind::Message.as_str()))
-            .one(&self.db)
+            .one(&txn)
             .await?
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&row.payload) else { return Ok(false) };
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(&row.payload) else { return Ok(None) };
         if map.get("message_id").and_then(Value::as_str) != Some(target.to_string().as_str()) {
-            return Ok(false);
+            return Ok(None);
         }
         match preview {
             Some(text) => {
@@ -229,12 +231,21 @@ impl NotificationRepo {
                 map.insert("deleted".into(), Value::Bool(true));
             }
         }
-        notification::Entity::update_many()
-            .col_expr(notification::Column::Payload, Expr::value(Value::Object(map).to_string()))
-            .filter(notification::Column::Id.eq(row.id))
-            .exec(&self.db)
+        let counters = notification_counter::Entity::update_many()
+            .col_expr(notification_counter::Column::LastN, Expr::col(notification_counter::Column::LastN).add(1))
+            .filter(notification_counter::Column::UserId.eq(user.0))
+            .exec_with_returning(&txn)
             .await?;
-        Ok(true)
+        let n = counters.first().map(|c| c.last_n).ok_or_else(|| DbErr::Custom("no notification counter".into()))?;
+        let changed = notification::Model { n, payload: Value::Object(map).to_string(), ..row };
+        notification::Entity::update_many()
+            .col_expr(notification::Column::N, Expr::value(n))
+            .col_expr(notification::Column::Payload, Expr::value(changed.payload.clone()))
+            .filter(notification::Column::Id.eq(changed.id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        view(changed).map(Some)
     }
 
     /// Deletes every notification of `user` (an account being deleted).

@@ -122,6 +122,13 @@ async fn edits_and_deletions(backend: Backend) {
     let r = patch(&app, &alice, &m1, json!({"body": "ok", "sender_id": bob_id})).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "unknown fields are refused");
 
+    // Bob's notification shows the newest message, until it is deleted.
+    let before = eventually("Bob's notification of the second message", async || {
+        let n = app.get_json("/api/notifications", &bob).await;
+        let item = n["notifications"].as_array()?.iter().find(|i| i["kind"] == "message")?.clone();
+        (item["payload"]["message_id"] == m2.as_str()).then_some(item)
+    })
+    .await;
     // Alice deletes the other message, twice (the second is done already).
     assert_eq!(delete(&app, &alice, &m2).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(delete(&app, &alice, &m2).await.status(), StatusCode::NO_CONTENT);
@@ -178,6 +185,9 @@ async fn edits_and_deletions(backend: Backend) {
     })
     .await;
     assert_eq!(notified["payload"]["preview"], "");
+    assert!(notified["n"].as_i64() > before["n"].as_i64(), "the change has a new number, so streams resume with it");
+    let after = app.get_json(&format!("/api/notifications?after={}", before["n"]), &bob).await;
+    assert_eq!(after["notifications"][0]["payload"]["deleted"], true, "{after}");
     assert_eq!(stored_anywhere(&app, "secret plan").await, 0);
     assert_eq!(stored_anywhere(&app, "see you at the station").await, 2, "the message and its edit entry");
 }
@@ -282,4 +292,58 @@ async fn killing_the_room_while_edits_fly_loses_and_repeats_nothing() {
     assert_eq!(b.arrivals.len() as i64, last_seq, "each entry once");
     let newest = b.message_frames.iter().filter(|f| f["kind"] == "edit").map(|f| f["body"].clone()).collect::<Vec<_>>();
     assert_eq!(newest.last().and_then(Value::as_str), Some(format!("draft {edits}").as_str()));
+    // Text edited over is kept nowhere: only the message, its newest edit entry and Bob's
+    // notification (its preview) hold a draft; a fresh device gets the older entries
+    // empty and marked deleted.
+    eventually("Bob's notification shows the last draft", async || {
+        let n = app.get_json("/api/notifications", &bob).await;
+        (n["notifications"][0]["payload"]["preview"] == format!("draft {edits}")).then_some(())
+    })
+    .await;
+    assert_eq!(stored_anywhere(&app, "draft ").await, 3);
+    let mut fresh = Client::connect(&app, &bob).await;
+    fresh.send(json!({"type": "sync"})).await;
+    fresh.next_of("sync_done").await;
+    let edits_seen: Vec<&Value> = fresh.message_frames.iter().filter(|f| f["kind"] == "edit").collect();
+    let (last, older) = edits_seen.split_last().unwrap();
+    assert_eq!(
+        (last["body"].as_str(), last["deleted"].as_bool()),
+        (Some(format!("draft {edits}").as_str()), Some(false))
+    );
+    assert!(older.iter().all(|f| f["body"] == "" && f["deleted"] == true));
+}
+
+/// Two nodes on one PostgreSQL database: edits and deletions of the same messages race
+/// from both. Whatever wins, a deleted message keeps no text, in its row or in its edit
+/// entries (each node's check of the target happens under the conversation's row lock).
+#[tokio::test]
+async fn postgres_edits_racing_deletions_on_two_nodes_leave_no_deleted_text() {
+    let app = spawn_app_with(Backend::Postgres, |_| {}).await;
+    let other = app.beside().await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let mut a = Client::connect(&app, &alice).await;
+    let (_, conv) = say(&mut a, "first", "", &bob_id, "hello").await;
+    let mut racers = Vec::new();
+    for round in 0..12 {
+        let (id, _) = say(&mut a, &format!("r{round}"), &conv, "", "racing text").await;
+        for i in 0..6 {
+            let (node, token, id) = (if i % 2 == 0 { app.url("") } else { other.url("") }, alice.clone(), id.clone());
+            let client = app.client.clone();
+            racers.push(tokio::spawn(async move {
+                let url = format!("{node}/api/messages/{id}");
+                let r = if i < 4 {
+                    client.patch(&url).bearer_auth(&token).json(&json!({"body": format!("LEAK {i}")})).send().await
+                } else {
+                    client.delete(&url).bearer_auth(&token).send().await
+                };
+                r.unwrap().status()
+            }));
+        }
+    }
+    for r in racers {
+        let status = r.await.unwrap();
+        assert!(matches!(status.as_u16(), 200 | 204 | 409), "{status}");
+    }
+    assert_eq!(stored_anywhere(&app, "LEAK").await, 0, "a deleted message or its edits kept text");
+    drop(other);
 }

@@ -210,7 +210,11 @@ async fn a_file_goes_up_in_chunks_and_comes_down_whole_or_in_ranges() {
     for who in [&alice, &bob] {
         let r = app.get_as(&format!("/api/files/{file_id}"), who).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "a deleted file cannot be downloaded");
+        let r = app.get_as(&format!("/api/transfers/{id}"), who).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "nor its upload's name and hash seen");
     }
+    let blob = app.config.data_dir.join("files").join("blobs").join(&sha[..2]).join(&sha);
+    assert!(!blob.exists(), "its bytes are gone: {}", blob.display());
     let page = app.get_json(&format!("/api/conversations/{conv}/messages"), &bob).await;
     let gone = page["messages"].as_array().unwrap().iter().find(|m| m["id"] == msg_id).unwrap().clone();
     assert_eq!(

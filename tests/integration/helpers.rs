@@ -100,6 +100,16 @@ async fn start(config: Config, data_dir: TempDir, pg_database: Option<String>) -
 }
 
 impl TestApp {
+    /// A second node on this app's database (its own port and data directory; no bus
+    /// between the two): for races between processes that write the same rows.
+    pub async fn beside(&self) -> TestApp {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.data_dir = data_dir.path().to_path_buf();
+        start(config, data_dir, None).await
+    }
+
     /// Stops the server and waits until it has stopped; returns the data directory so a
     /// test can start a new app on the same data.
     pub async fn stop(mut self) -> (Config, TempDir) {
