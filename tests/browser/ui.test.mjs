@@ -405,6 +405,33 @@ test('two people use Switchboard in real browsers', async (t) => {
     await shot(alice, 'edit-delete');
   });
 
+  await t.test('bob finds an early message by searching, and the chat jumps back to it', async () => {
+    await bob.reload();
+    await waitForBody(bob, 'meet at the cafe at five');
+    // Far back: not among the newest page a fresh page loads.
+    assert.ok(!(await bodies(bob)).includes('Are you there?'));
+    await bob.fill('#search-input', 'are you th');
+    const hit = bob.locator('#search-results a.search-hit', { hasText: 'Are you there?' });
+    await hit.waitFor({ timeout: WAIT });
+    assert.deepEqual(await hit.locator('mark').allTextContents(), ['Are', 'you', 'there']);
+    // Deleted text is not found; edited text is found by its new words only.
+    await bob.fill('#search-input', 'wrong chat');
+    await bob.locator('#search-status', { hasText: 'No messages found' }).waitFor({ timeout: WAIT });
+    await bob.fill('#search-input', 'teh');
+    await bob.locator('#search-status', { hasText: 'No messages found' }).waitFor({ timeout: WAIT });
+    await bob.fill('#search-input', 'are you there');
+    await hit.waitFor({ timeout: WAIT });
+    await hit.click();
+    const found = bob.locator('#messages li.msg.found', { hasText: 'Are you there?' });
+    await found.waitFor({ timeout: WAIT });
+    assert.ok(await found.isVisible());
+    // Escape leaves the search for the conversation list.
+    await bob.locator('#search-input').focus();
+    await bob.keyboard.press('Escape');
+    await bob.locator('#conv-list').waitFor({ state: 'visible', timeout: WAIT });
+    assert.equal(await bob.locator('#search-results').isVisible(), false);
+  });
+
   await t.test('keyboard only: log out, log in, open the conversation, send', async () => {
     await alice.click('#logout');
     await alice.waitForURL('**/login');
