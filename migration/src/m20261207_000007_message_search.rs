@@ -5,7 +5,8 @@
 //!   messages not deleted, with `owners`: the two participants as tokens `u<uuid hex>`),
 //!   fed by triggers on `messages`. A search matches the words *and* the caller's owner
 //!   token, so the index itself keeps users apart and a query touches only the caller's
-//!   messages' postings; `snippet()` reads the text back through the view.
+//!   messages' postings; `snippet()` reads the text back through the view. Prefixes of two
+//!   and three characters are indexed too (a query's last word matches as a prefix).
 //! - PostgreSQL: the text search configuration `switchboard_search` (`simple` with
 //!   `unaccent` first, where the `unaccent` extension can be created; otherwise plain
 //!   `simple`, and searches are accent-sensitive there) and a GIN index on
@@ -53,7 +54,7 @@ impl MigrationTrait for Migration {
                 .await?;
                 db.execute_unprepared(
                     "CREATE VIRTUAL TABLE messages_fts USING fts5(body, owners, content='messages_searchable', \
-                     content_rowid='msg_rowid', tokenize='unicode61 remove_diacritics 2')",
+                     content_rowid='msg_rowid', tokenize='unicode61 remove_diacritics 2', prefix='2 3')",
                 )
                 .await?;
                 let insert = entry("new", false);

@@ -48,7 +48,8 @@ struct Args {
     /// server RSS per connection), `files` (upload and download throughput), `commit`
     /// (appends/s of the storage layer alone, acks at the durable commit; needs
     /// `--database-url`) or `search` (user search queries against a database seeded with
-    /// `--users` users; needs `--database-url`), or `storm` (`--connections` synced sockets,
+    /// `--users` users; needs `--database-url`), `message-search` (message search queries
+    /// against `--messages` seeded messages; needs `--database-url`), or `storm` (`--connections` synced sockets,
     /// the server killed and restarted by `--restart-cmd`, every socket reconnecting and
     /// syncing at once: time until all are synced, lost and duplicated messages).
     #[arg(long, default_value = "pairs")]
@@ -56,7 +57,7 @@ struct Args {
     /// Conversations for `commit`.
     #[arg(long, default_value_t = 1000)]
     rooms: usize,
-    /// Messages for `commit`.
+    /// Messages for `commit` and `message-search`.
     #[arg(long, default_value_t = 100_000)]
     messages: u64,
     /// Appends waiting for their commit at once, for `commit`.
@@ -220,6 +221,150 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
             let (page, _) = repo.search(me, q, 20, None).await?;
             times.push(t.elapsed().as_micros() as u64);
             hits = page.len();
+        }
+        times.sort_unstable();
+        println!(
+            "| `{q}` | {hits} | {} | {} | {} |",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        );
+    }
+    Ok(())
+}
+
+/// The `message-search` scenario: `--messages` text messages seeded straight into the
+/// database (1,000 users, each in ten conversations; bodies of 6-20 words drawn from a
+/// 5,000-word vocabulary with Zipf-like frequencies, as language has), then 200 runs of
+/// each query through the code `GET /api/search/messages` runs, each as a random user
+/// (so each searches their own ~1/500 of the messages). Median and p99 per query.
+async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
+    use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
+    use switchboard::messaging::search::{Query, search, terms};
+    use switchboard::storage::entities::{conversation, message, user};
+
+    const USERS: u64 = 1000;
+    const WORDS: u64 = 5000;
+    let db = switchboard::storage::connect(url).await?;
+    // A small xorshift generator: reproducible bodies, no dependency.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Zipf-like: word k (0-based) with weight ~1/(k+1), by inverting the harmonic sum.
+    let harmonic: Vec<f64> = (1..=WORDS)
+        .scan(0.0, |s, k| {
+            *s += 1.0 / k as f64;
+            Some(*s)
+        })
+        .collect();
+    let total = harmonic[harmonic.len() - 1];
+    let word = |r: u64| {
+        let x = (r % 1_000_000) as f64 / 1_000_000.0 * total;
+        let k = harmonic.partition_point(|h| *h < x);
+        format!("w{k}")
+    };
+    let users: Vec<uuid::Uuid> = if user::Entity::find().count(&db).await? < USERS {
+        let now = chrono::Utc::now().timestamp_millis();
+        let ids: Vec<uuid::Uuid> = (0..USERS).map(|_| uuid::Uuid::now_v7()).collect();
+        user::Entity::insert_many(ids.iter().enumerate().map(|(i, id)| user::ActiveModel {
+            id: Set(*id),
+            username: Set(format!("searcher{i:05}")),
+            display_name: Set(format!("Searcher {i}")),
+            display_key: Set(format!("searcher {i}")),
+            password_hash: Set("!".into()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            disabled_at: Set(None),
+            deleted_at: Set(None),
+            last_seen_at: Set(None),
+        }))
+        .exec_without_returning(&db)
+        .await?;
+        ids
+    } else {
+        user::Entity::find().all(&db).await?.into_iter().map(|u| u.id).collect()
+    };
+    let have = message::Entity::find().count(&db).await?;
+    if have < n {
+        eprintln!("seeding {} messages ...", n - have);
+        let now = chrono::Utc::now().timestamp_millis();
+        // Each user with the next five in a ring: 5,000 conversations, ten per user.
+        let mut convs = vec![];
+        for (i, a) in users.iter().enumerate() {
+            for d in 1..=5 {
+                let b = users[(i + d) % users.len()];
+                let (low, high) = if *a < b { (*a, b) } else { (b, *a) };
+                convs.push((uuid::Uuid::now_v7(), low, high));
+            }
+        }
+        for chunk in convs.chunks(1000) {
+            conversation::Entity::insert_many(chunk.iter().map(|(id, low, high)| conversation::ActiveModel {
+                id: Set(*id),
+                user_low: Set(*low),
+                user_high: Set(*high),
+                last_seq: Set(0),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }))
+            .exec_without_returning(&db)
+            .await?;
+        }
+        let per = (n - have).div_ceil(convs.len() as u64);
+        let started = Instant::now();
+        let mut rows = Vec::with_capacity(1000);
+        let mut written = 0u64;
+        for seq in 1..=per as i64 {
+            for (c, low, high) in &convs {
+                let len = 6 + next() % 15;
+                let body = (0..len).map(|_| word(next())).collect::<Vec<_>>().join(" ");
+                rows.push(message::ActiveModel {
+                    id: Set(uuid::Uuid::now_v7()),
+                    conversation_id: Set(*c),
+                    seq: Set(seq),
+                    sender_id: Set(if seq % 2 == 0 { *low } else { *high }),
+                    client_msg_id: Set(format!("seed-{c}-{seq}")),
+                    kind: Set(MessageKind::Text.to_string()),
+                    body: Set(body),
+                    file_id: Set(None),
+                    created_at: Set(now + seq),
+                    target_id: Set(None),
+                    edited_at: Set(None),
+                    deleted_at: Set(None),
+                });
+                if rows.len() == 1000 {
+                    message::Entity::insert_many(std::mem::take(&mut rows)).exec_without_returning(&db).await?;
+                    written += 1000;
+                    if written % 100_000 == 0 {
+                        eprintln!("  {written} in {:.0} s", started.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
+        if !rows.is_empty() {
+            message::Entity::insert_many(rows).exec_without_returning(&db).await?;
+        }
+        eprintln!("seeded in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    let readers = switchboard::storage::readers::Readers::for_db(&db);
+    // Word ranks: w0 is in most messages, w50 in a few per cent, w2000 rare.
+    let queries = ["w0", "w50", "w2000", "w3 w7", "w12 w400", "w49", "nothing"];
+    println!("| query | results (page of 20) | runs | median µs | p99 µs |");
+    println!("|---|---|---|---|---|");
+    for q in queries {
+        let words = terms(q).map_err(|e| anyhow::anyhow!(e))?;
+        let mut times = vec![];
+        let mut hits = 0;
+        for _ in 0..200 {
+            let me = switchboard::domain::UserId(users[(next() % users.len() as u64) as usize]);
+            let query = Query { me, words: &words, conversation: None, limit: 20, offset: 0 };
+            let t = Instant::now();
+            let found = search(&db, readers.as_deref(), &query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            times.push(t.elapsed().as_micros() as u64);
+            hits = found.len();
         }
         times.sort_unstable();
         println!(
@@ -559,6 +704,10 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == "search" {
         let url = args.database_url.as_deref().context("--database-url is needed for the search scenario")?;
         return search_bench(url, args.users).await;
+    }
+    if args.scenario == "message-search" {
+        let url = args.database_url.as_deref().context("--database-url is needed for the message-search scenario")?;
+        return message_search_bench(url, args.messages).await;
     }
     if args.scenario == "commit" {
         let url = args.database_url.as_deref().context("--database-url is needed for the commit scenario")?;

@@ -67,10 +67,11 @@ async fn search_works(backend: Backend) {
     say(&mut a, "a5", &conv, "", "the plan was long, complicated and very detailed indeed").await;
     let (_, other) = say(&mut c, "c1", "", &dave_id, "Carol's private plan: meet at the cafe").await;
 
-    // Words match as prefixes, case and accents folded, all of them required.
+    // Whole words, the last also as a prefix, case and accents folded, all required.
     assert_eq!(bodies(&app, &alice, "cafe").await, ["Shall we meet at the Café Central tomorrow?"]);
+    assert!(bodies(&app, &bob, "caf central").await.is_empty(), "only the last word is a prefix");
     assert_eq!(
-        bodies(&app, &bob, "CAF centr").await,
+        bodies(&app, &bob, "CAFÉ centr").await,
         ["Shall we meet at the Café Central tomorrow?"],
         "Bob is in it too"
     );
