@@ -30,6 +30,9 @@
       } catch (e) {
         showError(loginForm, e.code === 'invalid_credentials' ? 'Wrong username or password.' : e.message);
         busy(loginForm, false);
+        // Focus back where the user can fix it (the disabled button had taken it away).
+        loginForm.password.select();
+        loginForm.password.focus();
       }
     });
   }
@@ -53,6 +56,9 @@
       } catch (e) {
         showError(registerForm, e.code === 'username_taken' ? 'That username is taken.' : e.message);
         busy(registerForm, false);
+        const field = e.code === 'username_taken' ? registerForm.username : registerForm.password;
+        field.select();
+        field.focus();
       }
     });
   }

@@ -286,16 +286,16 @@
     return (i ? n.toFixed(1) : String(n)) + ' ' + u[i];
   }
 
-  // Text with http(s) links made clickable: the URL is parsed, only http and https become
-  // links, and every piece goes in as a text node.
+  // Text with http(s) links made clickable (and bare www. addresses, as https): the URL is
+  // parsed, only http and https become links, and every piece goes in as a text node.
   function linkify(text, into) {
-    const re = /\bhttps?:\/\/[^\s<>"']+/gi;
+    const re = /\b(?:https?:\/\/|www\.)[^\s<>"']+/gi;
     let at = 0;
     for (let m; (m = re.exec(text));) {
       let url = m[0].replace(/[.,;:!?)\]]+$/, '');
       if (m.index > at) into.append(document.createTextNode(text.slice(at, m.index)));
       let u = null;
-      try { u = new URL(url); } catch (_) { u = null; }
+      try { u = new URL(/^www\./i.test(url) ? 'https://' + url : url); } catch (_) { u = null; }
       if (u && (u.protocol === 'http:' || u.protocol === 'https:')) {
         const a = el('a', null, url);
         a.href = u.href;
@@ -858,8 +858,33 @@
     const v = uploadView(f.transfer_id, f.conversation_id, f.name);
     const pct = Math.round((100 * f.received_chunks) / f.chunk_count);
     const who = name(peer(f.uploader_id).user);
+    v.peerProgress = { at: Date.now(), pct, who, uploading: f.state === 'uploading' };
     setUpload(v, pct, f.state === 'uploading' ? `${who} is sending: ${pct}%` : f.state);
     if (f.state !== 'uploading') setTimeout(() => removeUpload(f.transfer_id), 2000);
+  }
+
+  // A peer's upload that has not moved for a while is paused (they went offline, or stopped
+  // it): say so rather than show a frozen percentage. Progress comes at least every few
+  // seconds while chunks arrive.
+  const PAUSED_AFTER = 15000;
+  setInterval(() => {
+    for (const v of S.uploads.values()) {
+      const p = v.peerProgress;
+      if (p && p.uploading && Date.now() - p.at > PAUSED_AFTER) setUpload(v, p.pct, `${p.who} paused at ${p.pct}%`);
+    }
+  }, 1000);
+
+  // Files chosen, pasted or dropped: each goes up on its own (at most MAX_PICK at once).
+  const MAX_PICK = 10;
+  function uploadAll(files) {
+    const list = [...files].filter((f) => f && f.size !== undefined);
+    if (!list.length) return;
+    if ($('file-input').disabled) {
+      toast($('attach-label').title || 'You cannot send files here now.');
+      return;
+    }
+    if (list.length > MAX_PICK) toast(`Sending the first ${MAX_PICK} files; choose the rest afterwards.`);
+    for (const f of list.slice(0, MAX_PICK)) startUpload(f);
   }
 
   // ---- the WebSocket ---------------------------------------------------------------------
@@ -1068,10 +1093,39 @@
     });
     input.addEventListener('input', typed);
     $('file-input').addEventListener('change', (ev) => {
-      const file = ev.target.files[0];
+      const files = [...ev.target.files];
       ev.target.value = '';
-      if (file) startUpload(file);
+      uploadAll(files);
     });
+    // Pasted files (a screenshot) and files dropped on the conversation go up too.
+    input.addEventListener('paste', (ev) => {
+      const files = ev.clipboardData ? [...ev.clipboardData.files] : [];
+      if (!files.length) return;
+      ev.preventDefault();
+      uploadAll(files);
+    });
+    const pane = $('conversation');
+    const hasFiles = (ev) => ev.dataTransfer && [...ev.dataTransfer.types].includes('Files');
+    pane.addEventListener('dragover', (ev) => {
+      if (!hasFiles(ev)) return;
+      ev.preventDefault();
+      pane.classList.add('dropping');
+    });
+    pane.addEventListener('dragleave', (ev) => {
+      if (ev.target === pane || !pane.contains(ev.relatedTarget)) pane.classList.remove('dropping');
+    });
+    pane.addEventListener('drop', (ev) => {
+      if (!hasFiles(ev)) return;
+      ev.preventDefault();
+      pane.classList.remove('dropping');
+      uploadAll(ev.dataTransfer.files);
+    });
+    // The history keeps its bottom in view when it gets shorter (an upload's row or a
+    // taller composer appears) if it was at the bottom.
+    const h = $('history');
+    let stuck = true;
+    h.addEventListener('scroll', () => { stuck = h.scrollHeight - h.scrollTop - h.clientHeight < 60; });
+    new ResizeObserver(() => { if (stuck) h.scrollTop = h.scrollHeight; }).observe(h);
     $('back').addEventListener('click', close);
     $('search-input').addEventListener('input', onSearchInput);
     $('search-form').addEventListener('submit', (ev) => {

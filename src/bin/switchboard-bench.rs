@@ -349,6 +349,12 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
         }
         eprintln!("seeded in {:.0} s", started.elapsed().as_secs_f64());
     }
+    // Fresh statistics, as autovacuum would have after such a load: without them
+    // PostgreSQL plans every query through the whole-table text index.
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        use sea_orm::ConnectionTrait;
+        db.execute_unprepared("ANALYZE").await?;
+    }
     let readers = switchboard::storage::readers::Readers::for_db(&db);
     // Word ranks: w0 is in most messages, w50 in a few per cent, w2000 rare.
     let queries = ["w0", "w50", "w2000", "w3 w7", "w12 w400", "w49", "nothing"];

@@ -159,6 +159,8 @@ test('two people use Switchboard in real browsers', async (t) => {
     await alice.fill('#password', 'wrong password');
     await alice.click('button[type=submit]');
     await alice.locator('#form-error', { hasText: 'Wrong username or password' }).waitFor({ timeout: WAIT });
+    // The focus goes back to the password, ready to retype.
+    assert.equal(await alice.evaluate(() => document.activeElement?.id), 'password');
   });
 
   await t.test('both register and land in the chat', async () => {
@@ -286,6 +288,28 @@ test('two people use Switchboard in real browsers', async (t) => {
     assert.deepEqual(bob.dialogs, []);
   });
 
+  await t.test('several files at once: picked together, pasted, and dropped on the conversation', async () => {
+    const file = (n) => ({ name: `notes-${n}.txt`, mimeType: 'text/plain', buffer: Buffer.from(`notes number ${n}\n`) });
+    await alice.setInputFiles('#file-input', [file(1), file(2)]);
+    // A pasted file (a screenshot, say) and one dropped onto the conversation.
+    await alice.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(['pasted notes\n'], 'notes-3.txt', { type: 'text/plain' }));
+      document.getElementById('composer-input').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+      const drop = new DataTransfer();
+      drop.items.add(new File(['dropped notes\n'], 'notes-4.txt', { type: 'text/plain' }));
+      document.getElementById('history').dispatchEvent(new DragEvent('drop', { dataTransfer: drop, bubbles: true, cancelable: true }));
+    });
+    for (const n of [1, 2, 3, 4]) await bob.locator('#messages a.file-link', { hasText: `notes-${n}.txt` }).waitFor({ timeout: WAIT });
+    // The newest message stays in view above the upload rows.
+    const last = bob.locator('#messages li.msg').last();
+    assert.ok(await last.isVisible());
+    // The Attach button shows the keyboard focus.
+    await alice.locator('#file-input').focus();
+    const outline = await alice.evaluate(() => getComputedStyle(document.getElementById('attach-label')).outlineStyle);
+    assert.equal(outline, 'solid');
+  });
+
   await t.test('history survives a reload and older pages load on scroll', async () => {
     // 70 more messages: more than one page of history (50).
     await alice.evaluate(async () => {
@@ -351,6 +375,11 @@ test('two people use Switchboard in real browsers', async (t) => {
   });
 
   await t.test('with the keyboard alone, alice corrects one message and takes back another; bob sees both', async () => {
+    // A bare www. address is a link too (https).
+    await send(alice, 'details at www.example.org/plan.');
+    const www = bob.locator('#messages a', { hasText: 'www.example.org/plan' });
+    await www.waitFor({ timeout: WAIT });
+    assert.equal(await www.getAttribute('href'), 'https://www.example.org/plan');
     await send(alice, 'meet at teh cafe');
     await send(alice, 'wrong chat, sorry');
     await waitForBody(bob, 'wrong chat, sorry');
