@@ -338,7 +338,7 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
                 if rows.len() == 1000 {
                     message::Entity::insert_many(std::mem::take(&mut rows)).exec_without_returning(&db).await?;
                     written += 1000;
-                    if written % 100_000 == 0 {
+                    if written.is_multiple_of(100_000) {
                         eprintln!("  {written} in {:.0} s", started.elapsed().as_secs_f64());
                     }
                 }
