@@ -11,7 +11,7 @@
 //! - [`m20261207_000006_message_changes`]: edits and deletions of messages (the target
 //!   of a change entry, edited and deleted times).
 //! - [`m20261207_000007_message_search`]: full-text search over messages (SQLite FTS5
-//!   fed by triggers; a PostgreSQL GIN index).
+//!   fed by triggers; a stored tsvector column on PostgreSQL).
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as

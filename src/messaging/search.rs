@@ -3,10 +3,11 @@
 //! The index is the database's (migration `m20261207_000007_message_search`): on SQLite an
 //! FTS5 table fed by triggers, whose rows carry their two participants as `owners` tokens,
 //! so a query matches the words *and* the caller's token and never sees anyone else's
-//! messages; on PostgreSQL a GIN index over `to_tsvector('switchboard_search', body)`, the caller's
-//! conversations joined. Both also join the conversation and check the caller takes part
-//! (the index is not the only guard). Only text messages that are not deleted are in it:
-//! an edit re-indexes the new text, a deletion removes it, in the change's transaction.
+//! messages; on PostgreSQL each message's stored `search_vector`, matched for the messages
+//! of the caller's conversations (their index first: the cost follows the caller's own
+//! messages). Both join the conversation and check the caller takes part (the index is
+//! not the only guard). Only text messages that are not deleted are searchable: an edit
+//! re-indexes the new text, a deletion removes it, in the change's transaction.
 //!
 //! A query is words (letters and digits; everything else separates them), all required,
 //! each a whole word but the last, which matches as a prefix (it may still be typed);
@@ -195,9 +196,9 @@ async fn search_postgres(db: &DatabaseConnection, q: &Query<'_>) -> Result<Vec<(
                m.edited_at, ts_headline('switchboard_search', m.body, q.q, $6) AS snippet \
                FROM messages m JOIN conversations c ON c.id = m.conversation_id, \
                (SELECT to_tsquery('switchboard_search', $2) AS q) q \
-               WHERE (c.user_low = $1 OR c.user_high = $1) AND m.kind = 'text' AND m.deleted_at IS NULL \
-               AND to_tsvector('switchboard_search', m.body) @@ q.q AND ($3::uuid IS NULL OR m.conversation_id = $3) \
-               ORDER BY ts_rank(to_tsvector('switchboard_search', m.body), q.q) DESC, m.created_at DESC, m.id DESC \
+               WHERE (c.user_low = $1 OR c.user_high = $1) \
+               AND m.search_vector @@ q.q AND ($3::uuid IS NULL OR m.conversation_id = $3) \
+               ORDER BY ts_rank(m.search_vector, q.q) DESC, m.created_at DESC, m.id DESC \
                LIMIT $4 OFFSET $5";
     let stmt = Statement::from_sql_and_values(
         DbBackend::Postgres,
