@@ -1,12 +1,13 @@
-//! Full-text search over messages (issue 20), kept in step with every insert, edit and
-//! deletion by the database itself, whichever process writes.
+//! Full-text search over messages (issue 20).
 //!
-//! - SQLite: an FTS5 table `messages_fts` over the view `messages_searchable` (the text
-//!   messages not deleted, with `owners`: the two participants as tokens `u<uuid hex>`),
-//!   fed by triggers on `messages`. A search matches the words *and* the caller's owner
-//!   token, so the index itself keeps users apart and a query touches only the caller's
-//!   messages' postings; `snippet()` reads the text back through the view. Prefixes of two
-//!   and three characters are indexed too (a query's last word matches as a prefix).
+//! - SQLite: an FTS5 table `messages_fts` (contentless, with deletes: the text stays in
+//!   `messages`), a row per searchable message (a text message not deleted) with its
+//!   `body` and `owners`, the two participants as tokens `u<uuid hex>`: a search matches
+//!   the words *and* the caller's token, so the index itself keeps users apart and a
+//!   query reads only the caller's postings. Prefixes of two and three characters are
+//!   indexed too (a query's last word matches as a prefix). The application fills it off
+//!   the message path (`search_progress.indexed_upto`: the rowid of `messages` indexed up
+//!   to), from the start: existing messages are indexed by the running server.
 //! - PostgreSQL: the text search configuration `switchboard_search` (`simple` with
 //!   `unaccent` first, where the `unaccent` extension can be created; otherwise plain
 //!   `simple`, and searches are accent-sensitive there) and a stored generated column
@@ -25,23 +26,9 @@ use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// The owner tokens of a conversation row `c` (lowercase hex, as Rust's `Uuid::simple`).
-const OWNERS: &str = "'u' || lower(hex(c.user_low)) || ' u' || lower(hex(c.user_high))";
-
 /// Whether message row `r` is searchable: a text message that is not deleted.
 fn searchable(r: &str) -> String {
     format!("{r}.kind = 'text' AND {r}.deleted_at IS NULL")
-}
-
-/// The index entry of message row `r` (`new` or `old`), for an INSERT INTO messages_fts:
-/// `command` is `''` to add it or `'delete', ` to remove it.
-fn entry(r: &str, delete: bool) -> String {
-    let (cols, vals) = if delete { ("messages_fts, ", "'delete', ") } else { ("", "") };
-    format!(
-        "INSERT INTO messages_fts ({cols}rowid, body, owners) SELECT {vals}{r}.rowid, {r}.body, {OWNERS} \
-         FROM conversations c WHERE c.id = {r}.conversation_id AND {};",
-        searchable(r)
-    )
 }
 
 #[async_trait::async_trait]
@@ -50,33 +37,16 @@ impl MigrationTrait for Migration {
         let db = m.get_connection();
         match db.get_database_backend() {
             DbBackend::Sqlite => {
-                db.execute_unprepared(&format!(
-                    "CREATE VIEW messages_searchable AS SELECT m.rowid AS msg_rowid, m.body AS body, {OWNERS} AS owners \
-                     FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE {}",
-                    searchable("m")
-                ))
-                .await?;
                 db.execute_unprepared(
-                    "CREATE VIRTUAL TABLE messages_fts USING fts5(body, owners, content='messages_searchable', \
-                     content_rowid='msg_rowid', tokenize='unicode61 remove_diacritics 2', prefix='2 3')",
+                    "CREATE VIRTUAL TABLE messages_fts USING fts5(body, owners, content='', contentless_delete=1, \
+                     tokenize='unicode61 remove_diacritics 2', prefix='2 3')",
                 )
                 .await?;
-                let insert = entry("new", false);
-                let remove = entry("old", true);
-                db.execute_unprepared(&format!(
-                    "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN {insert} END"
-                ))
+                db.execute_unprepared(
+                    "CREATE TABLE search_progress (id INTEGER PRIMARY KEY CHECK (id = 1), indexed_upto BIGINT NOT NULL)",
+                )
                 .await?;
-                db.execute_unprepared(&format!(
-                    "CREATE TRIGGER messages_fts_update AFTER UPDATE OF body, deleted_at, kind ON messages \
-                     BEGIN {remove} {insert} END"
-                ))
-                .await?;
-                db.execute_unprepared(&format!(
-                    "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN {remove} END"
-                ))
-                .await?;
-                db.execute_unprepared("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')").await?;
+                db.execute_unprepared("INSERT INTO search_progress (id, indexed_upto) VALUES (1, 0)").await?;
             }
             DbBackend::Postgres => {
                 // unaccent is a contrib extension: used where it can be created (it needs the
@@ -108,13 +78,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         let db = m.get_connection();
         if db.get_database_backend() == DbBackend::Sqlite {
-            for sql in [
-                "DROP TRIGGER IF EXISTS messages_fts_delete",
-                "DROP TRIGGER IF EXISTS messages_fts_update",
-                "DROP TRIGGER IF EXISTS messages_fts_insert",
-                "DROP TABLE IF EXISTS messages_fts",
-                "DROP VIEW IF EXISTS messages_searchable",
-            ] {
+            for sql in ["DROP TABLE IF EXISTS search_progress", "DROP TABLE IF EXISTS messages_fts"] {
                 db.execute_unprepared(sql).await?;
             }
         } else {

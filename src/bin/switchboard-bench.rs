@@ -349,6 +349,21 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
         }
         eprintln!("seeded in {:.0} s", started.elapsed().as_secs_f64());
     }
+    // The search index, as a server's writer fills it (SQLite), timed.
+    if let Some(path) = switchboard::storage::sqlite_file(&db) {
+        let mut conn = rusqlite::Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        let started = Instant::now();
+        loop {
+            let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let more = switchboard::messaging::search::index_pending(&txn)?;
+            txn.commit()?;
+            if !more {
+                break;
+            }
+        }
+        eprintln!("indexed for search in {:.1} s", started.elapsed().as_secs_f64());
+    }
     // Fresh statistics, as autovacuum would have after such a load: without them
     // PostgreSQL plans every query through the whole-table text index.
     if db.get_database_backend() == sea_orm::DbBackend::Postgres {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::contacts::repo::NOT_A_CONTACT;
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
 use crate::messaging::chat::{MESSAGE_COLUMNS, REUSED_ID, RaiseReceipt, Target, check_change, message_at};
+use crate::messaging::search;
 use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 
 /// A conversation as the batch sees it: its participants and its counter, raised by the
@@ -106,11 +107,12 @@ impl<'a> Messages<'a> {
             Some(t) => self.target(t.0)?,
             None => None,
         };
-        if let Err(e) = check_change(m, target) {
+        if let Err(e) = check_change(m, target.map(|(t, _)| t)) {
             return Ok(Err(e));
         }
-        if let (MessageKind::Delete, Some(t), Some(target)) = (m.kind, m.target_id, target) {
+        if let (MessageKind::Delete, Some(t), Some((target, rowid))) = (m.kind, m.target_id, target) {
             self.erase(t.0, target.file_id)?;
+            search::reindex(self.db, rowid, None, (low, high))?;
         }
         let Some(c) = self.conversation(conversation)? else { return Ok(Err(NOT_FOUND)) };
         c.last_seq += 1;
@@ -146,27 +148,33 @@ impl<'a> Messages<'a> {
                 message.created_at,
                 message.target_id.map(|t| *t.0.as_bytes()),
             ])?;
-        if let (MessageKind::Edit, Some(t)) = (m.kind, m.target_id) {
+        if let (MessageKind::Edit, Some(t), Some((_, rowid))) = (m.kind, m.target_id, target) {
             self.supersede_edits(t.0, Some(message.id.0))?;
             self.db
                 .prepare_cached("UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3 AND deleted_at IS NULL")?
                 .execute(params![m.body, self.now, t.0.as_bytes()])?;
+            search::reindex(self.db, rowid, Some(&m.body), (low, high))?;
         }
         Ok(Ok(Appended { message, duplicate: false }))
     }
 
     /// The message an edit or deletion names, as the transaction sees it.
-    fn target(&self, id: Uuid) -> rusqlite::Result<Option<Target>> {
+    /// The message an edit or deletion names, as the transaction sees it, and its rowid
+    /// (its row in the search index).
+    fn target(&self, id: Uuid) -> rusqlite::Result<Option<(Target, i64)>> {
         self.db
-            .prepare_cached("SELECT conversation_id, sender_id, kind, file_id, deleted_at FROM messages WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT conversation_id, sender_id, kind, file_id, deleted_at, rowid FROM messages WHERE id = ?1",
+            )?
             .query_row(params![id.as_bytes()], |r| {
-                Ok(Target {
+                let target = Target {
                     conversation_id: ConversationId(uuid_at(r, 0)?),
                     sender_id: UserId(uuid_at(r, 1)?),
                     kind: text_at(r, 2, MessageKind::parse)?,
                     file_id: opt_uuid_at(r, 3)?.map(FileId),
                     deleted: r.get::<_, Option<i64>>(4)?.is_some(),
-                })
+                };
+                Ok((target, r.get(5)?))
             })
             .optional()
     }

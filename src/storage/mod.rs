@@ -99,7 +99,7 @@ pub(crate) fn stored<T>(parse: fn(&str) -> Option<T>, column: &str, text: &str) 
 /// The database file of a SQLite connection opened read-write on a plain file (`None`
 /// for PostgreSQL, in-memory, read-only or other special SQLite URLs, which the pool
 /// keeps serving).
-pub(crate) fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
+pub fn sqlite_file(db: &DatabaseConnection) -> Option<std::path::PathBuf> {
     use sea_orm::sqlx::ConnectOptions;
     if db.get_database_backend() != DbBackend::Sqlite {
         return None;

@@ -31,6 +31,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use switchboard_actors::ports::StoreError;
 
 use super::{DrainOnExit, MAX_BATCH, ReadUpTo, Record, Write};
+use crate::messaging::search;
 use crate::messaging::sqlite_writes::Messages;
 use crate::notify::sqlite_writes::Notifications;
 
@@ -84,7 +85,25 @@ pub(crate) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<Write>)
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_commit: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
+    let mut index = SearchIndexing::new();
+    loop {
+        // Idle with messages to index: wake to index them.
+        let first = if index.waiting {
+            match rx.recv_timeout(search::INDEX_EVERY) {
+                Ok(w) => Some(w),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(w) => Some(w),
+                Err(_) => break,
+            }
+        };
+        let Some(first) = first else {
+            index.step_alone(&mut conn);
+            continue;
+        };
         batch.push(first);
         // Sleep out the window rather than wait on the queue: a waiting receiver is woken
         // (a futex call on each side) by every write that arrives, a sleeping one is not.
@@ -98,7 +117,10 @@ pub(crate) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<Write>)
         let writes = std::mem::take(&mut batch);
         // A panic (a bug) fails its batch, whose callers see their reply dropped, and the
         // writer goes on: the transaction was rolled back when it unwound.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, writes))).is_err() {
+        let with_index = index.due();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, writes, with_index)))
+            .is_err()
+        {
             tracing::error!("the SQLite writer panicked in a batch; its writes failed");
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -177,8 +199,65 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>) {
-    match write_in_txn(conn, &mut batch) {
+/// When the writer last indexed messages for search, and whether more are waiting.
+struct SearchIndexing {
+    last: Instant,
+    waiting: bool,
+}
+
+impl SearchIndexing {
+    fn new() -> Self {
+        // At start, whatever was stored before (an upgrade, a crash) is indexed once idle.
+        Self { last: Instant::now().checked_sub(search::INDEX_EVERY).unwrap_or_else(Instant::now), waiting: true }
+    }
+
+    /// Whether the next batch should index too: at most every [`search::INDEX_EVERY`]. A
+    /// batch may store messages, so after it some wait to be indexed (a step when idle
+    /// finds out).
+    fn due(&mut self) -> bool {
+        let due = self.last.elapsed() >= search::INDEX_EVERY;
+        if due {
+            self.last = Instant::now();
+        }
+        self.waiting = true;
+        due
+    }
+
+    /// An indexing step in a transaction of its own (the writer is idle).
+    fn step_alone(&mut self, conn: &mut Connection) {
+        self.last = Instant::now();
+        let step = conn.transaction_with_behavior(TransactionBehavior::Immediate).and_then(|txn| {
+            let more = search::index_pending(&txn)?;
+            txn.commit()?;
+            Ok(more)
+        });
+        self.waiting = match step {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::warn!(error = %e, "indexing messages for search failed; trying again later");
+                true
+            }
+        };
+    }
+}
+
+fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>, with_index: bool) {
+    // The search index rides along with a batch's commit (no fsync of its own), only on
+    // the first try: the one-by-one retries below are for the batch's own writes.
+    if with_index {
+        match write_in_txn(conn, &mut batch, true) {
+            Ok(()) => return batch.into_iter().for_each(Write::answer),
+            Err(e) if affects_every_write(&e) => {
+                let e = unavailable(e);
+                return batch.into_iter().for_each(|w| w.fail(e.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a batch with search indexing failed; without it");
+                batch.iter_mut().for_each(Write::forget);
+            }
+        }
+    }
+    match write_in_txn(conn, &mut batch, false) {
         Ok(()) => batch.into_iter().for_each(Write::answer),
         Err(e) if batch.len() > 1 && !affects_every_write(&e) => {
             // One bad write (say a constraint another process raced) must not fail its
@@ -187,7 +266,7 @@ fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>) {
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
             for mut write in batch {
                 write.forget();
-                match write_in_txn(conn, std::slice::from_mut(&mut write)) {
+                match write_in_txn(conn, std::slice::from_mut(&mut write), false) {
                     Ok(()) => write.answer(),
                     Err(e) => write.fail(unavailable(e)),
                 }
@@ -205,7 +284,7 @@ fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>) {
 /// Performs `writes` in one transaction, in queue order, leaving each one's answer in it.
 /// An error aborts the whole transaction; the answers are per write (not found, forbidden,
 /// a reused id, or what was stored).
-fn write_in_txn(conn: &mut Connection, writes: &mut [Write]) -> rusqlite::Result<()> {
+fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rusqlite::Result<()> {
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = crate::now_ms();
     let mut messages = Messages::new(&txn, now);
@@ -226,5 +305,8 @@ fn write_in_txn(conn: &mut Connection, writes: &mut [Write]) -> rusqlite::Result
     }
     messages.finish()?;
     drop((messages, notifications));
+    if index {
+        search::index_pending(&txn)?;
+    }
     txn.commit()
 }

@@ -36,6 +36,18 @@ async fn bodies(app: &TestApp, token: &str, q: &str) -> Vec<String> {
     page["results"].as_array().unwrap().iter().map(|h| h["message"]["body"].as_str().unwrap().to_owned()).collect()
 }
 
+/// Waits until everything stored so far is searchable: the search index follows the
+/// message path within about half a second (SQLite), in insertion order, so once a new
+/// message with a word of its own is found, every earlier one is indexed.
+async fn indexed(app: &TestApp, token: &str, dev: &mut Client, conv: &str) {
+    let word = format!("sentinel{}", uuid::Uuid::new_v4().simple());
+    say(dev, &word, conv, "", &word).await;
+    crate::helpers::eventually("the index to catch up", async || {
+        (bodies(app, token, &word).await.len() == 1).then_some(())
+    })
+    .await;
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
@@ -66,6 +78,7 @@ async fn search_works(backend: Backend) {
     say(&mut a, "a4", &conv, "", "plan plan plan").await;
     say(&mut a, "a5", &conv, "", "the plan was long, complicated and very detailed indeed").await;
     let (_, other) = say(&mut c, "c1", "", &dave_id, "Carol's private plan: meet at the cafe").await;
+    indexed(&app, &alice, &mut a, &conv).await;
 
     // Whole words, the last also as a prefix, case and accents folded, all required.
     assert_eq!(bodies(&app, &alice, "cafe").await, ["Shall we meet at the Café Central tomorrow?"]);
@@ -133,6 +146,7 @@ async fn search_works(backend: Backend) {
     for i in 0..25 {
         say(&mut a, &format!("p{i}"), &conv, "", &format!("pagination test number {i}")).await;
     }
+    indexed(&app, &alice, &mut a, &conv).await;
     let (mut seen, mut cursor, mut pages) = (std::collections::HashSet::new(), None::<String>, 0);
     loop {
         let q = match &cursor {
