@@ -29,6 +29,7 @@
     editWindow: 24 * 3600 * 1000, // how long a sent text can be edited (hello says)
     editing: null, // { id, draft }: the own message being edited
     confirming: null, // the id of the own message whose "Delete for everyone?" is shown
+    found: null, // { id, until }: the message a search result jumped to, outlined
   };
 
   // ---- persistence ---------------------------------------------------------------------
@@ -292,7 +293,11 @@
     const re = /\b(?:https?:\/\/|www\.)[^\s<>"']+/gi;
     let at = 0;
     for (let m; (m = re.exec(text));) {
-      let url = m[0].replace(/[.,;:!?)\]]+$/, '');
+      // Trailing punctuation is the sentence's, not the link's (a loop: a regex anchored
+      // at the end takes quadratic time on a long run of dots).
+      let end = m[0].length;
+      while (end > 0 && '.,;:!?)]'.includes(m[0][end - 1])) end--;
+      let url = m[0].slice(0, end);
       if (m.index > at) into.append(document.createTextNode(text.slice(at, m.index)));
       let u = null;
       try { u = new URL(/^www\./i.test(url) ? 'https://' + url : url); } catch (_) { u = null; }
@@ -323,6 +328,7 @@
     li.classList.toggle('mine', mine);
     li.dataset.seq = m.seq;
     li.dataset.id = m.id;
+    if (S.found && S.found.id === m.id && Date.now() < S.found.until) li.classList.add('found');
     const body = li.querySelector('.body');
     if (m.deleted) {
       li.classList.add('deleted');
@@ -511,15 +517,23 @@
     }
     for (const e of S.outbox) if (e.to_user_id === S.current) items.push(pendingEl(e, false));
     for (const e of S.failed) if (e.to_user_id === S.current) items.push(pendingEl(e, true));
-    // A re-render (a message came) keeps the caret of an open editor.
+    // A re-render (a message came, or a change) keeps the keyboard focus where it was: on
+    // the same control of the same message, an open editor with its caret.
     const active = document.activeElement;
-    const editing = active && active.classList.contains('edit-input') ? [active.selectionStart, active.selectionEnd] : null;
+    const at = active && active.closest ? active.closest('#messages li[data-id]') : null;
+    const keep = at && {
+      id: at.dataset.id,
+      cls: [...active.classList].find((c) => /^(msg-|edit-)/.test(c)),
+      caret: active.classList.contains('edit-input') ? [active.selectionStart, active.selectionEnd] : null,
+    };
     $('messages').replaceChildren(...items);
-    if (editing && S.editing) {
-      const ta = $('messages').querySelector('.edit-input');
-      if (ta) {
-        ta.focus();
-        ta.setSelectionRange(...editing);
+    if (keep) {
+      const li = $('messages').querySelector(`li[data-id="${CSS.escape(keep.id)}"]`);
+      const target = li && (keep.cls ? li.querySelector('.' + keep.cls) : li);
+      if (target) {
+        if (target === li) li.tabIndex = -1;
+        target.focus({ preventScroll: true });
+        if (keep.caret && target.setSelectionRange) target.setSelectionRange(...keep.caret);
       }
     }
     historyTop(c);
@@ -614,10 +628,16 @@
     const li = $('messages').querySelector(`li[data-id="${CSS.escape(m.id)}"]`);
     if (!li) return toast('That message could not be loaded.');
     li.scrollIntoView({ block: 'center' });
+    // Outlined for a moment (kept across re-renders meanwhile).
+    S.found = { id: m.id, until: Date.now() + 3000 };
     li.classList.add('found');
     li.tabIndex = -1;
     li.focus({ preventScroll: true });
-    setTimeout(() => li.classList.remove('found'), 3000);
+    setTimeout(() => {
+      S.found = null;
+      const now = $('messages').querySelector(`li[data-id="${CSS.escape(m.id)}"]`);
+      if (now) now.classList.remove('found');
+    }, 3000);
   }
 
   // ---- composer ------------------------------------------------------------------------

@@ -356,7 +356,8 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let more = switchboard::messaging::search::index_pending(&txn)?;
+            let more =
+                switchboard::messaging::search::index_pending(&txn, switchboard::messaging::search::INDEX_IDLE_BYTES)?;
             txn.commit()?;
             if !more {
                 break;
@@ -383,7 +384,7 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
             let me = switchboard::domain::UserId(users[(next() % users.len() as u64) as usize]);
             let query = Query { me, words: &words, conversation: None, limit: 20, offset: 0 };
             let t = Instant::now();
-            let found = search(&db, readers.as_deref(), &query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let found = search(&db, readers.clone(), &query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             times.push(t.elapsed().as_micros() as u64);
             hits = found.len();
         }

@@ -75,8 +75,8 @@ impl ChatRepo {
     }
 
     /// The SQLite reader connections, on a SQLite file.
-    pub fn readers(&self) -> Option<&Readers> {
-        self.readers.as_deref()
+    pub fn readers(&self) -> Option<Arc<Readers>> {
+        self.readers.clone()
     }
 
     /// [`Self::history`] of `conversation` and its last seq, if `me` takes part in it

@@ -68,11 +68,13 @@ pub fn terms(q: &str) -> Result<Vec<String>, &'static str> {
     Ok(words)
 }
 
-/// Whether word `i` of `n` matches as a prefix: the last one (still being typed). The
-/// others match whole words: a prefix of every word made common words cost a scan of
-/// every matching term (docs/benchmarks.md, "Message search").
-fn is_prefix(i: usize, n: usize) -> bool {
-    i + 1 == n
+/// Whether `word`, number `i` of `n`, matches as a prefix: the last one (still being
+/// typed), from two characters (the index holds prefixes of two and three). The others,
+/// and a last word of one character, match whole words: a prefix that no index holds
+/// makes the search merge every matching term of every user first (docs/benchmarks.md,
+/// "Message search").
+fn is_prefix(word: &str, i: usize, n: usize) -> bool {
+    i + 1 == n && word.chars().nth(1).is_some()
 }
 
 /// The FTS5 query of `words` for `me`: the words (the last as a prefix) in the text, and
@@ -82,7 +84,7 @@ fn fts5_query(me: UserId, words: &[String]) -> String {
     let body: Vec<String> = words
         .iter()
         .enumerate()
-        .map(|(i, w)| if is_prefix(i, n) { format!("\"{w}\"*") } else { format!("\"{w}\"") })
+        .map(|(i, w)| if is_prefix(w, i, n) { format!("\"{w}\"*") } else { format!("\"{w}\"") })
         .collect();
     format!("owners : \"u{}\" AND body : ({})", me.0.simple(), body.join(" AND "))
 }
@@ -94,7 +96,7 @@ fn tsquery(words: &[String]) -> String {
     words
         .iter()
         .enumerate()
-        .map(|(i, w)| if is_prefix(i, n) { format!("{w}:*") } else { w.clone() })
+        .map(|(i, w)| if is_prefix(w, i, n) { format!("{w}:*") } else { w.clone() })
         .collect::<Vec<_>>()
         .join(" & ")
 }
@@ -132,6 +134,7 @@ fn folded(word: &str) -> String {
 /// Words shown around the first match.
 const SNIPPET_BEFORE: usize = 6;
 const SNIPPET_WORDS: usize = 18;
+const SNIPPET_RUN: usize = 40;
 
 /// The text of `body` around its first word that matches `words` (as a query matches
 /// them: whole words, the last as a prefix), as segments: the matched words `hit`, an
@@ -143,7 +146,7 @@ pub fn snippet(body: &str, words: &[String]) -> Vec<Segment> {
         terms
             .iter()
             .enumerate()
-            .any(|(i, t)| if is_prefix(i, terms.len()) { word.starts_with(t.as_str()) } else { word == *t })
+            .any(|(i, t)| if is_prefix(t, i, terms.len()) { word.starts_with(t.as_str()) } else { word == *t })
     };
     // The body as alternating runs: (text, is a word).
     let mut runs: Vec<(&str, bool)> = Vec::new();
@@ -176,8 +179,16 @@ pub fn snippet(body: &str, words: &[String]) -> Vec<Segment> {
     }
     // A cut end stops at a word, not at the space after it.
     let end = if to < runs.len() && to > from && !runs[to - 1].1 { to - 1 } else { to };
+    // Each run at most SNIPPET_RUN characters (a 16 KiB "word" is not a snippet).
     for &(text, word) in &runs[from..end] {
-        push(text, word && matches(text));
+        let cut: String = text.chars().take(SNIPPET_RUN).collect();
+        let hit = word && matches(text);
+        if cut.len() < text.len() {
+            push(&cut, hit);
+            push("…", false);
+        } else {
+            push(text, hit);
+        }
     }
     if to < runs.len() {
         push("…", false);
@@ -215,41 +226,56 @@ pub struct Query<'a> {
 pub const INDEX_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Most messages one indexing step takes.
 pub const INDEX_STEP: i64 = 5000;
+/// Most text one indexing step takes inside a batch the writer commits for others (its
+/// acks wait for it): whatever senders write, indexing delays a batch by a bounded amount;
+/// a backlog is indexed by idle steps, [`INDEX_IDLE_BYTES`] each.
+pub const INDEX_BATCH_BYTES: usize = 64 * 1024;
+pub const INDEX_IDLE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The owner tokens of a conversation between `low` and `high`.
 fn owners(low: uuid::Uuid, high: uuid::Uuid) -> String {
     format!("u{} u{}", low.simple(), high.simple())
 }
 
-/// Indexes up to [`INDEX_STEP`] messages stored since the last step (by rowid, which
-/// follows insertion), inside the caller's write transaction on a SQLite file: text
-/// messages not deleted go into `messages_fts` with their owners; the progress mark moves
-/// past them all. Returns whether more are waiting. Safe with several writers (processes)
-/// on one file: the mark is read and moved under the write lock.
-pub fn index_pending(db: &rusqlite::Connection) -> rusqlite::Result<bool> {
+/// Indexes the messages stored since the last step (by rowid, which follows insertion),
+/// up to [`INDEX_STEP`] messages or about `max_bytes` of text (at least one message),
+/// inside the caller's write transaction on a SQLite file: text messages not deleted go
+/// into `messages_fts` with their owners; the progress mark moves past the rows looked at.
+/// Returns whether more are waiting. Safe with several writers (processes) on one file:
+/// the mark is read and moved under the write lock.
+pub fn index_pending(db: &rusqlite::Connection, max_bytes: usize) -> rusqlite::Result<bool> {
     use rusqlite::OptionalExtension;
     let upto: i64 = db
         .prepare_cached("SELECT indexed_upto FROM search_progress WHERE id = 1")?
         .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
-    let last: Option<i64> = db
-        .prepare_cached("SELECT MAX(rowid) FROM (SELECT rowid FROM messages WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)")?
-        .query_row(rusqlite::params![upto, INDEX_STEP], |r| r.get(0))?;
-    let Some(last) = last else { return Ok(false) };
     let mut read = db.prepare_cached(
-        "SELECT m.rowid, m.body, c.user_low, c.user_high FROM messages m JOIN conversations c ON c.id = m.conversation_id \
-         WHERE m.rowid > ?1 AND m.rowid <= ?2 AND m.kind = 'text' AND m.deleted_at IS NULL",
+        "SELECT m.rowid, m.kind = 'text' AND m.deleted_at IS NULL, m.body, c.user_low, c.user_high \
+         FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+         WHERE m.rowid > ?1 ORDER BY m.rowid LIMIT ?2",
     )?;
     let mut insert = db.prepare_cached("INSERT INTO messages_fts (rowid, body, owners) VALUES (?1, ?2, ?3)")?;
-    let mut rows = read.query(rusqlite::params![upto, last])?;
+    let mut rows = read.query(rusqlite::params![upto, INDEX_STEP])?;
+    let (mut last, mut seen, mut bytes) = (upto, 0i64, 0usize);
     while let Some(r) = rows.next()? {
-        let rowid: i64 = r.get(0)?;
-        let body: String = r.get(1)?;
-        insert.execute(rusqlite::params![rowid, body, owners(uuid_at(r, 2)?, uuid_at(r, 3)?)])?;
+        if bytes >= max_bytes {
+            break;
+        }
+        last = r.get(0)?;
+        seen += 1;
+        if r.get::<_, bool>(1)? {
+            let body = r.get_ref(2)?.as_str()?;
+            bytes += body.len();
+            insert.execute(rusqlite::params![last, body, owners(uuid_at(r, 3)?, uuid_at(r, 4)?)])?;
+        }
+    }
+    drop(rows);
+    if last == upto {
+        return Ok(false);
     }
     db.prepare_cached("INSERT OR REPLACE INTO search_progress (id, indexed_upto) VALUES (1, ?1)")?.execute([last])?;
-    Ok(last - upto >= INDEX_STEP)
+    Ok(seen == INDEX_STEP || bytes >= max_bytes)
 }
 
 /// Keeps the index in step with a change of the message at `rowid` (between `low` and
@@ -354,12 +380,22 @@ async fn search_postgres(db: &DatabaseConnection, q: &Query<'_>) -> Result<Vec<S
 /// Runs `q` where the messages are: a SQLite reader (no thread hand-off), or PostgreSQL.
 pub async fn search(
     db: &DatabaseConnection,
-    readers: Option<&Readers>,
+    readers: Option<std::sync::Arc<Readers>>,
     q: &Query<'_>,
 ) -> Result<Vec<SearchHit>, AppError> {
     let found = match (readers, db.get_database_backend()) {
         (Some(readers), _) => {
-            readers.read(|c| search_sqlite(c, q)).map_err(|e| AppError::Internal(anyhow::anyhow!(e)))?
+            // Off the async workers: a query's cost depends on what it matches (up to tens
+            // of milliseconds for common words at a million messages), and on a small
+            // machine one worker serves everything else meanwhile.
+            let (me, words, conversation, limit, offset) = (q.me, q.words.to_vec(), q.conversation, q.limit, q.offset);
+            tokio::task::spawn_blocking(move || {
+                let q = Query { me, words: &words, conversation, limit, offset };
+                readers.read(|c| search_sqlite(c, &q))
+            })
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!(e)))?
+            .map_err(|e| AppError::Internal(anyhow::anyhow!(e)))?
         }
         (None, DbBackend::Postgres) => search_postgres(db, q).await?,
         (None, _) => return Err(AppError::Unavailable("message search needs a SQLite file or PostgreSQL")),
@@ -439,6 +475,9 @@ mod tests {
             "owners : \"u00000000000000000000000000000000\" AND body : (\"meet\" AND \"café\"*)"
         );
         assert_eq!(tsquery(&["meet".into(), "at".into()]), "meet & at:*");
+        // A last word of one letter is a whole word: no index holds one-letter prefixes.
+        assert_eq!(tsquery(&["meet".into(), "a".into()]), "meet & a");
+        assert!(fts5_query(me, &["e".into()]).ends_with("body : (\"e\")"));
     }
 
     #[test]
@@ -464,6 +503,9 @@ mod tests {
         assert_eq!(s.iter().filter(|x| x.hit).map(|x| x.text.as_str()).collect::<Vec<_>>(), ["w20"]);
         assert!(s.iter().any(|x| x.text.contains("w14")) && !s.iter().any(|x| x.text.contains("w13 ")));
         assert_eq!(snippet("", &words("x")), []);
+        let huge = format!("see {}", "x".repeat(16 * 1024));
+        let s = snippet(&huge, &words("see"));
+        assert!(s.iter().map(|x| x.text.len()).sum::<usize>() < 100, "a long word is cut: {s:?}");
         assert_eq!(snippet("no match here", &words("zzz")), [seg("no match here", false)]);
     }
 }

@@ -227,7 +227,7 @@ impl SearchIndexing {
     fn step_alone(&mut self, conn: &mut Connection) {
         self.last = Instant::now();
         let step = conn.transaction_with_behavior(TransactionBehavior::Immediate).and_then(|txn| {
-            let more = search::index_pending(&txn)?;
+            let more = search::index_pending(&txn, search::INDEX_IDLE_BYTES)?;
             txn.commit()?;
             Ok(more)
         });
@@ -306,7 +306,7 @@ fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rus
     messages.finish()?;
     drop((messages, notifications));
     if index {
-        search::index_pending(&txn)?;
+        search::index_pending(&txn, search::INDEX_BATCH_BYTES)?;
     }
     txn.commit()
 }
