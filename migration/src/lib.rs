@@ -11,7 +11,9 @@
 //! - [`m20261207_000006_message_changes`]: edits and deletions of messages (the target
 //!   of a change entry, edited and deleted times).
 //! - [`m20261207_000007_message_search`]: full-text search over messages (SQLite FTS5
-//!   fed by triggers; a stored tsvector column on PostgreSQL).
+//!   filled by the server; a stored tsvector column on PostgreSQL).
+//! - [`m20261207_000008_user_name_words`]: the words of display names, for user search
+//!   by any word's start.
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -27,6 +29,7 @@ pub mod m20261206_000004_notification_per_conversation;
 pub mod m20261206_000005_accounts;
 pub mod m20261207_000006_message_changes;
 pub mod m20261207_000007_message_search;
+pub mod m20261207_000008_user_name_words;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -42,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000005_accounts::Migration),
             Box::new(m20261207_000006_message_changes::Migration),
             Box::new(m20261207_000007_message_search::Migration),
+            Box::new(m20261207_000008_user_name_words::Migration),
         ]
     }
 }

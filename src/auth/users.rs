@@ -3,7 +3,7 @@
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, TransactionTrait,
 };
 use serde::Serialize;
 
@@ -83,11 +83,15 @@ impl UserRepo {
             deleted_at: Set(None),
             last_seen_at: Set(None),
         };
-        match model.insert(&self.db).await {
-            Ok(m) => Ok(m.into()),
-            Err(e) if crate::storage::is_unique_violation(&e) => Err(CreateUserError::UsernameTaken),
-            Err(e) => Err(e.into()),
-        }
+        let txn = self.db.begin().await?;
+        let user = match model.insert(&txn).await {
+            Ok(m) => User::from(m),
+            Err(e) if crate::storage::is_unique_violation(&e) => return Err(CreateUserError::UsernameTaken),
+            Err(e) => return Err(e.into()),
+        };
+        set_name_words(&txn, user.id, Some(display_name.as_str())).await?;
+        txn.commit().await?;
+        Ok(user)
     }
 
     /// The user with this id, if any.
@@ -125,16 +129,19 @@ impl UserRepo {
 
     /// Renames the account (the display name others see); the user, or `None` if gone.
     pub async fn set_display_name(&self, id: UserId, name: &DisplayName, now: i64) -> Result<Option<User>, DbErr> {
+        let txn = self.db.begin().await?;
         let res = user::Entity::update_many()
             .col_expr(user::Column::DisplayName, Expr::value(name.as_str()))
             .col_expr(user::Column::DisplayKey, Expr::value(display_key(name)))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
             .filter(user::Column::Id.eq(id.0))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
         if res.rows_affected != 1 {
             return Ok(None);
         }
+        set_name_words(&txn, id, Some(name.as_str())).await?;
+        txn.commit().await?;
         self.find(id).await
     }
 
@@ -166,6 +173,7 @@ impl UserRepo {
             .filter(user::Column::DeletedAt.is_null())
             .exec(&self.db)
             .await?;
+        set_name_words(&self.db, id, None).await?;
         Ok(res.rows_affected == 1)
     }
 
@@ -212,6 +220,26 @@ pub const DELETED_NAME: &str = "Deleted user";
 pub struct Credentials {
     pub password_hash: String,
     pub disabled_at: Option<i64>,
+}
+
+/// Replaces the indexed words of `user`'s display name (`None`: none, a deleted account)
+/// with those of `name` ([`migration::m20261207_000008_user_name_words::name_words`]).
+async fn set_name_words<C: sea_orm::ConnectionTrait>(db: &C, user: UserId, name: Option<&str>) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Alias, Query};
+    let table = Alias::new("user_name_words");
+    let delete =
+        Query::delete().from_table(table.clone()).and_where(Expr::col(Alias::new("user_id")).eq(user.0)).to_owned();
+    db.execute(&delete).await?;
+    let words = name.map(migration::m20261207_000008_user_name_words::name_words).unwrap_or_default();
+    if !words.is_empty() {
+        let mut insert = Query::insert();
+        insert.into_table(table).columns([Alias::new("word"), Alias::new("user_id")]);
+        for w in words {
+            insert.values_panic([w.into(), user.0.into()]);
+        }
+        db.execute(&insert).await?;
+    }
+    Ok(())
 }
 
 fn credentials(m: user::Model) -> (User, Credentials) {

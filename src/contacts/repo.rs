@@ -452,8 +452,19 @@ impl ContactRepo {
             .from(block::Entity)
             .and_where(block::Column::BlockedId.eq(me.0))
             .to_owned();
+        // A word of the display name after the first ("Becker" for "Tom Becker").
+        let word_starts = Query::select()
+            .column(sea_orm::sea_query::Alias::new("user_id"))
+            .from(sea_orm::sea_query::Alias::new("user_name_words"))
+            .cond_where(range("word"))
+            .to_owned();
         let mut q = user::Entity::find()
-            .filter(Condition::any().add(range("username")).add(range("display_key")))
+            .filter(
+                Condition::any()
+                    .add(range("username"))
+                    .add(range("display_key"))
+                    .add(user::Column::Id.in_subquery(word_starts)),
+            )
             .filter(user::Column::Id.ne(me.0))
             .filter(user::Column::DeletedAt.is_null())
             .filter(user::Column::Id.not_in_subquery(blocked_me));

@@ -305,6 +305,38 @@ async fn search_pages(backend: Backend) {
     want.push("quiet".into());
     want.sort();
     assert_eq!(seen, want);
+    // Any word of a display name matches from its start ("Quiet" finds "Zelda Quiet"),
+    // and follows renames; a deleted account is found by none.
+    let names = |v: Value| -> Vec<String> {
+        v["users"].as_array().expect("users").iter().map(|h| h["username"].as_str().expect("name").to_owned()).collect()
+    };
+    assert_eq!(names(get(&app, &me, "/api/users?q=quie").await), ["quiet"]);
+    assert_eq!(names(get(&app, &me, "/api/users?q=Zelda%20Q").await), ["quiet"]);
+    assert!(names(get(&app, &me, "/api/users?q=uiet").await).is_empty(), "word starts only");
+    let quiet = app.login("quiet", crate::helpers::PASSWORD).await.json::<Value>().await.expect("json");
+    let quiet_token = quiet["access_token"].as_str().expect("token").to_owned();
+    let r = app
+        .client()
+        .patch(app.url("/api/auth/me"))
+        .bearer_auth(&quiet_token)
+        .json(&json!({"display_name": "Zelda Becker-Stone"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(names(get(&app, &me, "/api/users?q=quiet").await).contains(&"quiet".to_owned()), "the username still");
+    assert_eq!(names(get(&app, &me, "/api/users?q=becker").await), ["quiet"]);
+    assert_eq!(names(get(&app, &me, "/api/users?q=STONE").await), ["quiet"]);
+    let r = app
+        .client()
+        .delete(app.url("/api/auth/me"))
+        .bearer_auth(&quiet_token)
+        .json(&json!({"password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(names(get(&app, &me, "/api/users?q=becker").await).is_empty());
     // The caller never finds themself; bad queries are refused.
     assert_eq!(get(&app, &me, "/api/users?q=searcher").await["users"], json!([]));
     for bad in
