@@ -153,17 +153,36 @@ fn safe_next(raw: Option<String>) -> String {
     }
 }
 
-/// `GET /login?next=/path`.
+/// Whether the request is from a browser signed in with a login that is still good (its
+/// cookies checked against the database, where this process has one: the gateway serving
+/// pages alone has none and always shows the form). A revoked or expired login is not
+/// signed in, so a page that sent it here to log in again is not sent back.
+async fn signed_in(req: &Request, depot: &Depot, res: &mut Response) -> bool {
+    match crate::web::state(depot) {
+        Ok(st) if has_session(req) => crate::auth::routes::authenticate_request(req, res, st).await.is_ok(),
+        _ => false,
+    }
+}
+
+/// `GET /login?next=/path`: the form, or, signed in already, where `next` says.
 #[handler]
 async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let next = safe_next(req.query::<String>("next"));
+    if signed_in(req, depot, res).await {
+        res.render(Redirect::other(next));
+        return Ok(());
+    }
     let l = layout(req, depot, res, "login");
     render(res, LoginPage { l: Layout { signed_in: false, ..l }, next })
 }
 
-/// `GET /register`.
+/// `GET /register`: the form, or, signed in already, the chat.
 #[handler]
 async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    if signed_in(req, depot, res).await {
+        res.render(Redirect::other("/chat"));
+        return Ok(());
+    }
     let l = layout(req, depot, res, "register");
     render(res, RegisterPage { l: Layout { signed_in: false, ..l } })
 }

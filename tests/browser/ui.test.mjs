@@ -168,6 +168,11 @@ test('two people use Switchboard in real browsers', async (t) => {
     await register(bob, 'bob', BOB_NAME, PASSWORD);
     await alice.locator('#me', { hasText: '@alice' }).waitFor({ timeout: WAIT });
     await alice.locator('#conv-empty').waitFor({ state: 'visible', timeout: WAIT });
+    // Signed in, the login and register pages go to the chat.
+    for (const path of ['/login', '/register']) {
+      await alice.goto(server.url + path);
+      await alice.waitForURL('**/chat');
+    }
   });
 
   await t.test('alice finds bob as she types and asks him; bob is notified and accepts', async () => {
