@@ -214,22 +214,23 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
     println!("| query | hits (page of 20) | runs | median µs | p99 µs |");
     println!("|---|---|---|---|---|");
     for q in queries {
-        let mut times = vec![];
-        let mut hits = 0;
-        for _ in 0..200 {
-            let t = Instant::now();
-            let (page, _) = repo.search(me, q, 20, None).await?;
-            times.push(t.elapsed().as_micros() as u64);
-            hits = page.len();
-        }
-        times.sort_unstable();
-        println!(
-            "| `{q}` | {hits} | {} | {} | {} |",
-            times.len(),
-            times[times.len() / 2],
-            times[times.len() * 99 / 100]
-        );
+        time_query(q, async || Ok(repo.search(me, q, 20, None).await?.0.len())).await?;
     }
+    Ok(())
+}
+
+/// Runs `query` 200 times and prints its table row: the query, the results of the last
+/// run, the runs, median and p99 in µs.
+async fn time_query(q: &str, mut query: impl AsyncFnMut() -> anyhow::Result<usize>) -> anyhow::Result<()> {
+    let mut times = vec![];
+    let mut hits = 0;
+    for _ in 0..200 {
+        let t = Instant::now();
+        hits = query().await?;
+        times.push(t.elapsed().as_micros() as u64);
+    }
+    times.sort_unstable();
+    println!("| `{q}` | {hits} | {} | {} | {} |", times.len(), times[times.len() / 2], times[times.len() * 99 / 100]);
     Ok(())
 }
 
@@ -378,23 +379,12 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|");
     for q in queries {
         let words = terms(q).map_err(|e| anyhow::anyhow!(e))?;
-        let mut times = vec![];
-        let mut hits = 0;
-        for _ in 0..200 {
+        time_query(q, async || {
             let me = switchboard::domain::UserId(users[(next() % users.len() as u64) as usize]);
             let query = Query { me, words: &words, conversation: None, limit: 20, offset: 0 };
-            let t = Instant::now();
-            let found = search(&db, readers.clone(), &query).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            times.push(t.elapsed().as_micros() as u64);
-            hits = found.len();
-        }
-        times.sort_unstable();
-        println!(
-            "| `{q}` | {hits} | {} | {} | {} |",
-            times.len(),
-            times[times.len() / 2],
-            times[times.len() * 99 / 100]
-        );
+            Ok(search(&db, readers.clone(), &query).await.map_err(|e| anyhow::anyhow!("{e}"))?.len())
+        })
+        .await?;
     }
     Ok(())
 }

@@ -5,24 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Api, Backend, TestApp, error_code, spawn_app_with};
-use crate::ws_client::{Client, make_contacts, user};
-
-/// Sends `body` from `dev` to user `to` (`conv` empty) or into `conv`; returns (message id,
-/// conversation id).
-async fn say(dev: &mut Client, cid: &str, conv: &str, to: &str, body: &str) -> (String, String) {
-    if conv.is_empty() {
-        dev.send_to_user(cid, to, body).await;
-    } else {
-        dev.send_to_conv(cid, conv, body).await;
-    }
-    loop {
-        let ack = dev.next_of("ack").await;
-        if ack["client_msg_id"] == cid {
-            let field = |k: &str| ack[k].as_str().unwrap().to_owned();
-            return (field("message_id"), field("conversation_id"));
-        }
-    }
-}
+use crate::ws_client::{Client, make_contacts, say, user};
 
 async fn find(app: &TestApp, token: &str, query: &str) -> reqwest::Response {
     app.client.get(app.url(&format!("/api/search/messages?{query}"))).bearer_auth(token).send().await.unwrap()

@@ -216,6 +216,23 @@ pub async fn user(app: &impl Api, name: &str) -> (String, String) {
     (token, me["id"].as_str().expect("id").to_owned())
 }
 
+/// Sends `body` from `dev` into `conv` (or to user `to` when `conv` is empty) and waits
+/// for its ack; returns the message id and the conversation id.
+pub async fn say(dev: &mut Client, cid: &str, conv: &str, to: &str, body: &str) -> (String, String) {
+    if conv.is_empty() {
+        dev.send_to_user(cid, to, body).await;
+    } else {
+        dev.send_to_conv(cid, conv, body).await;
+    }
+    loop {
+        let ack = dev.next_of("ack").await;
+        if ack["client_msg_id"] == cid {
+            let field = |k: &str| ack[k].as_str().expect("ack field").to_owned();
+            return (field("message_id"), field("conversation_id"));
+        }
+    }
+}
+
 /// Makes two users contacts: `a` requests, `b` accepts. Returns the request id.
 pub async fn make_contacts(app: &impl Api, a_token: &str, b_token: &str, b_username: &str) -> String {
     let r = app
