@@ -150,10 +150,10 @@ impl Notifier {
                     // After what came before (the changed message's own notification).
                     self.store(std::mem::take(&mut pending)).await?;
                     if let Some(target) = message.target_id {
-                        let preview = (message.kind == MessageKind::Edit)
-                            .then(|| message.body.chars().take(PREVIEW_CHARS).collect::<String>());
-                        let changed =
-                            self.notifications.follow_change(*to, message.conversation_id, target.0, preview).await?;
+                        let changed = self
+                            .notifications
+                            .follow_change(*to, message.conversation_id, target.0, PREVIEW_CHARS)
+                            .await?;
                         if let Some(view) = changed {
                             let unread = self.notifications.unread_counts(*to).await?;
                             self.publish(Event::Notification { to: *to, notification: Some(view), unread }).await;

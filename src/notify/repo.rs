@@ -193,20 +193,26 @@ impl NotificationRepo {
         Ok(changed)
     }
 
-    /// Follows an edit or deletion (`preview`: the new text, `None`: deleted) of message
-    /// `target` in `user`'s message notification of `conversation`, if that notification
-    /// shows it: its preview becomes the new text, or is erased with the file name (a
-    /// deleted message's text is kept nowhere). Like every change it takes the user's next
-    /// number, so streams and clients that resume get it. Returns the changed notification.
+    /// Follows an edit or deletion of message `target` in `user`'s message notification of
+    /// `conversation`, if that notification shows it: its preview becomes the message's
+    /// text *as stored now* (its first `preview_chars` characters), or, deleted, is erased
+    /// with the file name (a deleted message's text is kept nowhere). Reading the message
+    /// rather than the event makes the outcome independent of the order in which changes
+    /// are followed (two nodes' consumers may follow an edit and a deletion either way
+    /// round). Like every change it takes the user's next number, so streams and clients
+    /// that resume get it. Returns the changed notification.
     pub async fn follow_change(
         &self,
         user: UserId,
         conversation: ConversationId,
         target: Uuid,
-        preview: Option<String>,
+        preview_chars: usize,
     ) -> Result<Option<NotificationView>, DbErr> {
         let txn = self.db.begin().await?;
         lock_counters(&txn, [user.0]).await?;
+        let now = crate::storage::entities::message::Entity::find_by_id(target).one(&txn).await?;
+        let preview =
+            now.filter(|m| m.deleted_at.is_none()).map(|m| m.body.chars().take(preview_chars).collect::<String>());
         let Some(row) = notification::Entity::find()
             .filter(notification::Column::UserId.eq(user.0))
             .filter(notification::Column::ConversationId.eq(conversation.0))
