@@ -183,9 +183,10 @@ async fn commit_bench(url: &str, rooms: usize, total: u64, in_flight: usize) -> 
 
 /// Seeds `n` users (if not there yet) and times prefix searches through the repository.
 async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
-    use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
+    use sea_orm::{EntityTrait, PaginatorTrait};
     use switchboard::contacts::repo::ContactRepo;
     use switchboard::storage::entities::user;
+    use switchboard::storage::seed::user_row;
 
     let db = switchboard::storage::connect(url).await?;
     let have = user::Entity::find().count(&db).await?;
@@ -193,18 +194,8 @@ async fn search_bench(url: &str, n: u64) -> anyhow::Result<()> {
         eprintln!("seeding {} users ...", n - have);
         let now = chrono::Utc::now().timestamp_millis();
         for start in (have..n).step_by(1000) {
-            let rows = (start..(start + 1000).min(n)).map(|i| user::ActiveModel {
-                id: Set(uuid::Uuid::now_v7()),
-                username: Set(format!("user{i:07}")),
-                display_name: Set(format!("Person {i}")),
-                display_key: Set(format!("person {i}")),
-                password_hash: Set("!".into()),
-                created_at: Set(now),
-                updated_at: Set(now),
-                disabled_at: Set(None),
-                deleted_at: Set(None),
-                last_seen_at: Set(None),
-            });
+            let rows = (start..(start + 1000).min(n))
+                .map(|i| user_row(uuid::Uuid::now_v7(), format!("user{i:07}"), format!("Person {i}"), now));
             user::Entity::insert_many(rows).exec_without_returning(&db).await?;
         }
     }
@@ -243,6 +234,7 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
     use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
     use switchboard::messaging::search::{Query, search, terms};
     use switchboard::storage::entities::{conversation, message, user};
+    use switchboard::storage::seed::user_row;
 
     const USERS: u64 = 1000;
     const WORDS: u64 = 5000;
@@ -271,18 +263,11 @@ async fn message_search_bench(url: &str, n: u64) -> anyhow::Result<()> {
     let users: Vec<uuid::Uuid> = if user::Entity::find().count(&db).await? < USERS {
         let now = chrono::Utc::now().timestamp_millis();
         let ids: Vec<uuid::Uuid> = (0..USERS).map(|_| uuid::Uuid::now_v7()).collect();
-        user::Entity::insert_many(ids.iter().enumerate().map(|(i, id)| user::ActiveModel {
-            id: Set(*id),
-            username: Set(format!("searcher{i:05}")),
-            display_name: Set(format!("Searcher {i}")),
-            display_key: Set(format!("searcher {i}")),
-            password_hash: Set("!".into()),
-            created_at: Set(now),
-            updated_at: Set(now),
-            disabled_at: Set(None),
-            deleted_at: Set(None),
-            last_seen_at: Set(None),
-        }))
+        user::Entity::insert_many(
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| user_row(*id, format!("searcher{i:05}"), format!("Searcher {i}"), now)),
+        )
         .exec_without_returning(&db)
         .await?;
         ids

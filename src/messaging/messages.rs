@@ -104,12 +104,8 @@ async fn edit(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     switchboard_actors::protocol::check_body(&body.body, max)
         .map_err(|(code, why)| AppError::bad_request(code, why))?;
     let target = own_message(req, st, me).await?;
-    if target.deleted {
-        return Err(AppError::conflict(ErrorCode::Conflict, ALREADY_DELETED));
-    }
-    if target.kind != MessageKind::Text {
-        return Err(AppError::conflict(ErrorCode::Conflict, "only text messages can be edited"));
-    }
+    // Deleted, or not a text: the committing transaction says so (`check_change`), with
+    // 409 like the window here, which only this layer knows.
     let window = st.config.messaging.edit_window_secs;
     if window == 0 {
         return Err(AppError::conflict(ErrorCode::Conflict, "editing messages is turned off on this server"));

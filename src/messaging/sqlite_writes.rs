@@ -158,7 +158,6 @@ impl<'a> Messages<'a> {
         Ok(Ok(Appended { message, duplicate: false }))
     }
 
-    /// The message an edit or deletion names, as the transaction sees it.
     /// The message an edit or deletion names, as the transaction sees it, and its rowid
     /// (its row in the search index).
     fn target(&self, id: Uuid) -> rusqlite::Result<Option<(Target, i64)>> {

@@ -16,6 +16,23 @@ pub struct SeededPair {
     pub b: UserId,
 }
 
+/// A user row for bulk set-up: `username`, `display_name` (searched lower-cased), no
+/// password (cannot log in).
+pub fn user_row(id: uuid::Uuid, username: String, display_name: String, now: i64) -> user::ActiveModel {
+    user::ActiveModel {
+        id: Set(id),
+        display_key: Set(display_name.to_lowercase()),
+        username: Set(username),
+        display_name: Set(display_name),
+        password_hash: Set("!".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        disabled_at: Set(None),
+        deleted_at: Set(None),
+        last_seen_at: Set(None),
+    }
+}
+
 /// Creates `n` pairs named `<tag><i>a` / `<tag><i>b`, 500 per statement.
 pub async fn contact_pairs(db: &DatabaseConnection, n: usize, tag: &str) -> Result<Vec<SeededPair>, DbErr> {
     let now = crate::now_ms();
@@ -26,18 +43,7 @@ pub async fn contact_pairs(db: &DatabaseConnection, n: usize, tag: &str) -> Resu
             let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
             for (id, side) in [(a, "a"), (b, "b")] {
                 let name = format!("{tag}{i}{side}");
-                users.push(user::ActiveModel {
-                    id: Set(id),
-                    username: Set(name.clone()),
-                    display_name: Set(name.clone()),
-                    display_key: Set(name),
-                    password_hash: Set("!".into()),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    disabled_at: Set(None),
-                    deleted_at: Set(None),
-                    last_seen_at: Set(None),
-                });
+                users.push(user_row(id, name.clone(), name, now));
             }
             let (low, high) = (a.min(b), a.max(b));
             contacts.push(contact::ActiveModel {

@@ -354,7 +354,7 @@ async fn search_pages(backend: Backend) {
 /// not asserted here.)
 #[tokio::test]
 async fn search_at_100k_users_returns_the_right_first_page() {
-    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use sea_orm::EntityTrait;
     use switchboard::storage::entities::user;
 
     let app = spawn_app().await;
@@ -364,18 +364,12 @@ async fn search_at_100k_users_returns_the_right_first_page() {
     for chunk in 0..100 {
         let rows = (0..1000).map(|i| {
             let n = chunk * 1000 + i;
-            user::ActiveModel {
-                id: Set(uuid::Uuid::now_v7()),
-                username: Set(format!("user{n:06}")),
-                display_name: Set(format!("Person {n}")),
-                display_key: Set(format!("person {n}")),
-                password_hash: Set("!".into()),
-                created_at: Set(now),
-                updated_at: Set(now),
-                disabled_at: Set(None),
-                deleted_at: Set(None),
-                last_seen_at: Set(None),
-            }
+            switchboard::storage::seed::user_row(
+                uuid::Uuid::now_v7(),
+                format!("user{n:06}"),
+                format!("Person {n}"),
+                now,
+            )
         });
         user::Entity::insert_many(rows).exec_without_returning(&db).await.expect("seed");
     }
