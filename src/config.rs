@@ -211,6 +211,18 @@ pub struct FilesConfig {
     pub quota_bytes: u64,
     /// An upload with no chunk for this long expires and its chunks are deleted.
     pub transfer_ttl_secs: u64,
+    /// An uploaded PNG, JPEG, GIF or WebP (by its bytes) gets a thumbnail if neither side
+    /// is longer than this (1 to 65,535 px)...
+    pub image_max_side: u32,
+    /// ...and it has at most this many pixels (1 to 200 million; one decode takes up to 8
+    /// bytes a pixel, one at a time per node). Past either limit it is an attachment.
+    pub image_max_pixels: u64,
+}
+
+impl FilesConfig {
+    pub fn image_limits(&self) -> crate::messaging::images::ImageLimits {
+        crate::messaging::images::ImageLimits { max_side: self.image_max_side, max_pixels: self.image_max_pixels }
+    }
 }
 
 impl Default for FilesConfig {
@@ -221,6 +233,8 @@ impl Default for FilesConfig {
             max_concurrent_transfers: 5,
             quota_bytes: 20 << 30,
             transfer_ttl_secs: 24 * 3600,
+            image_max_side: 16_384,
+            image_max_pixels: 50_000_000,
         }
     }
 }
@@ -586,6 +600,16 @@ impl Config {
             (60..=30 * 24 * 3600).contains(&f.transfer_ttl_secs),
             "files.transfer_ttl_secs must be between 60 and 2592000, got {}",
             f.transfer_ttl_secs
+        );
+        anyhow::ensure!(
+            (1..=65_535).contains(&f.image_max_side),
+            "files.image_max_side must be between 1 and 65535, got {}",
+            f.image_max_side
+        );
+        anyhow::ensure!(
+            (1..=200_000_000).contains(&f.image_max_pixels),
+            "files.image_max_pixels must be between 1 and 200000000, got {}",
+            f.image_max_pixels
         );
         let g = &self.gateway;
         for (name, urls) in [("auth", &g.auth), ("messaging", &g.messaging), ("notify", &g.notify)] {

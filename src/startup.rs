@@ -82,7 +82,8 @@ impl Application {
         let repos = Repos::new(db, crate::auth::sessions::Lifetimes::from_config(&config.auth));
         let auth =
             AuthService::new(repos.users.clone(), repos.sessions.clone(), &config.auth, TokenKeys::new(&secret))?;
-        let files = crate::messaging::files::FileRepo::new(repos.db.clone(), &config.data_dir);
+        let files = crate::messaging::files::FileRepo::new(repos.db.clone(), &config.data_dir)
+            .with_image_limits(config.files.image_limits());
         let (node, rabbit, tap) = start_node(&config, &repos, &files, mount).await?;
         let node = Arc::new(node);
         let auth = auth.with_bus(node.ctx.bus.clone());

@@ -30,6 +30,7 @@
     editing: null, // { id, draft }: the own message being edited
     confirming: null, // the id of the own message whose "Delete for everyone?" is shown
     found: null, // { id, until }: the message a search result jumped to, outlined
+    noThumb: new Set(), // file ids whose thumbnail did not load: shown as links only
   };
 
   // ---- persistence ---------------------------------------------------------------------
@@ -274,10 +275,44 @@
   function fileInfo(m) {
     try {
       const f = JSON.parse(m.body);
-      return { name: String(f.name || 'file'), size: Number(f.size) || 0, mime: String(f.mime || '') };
+      const dim = (v) => (Number.isInteger(v) && v > 0 ? v : 0);
+      return { name: String(f.name || 'file'), size: Number(f.size) || 0, mime: String(f.mime || ''), width: dim(f.width), height: dim(f.height) };
     } catch (_) {
-      return { name: 'file', size: 0, mime: '' };
+      return { name: 'file', size: 0, mime: '', width: 0, height: 0 };
     }
+  }
+
+  // An image file: its thumbnail, sized from the message before it loads (nothing jumps),
+  // as a button that opens the full image; the name links to the download. A thumbnail
+  // that does not load (the server could not decode the image) leaves the link alone.
+  const THUMB_BOX = 240;
+  function imageEl(m, f, url) {
+    const scale = Math.min(1, THUMB_BOX / f.width, THUMB_BOX / f.height);
+    const b = el('button', 'thumb');
+    b.type = 'button';
+    b.setAttribute('aria-label', `Open image ${f.name}`);
+    const img = el('img');
+    img.alt = f.name;
+    img.width = Math.max(1, Math.round(f.width * scale));
+    img.height = Math.max(1, Math.round(f.height * scale));
+    img.decoding = 'async';
+    img.addEventListener('error', () => { S.noThumb.add(m.file_id); b.remove(); });
+    img.src = url + '/thumbnail';
+    b.append(img);
+    b.addEventListener('click', () => openViewer(f, url));
+    return b;
+  }
+
+  function openViewer(f, url) {
+    const d = $('viewer');
+    const img = $('viewer-img');
+    img.alt = f.name;
+    img.src = url;
+    $('viewer-name').textContent = f.name;
+    const a = $('viewer-download');
+    a.href = url;
+    a.download = f.name;
+    d.showModal();
   }
 
   function size(n) {
@@ -337,8 +372,10 @@
       body.append(editorEl(m));
     } else if (m.kind === 'file' && m.file_id) {
       const f = fileInfo(m);
+      const url = '/api/files/' + encodeURIComponent(m.file_id);
+      if (f.width && f.height && !S.noThumb.has(m.file_id)) body.append(imageEl(m, f, url));
       const a = el('a', 'file-link', f.name);
-      a.href = '/api/files/' + encodeURIComponent(m.file_id);
+      a.href = url;
       a.download = f.name;
       body.append(a, document.createTextNode(` (${size(f.size)})`));
     } else {
@@ -1147,6 +1184,11 @@
     h.addEventListener('scroll', () => { stuck = h.scrollHeight - h.scrollTop - h.clientHeight < 60; });
     new ResizeObserver(() => { if (stuck) h.scrollTop = h.scrollHeight; }).observe(h);
     $('back').addEventListener('click', close);
+    const viewer = $('viewer');
+    $('viewer-close').addEventListener('click', () => viewer.close());
+    // A click on the backdrop (outside the picture and its bar) closes it too.
+    viewer.addEventListener('click', (ev) => { if (ev.target === viewer) viewer.close(); });
+    viewer.addEventListener('close', () => { $('viewer-img').removeAttribute('src'); });
     $('search-input').addEventListener('input', onSearchInput);
     $('search-form').addEventListener('submit', (ev) => {
       ev.preventDefault();

@@ -97,6 +97,9 @@ crate::text_enum! {
         ChunkHashMismatch = "chunk_hash_mismatch",
         /// The transfer is complete or failed.
         TransferClosed = "transfer_closed",
+        /// A file that is not an image (by its bytes) or whose pixels did not decode
+        /// within the limits has no thumbnail.
+        NoThumbnail = "no_thumbnail",
         /// The user has as many uploads in progress as allowed.
         TooManyTransfers = "too_many_transfers",
         /// The upload would pass the user's storage quota.

@@ -65,6 +65,30 @@ impl From<&TransferStatus> for TransferProgress {
     }
 }
 
+/// An assembled, recorded file, as its `file` message describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssembledFile {
+    pub id: FileId,
+    /// The recorded type: for an image, the one its bytes show.
+    pub mime: String,
+    /// For an image (PNG, JPEG, GIF or WebP by its bytes, within the node's limits): its
+    /// size as shown.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+}
+
+impl AssembledFile {
+    /// The `file` message's body: name, size and type, and the size of an image.
+    pub fn message_body(&self, name: &str, size: i64) -> String {
+        let mut body = serde_json::json!({"name": name, "size": size, "mime": self.mime});
+        if let (Some(w), Some(h)) = (self.width, self.height) {
+            body["width"] = w.into();
+            body["height"] = h.into();
+        }
+        body.to_string()
+    }
+}
+
 /// What the transfer actor needs from storage (the main crate implements it).
 #[async_trait::async_trait]
 pub trait TransferStore: Send + Sync + 'static {
@@ -72,7 +96,7 @@ pub trait TransferStore: Send + Sync + 'static {
     /// Joins the chunks into the stored file, verifies the whole-file hash, and records
     /// the file; idempotent. `Forbidden` when the hash does not match (the transfer is
     /// then failed and its chunks deleted).
-    async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError>;
+    async fn assemble(&self, id: TransferId) -> Result<AssembledFile, StoreError>;
     /// Marks the transfer complete (its message is posted).
     async fn complete(&self, id: TransferId) -> Result<(), StoreError>;
     /// Gives up a transfer whose file may not be posted (the uploader was blocked, or is
@@ -219,7 +243,7 @@ impl TransferActorState {
         store: &Arc<dyn TransferStore>,
         mut status: TransferStatus,
     ) -> Result<(), ActorProcessingErr> {
-        let file_id = match store.assemble(self.id).await {
+        let file = match store.assemble(self.id).await {
             Ok(f) => f,
             Err(StoreError::Forbidden(why)) => {
                 tracing::warn!(transfer = %self.id, why, "upload failed verification");
@@ -229,7 +253,7 @@ impl TransferActorState {
             }
             Err(e) => return Err(format!("assemble {}: {e}", self.id).into()),
         };
-        let body = serde_json::json!({"name": status.name, "size": status.size, "mime": status.mime}).to_string();
+        let (file_id, body) = (file.id, file.message_body(&status.name, status.size));
         let msg = NewMessage {
             conversation_id: status.conversation_id,
             sender_id: status.uploader,

@@ -14,6 +14,7 @@
 //!   filled by the server; a stored tsvector column on PostgreSQL).
 //! - [`m20261207_000008_user_name_words`]: the words of display names, for user search
 //!   by any word's start.
+//! - [`m20261207_000009_file_images`]: image dimensions of stored files (thumbnails).
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -30,6 +31,7 @@ pub mod m20261206_000005_accounts;
 pub mod m20261207_000006_message_changes;
 pub mod m20261207_000007_message_search;
 pub mod m20261207_000008_user_name_words;
+pub mod m20261207_000009_file_images;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -46,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000006_message_changes::Migration),
             Box::new(m20261207_000007_message_search::Migration),
             Box::new(m20261207_000008_user_name_words::Migration),
+            Box::new(m20261207_000009_file_images::Migration),
         ]
     }
 }

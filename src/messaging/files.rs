@@ -5,9 +5,13 @@
 //!
 //! - `parts/<transfer id>/<index>`: a verified chunk of an upload in progress.
 //! - `blobs/<sha256[0..2]>/<sha256>`: a complete file, content-addressed.
+//! - `thumbs/<sha256[0..2]>/<sha256>`: the thumbnail of an image blob (a JPEG or PNG
+//!   the server wrote), made on first request; `<sha256>.none` marks a blob whose header
+//!   passed but whose pixels did not decode, so it is not tried again.
 //! - `tmp/<random>`: a chunk or file being written; renamed into place when verified.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -19,10 +23,11 @@ use switchboard_actors::ids::{ConversationId, FileId, TransferId, UserId};
 use switchboard_actors::ports::{Event, StoreError};
 use switchboard_actors::states::TransferState;
 use switchboard_actors::states::TransferState::{Complete, Expired, Failed, Uploading};
-use switchboard_actors::transfer::{TransferStatus, TransferStore};
+use switchboard_actors::transfer::{AssembledFile, TransferStatus, TransferStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+use crate::messaging::images::{self, ImageInfo, ImageLimits};
 use crate::storage::entities::{file, transfer, transfer_chunk, user};
 use crate::storage::is_unique_violation;
 
@@ -102,6 +107,29 @@ const CHUNK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct FileRepo {
     db: DatabaseConnection,
     root: PathBuf,
+    images: ImageLimits,
+    /// One image decode at a time per node: each may take a few hundred MiB and a core.
+    decoding: Arc<tokio::sync::Semaphore>,
+}
+
+/// Types a browser would show inline: a file declared as one of them whose bytes are not
+/// an image is recorded as `application/octet-stream`.
+const RASTER_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// The type recorded for an assembled file: the sniffed one for an image, the declared
+/// one otherwise unless it claims an image the bytes are not.
+fn recorded_mime(declared: &str, image: Option<&ImageInfo>) -> String {
+    match image {
+        Some(i) => i.mime().to_owned(),
+        None if RASTER_TYPES.contains(&declared) => "application/octet-stream".to_owned(),
+        None => declared.to_owned(),
+    }
+}
+
+/// What a file message says about its file.
+pub fn assembled(f: &file::Model) -> AssembledFile {
+    let dim = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
+    AssembledFile { id: FileId(f.id), mime: f.mime.clone(), width: dim(f.image_width), height: dim(f.image_height) }
 }
 
 pub fn chunk_count(size: i64, chunk_size: i64) -> i64 {
@@ -125,7 +153,77 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 impl FileRepo {
     pub fn new(db: DatabaseConnection, data_dir: &Path) -> Self {
-        Self { db, root: data_dir.join("files") }
+        let images = crate::config::FilesConfig::default().image_limits();
+        Self { db, root: data_dir.join("files"), images, decoding: Arc::new(tokio::sync::Semaphore::new(1)) }
+    }
+
+    /// What counts as an image (for thumbnails); the defaults are `files.image_*`'s.
+    pub fn with_image_limits(mut self, images: ImageLimits) -> Self {
+        self.images = images;
+        self
+    }
+
+    fn thumb_path(&self, sha256: &str) -> Option<PathBuf> {
+        is_sha256_hex(sha256).then(|| self.root.join("thumbs").join(&sha256[..2]).join(sha256))
+    }
+
+    fn no_thumb_path(&self, sha256: &str) -> Option<PathBuf> {
+        self.thumb_path(sha256).map(|p| p.with_extension("none"))
+    }
+
+    /// The thumbnail of the image file `f`, made now if it is not stored yet; `None` if
+    /// `f` is not an image or its pixels do not decode within the limits.
+    pub async fn thumbnail(&self, f: &file::Model) -> anyhow::Result<Option<PathBuf>> {
+        if f.image_width.is_none() {
+            return Ok(None);
+        }
+        let (Some(blob), Some(thumb), Some(none)) =
+            (self.blob_path(&f.sha256), self.thumb_path(&f.sha256), self.no_thumb_path(&f.sha256))
+        else {
+            return Ok(None);
+        };
+        let made = |p: &Path| std::fs::metadata(p).is_ok();
+        if made(&thumb) {
+            return Ok(Some(thumb));
+        }
+        if made(&none) {
+            return Ok(None);
+        }
+        let _permit = self.decoding.acquire().await?;
+        // Made by a request that held the permit before this one.
+        if made(&thumb) {
+            return Ok(Some(thumb));
+        }
+        let limits = self.images;
+        let blob2 = blob.clone();
+        let result = tokio::task::spawn_blocking(move || images::thumbnail(&blob2, &limits)).await?;
+        if let Some(parent) = thumb.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        match result {
+            Ok(bytes) => {
+                let (tmp, mut out) = self.temp_file().await?;
+                out.write_all(&bytes).await?;
+                out.sync_all().await?;
+                drop(out);
+                tokio::fs::rename(&tmp.path, &thumb).await?;
+                tmp.kept();
+                Ok(Some(thumb))
+            }
+            Err(images::ThumbnailError::NotAnImage(why)) => {
+                tracing::info!(file = %f.id, why, "no thumbnail");
+                tokio::fs::write(&none, b"").await?;
+                Ok(None)
+            }
+            Err(images::ThumbnailError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(images::ThumbnailError::Io(e)) => Err(e.into()),
+        }
+    }
+
+    /// Whether the blob at `path` is an image, from its header (on a blocking thread).
+    async fn probe(&self, path: &Path) -> anyhow::Result<Option<ImageInfo>> {
+        let (path, limits) = (path.to_owned(), self.images);
+        Ok(tokio::task::spawn_blocking(move || images::probe(&path, &limits)).await??)
     }
 
     fn part_dir(&self, t: TransferId) -> PathBuf {
@@ -157,6 +255,12 @@ impl FileRepo {
             .await?;
         if uploading > 0 {
             return Ok(false);
+        }
+        for derived in [self.thumb_path(sha256), self.no_thumb_path(sha256)].into_iter().flatten() {
+            match tokio::fs::remove_file(&derived).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(true),
@@ -444,10 +548,10 @@ impl FileRepo {
     /// stored already: deduplicating on the declared hash alone would hand anyone who
     /// knows a file's SHA-256 its contents (and tell them it exists). Only bytes that
     /// verified against the declared hash and size may be swapped for the stored blob.
-    async fn assemble_inner(&self, id: TransferId) -> Result<Result<FileId, &'static str>, anyhow::Error> {
+    async fn assemble_inner(&self, id: TransferId) -> Result<Result<AssembledFile, &'static str>, anyhow::Error> {
         let t = self.transfer(id).await?.ok_or_else(|| anyhow::anyhow!("no transfer {id}"))?;
         if let Some(f) = t.file_id {
-            return Ok(Ok(FileId(f)));
+            return self.recorded(f).await;
         }
         if t.state != Uploading.as_str() {
             return Ok(Err(STOPPED));
@@ -493,16 +597,20 @@ impl FileRepo {
             tokio::fs::rename(&tmp.path, &blob).await?;
             tmp.kept();
         }
+        let image = self.probe(&blob).await?;
+        let dim = |v: u32| i32::try_from(v).ok();
         let file_id = Uuid::now_v7();
         let row = file::ActiveModel {
             id: Set(file_id),
             owner_id: Set(t.uploader_id),
             conversation_id: Set(t.conversation_id),
             name: Set(t.name.clone()),
-            mime: Set(t.mime.clone()),
+            mime: Set(recorded_mime(&t.mime, image.as_ref())),
             size: Set(t.size),
             sha256: Set(t.sha256.clone()),
             created_at: Set(crate::now_ms()),
+            image_width: Set(image.as_ref().and_then(|i| dim(i.width))),
+            image_height: Set(image.as_ref().and_then(|i| dim(i.height))),
         };
         file::Entity::insert(row).exec_without_returning(&self.db).await?;
         // Claim the transfer for this file (state stays `uploading` until the message is
@@ -519,11 +627,19 @@ impl FileRepo {
         if claimed == 0 {
             // Claimed by another node first (answer with its file), or failed meanwhile.
             file::Entity::delete_by_id(file_id).exec(&self.db).await?;
-            let winner = self.transfer(id).await?.and_then(|t| t.file_id);
-            return Ok(winner.map(FileId).ok_or(STOPPED));
+            return match self.transfer(id).await?.and_then(|t| t.file_id) {
+                Some(winner) => self.recorded(winner).await,
+                None => Ok(Err(STOPPED)),
+            };
         }
         self.drop_parts(id).await?;
-        Ok(Ok(FileId(file_id)))
+        self.recorded(file_id).await
+    }
+
+    /// The recorded file `id`, as its message describes it.
+    async fn recorded(&self, id: Uuid) -> Result<Result<AssembledFile, &'static str>, anyhow::Error> {
+        let f = self.file(FileId(id)).await?.ok_or_else(|| anyhow::anyhow!("file {id} is not recorded"))?;
+        Ok(Ok(assembled(&f)))
     }
 }
 
@@ -589,7 +705,7 @@ impl TransferStore for FileRepo {
         Ok(Some(status_of(t, received).map_err(unavailable)?))
     }
 
-    async fn assemble(&self, id: TransferId) -> Result<FileId, StoreError> {
+    async fn assemble(&self, id: TransferId) -> Result<AssembledFile, StoreError> {
         match self.assemble_inner(id).await {
             Ok(Ok(f)) => Ok(f),
             Ok(Err(why)) => {

@@ -21,6 +21,7 @@ pub mod chat;
 pub mod conversations;
 pub mod debug;
 pub mod files;
+pub mod images;
 pub mod messages;
 pub mod search;
 pub(crate) mod sqlite_writes;

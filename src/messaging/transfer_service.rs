@@ -46,6 +46,8 @@ pub enum TransferError {
     NoTransfer,
     #[error("no such file")]
     NoFile,
+    #[error("this file is not an image with a thumbnail")]
+    NoThumbnail,
     #[error("you may not send files to this user")]
     NotAllowed,
     #[error("only the uploader sends chunks")]
@@ -218,6 +220,18 @@ impl TransferService {
         self.conversation_of(ConversationId(f.conversation_id), me).await?.ok_or(TransferError::NoFile)?;
         let path = self.files.blob_path(&f.sha256).ok_or(TransferError::NoFile)?;
         Ok((f, path))
+    }
+
+    /// The thumbnail of the image file `id` and the file, if `me` takes part in its
+    /// conversation; `NoThumbnail` if the file is not an image (or its pixels did not
+    /// decode within the limits).
+    pub async fn thumbnail(&self, me: UserId, id: &str) -> Result<(file::Model, PathBuf), TransferError> {
+        let (f, _) = self.download(me, id).await?;
+        match self.files.thumbnail(&f).await {
+            Ok(Some(path)) => Ok((f, path)),
+            Ok(None) => Err(TransferError::NoThumbnail),
+            Err(e) => Err(TransferError::Store(format!("thumbnail of {}: {e:#}", f.id))),
+        }
     }
 
     /// The transfer, if `me` takes part in its conversation.

@@ -27,7 +27,12 @@ pub fn router() -> Router {
                 .push(Router::with_path("{id}").get(status))
                 .push(Router::with_path("{id}/chunks/{index}").put(put_chunk)),
         )
-        .push(Router::with_path("api/files/{id}").hoop(require_auth).get(download))
+        .push(
+            Router::with_path("api/files/{id}")
+                .hoop(require_auth)
+                .get(download)
+                .push(Router::with_path("thumbnail").get(thumbnail)),
+        )
 }
 
 #[derive(Debug, Deserialize, salvo::oapi::ToSchema)]
@@ -192,11 +197,9 @@ async fn put_chunk(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
     Ok(())
 }
 
-/// Types a browser may show inline; everything else downloads as an attachment.
-const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
-
 /// `GET /api/files/{id}` → the file, with `Range` support; participants only (404
-/// otherwise). Always `nosniff` and a sandboxing CSP; only plain images are inline.
+/// otherwise). Always `nosniff` and a sandboxing CSP; only images (by their bytes, see
+/// [`crate::messaging::images`]) are inline, with the type their bytes show.
 #[endpoint(
     operation_id = "transfers.download",
     tags("files"),
@@ -216,14 +219,52 @@ const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/w
 async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let (f, path) = state(depot)?.transfers.download(me, &id_param(req)).await?;
-    let inline = INLINE_TYPES.contains(&f.mime.as_str());
-    let mime: salvo::http::mime::Mime = if inline {
-        f.mime.parse().unwrap_or(salvo::http::mime::APPLICATION_OCTET_STREAM)
-    } else {
-        salvo::http::mime::APPLICATION_OCTET_STREAM
+    let inline = f.image_width.is_some();
+    let mime = if inline { f.mime.parse().ok() } else { None };
+    send_stored(req, res, &f, path, mime, true).await
+}
+
+/// `GET /api/files/{id}/thumbnail` → a small JPEG or PNG the server made of an image file
+/// (at most 480 px a side, upright, nothing but pixels from the upload); participants
+/// only (404 otherwise), 404 `no_thumbnail` for a file that is not an image.
+#[endpoint(
+    operation_id = "transfers.thumbnail",
+    tags("files"),
+    parameters(("id" = String, Path, description = "UUID")),
+    responses(
+        (status_code = 200, description = "the thumbnail", body = Vec<u8>, content_type = "image/jpeg"),
+        errors::Unauthenticated,
+        (status_code = 404, description = "no such file (`not_found`), or not an image (`no_thumbnail`)", body = ErrorBody),
+        errors::Unavailable,
+    ),
+)]
+async fn thumbnail(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let (f, path) = state(depot)?.transfers.thumbnail(me, &id_param(req)).await?;
+    let mut head = [0u8; 12];
+    let n = {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| AppError::Internal(e.into()))?;
+        file.read(&mut head).await.map_err(|e| AppError::Internal(e.into()))?
     };
+    let mime = crate::messaging::images::thumbnail_mime(&head[..n]).parse().ok();
+    send_stored(req, res, &f, path, mime, false).await
+}
+
+/// Sends stored bytes of `f` with the download headers: `nosniff`, a sandboxing CSP,
+/// private caching validated by the file record's id; inline as `mime` if given, else an
+/// `application/octet-stream` attachment named as the file.
+async fn send_stored(
+    req: &mut Request,
+    res: &mut Response,
+    f: &crate::storage::entities::file::Model,
+    path: std::path::PathBuf,
+    mime: Option<salvo::http::mime::Mime>,
+    whole_file: bool,
+) -> Result<(), AppError> {
+    let inline = mime.is_some();
     let file = NamedFile::builder(path)
-        .content_type(mime)
+        .content_type(mime.unwrap_or(salvo::http::mime::APPLICATION_OCTET_STREAM))
         .disposition_type(if inline { "inline" } else { "attachment" })
         .attached_name(f.name.clone())
         .use_content_type_options(true)
@@ -237,7 +278,8 @@ async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
         .map_err(|e| AppError::Internal(anyhow::anyhow!("open stored file: {e}")))?;
     res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
-    if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", f.id.simple())) {
+    let tag = if whole_file { format!("\"{}\"", f.id.simple()) } else { format!("\"{}-thumb\"", f.id.simple()) };
+    if let Ok(tag) = HeaderValue::from_str(&tag) {
         res.headers_mut().insert(header::ETAG, tag);
     }
     file.send(req.headers(), res).await;
@@ -257,6 +299,7 @@ impl From<TransferError> for AppError {
             ChunkHashMismatch => AppError::bad_request(ErrorCode::ChunkHashMismatch, message),
             TooLarge { limit } => AppError::PayloadTooLarge { limit: usize::try_from(limit).unwrap_or(usize::MAX) },
             NoConversation | NoTransfer | NoFile => AppError::not_found(ErrorCode::NotFound, message),
+            NoThumbnail => AppError::not_found(ErrorCode::NoThumbnail, message),
             NotAllowed | NotUploader => AppError::Forbidden { code: ErrorCode::Forbidden, message },
             Closed(_) => AppError::conflict(ErrorCode::TransferClosed, message),
             TooManyTransfers(_) => AppError::Conflict { code: ErrorCode::TooManyTransfers, message },

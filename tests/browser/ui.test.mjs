@@ -315,6 +315,45 @@ test('two people use Switchboard in real browsers', async (t) => {
     assert.equal(outline, 'solid');
   });
 
+  await t.test('a pasted image shows as a thumbnail and opens full size; an SVG stays a link', async () => {
+    // A screenshot pasted into the composer: 800×400 pixels.
+    await alice.evaluate(async () => {
+      const canvas = new OffscreenCanvas(800, 400);
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#3060c0';
+      g.fillRect(0, 0, 800, 400);
+      g.fillStyle = '#f0c020';
+      g.fillRect(100, 100, 300, 200);
+      const blob = await canvas.convertToBlob({ type: 'image/png' });
+      const dt = new DataTransfer();
+      dt.items.add(new File([blob], 'sketch.png', { type: 'image/png' }));
+      document.getElementById('composer-input').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+    });
+    const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>alert(7)</script></svg>';
+    await alice.setInputFiles('#file-input', { name: 'logo.svg', mimeType: 'image/svg+xml', buffer: Buffer.from(svg) });
+    await bob.locator('#messages a.file-link', { hasText: 'logo.svg' }).waitFor({ timeout: WAIT });
+    const thumb = bob.locator('#messages li.msg', { hasText: 'sketch.png' }).locator('button.thumb img');
+    await thumb.waitFor({ timeout: WAIT });
+    // Sized from the message before it loads (240 × 120), then a real picture: the server's
+    // thumbnail (480 px wide for a sharp 240 CSS px).
+    assert.deepEqual(await thumb.evaluate((i) => [i.width, i.height]), [240, 120]);
+    await bob.waitForFunction((img) => img.complete && img.naturalWidth > 0, await thumb.elementHandle(), { timeout: WAIT });
+    assert.deepEqual(await thumb.evaluate((i) => [i.naturalWidth, i.naturalHeight]), [480, 240]);
+    assert.equal(await bob.locator('#messages li.msg', { hasText: 'logo.svg' }).locator('button.thumb').count(), 0, 'an SVG is no image here');
+    // By keyboard: the thumbnail opens the full image in a dialog; Escape closes it and
+    // the focus goes back.
+    await bob.locator('#messages li.msg', { hasText: 'sketch.png' }).locator('button.thumb').focus();
+    await bob.keyboard.press('Enter');
+    await bob.locator('#viewer[open]').waitFor({ timeout: WAIT });
+    await bob.waitForFunction(() => { const i = document.getElementById('viewer-img'); return i.complete && i.naturalWidth > 0; }, null, { timeout: WAIT });
+    assert.equal(await bob.locator('#viewer-img').evaluate((i) => i.naturalWidth), 800);
+    assert.equal(await bob.locator('#viewer-name').textContent(), 'sketch.png');
+    await bob.keyboard.press('Escape');
+    await bob.locator('#viewer[open]').waitFor({ state: 'detached', timeout: WAIT });
+    assert.equal(await bob.evaluate(() => document.activeElement.className), 'thumb');
+    assert.deepEqual(bob.dialogs, [], 'the SVG ran nothing');
+  });
+
   await t.test('history survives a reload and older pages load on scroll', async () => {
     // 70 more messages: more than one page of history (50).
     await alice.evaluate(async () => {

@@ -16,6 +16,7 @@
 //! - [`contacts`], [`files`], [`notifications`]: those services through their APIs.
 //! - [`edits`]: edits and deletions of messages, through the seq stream.
 //! - [`search`]: message search, isolation between users, both databases.
+//! - [`images`]: image files: thumbnails, bombs and fakes refused.
 //! - [`storage`]: the write queue on SQLite and PostgreSQL, migrations, checkpoints.
 //! - [`holes`]: attacks that once worked (or could), each shut.
 //! - [`openapi`]: the OpenAPI document against the routes.
@@ -33,6 +34,7 @@ mod files;
 mod health;
 mod helpers;
 mod holes;
+mod images;
 mod messaging;
 mod notifications;
 mod openapi;

@@ -42,6 +42,7 @@ const OPERATIONS: &[&str] = &[
     "GET /api/transfers/{id}",
     "PUT /api/transfers/{id}/chunks/{index}",
     "GET /api/files/{id}",
+    "GET /api/files/{id}/thumbnail",
     "GET /api/notifications",
     "POST /api/notifications/{id}/read",
     "POST /api/notifications/read-all",

@@ -14,6 +14,10 @@ pub struct Model {
     pub size: i64,
     pub sha256: String,
     pub created_at: i64,
+    /// Set for images (PNG, JPEG, GIF, WebP by their bytes, within the image limits):
+    /// the size as shown, after the EXIF orientation.
+    pub image_width: Option<i32>,
+    pub image_height: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

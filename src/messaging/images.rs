@@ -1,0 +1,201 @@
+//! Raster images among stored files: which ones are images (from their bytes, never from
+//! the type a client declared) and their thumbnails.
+//!
+//! - [`sniff`] knows PNG, JPEG, GIF and WebP by their signatures. Anything else, SVG
+//!   included (it is a document that can carry script), is not an image here and stays
+//!   an attachment.
+//! - [`probe`] reads only the header: the format from the signature, the dimensions
+//!   (as shown, after the EXIF orientation) and whether they are within
+//!   [`ImageLimits`]. A file that passes becomes an image message (`width`, `height`).
+//! - [`thumbnail`] decodes the whole image under the same limits and a cap on the memory
+//!   the decoder may allocate, so a small file that claims or unpacks to a huge picture (a
+//!   decompression bomb) is refused before its pixels are allocated. It runs on a blocking
+//!   thread, one at a time per node (the caller holds a permit), and writes a new image
+//!   (JPEG, or PNG when there is transparency), so nothing but pixels survives from the
+//!   upload: no metadata, no trailing bytes.
+//!
+//! All functions here are blocking.
+
+use std::io::{BufReader, Cursor, Read};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+/// Thumbnails fit in a square of this many pixels (shown at up to half that, so they stay
+/// sharp on high-density screens).
+pub const THUMBNAIL_BOX: u32 = 480;
+
+/// What a decodable image may be; past either limit a file is an attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Width and height, each.
+    pub max_side: u32,
+    /// Width × height.
+    pub max_pixels: u64,
+}
+
+impl ImageLimits {
+    fn allows(&self, width: u32, height: u32) -> bool {
+        width >= 1
+            && height >= 1
+            && width <= self.max_side
+            && height <= self.max_side
+            && u64::from(width) * u64::from(height) <= self.max_pixels
+    }
+
+    /// The decoder's own limits: the dimensions, and memory for the pixels at up to 8
+    /// bytes each (16-bit RGBA) plus room for the decoder's buffers.
+    fn decoder(&self) -> Limits {
+        let mut l = Limits::default();
+        l.max_image_width = Some(self.max_side);
+        l.max_image_height = Some(self.max_side);
+        l.max_alloc = Some(self.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+        l
+    }
+}
+
+/// An image as a probe found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: ImageFormat,
+    /// As shown: after the EXIF orientation.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl ImageInfo {
+    pub fn mime(&self) -> &'static str {
+        mime_of(self.format)
+    }
+}
+
+fn mime_of(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Png => "image/png",
+        ImageFormat::Jpeg => "image/jpeg",
+        ImageFormat::Gif => "image/gif",
+        ImageFormat::WebP => "image/webp",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The format, from the first bytes (at least 12 are needed for WebP).
+pub fn sniff(head: &[u8]) -> Option<ImageFormat> {
+    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(ImageFormat::Png)
+    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(ImageFormat::Jpeg)
+    } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
+        Some(ImageFormat::Gif)
+    } else if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
+        Some(ImageFormat::WebP)
+    } else {
+        None
+    }
+}
+
+/// The MIME type of an image this module wrote (a thumbnail), from its bytes.
+pub fn thumbnail_mime(head: &[u8]) -> &'static str {
+    sniff(head).map_or("application/octet-stream", mime_of)
+}
+
+fn reader(
+    path: &Path,
+    limits: &ImageLimits,
+) -> std::io::Result<Option<(ImageFormat, ImageReader<BufReader<std::fs::File>>)>> {
+    let mut file = std::fs::File::open(path)?;
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let Some(format) = sniff(&head[..got]) else { return Ok(None) };
+    let file = std::fs::File::open(path)?;
+    let mut r = ImageReader::with_format(BufReader::new(file), format);
+    r.limits(limits.decoder());
+    Ok(Some((format, r)))
+}
+
+/// Whether the file at `path` is an image within `limits`, from its header; `None` for
+/// anything else (not an image, a damaged header, too large). Errors are I/O errors only.
+pub fn probe(path: &Path, limits: &ImageLimits) -> std::io::Result<Option<ImageInfo>> {
+    let Some((format, r)) = reader(path, limits)? else { return Ok(None) };
+    let Ok(mut decoder) = r.into_decoder() else { return Ok(None) };
+    let (w, h) = decoder.dimensions();
+    if !limits.allows(w, h) {
+        return Ok(None);
+    }
+    let turned = decoder.orientation().is_ok_and(|o| {
+        use image::metadata::Orientation::*;
+        matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
+    });
+    let (width, height) = if turned { (h, w) } else { (w, h) };
+    Ok(Some(ImageInfo { format, width, height }))
+}
+
+/// Why no thumbnail was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ThumbnailError {
+    /// Not an image, damaged, or past the limits: it stays an attachment.
+    #[error("not a usable image: {0}")]
+    NotAnImage(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes the image at `path` within `limits` and returns a thumbnail that fits in
+/// [`THUMBNAIL_BOX`] (never larger than the image), upright, as a new JPEG or PNG.
+pub fn thumbnail(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>, ThumbnailError> {
+    let bad = |e: image::ImageError| ThumbnailError::NotAnImage(e.to_string());
+    let (_, r) = reader(path, limits)?.ok_or_else(|| ThumbnailError::NotAnImage("unknown format".into()))?;
+    let mut decoder = r.into_decoder().map_err(bad)?;
+    let (w, h) = decoder.dimensions();
+    if !limits.allows(w, h) {
+        return Err(ThumbnailError::NotAnImage(format!("{w}×{h} is past the limits")));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    let small = if img.width() > THUMBNAIL_BOX || img.height() > THUMBNAIL_BOX {
+        img.thumbnail(THUMBNAIL_BOX, THUMBNAIL_BOX)
+    } else {
+        img
+    };
+    let mut out = Cursor::new(Vec::new());
+    if small.color().has_alpha() {
+        small.to_rgba8().write_to(&mut out, ImageFormat::Png).map_err(bad)?;
+    } else {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82).encode_image(&small.to_rgb8()).map_err(bad)?;
+    }
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_the_four_formats_and_nothing_else() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\r"), Some(ImageFormat::Png));
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
+        assert_eq!(sniff(b"GIF89a\x01\0\x01\0"), Some(ImageFormat::Gif));
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some(ImageFormat::WebP));
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), None);
+        assert_eq!(sniff(b"<svg xmlns=\"http://www.w3.org/2000/svg\">"), None);
+        assert_eq!(sniff(b"GIF8"), None);
+        assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn limits_bound_each_side_and_the_pixel_count() {
+        let l = ImageLimits { max_side: 1000, max_pixels: 500_000 };
+        assert!(l.allows(1000, 500));
+        assert!(!l.allows(1001, 10));
+        assert!(!l.allows(10, 1001));
+        assert!(!l.allows(1000, 501));
+        assert!(!l.allows(0, 10));
+    }
+}
