@@ -75,6 +75,8 @@ crate::text_enum! {
         BodyTooLarge = "body_too_large",
         /// A message body holding a NUL character.
         InvalidBody = "invalid_body",
+        /// A mute's end that is past or more than a year ahead.
+        InvalidUntil = "invalid_until",
         /// A message to oneself.
         InvalidRecipient = "invalid_recipient",
         /// The commit was not confirmed (an actor restarted); resend.

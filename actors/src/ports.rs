@@ -237,12 +237,39 @@ pub struct NotificationView {
     pub created_at: i64,
 }
 
-/// A user's unread counts: unread messages per conversation, and in all (those and the
-/// unread contact notifications).
+/// A user's unread counts: unread messages per conversation, and in all (those of
+/// conversations not muted, and the unread contact notifications).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unread {
     pub total: i64,
     pub conversations: std::collections::BTreeMap<ConversationId, i64>,
+    /// The user's muted conversations, each with when its mute ends (ms since the epoch;
+    /// `None`: when the user unmutes). Their counts are in `conversations`, not in `total`.
+    #[serde(default)]
+    pub muted: std::collections::BTreeMap<ConversationId, Option<i64>>,
+}
+
+impl Unread {
+    /// Adds `count` unread of `conversation` (`None`: not of a conversation, such as a
+    /// contact request).
+    pub fn add(&mut self, conversation: Option<ConversationId>, count: i64) {
+        self.total += count;
+        if let Some(c) = conversation {
+            *self.conversations.entry(c).or_default() += count;
+        }
+    }
+
+    /// Records `conversation` as muted (until `until`): its count leaves the total.
+    pub fn mute(&mut self, conversation: ConversationId, until: Option<i64>) {
+        if self.muted.insert(conversation, until).is_none() {
+            self.total -= self.conversations.get(&conversation).copied().unwrap_or(0);
+        }
+    }
+
+    /// Whether a notification of `conversation` is one of a muted conversation.
+    pub fn is_muted(&self, conversation: Option<ConversationId>) -> bool {
+        conversation.is_some_and(|c| self.muted.contains_key(&c))
+    }
 }
 
 /// A contact request's new state, for both users it involves.

@@ -15,6 +15,7 @@
 //! - [`m20261207_000008_user_name_words`]: the words of display names, for user search
 //!   by any word's start.
 //! - [`m20261207_000009_file_images`]: image dimensions of stored files (thumbnails).
+//! - [`m20261207_000010_conversation_mutes`]: muted conversations.
 //!
 //! Rules: an applied migration is never edited; a change is a new file named
 //! `mYYYYMMDD_NNNNNN_name.rs` (the name is the migration's identity). Times are stored as
@@ -32,6 +33,7 @@ pub mod m20261207_000006_message_changes;
 pub mod m20261207_000007_message_search;
 pub mod m20261207_000008_user_name_words;
 pub mod m20261207_000009_file_images;
+pub mod m20261207_000010_conversation_mutes;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -49,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000007_message_search::Migration),
             Box::new(m20261207_000008_user_name_words::Migration),
             Box::new(m20261207_000009_file_images::Migration),
+            Box::new(m20261207_000010_conversation_mutes::Migration),
         ]
     }
 }

@@ -162,6 +162,7 @@ impl ChatRepo {
             .limit(limit)
             .all(&self.db)
             .await?;
+        let mutes = crate::notify::repo::mutes_of(&self.db, me).await?;
         let mut out = Vec::with_capacity(convs.len());
         for c in convs {
             let peer_id = if c.user_low == me.0 { c.user_high } else { c.user_low };
@@ -204,6 +205,8 @@ impl ChatRepo {
                 unread,
                 last_message: last_message.map(MessageOut::from),
                 updated_at: c.updated_at,
+                muted: mutes.contains_key(&ConversationId(c.id)),
+                muted_until: mutes.get(&ConversationId(c.id)).copied().flatten(),
             });
         }
         Ok(out)
@@ -226,6 +229,10 @@ pub struct ConversationSummary {
     pub unread: u64,
     pub last_message: Option<MessageOut>,
     pub updated_at: i64,
+    /// Muted by the caller (`PUT /api/conversations/{id}/mute`)...
+    pub muted: bool,
+    /// ...until then (ms since the epoch); `null` when not muted or muted until unmuted.
+    pub muted_until: Option<i64>,
 }
 
 // The actors' `StoredMessage` with its OpenAPI schema (the actors crate knows no HTTP).

@@ -1,16 +1,18 @@
-//! `/api/conversations`: the caller's conversations and their history (participants only).
+//! `/api/conversations`: the caller's conversations and their history, and muting them
+//! (participants only).
 
 use salvo::prelude::*;
 
 use salvo::oapi::ToSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::auth::routes::{caller, require_auth};
-use crate::domain::ConversationId;
+use crate::auth::routes::{caller, json_body, require_auth};
+use crate::domain::{ConversationId, UserId};
 use crate::error::{AppError, ErrorCode};
 use crate::messaging::chat::{ConversationSummary, MessageOut};
 use crate::web::openapi::errors;
 use crate::web::{query_i64, query_limit, state};
+use switchboard_actors::ports::ChatStore;
 
 /// Largest page of history.
 pub const MAX_PAGE: u64 = 500;
@@ -32,6 +34,112 @@ pub fn router() -> Router {
         .hoop(require_auth)
         .get(list)
         .push(Router::with_path("{id}/messages").get(messages))
+        .push(Router::with_path("{id}/mute").put(mute).delete(unmute))
+}
+
+/// Longest mute with an end: a year (longer is "until unmuted").
+const MAX_MUTE_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// How long to mute.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    /// When the mute ends (ms since the epoch, in the future, at most a year ahead);
+    /// missing or `null`: until unmuted.
+    #[serde(default)]
+    until: Option<i64>,
+}
+
+/// A conversation's mute.
+#[derive(Serialize, ToSchema)]
+struct MuteOut {
+    #[salvo(schema(value_type = String))]
+    conversation_id: ConversationId,
+    /// When it ends; `null`: when unmuted.
+    until: Option<i64>,
+}
+
+/// The conversation `{id}` of the caller's, or 404.
+async fn own_conversation(req: &Request, st: &crate::web::AppState, me: UserId) -> Result<ConversationId, AppError> {
+    let not_found = || AppError::not_found(ErrorCode::NotFound, "no such conversation");
+    let id = req.param::<String>("id").and_then(|s| ConversationId::parse(&s)).ok_or_else(not_found)?;
+    let conv =
+        st.repos.chat.conversation(id).await.map_err(|_| AppError::Unavailable("cannot read the conversation now"))?;
+    conv.filter(|c| c.has(me)).map(|_| id).ok_or_else(not_found)
+}
+
+fn change_limited(st: &crate::web::AppState, me: UserId) -> Result<(), AppError> {
+    st.change_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
+}
+
+/// `PUT /api/conversations/{id}/mute {until}` → 200 `{conversation_id, until}`: the
+/// conversation's messages still count as unread in it, but not in the notification
+/// total, and raise no notification (no desktop notification, nothing in the bell),
+/// until `until` or until unmuted. Replaces an earlier mute; every device of the caller
+/// gets the new counts (a `notification` frame / `unread` event with `muted`).
+#[endpoint(
+    operation_id = "conversations.mute",
+    tags("conversations"),
+    parameters(("id" = String, Path, description = "UUID")),
+    request_body = MuteBody,
+    responses(
+        (status_code = 200, description = "muted", body = MuteOut),
+        (status_code = 400, description = "`until` past or more than a year ahead (`invalid_until`), or a malformed body", body = crate::error::ErrorBody),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::TooLarge,
+        errors::NotJson,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
+async fn mute(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let body: MuteBody = json_body(req, depot).await?;
+    let st = state(depot)?;
+    change_limited(st, me)?;
+    let now = crate::now_ms();
+    if let Some(until) = body.until
+        && (until <= now || until - now > MAX_MUTE_MS)
+    {
+        return Err(AppError::bad_request(
+            ErrorCode::InvalidUntil,
+            "until must be in the future and at most a year ahead (ms since the epoch), or null for until unmuted",
+        ));
+    }
+    let id = own_conversation(req, st, me).await?;
+    st.repos.notifications.mute(me, id, body.until).await?;
+    st.notifier.publish_counts(me).await?;
+    res.render(Json(MuteOut { conversation_id: id, until: body.until }));
+    Ok(())
+}
+
+/// `DELETE /api/conversations/{id}/mute` → 204 (also when it was not muted); every device
+/// of the caller gets the new counts.
+#[endpoint(
+    operation_id = "conversations.unmute",
+    tags("conversations"),
+    parameters(("id" = String, Path, description = "UUID")),
+    responses(
+        (status_code = 204, description = "not muted (any more)"),
+        errors::Unauthenticated,
+        errors::NotAllowed,
+        errors::NotFound,
+        errors::RateLimited,
+        errors::Unavailable,
+    ),
+)]
+async fn unmute(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
+    let me = caller(depot)?.user_id;
+    let st = state(depot)?;
+    change_limited(st, me)?;
+    let id = own_conversation(req, st, me).await?;
+    if st.repos.notifications.unmute(me, id).await? {
+        st.notifier.publish_counts(me).await?;
+    }
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
 }
 
 /// `GET /api/conversations` → `{"conversations": [...]}`, most recent first.

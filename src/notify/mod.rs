@@ -214,8 +214,8 @@ impl Notifier {
         Ok(())
     }
 
-    /// Tells `user`'s devices their unread counts changed.
-    async fn publish_counts(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
+    /// Tells `user`'s devices their unread counts (or mutes) changed.
+    pub async fn publish_counts(&self, user: UserId) -> Result<(), sea_orm::DbErr> {
         let unread = self.notifications.unread_counts(user).await?;
         self.publish(Event::Notification { to: user, notification: None, unread }).await;
         Ok(())

@@ -18,7 +18,7 @@ use switchboard_actors::ports::{NotificationView, Pending, StoreError, Unread};
 use switchboard_actors::states::NotificationKind;
 use uuid::Uuid;
 
-use crate::storage::entities::{notification, notification_counter, receipt, user};
+use crate::storage::entities::{conversation_mute, notification, notification_counter, receipt, user};
 
 /// Rows per multi-row `INSERT` (10 parameters each).
 const INSERT_ROWS: usize = 1000;
@@ -338,17 +338,74 @@ async fn unread_counts_in<C: ConnectionTrait>(db: &C, users: &[UserId]) -> Resul
         .await?;
     let mut out: HashMap<UserId, Unread> = users.iter().map(|u| (*u, Unread::default())).collect();
     for (user, conv, count) in rows {
-        add_unread(out.entry(UserId(user)).or_default(), conv.map(ConversationId), count);
+        out.entry(UserId(user)).or_default().add(conv.map(ConversationId), count);
+    }
+    let mutes: Vec<(Uuid, Uuid, Option<i64>)> = conversation_mute::Entity::find()
+        .select_only()
+        .column(conversation_mute::Column::UserId)
+        .column(conversation_mute::Column::ConversationId)
+        .column(conversation_mute::Column::Until)
+        .filter(conversation_mute::Column::UserId.is_in(users.iter().map(|u| u.0)))
+        .filter(mute_active(crate::now_ms()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    for (user, conv, until) in mutes {
+        out.entry(UserId(user)).or_default().mute(ConversationId(conv), until);
     }
     Ok(out)
 }
 
-/// Adds `count` unread of `conversation` (`None`: not of a conversation).
-pub(crate) fn add_unread(unread: &mut Unread, conversation: Option<ConversationId>, count: i64) {
-    unread.total += count;
-    if let Some(c) = conversation {
-        unread.conversations.insert(c, count);
+/// Mutes that have not ended at `now`.
+fn mute_active(now: i64) -> Condition {
+    Condition::any().add(conversation_mute::Column::Until.is_null()).add(conversation_mute::Column::Until.gt(now))
+}
+
+/// Muted conversations: set and lifted by their user (`PUT`/`DELETE
+/// /api/conversations/{id}/mute`), read with the unread counts.
+impl NotificationRepo {
+    /// Mutes `conversation` for `user` until `until` (`None`: until unmuted), replacing
+    /// any mute of it. The caller checked that `user` takes part in it.
+    pub async fn mute(&self, user: UserId, conversation: ConversationId, until: Option<i64>) -> Result<(), DbErr> {
+        let row = conversation_mute::ActiveModel {
+            user_id: Set(user.0),
+            conversation_id: Set(conversation.0),
+            until: Set(until),
+        };
+        conversation_mute::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([conversation_mute::Column::UserId, conversation_mute::Column::ConversationId])
+                    .update_column(conversation_mute::Column::Until)
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
     }
+
+    /// Lifts `user`'s mute of `conversation`; whether there was one.
+    pub async fn unmute(&self, user: UserId, conversation: ConversationId) -> Result<bool, DbErr> {
+        let gone = conversation_mute::Entity::delete_many()
+            .filter(conversation_mute::Column::UserId.eq(user.0))
+            .filter(conversation_mute::Column::ConversationId.eq(conversation.0))
+            .exec(&self.db)
+            .await?;
+        Ok(gone.rows_affected > 0)
+    }
+}
+
+/// `user`'s muted conversations now, with when each mute ends, read through `db`.
+pub async fn mutes_of(db: &impl ConnectionTrait, user: UserId) -> Result<HashMap<ConversationId, Option<i64>>, DbErr> {
+    let rows: Vec<(Uuid, Option<i64>)> = conversation_mute::Entity::find()
+        .select_only()
+        .column(conversation_mute::Column::ConversationId)
+        .column(conversation_mute::Column::Until)
+        .filter(conversation_mute::Column::UserId.eq(user.0))
+        .filter(mute_active(crate::now_ms()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|(c, until)| (ConversationId(c), until)).collect())
 }
 
 /// [`NotificationRepo::read_conversation`] inside the committer's transaction.

@@ -62,16 +62,22 @@ impl From<NotificationView> for NotificationOut {
 
 #[derive(Serialize, ToSchema)]
 struct UnreadOut {
+    /// Unread notifications in all: the unread messages of conversations not muted, and
+    /// unread contact notifications.
     total: i64,
-    /// Unread messages per conversation id.
+    /// Unread messages per conversation id (muted ones too).
     #[salvo(schema(value_type = std::collections::BTreeMap<String, i64>))]
     conversations: std::collections::BTreeMap<ConversationId, i64>,
+    /// Muted conversations by id, with when each mute ends (ms since the epoch; `null`:
+    /// when unmuted).
+    #[salvo(schema(value_type = std::collections::BTreeMap<String, Option<i64>>))]
+    muted: std::collections::BTreeMap<ConversationId, Option<i64>>,
 }
 
 impl From<Unread> for UnreadOut {
     fn from(u: Unread) -> Self {
-        let Unread { total, conversations } = u;
-        Self { total, conversations }
+        let Unread { total, conversations, muted } = u;
+        Self { total, conversations, muted }
     }
 }
 

@@ -11,7 +11,7 @@ use switchboard_actors::ports::{NotificationView, Unread};
 use uuid::Uuid;
 
 use crate::domain::{ConversationId, UserId};
-use crate::notify::repo::{Change, NewNotification, Recorded, Stored, add_unread, after_read, bump, changes};
+use crate::notify::repo::{Change, NewNotification, Recorded, Stored, after_read, bump, changes};
 use crate::storage::rows::{opt_uuid_at, uuid_at};
 
 /// One batch transaction's notification writes, and the users' names they read (once per
@@ -176,7 +176,7 @@ impl<'a> Notifications<'a> {
         Ok(self.names.get(&user).and_then(Option::as_ref))
     }
 
-    /// A user's unread counts, per conversation and in all.
+    /// A user's unread counts, per conversation and in all (but muted conversations).
     fn unread(&self, user: Uuid) -> rusqlite::Result<Unread> {
         let mut unread = Unread::default();
         let mut counts = self.db.prepare_cached(
@@ -185,7 +185,14 @@ impl<'a> Notifications<'a> {
         )?;
         let mut rows = counts.query(params![user.as_bytes()])?;
         while let Some(r) = rows.next()? {
-            add_unread(&mut unread, opt_uuid_at(r, 0)?.map(ConversationId), r.get(1)?);
+            unread.add(opt_uuid_at(r, 0)?.map(ConversationId), r.get(1)?);
+        }
+        let mut mutes = self.db.prepare_cached(
+            "SELECT conversation_id, until FROM conversation_mutes WHERE user_id = ?1 AND (until IS NULL OR until > ?2)",
+        )?;
+        let mut rows = mutes.query(params![user.as_bytes(), self.now])?;
+        while let Some(r) = rows.next()? {
+            unread.mute(ConversationId(uuid_at(r, 0)?), r.get(1)?);
         }
         Ok(unread)
     }

@@ -492,3 +492,149 @@ async fn answering_or_withdrawing_a_request_clears_its_notification() {
     assert_eq!(all.len(), 2, "kept, read: {all:?}");
     assert!(all.iter().all(|n| n["read"] == true), "{all:?}");
 }
+
+async fn put_mute(app: &TestApp, token: &str, conv: &str, body: Value) -> reqwest::Response {
+    app.client
+        .put(app.url(&format!("/api/conversations/{conv}/mute")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Reads `notification` frames until one's counts say `until` of them.
+async fn counts_until(ws: &mut Client, mut until: impl FnMut(&Value) -> bool) -> Value {
+    loop {
+        let f = ws.next_of("notification").await;
+        if until(&f["unread"]) {
+            return f;
+        }
+    }
+}
+
+async fn a_muted_conversation_counts_unread_but_not_in_the_total(backend: crate::helpers::Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    let mut bob_ws = Client::connect(&app, &bob).await;
+    alice_ws.send_to_user("m1", &bob_id, "first").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    counts_until(&mut bob_ws, |u| u["total"] == 1).await;
+
+    // Bob mutes it: every device of his hears the counts, the conversation out of the total.
+    let r = put_mute(&app, &bob, &conv, json!({"until": null})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"conversation_id": conv, "until": null}));
+    let f = counts_until(&mut bob_ws, |u| u["muted"].get(&conv).is_some()).await;
+    assert_eq!(f["unread"]["total"], 0);
+    assert_eq!(f["unread"]["conversations"][&conv], 1);
+
+    // A new message counts in the conversation, not in the total.
+    alice_ws.send_to_conv("m2", &conv, "second").await;
+    let f = counts_until(&mut bob_ws, |u| u["conversations"][&conv] == 2).await;
+    assert_eq!(f["unread"]["total"], 0, "muted: {f}");
+    assert_eq!(f["unread"]["muted"], json!({&conv: null}));
+    let listed = list(&app, &bob, "").await;
+    assert_eq!(
+        (listed["unread"]["total"].as_i64(), listed["unread"]["conversations"][&conv].as_i64()),
+        (Some(0), Some(2))
+    );
+    let convs = app.get_json("/api/conversations", &bob).await;
+    let c = &convs["conversations"][0];
+    assert_eq!((c["muted"].as_bool(), c["muted_until"].as_i64(), c["unread"].as_u64()), (Some(true), None, Some(2)));
+    // Alice's view is hers: not muted.
+    let theirs = app.get_json("/api/conversations", &alice).await;
+    assert_eq!(theirs["conversations"][0]["muted"], false);
+
+    // Other notifications still count: a contact request from Carol.
+    let (carol, _) = user(&app, "carol").await;
+    let r = app
+        .client
+        .post(app.url("/api/contacts/requests"))
+        .bearer_auth(&carol)
+        .json(&json!({"username": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    counts_until(&mut bob_ws, |u| u["total"] == 1).await;
+
+    // Unmuted: the two messages are back in the total.
+    let r =
+        app.client.delete(app.url(&format!("/api/conversations/{conv}/mute"))).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let f = counts_until(&mut bob_ws, |u| u["total"] == 3).await;
+    assert_eq!(f["unread"]["muted"], json!({}));
+    assert_eq!(app.get_json("/api/conversations", &bob).await["conversations"][0]["muted"], false);
+
+    // A mute with an end: counted again once it ends (the counts are read at that time).
+    let until = chrono_now_ms() + 1500;
+    let r = put_mute(&app, &bob, &conv, json!({"until": until})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let convs = app.get_json("/api/conversations", &bob).await;
+    assert_eq!(convs["conversations"][0]["muted_until"], until);
+    assert_eq!(list(&app, &bob, "").await["unread"]["total"], 1);
+    eventually("the mute to end", async || (list(&app, &bob, "").await["unread"]["total"] == 3).then_some(())).await;
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn a_muted_conversation_counts_unread_but_not_in_the_total_sqlite() {
+    a_muted_conversation_counts_unread_but_not_in_the_total(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_muted_conversation_counts_unread_but_not_in_the_total_postgres() {
+    a_muted_conversation_counts_unread_but_not_in_the_total(crate::helpers::Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn only_a_participant_mutes_and_only_within_a_year() {
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |_| {}).await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let (carol, _) = user(&app, "carol").await;
+    let mut alice_ws = Client::connect(&app, &alice).await;
+    alice_ws.send_to_user("m1", &bob_id, "hi").await;
+    let conv = alice_ws.next_of("ack").await["conversation_id"].as_str().unwrap().to_owned();
+    let now = chrono_now_ms();
+    for until in [json!(now - 1000), json!(now + 367 * 86_400_000i64)] {
+        let r = put_mute(&app, &alice, &conv, json!({"until": until})).await;
+        assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_until", "until {until}");
+    }
+    for body in [json!({"until": "tomorrow"}), json!({"until": null, "forever": true}), json!({"until": 1.5})] {
+        let r = put_mute(&app, &alice, &conv, body).await;
+        assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_json");
+    }
+    // Carol is no participant: there is no such conversation for her.
+    let r = put_mute(&app, &carol, &conv, json!({})).await;
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/conversations/{conv}/mute")))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    let r = put_mute(&app, &alice, "not-a-uuid", json!({})).await;
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    // Nothing was muted by any of that.
+    assert_eq!(app.get_json("/api/conversations", &alice).await["conversations"][0]["muted"], false);
+    // `{}` mutes until unmuted; unmuting twice is fine.
+    assert_eq!(put_mute(&app, &alice, &conv, json!({})).await.status(), StatusCode::OK);
+    assert_eq!(app.get_json("/api/conversations", &alice).await["conversations"][0]["muted"], true);
+    for _ in 0..2 {
+        let r = app
+            .client
+            .delete(app.url(&format!("/api/conversations/{conv}/mute")))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+}

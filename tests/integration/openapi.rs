@@ -34,6 +34,8 @@ const OPERATIONS: &[&str] = &[
     "POST /api/contacts/{user_id}/block",
     "DELETE /api/contacts/{user_id}/block",
     "GET /api/conversations",
+    "PUT /api/conversations/{id}/mute",
+    "DELETE /api/conversations/{id}/mute",
     "GET /api/conversations/{id}/messages",
     "PATCH /api/messages/{id}",
     "DELETE /api/messages/{id}",

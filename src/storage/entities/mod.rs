@@ -4,6 +4,7 @@
 pub mod block;
 pub mod contact;
 pub mod conversation;
+pub mod conversation_mute;
 pub mod file;
 pub mod login_session;
 pub mod message;
