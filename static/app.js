@@ -109,7 +109,15 @@ const SB = (() => {
   const me = signedIn ? api('GET', '/api/auth/me') : Promise.resolve(null);
 
   // ---- notifications menu ----------------------------------------------------------
-  const notif = { items: new Map(), unread: { total: 0, conversations: {} }, lastN: 0 };
+  const notif = { items: new Map(), unread: { total: 0, conversations: {}, muted: {} }, lastN: 0 };
+
+  // Whether the user muted this conversation (on any device): the counts carry the mutes.
+  function isMuted(conversationId) {
+    const muted = notif.unread.muted || {};
+    if (!conversationId || !(conversationId in muted)) return false;
+    const until = muted[conversationId];
+    return until === null || until > Date.now();
+  }
 
   function notifText(n) {
     const p = n.payload || {};
@@ -134,7 +142,10 @@ const SB = (() => {
   function renderNotifs() {
     const list = document.getElementById('notif-list');
     if (!list) return;
-    const sorted = [...notif.items.values()].sort((a, b) => b.n - a.n).slice(0, 30);
+    // A muted conversation raises nothing: its messages are not listed here (they still
+    // count in the conversation itself).
+    const shown = [...notif.items.values()].filter((n) => !(n.kind === 'message' && isMuted(n.conversation_id)));
+    const sorted = shown.sort((a, b) => b.n - a.n).slice(0, 30);
     list.replaceChildren(...sorted.map((n) => {
       const li = clone('tpl-notif');
       const a = li.querySelector('a');
@@ -215,8 +226,8 @@ const SB = (() => {
     try {
       const page = await api('GET', '/api/notifications?limit=30');
       page.notifications.forEach(addNotif);
-      renderNotifs();
       setUnread(page.unread);
+      renderNotifs();
     } catch (e) {
       if (e.status !== 401) toast('Notifications are unavailable: ' + e.message);
     }
@@ -234,7 +245,7 @@ const SB = (() => {
 
   function desktopNotify(n) {
     if (!('Notification' in window) || Notification.permission !== 'granted' || !document.hidden) return;
-    if (n.read || !['message', 'contact_request'].includes(n.kind)) return;
+    if (n.read || !['message', 'contact_request'].includes(n.kind) || isMuted(n.conversation_id)) return;
     const show = () => {
       const p = n.payload || {};
       const title = n.kind === 'message' ? (p.sender_display_name || p.sender_username || 'New message') : 'Contact request';
@@ -298,8 +309,8 @@ const SB = (() => {
           n.read = true;
         }
       }
-      renderNotifs();
       setUnread(unread);
+      renderNotifs();
     });
     source.addEventListener('error', async () => {
       if (stream.source !== source) return;
@@ -381,5 +392,5 @@ const SB = (() => {
     }
   }
 
-  return { api, ApiError, el, clone, toast, time, when, name, me, showMe, notif, setTitleCount, toLogin, stillSignedIn, whileLeaving, leaving: () => leaving || toLoginStarted };
+  return { api, ApiError, el, clone, toast, time, when, name, me, showMe, notif, isMuted, setTitleCount, toLogin, stillSignedIn, whileLeaving, leaving: () => leaving || toLoginStarted };
 })();

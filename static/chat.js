@@ -183,9 +183,12 @@
       li.querySelector('.name').textContent = name(p.user);
       li.querySelector('.last').textContent = c ? preview(c.last) : (p.contact ? 'No messages yet' : '');
       const n = c ? S.unread[c.id] || 0 : 0;
+      const muted = !!c && SB.isMuted(c.id);
+      li.querySelector('.mute-icon').hidden = !muted;
       const badge = li.querySelector('.badge');
       badge.textContent = String(n);
       badge.hidden = n === 0;
+      badge.classList.toggle('quiet', muted);
       badge.setAttribute('aria-label', `${n} unread`);
       return li;
     }));
@@ -199,6 +202,50 @@
     $('peer-dot').classList.toggle('online', p.online);
     $('peer-dot').title = p.online ? 'online' : 'offline';
     $('peer-seen').textContent = p.online ? 'online' : p.lastSeen ? `last seen ${SB.when(p.lastSeen)}` : '';
+    renderMute();
+  }
+
+  // The open conversation's mute, as a menu: notifications on, or muted for a while or
+  // until unmuted. Every device learns it from the counts (`unread.muted`).
+  const MUTE_FOR = [['1h', 'Mute for 1 hour', 3600e3], ['8h', 'Mute for 8 hours', 8 * 3600e3], ['1w', 'Mute for a week', 7 * 86400e3], ['forever', 'Mute until I unmute', null]];
+  function renderMute() {
+    const sel = $('mute-select');
+    const c = S.current && convOf(S.current);
+    sel.hidden = !c;
+    if (!c) return;
+    const opt = (value, text) => { const o = el('option', null, text); o.value = value; return o; };
+    const options = [];
+    if (SB.isMuted(c.id)) {
+      const until = (SB.notif.unread.muted || {})[c.id];
+      options.push(opt('', until ? `Muted until ${new Date(until).toLocaleString([], { dateStyle: 'short', timeStyle: 'short' })}` : 'Muted'), opt('off', 'Unmute'));
+    } else {
+      options.push(opt('', 'Notifications on'));
+    }
+    for (const [value, text] of MUTE_FOR) options.push(opt(value, text));
+    sel.replaceChildren(...options);
+    sel.value = '';
+  }
+
+  async function onMuteChange() {
+    const sel = $('mute-select');
+    const c = S.current && convOf(S.current);
+    const choice = sel.value;
+    if (!c || !choice) return;
+    try {
+      const path = `/api/conversations/${encodeURIComponent(c.id)}/mute`;
+      if (choice === 'off') {
+        await api('DELETE', path);
+        toast('Notifications are on for this chat.');
+      } else {
+        const span = MUTE_FOR.find(([v]) => v === choice)[2];
+        await api('PUT', path, { until: span === null ? null : Date.now() + span });
+        toast('Muted: this chat counts its unread messages but raises no notifications.');
+      }
+    } catch (e) {
+      toast(e.message);
+    }
+    // The counts that follow (on every device) carry the new mute; until then, as it was.
+    renderMute();
   }
 
   async function open(peerId) {
@@ -1217,8 +1264,10 @@
     document.addEventListener('visibilitychange', markRead);
     window.addEventListener('focus', markRead);
     window.addEventListener('online', () => { if (!S.connected) connect(); });
+    $('mute-select').addEventListener('change', onMuteChange);
     document.addEventListener('sb:unread', (ev) => {
       S.unread = ev.detail.conversations || {};
+      if (S.current && peer(S.current)) renderMute();
       renderList();
     });
     S.unread = SB.notif.unread.conversations || {};

@@ -772,6 +772,38 @@ test('desktop notifications: one per new message while hidden, however many tabs
   assert.equal(all.length, 1, JSON.stringify(all));
   assert.equal(all[0].title, 'Frank Castle');
   assert.match(all[0].body, /The report is ready for review/);
+
+  // Erin mutes the chat with Frank (in her second tab, on the chat page, where the menu is).
+  for (const p of [erin, erin2]) await p.evaluate(() => { window.__hidden = false; });
+  await erin2.goto(server.url + '/chat');
+  await openChatWith(erin2, 'Frank Castle');
+  await erin2.locator('#mute-select').selectOption({ label: 'Mute until I unmute' });
+  await erin2.locator('#mute-select option', { hasText: 'Unmute' }).waitFor({ state: 'attached', timeout: WAIT });
+  const row = erin2.locator('#conv-list a.conv', { hasText: 'Frank Castle' });
+  await row.locator('.mute-icon:not([hidden])').waitFor({ timeout: WAIT });
+  // The other tab learns it too (from the counts), before anything arrives.
+  await erin.waitForFunction(() => Object.keys(SB.notif.unread.muted || {}).length === 1, null, { timeout: WAIT });
+  await erin2.goto(server.url + '/contacts');
+  for (const p of [erin, erin2]) await p.evaluate(() => { window.__hidden = true; });
+  await send(frank, 'Muted news');
+  // Both tabs have the notification (and so have decided about it)...
+  for (const p of [erin, erin2]) {
+    await p.waitForFunction(() => [...SB.notif.items.values()].some((n) => n.payload && n.payload.preview === 'Muted news'), null, { timeout: WAIT });
+  }
+  // ...and raised nothing: no system notification, not in the menu, not in the bell's count.
+  assert.equal((await shown()).length, 1, JSON.stringify(await shown()));
+  assert.equal(await erin.locator('#notif-list .notif-text', { hasText: 'Muted news' }).count(), 0);
+  assert.equal(await erin.locator('#notif-count').isHidden(), true);
+  // The chat list still counts it, in grey, beside the mute icon.
+  await erin2.goto(server.url + '/chat');
+  const badge = erin2.locator('#conv-list a.conv', { hasText: 'Frank Castle' }).locator('.badge.quiet');
+  await badge.waitFor({ timeout: WAIT });
+  assert.equal(await badge.textContent(), '1');
+  // Unmuted: the bell counts it again.
+  for (const p of [erin, erin2]) await p.evaluate(() => { window.__hidden = false; });
+  await openChatWith(erin2, 'Frank Castle');
+  await erin2.locator('#mute-select').selectOption({ label: 'Unmute' });
+  await erin.waitForFunction(() => Object.keys(SB.notif.unread.muted || {}).length === 0, null, { timeout: WAIT });
   assert.deepEqual(erin.errors.concat(erin2.errors), []);
   for (const p of [erin, frank]) await p.context().close();
 });
