@@ -373,11 +373,45 @@ const SB = (() => {
     if (e) e.textContent = `${name(u)} (@${u.username})`;
   }
 
+  // ---- the connection on pages without the chat -----------------------------------------
+  // The chat page has its own socket (chat.js). Contacts and Settings keep one open too, so
+  // that the user stays online for their contacts and the messages sent to them are
+  // delivered while they are there (the server marks a message delivered when it reaches
+  // a socket of theirs; the notifications menu shows it). It sends nothing (the server's
+  // heartbeat keeps it alive) and no `sync`: it gets what arrives while it is open, and the
+  // chat page catches up on the rest. A close for a logged-out or expired login goes to
+  // the login page, like the chat's.
+  const side = { retry: 0, timer: null, ws: null };
+
+  function sideSocket() {
+    clearTimeout(side.timer);
+    let hello = false;
+    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+    side.ws = ws;
+    ws.onmessage = () => {
+      if (!hello) side.retry = 0;
+      hello = true;
+    };
+    ws.onclose = async (ev) => {
+      side.ws = null;
+      if (leaving || toLoginStarted) return;
+      if (ev.code === 4001 || ev.code === 4002) return toLogin();
+      // Refused at the upgrade (401 shows as 1006): signed out goes to the login page.
+      if (!hello && !(await stillSignedIn())) return;
+      const delay = Math.min(30000, 1000 * 2 ** Math.min(side.retry++, 5)) * (0.75 + Math.random() / 2);
+      side.timer = setTimeout(sideSocket, delay);
+    };
+  }
+
   document.addEventListener('DOMContentLoaded', () => {
     if (!signedIn) return;
     document.getElementById('logout').addEventListener('click', logout);
     me.then(showMe).catch(() => {});
     startNotifications();
+    if (document.body.dataset.page !== 'chat' && 'WebSocket' in window) {
+      sideSocket();
+      window.addEventListener('online', () => { if (!side.ws) sideSocket(); });
+    }
   });
 
   // Runs `work` (which ends this login: logout, deleting the account) with the page

@@ -552,17 +552,41 @@ test('two people use Switchboard in real browsers', async (t) => {
     await carol.context().close();
   });
 
+  await t.test('on the Contacts page alice stays online and receives: bob sees Delivered', async () => {
+    // Alice is on the Contacts page (no chat open).
+    assert.equal(new URL(alice.url()).pathname, '/contacts');
+    await bob.goto(server.url + '/chat');
+    await openChatWith(bob, 'Alice');
+    await bob.locator('#peer-seen', { hasText: 'online' }).waitFor({ timeout: WAIT });
+    await send(bob, 'Are you on the contacts page?');
+    await bob.locator('#messages li.msg.mine', { hasText: 'Are you on the contacts page?' }).locator('.status', { hasText: 'Delivered' }).waitFor({ timeout: WAIT });
+    // It reached her: the notifications menu has it.
+    await alice.locator('#notif-list .notif-text', { hasText: 'Are you on the contacts page?' }).waitFor({ state: 'attached', timeout: WAIT });
+    // Going to the chat shows it; leaving every page makes her offline for bob.
+    await alice.goto(server.url + '/chat');
+    await openChatWith(alice, BOB_NAME);
+    await waitForBody(alice, 'Are you on the contacts page?');
+    await alice.goto('about:blank');
+    await bob.locator('#peer-seen', { hasText: 'last seen' }).waitFor({ timeout: WAIT });
+    await alice.goto(server.url + '/settings');
+    await bob.locator('#peer-seen', { hasText: 'online' }).waitFor({ timeout: WAIT });
+  });
+
   await t.test('logging out in another tab sends the open chat page to the login page', async () => {
     await bob.goto(server.url + '/chat');
     await bob.locator('#conv-list a.conv').first().waitFor({ timeout: WAIT });
     const tab = await bob.context().newPage();
+    const contactsTab = await bob.context().newPage();
+    await contactsTab.goto(server.url + '/contacts');
     await tab.goto(server.url + '/chat');
     await tab.click('#logout');
     await tab.waitForURL('**/login');
-    // The first tab's socket was opened by the same login: the server closes it (4001)
-    // and the page goes to the login page instead of reconnecting for ever.
+    // The other tabs' sockets were opened by the same login: the server closes them (4001)
+    // and the pages go to the login page instead of reconnecting for ever.
     await bob.waitForURL((u) => u.pathname === '/login', { timeout: WAIT });
+    await contactsTab.waitForURL((u) => u.pathname === '/login', { timeout: WAIT });
     await tab.close();
+    await contactsTab.close();
   });
 
   await t.test('a phone-width screen and the dark scheme', async () => {
@@ -778,7 +802,7 @@ test('desktop notifications: one per new message while hidden, however many tabs
   await erin2.goto(server.url + '/chat');
   await openChatWith(erin2, 'Frank Castle');
   await erin2.locator('#mute-select').selectOption({ label: 'Mute until I unmute' });
-  await erin2.locator('#mute-select option', { hasText: 'Unmute' }).waitFor({ state: 'attached', timeout: WAIT });
+  await erin2.locator('#mute-select option', { hasText: /^Unmute$/ }).waitFor({ state: 'attached', timeout: WAIT });
   const row = erin2.locator('#conv-list a.conv', { hasText: 'Frank Castle' });
   await row.locator('.mute-icon:not([hidden])').waitFor({ timeout: WAIT });
   // The other tab learns it too (from the counts), before anything arrives.
