@@ -5,8 +5,8 @@
 //!
 //! - `parts/<transfer id>/<index>`: a verified chunk of an upload in progress.
 //! - `blobs/<sha256[0..2]>/<sha256>`: a complete file, content-addressed.
-//! - `thumbs/<sha256[0..2]>/<sha256>`: the thumbnail of an image blob (a JPEG or PNG
-//!   the server wrote), made on first request; `<sha256>.none` marks a blob whose header
+//! - `thumbs/<file id[0..2]>/<file id>`: the thumbnail of an image file (a JPEG or PNG
+//!   the server wrote), made on first request; `<file id>.none` marks one whose header
 //!   passed but whose pixels did not decode, so it is not tried again.
 //! - `tmp/<random>`: a chunk or file being written; renamed into place when verified.
 
@@ -110,6 +110,55 @@ pub struct FileRepo {
     images: ImageLimits,
     /// One image decode at a time per node: each may take a few hundred MiB and a core.
     decoding: Arc<tokio::sync::Semaphore>,
+    /// Thumbnails being made or waiting, per user.
+    thumbnailing: Arc<dashmap::DashMap<UserId, usize>>,
+}
+
+/// Thumbnails one user may have being made or waiting at once (more: 429).
+pub const THUMBNAILS_PER_USER: usize = 2;
+
+/// How long a request waits for its thumbnail (it goes on being made after that).
+const THUMBNAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Why a thumbnail request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ThumbnailWait {
+    /// The user has [`THUMBNAILS_PER_USER`] being made already.
+    #[error("wait for your other thumbnails first")]
+    Busy,
+    /// Not made within [`THUMBNAIL_WAIT`] (the node is busy making others).
+    #[error("the thumbnail is not ready yet; try again")]
+    Slow,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// One of a user's [`THUMBNAILS_PER_USER`]; given back when dropped (with the task that
+/// makes the thumbnail, not with the request).
+struct ThumbnailSlot {
+    users: Arc<dashmap::DashMap<UserId, usize>>,
+    user: UserId,
+}
+
+impl ThumbnailSlot {
+    fn take(users: &Arc<dashmap::DashMap<UserId, usize>>, user: UserId) -> Option<Self> {
+        let mut n = users.entry(user).or_default();
+        if *n >= THUMBNAILS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(Self { users: users.clone(), user })
+    }
+}
+
+impl Drop for ThumbnailSlot {
+    fn drop(&mut self) {
+        self.users.remove_if_mut(&self.user, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 /// Types a browser would show inline: a file declared as one of them whose bytes are not
@@ -154,7 +203,13 @@ pub fn is_sha256_hex(s: &str) -> bool {
 impl FileRepo {
     pub fn new(db: DatabaseConnection, data_dir: &Path) -> Self {
         let images = crate::config::FilesConfig::default().image_limits();
-        Self { db, root: data_dir.join("files"), images, decoding: Arc::new(tokio::sync::Semaphore::new(1)) }
+        Self {
+            db,
+            root: data_dir.join("files"),
+            images,
+            decoding: Arc::new(tokio::sync::Semaphore::new(1)),
+            thumbnailing: Arc::default(),
+        }
     }
 
     /// What counts as an image (for thumbnails); the defaults are `files.image_*`'s.
@@ -163,44 +218,68 @@ impl FileRepo {
         self
     }
 
-    fn thumb_path(&self, sha256: &str) -> Option<PathBuf> {
-        is_sha256_hex(sha256).then(|| self.root.join("thumbs").join(&sha256[..2]).join(sha256))
+    /// Where the thumbnail of file `id` lives. Per file record, not per content: a
+    /// thumbnail made for someone else's copy of the same bytes would answer at once and
+    /// tell that those bytes were stored (and looked at) before.
+    fn thumb_path(&self, id: FileId) -> PathBuf {
+        let id = id.0.simple().to_string();
+        self.root.join("thumbs").join(&id[..2]).join(id)
     }
 
-    fn no_thumb_path(&self, sha256: &str) -> Option<PathBuf> {
-        self.thumb_path(sha256).map(|p| p.with_extension("none"))
+    fn no_thumb_path(&self, id: FileId) -> PathBuf {
+        self.thumb_path(id).with_extension("none")
     }
 
-    /// The thumbnail of the image file `f`, made now if it is not stored yet; `None` if
-    /// `f` is not an image or its pixels do not decode within the limits.
-    pub async fn thumbnail(&self, f: &file::Model) -> anyhow::Result<Option<PathBuf>> {
+    /// The thumbnail of the image file `f` for `user`, made now if it is not stored yet;
+    /// `None` if `f` is not an image or its pixels do not decode within the limits.
+    ///
+    /// A thumbnail is made by a task of its own that holds the node's one decode permit
+    /// from before the decode until its result is stored: a request that goes away (a
+    /// client that hangs up) neither frees the permit early nor wastes the decode. Each
+    /// user has at most [`THUMBNAILS_PER_USER`] being made or waiting, so one user's
+    /// expensive images cannot fill the queue in front of everyone else's.
+    pub async fn thumbnail(&self, user: UserId, f: &file::Model) -> Result<Option<PathBuf>, ThumbnailWait> {
         if f.image_width.is_none() {
             return Ok(None);
         }
-        let (Some(blob), Some(thumb), Some(none)) =
-            (self.blob_path(&f.sha256), self.thumb_path(&f.sha256), self.no_thumb_path(&f.sha256))
-        else {
-            return Ok(None);
-        };
-        let made = |p: &Path| std::fs::metadata(p).is_ok();
-        if made(&thumb) {
+        let id = FileId(f.id);
+        let (thumb, none) = (self.thumb_path(id), self.no_thumb_path(id));
+        if tokio::fs::try_exists(&thumb).await.unwrap_or(false) {
             return Ok(Some(thumb));
         }
-        if made(&none) {
+        if tokio::fs::try_exists(&none).await.unwrap_or(false) {
             return Ok(None);
         }
-        let _permit = self.decoding.acquire().await?;
-        // Made by a request that held the permit before this one.
-        if made(&thumb) {
+        let Some(blob) = self.blob_path(&f.sha256) else { return Ok(None) };
+        let slot = ThumbnailSlot::take(&self.thumbnailing, user).ok_or(ThumbnailWait::Busy)?;
+        let (repo, sha) = (self.clone(), f.sha256.clone());
+        let made = tokio::spawn(async move {
+            let _slot = slot;
+            repo.make_thumbnail(id, &sha, &blob).await
+        });
+        match tokio::time::timeout(THUMBNAIL_WAIT, made).await {
+            Ok(Ok(Ok(made))) => Ok(made),
+            Ok(Ok(Err(e))) => Err(ThumbnailWait::Failed(e)),
+            Ok(Err(e)) => Err(ThumbnailWait::Failed(e.into())),
+            Err(_) => Err(ThumbnailWait::Slow),
+        }
+    }
+
+    /// Makes and stores the thumbnail of file `id` (bytes at `blob`), holding the decode
+    /// permit; see [`Self::thumbnail`].
+    async fn make_thumbnail(&self, id: FileId, sha256: &str, blob: &Path) -> anyhow::Result<Option<PathBuf>> {
+        let (thumb, none) = (self.thumb_path(id), self.no_thumb_path(id));
+        let _permit = self.decoding.clone().acquire_owned().await?;
+        // Made while this one waited (the same file asked for twice).
+        if tokio::fs::try_exists(&thumb).await.unwrap_or(false) {
             return Ok(Some(thumb));
         }
-        let limits = self.images;
-        let blob2 = blob.clone();
-        let result = tokio::task::spawn_blocking(move || images::thumbnail(&blob2, &limits)).await?;
+        let (blob, limits) = (blob.to_owned(), self.images);
+        let result = tokio::task::spawn_blocking(move || images::thumbnail(&blob, &limits)).await?;
         if let Some(parent) = thumb.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        match result {
+        let kept = match result {
             Ok(bytes) => {
                 let (tmp, mut out) = self.temp_file().await?;
                 out.write_all(&bytes).await?;
@@ -208,16 +287,43 @@ impl FileRepo {
                 drop(out);
                 tokio::fs::rename(&tmp.path, &thumb).await?;
                 tmp.kept();
-                Ok(Some(thumb))
+                Some(thumb.clone())
             }
             Err(images::ThumbnailError::NotAnImage(why)) => {
-                tracing::info!(file = %f.id, why, "no thumbnail");
+                tracing::info!(file = %id, why, "no thumbnail");
                 tokio::fs::write(&none, b"").await?;
-                Ok(None)
+                None
             }
-            Err(images::ThumbnailError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(images::ThumbnailError::Io(e)) => Err(e.into()),
+            Err(images::ThumbnailError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(images::ThumbnailError::Io(e)) => return Err(e.into()),
+        };
+        // Deleted while it was made: the deletion removed what was there before this was
+        // written, so this removes what it wrote (written first, checked after: one of the
+        // two always sees the other).
+        if self.file(id).await?.is_none_or(|f| f.sha256 != sha256) {
+            self.remove_thumbnail(id).await?;
+            return Ok(None);
         }
+        Ok(kept)
+    }
+
+    /// Removes the thumbnail of file `id` (and the mark of one that could not be made).
+    async fn remove_thumbnail(&self, id: FileId) -> std::io::Result<()> {
+        for path in [self.thumb_path(id), self.no_thumb_path(id)] {
+            match tokio::fs::remove_file(&path).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// After the file record `id` went (its message was deleted): removes its thumbnail,
+    /// and its bytes unless another file or upload shares them. Returns whether the bytes
+    /// went.
+    pub async fn remove_file_bytes(&self, id: FileId, sha256: &str) -> anyhow::Result<bool> {
+        self.remove_thumbnail(id).await?;
+        self.remove_blob_if_unused(sha256).await
     }
 
     /// Whether the blob at `path` is an image, from its header (on a blocking thread).
@@ -255,12 +361,6 @@ impl FileRepo {
             .await?;
         if uploading > 0 {
             return Ok(false);
-        }
-        for derived in [self.thumb_path(sha256), self.no_thumb_path(sha256)].into_iter().flatten() {
-            match tokio::fs::remove_file(&derived).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
         }
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(true),
@@ -738,5 +838,24 @@ impl TransferStore for FileRepo {
             file::Entity::delete_by_id(f).exec(&self.db).await.map_err(unavailable)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_has_at_most_two_thumbnails_in_the_making() {
+        let users = Arc::new(dashmap::DashMap::new());
+        let (me, other) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
+        let first = ThumbnailSlot::take(&users, me).expect("a first");
+        let second = ThumbnailSlot::take(&users, me).expect("a second");
+        assert!(ThumbnailSlot::take(&users, me).is_none(), "no third");
+        assert!(ThumbnailSlot::take(&users, other).is_some(), "others are not held up");
+        drop(first);
+        let third = ThumbnailSlot::take(&users, me).expect("one was given back");
+        drop((second, third));
+        assert!(users.is_empty(), "nothing left behind");
     }
 }

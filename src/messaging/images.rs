@@ -4,15 +4,19 @@
 //! - [`sniff`] knows PNG, JPEG, GIF and WebP by their signatures. Anything else, SVG
 //!   included (it is a document that can carry script), is not an image here and stays
 //!   an attachment.
-//! - [`probe`] reads only the header: the format from the signature, the dimensions
-//!   (as shown, after the EXIF orientation) and whether they are within
-//!   [`ImageLimits`]. A file that passes becomes an image message (`width`, `height`).
+//! - [`probe`] reads only the header, from the file's first [`PROBE_BYTES`] (some
+//!   decoders read their whole input before looking at it): the format from the
+//!   signature, the dimensions (as shown, after the EXIF orientation) and whether they
+//!   and the file's size are within [`ImageLimits`]. A file that passes becomes an image
+//!   message (`width`, `height`).
 //! - [`thumbnail`] decodes the whole image under the same limits and a cap on the memory
-//!   the decoder may allocate, so a small file that claims or unpacks to a huge picture (a
-//!   decompression bomb) is refused before its pixels are allocated. It runs on a blocking
-//!   thread, one at a time per node (the caller holds a permit), and writes a new image
-//!   (JPEG, or PNG when there is transparency), so nothing but pixels survives from the
-//!   upload: no metadata, no trailing bytes.
+//!   the decoder may allocate (the pixel limit at the image's own bytes per pixel), so a
+//!   small file that claims or unpacks to a huge picture (a decompression bomb, or a GIF
+//!   frame larger than its declared screen) is refused before its pixels are allocated.
+//!   It shrinks first and turns the small copy upright after, so the peak is the decoded
+//!   pixels once. It runs on a blocking thread, one at a time per node (the caller holds
+//!   a permit), and writes a new image (JPEG, or PNG when there is transparency), so
+//!   nothing but pixels survives from the upload: no metadata, no trailing bytes.
 //!
 //! All functions here are blocking.
 
@@ -20,6 +24,10 @@ use std::io::{BufReader, Cursor, Read};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+/// How much of a file [`probe`] reads: the headers of the four formats are far smaller
+/// (a JPEG's metadata segments are at most 64 KiB each).
+pub const PROBE_BYTES: u64 = 1 << 20;
 
 /// Thumbnails fit in a square of this many pixels (shown at up to half that, so they stay
 /// sharp on high-density screens).
@@ -35,6 +43,12 @@ pub struct ImageLimits {
 }
 
 impl ImageLimits {
+    /// The largest file taken for an image: 4 bytes a pixel of the limit and 16 MiB (a
+    /// compressed image is smaller; a JPEG is read whole into memory to be decoded).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(4).saturating_add(16 << 20)
+    }
+
     fn allows(&self, width: u32, height: u32) -> bool {
         width >= 1
             && height >= 1
@@ -43,13 +57,13 @@ impl ImageLimits {
             && u64::from(width) * u64::from(height) <= self.max_pixels
     }
 
-    /// The decoder's own limits: the dimensions, and memory for the pixels at up to 8
-    /// bytes each (16-bit RGBA) plus room for the decoder's buffers.
-    fn decoder(&self) -> Limits {
+    /// The decoder's own limits: the dimensions, and memory for the pixels of the limit
+    /// at `bytes_per_pixel` plus 16 MiB for the decoder's buffers.
+    fn decoder(&self, bytes_per_pixel: u64) -> Limits {
         let mut l = Limits::default();
         l.max_image_width = Some(self.max_side);
         l.max_image_height = Some(self.max_side);
-        l.max_alloc = Some(self.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+        l.max_alloc = Some(self.max_pixels.saturating_mul(bytes_per_pixel).saturating_add(16 << 20));
         l
     }
 }
@@ -99,6 +113,8 @@ pub fn thumbnail_mime(head: &[u8]) -> &'static str {
     sniff(head).map_or("application/octet-stream", mime_of)
 }
 
+/// The file at `path` opened for decoding in the format its signature shows (under the
+/// limits at 8 bytes a pixel until the decoder knows better).
 fn reader(
     path: &Path,
     limits: &ImageLimits,
@@ -115,14 +131,22 @@ fn reader(
     let Some(format) = sniff(&head[..got]) else { return Ok(None) };
     let file = std::fs::File::open(path)?;
     let mut r = ImageReader::with_format(BufReader::new(file), format);
-    r.limits(limits.decoder());
+    r.limits(limits.decoder(8));
     Ok(Some((format, r)))
 }
 
 /// Whether the file at `path` is an image within `limits`, from its header; `None` for
 /// anything else (not an image, a damaged header, too large). Errors are I/O errors only.
 pub fn probe(path: &Path, limits: &ImageLimits) -> std::io::Result<Option<ImageInfo>> {
-    let Some((format, r)) = reader(path, limits)? else { return Ok(None) };
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() > limits.max_bytes() {
+        return Ok(None);
+    }
+    let mut head = Vec::new();
+    file.take(PROBE_BYTES).read_to_end(&mut head)?;
+    let Some(format) = sniff(&head) else { return Ok(None) };
+    let mut r = ImageReader::with_format(Cursor::new(head), format);
+    r.limits(limits.decoder(8));
     let Ok(mut decoder) = r.into_decoder() else { return Ok(None) };
     let (w, h) = decoder.dimensions();
     if !limits.allows(w, h) {
@@ -151,19 +175,26 @@ pub enum ThumbnailError {
 pub fn thumbnail(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>, ThumbnailError> {
     let bad = |e: image::ImageError| ThumbnailError::NotAnImage(e.to_string());
     let (_, r) = reader(path, limits)?.ok_or_else(|| ThumbnailError::NotAnImage("unknown format".into()))?;
+    if std::fs::metadata(path)?.len() > limits.max_bytes() {
+        return Err(ThumbnailError::NotAnImage("the file is larger than an image within the limits".into()));
+    }
     let mut decoder = r.into_decoder().map_err(bad)?;
     let (w, h) = decoder.dimensions();
     if !limits.allows(w, h) {
         return Err(ThumbnailError::NotAnImage(format!("{w}×{h} is past the limits")));
     }
+    // The pixels of the limit at this image's own size of a pixel: a frame larger than
+    // the dimensions the header gave (GIF) cannot take more.
+    decoder.set_limits(limits.decoder(u64::from(decoder.color_type().bytes_per_pixel()))).map_err(bad)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
-    img.apply_orientation(orientation);
-    let small = if img.width() > THUMBNAIL_BOX || img.height() > THUMBNAIL_BOX {
+    let img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    // Shrunk first, turned upright after: the box is square, so the turned copy fits too.
+    let mut small = if img.width() > THUMBNAIL_BOX || img.height() > THUMBNAIL_BOX {
         img.thumbnail(THUMBNAIL_BOX, THUMBNAIL_BOX)
     } else {
         img
     };
+    small.apply_orientation(orientation);
     let mut out = Cursor::new(Vec::new());
     if small.color().has_alpha() {
         small.to_rgba8().write_to(&mut out, ImageFormat::Png).map_err(bad)?;

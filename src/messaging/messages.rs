@@ -143,7 +143,7 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     if !target.deleted {
         // A file's bytes go after the commit, if no other file shares them.
         let stored = match target.file_id {
-            Some(f) => st.files.file(f).await?.map(|f| f.sha256),
+            Some(f) => st.files.file(f).await?.map(|r| (f, r.sha256)),
             None => None,
         };
         match commit(st, me, &target, MessageKind::Delete, String::new()).await {
@@ -152,8 +152,8 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
             Err(e) if e.code == ErrorCode::Conflict && e.message == ALREADY_DELETED => {}
             Err(e) => return Err(send_error(e)),
         }
-        if let Some(sha256) = stored
-            && let Err(e) = st.files.remove_blob_if_unused(&sha256).await
+        if let Some((file, sha256)) = stored
+            && let Err(e) = st.files.remove_file_bytes(file, &sha256).await
         {
             tracing::warn!(error = %e, "cannot remove a deleted file's bytes");
         }

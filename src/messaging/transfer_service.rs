@@ -23,7 +23,7 @@ use switchboard_actors::states::TransferState;
 
 use crate::config::FilesConfig;
 use crate::messaging::files::{
-    ChunkError, FileRepo, LimitExceeded, NewTransfer, TransferLimits, chunk_len, is_sha256_hex,
+    ChunkError, FileRepo, LimitExceeded, NewTransfer, ThumbnailWait, TransferLimits, chunk_len, is_sha256_hex,
 };
 use crate::storage::entities::{file, transfer};
 
@@ -48,6 +48,10 @@ pub enum TransferError {
     NoFile,
     #[error("this file is not an image with a thumbnail")]
     NoThumbnail,
+    #[error("{}", crate::messaging::files::ThumbnailWait::Busy)]
+    ThumbnailsBusy,
+    #[error("{}", crate::messaging::files::ThumbnailWait::Slow)]
+    ThumbnailSlow,
     #[error("you may not send files to this user")]
     NotAllowed,
     #[error("only the uploader sends chunks")]
@@ -227,10 +231,12 @@ impl TransferService {
     /// decode within the limits).
     pub async fn thumbnail(&self, me: UserId, id: &str) -> Result<(file::Model, PathBuf), TransferError> {
         let (f, _) = self.download(me, id).await?;
-        match self.files.thumbnail(&f).await {
+        match self.files.thumbnail(me, &f).await {
             Ok(Some(path)) => Ok((f, path)),
             Ok(None) => Err(TransferError::NoThumbnail),
-            Err(e) => Err(TransferError::Store(format!("thumbnail of {}: {e:#}", f.id))),
+            Err(ThumbnailWait::Busy) => Err(TransferError::ThumbnailsBusy),
+            Err(ThumbnailWait::Slow) => Err(TransferError::ThumbnailSlow),
+            Err(ThumbnailWait::Failed(e)) => Err(TransferError::Store(format!("thumbnail of {}: {e:#}", f.id))),
         }
     }
 

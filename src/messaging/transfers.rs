@@ -235,7 +235,8 @@ async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
         (status_code = 200, description = "the thumbnail", body = Vec<u8>, content_type = "image/jpeg"),
         errors::Unauthenticated,
         (status_code = 404, description = "no such file (`not_found`), or not an image (`no_thumbnail`)", body = ErrorBody),
-        errors::Unavailable,
+        (status_code = 429, description = "two of the caller's thumbnails are being made already", body = ErrorBody),
+        (status_code = 503, description = "not made within 20 s (the node is busy making others); it goes on being made", body = ErrorBody),
     ),
 )]
 async fn thumbnail(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
@@ -300,6 +301,8 @@ impl From<TransferError> for AppError {
             TooLarge { limit } => AppError::PayloadTooLarge { limit: usize::try_from(limit).unwrap_or(usize::MAX) },
             NoConversation | NoTransfer | NoFile => AppError::not_found(ErrorCode::NotFound, message),
             NoThumbnail => AppError::not_found(ErrorCode::NoThumbnail, message),
+            ThumbnailsBusy => AppError::RateLimited { retry_after_secs: 1 },
+            ThumbnailSlow => AppError::Unavailable("the thumbnail is not ready yet; try again"),
             NotAllowed | NotUploader => AppError::Forbidden { code: ErrorCode::Forbidden, message },
             Closed(_) => AppError::conflict(ErrorCode::TransferClosed, message),
             TooManyTransfers(_) => AppError::Conflict { code: ErrorCode::TooManyTransfers, message },

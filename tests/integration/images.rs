@@ -61,8 +61,8 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// Alice uploads `bytes` as `name` (declared `mime`) into `conv`; returns the body of the
-/// `file` message Bob receives, and the file's id.
+/// Alice uploads `bytes` as `name` (declared `mime`) into `conv`, in the chunks the
+/// server asks for; returns the body of the `file` message Bob receives, and the file's id.
 async fn send_file(
     app: &TestApp,
     alice: &str,
@@ -78,16 +78,18 @@ async fn send_file(
     assert_eq!(r.status(), StatusCode::CREATED, "upload of {name}");
     let t: Value = r.json().await.unwrap();
     let id = t["id"].as_str().unwrap();
-    let r = app
-        .client
-        .put(app.url(&format!("/api/transfers/{id}/chunks/0")))
-        .bearer_auth(alice)
-        .header("x-chunk-sha256", &sha)
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for (i, chunk) in bytes.chunks(t["chunk_size"].as_u64().unwrap() as usize).enumerate() {
+        let r = app
+            .client
+            .put(app.url(&format!("/api/transfers/{id}/chunks/{i}")))
+            .bearer_auth(alice)
+            .header("x-chunk-sha256", hex(&Sha256::digest(chunk)))
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
     loop {
         let m = bob_ws.next_of("message").await;
         if m["kind"] == "file" {
@@ -283,6 +285,14 @@ async fn bombs_fakes_and_svg_stay_attachments_without_thumbnails() {
     noise.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     let (_, noise) = c.send("noise.gif", "image/gif", &noise).await;
     no_thumbnail(&c, &noise).await;
+
+    // A real JPEG with 21 MiB after it: past the bytes an image may have at this pixel
+    // limit (4 a pixel and 16 MiB), so it is never read whole into memory.
+    let mut padded = encode(&DynamicImage::ImageRgb8(picture(100, 100)), ImageFormat::Jpeg);
+    padded.resize(padded.len() + (21 << 20), 0);
+    let (meta, padded) = c.send("padded.jpg", "image/jpeg", &padded).await;
+    assert!(meta.get("width").is_none(), "{meta}");
+    no_thumbnail(&c, &padded).await;
 
     // The node still works: a real image after all that gets its thumbnail.
     let (_, fine) =
