@@ -68,10 +68,6 @@ async fn own_conversation(req: &Request, st: &crate::web::AppState, me: UserId) 
     conv.filter(|c| c.has(me)).map(|_| id).ok_or_else(not_found)
 }
 
-fn change_limited(st: &crate::web::AppState, me: UserId) -> Result<(), AppError> {
-    st.change_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
-}
-
 /// `PUT /api/conversations/{id}/mute {until}` → 200 `{conversation_id, until}`: the
 /// conversation's messages still count as unread in it, but not in the notification
 /// total, and raise no notification (no desktop notification, nothing in the bell),
@@ -98,7 +94,7 @@ async fn mute(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     let me = caller(depot)?.user_id;
     let body: MuteBody = json_body(req, depot).await?;
     let st = state(depot)?;
-    change_limited(st, me)?;
+    crate::messaging::messages::limited(st, me)?;
     let now = crate::now_ms();
     if let Some(until) = body.until
         && (until <= now || until - now > MAX_MUTE_MS)
@@ -133,7 +129,7 @@ async fn mute(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
 async fn unmute(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let me = caller(depot)?.user_id;
     let st = state(depot)?;
-    change_limited(st, me)?;
+    crate::messaging::messages::limited(st, me)?;
     let id = own_conversation(req, st, me).await?;
     if st.repos.notifications.unmute(me, id).await? {
         st.notifier.publish_counts(me).await?;

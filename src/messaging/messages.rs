@@ -42,7 +42,8 @@ async fn own_message(req: &Request, st: &AppState, me: UserId) -> Result<StoredM
     st.repos.chat.message_for(me, id).await?.filter(|m| m.sender_id == me && !m.kind.is_change()).ok_or_else(not_found)
 }
 
-fn limited(st: &AppState, me: UserId) -> Result<(), AppError> {
+/// `messaging.changes_per_minute`: edits, deletions and mute changes of `me`.
+pub(crate) fn limited(st: &AppState, me: UserId) -> Result<(), AppError> {
     st.change_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
 }
 
