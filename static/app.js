@@ -398,6 +398,8 @@ const SB = (() => {
       if (ev.code === 4001 || ev.code === 4002) return toLogin();
       // Refused at the upgrade (401 shows as 1006): signed out goes to the login page.
       if (!hello && !(await stillSignedIn())) return;
+      // The `online` event may have opened the next one meanwhile.
+      if (side.ws) return;
       const delay = Math.min(30000, 1000 * 2 ** Math.min(side.retry++, 5)) * (0.75 + Math.random() / 2);
       side.timer = setTimeout(sideSocket, delay);
     };

@@ -110,12 +110,23 @@ pub struct FileRepo {
     images: ImageLimits,
     /// One image decode at a time per node: each may take a few hundred MiB and a core.
     decoding: Arc<tokio::sync::Semaphore>,
-    /// Thumbnails being made or waiting, per user.
-    thumbnailing: Arc<dashmap::DashMap<UserId, usize>>,
+    /// Thumbnails being made or waiting, per user and in all.
+    thumbnailing: Arc<Thumbnailing>,
+}
+
+/// Thumbnails being made or waiting.
+#[derive(Debug, Default)]
+struct Thumbnailing {
+    per_user: dashmap::DashMap<UserId, usize>,
+    all: std::sync::atomic::AtomicUsize,
 }
 
 /// Thumbnails one user may have being made or waiting at once (more: 429).
 pub const THUMBNAILS_PER_USER: usize = 2;
+
+/// Thumbnails a node has being made or waiting at once (more: 503 at once): the wait of
+/// the last in line stays within a few decodes, however many users ask.
+pub const THUMBNAILS_QUEUED: usize = 8;
 
 /// How long a request waits for its thumbnail (it goes on being made after that).
 const THUMBNAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -126,6 +137,9 @@ pub enum ThumbnailWait {
     /// The user has [`THUMBNAILS_PER_USER`] being made already.
     #[error("wait for your other thumbnails first")]
     Busy,
+    /// The node has [`THUMBNAILS_QUEUED`] being made or waiting.
+    #[error("the server is busy making thumbnails; try again")]
+    Full,
     /// Not made within [`THUMBNAIL_WAIT`] (the node is busy making others).
     #[error("the thumbnail is not ready yet; try again")]
     Slow,
@@ -133,28 +147,35 @@ pub enum ThumbnailWait {
     Failed(#[from] anyhow::Error),
 }
 
-/// One of a user's [`THUMBNAILS_PER_USER`]; given back when dropped (with the task that
-/// makes the thumbnail, not with the request).
+/// One of a user's [`THUMBNAILS_PER_USER`] and of the node's [`THUMBNAILS_QUEUED`]; given
+/// back when dropped (with the task that makes the thumbnail, not with the request).
 struct ThumbnailSlot {
-    users: Arc<dashmap::DashMap<UserId, usize>>,
+    queue: Arc<Thumbnailing>,
     user: UserId,
 }
 
 impl ThumbnailSlot {
-    fn take(users: &Arc<dashmap::DashMap<UserId, usize>>, user: UserId) -> Option<Self> {
-        let mut n = users.entry(user).or_default();
+    fn take(queue: &Arc<Thumbnailing>, user: UserId) -> Result<Self, ThumbnailWait> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut n = queue.per_user.entry(user).or_default();
         if *n >= THUMBNAILS_PER_USER {
-            return None;
+            return Err(ThumbnailWait::Busy);
+        }
+        if queue.all.fetch_update(SeqCst, SeqCst, |all| (all < THUMBNAILS_QUEUED).then_some(all + 1)).is_err() {
+            drop(n);
+            queue.per_user.remove_if(&user, |_, n| *n == 0);
+            return Err(ThumbnailWait::Full);
         }
         *n += 1;
         drop(n);
-        Some(Self { users: users.clone(), user })
+        Ok(Self { queue: queue.clone(), user })
     }
 }
 
 impl Drop for ThumbnailSlot {
     fn drop(&mut self) {
-        self.users.remove_if_mut(&self.user, |_, n| {
+        self.queue.all.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.queue.per_user.remove_if_mut(&self.user, |_, n| {
             *n -= 1;
             *n == 0
         });
@@ -251,7 +272,7 @@ impl FileRepo {
             return Ok(None);
         }
         let Some(blob) = self.blob_path(&f.sha256) else { return Ok(None) };
-        let slot = ThumbnailSlot::take(&self.thumbnailing, user).ok_or(ThumbnailWait::Busy)?;
+        let slot = ThumbnailSlot::take(&self.thumbnailing, user)?;
         let (repo, sha) = (self.clone(), f.sha256.clone());
         let made = tokio::spawn(async move {
             let _slot = slot;
@@ -270,9 +291,12 @@ impl FileRepo {
     async fn make_thumbnail(&self, id: FileId, sha256: &str, blob: &Path) -> anyhow::Result<Option<PathBuf>> {
         let (thumb, none) = (self.thumb_path(id), self.no_thumb_path(id));
         let _permit = self.decoding.clone().acquire_owned().await?;
-        // Made while this one waited (the same file asked for twice).
+        // Made (or found not to decode) while this one waited: the same file asked for twice.
         if tokio::fs::try_exists(&thumb).await.unwrap_or(false) {
             return Ok(Some(thumb));
+        }
+        if tokio::fs::try_exists(&none).await.unwrap_or(false) {
+            return Ok(None);
         }
         let (blob, limits) = (blob.to_owned(), self.images);
         let result = tokio::task::spawn_blocking(move || images::thumbnail(&blob, &limits)).await?;
@@ -316,6 +340,14 @@ impl FileRepo {
             }
         }
         Ok(())
+    }
+
+    /// Removes the thumbnail of file `id`, whose record went; a failure is logged (the
+    /// thumbnail is served to no one without its record).
+    async fn forget_thumbnail(&self, id: FileId) {
+        if let Err(e) = self.remove_thumbnail(id).await {
+            tracing::warn!(file = %id, error = %e, "cannot remove a thumbnail");
+        }
     }
 
     /// After the file record `id` went (its message was deleted): removes its thumbnail,
@@ -577,6 +609,7 @@ impl FileRepo {
             self.drop_parts(TransferId(t.id)).await?;
             if let Some(f) = t.file_id.take() {
                 file::Entity::delete_by_id(f).exec(&self.db).await?;
+                self.forget_thumbnail(FileId(f)).await;
             }
             t.state = Failed.to_string();
             failed.push(status_of(t, 0)?);
@@ -836,6 +869,7 @@ impl TransferStore for FileRepo {
             .map_err(unavailable)?;
         if let Some(f) = t.file_id {
             file::Entity::delete_by_id(f).exec(&self.db).await.map_err(unavailable)?;
+            self.forget_thumbnail(FileId(f)).await;
         }
         Ok(())
     }
@@ -846,16 +880,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_user_has_at_most_two_thumbnails_in_the_making() {
-        let users = Arc::new(dashmap::DashMap::new());
-        let (me, other) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
-        let first = ThumbnailSlot::take(&users, me).expect("a first");
-        let second = ThumbnailSlot::take(&users, me).expect("a second");
-        assert!(ThumbnailSlot::take(&users, me).is_none(), "no third");
-        assert!(ThumbnailSlot::take(&users, other).is_some(), "others are not held up");
+    fn a_user_has_at_most_two_thumbnails_in_the_making_and_a_node_eight() {
+        let queue = Arc::new(Thumbnailing::default());
+        let me = UserId(Uuid::now_v7());
+        let first = ThumbnailSlot::take(&queue, me).expect("a first");
+        let second = ThumbnailSlot::take(&queue, me).expect("a second");
+        assert!(matches!(ThumbnailSlot::take(&queue, me), Err(ThumbnailWait::Busy)), "no third");
+        let others: Vec<_> =
+            (0..6).map(|_| ThumbnailSlot::take(&queue, UserId(Uuid::now_v7())).expect("others go on")).collect();
+        let late = UserId(Uuid::now_v7());
+        assert!(matches!(ThumbnailSlot::take(&queue, late), Err(ThumbnailWait::Full)), "the ninth waits for none");
         drop(first);
-        let third = ThumbnailSlot::take(&users, me).expect("one was given back");
-        drop((second, third));
-        assert!(users.is_empty(), "nothing left behind");
+        let third = ThumbnailSlot::take(&queue, me).expect("one was given back");
+        drop((second, third, others));
+        assert!(queue.per_user.is_empty(), "nothing left behind");
+        assert_eq!(queue.all.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(ThumbnailSlot::take(&queue, late).is_ok());
     }
 }

@@ -29,6 +29,9 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 /// (a JPEG's metadata segments are at most 64 KiB each).
 pub const PROBE_BYTES: u64 = 1 << 20;
 
+/// The memory a [`probe`] lets a decoder allocate while it reads a header.
+const PROBE_ALLOC: u64 = 8 << 20;
+
 /// Thumbnails fit in a square of this many pixels (shown at up to half that, so they stay
 /// sharp on high-density screens).
 pub const THUMBNAIL_BOX: u32 = 480;
@@ -146,7 +149,13 @@ pub fn probe(path: &Path, limits: &ImageLimits) -> std::io::Result<Option<ImageI
     file.take(PROBE_BYTES).read_to_end(&mut head)?;
     let Some(format) = sniff(&head) else { return Ok(None) };
     let mut r = ImageReader::with_format(Cursor::new(head), format);
-    r.limits(limits.decoder(8));
+    // A header needs little memory: anything it unpacks past this (a PNG's colour profile
+    // inflated to hundreds of MB) is dropped or refused, not allocated.
+    let mut small = Limits::default();
+    small.max_image_width = Some(limits.max_side);
+    small.max_image_height = Some(limits.max_side);
+    small.max_alloc = Some(PROBE_ALLOC);
+    r.limits(small);
     let Ok(mut decoder) = r.into_decoder() else { return Ok(None) };
     let (w, h) = decoder.dimensions();
     if !limits.allows(w, h) {
@@ -188,6 +197,10 @@ pub fn thumbnail(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>, Thumbnail
     decoder.set_limits(limits.decoder(u64::from(decoder.color_type().bytes_per_pixel()))).map_err(bad)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    // A GIF's first frame may be larger than the screen its header declared.
+    if !limits.allows(img.width(), img.height()) {
+        return Err(ThumbnailError::NotAnImage(format!("{}×{} is past the limits", img.width(), img.height())));
+    }
     // Shrunk first, turned upright after: the box is square, so the turned copy fits too.
     let mut small = if img.width() > THUMBNAIL_BOX || img.height() > THUMBNAIL_BOX {
         img.thumbnail(THUMBNAIL_BOX, THUMBNAIL_BOX)
@@ -218,6 +231,58 @@ mod tests {
         assert_eq!(sniff(b"<svg xmlns=\"http://www.w3.org/2000/svg\">"), None);
         assert_eq!(sniff(b"GIF8"), None);
         assert_eq!(sniff(b""), None);
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    fn probed(bytes: &[u8]) -> Option<(u32, u32)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        let limits = crate::config::FilesConfig::default().image_limits();
+        probe(&path, &limits).unwrap().map(|i| (i.width, i.height))
+    }
+
+    /// The probe's small memory allowance is for what a header unpacks, not for the
+    /// picture: large images are still recognised.
+    #[test]
+    fn large_images_are_recognised_from_their_headers() {
+        // A PNG header of 7000 × 7000 (49 Mpx, 16-bit RGBA: 392 MB decoded).
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = png.len();
+            png.extend_from_slice(kind);
+            png.extend_from_slice(data);
+            let crc = crc32(&png[start..]);
+            png.extend_from_slice(&crc.to_be_bytes());
+        };
+        let mut ihdr = 7000u32.to_be_bytes().repeat(2);
+        ihdr.extend_from_slice(&[16, 6, 0, 0, 0]);
+        chunk(b"IHDR", &ihdr);
+        chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0, 0, 0, 1, 0, 1]);
+        chunk(b"IEND", &[]);
+        assert_eq!(probed(&png), Some((7000, 7000)));
+        // A JPEG whose frame header says 6000 × 4000.
+        let mut jpeg = Cursor::new(Vec::new());
+        DynamicImage::new_rgb8(16, 16).write_to(&mut jpeg, ImageFormat::Jpeg).unwrap();
+        let mut jpeg = jpeg.into_inner();
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 7].copy_from_slice(&4000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&6000u16.to_be_bytes());
+        assert_eq!(probed(&jpeg), Some((6000, 4000)));
+        // Past the pixel limit (50 million): not an image.
+        jpeg[sof + 5..sof + 7].copy_from_slice(&9000u16.to_be_bytes());
+        assert_eq!(probed(&jpeg), None);
     }
 
     #[test]

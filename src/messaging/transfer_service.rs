@@ -235,7 +235,7 @@ impl TransferService {
             Ok(Some(path)) => Ok((f, path)),
             Ok(None) => Err(TransferError::NoThumbnail),
             Err(ThumbnailWait::Busy) => Err(TransferError::ThumbnailsBusy),
-            Err(ThumbnailWait::Slow) => Err(TransferError::ThumbnailSlow),
+            Err(ThumbnailWait::Slow | ThumbnailWait::Full) => Err(TransferError::ThumbnailSlow),
             Err(ThumbnailWait::Failed(e)) => Err(TransferError::Store(format!("thumbnail of {}: {e:#}", f.id))),
         }
     }

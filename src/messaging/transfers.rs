@@ -236,7 +236,7 @@ async fn download(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
         errors::Unauthenticated,
         (status_code = 404, description = "no such file (`not_found`), or not an image (`no_thumbnail`)", body = ErrorBody),
         (status_code = 429, description = "two of the caller's thumbnails are being made already", body = ErrorBody),
-        (status_code = 503, description = "not made within 20 s (the node is busy making others); it goes on being made", body = ErrorBody),
+        (status_code = 503, description = "the node has 8 thumbnails being made or waiting, or this one was not made within 20 s (it goes on being made)", body = ErrorBody),
     ),
 )]
 async fn thumbnail(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {

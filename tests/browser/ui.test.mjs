@@ -714,6 +714,36 @@ test('screenshots of a realistic conversation', async () => {
   await jonas.setInputFiles('#file-input', { name: 'boathouse-floor-plan.pdf', mimeType: 'application/pdf', buffer: randomBytes(180_000) });
   await maria.locator('#messages a.file-link', { hasText: 'boathouse-floor-plan.pdf' }).waitFor({ timeout: WAIT });
   await say(jonas, maria, 'Here is the floor plan they sent me.');
+  // A photo of the terrace, pasted: sky, water and the deck, drawn in the page.
+  await jonas.evaluate(async () => {
+    const canvas = new OffscreenCanvas(1200, 800);
+    const g = canvas.getContext('2d');
+    const sky = g.createLinearGradient(0, 0, 0, 420);
+    sky.addColorStop(0, '#f6b36b');
+    sky.addColorStop(1, '#fbe3c2');
+    g.fillStyle = sky;
+    g.fillRect(0, 0, 1200, 420);
+    g.fillStyle = '#f8d26a';
+    g.beginPath();
+    g.arc(860, 330, 70, 0, Math.PI * 2);
+    g.fill();
+    const water = g.createLinearGradient(0, 420, 0, 640);
+    water.addColorStop(0, '#3f7fa8');
+    water.addColorStop(1, '#1f4d6e');
+    g.fillStyle = water;
+    g.fillRect(0, 420, 1200, 220);
+    g.fillStyle = '#8a5a36';
+    g.fillRect(0, 640, 1200, 160);
+    g.fillStyle = '#6e4528';
+    for (let x = 0; x < 1200; x += 80) g.fillRect(x, 640, 6, 160);
+    const blob = await canvas.convertToBlob({ type: 'image/jpeg', quality: 0.9 });
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], 'terrace.jpg', { type: 'image/jpeg' }));
+    document.getElementById('composer-input').dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+  });
+  const photo = maria.locator('#messages li.msg', { hasText: 'terrace.jpg' }).locator('button.thumb img');
+  await photo.waitFor({ timeout: WAIT });
+  await maria.waitForFunction((img) => img.complete && img.naturalWidth > 0, await photo.elementHandle(), { timeout: WAIT });
   await say(maria, jonas, 'Thanks! Shall we meet there at 6 to set up?');
   await maria.locator('#messages li.msg.mine .status', { hasText: 'Read' }).last().waitFor({ timeout: WAIT });
   await shot(maria, 'chat');
