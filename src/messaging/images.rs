@@ -9,6 +9,7 @@
 //!   signature, the dimensions (as shown, after the EXIF orientation) and whether they
 //!   and the file's size are within [`ImageLimits`]. A file that passes becomes an image
 //!   message (`width`, `height`).
+//! - Both read headers with [`HEADER_ALLOC`] of memory at most.
 //! - [`thumbnail`] decodes the whole image under the same limits and a cap on the memory
 //!   the decoder may allocate (the pixel limit at the image's own bytes per pixel), so a
 //!   small file that claims or unpacks to a huge picture (a decompression bomb, or a GIF
@@ -29,8 +30,10 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 /// (a JPEG's metadata segments are at most 64 KiB each).
 pub const PROBE_BYTES: u64 = 1 << 20;
 
-/// The memory a [`probe`] lets a decoder allocate while it reads a header.
-const PROBE_ALLOC: u64 = 8 << 20;
+/// The memory a decoder may allocate while it reads a header: what a header unpacks past
+/// this (a PNG's colour profile inflated to hundreds of MB; colour profiles are not used
+/// here) is dropped or refused, not allocated. The pixels get their own cap after.
+const HEADER_ALLOC: u64 = 8 << 20;
 
 /// Thumbnails fit in a square of this many pixels (shown at up to half that, so they stay
 /// sharp on high-density screens).
@@ -60,14 +63,19 @@ impl ImageLimits {
             && u64::from(width) * u64::from(height) <= self.max_pixels
     }
 
-    /// The decoder's own limits: the dimensions, and memory for the pixels of the limit
-    /// at `bytes_per_pixel` plus 16 MiB for the decoder's buffers.
-    fn decoder(&self, bytes_per_pixel: u64) -> Limits {
+    /// The decoder's own limits: the dimensions, and `max_alloc` bytes.
+    fn decoder(&self, max_alloc: u64) -> Limits {
         let mut l = Limits::default();
         l.max_image_width = Some(self.max_side);
         l.max_image_height = Some(self.max_side);
-        l.max_alloc = Some(self.max_pixels.saturating_mul(bytes_per_pixel).saturating_add(16 << 20));
+        l.max_alloc = Some(max_alloc);
         l
+    }
+
+    /// Memory for the pixels of the limit at `bytes_per_pixel`, plus 16 MiB for the
+    /// decoder's buffers.
+    fn pixels_alloc(&self, bytes_per_pixel: u64) -> u64 {
+        self.max_pixels.saturating_mul(bytes_per_pixel).saturating_add(16 << 20)
     }
 }
 
@@ -116,8 +124,8 @@ pub fn thumbnail_mime(head: &[u8]) -> &'static str {
     sniff(head).map_or("application/octet-stream", mime_of)
 }
 
-/// The file at `path` opened for decoding in the format its signature shows (under the
-/// limits at 8 bytes a pixel until the decoder knows better).
+/// The file at `path` opened for decoding in the format its signature shows, with
+/// [`HEADER_ALLOC`] for its header.
 fn reader(
     path: &Path,
     limits: &ImageLimits,
@@ -134,7 +142,7 @@ fn reader(
     let Some(format) = sniff(&head[..got]) else { return Ok(None) };
     let file = std::fs::File::open(path)?;
     let mut r = ImageReader::with_format(BufReader::new(file), format);
-    r.limits(limits.decoder(8));
+    r.limits(limits.decoder(HEADER_ALLOC));
     Ok(Some((format, r)))
 }
 
@@ -149,13 +157,7 @@ pub fn probe(path: &Path, limits: &ImageLimits) -> std::io::Result<Option<ImageI
     file.take(PROBE_BYTES).read_to_end(&mut head)?;
     let Some(format) = sniff(&head) else { return Ok(None) };
     let mut r = ImageReader::with_format(Cursor::new(head), format);
-    // A header needs little memory: anything it unpacks past this (a PNG's colour profile
-    // inflated to hundreds of MB) is dropped or refused, not allocated.
-    let mut small = Limits::default();
-    small.max_image_width = Some(limits.max_side);
-    small.max_image_height = Some(limits.max_side);
-    small.max_alloc = Some(PROBE_ALLOC);
-    r.limits(small);
+    r.limits(limits.decoder(HEADER_ALLOC));
     let Ok(mut decoder) = r.into_decoder() else { return Ok(None) };
     let (w, h) = decoder.dimensions();
     if !limits.allows(w, h) {
@@ -194,7 +196,9 @@ pub fn thumbnail(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>, Thumbnail
     }
     // The pixels of the limit at this image's own size of a pixel: a frame larger than
     // the dimensions the header gave (GIF) cannot take more.
-    decoder.set_limits(limits.decoder(u64::from(decoder.color_type().bytes_per_pixel()))).map_err(bad)?;
+    decoder
+        .set_limits(limits.decoder(limits.pixels_alloc(u64::from(decoder.color_type().bytes_per_pixel()))))
+        .map_err(bad)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(bad)?;
     // A GIF's first frame may be larger than the screen its header declared.
