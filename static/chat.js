@@ -343,7 +343,17 @@
     img.width = Math.max(1, Math.round(f.width * scale));
     img.height = Math.max(1, Math.round(f.height * scale));
     img.decoding = 'async';
-    img.addEventListener('error', () => { S.noThumb.add(m.file_id); b.remove(); });
+    // One retry after a few seconds (a server busy making thumbnails answers 503), then
+    // the link alone.
+    let tries = 0;
+    img.addEventListener('error', () => {
+      if (tries++ === 0) {
+        setTimeout(() => { if (b.isConnected) img.src = url + '/thumbnail?retry=1'; }, 4000);
+      } else {
+        S.noThumb.add(m.file_id);
+        b.remove();
+      }
+    });
     img.src = url + '/thumbnail';
     b.append(img);
     b.addEventListener('click', () => openViewer(f, url));

@@ -8,6 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import zlib from 'node:zlib';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -352,6 +353,27 @@ test('two people use Switchboard in real browsers', async (t) => {
     await bob.locator('#viewer[open]').waitFor({ state: 'detached', timeout: WAIT });
     assert.equal(await bob.evaluate(() => document.activeElement.className), 'thumb');
     assert.deepEqual(bob.dialogs, [], 'the SVG ran nothing');
+
+    // A PNG header over no pixels: shown as an image at first (by its header), but no
+    // thumbnail comes of it, even when asked again: the link stays, the box goes.
+    const chunk = (type, data) => {
+      const body = Buffer.concat([Buffer.from(type), data]);
+      const len = Buffer.alloc(4);
+      len.writeUInt32BE(data.length);
+      const crc = Buffer.alloc(4);
+      crc.writeUInt32BE(zlib.crc32(body));
+      return Buffer.concat([len, body, crc]);
+    };
+    const ihdr = Buffer.alloc(13);
+    ihdr.writeUInt32BE(400, 0);
+    ihdr.writeUInt32BE(300, 4);
+    ihdr.set([8, 2, 0, 0, 0], 8);
+    const hollow = Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), chunk('IHDR', ihdr), chunk('IDAT', Buffer.from('789c630000000100', 'hex')), chunk('IEND', Buffer.alloc(0))]);
+    await alice.setInputFiles('#file-input', { name: 'hollow.png', mimeType: 'image/png', buffer: hollow });
+    const row = bob.locator('#messages li.msg', { hasText: 'hollow.png' });
+    await row.locator('a.file-link').waitFor({ timeout: WAIT });
+    await row.locator('button.thumb').waitFor({ state: 'detached', timeout: WAIT });
+    assert.equal(await row.locator('a.file-link').textContent(), 'hollow.png');
   });
 
   await t.test('history survives a reload and older pages load on scroll', async () => {
