@@ -36,7 +36,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
         let start = out.len();
         out.extend_from_slice(kind);
         out.extend_from_slice(data);
-        let crc = crc32(&out[start..]);
+        let crc = {
+            let mut c = flate2::Crc::new();
+            c.update(&out[start..]);
+            c.sum()
+        };
         out.extend_from_slice(&crc.to_be_bytes());
     }
     let mut ihdr = Vec::new();
@@ -48,17 +52,6 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x63, 0, 0, 0, 1, 0, 1]);
     chunk(&mut out, b"IEND", &[]);
     out
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 /// Alice uploads `bytes` as `name` (declared `mime`) into `conv`, in the chunks the
