@@ -265,11 +265,6 @@ impl Unread {
             self.total -= self.conversations.get(&conversation).copied().unwrap_or(0);
         }
     }
-
-    /// Whether a notification of `conversation` is one of a muted conversation.
-    pub fn is_muted(&self, conversation: Option<ConversationId>) -> bool {
-        conversation.is_some_and(|c| self.muted.contains_key(&c))
-    }
 }
 
 /// A contact request's new state, for both users it involves.

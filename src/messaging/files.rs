@@ -197,7 +197,7 @@ fn recorded_mime(declared: &str, image: Option<&ImageInfo>) -> String {
 }
 
 /// What a file message says about its file.
-pub fn assembled(f: &file::Model) -> AssembledFile {
+fn assembled(f: &file::Model) -> AssembledFile {
     let dim = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
     AssembledFile { id: FileId(f.id), mime: f.mime.clone(), width: dim(f.image_width), height: dim(f.image_height) }
 }

@@ -21,7 +21,7 @@
 //!
 //! All functions here are blocking.
 
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
@@ -140,7 +140,7 @@ fn reader(
         }
     }
     let Some(format) = sniff(&head[..got]) else { return Ok(None) };
-    let file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
     let mut r = ImageReader::with_format(BufReader::new(file), format);
     r.limits(limits.decoder(HEADER_ALLOC));
     Ok(Some((format, r)))
