@@ -189,11 +189,25 @@ pub struct BusConfig {
     pub quorum_queues: bool,
     /// Longest wait between reconnect attempts, in milliseconds (backoff doubles from 100).
     pub reconnect_max_ms: u64,
+    /// A node that has not written its heartbeat for this many seconds (3 to 3600) is
+    /// taken for dead: its rows leave the bus directory (it writes one every third).
+    pub node_ttl_secs: u64,
+    /// How long, in microseconds (0 to 20000), the publisher waits after the first event
+    /// of a batch for more to join it: fewer, larger AMQP messages (less broker CPU per
+    /// event) against that much more latency across nodes.
+    pub batch_linger_us: u64,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { prefix: "switchboard".to_owned(), prefetch: 512, quorum_queues: false, reconnect_max_ms: 5000 }
+        Self {
+            prefix: "switchboard".to_owned(),
+            prefetch: 512,
+            quorum_queues: false,
+            reconnect_max_ms: 5000,
+            node_ttl_secs: 30,
+            batch_linger_us: 1000,
+        }
     }
 }
 
@@ -567,6 +581,16 @@ impl Config {
             (100..=600_000).contains(&b.reconnect_max_ms),
             "bus.reconnect_max_ms must be between 100 and 600000, got {}",
             b.reconnect_max_ms
+        );
+        anyhow::ensure!(
+            (3..=3600).contains(&b.node_ttl_secs),
+            "bus.node_ttl_secs must be between 3 and 3600, got {}",
+            b.node_ttl_secs
+        );
+        anyhow::ensure!(
+            b.batch_linger_us <= 20_000,
+            "bus.batch_linger_us must be between 0 and 20000, got {}",
+            b.batch_linger_us
         );
         let n = &self.notify;
         anyhow::ensure!(

@@ -204,7 +204,7 @@ impl Application {
         self.stop.cancel();
         self.state.node.shutdown();
         if let Some(bus) = &self.rabbit {
-            bus.shutdown();
+            bus.close().await;
         }
         self.state.repos.db.clone().close().await.ok();
         tracing::info!("stopped");
@@ -233,7 +233,7 @@ async fn start_node(
     let faults = if config.fault_injection { Faults::enabled() } else { Faults::disabled() };
     let (bus, rabbit): (Arc<dyn Bus>, _) = match &config.amqp_url {
         Some(url) => {
-            let rabbit = RabbitBus::start(url.clone(), &node_id, config.bus.clone());
+            let rabbit = RabbitBus::start(url.clone(), &node_id, config.bus.clone(), repos.db.clone()).await;
             // Wait briefly so a healthy broker is in use from the first request; without
             // one the node starts anyway (local chat works) and keeps trying.
             if !rabbit.wait_connected(BROKER_WAIT).await {

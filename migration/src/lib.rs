@@ -34,6 +34,7 @@ pub mod m20261207_000007_message_search;
 pub mod m20261207_000008_user_name_words;
 pub mod m20261207_000009_file_images;
 pub mod m20261207_000010_conversation_mutes;
+pub mod m20261207_000011_bus_directory;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000008_user_name_words::Migration),
             Box::new(m20261207_000009_file_images::Migration),
             Box::new(m20261207_000010_conversation_mutes::Migration),
+            Box::new(m20261207_000011_bus_directory::Migration),
         ]
     }
 }

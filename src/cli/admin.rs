@@ -50,7 +50,7 @@ async fn execute(config: Config, action: UserCommand) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let db = crate::storage::connect(&config.database_url()).await?;
     let repos = Repos::new(db, Lifetimes::from_config(&config.auth));
-    let (bus, rabbit) = bus(&config).await;
+    let (bus, rabbit) = bus(&config, &repos.db).await;
     // This process signs no tokens: a throwaway key.
     let keys = TokenKeys::new(&Secret::new(uuid::Uuid::new_v4().simple().to_string().repeat(2)));
     let auth = AuthService::new(repos.users.clone(), repos.sessions.clone(), &config.auth, keys)?.with_bus(bus.clone());
@@ -121,9 +121,8 @@ async fn execute(config: Config, action: UserCommand) -> anyhow::Result<()> {
         }
     };
     if let Some(rabbit) = rabbit {
-        // Give the publishes (revocations, contact changes) a moment to leave.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        rabbit.shutdown();
+        // The publishes (revocations, contact changes) leave and are confirmed first.
+        rabbit.close().await;
     }
     repos.db.clone().close().await.ok();
     result
@@ -151,10 +150,10 @@ fn password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
 
 /// The bus the command announces on: RabbitMQ when configured (so live nodes hear at
 /// once), otherwise none (the nodes' revocation feed picks the change up).
-async fn bus(config: &Config) -> (Arc<dyn Bus>, Option<crate::bus::RabbitBus>) {
+async fn bus(config: &Config, db: &sea_orm::DatabaseConnection) -> (Arc<dyn Bus>, Option<crate::bus::RabbitBus>) {
     let Some(url) = &config.amqp_url else { return (Arc::new(NoBus), None) };
     let node_id = format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let rabbit = crate::bus::RabbitBus::start(url.clone(), &node_id, config.bus.clone());
+    let rabbit = crate::bus::RabbitBus::start(url.clone(), &node_id, config.bus.clone(), db.clone()).await;
     if !rabbit.wait_connected(Duration::from_secs(5)).await {
         eprintln!("switchboard: the broker is not reachable; nodes will see the change through the database");
     }

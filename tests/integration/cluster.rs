@@ -146,7 +146,9 @@ async fn node_ids(cluster: &Cluster, nodes: usize) -> Vec<String> {
 /// Two users whose sockets the gateway put on different nodes of a two-node cluster,
 /// with their conversation open.
 struct Apart {
+    alice_t: String,
     bob_t: String,
+    bob_id: String,
     alice_node: String,
     /// The process name of Bob's node (`messaging-N`).
     bob_proc: String,
@@ -162,7 +164,7 @@ async fn apart(backend: Backend) -> (Cluster, Client, Client, Apart) {
     assert_ne!(alice_node, bob_node);
     let bob_proc = format!("messaging-{}", ids.iter().position(|id| *id == bob_node).expect("bob's node") + 1);
     let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
-    (cluster, alice, bob, Apart { bob_t, alice_node, bob_proc, conv })
+    (cluster, alice, bob, Apart { alice_t, bob_t, bob_id, alice_node, bob_proc, conv })
 }
 
 /// After Bob's node went: Bob reconnects through the gateway (to Alice's node), syncs,
@@ -274,7 +276,7 @@ async fn postgres_a_killed_node_loses_nothing_acknowledged_and_its_clients_move_
 }
 
 async fn killed_node_loses_nothing(backend: Backend) {
-    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart(backend).await;
+    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv, .. }) = apart(backend).await;
 
     // Alice keeps sending; Bob's node dies a third of the way in.
     const N: usize = 300;
@@ -295,6 +297,91 @@ async fn killed_node_loses_nothing(backend: Backend) {
 
     bob_moves_to_alices_node_with_every_ack(&cluster, &alice, &mut bob, &bob_t, &alice_node, &conv, N).await;
     // And the conversation goes on, live.
+    alice.send_to_conv("after", &conv, "still here?").await;
+    read_until_count(&mut bob, &conv, N + 1).await;
+}
+
+/// Where the bus directory says `user` has sessions (node ids), read from the database.
+async fn directory_of(db: &sea_orm::DatabaseConnection, user: &str) -> Vec<String> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use switchboard::storage::entities::bus_directory;
+    let user = uuid::Uuid::parse_str(user).expect("user id");
+    let rows = bus_directory::Entity::find().filter(bus_directory::Column::UserId.eq(user)).all(db).await;
+    let mut nodes: Vec<String> = rows.expect("directory").into_iter().map(|r| r.node_id).collect();
+    nodes.sort();
+    nodes
+}
+
+/// The directory follows sessions, and a node that dies with rows in it loses nothing:
+/// Bob's node is SIGKILLed while the directory still sends his events there, Alice's
+/// messages after that are published to a queue that is gone, and Bob, reconnected
+/// through the gateway, has them all from his sync. Within a TTL and a heartbeat the dead
+/// node leaves the directory; a clean stop leaves it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_directory_follows_sessions_and_a_dead_node_loses_nothing_and_is_swept() {
+    let (mut cluster, mut alice, mut bob, Apart { alice_t, bob_t, bob_id, alice_node, bob_proc, conv }) =
+        apart(Backend::Sqlite).await;
+    let db = switchboard::storage::connect(&cluster.database_url()).await.expect("database");
+    let me: Value = cluster
+        .client()
+        .get(cluster.url("/api/auth/me"))
+        .bearer_auth(&alice_t)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    let alice_id = me["id"].as_str().expect("alice's id").to_owned();
+    let ids = node_ids(&cluster, 2).await;
+    let bob_node = ids.iter().find(|id| **id != alice_node).expect("bob's node").clone();
+    assert_eq!(directory_of(&db, &alice_id).await, vec![alice_node.clone()]);
+    assert_eq!(directory_of(&db, &bob_id).await, vec![bob_node.clone()]);
+    // A second device of Alice on Bob's node (the gateway spreads sockets over the
+    // nodes): two rows; closing it removes one.
+    let mut phone = None;
+    for _ in 0..10 {
+        let (c, node) = connect(cluster.gateway(), &alice_t).await.expect("alice's phone connects");
+        if node == bob_node {
+            phone = Some(c);
+            break;
+        }
+    }
+    let mut phone = phone.expect("a socket of alice's on bob's node");
+    let mut both = vec![alice_node.clone(), bob_node.clone()];
+    both.sort();
+    eventually("alice on both nodes", || async { (directory_of(&db, &alice_id).await == both).then_some(()) }).await;
+    phone.ws.close(None).await.expect("close");
+    eventually("alice back on one node", || async {
+        (directory_of(&db, &alice_id).await == vec![alice_node.clone()]).then_some(())
+    })
+    .await;
+
+    cluster.kill(&bob_proc);
+    // The directory still names the dead node: these go to its vanished queue.
+    assert_eq!(directory_of(&db, &bob_id).await, vec![bob_node.clone()]);
+    const N: usize = 20;
+    for i in 1..N {
+        alice.send_to_conv(&format!("a-{i}"), &conv, &format!("while bob's node is dead {i}")).await;
+    }
+    alice.read_until("every send acked", |c| c.acks.len() == N).await;
+    drain(&mut bob).await;
+    bob_moves_to_alices_node_with_every_ack(&cluster, &alice, &mut bob, &bob_t, &alice_node, &conv, N).await;
+    assert!(directory_of(&db, &bob_id).await.contains(&alice_node), "bob's new session has its row");
+
+    // The dead node is swept (and only it): its heartbeat row and its rows go.
+    eventually("the dead node swept", || async {
+        let nodes: Vec<String> = <switchboard::storage::entities::bus_node::Entity as sea_orm::EntityTrait>::find()
+            .all(&db)
+            .await
+            .ok()?
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect();
+        let swept = !nodes.contains(&bob_node) && nodes.contains(&alice_node);
+        (swept && directory_of(&db, &bob_id).await == vec![alice_node.clone()]).then_some(())
+    })
+    .await;
     alice.send_to_conv("after", &conv, "still here?").await;
     read_until_count(&mut bob, &conv, N + 1).await;
 }
@@ -541,24 +628,29 @@ async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
     let (mut bob, _) = connect(cluster.gateway(), &bob_t).await.expect("bob connects");
     let conv = open_conversation(&mut alice, &mut bob, &bob_id).await;
 
+    let node = node_ids(&cluster, 1).await.remove(0);
     let conn = lapin::Connection::connect(&cluster.amqp_url, Default::default()).await.expect("broker");
     let ch = conn.create_channel().await.expect("channel");
-    for garbage in [&b"not json"[..], br#"{"id":"x","v":1}"#, br#"{"v":99,"event":{"type":"nope"}}"#] {
-        ch.basic_publish(
-            format!("{}.events", cluster.prefix).into(),
-            format!("user.{bob_id}.message.created").into(),
-            Default::default(),
-            garbage,
-            Default::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
+    ch.confirm_select(Default::default()).await.expect("confirms");
+    // A batch with one readable event (someone typing to Bob): it reaches Bob although
+    // the rest of the batch is unreadable.
+    let typing = json!({"id": uuid::Uuid::now_v7(), "v": 1, "time": 0, "event": {"type": "typing",
+        "payload": {"to": bob_id, "conversation_id": conv, "user_id": uuid::Uuid::nil(), "active": true}}});
+    let partly = format!(r#"[{typing},{{"v":99,"event":{{"type":"nope"}}}}]"#);
+    let garbage: [&[u8]; 4] =
+        [b"not json", br#"{"id":"x","v":1}"#, br#"[{"v":99,"event":{"type":"nope"}}]"#, partly.as_bytes()];
+    // Every process reads its queue the same way: the node's and the notify service's.
+    for queue in [format!("{}.node.{node}", cluster.prefix), format!("{}.notify", cluster.prefix)] {
+        for body in garbage {
+            ch.basic_publish("".into(), queue.clone().into(), Default::default(), body, Default::default())
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
     }
     let dead = format!("{}.dead", cluster.prefix);
-    // Two consumers got each: the node (Bob has a session there) and the notify service.
-    eventually("six dead letters", || async {
+    eventually("eight dead letters", || async {
         let q = ch
             .queue_declare(
                 dead.clone().into(),
@@ -567,9 +659,11 @@ async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
             )
             .await
             .ok()?;
-        (q.message_count() == 6).then_some(())
+        (q.message_count() == 8).then_some(())
     })
     .await;
+    let typed = bob.next_of("typing").await;
+    assert_eq!(typed["conversation_id"], conv.as_str());
     alice.send_to_conv("a-1", &conv, "still delivered").await;
     read_until_count(&mut bob, &conv, 2).await;
     assert!(bob.closed.is_none());
@@ -647,8 +741,11 @@ async fn quorum_queues_are_one_switch_away() {
     use switchboard::bus::RabbitBus;
     use switchboard::config::{BusConfig, Secret};
     let prefix = format!("sbtest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("bus.db").display());
+    let db = switchboard::storage::connect(&url).await.expect("database");
     let config = BusConfig { prefix: prefix.clone(), quorum_queues: true, ..BusConfig::default() };
-    let bus = RabbitBus::start(Secret::new(crate::cluster_support::SHARED_AMQP), "nquorum", config);
+    let bus = RabbitBus::start(Secret::new(crate::cluster_support::SHARED_AMQP), "nquorum", config, db.clone()).await;
     assert!(bus.wait_connected(Duration::from_secs(20)).await, "the bus connects");
     // Declaring the dead-letter queue as a classic queue now conflicts: it is a quorum queue.
     let conn =
@@ -663,10 +760,10 @@ async fn quorum_queues_are_one_switch_away() {
     // A process still configured for classic queues on this prefix says its link is down
     // (and logs why) rather than running as if connected.
     let config = BusConfig { prefix: prefix.clone(), quorum_queues: false, ..BusConfig::default() };
-    let mismatched = RabbitBus::start(Secret::new(crate::cluster_support::SHARED_AMQP), "nclassic", config);
+    let mismatched = RabbitBus::start(Secret::new(crate::cluster_support::SHARED_AMQP), "nclassic", config, db).await;
     assert!(!mismatched.wait_connected(Duration::from_secs(3)).await, "a mismatched process is not connected");
-    mismatched.shutdown();
-    bus.shutdown();
+    mismatched.close().await;
+    bus.close().await;
     let _ = conn.close(200, "bye".into()).await;
     crate::cluster_support::delete_broker_objects(crate::cluster_support::SHARED_AMQP, &prefix);
 }
@@ -706,7 +803,8 @@ async fn hole_a_client_that_stops_reading_pins_gateway_sockets() {
 /// other node and lose nothing that was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_root_supervisor_dies_exits_and_its_clients_move_on_losing_nothing() {
-    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv }) = apart(Backend::Sqlite).await;
+    let (mut cluster, mut alice, mut bob, Apart { bob_t, alice_node, bob_proc, conv, .. }) =
+        apart(Backend::Sqlite).await;
 
     const N: usize = 200;
     for i in 1..N {

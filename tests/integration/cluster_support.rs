@@ -26,6 +26,10 @@ struct Proc {
     addr: SocketAddr,
 }
 
+/// The cluster's `bus.node_ttl_secs`: a killed node leaves the bus directory this long
+/// after its last heartbeat.
+pub const NODE_TTL_SECS: u64 = 4;
+
 pub struct Cluster {
     pub dir: TempDir,
     /// Prefix of this cluster's broker objects.
@@ -94,12 +98,17 @@ impl Cluster {
         c
     }
 
+    /// The database every process of the cluster shares.
+    pub fn database_url(&self) -> String {
+        match &self.pg {
+            Some((_, url)) => url.clone(),
+            None => format!("sqlite://{}/switchboard.db", self.dir.path().join("data").display()),
+        }
+    }
+
     fn config_toml(&self) -> String {
         let data = self.dir.path().join("data");
-        let database_url = match &self.pg {
-            Some((_, url)) => url.clone(),
-            None => format!("sqlite://{}/switchboard.db", data.display()),
-        };
+        let database_url = self.database_url();
         format!(
             r#"data_dir = "{data}"
 database_url = "{database_url}"
@@ -125,6 +134,7 @@ send_burst = 100000
 [bus]
 prefix = "{prefix}"
 reconnect_max_ms = 500
+node_ttl_secs = {NODE_TTL_SECS}
 "#,
             data = data.display(),
             amqp = self.amqp_url,

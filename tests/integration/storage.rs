@@ -402,3 +402,62 @@ async fn upgrading_folds_message_notifications_into_one_per_conversation() {
     let unread = repo.unread_counts(UserId(bob)).await.expect("counts");
     assert_eq!((unread.total, unread.conversations.get(&ConversationId(with_alice))), (3, Some(&2)));
 }
+
+/// The bus directory on both databases: rows follow the changes a node writes, each node
+/// sees the others' users (not its own), a node that stops its heartbeats is swept with
+/// its rows and only then, and a node swept by mistake finds out and writes its rows back.
+async fn the_bus_directory_keeps_who_is_where(backend: Backend) {
+    use switchboard::bus::directory::Directory;
+    let app = spawn_app_with(backend, |_| {}).await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
+    let (n1, n2) = (Directory::new(db.clone(), "n1"), Directory::new(db.clone(), "n2"));
+    let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
+    n1.rejoin(&[], 1_000).await.expect("n1 joins");
+    n2.rejoin(&[], 1_000).await.expect("n2 joins");
+    n1.apply(&[(a, true), (b, true)]).await.expect("n1 has a and b");
+    n2.apply(&[(b, true), (c, true)]).await.expect("n2 has b and c");
+    n1.apply(&[(a, true)]).await.expect("writing a row twice is no error");
+    let seen = n1.lookup(&[a, b, c]).await.expect("lookup");
+    assert_eq!(seen.get(&a), None, "n1's own users are not listed to n1");
+    assert_eq!(seen.get(&b), Some(&vec!["n2".to_owned()]));
+    assert_eq!(seen.get(&c), Some(&vec!["n2".to_owned()]));
+    let seen = n2.lookup(&[a, b, c]).await.expect("lookup");
+    assert_eq!(
+        (seen.get(&a), seen.get(&b), seen.get(&c)),
+        (Some(&vec!["n1".to_owned()]), Some(&vec!["n1".to_owned()]), None)
+    );
+    n2.apply(&[(c, false), (b, false)]).await.expect("n2's sessions closed");
+    assert!(n1.lookup(&[b, c]).await.expect("lookup").is_empty());
+
+    // n2 keeps its heartbeat; n1 stops at 1,000. Swept only once past the TTL.
+    n2.apply(&[(c, true)]).await.expect("c back on n2");
+    assert!(n2.heartbeat(5_000).await.expect("heartbeat"), "n2's row is there");
+    assert_eq!(n2.sweep(5_000, 10_000, true).await.expect("sweep"), 0, "within the TTL");
+    assert_eq!(n2.sweep(12_000, 10_000, true).await.expect("sweep"), 1, "n1 is past it");
+    assert!(n2.lookup(&[a, b]).await.expect("lookup").is_empty(), "n1's rows went with it");
+    assert_eq!(n1.lookup(&[c]).await.expect("lookup").get(&c), Some(&vec!["n2".to_owned()]), "n2's stayed");
+    // n1 was alive after all: its heartbeat finds its row gone, and it writes its rows back.
+    assert!(!n1.heartbeat(12_500).await.expect("heartbeat"), "n1 learns it was swept");
+    n1.rejoin(&[a, b], 12_500).await.expect("rejoin");
+    assert_eq!(n2.lookup(&[a]).await.expect("lookup").get(&a), Some(&vec!["n1".to_owned()]));
+    // A node leaving cleanly takes its rows along; the other's stay.
+    n1.leave().await.expect("leave");
+    assert!(n2.lookup(&[a, b]).await.expect("lookup").is_empty());
+    assert_eq!(n1.lookup(&[c]).await.expect("lookup").len(), 1);
+    // A storm's worth of users in one write, past one statement's slice.
+    let many: Vec<(UserId, bool)> = (0..1_200).map(|_| (UserId::new(), true)).collect();
+    n1.rejoin(&[], 13_000).await.expect("n1 back");
+    n1.apply(&many).await.expect("many rows");
+    let users: Vec<UserId> = many.iter().map(|(u, _)| *u).collect();
+    assert_eq!(n2.lookup(&users).await.expect("lookup").len(), 1_200);
+}
+
+#[tokio::test]
+async fn the_bus_directory_keeps_who_is_where_on_sqlite() {
+    the_bus_directory_keeps_who_is_where(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_the_bus_directory_keeps_who_is_where() {
+    the_bus_directory_keeps_who_is_where(Backend::Postgres).await;
+}

@@ -2,6 +2,8 @@
 //! in the parent module are the only users of these.
 
 pub mod block;
+pub mod bus_directory;
+pub mod bus_node;
 pub mod contact;
 pub mod conversation;
 pub mod conversation_mute;
