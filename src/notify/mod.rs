@@ -47,6 +47,10 @@ use crate::config::{BusConfig, NotifyConfig, Secret};
 use crate::notify::repo::NotificationRepo;
 use crate::notify::repo::{NewNotification, Recorded};
 
+/// Refusals of a write by a database that answers before the events are handled one at
+/// a time, and before one event is left out.
+const REFUSALS: u32 = 3;
+
 /// Events waiting for the in-process consumer before publishers wait (one process, no
 /// broker; with RabbitMQ the durable queue holds them). Absorbs bursts (about 30 MB when
 /// full); a sustained rate above what notify can store slows the senders instead.
@@ -221,21 +225,59 @@ impl Notifier {
 
     /// Handles with retries: a storage failure waits and tries again, so an event is
     /// never dropped for a transient error. `false` only when stopped first.
+    ///
+    /// A batch the database keeps refusing while it answers holds an event it can never
+    /// store (one that names a user or conversation the database does not have, say):
+    /// after [`REFUSALS`] tries the events are handled one at a time, and an event refused
+    /// on its own [`REFUSALS`] times while the database answers is logged and left out,
+    /// so one bad event never stops the queue behind it.
     async fn handle_patiently(&self, envelopes: &[Envelope], stop: &CancellationToken) -> bool {
         let mut wait = Duration::from_millis(100);
+        let mut refused = 0;
         loop {
-            match self.handle_batch(envelopes).await {
+            let e = match self.handle_batch(envelopes).await {
                 Ok(()) => return true,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store notifications");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(5));
+                Err(e) => e,
+            };
+            if self.notifications.database_answers().await {
+                refused += 1;
+                if refused >= REFUSALS {
+                    return self.handle_one_by_one(envelopes, stop).await;
                 }
             }
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store notifications");
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
+    }
+
+    async fn handle_one_by_one(&self, envelopes: &[Envelope], stop: &CancellationToken) -> bool {
+        let mut wait = Duration::from_millis(100);
+        for envelope in envelopes {
+            let mut refused = 0;
+            loop {
+                let e = match self.handle_batch(std::slice::from_ref(envelope)).await {
+                    Ok(()) => break,
+                    Err(e) => e,
+                };
+                if self.notifications.database_answers().await {
+                    refused += 1;
+                    if refused >= REFUSALS {
+                        tracing::error!(event = %envelope.id.0, kind = %envelope.event.routing_key(), error = %e, "the database refuses this event's notification; left out");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+        true
     }
 
     /// Consumes the in-process tap (one process, no broker): whatever is waiting, up to

@@ -100,6 +100,11 @@ impl NotificationRepo {
         Self { db, writes }
     }
 
+    /// Whether the database answers at all (to tell an outage from a write it refuses).
+    pub async fn database_answers(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+
     /// Stores `news` (through the process's committer, in its next group transaction):
     /// a contact notification once per (user, event); a message updates its user's
     /// notification of that conversation (or makes it), once per batch however many
