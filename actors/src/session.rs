@@ -201,6 +201,9 @@ pub enum SessionMsg {
     /// Check that the login that opened the connection is still valid (a periodic
     /// backstop for a revocation event that never came); close with 4001 if not.
     Revalidate,
+    /// The user's events from other nodes reach this node now (the bus has them in its
+    /// directory): check the login once more, for a revocation published before.
+    Bound,
 }
 
 pub struct SessionActor;
@@ -226,6 +229,9 @@ pub struct SessionState {
     /// Per conversation, the read marker as this connection's last `read` left it: a
     /// `read` frame at or below it changes nothing and costs nothing.
     read_asked: HashMap<ConversationId, i64>,
+    /// Settles when the bus routes this user's events here (see [`SessionState::announce`]);
+    /// `sync` and catch-ups wait for it.
+    bound: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Typing events a session forwards per conversation: only changes of state, and at most
@@ -257,6 +263,7 @@ impl Actor for SessionActor {
             typing_window: (0, Instant::now()),
             delivered_inflight: HashMap::new(),
             read_asked: HashMap::new(),
+            bound: None,
         };
         if restart {
             // Join first, then read: anything committed from here on either comes as an
@@ -281,11 +288,10 @@ impl Actor for SessionActor {
                 max_frame_bytes: state.ctx.limits.max_frame_bytes,
                 edit_window_secs: state.ctx.limits.edit_window.as_secs(),
             });
-            state.announce(true).await;
-            // Joined (and bound), so a revocation from now on arrives as an event; one
-            // that came while the socket was opening, after its token was checked, is
-            // found here. (After `announce`, so the close unbinds what it bound.)
-            state.revalidate(false).await;
+            // Binds in the background (a database write across nodes: other sessions'
+            // starts must not queue behind it); `Bound` comes when it has settled, and a
+            // `sync` waits for it.
+            state.announce(true, &myself).await;
         }
         Ok(state)
     }
@@ -307,6 +313,7 @@ impl Actor for SessionActor {
             SessionMsg::Refresh(c) => Box::pin(state.catch_up(c)).await,
             SessionMsg::CatchUp => {
                 Box::pin(async {
+                    state.wait_bound().await;
                     // A revocation published while the bus was down never came: ask.
                     if !state.revalidate(false).await {
                         return;
@@ -325,13 +332,20 @@ impl Actor for SessionActor {
                     state.mark_delivered(&myself, c, sender, seq);
                 }
             }
+            SessionMsg::Bound => {
+                // Joined and bound, so a revocation from now on arrives as an event; one
+                // that came while the socket was opening, after its token was checked, is
+                // found here.
+                state.bound = None;
+                Box::pin(state.revalidate(false)).await;
+            }
             SessionMsg::Closed => {
                 ractor::pg::leave_scoped(
                     state.ctx.node_id.clone(),
                     state.ctx.user_group(state.conn.user_id),
                     vec![myself.get_cell()],
                 );
-                Box::pin(state.announce(false)).await;
+                Box::pin(state.announce(false, &myself)).await;
                 myself.stop(Some(NORMAL_EXIT.to_owned()));
             }
         }
@@ -375,9 +389,17 @@ impl SessionState {
         self.conn.push(&ServerFrame::error(code, message, reference));
     }
 
+    /// Until the bus routes this user's events here: a read of the database before then
+    /// could miss a message committed after it whose event went elsewhere.
+    async fn wait_bound(&mut self) {
+        if let Some(bound) = self.bound.take() {
+            let _ = bound.await;
+        }
+    }
+
     /// First session of the user on this node opened, or last one closed: route the
     /// user's events here (or stop), and tell their peers.
-    async fn announce(&mut self, online: bool) {
+    async fn announce(&mut self, online: bool, myself: &ActorRef<SessionMsg>) {
         let me = self.me();
         let remaining = self.ctx.sessions_of(me).len();
         let edge = if online { remaining == 1 } else { remaining == 0 };
@@ -403,21 +425,31 @@ impl SessionState {
                 }
             }
         }
-        if !probes.is_empty() {
-            let bus = self.ctx.bus.clone();
+        // Every session counts for the binding (the bus binds on the first, unbinds after
+        // the last): counting there, under one lock, keeps a close and an open that race
+        // from leaving the user unbound. The bind settles in the background; the unbind
+        // follows this session's own bind, so the count it takes back is there.
+        let bus = self.ctx.bus.clone();
+        if online {
+            let (settled, bound) = tokio::sync::oneshot::channel();
+            self.bound = Some(bound);
+            let (bus, myself) = (bus.clone(), myself.clone());
             tokio::spawn(async move {
+                if let Err(e) = bus.bind_user(me).await {
+                    tracing::warn!(user = %me, error = %e, "cannot bind user on the bus");
+                }
+                // Asked once the answers can find this node.
                 for peer in probes {
                     let _ = bus.publish(Envelope::new(Event::PresenceProbe { to: peer, from: me })).await;
                 }
+                let _ = settled.send(());
+                let _ = myself.cast(SessionMsg::Bound);
             });
-        }
-        // Every session counts for the binding (the bus binds on the first, unbinds after
-        // the last): counting there, under one lock, keeps a close and an open that race
-        // from leaving the user unbound.
-        let bus = self.ctx.bus.clone();
-        let result = if online { bus.bind_user(me).await } else { bus.unbind_user(me).await };
-        if let Err(e) = result {
-            tracing::warn!(user = %me, error = %e, "cannot (un)bind user on the bus");
+        } else {
+            self.wait_bound().await;
+            if let Err(e) = bus.unbind_user(me).await {
+                tracing::warn!(user = %me, error = %e, "cannot unbind user on the bus");
+            }
         }
         if !edge {
             return;
@@ -593,6 +625,7 @@ impl SessionState {
         if self.ctx.sync_limiter.check_key(&self.me()).is_err() {
             return self.error(ErrorCode::RateLimited, "syncing too often; sync again in a second", reference);
         }
+        self.wait_bound().await;
         if since.len() > MAX_SYNC_CONVERSATIONS {
             return self.error(
                 ErrorCode::InvalidFrame,

@@ -1,7 +1,8 @@
 //! Events between processes in batches: one AMQP message per destination and flush.
 //!
 //! Publishers queue each event encoded once ([`Outgoing`]); one task ([`run`]) takes what
-//! is queued (after waiting `bus.batch_linger_us` for more to join the first), asks the
+//! is queued (under load after waiting `bus.batch_linger_us` for more to join the first;
+//! after a quiet spell at once), asks the
 //! [`super::directory`] once which other nodes have sessions of the batch's recipients,
 //! and sends each destination one AMQP message through the default exchange: a JSON array
 //! of envelopes, to `<prefix>.node.<id>` for every such node and to `<prefix>.notify` for
@@ -31,6 +32,9 @@ use super::{Inner, Topology};
 pub const MAX_EVENTS: usize = 1024;
 /// A destination's events past this many bytes go in a further AMQP message.
 pub const MAX_BYTES: usize = 1 << 20;
+/// The longest a batch waits for the directory (a stalled database must not stall the
+/// publishers behind the batcher: their own node's sessions have their events already).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An event encoded for the broker, with what routes it.
 pub(crate) struct Outgoing {
@@ -58,6 +62,7 @@ pub(crate) enum Queued {
 pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Queued>) {
     let linger = Duration::from_micros(inner.config.batch_linger_us);
     let mut queued = Vec::with_capacity(MAX_EVENTS);
+    let mut last_send = tokio::time::Instant::now();
     loop {
         let n = tokio::select! {
             _ = inner.stop.cancelled() => return,
@@ -66,8 +71,12 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Queued>) {
         if n == 0 {
             return;
         }
+        // Waiting pays only under load: an event after a quiet spell (nothing sent for a
+        // linger) leaves at once; while events keep coming, each batch waits a linger
+        // for more to join it.
+        let busy = last_send.elapsed() < linger;
         let flushing = queued.iter().any(|q| matches!(q, Queued::Flush(_)));
-        if !linger.is_zero() && !flushing && queued.len() < MAX_EVENTS {
+        if busy && !flushing && queued.len() < MAX_EVENTS {
             tokio::time::sleep(linger).await;
             while queued.len() < MAX_EVENTS {
                 match rx.try_recv() {
@@ -85,6 +94,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Queued>) {
             }
         }
         let confirms = send(&inner, &events).await;
+        last_send = tokio::time::Instant::now();
         if flushes.is_empty() {
             let inner = inner.clone();
             tokio::spawn(async move { count_confirms(&inner, confirms).await });
@@ -110,7 +120,8 @@ async fn send(inner: &Inner, events: &[Outgoing]) -> Vec<(u64, PublisherConfirm)
     let mut users: Vec<UserId> = events.iter().map(|e| e.to).collect();
     users.sort_unstable();
     users.dedup();
-    let nodes = match inner.directory.lookup(&users).await {
+    let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, inner.directory.lookup(&users));
+    let nodes = match lookup.await.unwrap_or_else(|_| Err(sea_orm::DbErr::Custom("timed out".into()))) {
         Ok(nodes) => nodes,
         Err(e) => {
             // Live delivery across nodes is lost for this batch (the clients' gap fill and

@@ -133,8 +133,8 @@ impl Directory {
         Ok(updated.rows_affected > 0)
     }
 
-    /// Writes this node's heartbeat row and its users' rows (at start, with none, and
-    /// after being swept), in one transaction.
+    /// Writes this node's heartbeat row and replaces its rows by `users`' (at start, with
+    /// none; after a failed write; after being swept), in one transaction.
     pub async fn rejoin(&self, users: &[UserId], now: i64) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
         bus_node::Entity::insert(bus_node::ActiveModel { node_id: Set(self.node_id.clone()), seen_at: Set(now) })
@@ -142,6 +142,10 @@ impl Directory {
                 OnConflict::column(bus_node::Column::NodeId).update_column(bus_node::Column::SeenAt).to_owned(),
             )
             .exec_without_returning(&txn)
+            .await?;
+        bus_directory::Entity::delete_many()
+            .filter(bus_directory::Column::NodeId.eq(self.node_id.as_str()))
+            .exec(&txn)
             .await?;
         let changes: Vec<(UserId, bool)> = users.iter().map(|u| (*u, true)).collect();
         self.apply_in(&txn, &changes).await?;
@@ -175,8 +179,11 @@ impl Directory {
         // Rows of a node with no heartbeat row at all (it was swept while writing them,
         // then died before its next heartbeat could write them again).
         if orphans {
-            txn.execute_unprepared("DELETE FROM bus_directory WHERE node_id NOT IN (SELECT node_id FROM bus_nodes)")
-                .await?;
+            txn.execute_unprepared(
+                "DELETE FROM bus_directory WHERE NOT EXISTS \
+                 (SELECT 1 FROM bus_nodes WHERE bus_nodes.node_id = bus_directory.node_id)",
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok(stale.len() as u64)

@@ -35,7 +35,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::bridge::{deliver_local, resync_sessions};
@@ -102,9 +102,10 @@ pub(crate) struct Inner {
     pub(crate) channel: RwLock<Option<Channel>>,
     connected: AtomicBool,
     pub(crate) directory: Directory,
-    /// Sessions per user on this node; a user with any has a directory row. The lock
-    /// orders the row changes: they are queued for the binder under it.
-    bindings: Mutex<HashMap<UserId, usize>>,
+    /// Sessions per user on this node, and whether the user's row write has settled; a
+    /// user with any session has a directory row. The lock orders the row changes: they
+    /// are queued for the binder under it.
+    bindings: Mutex<HashMap<UserId, Binding>>,
     binder: mpsc::UnboundedSender<BindOp>,
     /// Encoded events for the batcher.
     outbox: mpsc::Sender<Queued>,
@@ -112,10 +113,19 @@ pub(crate) struct Inner {
     pub(crate) stop: CancellationToken,
 }
 
-/// A change for the binder: a user's row written or removed, answered after the commit;
-/// or every row written again (after this node was swept).
+/// A user's sessions on this node, and the settling of the write of their row: every
+/// session that opens waits for it (not only the first), so none syncs before
+/// publishers can find it.
+struct Binding {
+    sessions: usize,
+    settled: watch::Receiver<bool>,
+}
+
+/// A change for the binder: a user's row written or removed (`settled` once tried); or
+/// every row of this node written anew (after a failed write, or after this node was
+/// swept).
 enum BindOp {
-    Change { user: UserId, here: bool, reply: oneshot::Sender<Result<(), BusError>> },
+    Change { user: UserId, here: bool, settled: watch::Sender<bool> },
     Rejoin,
 }
 
@@ -236,40 +246,52 @@ impl Bus for RabbitBus {
 
 impl RabbitBus {
     /// Counts a session of `user` opening (`here`) or closing; the first opening writes
-    /// the user's directory row and the last closing removes it, answered after the
-    /// commit (so a new session syncs only after publishers can find it).
+    /// the user's directory row and the last closing removes it. An opening returns once
+    /// the write has settled (committed, or failed and handed to the repair, which makes
+    /// the sessions catch up when it is done), so a new session syncs only after
+    /// publishers can find it.
     async fn change(&self, user: UserId, here: bool) -> Result<(), BusError> {
         let inner = &self.inner;
-        let (reply, answer) = oneshot::channel();
-        {
+        let mut settled = {
             let mut bindings = inner.bindings.lock().map_err(|_| BusError("bindings poisoned".into()))?;
-            let edge = if here {
-                let count = bindings.entry(user).or_insert(0);
-                *count += 1;
-                *count == 1
+            let queue = |here: bool| {
+                let (tx, rx) = watch::channel(false);
+                // Queued under the lock: the binder writes the changes in this order.
+                inner
+                    .binder
+                    .send(BindOp::Change { user, here, settled: tx })
+                    .map(|()| rx)
+                    .map_err(|_| BusError("the bus is closing".into()))
+            };
+            if here {
+                match bindings.get_mut(&user) {
+                    Some(b) => {
+                        b.sessions += 1;
+                        b.settled.clone()
+                    }
+                    None => {
+                        let settled = queue(true)?;
+                        bindings.insert(user, Binding { sessions: 1, settled: settled.clone() });
+                        settled
+                    }
+                }
             } else {
                 match bindings.get_mut(&user) {
-                    Some(count) if *count > 1 => {
-                        *count -= 1;
-                        false
+                    Some(b) if b.sessions > 1 => {
+                        b.sessions -= 1;
+                        return Ok(());
                     }
                     Some(_) => {
                         bindings.remove(&user);
-                        true
+                        queue(false)?
                     }
-                    None => false,
+                    None => return Ok(()),
                 }
-            };
-            if !edge {
-                return Ok(());
             }
-            // Queued under the lock: the binder writes the changes in this order.
-            inner
-                .binder
-                .send(BindOp::Change { user, here, reply })
-                .map_err(|_| BusError("the bus is closing".into()))?;
-        }
-        answer.await.map_err(|_| BusError("the bus is closing".into()))?
+        };
+        // A binder that stopped (shutdown) drops the sender: nothing more to wait for.
+        let _ = settled.wait_for(|done| *done).await;
+        Ok(())
     }
 }
 
@@ -278,10 +300,13 @@ const BIND_RUN: usize = 512;
 
 /// Writes the directory changes in runs: what is queued, folded per user (the last
 /// change wins: the queue is in the order the counts changed), in one transaction, then
-/// answers each. A failed write is tried again three times before its sessions hear of
-/// it (they go on; the heartbeat's check writes every row again if this node was swept).
+/// settles each. A run that fails is not retried as it was: the repair writes every row
+/// of this node anew from the counts (a second later, and again with backoff until it
+/// succeeds), then has every session catch up from the database, so whatever crossed
+/// nodes without them meanwhile reaches them.
 async fn run_binder(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BindOp>) {
     let mut ops = Vec::with_capacity(BIND_RUN);
+    let mut repair_wait = Duration::from_secs(1);
     loop {
         let n = tokio::select! {
             _ = inner.stop.cancelled() => return,
@@ -305,40 +330,34 @@ async fn run_binder(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BindOp>) 
                 BindOp::Rejoin => rejoin = true,
             }
         }
-        let mut result = Err(BusError("not written".into()));
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-            let written = if rejoin {
-                // Every user with a session here now, which includes this run's openings.
-                let users: Vec<UserId> = inner.bindings.lock().map(|b| b.keys().copied().collect()).unwrap_or_default();
-                let gone: Vec<(UserId, bool)> = folded.iter().filter(|(_, here)| !here).copied().collect();
-                match inner.directory.rejoin(&users, crate::now_ms()).await {
-                    Ok(()) => inner.directory.apply(&gone).await,
-                    Err(e) => Err(e),
-                }
-            } else {
-                inner.directory.apply(&folded).await
-            };
-            match written {
-                Ok(()) => {
-                    result = Ok(());
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(node = %inner.node_id, error = %e, attempt, "cannot write the bus directory");
-                    result = Err(BusError(format!("directory: {e}")));
+        let written = if rejoin {
+            // Every user with a session here now (this run's changes are in the counts).
+            let users: Vec<UserId> = inner.bindings.lock().map(|b| b.keys().copied().collect()).unwrap_or_default();
+            inner.directory.rejoin(&users, crate::now_ms()).await
+        } else {
+            inner.directory.apply(&folded).await
+        };
+        match written {
+            Ok(()) => {
+                repair_wait = Duration::from_secs(1);
+                if rejoin {
+                    let n = resync_sessions(&inner.node_id);
+                    tracing::info!(node = %inner.node_id, sessions = n, "this node's bus directory rows are written anew; sessions catch up");
                 }
             }
-        }
-        if rejoin && result.is_ok() {
-            let n = resync_sessions(&inner.node_id);
-            tracing::warn!(node = %inner.node_id, sessions = n, "this node had been swept from the bus directory; rows written again, sessions catch up");
+            Err(e) => {
+                tracing::warn!(node = %inner.node_id, error = %e, retry_in_ms = repair_wait.as_millis() as u64, "cannot write the bus directory; rewriting this node's rows");
+                let (binder, wait) = (inner.binder.clone(), repair_wait);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = binder.send(BindOp::Rejoin);
+                });
+                repair_wait = (repair_wait * 2).min(Duration::from_secs(30));
+            }
         }
         for op in ops.drain(..) {
-            if let BindOp::Change { reply, .. } = op {
-                let _ = reply.send(result.clone());
+            if let BindOp::Change { settled, .. } = op {
+                let _ = settled.send(true);
             }
         }
     }

@@ -51,6 +51,13 @@ use crate::notify::repo::{NewNotification, Recorded};
 /// a time, and before one event is left out.
 const REFUSALS: u32 = 3;
 
+/// Whether `e` is the database refusing what was written (a constraint: foreign key,
+/// unique, not null, check), which trying again will not change; SQLite and PostgreSQL
+/// both name the constraint in the message.
+fn refuses(e: &sea_orm::DbErr) -> bool {
+    e.to_string().to_ascii_lowercase().contains("constraint")
+}
+
 /// Events waiting for the in-process consumer before publishers wait (one process, no
 /// broker; with RabbitMQ the durable queue holds them). Absorbs bursts (about 30 MB when
 /// full); a sustained rate above what notify can store slows the senders instead.
@@ -226,8 +233,10 @@ impl Notifier {
     /// Handles with retries: a storage failure waits and tries again, so an event is
     /// never dropped for a transient error. `false` only when stopped first.
     ///
-    /// A batch the database keeps refusing while it answers holds an event it can never
-    /// store (one that names a user or conversation the database does not have, say):
+    /// A batch the database keeps refusing by a constraint while it answers holds an event
+    /// it can never store (one that names a user or conversation the database does not
+    /// have, say); any other error (locked, unreachable, out of space) is an outage, waited
+    /// out however long it lasts:
     /// after [`REFUSALS`] tries the events are handled one at a time, and an event refused
     /// on its own [`REFUSALS`] times while the database answers is logged and left out,
     /// so one bad event never stops the queue behind it.
@@ -239,7 +248,7 @@ impl Notifier {
                 Ok(()) => return true,
                 Err(e) => e,
             };
-            if self.notifications.database_answers().await {
+            if refuses(&e) && self.notifications.database_answers().await {
                 refused += 1;
                 if refused >= REFUSALS {
                     return self.handle_one_by_one(envelopes, stop).await;
@@ -255,15 +264,15 @@ impl Notifier {
     }
 
     async fn handle_one_by_one(&self, envelopes: &[Envelope], stop: &CancellationToken) -> bool {
-        let mut wait = Duration::from_millis(100);
         for envelope in envelopes {
             let mut refused = 0;
+            let mut wait = Duration::from_millis(100);
             loop {
                 let e = match self.handle_batch(std::slice::from_ref(envelope)).await {
                     Ok(()) => break,
                     Err(e) => e,
                 };
-                if self.notifications.database_answers().await {
+                if refuses(&e) && self.notifications.database_answers().await {
                     refused += 1;
                     if refused >= REFUSALS {
                         tracing::error!(event = %envelope.id.0, kind = %envelope.event.routing_key(), error = %e, "the database refuses this event's notification; left out");

@@ -440,6 +440,10 @@ async fn the_bus_directory_keeps_who_is_where(backend: Backend) {
     assert!(!n1.heartbeat(12_500).await.expect("heartbeat"), "n1 learns it was swept");
     n1.rejoin(&[a, b], 12_500).await.expect("rejoin");
     assert_eq!(n2.lookup(&[a]).await.expect("lookup").get(&a), Some(&vec!["n1".to_owned()]));
+    // Rejoining replaces the node's rows: a user no longer there loses theirs.
+    n1.rejoin(&[a], 12_600).await.expect("rejoin");
+    assert_eq!(n2.lookup(&[a, b]).await.expect("lookup").keys().collect::<Vec<_>>(), vec![&a]);
+    n1.apply(&[(b, true)]).await.expect("b back");
     // A node leaving cleanly takes its rows along; the other's stay.
     n1.leave().await.expect("leave");
     assert!(n2.lookup(&[a, b]).await.expect("lookup").is_empty());
