@@ -288,9 +288,14 @@ impl Actor for SessionActor {
                 max_frame_bytes: state.ctx.limits.max_frame_bytes,
                 edit_window_secs: state.ctx.limits.edit_window.as_secs(),
             });
-            // Binds in the background (a database write across nodes: other sessions'
-            // starts must not queue behind it); `Bound` comes when it has settled, and a
-            // `sync` waits for it.
+            // A revocation that came while the socket was opening, after its token was
+            // checked, is found here, before any frame is served...
+            if !state.revalidate(false).await {
+                return Ok(state);
+            }
+            // ...and one published until the bind settles, when `Bound` checks again. The
+            // bind runs in the background (a database write across nodes: other
+            // sessions' starts must not queue behind it); a `sync` waits for it.
             state.announce(true, &myself).await;
         }
         Ok(state)
@@ -438,12 +443,12 @@ impl SessionState {
                 if let Err(e) = bus.bind_user(me).await {
                     tracing::warn!(user = %me, error = %e, "cannot bind user on the bus");
                 }
+                let _ = settled.send(());
+                let _ = myself.cast(SessionMsg::Bound);
                 // Asked once the answers can find this node.
                 for peer in probes {
                     let _ = bus.publish(Envelope::new(Event::PresenceProbe { to: peer, from: me })).await;
                 }
-                let _ = settled.send(());
-                let _ = myself.cast(SessionMsg::Bound);
             });
         } else {
             self.wait_bound().await;

@@ -307,10 +307,22 @@ const BIND_RUN: usize = 512;
 async fn run_binder(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BindOp>) {
     let mut ops = Vec::with_capacity(BIND_RUN);
     let mut repair_wait = Duration::from_secs(1);
+    // One pending repair at most, however many runs fail before it is due.
+    let mut repair_at: Option<tokio::time::Instant> = None;
     loop {
+        let due = async {
+            match repair_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
             _ = inner.stop.cancelled() => return,
             n = rx.recv_many(&mut ops, BIND_RUN) => n,
+            () = due => {
+                ops.push(BindOp::Rejoin);
+                1
+            }
         };
         if n == 0 {
             return;
@@ -339,20 +351,19 @@ async fn run_binder(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BindOp>) 
         };
         match written {
             Ok(()) => {
-                repair_wait = Duration::from_secs(1);
                 if rejoin {
+                    repair_at = None;
+                    repair_wait = Duration::from_secs(1);
                     let n = resync_sessions(&inner.node_id);
                     tracing::info!(node = %inner.node_id, sessions = n, "this node's bus directory rows are written anew; sessions catch up");
                 }
             }
             Err(e) => {
                 tracing::warn!(node = %inner.node_id, error = %e, retry_in_ms = repair_wait.as_millis() as u64, "cannot write the bus directory; rewriting this node's rows");
-                let (binder, wait) = (inner.binder.clone(), repair_wait);
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    let _ = binder.send(BindOp::Rejoin);
-                });
-                repair_wait = (repair_wait * 2).min(Duration::from_secs(30));
+                if repair_at.is_none() || rejoin {
+                    repair_at = Some(tokio::time::Instant::now() + repair_wait);
+                    repair_wait = (repair_wait * 2).min(Duration::from_secs(30));
+                }
             }
         }
         for op in ops.drain(..) {

@@ -55,7 +55,10 @@ const REFUSALS: u32 = 3;
 /// unique, not null, check), which trying again will not change; SQLite and PostgreSQL
 /// both name the constraint in the message.
 fn refuses(e: &sea_orm::DbErr) -> bool {
-    e.to_string().to_ascii_lowercase().contains("constraint")
+    let text = e.to_string().to_ascii_lowercase();
+    // Not "no unique constraint matching the ON CONFLICT" (a schema behind the code):
+    // that refuses every event alike, and waits for the migration.
+    text.contains("constraint") && !text.contains("on conflict")
 }
 
 /// Events waiting for the in-process consumer before publishers wait (one process, no
