@@ -849,9 +849,13 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
             let stop_r = stop_r.clone();
             let mut hist = hist.clone();
             // Receiver over the notification stream: latency from the intended send time to
-            // the `notification` event (its preview carries the time).
+            // the `notification` event (its preview carries the newest message's time). A
+            // conversation's notification is updated in place, and messages stored in one
+            // batch make one update: each update counts the messages up to its seq (the
+            // opening message is seq 1).
             receivers.push(tokio::spawn(async move {
                 let mut buf = String::new();
+                let mut counted_seq = 1u64;
                 loop {
                     let chunk = tokio::select! {
                         _ = stop_r.cancelled() => break,
@@ -872,7 +876,11 @@ async fn run_pairs(args: &Args, rate: f64) -> anyhow::Result<Value> {
                         {
                             let now = epoch.elapsed().as_micros() as u64;
                             let _ = hist.record(now.saturating_sub(intended).max(1));
-                            c.delivered.fetch_add(1, Ordering::Relaxed);
+                            let seq = v["seq"].as_u64().unwrap_or(counted_seq + 1);
+                            if seq > counted_seq {
+                                c.delivered.fetch_add(seq - counted_seq, Ordering::Relaxed);
+                                counted_seq = seq;
+                            }
                         }
                     }
                 }

@@ -322,17 +322,7 @@ async fn the_bus_directory_follows_sessions_and_a_dead_node_loses_nothing_and_is
     let (mut cluster, mut alice, mut bob, Apart { alice_t, bob_t, bob_id, alice_node, bob_proc, conv }) =
         apart(Backend::Sqlite).await;
     let db = switchboard::storage::connect(&cluster.database_url()).await.expect("database");
-    let me: Value = cluster
-        .client()
-        .get(cluster.url("/api/auth/me"))
-        .bearer_auth(&alice_t)
-        .send()
-        .await
-        .expect("me")
-        .json()
-        .await
-        .expect("json");
-    let alice_id = me["id"].as_str().expect("alice's id").to_owned();
+    let alice_id = cluster.get_json("/api/auth/me", &alice_t).await["id"].as_str().expect("alice's id").to_owned();
     let ids = node_ids(&cluster, 2).await;
     let bob_node = ids.iter().find(|id| **id != alice_node).expect("bob's node").clone();
     assert_eq!(directory_of(&db, &alice_id).await, vec![alice_node.clone()]);
@@ -702,16 +692,7 @@ async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
     read_until_count(&mut bob, &conv, 2).await;
     assert!(bob.closed.is_none());
     eventually("bob's notification of the new message", || async {
-        let n: Value = cluster
-            .client()
-            .get(cluster.url("/api/notifications"))
-            .bearer_auth(&bob_t)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let n = cluster.get_json("/api/notifications", &bob_t).await;
         let item = n["notifications"].as_array()?.iter().find(|i| i["kind"] == "message")?.clone();
         (item["payload"]["preview"] == "still delivered").then_some(())
     })
