@@ -144,6 +144,10 @@ pub struct MessagingConfig {
     pub outbound_queue: usize,
     /// Chat sockets one user may have open on one messaging node at once.
     pub max_connections_per_user: usize,
+    /// Chat sockets and notification streams one user may open per minute on one node
+    /// (bursts of as many): a client reconnecting in a loop costs a session start, its
+    /// reads and a bus directory write each time.
+    pub opens_per_minute: u32,
     /// Messages a user may send per second, and the burst allowed above that.
     pub sends_per_second: u32,
     pub send_burst: u32,
@@ -322,6 +326,7 @@ impl Default for MessagingConfig {
             max_frame_bytes: l.max_frame_bytes,
             outbound_queue: l.outbound_queue,
             max_connections_per_user: 32,
+            opens_per_minute: 120,
             sends_per_second: l.sends_per_second,
             send_burst: l.send_burst,
             max_violations: l.max_violations,
@@ -547,6 +552,11 @@ impl Config {
             (1..=10_000).contains(&m.max_connections_per_user),
             "messaging.max_connections_per_user must be between 1 and 10000, got {}",
             m.max_connections_per_user
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&m.opens_per_minute),
+            "messaging.opens_per_minute must be between 1 and 1000000, got {}",
+            m.opens_per_minute
         );
         anyhow::ensure!(
             m.edit_window_secs <= 366 * 86_400,

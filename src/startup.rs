@@ -125,6 +125,7 @@ impl Application {
             contacts,
             search_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.search_per_minute)),
             contact_limiter: Arc::new(KeyedLimiter::per_minute(config.limits.contact_requests_per_minute)),
+            opens_limiter: Arc::new(KeyedLimiter::per_minute(config.messaging.opens_per_minute)),
             config: Arc::new(config.clone()),
             repos,
             auth,

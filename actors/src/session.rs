@@ -8,7 +8,7 @@
 //! ahead first pulls the gap from the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,21 @@ pub struct ConnHandle {
     /// Set by the first start of the actor; a start that finds it set is a restart.
     started: AtomicBool,
     violations: AtomicU32,
+    /// Where this connection's share of the user's bus binding stands ([`BIND_NONE`],
+    /// [`BIND_PENDING`], [`BIND_SETTLED`]). On the handle, not in the actor: an actor
+    /// restarted while the bind is under way waits for the same bind, and the close
+    /// takes back exactly what was bound, once.
+    bind: AtomicU8,
+    /// Woken when the bind settles.
+    bind_settled: tokio::sync::Notify,
 }
+
+/// No bind asked for (or it was taken back).
+const BIND_NONE: u8 = 0;
+/// Bind under way.
+const BIND_PENDING: u8 = 1;
+/// Bound: the bus routes the user's events here.
+const BIND_SETTLED: u8 = 2;
 
 impl ConnHandle {
     /// A handle and the receiving end of its outbound queue (for the writer task), for a
@@ -89,6 +103,8 @@ impl ConnHandle {
             last_sent: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
             violations: AtomicU32::new(0),
+            bind: AtomicU8::new(BIND_NONE),
+            bind_settled: tokio::sync::Notify::new(),
         };
         (Arc::new(handle), rx)
     }
@@ -229,9 +245,6 @@ pub struct SessionState {
     /// Per conversation, the read marker as this connection's last `read` left it: a
     /// `read` frame at or below it changes nothing and costs nothing.
     read_asked: HashMap<ConversationId, i64>,
-    /// Settles when the bus routes this user's events here (see [`SessionState::announce`]);
-    /// `sync` and catch-ups wait for it.
-    bound: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Typing events a session forwards per conversation: only changes of state, and at most
@@ -263,7 +276,6 @@ impl Actor for SessionActor {
             typing_window: (0, Instant::now()),
             delivered_inflight: HashMap::new(),
             read_asked: HashMap::new(),
-            bound: None,
         };
         if restart {
             // Join first, then read: anything committed from here on either comes as an
@@ -274,6 +286,9 @@ impl Actor for SessionActor {
             if !state.revalidate(false).await {
                 return Ok(state);
             }
+            // The first start's bind may still be under way (a crash right after it
+            // began): the catch-up reads after it, like a sync.
+            state.wait_bound().await;
             state.catch_up_all().await;
         } else {
             // Read first, then join: the connection starts at each conversation's current
@@ -341,7 +356,6 @@ impl Actor for SessionActor {
                 // Joined and bound, so a revocation from now on arrives as an event; one
                 // that came while the socket was opening, after its token was checked, is
                 // found here.
-                state.bound = None;
                 Box::pin(state.revalidate(false)).await;
             }
             SessionMsg::Closed => {
@@ -396,9 +410,17 @@ impl SessionState {
 
     /// Until the bus routes this user's events here: a read of the database before then
     /// could miss a message committed after it whose event went elsewhere.
-    async fn wait_bound(&mut self) {
-        if let Some(bound) = self.bound.take() {
-            let _ = bound.await;
+    async fn wait_bound(&self) {
+        let conn = &self.conn;
+        loop {
+            let settled = conn.bind_settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check: a settle in between is not missed.
+            settled.as_mut().enable();
+            if conn.bind.load(Ordering::SeqCst) != BIND_PENDING {
+                return;
+            }
+            settled.await;
         }
     }
 
@@ -435,24 +457,31 @@ impl SessionState {
         // from leaving the user unbound. The bind settles in the background; the unbind
         // follows this session's own bind, so the count it takes back is there.
         let bus = self.ctx.bus.clone();
-        if online {
-            let (settled, bound) = tokio::sync::oneshot::channel();
-            self.bound = Some(bound);
-            let (bus, myself) = (bus.clone(), myself.clone());
+        // (Once per connection: a restarted actor does not announce again.)
+        let binding = online
+            && self.conn.bind.compare_exchange(BIND_NONE, BIND_PENDING, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        if binding {
+            let (bus, myself, conn) = (bus.clone(), myself.clone(), self.conn.clone());
             tokio::spawn(async move {
                 if let Err(e) = bus.bind_user(me).await {
                     tracing::warn!(user = %me, error = %e, "cannot bind user on the bus");
                 }
-                let _ = settled.send(());
+                conn.bind.store(BIND_SETTLED, Ordering::SeqCst);
+                conn.bind_settled.notify_waiters();
                 let _ = myself.cast(SessionMsg::Bound);
                 // Asked once the answers can find this node.
                 for peer in probes {
                     let _ = bus.publish(Envelope::new(Event::PresenceProbe { to: peer, from: me })).await;
                 }
             });
-        } else {
+        } else if !online {
             self.wait_bound().await;
-            if let Err(e) = bus.unbind_user(me).await {
+            // Only what this connection bound, and only once: a connection closed before
+            // it was bound (its login found revoked at start) must not take back another
+            // connection's share of the binding.
+            let bound =
+                self.conn.bind.compare_exchange(BIND_SETTLED, BIND_NONE, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+            if bound && let Err(e) = bus.unbind_user(me).await {
                 tracing::warn!(user = %me, error = %e, "cannot unbind user on the bus");
             }
         }

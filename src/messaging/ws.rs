@@ -73,6 +73,9 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
     // A browser whose access cookie expired is renewed from its refresh cookie here too
     // (the new cookie rides on the handshake's answer).
     let who = authenticate_request(req, res, &st).await?;
+    st.opens_limiter
+        .check(&who.user_id.to_string())
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     let m = st.config.messaging.clone();
     let slot = st
         .sockets

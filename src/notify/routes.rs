@@ -209,6 +209,8 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         None => query_i64(req, "after")?.unwrap_or(0),
     };
     let st = state(depot)?;
+    // Opening one costs a stream actor and reads: as rate-limited as chat sockets.
+    st.opens_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     // Streams hold memory and a task each: one user gets as many as chat sockets.
     let limit = st.config.messaging.max_connections_per_user;
     let slot = st.streams.acquire(me, limit).ok_or(AppError::TooManyConnections { limit })?;

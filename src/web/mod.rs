@@ -47,6 +47,8 @@ pub struct AppState {
     pub search_limiter: Arc<KeyedLimiter>,
     /// Contact requests per user per minute.
     pub contact_limiter: Arc<KeyedLimiter>,
+    /// Chat sockets and notification streams opened per user per minute.
+    pub opens_limiter: Arc<KeyedLimiter>,
     /// Transfers and stored files.
     pub files: crate::messaging::files::FileRepo,
     /// The rules of uploads and downloads.

@@ -130,6 +130,7 @@ contact_requests_per_minute = 100000
 [messaging]
 sends_per_second = 100000
 send_burst = 100000
+opens_per_minute = 100000
 
 [bus]
 prefix = "{prefix}"

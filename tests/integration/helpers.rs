@@ -61,6 +61,7 @@ pub fn test_config(data_dir: &TempDir) -> Config {
     c.limits.contact_requests_per_minute = 100_000;
     c.messaging.sends_per_second = 100_000;
     c.messaging.send_burst = 100_000;
+    c.messaging.opens_per_minute = 100_000;
     c
 }
 

@@ -687,6 +687,45 @@ async fn hole_unbounded_notification_streams_per_user() {
     drop(reopened);
 }
 
+/// Issue 18 review: a user could open and drop chat sockets in a loop (1,925 in 10 s on
+/// one node), each a session start with its reads and a bus directory write. Opens are
+/// rate-limited per user: past the burst the handshake is refused (429 `rate_limited`,
+/// with `Retry-After`), and notification streams count against the same budget. Other
+/// users are not affected.
+#[tokio::test]
+async fn hole_sockets_opened_in_a_loop() {
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, |c| c.messaging.opens_per_minute = 3).await;
+    let (alice, _) = user(&app, "alice").await;
+    for _ in 0..2 {
+        // Each opens, greets and closes: what a reconnect loop does.
+        let mut ws = Client::connect(&app, &alice).await;
+        ws.send(json!({"type": "ping"})).await;
+        assert_eq!(ws.next_of("pong").await["type"], "pong");
+    }
+    let _stream = SseReader::open(&app, &alice, None).await;
+    // The fourth open in the minute: a socket, then a stream, both refused.
+    let header = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!("Bearer {alice}")).unwrap();
+    let fourth = crate::ws_client::connect_with(app.addr, |r| {
+        r.headers_mut().insert("authorization", header);
+    })
+    .await;
+    assert_eq!(fourth.err(), Some(429), "a socket past the burst is refused");
+    let r = app.get_as("/api/notifications/stream", &alice).await;
+    let retry_after: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(crate::helpers::error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
+    // Bob has his own budget.
+    let (bob, _) = user(&app, "bob").await;
+    let mut ws = Client::connect(&app, &bob).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_of("pong").await["type"], "pong");
+}
+
 /// Issue 16, hole 9: the data directory was world-readable (0755, and the database, with
 /// password hashes and every message, and the stored files 0644).
 #[cfg(unix)]
