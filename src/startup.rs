@@ -155,6 +155,8 @@ impl Application {
         let server = crate::config::http_server(self.acceptor, &self.state.config.limits);
         let handle = server.handle();
         let auth = self.state.auth.clone();
+        let limiters =
+            [self.state.opens_limiter.clone(), self.state.search_limiter.clone(), self.state.contact_limiter.clone()];
         let files = self.state.files.clone();
         let tmp_max_age = Duration::from_secs(self.state.config.files.transfer_ttl_secs);
         let housekeeping = tokio::spawn(async move {
@@ -164,6 +166,8 @@ impl Application {
                 if let Err(e) = auth.housekeeping().await {
                     tracing::warn!(error = %format!("{e:#}"), "housekeeping failed");
                 }
+                // Users back to a full budget are forgotten (one entry per active user).
+                limiters.iter().for_each(|l| l.prune());
                 match files.expire(crate::now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "abandoned uploads removed"),

@@ -74,6 +74,16 @@ pub struct ConnHandle {
     bind_settled: tokio::sync::Notify,
 }
 
+/// Marks its connection's bind settled and wakes whoever waits for it, when dropped.
+struct SettleOnDrop(Arc<ConnHandle>);
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        self.0.bind.store(BIND_SETTLED, Ordering::SeqCst);
+        self.0.bind_settled.notify_waiters();
+    }
+}
+
 /// No bind asked for (or it was taken back).
 const BIND_NONE: u8 = 0;
 /// Bind under way.
@@ -283,13 +293,11 @@ impl Actor for SessionActor {
             ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
             state.load_conversations(false).await;
             tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
-            if !state.revalidate(false).await {
-                return Ok(state);
-            }
-            // The first start's bind may still be under way (a crash right after it
-            // began): the catch-up reads after it, like a sync.
-            state.wait_bound().await;
-            state.catch_up_all().await;
+            // The login check and the catch-up run as the first message, after the first
+            // start's bind if it is still under way (a crash right after it began): the
+            // read then sees what publishers could not route here, and the supervisor,
+            // which waits for this start, does not wait for a database write.
+            let _ = myself.cast(SessionMsg::CatchUp);
         } else {
             // Read first, then join: the connection starts at each conversation's current
             // seq (the client syncs the past). A message committed in between is not lost:
@@ -312,6 +320,12 @@ impl Actor for SessionActor {
             // bind runs in the background (a database write across nodes: other
             // sessions' starts must not queue behind it); a `sync` waits for it.
             state.announce(true, &myself).await;
+        }
+        // The socket closed before this start (the connection gave up waiting for it, or
+        // the actor that had its `Closed` crashed): close now, so the user's bus binding
+        // and process group membership are taken back.
+        if state.conn.closed.is_cancelled() {
+            let _ = myself.cast(SessionMsg::Closed);
         }
         Ok(state)
     }
@@ -461,13 +475,15 @@ impl SessionState {
         let binding = online
             && self.conn.bind.compare_exchange(BIND_NONE, BIND_PENDING, Ordering::SeqCst, Ordering::SeqCst).is_ok();
         if binding {
-            let (bus, myself, conn) = (bus.clone(), myself.clone(), self.conn.clone());
+            let (bus, myself) = (bus.clone(), myself.clone());
+            // Settled however the task ends (a panic, a runtime shutting down): nothing
+            // waits on a bind for ever.
+            let settle = SettleOnDrop(self.conn.clone());
             tokio::spawn(async move {
                 if let Err(e) = bus.bind_user(me).await {
                     tracing::warn!(user = %me, error = %e, "cannot bind user on the bus");
                 }
-                conn.bind.store(BIND_SETTLED, Ordering::SeqCst);
-                conn.bind_settled.notify_waiters();
+                drop(settle);
                 let _ = myself.cast(SessionMsg::Bound);
                 // Asked once the answers can find this node.
                 for peer in probes {

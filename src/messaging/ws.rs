@@ -73,14 +73,15 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
     // A browser whose access cookie expired is renewed from its refresh cookie here too
     // (the new cookie rides on the handshake's answer).
     let who = authenticate_request(req, res, &st).await?;
-    st.opens_limiter
-        .check(&who.user_id.to_string())
-        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     let m = st.config.messaging.clone();
     let slot = st
         .sockets
         .acquire(who.user_id, m.max_connections_per_user)
         .ok_or(AppError::TooManyConnections { limit: m.max_connections_per_user })?;
+    // After the cap: an open refused for it costs nothing of the budget.
+    st.opens_limiter
+        .check(&who.user_id.to_string())
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     // Small buffers: an idle connection should cost kilobytes, not the default 128 KiB.
     // tungstenite zero-fills its whole read buffer on each read, so all of it stays
     // resident: 512 bytes fits a typical frame, and a larger frame grows it for that
@@ -147,6 +148,9 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a session actor");
+            // An actor that starts after all (a start that outlived the wait) sees the
+            // connection closed and closes itself.
+            conn.close(CLOSE_INTERNAL, "server busy");
             let _ = sink.send(Message::close_with(CLOSE_INTERNAL, "server busy, reconnect later")).await;
             return;
         }

@@ -194,7 +194,7 @@ async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
         (status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"),
         errors::BadInput,
         errors::Unauthenticated,
-        (status_code = 429, description = "too many streams open (messaging.max_connections_per_user)", body = ErrorBody),
+        (status_code = 429, description = "too many streams open (messaging.max_connections_per_user: too_many_connections), or too many opened this minute (messaging.opens_per_minute: rate_limited, with Retry-After)", body = ErrorBody),
         errors::Unavailable,
     ),
 )]
@@ -209,11 +209,11 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         None => query_i64(req, "after")?.unwrap_or(0),
     };
     let st = state(depot)?;
-    // Opening one costs a stream actor and reads: as rate-limited as chat sockets.
-    st.opens_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     // Streams hold memory and a task each: one user gets as many as chat sockets.
     let limit = st.config.messaging.max_connections_per_user;
     let slot = st.streams.acquire(me, limit).ok_or(AppError::TooManyConnections { limit })?;
+    // Opening one costs a stream actor and reads: as rate-limited as chat sockets.
+    st.opens_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
     let rx = st.node.open_notification_stream(me, who.session_id.0, after).await.map_err(|e| {
         tracing::warn!(user = %me, error = %e, "cannot open a notification stream");
         AppError::Unavailable("notification streams")
