@@ -137,6 +137,15 @@ impl Pool {
         (0..n).map(|k| (start + k) % n.max(1)).find(live)
     }
 
+    /// Any instance, live or not, round robin: when none is known live, the gateway tries
+    /// one anyway rather than refuse, so an instance that is back is used at once, not
+    /// after the next health check (after a restart every client reconnects at once, and
+    /// each refusal is a retry). `None` only for an empty pool.
+    fn any(&self) -> Option<usize> {
+        let n = self.members.len();
+        (n > 0).then(|| self.next.fetch_add(1, Ordering::Relaxed) % n)
+    }
+
     fn index_of(&self, authority: Option<&Authority>) -> Option<usize> {
         self.members.iter().position(|m| m.authority.as_ref() == authority)
     }
@@ -198,11 +207,13 @@ impl salvo_proxy::Client for GatewayClient {
         let pool = &self.pool;
         let websocket = is_upgrade(req.headers());
         let mut index = pool.index_of(req.uri().authority());
+        // Whether no instance was known live: then one is tried anyway, once.
+        let mut last_resort = false;
         if !index.is_some_and(|i| pool.members[i].is_healthy()) {
-            match pool.pick(websocket, None) {
-                Some(i) => index = Some(i),
-                None => return Ok(pool.unavailable()),
-            }
+            index = pool.pick(websocket, None).or_else(|| {
+                last_resort = true;
+                pool.any()
+            });
         }
         let Some(mut index) = index else { return Ok(pool.unavailable()) };
         let retryable =
@@ -221,7 +232,13 @@ impl salvo_proxy::Client for GatewayClient {
                 ));
             };
             match result {
-                Ok(r) => break r,
+                Ok(r) => {
+                    // It answered: live again (the health check confirms or corrects it).
+                    if last_resort && r.status() != StatusCode::SERVICE_UNAVAILABLE {
+                        pool.members[index].set_healthy(pool.service, true);
+                    }
+                    break r;
+                }
                 Err(e) if e.is_connect() => {
                     pool.members[index].set_healthy(pool.service, false);
                     match pool.pick(websocket, Some(index)) {

@@ -101,6 +101,10 @@ struct Args {
     /// address and data); default: the `SB_BENCH_RESTART` environment variable.
     #[arg(long)]
     restart_cmd: Option<String>,
+    /// `storm`: how a socket retries its reconnect: `fast` (every 50-100 ms, the worst
+    /// case) or `browser` (the web UI's: 0.5 s doubling up to 10 s, each ±25%).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "browser"])]
+    retry: String,
 }
 
 /// The `commit` scenario: the storage layer alone. `--rooms` conversations in a fresh
@@ -1148,6 +1152,7 @@ async fn storm_bench(args: &Args) -> anyhow::Result<()> {
         let (token, conv) = (users[account].0.clone(), convs[account / 2].clone());
         let (url, ready, kill) = (args.url.clone(), ready_tx.clone(), kill_rx.clone());
         let opening = opening.clone();
+        let browser = args.retry == "browser";
         tasks.push(tokio::spawn(async move {
             let mut out = StormOutcome::default();
             let first = async {
@@ -1176,6 +1181,11 @@ async fn storm_bench(args: &Args) -> anyhow::Result<()> {
                 }
             }
             let Some(killed) = *kill.borrow() else { return out };
+            let mut retry: u32 = 0;
+            // The web UI waits before its first reconnect too (static/chat.js).
+            if browser {
+                tokio::time::sleep(browser_delay(retry, k)).await;
+            }
             loop {
                 out.attempts += 1;
                 if let Ok(mut ws) = connect_from(&url, &token, k).await
@@ -1187,7 +1197,10 @@ async fn storm_bench(args: &Args) -> anyhow::Result<()> {
                 if killed.elapsed() > Duration::from_secs(120) {
                     return out;
                 }
-                tokio::time::sleep(Duration::from_millis(50 + (k as u64 * 7919) % 50)).await;
+                retry += 1;
+                let wait =
+                    if browser { browser_delay(retry, k) } else { Duration::from_millis(50 + (k as u64 * 7919) % 50) };
+                tokio::time::sleep(wait).await;
             }
         }));
     }
@@ -1255,6 +1268,14 @@ async fn storm_bench(args: &Args) -> anyhow::Result<()> {
                "duplicated": duplicates, "connect_attempts": attempts, "took_s": total.as_secs_f64()})
     );
     Ok(())
+}
+
+/// The web UI's reconnect delay (static/chat.js): 0.5 s doubling per retry up to 10 s,
+/// times 0.75-1.25 (spread by the socket's number `k` instead of a random draw).
+fn browser_delay(retry: u32, k: usize) -> Duration {
+    let base = (500u64 << retry.min(5)).min(10_000);
+    let jitter = 750 + (k as u64 * 7919 + u64::from(retry) * 104_729) % 501;
+    Duration::from_millis(base * jitter / 1000)
 }
 
 /// Waits for `hello`, asks for everything after the last seq `out` holds of `conv`, and

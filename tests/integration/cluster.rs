@@ -610,6 +610,30 @@ async fn with_the_auth_service_down_logged_in_users_keep_chatting_and_login_says
     read_until_count(&mut bob, &conv, 12).await;
 }
 
+/// After a restart every client reconnects at once; a gateway that knew no live instance
+/// answered 503 until its next health check, and each 503 was a retry. Now it tries one
+/// anyway: a service back before the check is used at once (here the check is a minute
+/// away, so only the request itself can find it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_back_before_the_health_check_is_used_at_once() {
+    let mut cluster = Cluster::start_with(1, SHARED_AMQP, "health_interval_ms = 60000");
+    let (alice_t, _bob_t, _bob_id) = alice_and_bob(&cluster).await;
+    cluster.kill("auth");
+    let login = cluster.login("alice", PASSWORD).await;
+    assert_eq!(error_code(login, StatusCode::SERVICE_UNAVAILABLE).await, "service_unavailable");
+    cluster.kill("messaging-1");
+    let refused = cluster.client().get(cluster.url("/api/conversations")).bearer_auth(&alice_t).send().await;
+    assert_eq!(refused.expect("sent").status(), StatusCode::SERVICE_UNAVAILABLE);
+    cluster.restart("auth");
+    cluster.restart("messaging-1");
+    // The first request after the restarts is served: no health check ran in between.
+    let login = cluster.login("alice", PASSWORD).await;
+    assert_eq!(login.status(), StatusCode::OK, "login through a gateway that knew auth only as down");
+    let (mut alice, _) = connect(cluster.gateway(), &alice_t).await.expect("a socket to the restarted node");
+    alice.send(serde_json::json!({"type": "ping"})).await;
+    alice.next_of("pong").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
     let cluster = Cluster::start(1);

@@ -87,11 +87,12 @@ impl Cluster {
         let upstream = |name: &str| format!("\"http://{}\"", c.addr(name));
         let nodes_list: Vec<String> = (1..=nodes).map(|i| upstream(&format!("messaging-{i}"))).collect();
         let gateway = format!(
-            "{}\n[gateway]\nauth = [{}]\nnotify = [{}]\nmessaging = [{}]\nhealth_interval_ms = 200\nrequests_per_ip_per_minute = 1000000\n{gateway_extra}\n",
+            "{}\n[gateway]\nauth = [{}]\nnotify = [{}]\nmessaging = [{}]\n{}requests_per_ip_per_minute = 1000000\n{gateway_extra}\n",
             c.config_toml(),
             upstream("auth"),
             upstream("notify"),
-            nodes_list.join(", ")
+            nodes_list.join(", "),
+            if gateway_extra.contains("health_interval_ms") { "" } else { "health_interval_ms = 200\n" }
         );
         std::fs::write(c.dir.path().join("gateway.toml"), gateway).expect("write config");
         c.spawn("gateway", "gateway", "gateway.toml", None);
