@@ -194,6 +194,7 @@ async fn read_all(depot: &mut Depot, res: &mut Response) -> Result<(), AppError>
         (status_code = 200, description = "server-sent events: notification and unread", body = serde_json::Value, content_type = "text/event-stream"),
         errors::BadInput,
         errors::Unauthenticated,
+        (status_code = 403, description = "cookie-authenticated from an origin that may not open it (origin_not_allowed)", body = ErrorBody),
         (status_code = 429, description = "too many streams open (messaging.max_connections_per_user: too_many_connections), or too many opened this minute (messaging.opens_per_minute: rate_limited, with Retry-After)", body = ErrorBody),
         errors::Unavailable,
     ),
@@ -209,6 +210,15 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         None => query_i64(req, "after")?.unwrap_or(0),
     };
     let st = state(depot)?;
+    // As for the chat socket: a page on another site (it carries the cookie to a stream
+    // too) neither reads the stream nor spends the user's budget of opens.
+    let by_cookie = req.headers().get(salvo::http::header::AUTHORIZATION).is_none();
+    if by_cookie && !crate::web::csrf::origin_allowed(req, &st.config) {
+        return Err(AppError::Forbidden {
+            code: ErrorCode::OriginNotAllowed,
+            message: "this origin may not open the notification stream".into(),
+        });
+    }
     // Streams hold memory and a task each: one user gets as many as chat sockets.
     let limit = st.config.messaging.max_connections_per_user;
     let slot = st.streams.acquire(me, limit).ok_or(AppError::TooManyConnections { limit })?;

@@ -719,8 +719,20 @@ async fn hole_sockets_opened_in_a_loop() {
         .expect("a Retry-After header");
     assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(crate::helpers::error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
-    // Bob has his own budget.
+    // A page on another site, with Bob's cookie, neither opens his stream nor spends his
+    // budget; his own pages and bearer clients do.
     let (bob, _) = user(&app, "bob").await;
+    for _ in 0..5 {
+        let r = app
+            .client()
+            .get(app.url("/api/notifications/stream"))
+            .header("cookie", format!("sb_session={bob}"))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(crate::helpers::error_code(r, StatusCode::FORBIDDEN).await, "origin_not_allowed");
+    }
     let mut ws = Client::connect(&app, &bob).await;
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_of("pong").await["type"], "pong");
