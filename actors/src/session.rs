@@ -291,9 +291,9 @@ impl Actor for SessionActor {
             // Join first, then read: anything committed from here on either comes as an
             // event or is found by the catch-up read, and the seq bookkeeping drops doubles.
             ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
-            state.load_conversations(false).await;
             tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
-            // The login check and the catch-up run as the first message, after the first
+            // The login check, the conversations' read and the catch-up run as the first
+            // message (`CatchUp`), after the first
             // start's bind if it is still under way (a crash right after it began): the
             // read then sees what publishers could not route here, and the supervisor,
             // which waits for this start, does not wait for a database write.

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ractor::ActorRef;
-use salvo::http::header;
 use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
 use switchboard_actors::node::Node;
@@ -63,13 +62,7 @@ fn message_of(out: Outbound) -> Message {
 async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), AppError> {
     let st = state(depot)?.clone();
     // The origin first: a page on another site must not even get a cookie renewed.
-    let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
-    if by_cookie && !crate::web::csrf::origin_allowed(req, &st.config) {
-        return Err(AppError::Forbidden {
-            code: ErrorCode::OriginNotAllowed,
-            message: "this origin may not open the chat socket".into(),
-        });
-    }
+    crate::web::csrf::connection_origin(req, &st.config, "chat socket")?;
     // A browser whose access cookie expired is renewed from its refresh cookie here too
     // (the new cookie rides on the handshake's answer).
     let who = authenticate_request(req, res, &st).await?;
@@ -79,9 +72,7 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
         .acquire(who.user_id, m.max_connections_per_user)
         .ok_or(AppError::TooManyConnections { limit: m.max_connections_per_user })?;
     // After the cap: an open refused for it costs nothing of the budget.
-    st.opens_limiter
-        .check(&who.user_id.to_string())
-        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    st.count_open(who.user_id)?;
     // Small buffers: an idle connection should cost kilobytes, not the default 128 KiB.
     // tungstenite zero-fills its whole read buffer on each read, so all of it stays
     // resident: 512 bytes fits a typical frame, and a larger frame grows it for that

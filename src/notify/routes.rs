@@ -212,18 +212,12 @@ async fn stream(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     let st = state(depot)?;
     // As for the chat socket: a page on another site (it carries the cookie to a stream
     // too) neither reads the stream nor spends the user's budget of opens.
-    let by_cookie = req.headers().get(salvo::http::header::AUTHORIZATION).is_none();
-    if by_cookie && !crate::web::csrf::origin_allowed(req, &st.config) {
-        return Err(AppError::Forbidden {
-            code: ErrorCode::OriginNotAllowed,
-            message: "this origin may not open the notification stream".into(),
-        });
-    }
+    crate::web::csrf::connection_origin(req, &st.config, "notification stream")?;
     // Streams hold memory and a task each: one user gets as many as chat sockets.
     let limit = st.config.messaging.max_connections_per_user;
     let slot = st.streams.acquire(me, limit).ok_or(AppError::TooManyConnections { limit })?;
     // Opening one costs a stream actor and reads: as rate-limited as chat sockets.
-    st.opens_limiter.check(&me.to_string()).map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    st.count_open(me)?;
     let rx = st.node.open_notification_stream(me, who.session_id.0, after).await.map_err(|e| {
         tracing::warn!(user = %me, error = %e, "cannot open a notification stream");
         AppError::Unavailable("notification streams")

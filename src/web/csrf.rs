@@ -52,6 +52,21 @@ pub fn origin_allowed(req: &Request, config: &Config) -> bool {
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
 
+/// For the long-lived connections a page opens with its cookie (the chat socket, the
+/// notification stream): 403 `origin_not_allowed` when the request carries the cookie
+/// rather than a bearer token and comes from an origin that may not open `what`. A page
+/// on another site must not read them, nor spend the user's budget of opens.
+pub fn connection_origin(req: &Request, config: &Config, what: &str) -> Result<(), AppError> {
+    let by_cookie = req.headers().get(header::AUTHORIZATION).is_none();
+    if by_cookie && !origin_allowed(req, config) {
+        return Err(AppError::Forbidden {
+            code: ErrorCode::OriginNotAllowed,
+            message: format!("this origin may not open the {what}"),
+        });
+    }
+    Ok(())
+}
+
 /// Hoop: refuses cross-site and token-less cookie requests that change state (403).
 #[handler]
 pub async fn csrf_guard(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {

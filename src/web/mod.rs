@@ -66,6 +66,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// One more chat socket or notification stream opened by `user`, within
+    /// `messaging.opens_per_minute` (429 `rate_limited` with `Retry-After` past it).
+    pub fn count_open(&self, user: crate::domain::UserId) -> Result<(), AppError> {
+        self.opens_limiter
+            .check(&user.to_string())
+            .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
+    }
+
     /// The services an account's life touches (deleting it, exporting it).
     pub fn accounts(&self) -> crate::accounts::Accounts {
         crate::accounts::Accounts {
