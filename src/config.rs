@@ -167,6 +167,10 @@ pub struct MessagingConfig {
     pub edit_window_secs: u64,
     /// Edits and deletions one user may make per minute.
     pub changes_per_minute: u32,
+    /// A connection's session actor hibernates after this many idle seconds (its socket
+    /// stays open; the next frame or event wakes it), checked at each heartbeat. 0:
+    /// never.
+    pub hibernate_secs: u64,
 }
 
 /// A server with the HTTP/1 header limits of `limits` (request line plus headers, and
@@ -336,6 +340,7 @@ impl Default for MessagingConfig {
             allowed_origins: vec![],
             edit_window_secs: l.edit_window.as_secs(),
             changes_per_minute: 60,
+            hibernate_secs: l.hibernate_after.as_secs(),
         }
     }
 }
@@ -352,6 +357,7 @@ impl MessagingConfig {
             max_violations: self.max_violations,
             room_idle: std::time::Duration::from_secs(self.room_idle_secs),
             edit_window: std::time::Duration::from_secs(self.edit_window_secs),
+            hibernate_after: std::time::Duration::from_secs(self.hibernate_secs),
             ..Limits::default()
         }
     }
@@ -562,6 +568,11 @@ impl Config {
             m.edit_window_secs <= 366 * 86_400,
             "messaging.edit_window_secs must be at most 31622400 (a year), got {}",
             m.edit_window_secs
+        );
+        anyhow::ensure!(
+            m.hibernate_secs <= 86_400,
+            "messaging.hibernate_secs must be at most 86400 (a day; 0 turns hibernation off), got {}",
+            m.hibernate_secs
         );
         anyhow::ensure!(
             (1..=10_000).contains(&m.changes_per_minute),

@@ -14,6 +14,8 @@ use crate::session::SessionMsg;
 pub enum BridgeMsg {
     /// An event for one of this node's users.
     Incoming(Box<Envelope>),
+    /// Live events may have been missed: every session catches up.
+    Resync,
 }
 
 pub struct BusBridge;
@@ -47,25 +49,27 @@ impl Actor for BusBridge {
         state: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
         state.ctx.faults.check(&state.name)?;
-        let BridgeMsg::Incoming(envelope) = msg;
-        dispatch(&state.ctx, envelope.event);
+        match msg {
+            BridgeMsg::Incoming(envelope) => dispatch(&state.ctx, envelope.event),
+            BridgeMsg::Resync => {
+                let n = resync(&state.ctx);
+                tracing::info!(node = %state.ctx.node_id, sessions = n, "sessions catch up");
+            }
+        }
         Ok(())
     }
 }
 
 /// Hands an event to every local session of its recipient (and a notification or a
 /// revoked login to the recipient's notification stream actor, if one runs here).
-pub fn dispatch(ctx: &NodeCtx, event: crate::ports::Event) {
+pub fn dispatch(ctx: &Arc<NodeCtx>, event: crate::ports::Event) {
     if matches!(event, crate::ports::Event::Notification { .. } | crate::ports::Event::SessionRevoked { .. }) {
         for cell in ractor::pg::get_scoped_members(&ctx.node_id, &ctx.stream_group(event.recipient())) {
             let stream: ActorRef<crate::notify_stream::StreamMsg> = cell.into();
             let _ = stream.cast(crate::notify_stream::StreamMsg::Event(Box::new(event.clone())));
         }
     }
-    for cell in ctx.sessions_of(event.recipient()) {
-        let session: ActorRef<SessionMsg> = cell.into();
-        let _ = session.cast(SessionMsg::Event(Box::new(event.clone())));
-    }
+    ctx.deliver(event);
 }
 
 /// Hands an event to the bridge of the node `node_id` (in this process), which passes it
@@ -77,22 +81,30 @@ pub fn deliver_local(node_id: &str, envelope: Envelope) -> Result<(), BusError> 
     bridge.cast(BridgeMsg::Incoming(Box::new(envelope))).map_err(|e| BusError(e.to_string()))
 }
 
-/// Tells every session of the node `node_id` to catch up from the database, and every
-/// notification stream actor to check its logins: after the node's bus link was down,
-/// live events (a revocation among them) may have been missed.
-pub fn resync_sessions(node_id: &str) -> usize {
-    let scope = node_id.to_owned();
+/// Tells every session of the node `node_id` (through its bridge) to catch up from the
+/// database, and every notification stream actor to check its logins: after the node's
+/// bus link was down, live events (a revocation among them) may have been missed. False
+/// if the bridge is not running (it is restarting; its sessions are restarted too).
+pub fn resync_sessions(node_id: &str) -> bool {
+    ActorRef::<BridgeMsg>::where_is(NodeCtx::bridge_name_of(node_id))
+        .is_some_and(|bridge| bridge.cast(BridgeMsg::Resync).is_ok())
+}
+
+/// [`resync_sessions`] on the bridge: hibernating sessions wake for it. Answers how many
+/// sessions were told.
+fn resync(ctx: &Arc<NodeCtx>) -> usize {
     let mut n = 0;
-    // Sessions (`user:<id>`) catch up and check their login; notification streams
-    // (`nstream:<id>`) fill gaps on their next event, and check their logins now.
+    for conn in ctx.all_connections() {
+        if conn.send(ctx, SessionMsg::CatchUp).is_ok() {
+            n += 1;
+        }
+    }
+    // Notification streams (`nstream:<id>`) fill gaps on their next event, and check
+    // their logins now.
+    let scope = ctx.node_id.clone();
     for group in ractor::pg::which_scoped_groups(&scope) {
-        for cell in ractor::pg::get_scoped_members(&scope, &group) {
-            if group.starts_with("user:") {
-                let session: ActorRef<SessionMsg> = cell.into();
-                if session.cast(SessionMsg::CatchUp).is_ok() {
-                    n += 1;
-                }
-            } else if group.starts_with("nstream:") {
+        if group.starts_with("nstream:") {
+            for cell in ractor::pg::get_scoped_members(&scope, &group) {
                 let stream: ActorRef<crate::notify_stream::StreamMsg> = cell.into();
                 let _ = stream.cast(crate::notify_stream::StreamMsg::Recheck);
             }

@@ -63,6 +63,18 @@ impl Faults {
         true
     }
 
+    /// Arms `fault` (panic or error) for the next message of the actor that will be
+    /// registered as `name`, running or not (a hibernating session's next actor). False if
+    /// disabled or `fault` is a kill.
+    pub fn arm(&self, name: &str, fault: Fault) -> bool {
+        let Some(armed) = &self.armed else { return false };
+        if fault == Fault::Kill {
+            return false;
+        }
+        armed.insert(name.to_owned(), fault);
+        true
+    }
+
     /// Called by actors first thing in every handler: fires an armed fault.
     pub fn check(&self, name: &str) -> Result<(), ActorProcessingErr> {
         let Some(armed) = &self.armed else { return Ok(()) };

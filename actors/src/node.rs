@@ -45,6 +45,9 @@ pub struct Limits {
     /// How long after sending a text message its sender may edit it (0: no edits); told
     /// to clients in `hello`, enforced by the REST API.
     pub edit_window: Duration,
+    /// A session idle this long hibernates: its actor stops, its connection stays
+    /// (zero: never).
+    pub hibernate_after: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             commit_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(15),
             edit_window: Duration::from_secs(24 * 3600),
+            hibernate_after: Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct NodeCtx {
     pub notifications: Option<Arc<dyn NotificationStore>>,
     /// File transfers, on processes that take uploads.
     pub transfers: Option<Arc<dyn TransferStore>>,
+    /// The open connections on this node, per user: what events are delivered to (a
+    /// connection's session may be running or hibernating).
+    connections: dashmap::DashMap<UserId, Vec<Arc<ConnHandle>>>,
 }
 
 impl NodeCtx {
@@ -98,7 +105,18 @@ impl NodeCtx {
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(rate);
         let send_limiter = RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst));
         let sync_limiter = RateLimiter::dashmap(Quota::per_second(SYNCS_PER_SECOND).allow_burst(SYNC_BURST));
-        Self { node_id, store, bus, faults, limits, send_limiter, sync_limiter, notifications: None, transfers: None }
+        Self {
+            node_id,
+            store,
+            bus,
+            faults,
+            limits,
+            send_limiter,
+            sync_limiter,
+            notifications: None,
+            transfers: None,
+            connections: dashmap::DashMap::new(),
+        }
     }
 
     /// Take uploads, with `store`.
@@ -118,14 +136,66 @@ impl NodeCtx {
         format!("{}/{kind}:{id}", self.node_id)
     }
 
-    /// The process group of a user's sessions on this node (scoped by node id).
-    pub fn user_group(&self, user: UserId) -> String {
-        format!("user:{user}")
+    /// Events for `user` reach `conn` from now on.
+    pub(crate) fn register_connection(&self, conn: &Arc<ConnHandle>) {
+        let mut conns = self.connections.entry(conn.user_id).or_default();
+        if !conns.iter().any(|c| c.id == conn.id) {
+            conns.push(conn.clone());
+        }
     }
 
-    /// Live sessions of `user` on this node.
-    pub fn sessions_of(&self, user: UserId) -> Vec<ActorCell> {
-        ractor::pg::get_scoped_members(&self.node_id, &self.user_group(user))
+    /// `conn` is closed: no more events for it. Idempotent.
+    pub fn unregister_connection(&self, conn: &ConnHandle) {
+        if let Some(mut conns) = self.connections.get_mut(&conn.user_id) {
+            conns.retain(|c| c.id != conn.id);
+        }
+        self.connections.remove_if(&conn.user_id, |_, conns| conns.is_empty());
+    }
+
+    /// The open connections of `user` on this node.
+    pub fn connections_of(&self, user: UserId) -> Vec<Arc<ConnHandle>> {
+        self.connections.get(&user).map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// How many connections `user` has open on this node.
+    pub fn connections_here(&self, user: UserId) -> usize {
+        self.connections.get(&user).map_or(0, |c| c.len())
+    }
+
+    /// Hands `event` to every connection of its recipient here.
+    pub fn deliver(self: &Arc<Self>, event: crate::ports::Event) {
+        // (Under the map's read lock: sending never comes back to the map.)
+        if let Some(conns) = self.connections.get(&event.recipient()) {
+            for conn in conns.iter() {
+                conn.send_event(self, event.clone());
+            }
+        }
+    }
+
+    /// Every open connection on this node.
+    pub fn all_connections(&self) -> Vec<Arc<ConnHandle>> {
+        self.connections.iter().flat_map(|e| e.value().clone()).collect()
+    }
+
+    /// (Counts for operators and tests) open connections on this node, and how many of
+    /// them hibernate.
+    pub fn connection_counts(&self) -> (usize, usize) {
+        let (mut open, mut parked) = (0, 0);
+        for e in self.connections.iter() {
+            for c in e.value() {
+                open += 1;
+                parked += usize::from(c.is_parked());
+            }
+        }
+        (open, parked)
+    }
+
+    /// Starts the session actor of `conn` through the sessions supervisor: its first
+    /// start, or a wake from hibernation.
+    pub(crate) async fn start_session(self: &Arc<Self>, conn: Arc<ConnHandle>) -> Result<ActorRef<SessionMsg>, String> {
+        let key = self.name("session", conn.id);
+        let spec: Arc<dyn ChildSpec> = Arc::new(SessionSpec { ctx: self.clone(), conn });
+        Ok(self.start_child("sessions", key, spec).await?.into())
     }
 
     pub fn supervisor_name(&self, which: &str) -> String {
@@ -315,9 +385,7 @@ impl Node {
 
     /// Starts the session actor of a new connection.
     pub async fn open_session(&self, conn: Arc<ConnHandle>) -> Result<ActorRef<SessionMsg>, String> {
-        let key = self.ctx.name("session", conn.id);
-        let spec: Arc<dyn ChildSpec> = Arc::new(SessionSpec { ctx: self.ctx.clone(), conn });
-        Ok(self.ctx.start_child("sessions", key, spec).await?.into())
+        self.ctx.start_session(conn).await
     }
 
     /// Attaches a notification stream of `user` (opened with a token of the login session

@@ -6,6 +6,15 @@
 //! exactly where the connection is and re-attaches without loss: it re-sends what came
 //! after. The same bookkeeping repairs a lost live delivery: a message whose seq skips
 //! ahead first pulls the gap from the database.
+//!
+//! An idle session hibernates (in the Erlang sense): after `Limits::hibernate_after`
+//! without a message its actor stops and the connection stays parked with its handle,
+//! which holds everything a session needs to resume (the seqs queued, the bind state).
+//! Everything for the session goes through the handle's [`ConnHandle::send`]: to the
+//! running actor, or, when parked, into a queue and a fresh actor started through the
+//! supervisor, which takes the queue in order before anything newer. Events that only
+//! put a frame on the socket (presence, typing, receipts, notifications) are pushed by a
+//! parked handle itself, so an idle user's contacts coming and going cost no actor.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
@@ -72,6 +81,66 @@ pub struct ConnHandle {
     bind: AtomicU8,
     /// Woken when the bind settles.
     bind_settled: tokio::sync::Notify,
+    /// Where the session's messages go: its actor, or a queue while it wakes.
+    slot: Mutex<Slot>,
+}
+
+/// The session actor of a connection, as senders find it.
+struct Slot {
+    state: SlotState,
+    /// Messages handed to the current actor since it attached: equal to the number it
+    /// has handled exactly when its mailbox is empty (so it may park).
+    sent: u64,
+}
+
+enum SlotState {
+    /// No actor: none has started yet, or the session closed.
+    Detached,
+    /// The actor runs (or has died and its supervisor is restarting it).
+    Live(ActorRef<SessionMsg>),
+    /// Hibernating: no actor (this one stopped); the next message wakes one.
+    Parked(ractor::ActorId),
+    /// An actor is being started for these messages, in this order.
+    Waking(Vec<SessionMsg>),
+}
+
+/// Why [`ConnHandle::send`] could not hand a message over.
+pub enum NotSent {
+    /// The actor died and its supervisor has not restarted it yet: try again shortly.
+    Restarting(SessionMsg),
+    /// There is no session (it never started, or stopped for good).
+    NoSession,
+}
+
+/// How a starting actor finds its connection.
+enum Attach {
+    /// The connection's first actor.
+    First,
+    /// A restart after a failure: catch up from the database.
+    Restart,
+    /// Woken from hibernation: what woke it is in its mailbox; nothing was missed.
+    Wake,
+}
+
+/// Messages queued for a waking session before the connection counts as stuck.
+const WAKE_QUEUE: usize = 4096;
+/// How long a wake waits for the hibernating actor's exit to be handled by the supervisor.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts a new actor for the hibernating `conn`, whose last actor was `before`: the
+/// supervisor answers the old one until it has seen it stop, so ask until it is another.
+async fn wake(ctx: &Arc<NodeCtx>, conn: &Arc<ConnHandle>, before: &ractor::ActorId) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + WAKE_TIMEOUT;
+    loop {
+        let actor = ctx.start_session(conn.clone()).await?;
+        if actor.get_id() != *before {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("the hibernating actor did not stop".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Marks its connection's bind settled and wakes whoever waits for it, when dropped.
@@ -115,6 +184,7 @@ impl ConnHandle {
             violations: AtomicU32::new(0),
             bind: AtomicU8::new(BIND_NONE),
             bind_settled: tokio::sync::Notify::new(),
+            slot: Mutex::new(Slot { state: SlotState::Detached, sent: 0 }),
         };
         (Arc::new(handle), rx)
     }
@@ -208,6 +278,147 @@ impl ConnHandle {
     fn known_conversations(&self) -> Vec<(ConversationId, i64)> {
         self.last_sent.lock().map(|m| m.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default()
     }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // A panic while the lock is held leaves a consistent slot (every change is one
+        // assignment): take it as it is.
+        self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands `msg` to the connection's session: to its actor, or, while it hibernates,
+    /// to a new one started for it (the messages queue in order until it runs).
+    pub fn send(self: &Arc<Self>, ctx: &Arc<NodeCtx>, msg: SessionMsg) -> Result<(), NotSent> {
+        let mut slot = self.slot();
+        match &mut slot.state {
+            SlotState::Live(actor) => match actor.cast(msg) {
+                Ok(()) => {
+                    slot.sent += 1;
+                    Ok(())
+                }
+                Err(ractor::MessagingErr::SendErr(msg)) => Err(NotSent::Restarting(msg)),
+                Err(_) => Err(NotSent::NoSession),
+            },
+            SlotState::Waking(queue) => {
+                if queue.len() >= WAKE_QUEUE {
+                    drop(slot);
+                    self.close(CLOSE_TRY_AGAIN, "server busy");
+                    return Err(NotSent::NoSession);
+                }
+                queue.push(msg);
+                Ok(())
+            }
+            SlotState::Parked(before) => {
+                let before = *before;
+                slot.state = SlotState::Waking(vec![msg]);
+                drop(slot);
+                let (ctx, conn) = (ctx.clone(), self.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = wake(&ctx, &conn, &before).await {
+                        tracing::warn!(conn = %conn.id, error = %e, "cannot wake a hibernating session; closing");
+                        conn.close(CLOSE_TRY_AGAIN, "session lost, reconnect");
+                    }
+                });
+                Ok(())
+            }
+            SlotState::Detached => Err(NotSent::NoSession),
+        }
+    }
+
+    /// Hands an event to the session; a hibernating one is not woken for an event that
+    /// only puts a frame on the socket (nothing else is queued then, so order holds).
+    pub fn send_event(self: &Arc<Self>, ctx: &Arc<NodeCtx>, event: Event) {
+        let slot = self.slot();
+        if matches!(slot.state, SlotState::Parked(_)) {
+            let frame = match event {
+                Event::Receipt { receipt, .. } => Some(ServerFrame::Receipt(receipt)),
+                Event::Typing { conversation_id, user_id, active, .. } => {
+                    Some(ServerFrame::Typing { conversation_id, user_id, active })
+                }
+                Event::Presence { user_id, online, last_seen_at, .. } => {
+                    Some(ServerFrame::Presence { user_id, online, last_seen_at })
+                }
+                Event::Transfer { progress, .. } => Some(ServerFrame::Transfer(progress)),
+                Event::Notification { notification, unread, .. } => {
+                    Some(ServerFrame::Notification { notification, unread })
+                }
+                Event::Profile { user_id, display_name, .. } => Some(ServerFrame::Profile { user_id, display_name }),
+                Event::SessionRevoked { session_id, .. } => {
+                    if session_id == self.login_session {
+                        drop(slot);
+                        self.close_logged_out();
+                    }
+                    return;
+                }
+                other => {
+                    drop(slot);
+                    let _ = self.send(ctx, SessionMsg::Event(Box::new(other)));
+                    return;
+                }
+            };
+            if let Some(frame) = frame {
+                self.push(&frame);
+            }
+            return;
+        }
+        drop(slot);
+        let _ = self.send(ctx, SessionMsg::Event(Box::new(event)));
+    }
+
+    /// Asks a running session whether it may hibernate (it decides: idle long enough,
+    /// nothing in flight). Does nothing to one that is not running.
+    pub fn offer_park(self: &Arc<Self>) {
+        let mut slot = self.slot();
+        if let SlotState::Live(actor) = &slot.state
+            && actor.cast(SessionMsg::Park).is_ok()
+        {
+            slot.sent += 1;
+        }
+    }
+
+    /// Parks the connection if its actor has handled all `handled` messages it was sent
+    /// (its mailbox is empty): from here on a message wakes a new actor. True if parked.
+    fn park(&self, handled: u64) -> bool {
+        let mut slot = self.slot();
+        match &slot.state {
+            SlotState::Live(actor) if slot.sent == handled => {
+                slot.state = SlotState::Parked(actor.get_id());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The session closed for good: nothing wakes it again.
+    fn detach(&self) {
+        self.slot().state = SlotState::Detached;
+    }
+
+    /// True while the session hibernates (no actor).
+    pub fn is_parked(&self) -> bool {
+        matches!(self.slot().state, SlotState::Parked(_))
+    }
+
+    /// The actor `actor` starts for this connection: how it should begin.
+    fn attach(&self, actor: &ActorRef<SessionMsg>) -> Attach {
+        let mut slot = self.slot();
+        let before = std::mem::replace(&mut slot.state, SlotState::Live(actor.clone()));
+        slot.sent = 0;
+        if !self.started.swap(true, Ordering::SeqCst) {
+            return Attach::First;
+        }
+        match before {
+            SlotState::Waking(queue) => {
+                // In order, ahead of anything sent once the lock is released.
+                for msg in queue {
+                    if actor.cast(msg).is_ok() {
+                        slot.sent += 1;
+                    }
+                }
+                Attach::Wake
+            }
+            _ => Attach::Restart,
+        }
+    }
 }
 
 pub enum SessionMsg {
@@ -224,12 +435,12 @@ pub enum SessionMsg {
     CatchUp,
     /// A delivered marker was saved; send the next one if more arrived meanwhile.
     DeliveredSaved(ConversationId),
-    /// Check that the login that opened the connection is still valid (a periodic
-    /// backstop for a revocation event that never came); close with 4001 if not.
-    Revalidate,
     /// The user's events from other nodes reach this node now (the bus has them in its
     /// directory): check the login once more, for a revocation published before.
     Bound,
+    /// Hibernate if idle long enough and nothing is in flight (offered by the socket's
+    /// heartbeat).
+    Park,
 }
 
 pub struct SessionActor;
@@ -244,6 +455,8 @@ pub struct SessionState {
     conn: Arc<ConnHandle>,
     name: String,
     conversations: HashMap<ConversationId, ConversationInfo>,
+    /// Whether `conversations` holds all of them (a woken session reads them lazily).
+    loaded: bool,
     /// Per conversation, the typing state last forwarded and when it turned active.
     typing: HashMap<ConversationId, (bool, Instant)>,
     /// Typing events forwarded in the current one-second window, and its start.
@@ -255,6 +468,10 @@ pub struct SessionState {
     /// Per conversation, the read marker as this connection's last `read` left it: a
     /// `read` frame at or below it changes nothing and costs nothing.
     read_asked: HashMap<ConversationId, i64>,
+    /// Messages handled by this actor (see [`Slot::sent`]).
+    handled: u64,
+    /// When it last handled anything but a `Park`.
+    last_active: Instant,
 }
 
 /// Typing events a session forwards per conversation: only changes of state, and at most
@@ -275,57 +492,66 @@ impl Actor for SessionActor {
     ) -> Result<SessionState, ActorProcessingErr> {
         let SessionArgs { ctx, conn } = args;
         let user = conn.user_id;
-        let restart = conn.started.swap(true, Ordering::SeqCst);
-        let group = ctx.user_group(user);
+        let attach = conn.attach(&myself);
         let mut state = SessionState {
             name: ctx.name("session", conn.id),
             ctx,
             conn,
             conversations: HashMap::new(),
+            loaded: false,
             typing: HashMap::new(),
             typing_window: (0, Instant::now()),
             delivered_inflight: HashMap::new(),
             read_asked: HashMap::new(),
+            handled: 0,
+            last_active: Instant::now(),
         };
-        if restart {
-            // Join first, then read: anything committed from here on either comes as an
-            // event or is found by the catch-up read, and the seq bookkeeping drops doubles.
-            ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
-            tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
-            // The login check, the conversations' read and the catch-up run as the first
-            // message (`CatchUp`), after the first
-            // start's bind if it is still under way (a crash right after it began): the
-            // read then sees what publishers could not route here, and the supervisor,
-            // which waits for this start, does not wait for a database write.
-            let _ = myself.cast(SessionMsg::CatchUp);
-        } else {
-            // Read first, then join: the connection starts at each conversation's current
-            // seq (the client syncs the past). A message committed in between is not lost:
-            // the next one pulls it in as a gap, and the client's sync covers it.
-            state.load_conversations(true).await;
-            ractor::pg::join_scoped(state.ctx.node_id.clone(), group, vec![myself.get_cell()]);
-            state.conn.push(&ServerFrame::Hello {
-                user_id: user,
-                node: state.ctx.node_id.clone(),
-                max_body_bytes: state.ctx.limits.max_body_bytes,
-                max_frame_bytes: state.ctx.limits.max_frame_bytes,
-                edit_window_secs: state.ctx.limits.edit_window.as_secs(),
-            });
-            // A revocation that came while the socket was opening, after its token was
-            // checked, is found here, before any frame is served...
-            if !state.revalidate(false).await {
-                return Ok(state);
+        match attach {
+            // Woken from hibernation: the connection stayed registered and every event
+            // for it came to the handle, so nothing was missed; what woke it is queued.
+            Attach::Wake => return Ok(state),
+            Attach::Restart => {
+                // Registered all along (the handle, not the actor, is what events find):
+                // anything committed from here on comes as an event, and the catch-up
+                // read finds what the dead actor dropped; the seq bookkeeping drops doubles.
+                tracing::info!(%user, conn = %state.conn.id, "session actor restarted; catching up");
+                // The login check, the conversations' read and the catch-up run as the
+                // first message (`CatchUp`), after the first start's bind if it is still
+                // under way (a crash right after it began): the read then sees what
+                // publishers could not route here, and the supervisor, which waits for
+                // this start, does not wait for a database write.
+                state.to_self(SessionMsg::CatchUp);
             }
-            // ...and one published until the bind settles, when `Bound` checks again. The
-            // bind runs in the background (a database write across nodes: other
-            // sessions' starts must not queue behind it); a `sync` waits for it.
-            state.announce(true, &myself).await;
+            Attach::First => {
+                // Read first, then register: the connection starts at each conversation's
+                // current seq (the client syncs the past). A message committed in between
+                // is not lost: the next one pulls it in as a gap, and the client's sync
+                // covers it.
+                state.load_conversations(true).await;
+                state.ctx.register_connection(&state.conn);
+                state.conn.push(&ServerFrame::Hello {
+                    user_id: user,
+                    node: state.ctx.node_id.clone(),
+                    max_body_bytes: state.ctx.limits.max_body_bytes,
+                    max_frame_bytes: state.ctx.limits.max_frame_bytes,
+                    edit_window_secs: state.ctx.limits.edit_window.as_secs(),
+                });
+                // A revocation that came while the socket was opening, after its token was
+                // checked, is found here, before any frame is served...
+                if !state.revalidate(false).await {
+                    return Ok(state);
+                }
+                // ...and one published until the bind settles, when `Bound` checks again.
+                // The bind runs in the background (a database write across nodes: other
+                // sessions' starts must not queue behind it); a `sync` waits for it.
+                state.announce(true).await;
+            }
         }
         // The socket closed before this start (the connection gave up waiting for it, or
         // the actor that had its `Closed` crashed): close now, so the user's bus binding
-        // and process group membership are taken back.
+        // and registration are taken back.
         if state.conn.closed.is_cancelled() {
-            let _ = myself.cast(SessionMsg::Closed);
+            state.to_self(SessionMsg::Closed);
         }
         Ok(state)
     }
@@ -341,9 +567,13 @@ impl Actor for SessionActor {
         // long-lived task, sized for its largest arm, so an idle session would otherwise
         // hold kilobytes of state machine it is not using (docs/benchmarks.md, "Idle
         // connections"). One allocation per message is the price.
+        state.handled += 1;
+        if !matches!(msg, SessionMsg::Park) {
+            state.last_active = Instant::now();
+        }
         match msg {
-            SessionMsg::Frame(text) => Box::pin(state.on_frame(&myself, &text)).await,
-            SessionMsg::Event(event) => Box::pin(state.on_event(&myself, *event)).await,
+            SessionMsg::Frame(text) => Box::pin(state.on_frame(&text)).await,
+            SessionMsg::Event(event) => Box::pin(state.on_event(*event)).await,
             SessionMsg::Refresh(c) => Box::pin(state.catch_up(c)).await,
             SessionMsg::CatchUp => {
                 Box::pin(async {
@@ -357,13 +587,9 @@ impl Actor for SessionActor {
                 })
                 .await
             }
-            SessionMsg::Revalidate => {
-                // The connection's periodic check: a use of its login.
-                Box::pin(state.revalidate(true)).await;
-            }
             SessionMsg::DeliveredSaved(c) => {
                 if let Some(Some((seq, sender))) = state.delivered_inflight.remove(&c) {
-                    state.mark_delivered(&myself, c, sender, seq);
+                    state.mark_delivered(c, sender, seq);
                 }
             }
             SessionMsg::Bound => {
@@ -372,13 +598,16 @@ impl Actor for SessionActor {
                 // found here.
                 Box::pin(state.revalidate(false)).await;
             }
+            SessionMsg::Park => {
+                if state.may_park() && state.conn.park(state.handled) {
+                    tracing::debug!(conn = %state.conn.id, "session hibernates");
+                    myself.stop(Some(NORMAL_EXIT.to_owned()));
+                }
+            }
             SessionMsg::Closed => {
-                ractor::pg::leave_scoped(
-                    state.ctx.node_id.clone(),
-                    state.ctx.user_group(state.conn.user_id),
-                    vec![myself.get_cell()],
-                );
-                Box::pin(state.announce(false, &myself)).await;
+                state.ctx.unregister_connection(&state.conn);
+                Box::pin(state.announce(false)).await;
+                state.conn.detach();
                 myself.stop(Some(NORMAL_EXIT.to_owned()));
             }
         }
@@ -407,6 +636,7 @@ impl SessionState {
     async fn load_conversations(&mut self, set_baseline: bool) {
         match self.ctx.store.conversations_of(self.me()).await {
             Ok(convs) => {
+                self.loaded = true;
                 for c in convs {
                     if set_baseline {
                         self.conn.init_last_sent(c.id, c.last_seq);
@@ -416,6 +646,24 @@ impl SessionState {
             }
             Err(e) => tracing::warn!(user = %self.me(), error = %e, "session start: cannot load conversations"),
         }
+    }
+
+    /// Sends a message to this session through its handle, like every other sender (so
+    /// the handle's count of what the actor has been sent stays exact).
+    fn to_self(&self, msg: SessionMsg) {
+        let _ = self.conn.send(&self.ctx, msg);
+    }
+
+    /// Whether this session may hibernate now: hibernation is on, nothing happened for
+    /// that long, and nothing is in flight that would need the actor (a delivered marker
+    /// being written, the first bind).
+    fn may_park(&self) -> bool {
+        let after = self.ctx.limits.hibernate_after;
+        !after.is_zero()
+            && self.last_active.elapsed() >= after
+            && self.delivered_inflight.is_empty()
+            && self.conn.bind.load(Ordering::SeqCst) != BIND_PENDING
+            && !self.conn.closed.is_cancelled()
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<String>, reference: Option<String>) {
@@ -440,9 +688,13 @@ impl SessionState {
 
     /// First session of the user on this node opened, or last one closed: route the
     /// user's events here (or stop), and tell their peers.
-    async fn announce(&mut self, online: bool, myself: &ActorRef<SessionMsg>) {
+    async fn announce(&mut self, online: bool) {
         let me = self.me();
-        let remaining = self.ctx.sessions_of(me).len();
+        if !self.loaded {
+            // A woken session reads its conversations when it needs them: now.
+            self.load_conversations(false).await;
+        }
+        let remaining = self.ctx.connections_here(me);
         let edge = if online { remaining == 1 } else { remaining == 0 };
         // Presence is for contacts only: not for former contacts, and never across a block.
         // One question for all the conversations (a store that cannot answer: no one).
@@ -459,7 +711,7 @@ impl SessionState {
             // Tell this connection which of those peers are online here; ask about the
             // others (they may be on other nodes: their sessions answer over the bus).
             for peer in &peers {
-                if !self.ctx.sessions_of(*peer).is_empty() {
+                if self.ctx.connections_here(*peer) > 0 {
                     self.conn.push(&ServerFrame::Presence { user_id: *peer, online: true, last_seen_at: None });
                 } else {
                     probes.push(*peer);
@@ -475,7 +727,7 @@ impl SessionState {
         let binding = online
             && self.conn.bind.compare_exchange(BIND_NONE, BIND_PENDING, Ordering::SeqCst, Ordering::SeqCst).is_ok();
         if binding {
-            let (bus, myself) = (bus.clone(), myself.clone());
+            let (bus, ctx, conn) = (bus.clone(), self.ctx.clone(), self.conn.clone());
             // Settled however the task ends (a panic, a runtime shutting down): nothing
             // waits on a bind for ever.
             let settle = SettleOnDrop(self.conn.clone());
@@ -484,7 +736,7 @@ impl SessionState {
                     tracing::warn!(user = %me, error = %e, "cannot bind user on the bus");
                 }
                 drop(settle);
-                let _ = myself.cast(SessionMsg::Bound);
+                let _ = conn.send(&ctx, SessionMsg::Bound);
                 // Asked once the answers can find this node.
                 for peer in probes {
                     let _ = bus.publish(Envelope::new(Event::PresenceProbe { to: peer, from: me })).await;
@@ -520,7 +772,7 @@ impl SessionState {
         });
     }
 
-    async fn on_frame(&mut self, myself: &ActorRef<SessionMsg>, text: &str) {
+    async fn on_frame(&mut self, text: &str) {
         let (frame, reference) = match parse_client_frame(text) {
             Ok(f) => f,
             Err(e) => {
@@ -531,7 +783,7 @@ impl SessionState {
         };
         match frame {
             ClientFrame::Send { client_msg_id, conversation_id, to_user_id, body } => {
-                self.on_send(myself, client_msg_id, conversation_id, to_user_id, body, reference).await
+                self.on_send(client_msg_id, conversation_id, to_user_id, body, reference).await
             }
             ClientFrame::Sync { since } => self.on_sync(since, reference).await,
             ClientFrame::Typing { conversation_id, active } => self.on_typing(conversation_id, active).await,
@@ -565,7 +817,6 @@ impl SessionState {
 
     async fn on_send(
         &mut self,
-        myself: &ActorRef<SessionMsg>,
         client_msg_id: String,
         conversation_id: Option<ConversationId>,
         to_user_id: Option<UserId>,
@@ -635,7 +886,7 @@ impl SessionState {
         // Wait for the commit off the actor, so this session keeps delivering meanwhile.
         let conn = self.conn.clone();
         let timeout = self.ctx.limits.commit_timeout;
-        let myself = myself.clone();
+        let ctx = self.ctx.clone();
         let conv_id = conv.id;
         tokio::spawn(async move {
             let frame = match tokio::time::timeout(timeout, rx).await {
@@ -650,7 +901,7 @@ impl SessionState {
                 // resend with the same client_msg_id is safe either way; meanwhile make
                 // sure this connection sees whatever was committed.
                 _ => {
-                    let _ = myself.cast(SessionMsg::Refresh(conv_id));
+                    let _ = conn.send(&ctx, SessionMsg::Refresh(conv_id));
                     ServerFrame::error(
                         ErrorCode::NotAcknowledged,
                         "not acknowledged; resend with the same client_msg_id",
@@ -747,9 +998,9 @@ impl SessionState {
         }
     }
 
-    async fn on_event(&mut self, myself: &ActorRef<SessionMsg>, event: Event) {
+    async fn on_event(&mut self, event: Event) {
         match event {
-            Event::MessageCreated { message, frame, .. } => self.deliver(myself, message, frame).await,
+            Event::MessageCreated { message, frame, .. } => self.deliver(message, frame).await,
             Event::Receipt { receipt, .. } => {
                 self.conn.push(&ServerFrame::Receipt(receipt));
             }
@@ -806,7 +1057,7 @@ impl SessionState {
                     if online {
                         self.load_conversations(false).await;
                     }
-                    let peer_here = !self.ctx.sessions_of(peer).is_empty();
+                    let peer_here = self.ctx.connections_here(peer) > 0;
                     if peer_here || !online {
                         self.conn.push(&ServerFrame::Presence {
                             user_id: peer,
@@ -825,7 +1076,7 @@ impl SessionState {
     }
 
     /// Live delivery, in seq order and gap-free per conversation.
-    async fn deliver(&mut self, myself: &ActorRef<SessionMsg>, m: StoredMessage, frame: Option<Arc<str>>) {
+    async fn deliver(&mut self, m: StoredMessage, frame: Option<Arc<str>>) {
         let c = m.conversation_id;
         let last = self.conn.last_sent(c).unwrap_or(0);
         if m.seq <= last {
@@ -844,13 +1095,13 @@ impl SessionState {
         }
         self.conn.set_last_sent(c, seq);
         if sender != self.me() {
-            self.mark_delivered(myself, c, sender, seq);
+            self.mark_delivered(c, sender, seq);
         }
     }
 
     /// Records that `seq` reached this user, and tells the sender (off the actor; one
     /// write per conversation in flight, later seqs coalesced into the next).
-    fn mark_delivered(&mut self, myself: &ActorRef<SessionMsg>, c: ConversationId, sender: UserId, seq: i64) {
+    fn mark_delivered(&mut self, c: ConversationId, sender: UserId, seq: i64) {
         if let Some(pending) = self.delivered_inflight.get_mut(&c) {
             if pending.is_none_or(|(s, _)| s < seq) {
                 *pending = Some((seq, sender));
@@ -858,7 +1109,8 @@ impl SessionState {
             return;
         }
         self.delivered_inflight.insert(c, None);
-        let (store, bus, me, myself) = (self.ctx.store.clone(), self.ctx.bus.clone(), self.me(), myself.clone());
+        let (store, bus, me) = (self.ctx.store.clone(), self.ctx.bus.clone(), self.me());
+        let (ctx, conn) = (self.ctx.clone(), self.conn.clone());
         tokio::spawn(async move {
             match store.update_receipt(c, me, Some(seq), None).await {
                 Ok(receipt) if receipt.delivered_seq == seq => {
@@ -867,7 +1119,7 @@ impl SessionState {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "delivered marker not saved"),
             }
-            let _ = myself.cast(SessionMsg::DeliveredSaved(c));
+            let _ = conn.send(&ctx, SessionMsg::DeliveredSaved(c));
         });
     }
 

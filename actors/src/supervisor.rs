@@ -13,7 +13,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
 use crate::NORMAL_EXIT;
 use crate::faults::Faults;
@@ -173,8 +175,12 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::StartChild { key, spec, reply } => {
                 let result = match state.children.get(&key) {
-                    Some((_, cell)) => Ok(cell.clone()),
-                    None => state.start(key, spec, &myself.get_cell()).await.map_err(|e| e.to_string()),
+                    // (A child that stopped itself normally, whose exit this supervisor
+                    // has not handled yet, is not running: a new one starts.)
+                    Some((_, cell)) if !matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped) => {
+                        Ok(cell.clone())
+                    }
+                    _ => state.start(key, spec, &myself.get_cell()).await.map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(result);
             }
@@ -194,6 +200,11 @@ impl Actor for Supervisor {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let Some(key) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+                if state.children.get(&key).is_some_and(|(_, current)| current.get_id() != cell.get_id()) {
+                    // A newer child runs under this key already (started after this one
+                    // stopped itself): nothing to do.
+                    return Ok(());
+                }
                 if reason.as_deref() == Some(NORMAL_EXIT) {
                     state.children.remove(&key);
                     state.stats.children = state.children.len();
@@ -204,6 +215,9 @@ impl Actor for Supervisor {
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 let Some(key) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+                if state.children.get(&key).is_some_and(|(_, current)| current.get_id() != cell.get_id()) {
+                    return Ok(());
+                }
                 tracing::warn!(supervisor = %state.name, child = %key, error = %err, "child failed");
                 state.restart(key, &myself.get_cell()).await
             }

@@ -354,8 +354,8 @@ async fn run_binder(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<BindOp>) 
                 if rejoin {
                     repair_at = None;
                     repair_wait = Duration::from_secs(1);
-                    let n = resync_sessions(&inner.node_id);
-                    tracing::info!(node = %inner.node_id, sessions = n, "this node's bus directory rows are written anew; sessions catch up");
+                    let told = resync_sessions(&inner.node_id);
+                    tracing::info!(node = %inner.node_id, told, "this node's bus directory rows are written anew; sessions catch up");
                 }
             }
             Err(e) => {
@@ -424,8 +424,8 @@ async fn run_link(inner: Arc<Inner>) {
                 inner.connected.store(true, Ordering::Release);
                 backoff = Duration::from_millis(100);
                 if links > 1 {
-                    let n = resync_sessions(&inner.node_id);
-                    tracing::info!(node = %inner.node_id, sessions = n, "broker link restored; sessions catch up");
+                    let told = resync_sessions(&inner.node_id);
+                    tracing::info!(node = %inner.node_id, told, "broker link restored; sessions catch up");
                 } else {
                     tracing::info!(node = %inner.node_id, "broker link up");
                 }

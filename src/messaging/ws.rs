@@ -13,12 +13,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use ractor::ActorRef;
 use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
 use switchboard_actors::node::Node;
 use switchboard_actors::protocol::ServerFrame;
-use switchboard_actors::session::{CLOSE_POLICY, ConnHandle, Outbound, SessionMsg};
+use switchboard_actors::session::{CLOSE_POLICY, ConnHandle, NotSent, Outbound, SessionMsg};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::AuthUser;
@@ -135,8 +134,8 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     let (mut sink, mut stream) = ws.split();
     // Boxed: this task lives as long as the connection, and a future awaited in place
     // stays part of its size for good (the spawn through the supervisor is large).
-    let session = match Box::pin(node.open_session(conn.clone())).await {
-        Ok(s) => s,
+    match Box::pin(node.open_session(conn.clone())).await {
+        Ok(_) => {}
         Err(e) => {
             tracing::error!(error = %e, "cannot start a session actor");
             // An actor that starts after all (a start that outlived the wait) sees the
@@ -145,7 +144,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
             let _ = sink.send(Message::close_with(CLOSE_INTERNAL, "server busy, reconnect later")).await;
             return;
         }
-    };
+    }
     let last_seen = Arc::new(AtomicI64::new(crate::now_ms()));
 
     let writer = {
@@ -195,11 +194,21 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
                             continue;
                         }
                         ticks += 1;
-                        if ticks.is_multiple_of(revalidate_ticks)
-                            && let Some(s) = ActorRef::<SessionMsg>::where_is(node.ctx.name("session", conn.id))
-                        {
-                            let _ = s.cast(SessionMsg::Revalidate);
+                        if ticks.is_multiple_of(revalidate_ticks) {
+                            // The periodic backstop for a revocation event that never
+                            // came (a use of the login), off this task and without the
+                            // session actor, which may hibernate.
+                            let (node, conn) = (node.clone(), conn.clone());
+                            tokio::spawn(async move {
+                                let store = &node.ctx.store;
+                                if let Ok(false) = store.login_active(conn.login_session, conn.user_id, true).await {
+                                    tracing::info!(user = %conn.user_id, conn = %conn.id, "login no longer valid; closing the socket");
+                                    conn.close_logged_out();
+                                }
+                            });
                         }
+                        // An idle session may hibernate (it decides).
+                        conn.offer_park();
                         if now - last_seen.load(Ordering::Relaxed) > idle_ms {
                             conn.close(CLOSE_POLICY, "heartbeat timeout");
                         } else if sink.send(Message::ping(Vec::<u8>::new())).await.is_err() {
@@ -211,7 +220,6 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         })
     };
 
-    let mut session = session;
     loop {
         let next = tokio::select! {
             _ = conn.closed.cancelled() => break,
@@ -227,9 +235,8 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         last_seen.store(now, Ordering::Relaxed);
         if msg.is_text() {
             let Ok(text) = msg.as_str() else { break };
-            match forward(&node, &conn, session.clone(), SessionMsg::Frame(text.to_owned())).await {
-                Some(s) => session = s,
-                None => break,
+            if !forward(&node, &conn, SessionMsg::Frame(text.to_owned())).await {
+                break;
             }
         } else if msg.is_binary() {
             conn.push(&ServerFrame::error(ErrorCode::BinaryNotSupported, "send JSON text frames", None));
@@ -241,7 +248,11 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         }
     }
     conn.close(1000, "closed");
-    let _ = forward(&node, &conn, session, SessionMsg::Closed).await;
+    if !forward(&node, &conn, SessionMsg::Closed).await {
+        // No session to take the connection back (its supervisor gave up): at least no
+        // event is routed here any more.
+        node.ctx.unregister_connection(&conn);
+    }
     // The writer flushes and closes; a client that stopped reading would keep it waiting
     // on a full socket for ever, holding the socket: after the grace period it is dropped.
     let mut writer = writer;
@@ -250,35 +261,25 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     }
 }
 
-/// Sends to the connection's session actor; if it is restarting, waits (bounded) for the
-/// new one. `None` if there is none: the connection is then closed.
-async fn forward(
-    node: &Node,
-    conn: &ConnHandle,
-    session: ActorRef<SessionMsg>,
-    msg: SessionMsg,
-) -> Option<ActorRef<SessionMsg>> {
-    let msg = match session.cast(msg) {
-        Ok(()) => return Some(session),
-        Err(ractor::MessagingErr::SendErr(msg)) => msg,
-        Err(_) => return None,
+/// Sends to the connection's session (waking it if it hibernates); if its actor is
+/// restarting, waits (bounded) for the new one. False if there is none: the connection is
+/// then closed.
+async fn forward(node: &Node, conn: &Arc<ConnHandle>, msg: SessionMsg) -> bool {
+    let mut msg = match conn.send(&node.ctx, msg) {
+        Ok(()) => return true,
+        Err(NotSent::Restarting(msg)) => msg,
+        Err(NotSent::NoSession) => return false,
     };
-    let name = node.ctx.name("session", conn.id);
     let deadline = tokio::time::Instant::now() + REATTACH_TIMEOUT;
-    let mut msg = msg;
     while tokio::time::Instant::now() < deadline {
-        if let Some(s) = ActorRef::<SessionMsg>::where_is(&name)
-            && s.get_id() != session.get_id()
-        {
-            match s.cast(msg) {
-                Ok(()) => return Some(s),
-                Err(ractor::MessagingErr::SendErr(back)) => msg = back,
-                Err(_) => return None,
-            }
-        }
         tokio::time::sleep(REATTACH_POLL).await;
+        msg = match conn.send(&node.ctx, msg) {
+            Ok(()) => return true,
+            Err(NotSent::Restarting(msg)) => msg,
+            Err(NotSent::NoSession) => return false,
+        };
     }
     tracing::warn!(conn = %conn.id, "session actor did not come back; closing the connection");
     conn.close(CLOSE_INTERNAL, "session lost, reconnect");
-    None
+    false
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use switchboard_actors::faults::Fault;
 use switchboard_actors::ids::UserId;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -640,8 +641,13 @@ fn assert_gap_free(dev: &Client, conv: &str) {
 
 /// The registry name of the one session actor of `user`, once it is running.
 async fn session_of(node: &switchboard_actors::node::Node, user: UserId) -> String {
-    eventually("one running session actor", async || match node.ctx.sessions_of(user).as_slice() {
-        [cell] if cell.get_status() == ractor::ActorStatus::Running => cell.get_name(),
+    eventually("one running session actor", async || match node.ctx.connections_of(user).as_slice() {
+        [conn] => {
+            let name = node.ctx.name("session", conn.id);
+            ractor::registry::where_is(name.clone())
+                .is_some_and(|cell| cell.get_status() == ractor::ActorStatus::Running)
+                .then_some(name)
+        }
         _ => None,
     })
     .await
@@ -777,6 +783,150 @@ async fn killed_room_and_session_actors_lose_nothing_acknowledged() {
     }
 }
 
+/// Waits until every connection of `users` on the node hibernates (no session actor).
+async fn until_parked(node: &switchboard_actors::node::Node, users: &[UserId]) {
+    eventually("the sessions hibernating", async || {
+        users
+            .iter()
+            .all(|u| {
+                let conns = node.ctx.connections_of(*u);
+                !conns.is_empty() && conns.iter().all(|c| c.is_parked())
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hibernating_session_gets_frames_without_waking_and_wakes_for_messages() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.messaging.hibernate_secs = 1;
+        c.messaging.heartbeat_secs = 1;
+    })
+    .await;
+    let (alice, alice_id) = user(&app, "alice").await;
+    let (bob, bob_id) = user(&app, "bob").await;
+    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice_uid, bob_uid) = (UserId::parse(&alice_id).expect("uuid"), UserId::parse(&bob_id).expect("uuid"));
+    let mut a = Client::connect(&app, &alice).await;
+    let mut b = Client::connect(&app, &bob).await;
+    let conv = open_conversation(&mut a, &bob_id, "m0").await;
+    b.read_until("the first message", |d| d.by_seq.get(&conv).is_some_and(|s| s.len() == 1)).await;
+    let node = app.node.clone();
+    until_parked(&node, &[alice_uid, bob_uid]).await;
+    // Parked means no actor: the sessions supervisor has no children left.
+    assert_eq!(node.stats("sessions").await.expect("stats").children, 0, "no session actor while parked");
+
+    // Alice types: her session wakes for her frame; Bob's hibernating one passes the
+    // typing event to his socket without an actor.
+    a.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
+    let typing = b.next_of("typing").await;
+    assert_eq!(typing["user_id"], alice_id.as_str());
+    assert!(
+        node.ctx.connections_of(bob_uid).iter().all(|c| c.is_parked()),
+        "a typing event does not wake Bob's session"
+    );
+
+    // Messages wake it: every one arrives, in order, once; each is acknowledged.
+    for k in 1..=20 {
+        let cid = format!("m{k}");
+        a.send_to_conv(&cid, &conv, &body_of(&cid)).await;
+    }
+    a.read_until("21 acks", |d| d.acks.len() == 21).await;
+    b.read_until("21 messages", |d| d.by_seq.get(&conv).is_some_and(|s| s.len() == 21)).await;
+    b.assert_complete(&conv, 21);
+    b.assert_in_order();
+    // ...and Alice hears they were delivered (Bob's woken session wrote the marker).
+    let receipt = |field: &'static str| {
+        let bob_id = bob_id.clone();
+        move |d: &Client| {
+            d.others.iter().any(|f| f["type"] == "receipt" && f["user_id"] == bob_id.as_str() && f[field] == 21)
+        }
+    };
+    a.read_until("the delivered receipt", receipt("delivered_seq")).await;
+
+    // Asleep again, then a sync (a frame) and a read wake Bob's session and are served.
+    until_parked(&node, &[alice_uid, bob_uid]).await;
+    b.send(json!({"type": "read", "conversation_id": conv, "seq": 21})).await;
+    a.read_until("the read receipt", receipt("read_seq")).await;
+    until_parked(&node, &[alice_uid, bob_uid]).await;
+    let mut b2 = Client::connect(&app, &bob).await;
+    b2.send(json!({"type": "sync"})).await;
+    b2.next_of("sync_done").await;
+    b2.assert_complete(&conv, 21);
+    // A closed parked connection is taken back: the other one stays.
+    until_parked(&node, &[bob_uid]).await;
+    drop(b2);
+    eventually("one connection of Bob", async || (node.ctx.connections_here(bob_uid) == 1).then_some(())).await;
+    a.send_to_conv("m22", &conv, &body_of("m22")).await;
+    b.read_until("22 messages", |d| d.by_seq.get(&conv).is_some_and(|s| s.len() == 22)).await;
+}
+
+#[tokio::test]
+async fn hibernating_sessions_woken_and_killed_lose_nothing_acknowledged() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.fault_injection = true;
+        c.messaging.hibernate_secs = 1;
+        c.messaging.heartbeat_secs = 1;
+    })
+    .await;
+    let (alice, alice_id) = user(&app, "alice").await;
+    let (bob, bob_id) = user(&app, "bob").await;
+    make_contacts(&app, &alice, &bob, "bob").await;
+    let (alice_uid, bob_uid) = (UserId::parse(&alice_id).expect("uuid"), UserId::parse(&bob_id).expect("uuid"));
+    let mut a = Client::connect(&app, &alice).await;
+    let mut b = Client::connect(&app, &bob).await;
+    let conv = open_conversation(&mut a, &bob_id, "start").await;
+    let node = app.node.clone();
+
+    // Rounds: both sessions hibernate; then the one woken by a message (Alice's by her
+    // send, Bob's by its event) fails: armed while asleep, it panics on the very message
+    // that woke it (lost with its mailbox), or it is killed once half the batch is sent.
+    // Alice resends whatever is not acked until all is; Bob reads everything.
+    let (rounds, batch) = (8usize, 10usize);
+    let (mut a_reconnects, mut b_reconnects) = (0, 0);
+    for round in 0..rounds {
+        if a_reconnects + b_reconnects == 0 {
+            until_parked(&node, &[alice_uid, bob_uid]).await;
+        }
+        let victim = if round % 2 == 0 { alice_uid } else { bob_uid };
+        let conn = node.ctx.connections_of(victim).pop().expect("a connection");
+        let name = node.ctx.name("session", conn.id);
+        let id = name.rsplit_once("session:").expect("a session's name").1.to_owned();
+        let kill = round / 2 % 2 == 1;
+        if !kill {
+            assert!(node.ctx.faults.arm(&name, Fault::Panic), "armed");
+        }
+        let mut unacked = HashMap::new();
+        for k in 0..batch {
+            if kill && k == batch / 2 {
+                inject(&app, &alice, ("session", id.as_str(), name.as_str()), "kill").await;
+            }
+            let cid = format!("m{}", round * batch + k);
+            a.send_to_conv(&cid, &conv, &body_of(&cid)).await;
+            unacked.insert(cid, tokio::time::Instant::now());
+        }
+        a_reconnects += until_acked(&app, &alice, &mut a, &conv, &mut unacked).await;
+        let upto = 1 + ((round + 1) * batch) as i64;
+        b_reconnects += read_all(&app, &bob, &mut b, &conv, upto).await;
+    }
+    let total = 1 + (rounds * batch) as i64;
+    assert_eq!(a.acks.len() as i64, total, "every message was eventually acknowledged");
+    let mut seqs: Vec<i64> = a.acks.values().map(|(_, seq)| *seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "each acked message has its own seq");
+    b.assert_complete(&conv, total);
+    b.assert_in_order();
+    if b_reconnects == 0 {
+        assert_gap_free(&b, &conv);
+    }
+    let page: Value = history(&app, &alice, &conv, "?limit=500").await.json().await.expect("json");
+    assert_eq!(page["last_seq"], total, "no duplicates in the database");
+    // Each failure was a restart of a woken session by its supervisor.
+    let stats = node.stats("sessions").await.expect("stats");
+    assert!(stats.restarts >= rounds as u64, "{} restarts for {rounds} failures", stats.restarts);
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_read_is_disconnected() {
     let app = spawn_app_with(Backend::Sqlite, |c| c.messaging.outbound_queue = 16).await;
@@ -790,7 +940,7 @@ async fn a_client_that_does_not_read_is_disconnected() {
     let node = app.node.clone();
     let bob_uid = UserId::parse(&bob_id).expect("uuid");
     let mut sent = 0;
-    while !node.ctx.sessions_of(bob_uid).is_empty() {
+    while node.ctx.connections_here(bob_uid) > 0 {
         assert!(sent < 5000, "bob was never disconnected");
         let cid = format!("s{}", sent + 1);
         a.send_to_conv(&cid, &conv, &body).await;
@@ -878,14 +1028,14 @@ async fn a_silent_connection_is_closed_by_the_heartbeat() {
     // ...one that never reads again does not.
     let silent = Client::connect(&app, &alice).await;
     let node = app.node.clone();
-    eventually("two sessions", async || (node.ctx.sessions_of(uid).len() == 2).then_some(())).await;
+    eventually("two sessions", async || (node.ctx.connections_here(uid) == 2).then_some(())).await;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
         live.send(json!({"type": "ping"})).await;
         live.next_of("pong").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eventually("the silent one closed", async || (node.ctx.sessions_of(uid).len() == 1).then_some(())).await;
+    eventually("the silent one closed", async || (node.ctx.connections_here(uid) == 1).then_some(())).await;
     live.send(json!({"type": "ping"})).await;
     live.next_of("pong").await;
     drop(silent);
