@@ -122,8 +122,6 @@ enum Attach {
     Wake,
 }
 
-/// Messages queued for a waking session before the connection counts as stuck.
-const WAKE_QUEUE: usize = 4096;
 /// How long a wake waits for the hibernating actor's exit to be handled by the supervisor.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -299,7 +297,9 @@ impl ConnHandle {
                 Err(_) => Err(NotSent::NoSession),
             },
             SlotState::Waking(queue) => {
-                if queue.len() >= WAKE_QUEUE {
+                // Bounded like the outbound queue, and for the same reason: a connection
+                // whose session cannot keep up is closed, not allowed to grow memory.
+                if queue.len() >= ctx.limits.outbound_queue {
                     drop(slot);
                     self.close(CLOSE_TRY_AGAIN, "server busy");
                     return Err(NotSent::NoSession);

@@ -72,6 +72,10 @@ struct Args {
     /// Connections for `idle`.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
+    /// `idle`: seconds to wait after each step before reading the server's memory (long
+    /// enough for the sessions to hibernate: `messaging.hibernate_secs` plus a heartbeat).
+    #[arg(long, default_value_t = 2)]
+    settle_secs: u64,
     /// The server's process id: `idle` reads its RSS, `pairs`/`ramp` its CPU time over the run
     /// (from /proc).
     #[arg(long)]
@@ -502,8 +506,15 @@ async fn idle_bench(args: &Args) -> anyhow::Result<()> {
             eprint!("\r  {} connected", sockets.len());
         }
         eprintln!();
-        // Let the server settle, then read its memory.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Let the server settle (its sessions hibernate), then read its memory. The
+        // sockets are read meanwhile, so they answer the server's pings as clients do.
+        let settle = tokio::time::Instant::now() + Duration::from_secs(args.settle_secs);
+        while tokio::time::Instant::now() < settle {
+            for ws in sockets.iter_mut() {
+                while let Some(Some(Ok(_))) = futures_util::FutureExt::now_or_never(ws.next()) {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         // Per connection from the growth between steps: the first step also carries the
         // allocator's start-up swings, so later steps are the cleaner figure.
         let rss = rss_kib(pid)?;
