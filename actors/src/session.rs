@@ -125,6 +125,18 @@ enum Attach {
 /// How long a wake waits for the hibernating actor's exit to be handled by the supervisor.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Tells `from`, who asked, that `me` is online here, if they may know (contacts only;
+/// presence never crosses a block). Off the caller: a database read and a publish.
+fn answer_probe(ctx: &Arc<NodeCtx>, me: UserId, from: UserId) {
+    let (store, bus) = (ctx.store.clone(), ctx.bus.clone());
+    tokio::spawn(async move {
+        if store.may_message(me, from).await.is_ok() {
+            let event = Event::Presence { to: from, user_id: me, online: true, last_seen_at: None };
+            let _ = bus.publish(Envelope::new(event)).await;
+        }
+    });
+}
+
 /// Starts a new actor for the hibernating `conn`, whose last actor was `before`: the
 /// supervisor answers the old one until it has seen it stop, so ask until it is another.
 async fn wake(ctx: &Arc<NodeCtx>, conn: &Arc<ConnHandle>, before: &ractor::ActorId) -> Result<(), String> {
@@ -348,6 +360,10 @@ impl ConnHandle {
                         self.close_logged_out();
                     }
                     return;
+                }
+                Event::PresenceProbe { from, .. } => {
+                    drop(slot);
+                    return answer_probe(ctx, self.user_id, from);
                 }
                 other => {
                     drop(slot);
@@ -1010,23 +1026,7 @@ impl SessionState {
             Event::Presence { user_id, online, last_seen_at, .. } => {
                 self.conn.push(&ServerFrame::Presence { user_id, online, last_seen_at });
             }
-            Event::PresenceProbe { from, .. } => {
-                // Answer only contacts (presence never crosses a block).
-                let me = self.me();
-                if self.ctx.store.may_message(me, from).await.is_ok() {
-                    let bus = self.ctx.bus.clone();
-                    tokio::spawn(async move {
-                        let _ = bus
-                            .publish(Envelope::new(Event::Presence {
-                                to: from,
-                                user_id: me,
-                                online: true,
-                                last_seen_at: None,
-                            }))
-                            .await;
-                    });
-                }
-            }
+            Event::PresenceProbe { from, .. } => answer_probe(&self.ctx, self.me(), from),
             Event::Transfer { progress, .. } => {
                 self.conn.push(&ServerFrame::Transfer(progress));
             }
