@@ -191,11 +191,15 @@ impl NodeCtx {
     }
 
     /// Starts the session actor of `conn` through the sessions supervisor: its first
-    /// start, or a wake from hibernation.
-    pub(crate) async fn start_session(self: &Arc<Self>, conn: Arc<ConnHandle>) -> Result<ActorRef<SessionMsg>, String> {
+    /// start, or a wake from hibernation (`replacing` the actor that hibernated).
+    pub(crate) async fn start_session(
+        self: &Arc<Self>,
+        conn: Arc<ConnHandle>,
+        replacing: Option<ractor::ActorId>,
+    ) -> Result<ActorRef<SessionMsg>, String> {
         let key = self.name("session", conn.id);
         let spec: Arc<dyn ChildSpec> = Arc::new(SessionSpec { ctx: self.clone(), conn });
-        Ok(self.start_child("sessions", key, spec).await?.into())
+        Ok(self.start_child("sessions", key, spec, replacing).await?.into())
     }
 
     pub fn supervisor_name(&self, which: &str) -> String {
@@ -218,16 +222,22 @@ impl NodeCtx {
             return Ok(room);
         }
         let spec: Arc<dyn ChildSpec> = Arc::new(RoomSpec { ctx: self.clone(), conversation });
-        let cell = self.start_child("rooms", name, spec).await?;
+        let cell = self.start_child("rooms", name, spec, None).await?;
         Ok(cell.into())
     }
 
-    async fn start_child(&self, sup: &str, key: String, spec: Arc<dyn ChildSpec>) -> Result<ActorCell, String> {
+    async fn start_child(
+        &self,
+        sup: &str,
+        key: String,
+        spec: Arc<dyn ChildSpec>,
+        replacing: Option<ractor::ActorId>,
+    ) -> Result<ActorCell, String> {
         let sup_name = self.supervisor_name(sup);
         let Some(sup) = ActorRef::<SupervisorMsg>::where_is(&sup_name) else {
             return Err(format!("{sup_name} is not running"));
         };
-        ractor::call_t!(sup, |reply| SupervisorMsg::StartChild { key, spec, reply }, 10_000)
+        ractor::call_t!(sup, |reply| SupervisorMsg::StartChild { key, spec, replacing, reply }, 10_000)
             .map_err(|e| format!("{sup_name}: {e}"))?
     }
 }
@@ -385,7 +395,7 @@ impl Node {
 
     /// Starts the session actor of a new connection.
     pub async fn open_session(&self, conn: Arc<ConnHandle>) -> Result<ActorRef<SessionMsg>, String> {
-        self.ctx.start_session(conn).await
+        self.ctx.start_session(conn, None).await
     }
 
     /// Attaches a notification stream of `user` (opened with a token of the login session
@@ -402,7 +412,7 @@ impl Node {
             Some(a) => a,
             None => {
                 let spec: Arc<dyn ChildSpec> = Arc::new(StreamSpec { ctx: self.ctx.clone(), user });
-                self.ctx.start_child("notifications", name, spec).await?.into()
+                self.ctx.start_child("notifications", name, spec, None).await?.into()
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(crate::notify_stream::STREAM_QUEUE);
@@ -418,7 +428,7 @@ impl Node {
             Some(a) => a,
             None => {
                 let spec: Arc<dyn ChildSpec> = Arc::new(TransferSpec { ctx: self.ctx.clone(), id });
-                let _ = self.ctx.start_child("transfers", name, spec).await?;
+                let _ = self.ctx.start_child("transfers", name, spec, None).await?;
                 return Ok(());
             }
         };

@@ -122,9 +122,6 @@ enum Attach {
     Wake,
 }
 
-/// How long a wake waits for the hibernating actor's exit to be handled by the supervisor.
-const WAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Tells `from`, who asked, that `me` is online here, if they may know (contacts only;
 /// presence never crosses a block). Off the caller: a database read and a publish.
 fn answer_probe(ctx: &Arc<NodeCtx>, me: UserId, from: UserId) {
@@ -137,20 +134,23 @@ fn answer_probe(ctx: &Arc<NodeCtx>, me: UserId, from: UserId) {
     });
 }
 
-/// Starts a new actor for the hibernating `conn`, whose last actor was `before`: the
-/// supervisor answers the old one until it has seen it stop, so ask until it is another.
-async fn wake(ctx: &Arc<NodeCtx>, conn: &Arc<ConnHandle>, before: &ractor::ActorId) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + WAKE_TIMEOUT;
-    loop {
-        let actor = ctx.start_session(conn.clone()).await?;
-        if actor.get_id() != *before {
-            return Ok(());
+/// Starts a new actor for the hibernating `conn`, in place of `before`, which stopped
+/// itself. If none can start (the sessions supervisor is failing), the connection is
+/// closed and taken back here as its actor would on `Closed`: nothing would take its
+/// queue, and the user would stay bound and online.
+async fn wake(ctx: Arc<NodeCtx>, conn: Arc<ConnHandle>, before: ractor::ActorId) {
+    let Err(e) = ctx.start_session(conn.clone(), Some(before)).await else { return };
+    tracing::warn!(conn = %conn.id, error = %e, "cannot wake a hibernating session; closing");
+    conn.close(CLOSE_TRY_AGAIN, "session lost, reconnect");
+    {
+        let mut slot = conn.slot();
+        if !matches!(slot.state, SlotState::Waking(_)) {
+            return; // an actor started after all (a start that outlived the wait)
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err("the hibernating actor did not stop".into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        slot.state = SlotState::Detached;
     }
+    let mut state = SessionState::new(ctx, conn);
+    state.close().await;
 }
 
 /// Marks its connection's bind settled and wakes whoever waits for it, when dropped.
@@ -311,7 +311,8 @@ impl ConnHandle {
             SlotState::Waking(queue) => {
                 // Bounded like the outbound queue, and for the same reason: a connection
                 // whose session cannot keep up is closed, not allowed to grow memory.
-                if queue.len() >= ctx.limits.outbound_queue {
+                // `Closed` always gets in: it is what takes the connection back.
+                if queue.len() >= ctx.limits.outbound_queue && !matches!(msg, SessionMsg::Closed) {
                     drop(slot);
                     self.close(CLOSE_TRY_AGAIN, "server busy");
                     return Err(NotSent::NoSession);
@@ -323,13 +324,7 @@ impl ConnHandle {
                 let before = *before;
                 slot.state = SlotState::Waking(vec![msg]);
                 drop(slot);
-                let (ctx, conn) = (ctx.clone(), self.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = wake(&ctx, &conn, &before).await {
-                        tracing::warn!(conn = %conn.id, error = %e, "cannot wake a hibernating session; closing");
-                        conn.close(CLOSE_TRY_AGAIN, "session lost, reconnect");
-                    }
-                });
+                tokio::spawn(wake(ctx.clone(), self.clone(), before));
                 Ok(())
             }
             SlotState::Detached => Err(NotSent::NoSession),
@@ -509,23 +504,11 @@ impl Actor for SessionActor {
         let SessionArgs { ctx, conn } = args;
         let user = conn.user_id;
         let attach = conn.attach(&myself);
-        let mut state = SessionState {
-            name: ctx.name("session", conn.id),
-            ctx,
-            conn,
-            conversations: HashMap::new(),
-            loaded: false,
-            typing: HashMap::new(),
-            typing_window: (0, Instant::now()),
-            delivered_inflight: HashMap::new(),
-            read_asked: HashMap::new(),
-            handled: 0,
-            last_active: Instant::now(),
-        };
+        let mut state = SessionState::new(ctx, conn);
         match attach {
             // Woken from hibernation: the connection stayed registered and every event
             // for it came to the handle, so nothing was missed; what woke it is queued.
-            Attach::Wake => return Ok(state),
+            Attach::Wake => {}
             Attach::Restart => {
                 // Registered all along (the handle, not the actor, is what events find):
                 // anything committed from here on comes as an event, and the catch-up
@@ -621,9 +604,7 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Closed => {
-                state.ctx.unregister_connection(&state.conn);
-                Box::pin(state.announce(false)).await;
-                state.conn.detach();
+                Box::pin(state.close()).await;
                 myself.stop(Some(NORMAL_EXIT.to_owned()));
             }
         }
@@ -632,8 +613,32 @@ impl Actor for SessionActor {
 }
 
 impl SessionState {
+    fn new(ctx: Arc<NodeCtx>, conn: Arc<ConnHandle>) -> Self {
+        Self {
+            name: ctx.name("session", conn.id),
+            ctx,
+            conn,
+            conversations: HashMap::new(),
+            loaded: false,
+            typing: HashMap::new(),
+            typing_window: (0, Instant::now()),
+            delivered_inflight: HashMap::new(),
+            read_asked: HashMap::new(),
+            handled: 0,
+            last_active: Instant::now(),
+        }
+    }
+
     fn me(&self) -> UserId {
         self.conn.user_id
+    }
+
+    /// The connection closed: no more events here, the bus binding taken back, peers
+    /// told if it was the user's last connection here; nothing wakes the session again.
+    async fn close(&mut self) {
+        self.ctx.unregister_connection(&self.conn);
+        self.announce(false).await;
+        self.conn.detach();
     }
 
     /// Closes the connection (4001) if its login was revoked; true if it may go on. A
@@ -1134,7 +1139,9 @@ impl SessionState {
         };
         let now = Instant::now();
         let forward = match self.typing.get(&c) {
-            None => active,
+            // (Nothing known: a first "started", or a "stopped" after the session woke
+            // from hibernation, which forgot what it had forwarded.)
+            None => true,
             Some((was_active, since)) => match (*was_active, active) {
                 (true, false) => true,
                 (_, true) => now.duration_since(*since) >= TYPING_INTERVAL,

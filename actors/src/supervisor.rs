@@ -13,9 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SpawnErr, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 
 use crate::NORMAL_EXIT;
 use crate::faults::Faults;
@@ -54,7 +52,15 @@ pub struct SupervisorStats {
 
 pub enum SupervisorMsg {
     /// Starts a child under `key` unless one runs already; answers its cell either way.
-    StartChild { key: String, spec: Arc<dyn ChildSpec>, reply: RpcReplyPort<Result<ActorCell, String>> },
+    /// `replacing`: the caller knows that this child stopped itself normally (a session
+    /// that hibernated), so if it is still on record (its exit not handled yet) a new one
+    /// starts in its place.
+    StartChild {
+        key: String,
+        spec: Arc<dyn ChildSpec>,
+        replacing: Option<ActorId>,
+        reply: RpcReplyPort<Result<ActorCell, String>>,
+    },
     /// Answers the counters.
     Stats(RpcReplyPort<SupervisorStats>),
 }
@@ -173,13 +179,9 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         state.faults.check(&state.name)?;
         match msg {
-            SupervisorMsg::StartChild { key, spec, reply } => {
+            SupervisorMsg::StartChild { key, spec, replacing, reply } => {
                 let result = match state.children.get(&key) {
-                    // (A child that stopped itself normally, whose exit this supervisor
-                    // has not handled yet, is not running: a new one starts.)
-                    Some((_, cell)) if !matches!(cell.get_status(), ActorStatus::Stopping | ActorStatus::Stopped) => {
-                        Ok(cell.clone())
-                    }
+                    Some((_, cell)) if replacing != Some(cell.get_id()) => Ok(cell.clone()),
                     _ => state.start(key, spec, &myself.get_cell()).await.map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(result);
@@ -201,8 +203,8 @@ impl Actor for Supervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let Some(key) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
                 if state.children.get(&key).is_some_and(|(_, current)| current.get_id() != cell.get_id()) {
-                    // A newer child runs under this key already (started after this one
-                    // stopped itself): nothing to do.
+                    // A newer child runs under this key already (started in place of
+                    // this one, which stopped itself): nothing to do.
                     return Ok(());
                 }
                 if reason.as_deref() == Some(NORMAL_EXIT) {
@@ -291,7 +293,7 @@ mod tests {
     async fn start_child(sup: &ActorRef<SupervisorMsg>, name: &str, starts: &Arc<AtomicUsize>) -> ActorCell {
         let spec: Arc<dyn ChildSpec> = Arc::new(Spec { name: name.into(), starts: starts.clone() });
         let key = name.to_owned();
-        ractor::call_t!(sup, |reply| SupervisorMsg::StartChild { key, spec, reply }, 5000)
+        ractor::call_t!(sup, |reply| SupervisorMsg::StartChild { key, spec, replacing: None, reply }, 5000)
             .expect("call")
             .expect("child starts")
     }

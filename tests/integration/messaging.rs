@@ -845,6 +845,12 @@ async fn a_hibernating_session_gets_frames_without_waking_and_wakes_for_messages
     };
     a.read_until("the delivered receipt", receipt("delivered_seq")).await;
 
+    // Asleep again: Alice stops typing; her woken session forwards that, although it
+    // does not remember having forwarded "typing" before it slept.
+    until_parked(&node, &[alice_uid, bob_uid]).await;
+    a.send(json!({"type": "typing", "conversation_id": conv, "active": false})).await;
+    assert_eq!(b.next_of("typing").await["active"], false, "the stop reaches Bob");
+
     // Asleep again, then a sync (a frame) and a read wake Bob's session and are served.
     until_parked(&node, &[alice_uid, bob_uid]).await;
     b.send(json!({"type": "read", "conversation_id": conv, "seq": 21})).await;
@@ -860,6 +866,76 @@ async fn a_hibernating_session_gets_frames_without_waking_and_wakes_for_messages
     eventually("one connection of Bob", async || (node.ctx.connections_here(bob_uid) == 1).then_some(())).await;
     a.send_to_conv("m22", &conv, &body_of("m22")).await;
     b.read_until("22 messages", |d| d.by_seq.get(&conv).is_some_and(|s| s.len() == 22)).await;
+}
+
+/// Alice and Bob, contacts, each with one socket, both sessions hibernating; Bob has seen
+/// Alice online.
+async fn parked_pair(app: &TestApp) -> (Client, Client, UserId, String) {
+    let (alice, alice_id) = user(app, "alice").await;
+    let (bob, bob_id) = user(app, "bob").await;
+    make_contacts(app, &alice, &bob, "bob").await;
+    let (alice_uid, bob_uid) = (UserId::parse(&alice_id).expect("uuid"), UserId::parse(&bob_id).expect("uuid"));
+    let mut b = Client::connect(app, &bob).await;
+    let a = Client::connect(app, &alice).await;
+    b.read_until("Alice online", |d| {
+        d.others.iter().any(|f| f["type"] == "presence" && f["user_id"] == alice_id.as_str() && f["online"] == true)
+    })
+    .await;
+    until_parked(&app.node, &[alice_uid, bob_uid]).await;
+    (a, b, alice_uid, alice_id)
+}
+
+/// Until Bob hears Alice went offline, and her connection and session are gone.
+async fn until_taken_back(app: &TestApp, b: &mut Client, alice_uid: UserId, alice_id: &str) {
+    b.read_until("Alice offline", |d| {
+        d.others.iter().any(|f| f["type"] == "presence" && f["user_id"] == alice_id && f["online"] == false)
+    })
+    .await;
+    let node = app.node.clone();
+    eventually("Alice's connection taken back", async || {
+        (node.ctx.connections_here(alice_uid) == 0 && node.stats("sessions").await?.children == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flood_at_a_waking_session_closes_it_and_takes_it_back() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.messaging.hibernate_secs = 1;
+        c.messaging.heartbeat_secs = 1;
+        c.messaging.outbound_queue = 16;
+    })
+    .await;
+    let (mut a, mut b, alice_uid, alice_id) = parked_pair(&app).await;
+    // Far more frames at once than a waking session may have queued: the socket closes
+    // (1013), and the close, queued past the bound, still takes the connection back.
+    for _ in 0..400 {
+        a.ws.feed(Message::text(json!({"type": "ping"}).to_string())).await.expect("queued");
+    }
+    a.ws.flush().await.expect("written");
+    let closed = a.closed_within(FRAME_TIMEOUT).await.expect("closed");
+    assert_eq!(closed.0, 1013, "{closed:?}");
+    until_taken_back(&app, &mut b, alice_uid, &alice_id).await;
+}
+
+#[tokio::test]
+async fn a_session_that_cannot_wake_is_closed_and_taken_back() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.fault_injection = true;
+        c.messaging.hibernate_secs = 1;
+        c.messaging.heartbeat_secs = 1;
+    })
+    .await;
+    let (mut a, mut b, alice_uid, alice_id) = parked_pair(&app).await;
+    // The sessions supervisor fails on its next message, the start of Alice's woken
+    // session: the socket closes, and the user is unbound and offline, not left online
+    // with a queue nobody takes.
+    let sup = app.node.ctx.supervisor_name("sessions");
+    assert!(app.node.ctx.faults.arm(&sup, Fault::Panic), "armed");
+    a.send(json!({"type": "ping"})).await;
+    let closed = a.closed_within(FRAME_TIMEOUT).await.expect("closed");
+    assert_eq!(closed.0, 1013, "{closed:?}");
+    until_taken_back(&app, &mut b, alice_uid, &alice_id).await;
 }
 
 #[tokio::test]
