@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use switchboard::config::Config;
 use switchboard_actors::faults::Fault;
 use switchboard_actors::ids::UserId;
 use tokio_tungstenite::tungstenite::Message;
@@ -783,6 +784,12 @@ async fn killed_room_and_session_actors_lose_nothing_acknowledged() {
     }
 }
 
+/// Sessions idle for a second hibernate (checked every second).
+fn hibernate_fast(c: &mut Config) {
+    c.messaging.hibernate_secs = 1;
+    c.messaging.heartbeat_secs = 1;
+}
+
 /// Waits until every connection of `users` on the node hibernates (no session actor).
 async fn until_parked(node: &switchboard_actors::node::Node, users: &[UserId]) {
     eventually("the sessions hibernating", async || {
@@ -799,11 +806,7 @@ async fn until_parked(node: &switchboard_actors::node::Node, users: &[UserId]) {
 
 #[tokio::test]
 async fn a_hibernating_session_gets_frames_without_waking_and_wakes_for_messages() {
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.messaging.hibernate_secs = 1;
-        c.messaging.heartbeat_secs = 1;
-    })
-    .await;
+    let app = spawn_app_with(Backend::Sqlite, hibernate_fast).await;
     let (alice, alice_id) = user(&app, "alice").await;
     let (bob, bob_id) = user(&app, "bob").await;
     make_contacts(&app, &alice, &bob, "bob").await;
@@ -885,8 +888,11 @@ async fn parked_pair(app: &TestApp) -> (Client, Client, UserId, String) {
     (a, b, alice_uid, alice_id)
 }
 
-/// Until Bob hears Alice went offline, and her connection and session are gone.
-async fn until_taken_back(app: &TestApp, b: &mut Client, alice_uid: UserId, alice_id: &str) {
+/// Until Alice's socket is closed with 1013 ("try again later"), Bob hears she went
+/// offline, and her connection and session are gone.
+async fn until_taken_back(app: &TestApp, a: &mut Client, b: &mut Client, alice_uid: UserId, alice_id: &str) {
+    let closed = a.closed_within(FRAME_TIMEOUT).await.expect("closed");
+    assert_eq!(closed.0, 1013, "{closed:?}");
     b.read_until("Alice offline", |d| {
         d.others.iter().any(|f| f["type"] == "presence" && f["user_id"] == alice_id && f["online"] == false)
     })
@@ -901,8 +907,7 @@ async fn until_taken_back(app: &TestApp, b: &mut Client, alice_uid: UserId, alic
 #[tokio::test]
 async fn a_flood_at_a_waking_session_closes_it_and_takes_it_back() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
-        c.messaging.hibernate_secs = 1;
-        c.messaging.heartbeat_secs = 1;
+        hibernate_fast(c);
         c.messaging.outbound_queue = 16;
     })
     .await;
@@ -913,17 +918,14 @@ async fn a_flood_at_a_waking_session_closes_it_and_takes_it_back() {
         a.ws.feed(Message::text(json!({"type": "ping"}).to_string())).await.expect("queued");
     }
     a.ws.flush().await.expect("written");
-    let closed = a.closed_within(FRAME_TIMEOUT).await.expect("closed");
-    assert_eq!(closed.0, 1013, "{closed:?}");
-    until_taken_back(&app, &mut b, alice_uid, &alice_id).await;
+    until_taken_back(&app, &mut a, &mut b, alice_uid, &alice_id).await;
 }
 
 #[tokio::test]
 async fn a_session_that_cannot_wake_is_closed_and_taken_back() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
+        hibernate_fast(c);
         c.fault_injection = true;
-        c.messaging.hibernate_secs = 1;
-        c.messaging.heartbeat_secs = 1;
     })
     .await;
     let (mut a, mut b, alice_uid, alice_id) = parked_pair(&app).await;
@@ -933,17 +935,14 @@ async fn a_session_that_cannot_wake_is_closed_and_taken_back() {
     let sup = app.node.ctx.supervisor_name("sessions");
     assert!(app.node.ctx.faults.arm(&sup, Fault::Panic), "armed");
     a.send(json!({"type": "ping"})).await;
-    let closed = a.closed_within(FRAME_TIMEOUT).await.expect("closed");
-    assert_eq!(closed.0, 1013, "{closed:?}");
-    until_taken_back(&app, &mut b, alice_uid, &alice_id).await;
+    until_taken_back(&app, &mut a, &mut b, alice_uid, &alice_id).await;
 }
 
 #[tokio::test]
 async fn hibernating_sessions_woken_and_killed_lose_nothing_acknowledged() {
     let app = spawn_app_with(Backend::Sqlite, |c| {
+        hibernate_fast(c);
         c.fault_injection = true;
-        c.messaging.hibernate_secs = 1;
-        c.messaging.heartbeat_secs = 1;
     })
     .await;
     let (alice, alice_id) = user(&app, "alice").await;
