@@ -177,19 +177,6 @@ impl NodeCtx {
         self.connections.iter().flat_map(|e| e.value().clone()).collect()
     }
 
-    /// (Counts for operators and tests) open connections on this node, and how many of
-    /// them hibernate.
-    pub fn connection_counts(&self) -> (usize, usize) {
-        let (mut open, mut parked) = (0, 0);
-        for e in self.connections.iter() {
-            for c in e.value() {
-                open += 1;
-                parked += usize::from(c.is_parked());
-            }
-        }
-        (open, parked)
-    }
-
     /// Starts the session actor of `conn` through the sessions supervisor: its first
     /// start, or a wake from hibernation (`replacing` the actor that hibernated).
     pub(crate) async fn start_session(

@@ -298,7 +298,16 @@ impl ConnHandle {
     /// Hands `msg` to the connection's session: to its actor, or, while it hibernates,
     /// to a new one started for it (the messages queue in order until it runs).
     pub fn send(self: &Arc<Self>, ctx: &Arc<NodeCtx>, msg: SessionMsg) -> Result<(), NotSent> {
-        let mut slot = self.slot();
+        self.send_locked(self.slot(), ctx, msg)
+    }
+
+    /// [`Self::send`] with the slot's lock already held.
+    fn send_locked(
+        self: &Arc<Self>,
+        mut slot: std::sync::MutexGuard<'_, Slot>,
+        ctx: &Arc<NodeCtx>,
+        msg: SessionMsg,
+    ) -> Result<(), NotSent> {
         match &mut slot.state {
             SlotState::Live(actor) => match actor.cast(msg) {
                 Ok(()) => {
@@ -334,6 +343,7 @@ impl ConnHandle {
     /// Hands an event to the session; a hibernating one is not woken for an event that
     /// only puts a frame on the socket (nothing else is queued then, so order holds).
     pub fn send_event(self: &Arc<Self>, ctx: &Arc<NodeCtx>, event: Event) {
+        // One lock for the check and the hand-over (this is every event's path).
         let slot = self.slot();
         if matches!(slot.state, SlotState::Parked(_)) {
             let frame = match event {
@@ -361,8 +371,7 @@ impl ConnHandle {
                     return answer_probe(ctx, self.user_id, from);
                 }
                 other => {
-                    drop(slot);
-                    let _ = self.send(ctx, SessionMsg::Event(Box::new(other)));
+                    let _ = self.send_locked(slot, ctx, SessionMsg::Event(Box::new(other)));
                     return;
                 }
             };
@@ -371,8 +380,7 @@ impl ConnHandle {
             }
             return;
         }
-        drop(slot);
-        let _ = self.send(ctx, SessionMsg::Event(Box::new(event)));
+        let _ = self.send_locked(slot, ctx, SessionMsg::Event(Box::new(event)));
     }
 
     /// Asks a running session whether it may hibernate (it decides: idle long enough,

@@ -603,6 +603,32 @@ async fn until_acked(
     reconnects
 }
 
+/// Sends messages `m<k>` for each k in `ks` to `conv` and resends until every one is
+/// acked (see [`until_acked`]); with `kill`, that actor is killed once half are sent.
+/// Returns how many times the client reconnected.
+async fn send_acked(
+    app: &TestApp,
+    token: &str,
+    dev: &mut Client,
+    conv: &str,
+    ks: std::ops::Range<usize>,
+    kill: Option<(&str, &str, &str)>,
+) -> u32 {
+    let half = ks.start + ks.len() / 2;
+    let mut unacked = HashMap::new();
+    for k in ks {
+        if k == half
+            && let Some(victim) = kill
+        {
+            inject(app, token, victim, "kill").await;
+        }
+        let cid = format!("m{k}");
+        dev.send_to_conv(&cid, conv, &body_of(&cid)).await;
+        unacked.insert(cid, tokio::time::Instant::now());
+    }
+    until_acked(app, token, dev, conv, &mut unacked).await
+}
+
 /// Reads `dev` until it holds seqs 1..=`upto` of `conv`. If the server closed the socket,
 /// this client does what a real one does: reconnects and syncs (from scratch, so its new
 /// arrivals are the whole conversation in order); the old socket's live arrivals are
@@ -715,16 +741,8 @@ async fn killed_room_and_session_actors_lose_nothing_acknowledged() {
         if fault == "panic" {
             inject(&app, &alice, victim, fault).await;
         }
-        let mut unacked = HashMap::new();
-        for k in 0..batch {
-            if fault == "kill" && k == batch / 2 {
-                inject(&app, &alice, victim, fault).await;
-            }
-            let cid = format!("m{}", round * batch + k);
-            a.send_to_conv(&cid, &conv, &body_of(&cid)).await;
-            unacked.insert(cid, tokio::time::Instant::now());
-        }
-        a_reconnects += until_acked(&app, &alice, &mut a, &conv, &mut unacked).await;
+        let kill = (fault == "kill").then_some(victim);
+        a_reconnects += send_acked(&app, &alice, &mut a, &conv, round * batch..(round + 1) * batch, kill).await;
         let upto = 1 + ((round + 1) * batch) as i64;
         b_reconnects += read_all(&app, &bob, &mut b, &conv, upto).await;
         if a_reconnects == 0 {
@@ -790,6 +808,12 @@ fn hibernate_fast(c: &mut Config) {
     c.messaging.heartbeat_secs = 1;
 }
 
+/// [`hibernate_fast`], with fault injection on.
+fn hibernate_fast_with_faults(c: &mut Config) {
+    hibernate_fast(c);
+    c.fault_injection = true;
+}
+
 /// Waits until every connection of `users` on the node hibernates (no session actor).
 async fn until_parked(node: &switchboard_actors::node::Node, users: &[UserId]) {
     eventually("the sessions hibernating", async || {
@@ -807,10 +831,7 @@ async fn until_parked(node: &switchboard_actors::node::Node, users: &[UserId]) {
 #[tokio::test]
 async fn a_hibernating_session_gets_frames_without_waking_and_wakes_for_messages() {
     let app = spawn_app_with(Backend::Sqlite, hibernate_fast).await;
-    let (alice, alice_id) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
-    let (alice_uid, bob_uid) = (UserId::parse(&alice_id).expect("uuid"), UserId::parse(&bob_id).expect("uuid"));
+    let Contacts { alice, alice_id, alice_uid, bob, bob_id, bob_uid } = contacts(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let mut b = Client::connect(&app, &bob).await;
     let conv = open_conversation(&mut a, &bob_id, "m0").await;
@@ -871,13 +892,28 @@ async fn a_hibernating_session_gets_frames_without_waking_and_wakes_for_messages
     b.read_until("22 messages", |d| d.by_seq.get(&conv).is_some_and(|s| s.len() == 22)).await;
 }
 
-/// Alice and Bob, contacts, each with one socket, both sessions hibernating; Bob has seen
-/// Alice online.
-async fn parked_pair(app: &TestApp) -> (Client, Client, UserId, String) {
+/// Alice and Bob, contacts: their tokens and ids.
+struct Contacts {
+    alice: String,
+    alice_id: String,
+    alice_uid: UserId,
+    bob: String,
+    bob_id: String,
+    bob_uid: UserId,
+}
+
+async fn contacts(app: &TestApp) -> Contacts {
     let (alice, alice_id) = user(app, "alice").await;
     let (bob, bob_id) = user(app, "bob").await;
     make_contacts(app, &alice, &bob, "bob").await;
     let (alice_uid, bob_uid) = (UserId::parse(&alice_id).expect("uuid"), UserId::parse(&bob_id).expect("uuid"));
+    Contacts { alice, alice_id, alice_uid, bob, bob_id, bob_uid }
+}
+
+/// Alice and Bob, contacts, each with one socket, both sessions hibernating; Bob has seen
+/// Alice online.
+async fn parked_pair(app: &TestApp) -> (Client, Client, UserId, String) {
+    let Contacts { alice, alice_id, alice_uid, bob, bob_uid, .. } = contacts(app).await;
     let mut b = Client::connect(app, &bob).await;
     let a = Client::connect(app, &alice).await;
     b.read_until("Alice online", |d| {
@@ -923,11 +959,7 @@ async fn a_flood_at_a_waking_session_closes_it_and_takes_it_back() {
 
 #[tokio::test]
 async fn a_session_that_cannot_wake_is_closed_and_taken_back() {
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        hibernate_fast(c);
-        c.fault_injection = true;
-    })
-    .await;
+    let app = spawn_app_with(Backend::Sqlite, hibernate_fast_with_faults).await;
     let (mut a, mut b, alice_uid, alice_id) = parked_pair(&app).await;
     // The sessions supervisor fails on its next message, the start of Alice's woken
     // session: the socket closes, and the user is unbound and offline, not left online
@@ -940,15 +972,8 @@ async fn a_session_that_cannot_wake_is_closed_and_taken_back() {
 
 #[tokio::test]
 async fn hibernating_sessions_woken_and_killed_lose_nothing_acknowledged() {
-    let app = spawn_app_with(Backend::Sqlite, |c| {
-        hibernate_fast(c);
-        c.fault_injection = true;
-    })
-    .await;
-    let (alice, alice_id) = user(&app, "alice").await;
-    let (bob, bob_id) = user(&app, "bob").await;
-    make_contacts(&app, &alice, &bob, "bob").await;
-    let (alice_uid, bob_uid) = (UserId::parse(&alice_id).expect("uuid"), UserId::parse(&bob_id).expect("uuid"));
+    let app = spawn_app_with(Backend::Sqlite, hibernate_fast_with_faults).await;
+    let Contacts { alice, alice_uid, bob, bob_id, bob_uid, .. } = contacts(&app).await;
     let mut a = Client::connect(&app, &alice).await;
     let mut b = Client::connect(&app, &bob).await;
     let conv = open_conversation(&mut a, &bob_id, "start").await;
@@ -972,16 +997,8 @@ async fn hibernating_sessions_woken_and_killed_lose_nothing_acknowledged() {
         if !kill {
             assert!(node.ctx.faults.arm(&name, Fault::Panic), "armed");
         }
-        let mut unacked = HashMap::new();
-        for k in 0..batch {
-            if kill && k == batch / 2 {
-                inject(&app, &alice, ("session", id.as_str(), name.as_str()), "kill").await;
-            }
-            let cid = format!("m{}", round * batch + k);
-            a.send_to_conv(&cid, &conv, &body_of(&cid)).await;
-            unacked.insert(cid, tokio::time::Instant::now());
-        }
-        a_reconnects += until_acked(&app, &alice, &mut a, &conv, &mut unacked).await;
+        let victim = kill.then_some(("session", id.as_str(), name.as_str()));
+        a_reconnects += send_acked(&app, &alice, &mut a, &conv, round * batch..(round + 1) * batch, victim).await;
         let upto = 1 + ((round + 1) * batch) as i64;
         b_reconnects += read_all(&app, &bob, &mut b, &conv, upto).await;
     }
