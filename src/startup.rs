@@ -249,14 +249,18 @@ async fn start_node(
         None => (Arc::new(InProcessBus::new(&node_id)), None),
     };
     let mut tap = None;
+    let mut chat = repos.chat.clone();
     let bus: Arc<dyn Bus> = if rabbit.is_none() && mount.notifies() {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::notify::TAP_QUEUE);
         tap = Some(rx);
+        // The notify consumer here reads this process's events: each message's own
+        // notification is written with the message instead.
+        chat = chat.with_inline_notifications(config.notify.max_per_user);
         Arc::new(InProcessBus::new(&node_id).with_tap(tx, crate::notify::wants))
     } else {
         bus
     };
-    let mut ctx = NodeCtx::new(node_id, Arc::new(repos.chat.clone()), bus, faults, limits);
+    let mut ctx = NodeCtx::new(node_id, Arc::new(chat), bus, faults, limits);
     if mount.notifies() {
         ctx = ctx.with_notifications(Arc::new(repos.notifications.clone()));
     }

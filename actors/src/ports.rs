@@ -50,6 +50,20 @@ pub struct NewMessage {
 pub struct Appended {
     pub message: StoredMessage,
     pub duplicate: bool,
+    /// The recipient's message notification, when the append's own transaction wrote it
+    /// (one process running notify beside messaging: see [`ChatStore::queue_append`]);
+    /// `None` when the notify consumer makes it from the published event.
+    pub notification: Option<Box<InlineNotification>>,
+}
+
+/// What the append's transaction did to the recipient's notifications: the notification
+/// it changed (`None` when none changed, say the recipient had read past the message
+/// already) and their unread counts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineNotification {
+    pub to: UserId,
+    pub view: Option<NotificationView>,
+    pub unread: Unread,
 }
 
 /// A conversation's identity and counter.
@@ -182,6 +196,11 @@ pub enum Event {
         /// receives the event encodes it there).
         #[serde(skip)]
         frame: Option<std::sync::Arc<str>>,
+        /// The notification this message makes for `to` was written with the message
+        /// itself ([`Appended::notification`]), so the notify consumer leaves it alone.
+        /// Only within one process (never carried across the broker).
+        #[serde(skip)]
+        notified: bool,
     },
     /// A participant's receipt markers moved.
     Receipt { to: UserId, receipt: Receipt },

@@ -25,7 +25,9 @@ use crate::NORMAL_EXIT;
 use crate::codes::ErrorCode;
 use crate::ids::{ConversationId, UserId};
 use crate::node::NodeCtx;
-use crate::ports::{Appended, ConversationInfo, Envelope, Event, NewMessage, Pending, StoreError, StoredMessage};
+use crate::ports::{
+    Appended, ConversationInfo, Envelope, Event, InlineNotification, NewMessage, Pending, StoreError, StoredMessage,
+};
 use crate::protocol::ServerFrame;
 
 /// A send that failed, with a code for the client's `error` frame.
@@ -145,18 +147,29 @@ async fn complete(
                 SendError { code: ErrorCode::Unavailable, message: "storage is unavailable; resend later".into() }
             }
         });
-        if let Ok(appended) = &result {
+        let mut result = result;
+        if let Ok(appended) = &mut result {
             // Encoded once: the same text goes to every connection of both participants.
             let frame: Arc<str> = ServerFrame::Message(appended.message.clone()).to_json().into();
-            for to in participants {
-                let event = Envelope::new(Event::MessageCreated {
+            let notification = appended.notification.take();
+            let notified = notification.as_ref().map(|n| n.to);
+            let mut events: Vec<Event> = participants
+                .iter()
+                .map(|&to| Event::MessageCreated {
                     to,
                     message: appended.message.clone(),
                     frame: Some(frame.clone()),
-                });
-                if let Err(e) = ctx.bus.publish(event).await {
+                    notified: notified == Some(to),
+                })
+                .collect();
+            // The notification the append wrote with the message, after the message.
+            if let Some(InlineNotification { to, view: Some(view), unread }) = notification.map(|n| *n) {
+                events.push(Event::Notification { to, notification: Some(view), unread });
+            }
+            for event in events {
+                if let Err(e) = ctx.bus.publish(Envelope::new(event)).await {
                     // Committed, so not lost: the recipient gets it on the next message
-                    // (gap fill) or on sync.
+                    // (gap fill) or on sync; a notification on the next catch-up.
                     tracing::warn!(room = %name, error = %e, "publish failed");
                 }
             }

@@ -42,8 +42,10 @@ use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 /// that order.
 #[async_trait::async_trait]
 pub trait MessageWrites: Send + Sync + std::fmt::Debug {
-    /// Appends a message (or finds it stored: a resend).
-    async fn append(&self, message: NewMessage) -> Pending<Appended>;
+    /// Appends a message (or finds it stored: a resend); with `notify`, its transaction
+    /// also writes the recipient's message notification, keeping their newest `notify`
+    /// ([`Appended::notification`]).
+    async fn append(&self, message: NewMessage, notify: Option<u64>) -> Pending<Appended>;
     /// Raises a user's delivered and/or read markers.
     async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt>;
 }
@@ -56,6 +58,9 @@ pub struct ChatRepo {
     /// On a SQLite file, the reads of session start and sync (conversations, messages
     /// after a seq) go here, without a thread hand-off ([`Readers`]).
     readers: Option<Arc<Readers>>,
+    /// Each append also writes the recipient's notification, keeping their newest this
+    /// many (one process running notify beside messaging: [`Self::with_inline_notifications`]).
+    inline_notify: Option<u64>,
 }
 
 impl ChatRepo {
@@ -64,7 +69,18 @@ impl ChatRepo {
     pub fn new(db: DatabaseConnection, writes: Arc<dyn MessageWrites>) -> Self {
         let readers = Readers::for_db(&db);
         let sessions = crate::auth::sessions::SessionRepo::sharing(db.clone(), readers.clone());
-        Self { db, writes, sessions, readers }
+        Self { db, writes, sessions, readers, inline_notify: None }
+    }
+
+    /// The same repository writing each message's notification in its append's own
+    /// transaction, keeping each user's newest `keep` notifications: for a process whose
+    /// notify consumer reads its in-process bus, which then leaves those messages alone
+    /// (`Event::MessageCreated::notified`). The notification is then as durable as the
+    /// message (the in-process feed is not), and costs no write, no queue and no consumer
+    /// wake-up of its own. With a broker the notify service makes it from its queue.
+    pub fn with_inline_notifications(mut self, keep: u64) -> Self {
+        self.inline_notify = Some(keep);
+        self
     }
 
     /// The same repository sliding the logins it checks by `lifetimes` (the auth
@@ -537,9 +553,9 @@ pub(crate) async fn append_all(
     for (m, fate) in appends.iter().zip(&fates) {
         out.push(match fate {
             Fate::Refused(e) => Err(e.clone()),
-            Fate::Stored(old) => Ok(Appended { message: (**old).clone(), duplicate: true }),
+            Fate::Stored(old) => Ok(Appended { message: (**old).clone(), duplicate: true, notification: None }),
             Fate::SameAs(j) => match &out[*j] {
-                Ok(first) => Ok(Appended { message: first.message.clone(), duplicate: true }),
+                Ok(first) => Ok(Appended { message: first.message.clone(), duplicate: true, notification: None }),
                 Err(e) => Err(e.clone()),
             },
             Fate::New(n) => {
@@ -566,7 +582,7 @@ pub(crate) async fn append_all(
                 };
                 let stored = to_stored(row.clone())?;
                 rows.push(message::ActiveModel::from(row));
-                Ok(Appended { message: stored, duplicate: false })
+                Ok(Appended { message: stored, duplicate: false, notification: None })
             }
         });
     }
@@ -901,7 +917,7 @@ impl ChatStore for ChatRepo {
     }
 
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {
-        self.writes.append(msg).await
+        self.writes.append(msg, self.inline_notify).await
     }
 
     async fn messages_after(

@@ -84,6 +84,13 @@ impl<'a> Messages<'a> {
         Ok(ok)
     }
 
+    /// The other participant of `m`'s conversation (read by the append before it).
+    pub(crate) fn peer(&self, m: &StoredMessage) -> Option<UserId> {
+        let c = self.conversations.get(&m.conversation_id.0)?.as_ref()?;
+        let sender = m.sender_id.0;
+        c.has(sender).then(|| UserId(if c.low == sender { c.high } else { c.low }))
+    }
+
     /// Appends `m`, or answers a resend with the stored original (one stored by an earlier
     /// write of this batch included: the transaction sees its own rows).
     pub(crate) fn append(&mut self, m: &NewMessage) -> rusqlite::Result<Result<Appended, StoreError>> {
@@ -100,7 +107,7 @@ impl<'a> Messages<'a> {
             return Ok(if old.conversation_id != m.conversation_id {
                 Err(StoreError::Forbidden(REUSED_ID))
             } else {
-                Ok(Appended { message: old, duplicate: true })
+                Ok(Appended { message: old, duplicate: true, notification: None })
             });
         }
         let target = match m.target_id {
@@ -155,7 +162,7 @@ impl<'a> Messages<'a> {
                 .execute(params![m.body, self.now, t.0.as_bytes()])?;
             search::reindex(self.db, rowid, Some(&m.body), (low, high))?;
         }
-        Ok(Ok(Appended { message, duplicate: false }))
+        Ok(Ok(Appended { message, duplicate: false, notification: None }))
     }
 
     /// The message an edit or deletion names, as the transaction sees it, and its rowid

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::ids::UserId;
-use switchboard_actors::ports::{Bus, Envelope, Event};
+use switchboard_actors::ports::{Bus, Envelope, Event, StoredMessage};
 use switchboard_actors::states::{ContactChangeKind, MessageKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
@@ -72,7 +72,9 @@ pub const TAP_QUEUE: usize = 65_536;
 /// and of receipts only a reader's own, which carries their read marker.)
 pub fn wants(event: &Event) -> bool {
     match event {
-        Event::MessageCreated { to, message, .. } => message.sender_id != *to,
+        // Not a message whose notification its append wrote ([`Event::MessageCreated`]'s
+        // `notified`).
+        Event::MessageCreated { to, message, notified, .. } => message.sender_id != *to && !notified,
         Event::Receipt { to, receipt } => receipt.user_id == *to,
         Event::Contact { change, .. } => matches!(
             change.kind,
@@ -395,10 +397,6 @@ impl Notifier {
 /// For an event that makes a notification: its recipient, kind, and the user it is from.
 fn notification_source(event: &Event) -> Option<(UserId, NotificationKind, UserId)> {
     match event {
-        // An edit or deletion changes the notification of its message, if any, but makes none.
-        Event::MessageCreated { to, message, .. } if message.sender_id != *to && !message.kind.is_change() => {
-            Some((*to, NotificationKind::Message, message.sender_id))
-        }
         Event::Contact { to, change } if change.kind == ContactChangeKind::Requested && change.addressee_id == *to => {
             Some((*to, NotificationKind::ContactRequest, change.requester_id))
         }
@@ -412,33 +410,54 @@ fn notification_source(event: &Event) -> Option<(UserId, NotificationKind, UserI
 /// The notification `event` (bus event `event_id`) makes, if any. The sender's names are
 /// added to its payload by the storing transaction ([`NewNotification::from`]).
 fn notification_for(event_id: uuid::Uuid, event: &Event) -> Option<NewNotification> {
+    if let Event::MessageCreated { to, message, .. } = event {
+        return message_notification(event_id, *to, message);
+    }
     let (user, kind, from) = notification_source(event)?;
-    let (conversation_id, seq, payload, prefix) = match event {
-        Event::MessageCreated { message, .. } => {
-            // A file's notification names the file (its body is the file's JSON description).
-            let file_name = (message.kind == MessageKind::File)
-                .then(|| serde_json::from_str::<serde_json::Value>(&message.body).ok())
-                .flatten()
-                .and_then(|d| d["name"].as_str().map(|n| n.chars().take(PREVIEW_CHARS).collect::<String>()));
-            let preview: String = match &file_name {
-                Some(name) => name.clone(),
-                None => message.body.chars().take(PREVIEW_CHARS).collect(),
-            };
-            let mut payload = json!({
-                "message_id": message.id,
-                "sender_id": message.sender_id,
-                "message_kind": message.kind,
-                "preview": preview,
-            });
-            if let Some(name) = file_name {
-                payload["file_name"] = name.into();
-            }
-            (Some(message.conversation_id), Some(message.seq), payload, "sender_")
-        }
-        Event::Contact { change, .. } => (None, None, json!({"request_id": change.request_id, "user_id": from}), ""),
-        _ => return None,
+    let Event::Contact { change, .. } = event else { return None };
+    let payload = json!({"request_id": change.request_id, "user_id": from});
+    Some(NewNotification { user, event_id, kind, conversation_id: None, seq: None, payload, from: Some((from, "")) })
+}
+
+/// The notification a new message makes for `to`: none for its sender, and none for an
+/// edit or deletion (which changes the notification of its message, if any, instead).
+/// Made from the bus event by the notify consumer, or in the append's own transaction
+/// when notify runs in the same process ([`crate::writer`]); `event_id` names its cause.
+pub(crate) fn message_notification(
+    event_id: uuid::Uuid,
+    to: UserId,
+    message: &StoredMessage,
+) -> Option<NewNotification> {
+    if message.sender_id == to || message.kind.is_change() {
+        return None;
+    }
+    // A file's notification names the file (its body is the file's JSON description).
+    let file_name = (message.kind == MessageKind::File)
+        .then(|| serde_json::from_str::<serde_json::Value>(&message.body).ok())
+        .flatten()
+        .and_then(|d| d["name"].as_str().map(|n| n.chars().take(PREVIEW_CHARS).collect::<String>()));
+    let preview: String = match &file_name {
+        Some(name) => name.clone(),
+        None => message.body.chars().take(PREVIEW_CHARS).collect(),
     };
-    Some(NewNotification { user, event_id, kind, conversation_id, seq, payload, from: Some((from, prefix)) })
+    let mut payload = json!({
+        "message_id": message.id,
+        "sender_id": message.sender_id,
+        "message_kind": message.kind,
+        "preview": preview,
+    });
+    if let Some(name) = file_name {
+        payload["file_name"] = name.into();
+    }
+    Some(NewNotification {
+        user: to,
+        event_id,
+        kind: NotificationKind::Message,
+        conversation_id: Some(message.conversation_id),
+        seq: Some(message.seq),
+        payload,
+        from: Some((message.sender_id, "sender_")),
+    })
 }
 
 /// The durable queue of the notify service.
@@ -504,8 +523,8 @@ mod tests {
             state: ContactState::Pending,
         };
         let mut out = vec![
-            Event::MessageCreated { to: ann, message: message.clone(), frame: None },
-            Event::MessageCreated { to: ben, message, frame: None },
+            Event::MessageCreated { to: ann, message: message.clone(), frame: None, notified: false },
+            Event::MessageCreated { to: ben, message, frame: None, notified: false },
             Event::Receipt { to: ann, receipt },
             Event::Receipt { to: ben, receipt },
             Event::Typing { to: ben, conversation_id: receipt.conversation_id, user_id: ann, active: true },
@@ -523,13 +542,28 @@ mod tests {
         let mut taken = 0;
         for event in events() {
             let read_marker = matches!(&event, Event::Receipt { to, receipt } if receipt.user_id == *to);
-            if notification_source(&event).is_some() || read_marker {
+            if notification_for(uuid::Uuid::nil(), &event).is_some() || read_marker {
                 assert!(wants(&event), "{}", event.routing_key());
                 taken += 1;
             }
         }
         // A message to its recipient, a read marker, a request and an acceptance.
         assert_eq!(taken, 4);
+    }
+
+    #[test]
+    fn a_message_whose_append_wrote_its_notification_stays_off_the_tap() {
+        let notified = events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::MessageCreated { to, message, frame, .. } if message.sender_id != to => {
+                    Some(Event::MessageCreated { to, message, frame, notified: true })
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(notified.len(), 1);
+        assert!(!wants(&notified[0]));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sea_orm::{
 use serde_json::Value;
 use switchboard_actors::ids::{ConversationId, UserId};
 use switchboard_actors::notify_stream::NotificationStore;
-use switchboard_actors::ports::{NotificationView, Pending, StoreError, Unread};
+use switchboard_actors::ports::{InlineNotification, NotificationView, Pending, StoreError, Unread};
 use switchboard_actors::states::NotificationKind;
 use uuid::Uuid;
 
@@ -59,6 +59,15 @@ impl NewNotification {
 pub struct Recorded {
     pub stored: Vec<(UserId, NotificationView)>,
     pub unread: HashMap<UserId, Unread>,
+}
+
+impl Recorded {
+    /// What `to` got from recording one message's notification in its append's
+    /// transaction.
+    pub(crate) fn inline(mut self, to: UserId) -> InlineNotification {
+        let view = self.stored.into_iter().find(|(user, _)| *user == to).map(|(_, view)| view);
+        InlineNotification { to, view, unread: self.unread.remove(&to).unwrap_or_default() }
+    }
 }
 
 /// The notification writes that come as often as messages, queued for a group commit

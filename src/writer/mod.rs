@@ -58,6 +58,15 @@ impl<T, R> Job<T, R> {
     }
 }
 
+/// An append, and whether its transaction also writes the recipient's message
+/// notification (keeping their newest `keep`), as one process running notify beside
+/// messaging does: the notification is then as durable as the message, and costs no write
+/// of its own.
+pub(crate) struct Appending {
+    pub(crate) message: NewMessage,
+    pub(crate) notify: Option<u64>,
+}
+
 /// A run of notifications, deduplicated by event and capped at `keep` per user.
 pub(crate) struct Record {
     pub(crate) news: Vec<NewNotification>,
@@ -73,7 +82,7 @@ pub(crate) struct ReadUpTo {
 
 /// A write the committer performs inside a group transaction, with its typed answer.
 pub(crate) enum Write {
-    Append(Job<NewMessage, Appended>),
+    Append(Job<Appending, Appended>),
     Receipt(Job<RaiseReceipt, Receipt>),
     /// Answered with what was stored and the users' unread counts.
     Notifications(Job<Record, Recorded>),
@@ -167,8 +176,8 @@ impl Committer {
 
 #[async_trait::async_trait]
 impl MessageWrites for Committer {
-    async fn append(&self, message: NewMessage) -> Pending<Appended> {
-        self.queue(message, Write::Append).await
+    async fn append(&self, message: NewMessage, notify: Option<u64>) -> Pending<Appended> {
+        self.queue(Appending { message, notify }, Write::Append).await
     }
 
     async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt> {
@@ -272,11 +281,12 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
     let appends: Vec<&NewMessage> = writes
         .iter()
         .filter_map(|w| match w {
-            Write::Append(j) => Some(&j.input),
+            Write::Append(j) => Some(&j.input.message),
             _ => None,
         })
         .collect();
     let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?.into_iter();
+    let mut peers = Peers::default();
     let receipts: Vec<&RaiseReceipt> = writes
         .iter()
         .filter_map(|w| match w {
@@ -287,7 +297,16 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
     let mut raised = crate::messaging::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
     for write in writes.iter_mut() {
         match write {
-            Write::Append(j) => j.result = appended.next(),
+            Write::Append(j) => {
+                j.result = appended.next();
+                if let (Some(keep), Some(Ok(appended))) = (j.input.notify, &mut j.result) {
+                    let to = peers.of(&txn, appended).await?;
+                    if let Some(new) = inline_notification(appended, to) {
+                        let recorded = crate::notify::repo::record_in_txn(&txn, &[new], keep, now).await?;
+                        appended.notification = to.map(|to| Box::new(recorded.inline(to)));
+                    }
+                }
+            }
             Write::Receipt(j) => j.result = raised.next(),
             Write::Notifications(j) => {
                 let Record { news, keep } = &j.input;
@@ -302,4 +321,36 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
     }
     txn.commit().await?;
     Ok(())
+}
+
+/// The recipient's notification of a message just stored (its append's own, in the same
+/// transaction), if it makes one: none for a resend (its first append made it), for an
+/// edit or deletion, or without a recipient.
+fn inline_notification(appended: &Appended, to: Option<UserId>) -> Option<NewNotification> {
+    if appended.duplicate {
+        return None;
+    }
+    let message = &appended.message;
+    crate::notify::message_notification(message.id.0, to?, message)
+}
+
+/// The other participant of each conversation a batch appended to (sea-orm: read once
+/// per conversation and batch).
+#[derive(Default)]
+struct Peers(std::collections::HashMap<ConversationId, Option<[UserId; 2]>>);
+
+impl Peers {
+    async fn of(&mut self, txn: &sea_orm::DatabaseTransaction, appended: &Appended) -> Result<Option<UserId>, DbErr> {
+        use sea_orm::EntityTrait;
+        let m = &appended.message;
+        let pair = match self.0.entry(m.conversation_id) {
+            std::collections::hash_map::Entry::Occupied(known) => *known.get(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let found =
+                    crate::storage::entities::conversation::Entity::find_by_id(m.conversation_id.0).one(txn).await?;
+                *slot.insert(found.map(|c| [UserId(c.user_low), UserId(c.user_high)]))
+            }
+        };
+        Ok(pair.and_then(|pair| pair.into_iter().find(|u| *u != m.sender_id)))
+    }
 }

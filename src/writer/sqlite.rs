@@ -291,7 +291,17 @@ fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rus
     let mut notifications = Notifications::new(&txn, now);
     for write in writes.iter_mut() {
         match write {
-            Write::Append(j) => j.result = Some(messages.append(&j.input)?),
+            Write::Append(j) => {
+                let mut result = messages.append(&j.input.message)?;
+                if let (Some(keep), Ok(appended)) = (j.input.notify, &mut result) {
+                    let to = messages.peer(&appended.message);
+                    if let Some(new) = super::inline_notification(appended, to) {
+                        let recorded = notifications.record(&[new], keep)?;
+                        appended.notification = to.map(|to| Box::new(recorded.inline(to)));
+                    }
+                }
+                j.result = Some(result);
+            }
             Write::Receipt(j) => j.result = Some(messages.raise_receipt(&j.input)?),
             Write::Notifications(j) => {
                 let Record { news, keep } = &j.input;

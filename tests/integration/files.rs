@@ -340,15 +340,16 @@ async fn hole_path_traversal_through_file_names_and_other_bad_uploads() {
     assert!(!parent.join("etc").exists());
 }
 
-/// A `switchboard` process of the test's own, so its memory can be measured alone.
-struct ServerProcess {
+/// A `switchboard` process of the test's own, so its memory can be measured alone (or it
+/// can be killed).
+pub(crate) struct ServerProcess {
     child: Child,
-    addr: std::net::SocketAddr,
+    pub(crate) addr: std::net::SocketAddr,
     http: reqwest::Client,
 }
 
 impl ServerProcess {
-    fn start(dir: &Path, addr: Option<std::net::SocketAddr>) -> ServerProcess {
+    pub(crate) fn start(dir: &Path, addr: Option<std::net::SocketAddr>) -> ServerProcess {
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
@@ -398,7 +399,8 @@ impl ServerProcess {
         std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
     }
 
-    fn kill(mut self) {
+    /// SIGKILL, and waits for the process to be gone.
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
