@@ -1,6 +1,8 @@
 //! The bus bridge: receives the events for users with sessions on this node and hands
-//! each to every session of its user. With RabbitMQ it is fed by the node's consumer;
-//! with the in-process bus ([`InProcessBus`]) publishing sends straight to it.
+//! each to every session of its user. The buses do the same themselves once their node
+//! is attached ([`LocalDelivery`]: the same [`dispatch`], inside `publish` and, with
+//! RabbitMQ, inside the consumer), so an event is in its sessions' mailboxes when that
+//! call returns; the bridge takes what comes before that, and the resyncs.
 
 use std::sync::Arc;
 
@@ -113,11 +115,46 @@ fn resync(ctx: &Arc<NodeCtx>) -> usize {
     n
 }
 
-/// The bus of a single process: publishing hands the event to this node's bridge, and
-/// to the tap, if any (the in-process notify consumer).
+/// The bus of a single process: publishing hands the event to this node's sessions
+/// ([`dispatch`], as the bridge would, without the hop through its mailbox), and to the
+/// tap, if any (the in-process notify consumer).
 pub struct InProcessBus {
-    node_id: String,
+    local: LocalDelivery,
     tap: Option<Tap>,
+}
+
+/// Delivery of events to the sessions of one node in this process: [`dispatch`] inside
+/// the caller, once the node is attached ([`Bus::attach`]), so an event is in its
+/// sessions' mailboxes when the call returns; before that, through the node's bridge
+/// ([`deliver_local`]). Both buses use it for their own node.
+pub struct LocalDelivery {
+    node_id: String,
+    /// The node, once started; weak, as the node holds its bus.
+    node: std::sync::OnceLock<std::sync::Weak<NodeCtx>>,
+}
+
+impl LocalDelivery {
+    pub fn new(node_id: &str) -> Self {
+        Self { node_id: node_id.to_owned(), node: std::sync::OnceLock::new() }
+    }
+
+    /// Hands `envelope` to the node's sessions (and notification streams).
+    pub fn deliver(&self, envelope: Envelope) -> Result<(), BusError> {
+        match self.node.get().and_then(std::sync::Weak::upgrade) {
+            Some(ctx) => {
+                dispatch(&ctx, envelope.event);
+                Ok(())
+            }
+            None => deliver_local(&self.node_id, envelope),
+        }
+    }
+
+    /// From now on, delivers to `node` directly (if it is this delivery's node).
+    pub fn attach(&self, node: &Arc<NodeCtx>) {
+        if node.node_id == self.node_id {
+            let _ = self.node.set(Arc::downgrade(node));
+        }
+    }
 }
 
 /// A bounded queue of the events a consumer wants. Bounded: when the consumer falls
@@ -131,7 +168,7 @@ struct Tap {
 impl InProcessBus {
     /// The bus for the node with this id.
     pub fn new(node_id: &str) -> Self {
-        Self { node_id: node_id.to_owned(), tap: None }
+        Self { local: LocalDelivery::new(node_id), tap: None }
     }
 
     /// Also sends every published event that `wants` accepts to `tap`. The consumer must
@@ -155,7 +192,11 @@ impl Bus for InProcessBus {
             // A closed tap (consumer stopped) drops the copy; local delivery goes on.
             let _ = tap.tx.send(envelope.clone()).await;
         }
-        deliver_local(&self.node_id, envelope)
+        self.local.deliver(envelope)
+    }
+
+    fn attach(&self, node: &Arc<NodeCtx>) {
+        self.local.attach(node);
     }
 
     async fn bind_user(&self, _user: UserId) -> Result<(), BusError> {

@@ -337,6 +337,7 @@ impl Node {
     /// Starts the supervision tree.
     pub async fn start(ctx: NodeCtx) -> Result<Self, SpawnErr> {
         let ctx = Arc::new(ctx);
+        ctx.bus.attach(&ctx);
         let child_policy = RestartPolicy::default();
         let mut initial: Vec<(String, Arc<dyn ChildSpec>)> = SUPERVISORS
             .iter()

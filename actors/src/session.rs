@@ -460,6 +460,10 @@ pub enum SessionMsg {
     /// Hibernate if idle long enough and nothing is in flight (offered by the socket's
     /// heartbeat).
     Park,
+    /// A frame for the socket, in turn: a send's answer, queued after the sender's own
+    /// copy of the message (published before the answer), so both usually leave in one
+    /// socket write.
+    Answer(Box<ServerFrame>),
 }
 
 pub struct SessionActor;
@@ -610,6 +614,9 @@ impl Actor for SessionActor {
                     tracing::debug!(conn = %state.conn.id, "session hibernates");
                     myself.stop(Some(NORMAL_EXIT.to_owned()));
                 }
+            }
+            SessionMsg::Answer(frame) => {
+                state.conn.push(&frame);
             }
             SessionMsg::Closed => {
                 Box::pin(state.close()).await;
@@ -938,7 +945,10 @@ impl SessionState {
                     )
                 }
             };
-            conn.push(&frame);
+            // Through the session's mailbox (so after the own copy); directly if it has none.
+            if conn.send(&ctx, SessionMsg::Answer(Box::new(frame.clone()))).is_err() {
+                conn.push(&frame);
+            }
         });
     }
 

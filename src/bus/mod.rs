@@ -38,7 +38,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use switchboard_actors::bridge::{deliver_local, resync_sessions};
+use switchboard_actors::bridge::resync_sessions;
 use switchboard_actors::ids::UserId;
 use switchboard_actors::ports::{Bus, BusError, Envelope};
 
@@ -109,6 +109,8 @@ pub(crate) struct Inner {
     binder: mpsc::UnboundedSender<BindOp>,
     /// Encoded events for the batcher.
     outbox: mpsc::Sender<Queued>,
+    /// This node's sessions.
+    local: switchboard_actors::bridge::LocalDelivery,
     pub(crate) stats: BusStats,
     pub(crate) stop: CancellationToken,
 }
@@ -165,6 +167,7 @@ impl RabbitBus {
             bindings: Mutex::new(HashMap::new()),
             binder,
             outbox,
+            local: switchboard_actors::bridge::LocalDelivery::new(node_id),
             stats: BusStats::default(),
             stop: CancellationToken::new(),
         });
@@ -224,7 +227,7 @@ impl Bus for RabbitBus {
         let inner = &self.inner;
         let out = Outgoing::encode(&envelope)?;
         // This node's own sessions first: no round trip, and no dependency on the broker.
-        if let Err(e) = deliver_local(&inner.node_id, envelope) {
+        if let Err(e) = inner.local.deliver(envelope) {
             tracing::debug!(error = %e, "local delivery failed");
         }
         if !self.is_connected() {
@@ -241,6 +244,10 @@ impl Bus for RabbitBus {
 
     async fn unbind_user(&self, user: UserId) -> Result<(), BusError> {
         self.change(user, false).await
+    }
+
+    fn attach(&self, node: &Arc<switchboard_actors::node::NodeCtx>) {
+        self.inner.local.attach(node);
     }
 }
 
@@ -590,7 +597,7 @@ async fn handle_delivery(inner: &Inner, delivery: &Delivery) -> bool {
     let decoded = batch::decode(&delivery.data);
     inner.stats.received.fetch_add(decoded.envelopes.len() as u64, Ordering::Relaxed);
     for envelope in decoded.envelopes {
-        if let Err(e) = deliver_local(&inner.node_id, envelope) {
+        if let Err(e) = inner.local.deliver(envelope) {
             // The sessions catch up from the database on their next message or sync.
             tracing::debug!(error = %e, "delivery to the bridge failed");
         }
