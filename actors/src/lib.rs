@@ -22,7 +22,9 @@
 //! - [`room`]: [`room::RoomActor`], which commits a conversation's messages and fans them out.
 //! - [`transfer`]: [`transfer::TransferActor`]: progress of an upload, then assembly and
 //!   the `file` message.
-//! - [`bridge`]: [`bridge::BusBridge`], which hands bus events to local sessions.
+//! - [`bridge`]: [`bridge::dispatch`], which hands bus events to local sessions (called by
+//!   the buses themselves once their node is attached, [`bridge::LocalDelivery`]), and
+//!   [`bridge::BusBridge`], which does it for events that come before that and runs resyncs.
 //! - [`node`]: [`node::Node`], the handle the web layer uses: start the tree, open
 //!   sessions, find rooms, read supervisor statistics.
 //! - [`notify_stream`]: [`notify_stream::NotificationStreamActor`], which feeds a user's

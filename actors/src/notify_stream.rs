@@ -51,7 +51,7 @@ pub enum StreamMsg {
     /// A new stream that has everything up to `after`, opened with a token of the login
     /// session `login` (revoking it ends the stream).
     Attach { tx: mpsc::Sender<StreamItem>, after: i64, login: uuid::Uuid },
-    /// A notification event for this user, from the bus bridge.
+    /// A notification event for this user, from the bus ([`crate::bridge::dispatch`]).
     Event(Box<Event>),
     /// Periodic: drop closed streams; stop when none has been open for a while.
     Tick,

@@ -367,8 +367,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn bind_user(&self, user: UserId) -> Result<(), BusError>;
     /// A session of `user` on this node closed; the bus unbinds after the last one.
     async fn unbind_user(&self, user: UserId) -> Result<(), BusError>;
-    /// The node this bus serves, once started (`Node::start`). The in-process bus then
-    /// hands each event to the node's sessions itself, inside `publish`; others need not
-    /// know.
+    /// The node this bus serves, once started (`Node::start`). Both buses then hand the
+    /// node's own events to its sessions themselves ([`crate::bridge::LocalDelivery`]):
+    /// inside `publish` and, with RabbitMQ, inside the consumer.
     fn attach(&self, _node: &std::sync::Arc<crate::node::NodeCtx>) {}
 }

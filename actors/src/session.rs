@@ -443,7 +443,7 @@ impl ConnHandle {
 pub enum SessionMsg {
     /// A text frame from the client.
     Frame(String),
-    /// An event for this user, from the bus bridge.
+    /// An event for this user, from the bus ([`crate::bridge::dispatch`]).
     Event(Box<Event>),
     /// The socket closed: leave, announce, stop.
     Closed,

@@ -599,7 +599,7 @@ async fn handle_delivery(inner: &Inner, delivery: &Delivery) -> bool {
     for envelope in decoded.envelopes {
         if let Err(e) = inner.local.deliver(envelope) {
             // The sessions catch up from the database on their next message or sync.
-            tracing::debug!(error = %e, "delivery to the bridge failed");
+            tracing::debug!(error = %e, "local delivery failed");
         }
     }
     if decoded.unreadable == 0 {

@@ -15,7 +15,9 @@
 //!   send, in batches, the events it [`wants`]; a batch is acked after its events are
 //!   stored, so while the service is down events wait in the queue and it catches up when
 //!   it returns. A redelivered event changes nothing (docs/broker.md).
-//! - With the in-process bus (one process) it reads a tap of every published event.
+//! - With the in-process bus (one process) it reads a tap of the published events it
+//!   wants, but for the messages whose notification their append already wrote
+//!   (`notified`: [`crate::messaging::chat::ChatRepo::with_inline_notifications`]).
 //!
 //! What makes a notification: messages to you from someone else (`message`, one per
 //! conversation, updated in place), a contact request to you (`contact_request`), your

@@ -285,8 +285,9 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
             _ => None,
         })
         .collect();
-    let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?.into_iter();
-    let mut peers = Peers::default();
+    let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?;
+    record_inline(&txn, writes, &mut appended, now).await?;
+    let mut appended = appended.into_iter();
     let receipts: Vec<&RaiseReceipt> = writes
         .iter()
         .filter_map(|w| match w {
@@ -297,16 +298,7 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
     let mut raised = crate::messaging::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
     for write in writes.iter_mut() {
         match write {
-            Write::Append(j) => {
-                j.result = appended.next();
-                if let (Some(keep), Some(Ok(appended))) = (j.input.notify, &mut j.result) {
-                    let to = peers.of(&txn, appended).await?;
-                    if let Some(new) = inline_notification(appended, to) {
-                        let recorded = crate::notify::repo::record_in_txn(&txn, &[new], keep, now).await?;
-                        appended.notification = to.map(|to| Box::new(recorded.inline(to)));
-                    }
-                }
-            }
+            Write::Append(j) => j.result = appended.next(),
             Write::Receipt(j) => j.result = raised.next(),
             Write::Notifications(j) => {
                 let Record { news, keep } = &j.input;
@@ -326,12 +318,55 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
 /// The recipient's notification of a message just stored (its append's own, in the same
 /// transaction), if it makes one: none for a resend (its first append made it), for an
 /// edit or deletion, or without a recipient.
-fn inline_notification(appended: &Appended, to: Option<UserId>) -> Option<NewNotification> {
+fn inline_notification(appended: &Appended, to: UserId) -> Option<NewNotification> {
     if appended.duplicate {
         return None;
     }
     let message = &appended.message;
-    crate::notify::message_notification(message.id.0, to?, message)
+    crate::notify::message_notification(message.id.0, to, message)
+}
+
+/// Records the inline notifications of a batch's appends (those queued with `notify`)
+/// together, in one `record_in_txn` (a fixed number of statements however many: one
+/// call per append would be that many round trips inside the transaction). Each such
+/// append gets the recipient's counts after the batch; the notification view goes with
+/// the batch's last message of its (recipient, conversation), which it stands for.
+async fn record_inline(
+    txn: &sea_orm::DatabaseTransaction,
+    writes: &[Write],
+    appended: &mut [Result<Appended, StoreError>],
+    now: i64,
+) -> Result<(), DbErr> {
+    let mut peers = Peers::default();
+    let mut news = Vec::new();
+    let mut keep = None;
+    let appends = writes.iter().filter_map(|w| match w {
+        Write::Append(j) => Some(j.input.notify),
+        _ => None,
+    });
+    for (i, notify) in appends.enumerate() {
+        let (Some(notify), Some(Ok(a))) = (notify, appended.get(i)) else { continue };
+        let Some(to) = peers.of(txn, a).await? else { continue };
+        if let Some(new) = inline_notification(a, to) {
+            keep = Some(keep.map_or(notify, |k: u64| k.min(notify)));
+            news.push((i, to, new));
+        }
+    }
+    let Some(keep) = keep else { return Ok(()) };
+    let only: Vec<NewNotification> = news.iter().map(|(_, _, new)| new.clone()).collect();
+    let mut recorded = crate::notify::repo::record_in_txn(txn, &only, keep, now).await?;
+    for (i, to, new) in news.into_iter().rev() {
+        let view = recorded
+            .stored
+            .iter()
+            .position(|(user, view)| *user == to && view.conversation_id == new.conversation_id)
+            .map(|at| recorded.stored.remove(at).1);
+        let unread = recorded.unread.get(&to).cloned().unwrap_or_default();
+        if let Some(Ok(a)) = appended.get_mut(i) {
+            a.notification = Some(Box::new(switchboard_actors::ports::InlineNotification { to, view, unread }));
+        }
+    }
+    Ok(())
 }
 
 /// The other participant of each conversation a batch appended to (sea-orm: read once

@@ -294,10 +294,12 @@ fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rus
             Write::Append(j) => {
                 let mut result = messages.append(&j.input.message)?;
                 if let (Some(keep), Ok(appended)) = (j.input.notify, &mut result) {
-                    let to = messages.peer(&appended.message);
-                    if let Some(new) = super::inline_notification(appended, to) {
+                    // One message at a time: here a statement is a call on this thread.
+                    if let Some(to) = messages.peer(&appended.message)
+                        && let Some(new) = super::inline_notification(appended, to)
+                    {
                         let recorded = notifications.record(&[new], keep)?;
-                        appended.notification = to.map(|to| Box::new(recorded.inline(to)));
+                        appended.notification = Some(Box::new(recorded.inline(to)));
                     }
                 }
                 j.result = Some(result);

@@ -192,8 +192,8 @@ async fn blocking_hides_the_blocker_and_stops_everything() {
     // let through, is published inside the typing frame's handler. His own read marker
     // coming back means the receipt's task has published to him; it publishes to the peer
     // (were that allowed) right after, with nothing to wait for in between (the
-    // in-process bus hands an event to the node's one bridge at once, and this test's
-    // runtime has one thread), so both are in the bridge's queue before Ben sees his.
+    // in-process bus puts an event in the recipients' session mailboxes inside
+    // `publish`), so both are queued before Ben sees his.
     b.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
     b.send(json!({"type": "read", "conversation_id": conv, "seq": 1})).await;
     b.send(json!({"type": "ping"})).await;
@@ -203,9 +203,9 @@ async fn blocking_hides_the_blocker_and_stops_everything() {
             && c.others.iter().any(|f| f["type"] == "receipt" && f["user_id"] == ben_id.as_str() && f["read_seq"] == 1)
     })
     .await;
-    // The sentinel: Ann's own read marker, published only now, through the same bridge
-    // (first in, first out) to her session (first in, first out), so it reaches her socket
-    // after anything of Ben's above would have.
+    // The sentinel: Ann's own read marker, published only now, into her session's mailbox
+    // (first in, first out), so it reaches her socket after anything of Ben's above would
+    // have.
     a.send(json!({"type": "read", "conversation_id": conv, "seq": 1})).await;
     let ann_id = ann.id.clone();
     a.read_until("Ann's own read marker", move |c| {

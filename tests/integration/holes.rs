@@ -55,9 +55,8 @@ async fn hole_identity_taken_from_a_client_sent_field() {
     // Bob got nothing from "Alice". Sentinel: the real Alice messages Bob now. Had the
     // spoof been accepted, its message would have been published before Mallory got her
     // answer (a room publishes, then answers), so before the sentinel was even sent; and
-    // on one node every event for Bob goes through the one bus bridge and his session's
-    // mailbox, both first in first out, and his session queues them to his socket in that
-    // order. So anything the spoof caused reaches Bob before the sentinel does.
+    // on one node every event for Bob goes into his session's mailbox inside `publish`,
+    // first in first out, and his session queues them to his socket in that order. So anything the spoof caused reaches Bob before the sentinel does.
     let mut alice_ws = Client::connect(&app, &alice).await;
     alice_ws.send_to_user("sentinel", &bob_id, "the real alice").await;
     alice_ws.read_until("the sentinel's ack", |c| c.acks.contains_key("sentinel")).await;
@@ -602,7 +601,7 @@ async fn hole_alternating_typing_frames_pass_the_throttle() {
         alice_ws.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
     }
     // A message sent after the typing frames reaches Bob after every typing event they
-    // caused (same session, same bridge, in order): then count.
+    // caused (same session, same mailbox, in order): then count.
     alice_ws.send_to_conv("after", &conv, "after").await;
     bob_ws.read_until("the message after the typing frames", |c| c.messages.len() == 2).await;
     let secs = started.elapsed().as_secs() + 1;
