@@ -277,7 +277,8 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
     }
     let now = crate::now_ms();
     // Appends first (a receipt in the same batch may count one of them), then every
-    // receipt at once (two statements for the batch), then notifications in queue order.
+    // receipt at once (two statements for the batch), then notifications in queue order,
+    // then the appends' own notifications.
     let appends: Vec<&NewMessage> = writes
         .iter()
         .filter_map(|w| match w {
@@ -285,9 +286,7 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
             _ => None,
         })
         .collect();
-    let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?;
-    record_inline(&txn, writes, &mut appended, now).await?;
-    let mut appended = appended.into_iter();
+    let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?.into_iter();
     let receipts: Vec<&RaiseReceipt> = writes
         .iter()
         .filter_map(|w| match w {
@@ -311,6 +310,9 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
             }
         }
     }
+    // Last, so the counts they carry are the transaction's final ones (after the batch's
+    // read markers and notification writes), and `bump` sees the read markers raised.
+    record_inline(&txn, writes, now).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -331,28 +333,27 @@ fn inline_notification(appended: &Appended, to: UserId) -> Option<NewNotificatio
 /// call per append would be that many round trips inside the transaction). Each such
 /// append gets the recipient's counts after the batch; the notification view goes with
 /// the batch's last message of its (recipient, conversation), which it stands for.
-async fn record_inline(
-    txn: &sea_orm::DatabaseTransaction,
-    writes: &[Write],
-    appended: &mut [Result<Appended, StoreError>],
-    now: i64,
-) -> Result<(), DbErr> {
+async fn record_inline(txn: &sea_orm::DatabaseTransaction, writes: &mut [Write], now: i64) -> Result<(), DbErr> {
     let mut peers = Peers::default();
     let mut news = Vec::new();
     let mut keep = None;
-    let appends = writes.iter().filter_map(|w| match w {
-        Write::Append(j) => Some(j.input.notify),
-        _ => None,
-    });
-    for (i, notify) in appends.enumerate() {
-        let (Some(notify), Some(Ok(a))) = (notify, appended.get(i)) else { continue };
+    let mut appended: Vec<&mut Appended> = writes
+        .iter_mut()
+        .filter_map(|w| match w {
+            Write::Append(Job { input: Appending { notify: Some(notify), .. }, result: Some(Ok(a)), .. }) => {
+                keep = Some(keep.map_or(*notify, |k: u64| k.min(*notify)));
+                Some(a)
+            }
+            _ => None,
+        })
+        .collect();
+    for (i, a) in appended.iter().enumerate() {
         let Some(to) = peers.of(txn, a).await? else { continue };
         if let Some(new) = inline_notification(a, to) {
-            keep = Some(keep.map_or(notify, |k: u64| k.min(notify)));
             news.push((i, to, new));
         }
     }
-    let Some(keep) = keep else { return Ok(()) };
+    let Some(keep) = keep.filter(|_| !news.is_empty()) else { return Ok(()) };
     let only: Vec<NewNotification> = news.iter().map(|(_, _, new)| new.clone()).collect();
     let mut recorded = crate::notify::repo::record_in_txn(txn, &only, keep, now).await?;
     for (i, to, new) in news.into_iter().rev() {
@@ -362,7 +363,7 @@ async fn record_inline(
             .position(|(user, view)| *user == to && view.conversation_id == new.conversation_id)
             .map(|at| recorded.stored.remove(at).1);
         let unread = recorded.unread.get(&to).cloned().unwrap_or_default();
-        if let Some(Ok(a)) = appended.get_mut(i) {
+        if let Some(a) = appended.get_mut(i) {
             a.notification = Some(Box::new(switchboard_actors::ports::InlineNotification { to, view, unread }));
         }
     }

@@ -156,8 +156,19 @@ fn numbers(notifications: &[Value]) -> Vec<i64> {
 }
 
 #[tokio::test]
-async fn messages_and_contact_requests_notify_and_reading_clears_them() {
-    let app = app().await;
+async fn messages_and_contact_requests_notify_and_reading_clears_them_sqlite() {
+    messages_and_contact_requests_notify_and_reading_clears_them(crate::helpers::Backend::Sqlite).await;
+}
+
+/// On PostgreSQL in one process a batch's message notifications are recorded together
+/// (`writer::record_inline`): the same behaviour.
+#[tokio::test]
+async fn messages_and_contact_requests_notify_and_reading_clears_them_postgres() {
+    messages_and_contact_requests_notify_and_reading_clears_them(crate::helpers::Backend::Postgres).await;
+}
+
+async fn messages_and_contact_requests_notify_and_reading_clears_them(backend: crate::helpers::Backend) {
+    let app = spawn_app_with(backend, |c| c.fault_injection = true).await;
     let (alice, bob, bob_id) = alice_and_bob(&app).await;
     // Bob was asked, Alice was accepted.
     let n = eventually("contact notifications", || async {
