@@ -51,8 +51,9 @@ pub struct Appended {
     pub message: StoredMessage,
     pub duplicate: bool,
     /// The recipient's message notification, when the append's own transaction wrote it
-    /// (one process running notify beside messaging: see [`ChatStore::queue_append`]);
-    /// `None` when the notify consumer makes it from the published event.
+    /// (one process running notify beside messaging: the main crate's
+    /// `ChatRepo::with_inline_notifications`); `None` when the notify consumer makes it
+    /// from the published event.
     pub notification: Option<Box<InlineNotification>>,
 }
 
