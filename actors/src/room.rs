@@ -153,20 +153,18 @@ async fn complete(
             let frame: Arc<str> = ServerFrame::Message(appended.message.clone()).to_json().into();
             let notification = appended.notification.take();
             let notified = notification.as_ref().map(|n| n.to);
-            let mut events: Vec<Event> = participants
-                .iter()
-                .map(|&to| Event::MessageCreated {
-                    to,
-                    message: appended.message.clone(),
-                    frame: Some(frame.clone()),
-                    notified: notified == Some(to),
-                })
-                .collect();
+            let messages = participants.map(|to| Event::MessageCreated {
+                to,
+                message: appended.message.clone(),
+                frame: Some(frame.clone()),
+                notified: notified == Some(to),
+            });
             // The notification the append wrote with the message, after the message.
-            if let Some(InlineNotification { to, view: Some(view), unread }) = notification.map(|n| *n) {
-                events.push(Event::Notification { to, notification: Some(view), unread });
-            }
-            for event in events {
+            let note = notification.and_then(|n| {
+                let InlineNotification { to, view, unread } = *n;
+                view.map(|view| Event::Notification { to, notification: Some(view), unread })
+            });
+            for event in messages.into_iter().chain(note) {
                 if let Err(e) = ctx.bus.publish(Envelope::new(event)).await {
                     // Committed, so not lost: the recipient gets it on the next message
                     // (gap fill) or on sync; a notification on the next catch-up.

@@ -463,7 +463,7 @@ pub enum SessionMsg {
     /// A frame for the socket, in turn: a send's answer, queued after the sender's own
     /// copy of the message (published before the answer), so both usually leave in one
     /// socket write.
-    Answer(Box<ServerFrame>),
+    Answer(Arc<str>),
 }
 
 pub struct SessionActor;
@@ -616,7 +616,7 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::Answer(frame) => {
-                state.conn.push(&frame);
+                state.conn.push_encoded(&frame);
             }
             SessionMsg::Closed => {
                 Box::pin(state.close()).await;
@@ -946,8 +946,9 @@ impl SessionState {
                 }
             };
             // Through the session's mailbox (so after the own copy); directly if it has none.
-            if conn.send(&ctx, SessionMsg::Answer(Box::new(frame.clone()))).is_err() {
-                conn.push(&frame);
+            let frame: Arc<str> = frame.to_json().into();
+            if conn.send(&ctx, SessionMsg::Answer(frame.clone())).is_err() {
+                conn.push_encoded(&frame);
             }
         });
     }
