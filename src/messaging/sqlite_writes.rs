@@ -20,7 +20,7 @@ use crate::messaging::chat::{MESSAGE_COLUMNS, REUSED_ID, RaiseReceipt, Target, c
 use crate::messaging::search;
 use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 
-/// A conversation as the batch sees it: its participants and its counter, raised by the
+/// A conversation as the writer sees it: its participants and its counter, raised by a
 /// batch's appends and written back once before the commit.
 struct Conversation {
     low: Uuid,
@@ -35,41 +35,67 @@ impl Conversation {
     }
 }
 
-/// One batch transaction's message writes, and what they read (conversations, contact
-/// rules), each read once per batch.
+/// What the writer has read of conversations and contact rules. It is kept from batch to
+/// batch while no other connection writes the database (the writer's cache rule,
+/// [`crate::writer`]'s `sqlite` module): its own writes keep it current.
+#[derive(Default)]
+pub(crate) struct Known {
+    conversations: HashMap<Uuid, Option<Conversation>>,
+    allowed: HashMap<(Uuid, Uuid), bool>,
+    /// Receipt markers by (conversation, user): delivered and read seqs (`None`: no row).
+    receipts: HashMap<(Uuid, Uuid), Option<(i64, i64)>>,
+}
+
+impl Known {
+    /// Entries held (to bound the memory it takes).
+    pub(crate) fn len(&self) -> usize {
+        self.conversations.len() + self.allowed.len() + self.receipts.len()
+    }
+}
+
+/// One batch transaction's message writes, reading conversations and contact rules
+/// through `known` (each read once, then kept).
 pub(crate) struct Messages<'a> {
     db: &'a Connection,
     now: i64,
-    conversations: HashMap<Uuid, Option<Conversation>>,
-    allowed: HashMap<(Uuid, Uuid), bool>,
+    known: &'a mut Known,
+    /// The conversations whose counters this batch raised.
+    raised: Vec<Uuid>,
 }
 
 const NOT_FOUND: StoreError = StoreError::NotFound;
 
 impl<'a> Messages<'a> {
-    /// The message writes of the transaction open on `db`, at `now`.
-    pub(crate) fn new(db: &'a Connection, now: i64) -> Self {
-        Self { db, now, conversations: HashMap::new(), allowed: HashMap::new() }
+    /// The message writes of the transaction open on `db`, at `now`, with what the writer
+    /// knows already. The caller forgets `known` if the transaction does not commit.
+    pub(crate) fn new(db: &'a Connection, now: i64, known: &'a mut Known) -> Self {
+        Self { db, now, known, raised: Vec::new() }
     }
 
     fn conversation(&mut self, id: Uuid) -> rusqlite::Result<Option<&mut Conversation>> {
-        if !self.conversations.contains_key(&id) {
-            let found = self
-                .db
-                .prepare_cached("SELECT user_low, user_high, last_seq FROM conversations WHERE id = ?1")?
-                .query_row(params![id.as_bytes()], |r| {
-                    Ok(Conversation { low: uuid_at(r, 0)?, high: uuid_at(r, 1)?, last_seq: r.get(2)?, raised: false })
-                })
-                .optional()?;
-            self.conversations.insert(id, found);
-        }
-        Ok(self.conversations.get_mut(&id).and_then(Option::as_mut))
+        let found = match self.known.conversations.entry(id) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
+                self.db
+                    .prepare_cached("SELECT user_low, user_high, last_seq FROM conversations WHERE id = ?1")?
+                    .query_row(params![id.as_bytes()], |r| {
+                        Ok(Conversation {
+                            low: uuid_at(r, 0)?,
+                            high: uuid_at(r, 1)?,
+                            last_seq: r.get(2)?,
+                            raised: false,
+                        })
+                    })
+                    .optional()?,
+            ),
+        };
+        Ok(found.as_mut())
     }
 
     /// The one messaging rule ([`crate::contacts::repo::messageable_pairs`]): an accepted contact
     /// and no block either way.
     fn may_message(&mut self, low: Uuid, high: Uuid) -> rusqlite::Result<bool> {
-        if let Some(&ok) = self.allowed.get(&(low, high)) {
+        if let Some(&ok) = self.known.allowed.get(&(low, high)) {
             return Ok(ok);
         }
         let ok = self
@@ -80,13 +106,13 @@ impl<'a> Messages<'a> {
                  OR (b.blocker_id = ?2 AND b.blocked_id = ?1))",
             )?
             .exists(params![low.as_bytes(), high.as_bytes(), ContactState::Accepted.as_str()])?;
-        self.allowed.insert((low, high), ok);
+        self.known.allowed.insert((low, high), ok);
         Ok(ok)
     }
 
     /// The other participant of `m`'s conversation (read by the append before it).
     pub(crate) fn peer(&self, m: &StoredMessage) -> Option<UserId> {
-        let c = self.conversations.get(&m.conversation_id.0)?.as_ref()?;
+        let c = self.known.conversations.get(&m.conversation_id.0)?.as_ref()?;
         let sender = m.sender_id.0;
         c.has(sender).then(|| UserId(if c.low == sender { c.high } else { c.low }))
     }
@@ -123,11 +149,14 @@ impl<'a> Messages<'a> {
         }
         let Some(c) = self.conversation(conversation)? else { return Ok(Err(NOT_FOUND)) };
         c.last_seq += 1;
-        c.raised = true;
+        let (seq, first_raise) = (c.last_seq, !std::mem::replace(&mut c.raised, true));
+        if first_raise {
+            self.raised.push(conversation);
+        }
         let message = StoredMessage {
             id: MessageId::new(),
             conversation_id: m.conversation_id,
-            seq: c.last_seq,
+            seq,
             sender_id: m.sender_id,
             client_msg_id: m.client_msg_id.clone(),
             kind: m.kind,
@@ -232,12 +261,13 @@ impl<'a> Messages<'a> {
     }
 
     /// Writes back the counters the batch's appends raised (last, before the commit).
-    pub(crate) fn finish(&self) -> rusqlite::Result<()> {
-        for (id, c) in &self.conversations {
-            if let Some(c) = c.as_ref().filter(|c| c.raised) {
+    pub(crate) fn finish(&mut self) -> rusqlite::Result<()> {
+        for id in std::mem::take(&mut self.raised) {
+            if let Some(Some(c)) = self.known.conversations.get_mut(&id) {
                 self.db
                     .prepare_cached("UPDATE conversations SET last_seq = ?1, updated_at = ?2 WHERE id = ?3")?
                     .execute(params![c.last_seq, self.now, id.as_bytes()])?;
+                c.raised = false;
             }
         }
         Ok(())
@@ -253,20 +283,39 @@ impl<'a> Messages<'a> {
         };
         let read = read.map_or(0, |s| s.clamp(0, last));
         let delivered = delivered.map_or(0, |s| s.clamp(0, last)).max(read);
-        let (delivered_seq, read_seq) = self
-            .db
-            .prepare_cached(
-                "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (conversation_id, user_id) DO UPDATE SET \
-                 updated_at = CASE WHEN excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq \
-                 THEN excluded.updated_at ELSE updated_at END, \
-                 delivered_seq = MAX(delivered_seq, excluded.delivered_seq), \
-                 read_seq = MAX(read_seq, excluded.read_seq) \
-                 RETURNING delivered_seq, read_seq",
-            )?
-            .query_row(params![conversation.0.as_bytes(), user.0.as_bytes(), delivered, read, self.now], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let key = (conversation.0, user.0);
+        let stored = match self.known.receipts.get(&key) {
+            Some(&stored) => stored,
+            None => self
+                .db
+                .prepare_cached(
+                    "SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![key.0.as_bytes(), key.1.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        };
+        // Never lowered; written only when raised (a repeated marker writes nothing).
+        let (delivered_seq, read_seq) = stored.map_or((delivered, read), |(d, r)| (d.max(delivered), r.max(read)));
+        match stored {
+            Some(old) if old == (delivered_seq, read_seq) => {}
+            Some(_) => {
+                self.db
+                    .prepare_cached(
+                        "UPDATE receipts SET delivered_seq = ?1, read_seq = ?2, updated_at = ?3 \
+                         WHERE conversation_id = ?4 AND user_id = ?5",
+                    )?
+                    .execute(params![delivered_seq, read_seq, self.now, key.0.as_bytes(), key.1.as_bytes()])?;
+            }
+            None => {
+                self.db
+                    .prepare_cached(
+                        "INSERT INTO receipts (conversation_id, user_id, delivered_seq, read_seq, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![key.0.as_bytes(), key.1.as_bytes(), delivered_seq, read_seq, self.now])?;
+            }
+        }
+        self.known.receipts.insert(key, Some((delivered_seq, read_seq)));
         Ok(Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq }))
     }
 }

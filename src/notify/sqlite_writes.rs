@@ -8,25 +8,110 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use switchboard_actors::ports::{NotificationView, Unread};
+use switchboard_actors::states::NotificationKind;
 use uuid::Uuid;
 
 use crate::domain::{ConversationId, UserId};
 use crate::notify::repo::{Change, NewNotification, Recorded, Stored, after_read, bump, changes};
 use crate::storage::rows::{opt_uuid_at, uuid_at};
 
-/// One batch transaction's notification writes, and the users' names they read (once per
-/// batch).
+/// What the writer has read for notifications: names, each user's message notification
+/// per conversation, read markers and unread counts. It is kept from batch to batch while
+/// no other connection writes the database (the writer's cache rule, [`crate::writer`]'s
+/// `sqlite` module): the writer's own writes keep it current.
+#[derive(Default)]
+pub(crate) struct Known {
+    /// Username and display name by user id (`None`: no such user).
+    names: HashMap<Uuid, Option<(String, String)>>,
+    /// Message notification by (user, conversation): its id and what it stands for
+    /// (`None`: none stored).
+    messages: HashMap<(Uuid, Uuid), Option<(Uuid, Stored)>>,
+    /// Read marker by (conversation, user), as stored.
+    read_seqs: HashMap<(Uuid, Uuid), i64>,
+    /// Unread counts by user.
+    unread: HashMap<Uuid, Counts>,
+    /// The last number each user's notifications took (0: none yet).
+    last_n: HashMap<Uuid, i64>,
+}
+
+impl Known {
+    /// Entries held (to bound the memory it takes).
+    pub(crate) fn len(&self) -> usize {
+        self.names.len() + self.messages.len() + self.read_seqs.len() + self.unread.len() + self.last_n.len()
+    }
+
+    /// `user`'s read marker in `conversation` is now `read_seq` (a receipt this writer
+    /// stored).
+    pub(crate) fn read_up_to(&mut self, conversation: ConversationId, user: UserId, read_seq: i64) {
+        self.read_seqs.insert((conversation.0, user.0), read_seq);
+    }
+
+    /// The unread notification's count of `user` in `conversation` (`None`: not of a
+    /// conversation) changes from `before` to `after` (each 0 when read or absent).
+    fn count_changed(&mut self, user: Uuid, conversation: Option<Uuid>, before: i64, after: i64) {
+        let Some(counts) = self.unread.get_mut(&user) else { return };
+        let sum = counts.sums.entry(conversation).or_default();
+        *sum += after - before;
+        if *sum == 0 {
+            counts.sums.remove(&conversation);
+        }
+    }
+
+    /// Forgets what was read of `user`'s notifications (some were deleted).
+    fn forget_notifications(&mut self, user: Uuid) {
+        self.unread.remove(&user);
+        self.messages.retain(|(u, _), _| *u != user);
+    }
+}
+
+/// A user's unread counts as stored: the sum of the unread notifications' counts per
+/// conversation (`None`: contact notifications), and the mutes in force when read.
+struct Counts {
+    sums: HashMap<Option<Uuid>, i64>,
+    mutes: Vec<(ConversationId, Option<i64>)>,
+    /// When the first of `mutes` ends: from then on they must be read again.
+    until: i64,
+}
+
+impl Counts {
+    fn unread(&self) -> Unread {
+        let mut unread = Unread::default();
+        for (conversation, sum) in &self.sums {
+            unread.add(conversation.map(ConversationId), *sum);
+        }
+        for (conversation, until) in &self.mutes {
+            unread.mute(*conversation, *until);
+        }
+        unread
+    }
+}
+
+/// What a stored notification adds to its user's unread count.
+fn unread_count(stored: Option<Stored>) -> i64 {
+    stored.filter(|s| !s.read).map_or(0, |s| s.count)
+}
+
+/// One batch transaction's notification writes, reading through `known` (each read
+/// once, then kept).
 pub(crate) struct Notifications<'a> {
     db: &'a Connection,
     now: i64,
-    /// Username and display name by user id (`None`: no such user).
-    names: HashMap<Uuid, Option<(String, String)>>,
+    known: &'a mut Known,
+    /// The users whose counters this transaction raised (written back by [`Self::finish`]).
+    numbered: Vec<Uuid>,
 }
 
 impl<'a> Notifications<'a> {
-    /// The notification writes of the transaction open on `db`, at `now`.
-    pub(crate) fn new(db: &'a Connection, now: i64) -> Self {
-        Self { db, now, names: HashMap::new() }
+    /// `user`'s read marker in `conversation` is now `read_seq` (a receipt this
+    /// transaction stored).
+    pub(crate) fn read_up_to(&mut self, conversation: ConversationId, user: UserId, read_seq: i64) {
+        self.known.read_up_to(conversation, user, read_seq);
+    }
+
+    /// The notification writes of the transaction open on `db`, at `now`, with what the
+    /// writer knows already. The caller forgets `known` if the transaction does not commit.
+    pub(crate) fn new(db: &'a Connection, now: i64, known: &'a mut Known) -> Self {
+        Self { db, now, known, numbered: Vec::new() }
     }
 
     /// Stores `news` as [`crate::notify::repo::NotificationRepo::record_batch`] says: a
@@ -55,24 +140,19 @@ impl<'a> Notifications<'a> {
                         Some((id, s)) => (Some(id), Some(s)),
                         None => (None, None),
                     };
-                    let read_seq: i64 = self
-                        .db
-                        .prepare_cached("SELECT read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2")?
-                        .query_row(params![conversation.0.as_bytes(), user.0.as_bytes()], |r| r.get(0))
-                        .optional()?
-                        .unwrap_or(0);
+                    let read_seq = self.read_seq(user, conversation)?;
                     let Some(b) = bump(current, read_seq, &news) else { continue };
                     (b.newest, existing, b.count)
                 }
             };
+            let before = match (new.kind, new.conversation_id) {
+                (NotificationKind::Message, Some(c)) => {
+                    unread_count(self.known.messages.get(&(new.user.0, c.0)).copied().flatten().map(|(_, s)| s))
+                }
+                _ => 0,
+            };
             let user = new.user.0;
-            let n: i64 = self
-                .db
-                .prepare_cached(
-                    "INSERT INTO notification_counters (user_id, last_n) VALUES (?1, 1) \
-                     ON CONFLICT (user_id) DO UPDATE SET last_n = last_n + 1 RETURNING last_n",
-                )?
-                .query_row(params![user.as_bytes()], |r| r.get(0))?;
+            let n = self.next_n(user)?;
             last_n.insert(user, n);
             let names = match new.from {
                 Some((from, _)) => self.names(from.0)?,
@@ -126,14 +206,24 @@ impl<'a> Notifications<'a> {
                         view.created_at,
                     ])?;
             }
+            let after = if view.read { 0 } else { count };
+            self.known.count_changed(user, view.conversation_id.map(|c| c.0), before, after);
+            if let (NotificationKind::Message, Some(c)) = (view.kind, view.conversation_id) {
+                let now = Stored { seq: view.seq.unwrap_or(0), count, read: view.read };
+                self.known.messages.insert((user, c.0), Some((view.id, now)));
+            }
             stored.push((new.user, view));
         }
         let mut unread = HashMap::with_capacity(last_n.len());
         for (user, last) in &last_n {
             if *last > keep {
-                self.db
+                let gone = self
+                    .db
                     .prepare_cached("DELETE FROM notifications WHERE user_id = ?1 AND n <= ?2")?
                     .execute(params![user.as_bytes(), last - keep])?;
+                if gone > 0 {
+                    self.known.forget_notifications(*user);
+                }
             }
             unread.insert(UserId(*user), self.unread(*user)?);
         }
@@ -143,15 +233,19 @@ impl<'a> Notifications<'a> {
 
     /// `user`'s message notification of `conversation`, if any: its id and what it stands for.
     fn message_notification(
-        &self,
+        &mut self,
         user: UserId,
         conversation: ConversationId,
     ) -> rusqlite::Result<Option<(Uuid, Stored)>> {
+        if let Some(known) = self.known.messages.get(&(user.0, conversation.0)) {
+            return Ok(*known);
+        }
         // The literal kind lets SQLite use the partial index on (user, conversation); it is
         // `NotificationKind::Message`'s text, as in the index's definition (migration
         // m20261206_000004); a drift would find no row and break the unique index, which
         // the storage tests of notifications catch.
-        self.db
+        let found = self
+            .db
             .prepare_cached(
                 "SELECT id, seq, count, read_at IS NOT NULL FROM notifications \
                  WHERE user_id = ?1 AND conversation_id = ?2 AND kind = 'message'",
@@ -160,40 +254,102 @@ impl<'a> Notifications<'a> {
                 let seq: Option<i64> = r.get(1)?;
                 Ok((uuid_at(r, 0)?, Stored { seq: seq.unwrap_or(0), count: r.get(2)?, read: r.get(3)? }))
             })
-            .optional()
+            .optional()?;
+        self.known.messages.insert((user.0, conversation.0), found);
+        Ok(found)
+    }
+
+    /// The next number of `user`'s notifications (their counter is written back by
+    /// [`Self::finish`]).
+    fn next_n(&mut self, user: Uuid) -> rusqlite::Result<i64> {
+        let last = match self.known.last_n.get(&user) {
+            Some(&last) => last,
+            None => self
+                .db
+                .prepare_cached("SELECT last_n FROM notification_counters WHERE user_id = ?1")?
+                .query_row(params![user.as_bytes()], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0),
+        };
+        if !self.numbered.contains(&user) {
+            self.numbered.push(user);
+        }
+        self.known.last_n.insert(user, last + 1);
+        Ok(last + 1)
+    }
+
+    /// Writes back the counters this transaction raised (last, before the commit).
+    pub(crate) fn finish(&mut self) -> rusqlite::Result<()> {
+        for user in std::mem::take(&mut self.numbered) {
+            let Some(&last) = self.known.last_n.get(&user) else { continue };
+            self.db
+                .prepare_cached(
+                    "INSERT INTO notification_counters (user_id, last_n) VALUES (?1, ?2) \
+                     ON CONFLICT (user_id) DO UPDATE SET last_n = excluded.last_n",
+                )?
+                .execute(params![user.as_bytes(), last])?;
+        }
+        Ok(())
+    }
+
+    /// `user`'s read marker in `conversation` (0: none).
+    fn read_seq(&mut self, user: UserId, conversation: ConversationId) -> rusqlite::Result<i64> {
+        if let Some(&seq) = self.known.read_seqs.get(&(conversation.0, user.0)) {
+            return Ok(seq);
+        }
+        let seq = self
+            .db
+            .prepare_cached("SELECT read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2")?
+            .query_row(params![conversation.0.as_bytes(), user.0.as_bytes()], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        self.known.read_seqs.insert((conversation.0, user.0), seq);
+        Ok(seq)
     }
 
     /// A user's username and display name (`None`: no such user), once per batch.
     fn names(&mut self, user: Uuid) -> rusqlite::Result<Option<&(String, String)>> {
-        if !self.names.contains_key(&user) {
+        if !self.known.names.contains_key(&user) {
             let found = self
                 .db
                 .prepare_cached("SELECT username, display_name FROM users WHERE id = ?1")?
                 .query_row(params![user.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            self.names.insert(user, found);
+            self.known.names.insert(user, found);
         }
-        Ok(self.names.get(&user).and_then(Option::as_ref))
+        Ok(self.known.names.get(&user).and_then(Option::as_ref))
     }
 
     /// A user's unread counts, per conversation and in all (but muted conversations).
-    fn unread(&self, user: Uuid) -> rusqlite::Result<Unread> {
-        let mut unread = Unread::default();
+    fn unread(&mut self, user: Uuid) -> rusqlite::Result<Unread> {
+        if let Some(counts) = self.known.unread.get(&user).filter(|c| c.until > self.now) {
+            return Ok(counts.unread());
+        }
+        let mut sums = HashMap::new();
         let mut counts = self.db.prepare_cached(
             "SELECT conversation_id, SUM(count) FROM notifications WHERE user_id = ?1 AND read_at IS NULL \
              GROUP BY conversation_id",
         )?;
         let mut rows = counts.query(params![user.as_bytes()])?;
         while let Some(r) = rows.next()? {
-            unread.add(opt_uuid_at(r, 0)?.map(ConversationId), r.get(1)?);
+            let sum: i64 = r.get(1)?;
+            if sum != 0 {
+                sums.insert(opt_uuid_at(r, 0)?, sum);
+            }
         }
-        let mut mutes = self.db.prepare_cached(
+        let (mut mutes, mut until) = (Vec::new(), i64::MAX);
+        let mut muted = self.db.prepare_cached(
             "SELECT conversation_id, until FROM conversation_mutes WHERE user_id = ?1 AND (until IS NULL OR until > ?2)",
         )?;
-        let mut rows = mutes.query(params![user.as_bytes(), self.now])?;
+        let mut rows = muted.query(params![user.as_bytes(), self.now])?;
         while let Some(r) = rows.next()? {
-            unread.mute(ConversationId(uuid_at(r, 0)?), r.get(1)?);
+            let ends: Option<i64> = r.get(1)?;
+            until = until.min(ends.unwrap_or(i64::MAX));
+            mutes.push((ConversationId(uuid_at(r, 0)?), ends));
         }
+        let counts = Counts { sums, mutes, until };
+        let unread = counts.unread();
+        self.known.unread.insert(user, counts);
         Ok(unread)
     }
 
@@ -213,6 +369,9 @@ impl<'a> Notifications<'a> {
             (count == 0).then_some(self.now),
             id.as_bytes()
         ])?;
+        let now = Stored { count, read: count == 0, ..stored };
+        self.known.messages.insert((user.0, conversation.0), Some((id, now)));
+        self.known.count_changed(user.0, Some(conversation.0), unread_count(Some(stored)), unread_count(Some(now)));
         self.unread(user.0).map(Some)
     }
 }

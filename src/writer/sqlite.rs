@@ -86,6 +86,7 @@ pub(crate) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<Write>)
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_commit: Option<Instant> = None;
     let mut index = SearchIndexing::new();
+    let mut known = Known::default();
     loop {
         // Idle with messages to index: wake to index them.
         let first = if index.waiting {
@@ -118,10 +119,13 @@ pub(crate) fn run(mut conn: Connection, path: &Path, rx: flume::Receiver<Write>)
         // A panic (a bug) fails its batch, whose callers see their reply dropped, and the
         // writer goes on: the transaction was rolled back when it unwound.
         let with_index = index.due();
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_batch(&mut conn, writes, with_index)))
-            .is_err()
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit_batch(&mut conn, &mut known, writes, with_index)
+        }))
+        .is_err()
         {
             tracing::error!("the SQLite writer panicked in a batch; its writes failed");
+            known = Known::default();
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
@@ -241,11 +245,43 @@ impl SearchIndexing {
     }
 }
 
-fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>, with_index: bool) {
+/// Most entries [`Known`] holds; past it, it starts again empty (a few reads per write,
+/// as without it, until it fills again).
+const KNOWN_ENTRIES: usize = 200_000;
+
+/// What the writer has read and keeps from batch to batch: conversations, contact rules,
+/// names, notifications, read markers, unread counts. Its writes are the only writes of
+/// those rows while the database's `data_version` stays the same: the writer keeps the
+/// entries current as it writes. Any other connection's commit (the services' pool,
+/// another process) changes `data_version`, and the next batch starts with nothing
+/// known. A transaction that does not commit forgets everything too, since entries
+/// follow its writes.
+#[derive(Default)]
+pub(crate) struct Known {
+    data_version: Option<i64>,
+    pub(crate) messages: crate::messaging::sqlite_writes::Known,
+    pub(crate) notifications: crate::notify::sqlite_writes::Known,
+}
+
+impl Known {
+    /// Starts a transaction's use of what is known: forgets it all if another connection
+    /// committed since the last one (read inside the transaction, whose write lock keeps
+    /// others out until it ends), or if it grew past [`KNOWN_ENTRIES`].
+    fn check(&mut self, txn: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = txn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
+        let full = self.messages.len() + self.notifications.len() > KNOWN_ENTRIES;
+        if self.data_version != Some(version) || full {
+            *self = Known { data_version: Some(version), ..Known::default() };
+        }
+        Ok(())
+    }
+}
+
+fn commit_batch(conn: &mut Connection, known: &mut Known, mut batch: Vec<Write>, with_index: bool) {
     // The search index rides along with a batch's commit (no fsync of its own), only on
     // the first try: the one-by-one retries below are for the batch's own writes.
     if with_index {
-        match write_in_txn(conn, &mut batch, true) {
+        match write_in_txn(conn, known, &mut batch, true) {
             Ok(()) => return batch.into_iter().for_each(Write::answer),
             Err(e) if affects_every_write(&e) => {
                 let e = unavailable(e);
@@ -257,7 +293,7 @@ fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>, with_index: bool) 
             }
         }
     }
-    match write_in_txn(conn, &mut batch, false) {
+    match write_in_txn(conn, known, &mut batch, false) {
         Ok(()) => batch.into_iter().for_each(Write::answer),
         Err(e) if batch.len() > 1 && !affects_every_write(&e) => {
             // One bad write (say a constraint another process raced) must not fail its
@@ -266,7 +302,7 @@ fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>, with_index: bool) 
             tracing::warn!(error = %e, size = batch.len(), "batch commit failed; retrying one by one");
             for mut write in batch {
                 write.forget();
-                match write_in_txn(conn, std::slice::from_mut(&mut write), false) {
+                match write_in_txn(conn, known, std::slice::from_mut(&mut write), false) {
                     Ok(()) => write.answer(),
                     Err(e) => write.fail(unavailable(e)),
                 }
@@ -284,11 +320,26 @@ fn commit_batch(conn: &mut Connection, mut batch: Vec<Write>, with_index: bool) 
 /// Performs `writes` in one transaction, in queue order, leaving each one's answer in it.
 /// An error aborts the whole transaction; the answers are per write (not found, forbidden,
 /// a reused id, or what was stored).
-fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rusqlite::Result<()> {
+/// What is known ([`Known`]) is forgotten unless the transaction commits.
+fn write_in_txn(conn: &mut Connection, known: &mut Known, writes: &mut [Write], index: bool) -> rusqlite::Result<()> {
+    let result = try_write_in_txn(conn, known, writes, index);
+    if result.is_err() {
+        *known = Known::default();
+    }
+    result
+}
+
+fn try_write_in_txn(
+    conn: &mut Connection,
+    known: &mut Known,
+    writes: &mut [Write],
+    index: bool,
+) -> rusqlite::Result<()> {
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    known.check(&txn)?;
     let now = crate::now_ms();
-    let mut messages = Messages::new(&txn, now);
-    let mut notifications = Notifications::new(&txn, now);
+    let mut messages = Messages::new(&txn, now, &mut known.messages);
+    let mut notifications = Notifications::new(&txn, now, &mut known.notifications);
     for write in writes.iter_mut() {
         match write {
             Write::Append(j) => {
@@ -304,7 +355,13 @@ fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rus
                 }
                 j.result = Some(result);
             }
-            Write::Receipt(j) => j.result = Some(messages.raise_receipt(&j.input)?),
+            Write::Receipt(j) => {
+                let result = messages.raise_receipt(&j.input)?;
+                if let Ok(r) = &result {
+                    notifications.read_up_to(r.conversation_id, r.user_id, r.read_seq);
+                }
+                j.result = Some(result);
+            }
             Write::Notifications(j) => {
                 let Record { news, keep } = &j.input;
                 j.result = Some(Ok(notifications.record(news, *keep)?));
@@ -316,6 +373,7 @@ fn write_in_txn(conn: &mut Connection, writes: &mut [Write], index: bool) -> rus
         }
     }
     messages.finish()?;
+    notifications.finish()?;
     drop((messages, notifications));
     if index {
         search::index_pending(&txn, search::INDEX_BATCH_BYTES)?;

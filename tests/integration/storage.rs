@@ -136,6 +136,55 @@ async fn postgres_batch_appends_number_without_gaps_and_enforce_the_rules() {
     batch_appends_number_without_gaps_and_enforce_the_rules(Backend::Postgres).await;
 }
 
+/// The SQLite writer keeps what it has read (conversations, the contact rule, each user's
+/// message notification and unread counts, receipts) from batch to batch, and must read
+/// again once anything else has written the file: the services' pool (here a block and a
+/// new contact), or another process's writer (here a second committer on the same file,
+/// which has a connection of its own as another process would).
+#[tokio::test]
+async fn the_sqlite_writer_reads_again_after_a_write_beside_it() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("database");
+    let ab = contact_pairs(&db, 1, "kw").await.expect("seed")[0];
+    let contacts = ContactRepo::new(db.clone());
+    let repo = ChatRepo::new(db.clone(), Arc::new(Committer::start(db.clone()))).with_inline_notifications(100);
+    let message = |id: &str| text(ab.conversation, ab.a, id);
+    let unread =
+        |a: &Appended| a.notification.as_ref().map(|n| (n.to, n.unread.total, n.view.as_ref().map(|v| v.count)));
+
+    let first = repo.append(message("m1")).await.expect("m1");
+    assert_eq!(unread(&first), Some((ab.b, 1, Some(1))));
+    // A block written through the pool: the next message is refused.
+    contacts.block(ab.b, ab.a).await.expect("block");
+    assert_eq!(
+        repo.append(message("m2")).await.err(),
+        Some(StoreError::Forbidden(switchboard::contacts::repo::NOT_A_CONTACT))
+    );
+    // Unblocked and contacts again (through the pool): allowed again.
+    contacts.unblock(ab.b, ab.a).await.expect("unblock");
+    let (request, _) = contacts.request(ab.a, ab.b).await.expect("request");
+    contacts.answer(ab.b, request.id, true).await.expect("accept");
+    let third = repo.append(message("m3")).await.expect("m3");
+    assert_eq!((third.message.seq, unread(&third)), (2, Some((ab.b, 2, Some(2)))));
+
+    // Another writer on the file appends and notifies; then this one goes on from there.
+    let other = ChatRepo::new(db.clone(), Arc::new(Committer::start(db.clone()))).with_inline_notifications(100);
+    let fourth = other.append(message("m4")).await.expect("m4");
+    assert_eq!((fourth.message.seq, unread(&fourth)), (3, Some((ab.b, 3, Some(3)))));
+    let fifth = repo.append(message("m5")).await.expect("m5");
+    assert_eq!((fifth.message.seq, unread(&fifth)), (4, Some((ab.b, 4, Some(4)))), "counts after the other writer's");
+    // Read markers through this writer, the other, and this again: they only rise.
+    let (conversation, reader) = (ab.conversation, ab.b);
+    assert_eq!(repo.update_receipt(conversation, reader, None, Some(1)).await.expect("receipt").read_seq, 1);
+    assert_eq!(other.update_receipt(conversation, reader, None, Some(3)).await.expect("receipt").read_seq, 3);
+    let after = repo.update_receipt(conversation, reader, None, Some(2)).await.expect("receipt");
+    assert_eq!((after.delivered_seq, after.read_seq), (3, 3), "a marker another writer raised is not lowered");
+    // And the notification counts what is left after that read marker.
+    let sixth = repo.append(message("m6")).await.expect("m6");
+    assert_eq!(unread(&sixth), Some((ab.b, 2, Some(2))), "m5 and m6 unread");
+    drop(app);
+}
+
 #[tokio::test]
 async fn notifications_in_a_batch_are_numbered_once_per_change_and_capped() {
     notifications_are_numbered_once_per_change_and_capped(Backend::Sqlite).await;
