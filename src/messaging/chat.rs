@@ -335,8 +335,18 @@ fn to_stored(m: message::Model) -> Result<StoredMessage, DbErr> {
 }
 
 /// The columns [`message_at`] reads, in its order.
-pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at, target_id, edited_at, \
-     deleted_at";
+/// [`MESSAGE_COLUMNS`] as a literal, for statements put together at compile time
+/// (`concat!`): the hot paths prepare them by text, and a `format!` per call costs an
+/// allocation each time.
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, seq, sender_id, client_msg_id, kind, body, file_id, created_at, target_id, edited_at, \
+         deleted_at"
+    };
+}
+pub(crate) use message_columns;
+
+pub(crate) const MESSAGE_COLUMNS: &str = message_columns!();
 
 /// A message row selected as [`MESSAGE_COLUMNS`] (rusqlite: the writer and the readers).
 pub(crate) fn message_at(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -395,8 +405,10 @@ fn read_messages_after(
     after_seq: i64,
     limit: u64,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
-    let mut q = c.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    let mut q = c.prepare_cached(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
     ))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = q.query_map(rusqlite::params![conversation.0.as_bytes(), after_seq, limit], message_at)?;

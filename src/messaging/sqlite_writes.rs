@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::contacts::repo::NOT_A_CONTACT;
 use crate::domain::{ConversationId, FileId, MessageId, UserId};
-use crate::messaging::chat::{MESSAGE_COLUMNS, REUSED_ID, RaiseReceipt, Target, check_change, message_at};
+use crate::messaging::chat::{REUSED_ID, RaiseReceipt, Target, check_change, message_at, message_columns};
 use crate::messaging::search;
 use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 
@@ -253,8 +253,10 @@ impl<'a> Messages<'a> {
     /// The message `sender` stored with `client_msg_id`, if any (a resend).
     fn stored_message(&self, sender: Uuid, client_msg_id: &str) -> rusqlite::Result<Option<StoredMessage>> {
         self.db
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
+            .prepare_cached(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2"
             ))?
             .query_row(params![sender.as_bytes(), client_msg_id], message_at)
             .optional()

@@ -23,9 +23,11 @@ use crate::storage::rows::{opt_uuid_at, uuid_at};
 pub(crate) struct Known {
     /// Username and display name by user id (`None`: no such user).
     names: HashMap<Uuid, Option<(String, String)>>,
-    /// Message notification by (user, conversation): its id and what it stands for
-    /// (`None`: none stored).
-    messages: HashMap<(Uuid, Uuid), Option<(Uuid, Stored)>>,
+    /// Message notification by user, then conversation: its id and what it stands for
+    /// (`None`: none stored). By user first, so forgetting one user's is one removal.
+    messages: HashMap<Uuid, HashMap<Uuid, Option<(Uuid, Stored)>>>,
+    /// Entries in `messages`.
+    message_entries: usize,
     /// Read marker by (conversation, user), as stored.
     read_seqs: HashMap<(Uuid, Uuid), i64>,
     /// Unread counts by user.
@@ -37,7 +39,7 @@ pub(crate) struct Known {
 impl Known {
     /// Entries held (to bound the memory it takes).
     pub(crate) fn len(&self) -> usize {
-        self.names.len() + self.messages.len() + self.read_seqs.len() + self.unread.len() + self.last_n.len()
+        self.names.len() + self.message_entries + self.read_seqs.len() + self.unread.len() + self.last_n.len()
     }
 
     /// `user`'s read marker in `conversation` is now `read_seq` (a receipt this writer
@@ -60,7 +62,21 @@ impl Known {
     /// Forgets what was read of `user`'s notifications (some were deleted).
     fn forget_notifications(&mut self, user: Uuid) {
         self.unread.remove(&user);
-        self.messages.retain(|(u, _), _| *u != user);
+        if let Some(gone) = self.messages.remove(&user) {
+            self.message_entries -= gone.len();
+        }
+    }
+
+    /// `user`'s message notification of `conversation`, if known.
+    fn message(&self, user: Uuid, conversation: Uuid) -> Option<Option<(Uuid, Stored)>> {
+        self.messages.get(&user)?.get(&conversation).copied()
+    }
+
+    /// `user`'s message notification of `conversation` is `now` (`None`: there is none).
+    fn set_message(&mut self, user: Uuid, conversation: Uuid, now: Option<(Uuid, Stored)>) {
+        if self.messages.entry(user).or_default().insert(conversation, now).is_none() {
+            self.message_entries += 1;
+        }
     }
 }
 
@@ -69,7 +85,9 @@ impl Known {
 struct Counts {
     sums: HashMap<Option<Uuid>, i64>,
     mutes: Vec<(ConversationId, Option<i64>)>,
-    /// When the first of `mutes` ends: from then on they must be read again.
+    /// When the mutes were read, and when the first of them ends: they hold for the times
+    /// in between (a clock set back before `since` could bring back a mute that had ended).
+    since: i64,
     until: i64,
 }
 
@@ -147,7 +165,7 @@ impl<'a> Notifications<'a> {
             };
             let before = match (new.kind, new.conversation_id) {
                 (NotificationKind::Message, Some(c)) => {
-                    unread_count(self.known.messages.get(&(new.user.0, c.0)).copied().flatten().map(|(_, s)| s))
+                    unread_count(self.known.message(new.user.0, c.0).flatten().map(|(_, s)| s))
                 }
                 _ => 0,
             };
@@ -210,7 +228,7 @@ impl<'a> Notifications<'a> {
             self.known.count_changed(user, view.conversation_id.map(|c| c.0), before, after);
             if let (NotificationKind::Message, Some(c)) = (view.kind, view.conversation_id) {
                 let now = Stored { seq: view.seq.unwrap_or(0), count, read: view.read };
-                self.known.messages.insert((user, c.0), Some((view.id, now)));
+                self.known.set_message(user, c.0, Some((view.id, now)));
             }
             stored.push((new.user, view));
         }
@@ -237,8 +255,8 @@ impl<'a> Notifications<'a> {
         user: UserId,
         conversation: ConversationId,
     ) -> rusqlite::Result<Option<(Uuid, Stored)>> {
-        if let Some(known) = self.known.messages.get(&(user.0, conversation.0)) {
-            return Ok(*known);
+        if let Some(known) = self.known.message(user.0, conversation.0) {
+            return Ok(known);
         }
         // The literal kind lets SQLite use the partial index on (user, conversation); it is
         // `NotificationKind::Message`'s text, as in the index's definition (migration
@@ -255,7 +273,7 @@ impl<'a> Notifications<'a> {
                 Ok((uuid_at(r, 0)?, Stored { seq: seq.unwrap_or(0), count: r.get(2)?, read: r.get(3)? }))
             })
             .optional()?;
-        self.known.messages.insert((user.0, conversation.0), found);
+        self.known.set_message(user.0, conversation.0, found);
         Ok(found)
     }
 
@@ -322,7 +340,7 @@ impl<'a> Notifications<'a> {
 
     /// A user's unread counts, per conversation and in all (but muted conversations).
     fn unread(&mut self, user: Uuid) -> rusqlite::Result<Unread> {
-        if let Some(counts) = self.known.unread.get(&user).filter(|c| c.until > self.now) {
+        if let Some(counts) = self.known.unread.get(&user).filter(|c| (c.since..c.until).contains(&self.now)) {
             return Ok(counts.unread());
         }
         let mut sums = HashMap::new();
@@ -347,7 +365,7 @@ impl<'a> Notifications<'a> {
             until = until.min(ends.unwrap_or(i64::MAX));
             mutes.push((ConversationId(uuid_at(r, 0)?), ends));
         }
-        let counts = Counts { sums, mutes, until };
+        let counts = Counts { sums, mutes, since: self.now, until };
         let unread = counts.unread();
         self.known.unread.insert(user, counts);
         Ok(unread)
@@ -370,7 +388,7 @@ impl<'a> Notifications<'a> {
             id.as_bytes()
         ])?;
         let now = Stored { count, read: count == 0, ..stored };
-        self.known.messages.insert((user.0, conversation.0), Some((id, now)));
+        self.known.set_message(user.0, conversation.0, Some((id, now)));
         self.known.count_changed(user.0, Some(conversation.0), unread_count(Some(stored)), unread_count(Some(now)));
         self.unread(user.0).map(Some)
     }
