@@ -4,8 +4,8 @@
 //! [`crate::messaging::chat::append_all`] and [`crate::messaging::chat::raise_receipts`];
 //! both store the same rows. Here a statement costs microseconds (a call into SQLite on
 //! this thread, its plan cached), so rows are written one by one, in queue order, sharing
-//! the batch's view of each conversation: a receipt after an append in the same batch
-//! counts that append.
+//! the writer's view of each conversation (kept from batch to batch, see [`Known`]): a
+//! receipt after an append in the same batch counts that append.
 
 use std::collections::HashMap;
 
@@ -42,8 +42,8 @@ impl Conversation {
 pub(crate) struct Known {
     conversations: HashMap<Uuid, Option<Conversation>>,
     allowed: HashMap<(Uuid, Uuid), bool>,
-    /// Receipt markers by (conversation, user): delivered and read seqs (`None`: no row).
-    receipts: HashMap<(Uuid, Uuid), Option<(i64, i64)>>,
+    /// Receipt markers by (conversation, user) as stored: delivered and read seqs.
+    receipts: HashMap<(Uuid, Uuid), (i64, i64)>,
 }
 
 impl Known {
@@ -287,7 +287,7 @@ impl<'a> Messages<'a> {
         let delivered = delivered.map_or(0, |s| s.clamp(0, last)).max(read);
         let key = (conversation.0, user.0);
         let stored = match self.known.receipts.get(&key) {
-            Some(&stored) => stored,
+            Some(&stored) => Some(stored),
             None => self
                 .db
                 .prepare_cached(
@@ -317,7 +317,7 @@ impl<'a> Messages<'a> {
                     .execute(params![key.0.as_bytes(), key.1.as_bytes(), delivered_seq, read_seq, self.now])?;
             }
         }
-        self.known.receipts.insert(key, Some((delivered_seq, read_seq)));
+        self.known.receipts.insert(key, (delivered_seq, read_seq));
         Ok(Ok(Receipt { conversation_id: conversation, user_id: user, delivered_seq, read_seq }))
     }
 }
