@@ -275,6 +275,29 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
+    /// The receipt markers of (conversation, user) as stored: delivered and read seqs
+    /// (`None`: no row; not kept, the next raise writes one).
+    fn receipt(&self, key: (Uuid, Uuid)) -> rusqlite::Result<Option<(i64, i64)>> {
+        if let Some(&stored) = self.known.receipts.get(&key) {
+            return Ok(Some(stored));
+        }
+        self.db
+            .prepare_cached("SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2")?
+            .query_row(params![key.0.as_bytes(), key.1.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    }
+
+    /// `user`'s read marker in `conversation` as stored (0: none), for the notifications
+    /// written in the same transaction.
+    pub(crate) fn read_seq(&mut self, user: UserId, conversation: ConversationId) -> rusqlite::Result<i64> {
+        let key = (conversation.0, user.0);
+        let stored = self.receipt(key)?;
+        if let Some(stored) = stored {
+            self.known.receipts.insert(key, stored);
+        }
+        Ok(stored.map_or(0, |(_, read)| read))
+    }
+
     /// Raises a user's markers (never lowers them; read implies delivered; both capped at
     /// the last seq, counting this batch's appends).
     pub(crate) fn raise_receipt(&mut self, r: &RaiseReceipt) -> rusqlite::Result<Result<Receipt, StoreError>> {
@@ -286,16 +309,7 @@ impl<'a> Messages<'a> {
         let read = read.map_or(0, |s| s.clamp(0, last));
         let delivered = delivered.map_or(0, |s| s.clamp(0, last)).max(read);
         let key = (conversation.0, user.0);
-        let stored = match self.known.receipts.get(&key) {
-            Some(&stored) => Some(stored),
-            None => self
-                .db
-                .prepare_cached(
-                    "SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2",
-                )?
-                .query_row(params![key.0.as_bytes(), key.1.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?,
-        };
+        let stored = self.receipt(key)?;
         // Never lowered; written only when raised (a repeated marker writes nothing).
         let (delivered_seq, read_seq) = stored.map_or((delivered, read), |(d, r)| (d.max(delivered), r.max(read)));
         match stored {

@@ -16,7 +16,7 @@ use crate::notify::repo::{Change, NewNotification, Recorded, Stored, after_read,
 use crate::storage::rows::{opt_uuid_at, uuid_at};
 
 /// What the writer has read for notifications: names, each user's message notification
-/// per conversation, read markers and unread counts. It is kept from batch to batch while
+/// per conversation, unread counts and counters (read markers come from the message writes). It is kept from batch to batch while
 /// no other connection writes the database (the writer's cache rule, [`crate::writer`]'s
 /// `sqlite` module): the writer's own writes keep it current.
 #[derive(Default)]
@@ -28,8 +28,6 @@ pub(crate) struct Known {
     messages: HashMap<Uuid, HashMap<Uuid, Option<(Uuid, Stored)>>>,
     /// Entries in `messages`.
     message_entries: usize,
-    /// Read marker by (conversation, user), as stored.
-    read_seqs: HashMap<(Uuid, Uuid), i64>,
     /// Unread counts by user.
     unread: HashMap<Uuid, Counts>,
     /// The last number each user's notifications took (0: none yet).
@@ -39,13 +37,7 @@ pub(crate) struct Known {
 impl Known {
     /// Entries held (to bound the memory it takes).
     pub(crate) fn len(&self) -> usize {
-        self.names.len() + self.message_entries + self.read_seqs.len() + self.unread.len() + self.last_n.len()
-    }
-
-    /// `user`'s read marker in `conversation` is now `read_seq` (a receipt this writer
-    /// stored).
-    pub(crate) fn read_up_to(&mut self, conversation: ConversationId, user: UserId, read_seq: i64) {
-        self.read_seqs.insert((conversation.0, user.0), read_seq);
+        self.names.len() + self.message_entries + self.unread.len() + self.last_n.len()
     }
 
     /// The unread notification's count of `user` in `conversation` (`None`: not of a
@@ -120,12 +112,6 @@ pub(crate) struct Notifications<'a> {
 }
 
 impl<'a> Notifications<'a> {
-    /// `user`'s read marker in `conversation` is now `read_seq` (a receipt this
-    /// transaction stored).
-    pub(crate) fn read_up_to(&mut self, conversation: ConversationId, user: UserId, read_seq: i64) {
-        self.known.read_up_to(conversation, user, read_seq);
-    }
-
     /// The notification writes of the transaction open on `db`, at `now`, with what the
     /// writer knows already. The caller forgets `known` if the transaction does not commit.
     pub(crate) fn new(db: &'a Connection, now: i64, known: &'a mut Known) -> Self {
@@ -137,7 +123,14 @@ impl<'a> Notifications<'a> {
     /// message notification; numbers each change; deletes each user's notifications
     /// older than their newest `keep` numbers. Returns what was changed and kept, and the
     /// unread counts of each user who got one.
-    pub(crate) fn record(&mut self, news: &[NewNotification], keep: u64) -> rusqlite::Result<Recorded> {
+    /// `read_seq` gives a user's read marker in a conversation (the message writes'
+    /// which keep the receipts).
+    pub(crate) fn record(
+        &mut self,
+        news: &[NewNotification],
+        keep: u64,
+        read_seq: &mut dyn FnMut(UserId, ConversationId) -> rusqlite::Result<i64>,
+    ) -> rusqlite::Result<Recorded> {
         let keep = keep as i64;
         let mut last_n: HashMap<Uuid, i64> = HashMap::new();
         let mut stored = Vec::with_capacity(news.len());
@@ -158,8 +151,7 @@ impl<'a> Notifications<'a> {
                         Some((id, s)) => (Some(id), Some(s)),
                         None => (None, None),
                     };
-                    let read_seq = self.read_seq(user, conversation)?;
-                    let Some(b) = bump(current, read_seq, &news) else { continue };
+                    let Some(b) = bump(current, read_seq(user, conversation)?, &news) else { continue };
                     (b.newest, existing, b.count)
                 }
             };
@@ -308,21 +300,6 @@ impl<'a> Notifications<'a> {
                 .execute(params![user.as_bytes(), last])?;
         }
         Ok(())
-    }
-
-    /// `user`'s read marker in `conversation` (0: none).
-    fn read_seq(&mut self, user: UserId, conversation: ConversationId) -> rusqlite::Result<i64> {
-        if let Some(&seq) = self.known.read_seqs.get(&(conversation.0, user.0)) {
-            return Ok(seq);
-        }
-        let seq = self
-            .db
-            .prepare_cached("SELECT read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2")?
-            .query_row(params![conversation.0.as_bytes(), user.0.as_bytes()], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        self.known.read_seqs.insert((conversation.0, user.0), seq);
-        Ok(seq)
     }
 
     /// A user's username and display name (`None`: no such user), once per batch.

@@ -351,22 +351,16 @@ fn try_write_in_txn(
                     if let Some(to) = messages.peer(&appended.message)
                         && let Some(new) = super::inline_notification(appended, to)
                     {
-                        let recorded = notifications.record(&[new], keep)?;
+                        let recorded = notifications.record(&[new], keep, &mut |u, c| messages.read_seq(u, c))?;
                         appended.notification = Some(Box::new(recorded.inline(to)));
                     }
                 }
                 j.result = Some(result);
             }
-            Write::Receipt(j) => {
-                let result = messages.raise_receipt(&j.input)?;
-                if let Ok(r) = &result {
-                    notifications.read_up_to(r.conversation_id, r.user_id, r.read_seq);
-                }
-                j.result = Some(result);
-            }
+            Write::Receipt(j) => j.result = Some(messages.raise_receipt(&j.input)?),
             Write::Notifications(j) => {
                 let Record { news, keep } = &j.input;
-                j.result = Some(Ok(notifications.record(news, *keep)?));
+                j.result = Some(Ok(notifications.record(news, *keep, &mut |u, c| messages.read_seq(u, c))?));
             }
             Write::ReadNotifications(j) => {
                 let ReadUpTo { user, conversation, seq } = j.input;
