@@ -538,11 +538,16 @@ test('two people use Switchboard in real browsers', async (t) => {
     await alice.keyboard.press('Enter');
     await alice.waitForURL('**/chat');
     await alice.locator('#conv-list a.conv').first().waitFor({ timeout: WAIT });
-    // Tab through the page until the conversation link has focus, then open it.
-    for (let i = 0; i < 15; i++) {
+    // Tab through the page until the conversation link has focus, then open it. (Bounded
+    // by the page's focusable elements, not a guess: a page still loading its list or a
+    // banner adds stops, and 15 tabs once fell short.)
+    const stops = await alice.evaluate(() => document.querySelectorAll('a, button, input, textarea, select, [tabindex]').length);
+    let focused = false;
+    for (let i = 0; i <= stops + 2 && !focused; i++) {
       await alice.keyboard.press('Tab');
-      if (await alice.evaluate(() => document.activeElement?.classList.contains('conv'))) break;
+      focused = await alice.evaluate(() => document.activeElement?.classList.contains('conv') ?? false);
     }
+    assert.ok(focused, 'the conversation link takes the keyboard focus');
     await alice.keyboard.press('Enter');
     await alice.locator('#peer-name').waitFor({ timeout: WAIT });
     // A fresh page knows from the server how far bob has read.
