@@ -16,9 +16,42 @@ use sea_orm::{
     QuerySelect,
 };
 
+use switchboard_actors::ports::Pending;
+
 use crate::domain::{SessionId, UserId};
 use crate::storage::entities::login_session;
 use crate::storage::readers::Readers;
+
+/// A login used at `now`: its expiry slides to `expires_at`, if it is still valid then.
+#[derive(Clone, Copy, Debug)]
+pub struct TouchLogin {
+    pub id: SessionId,
+    pub now: i64,
+    pub expires_at: i64,
+}
+
+/// Where a login's use is written (implemented by [`crate::writer::Committer`]): in the
+/// process's group commit, beside the message writes, rather than through the pool. On a
+/// SQLite file, a commit from another connection makes the writer forget what it keeps
+/// between batches ([`crate::writer`]), and every login is used about once a minute.
+#[async_trait::async_trait]
+pub trait LoginWrites: Send + Sync + std::fmt::Debug {
+    async fn touch_login(&self, touch: TouchLogin) -> Pending<()>;
+}
+
+/// [`TouchLogin`] as one statement on `db` (the pool, or the committer's transaction on
+/// PostgreSQL).
+pub(crate) async fn touch_login_in(db: &impl sea_orm::ConnectionTrait, t: TouchLogin) -> Result<(), DbErr> {
+    login_session::Entity::update_many()
+        .col_expr(login_session::Column::LastSeenAt, Expr::value(t.now))
+        .col_expr(login_session::Column::ExpiresAt, Expr::value(t.expires_at))
+        .filter(login_session::Column::Id.eq(t.id.0))
+        .filter(login_session::Column::RevokedAt.is_null())
+        .filter(login_session::Column::ExpiresAt.gt(t.now))
+        .exec(db)
+        .await?;
+    Ok(())
+}
 
 /// A login is written as used at most this often (each write slides its expiry), or a
 /// tenth of its idle lifetime if that is shorter.
@@ -101,6 +134,8 @@ pub struct SessionRepo {
     /// here, without a thread hand-off.
     readers: Option<Arc<Readers>>,
     lifetimes: Lifetimes,
+    /// Where uses are written; through the pool without one.
+    writes: Option<Arc<dyn LoginWrites>>,
 }
 
 impl SessionRepo {
@@ -112,7 +147,13 @@ impl SessionRepo {
     /// The repository reading through `readers` (another repository's, so one process
     /// keeps one set of reader connections per repository that owns them).
     pub(crate) fn sharing(db: DatabaseConnection, readers: Option<Arc<Readers>>) -> Self {
-        Self { db, readers, lifetimes: Lifetimes::default() }
+        Self { db, readers, lifetimes: Lifetimes::default(), writes: None }
+    }
+
+    /// The same repository writing uses through `writes` (the process's committer).
+    pub fn with_writes(mut self, writes: Arc<dyn LoginWrites>) -> Self {
+        self.writes = Some(writes);
+        self
     }
 
     /// The same repository sliding logins by `lifetimes`.
@@ -164,17 +205,13 @@ impl SessionRepo {
     pub async fn use_login(&self, id: SessionId, user: UserId, now: i64) -> Result<Option<ActiveLogin>, DbErr> {
         let Some(mut login) = self.active(id, user, now).await? else { return Ok(None) };
         if now - login.last_seen_at >= TOUCH_EVERY_MS.min(self.lifetimes.idle_ms / 10) {
-            let expires_at = self.lifetimes.expiry(login.created_at, now);
-            login_session::Entity::update_many()
-                .col_expr(login_session::Column::LastSeenAt, Expr::value(now))
-                .col_expr(login_session::Column::ExpiresAt, Expr::value(expires_at))
-                .filter(login_session::Column::Id.eq(id.0))
-                .filter(login_session::Column::RevokedAt.is_null())
-                .filter(login_session::Column::ExpiresAt.gt(now))
-                .exec(&self.db)
-                .await?;
+            let touch = TouchLogin { id, now, expires_at: self.lifetimes.expiry(login.created_at, now) };
+            match &self.writes {
+                Some(writes) => writes.touch_login(touch).await.await.map_err(|e| DbErr::Custom(e.to_string()))?,
+                None => touch_login_in(&self.db, touch).await?,
+            }
+            login.expires_at = touch.expires_at;
             login.last_seen_at = now;
-            login.expires_at = expires_at;
         }
         Ok(Some(login))
     }

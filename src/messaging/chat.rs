@@ -48,6 +48,9 @@ pub trait MessageWrites: Send + Sync + std::fmt::Debug {
     async fn append(&self, message: NewMessage, notify: Option<u64>) -> Pending<Appended>;
     /// Raises a user's delivered and/or read markers.
     async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt>;
+    /// Records when `user`'s last connection closed (here rather than through the pool:
+    /// see [`crate::auth::sessions::LoginWrites`] for why).
+    async fn record_last_seen(&self, user: UserId, at: i64) -> Pending<()>;
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +90,12 @@ impl ChatRepo {
     /// configuration's).
     pub fn with_login_lifetimes(mut self, lifetimes: crate::auth::sessions::Lifetimes) -> Self {
         self.sessions = self.sessions.with_lifetimes(lifetimes);
+        self
+    }
+
+    /// The same repository writing the uses of the logins it checks through `writes`.
+    pub fn with_login_writes(mut self, writes: Arc<dyn crate::auth::sessions::LoginWrites>) -> Self {
+        self.sessions = self.sessions.with_writes(writes);
         self
     }
 
@@ -840,6 +849,16 @@ impl sea_orm::sea_query::Iden for Excluded {
     }
 }
 
+/// Records `user` as last seen `at` (the committer's statement on PostgreSQL).
+pub(crate) async fn record_last_seen_in(db: &impl ConnectionTrait, user: UserId, at: i64) -> Result<(), DbErr> {
+    user::Entity::update_many()
+        .col_expr(user::Column::LastSeenAt, sea_orm::sea_query::Expr::value(at))
+        .filter(user::Column::Id.eq(user.0))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// The query for the conversation between `a` and `b` (stored once, as (lower, higher)).
 pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Entity> {
     let (low, high) = if a.0 < b.0 { (a.0, b.0) } else { (b.0, a.0) };
@@ -851,13 +870,7 @@ pub(crate) fn between(a: UserId, b: UserId) -> sea_orm::Select<conversation::Ent
 #[async_trait::async_trait]
 impl ChatStore for ChatRepo {
     async fn record_last_seen(&self, user: UserId, at: i64) -> Result<(), StoreError> {
-        user::Entity::update_many()
-            .col_expr(user::Column::LastSeenAt, sea_orm::sea_query::Expr::value(at))
-            .filter(user::Column::Id.eq(user.0))
-            .exec(&self.db)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.writes.record_last_seen(user, at).await.await
     }
 
     async fn login_active(&self, session: uuid::Uuid, user: UserId, in_use: bool) -> Result<bool, StoreError> {

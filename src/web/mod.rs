@@ -104,8 +104,12 @@ impl Repos {
         let committer = Arc::new(crate::writer::Committer::start(db.clone()));
         Self {
             users: crate::auth::users::UserRepo::new(db.clone()),
-            sessions: crate::auth::sessions::SessionRepo::new(db.clone()).with_lifetimes(lifetimes),
-            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone()).with_login_lifetimes(lifetimes),
+            sessions: crate::auth::sessions::SessionRepo::new(db.clone())
+                .with_lifetimes(lifetimes)
+                .with_writes(committer.clone()),
+            chat: crate::messaging::chat::ChatRepo::new(db.clone(), committer.clone())
+                .with_login_lifetimes(lifetimes)
+                .with_login_writes(committer.clone()),
             contacts: crate::contacts::repo::ContactRepo::new(db.clone()),
             notifications: crate::notify::repo::NotificationRepo::new(db.clone(), committer),
             db,

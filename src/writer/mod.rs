@@ -29,6 +29,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Transaction
 use switchboard_actors::ports::{Appended, NewMessage, Pending, Receipt, StoreError, Unread};
 use tokio::sync::oneshot;
 
+use crate::auth::sessions::{LoginWrites, TouchLogin};
 use crate::domain::{ConversationId, UserId};
 use crate::messaging::chat::{MessageWrites, RaiseReceipt};
 use crate::notify::repo::{NewNotification, NotificationWrites, Recorded};
@@ -88,6 +89,16 @@ pub(crate) enum Write {
     Notifications(Job<Record, Recorded>),
     /// Answered with the reader's unread counts, if the read marker changed any.
     ReadNotifications(Job<ReadUpTo, Option<Unread>>),
+    /// A login used (its expiry slides).
+    TouchLogin(Job<TouchLogin, ()>),
+    /// A user's last connection closed.
+    LastSeen(Job<LastSeen, ()>),
+}
+
+/// `user`'s last connection closed `at`.
+pub(crate) struct LastSeen {
+    pub(crate) user: UserId,
+    pub(crate) at: i64,
 }
 
 impl Write {
@@ -98,6 +109,8 @@ impl Write {
             Write::Receipt(j) => j.answer(),
             Write::Notifications(j) => j.answer(),
             Write::ReadNotifications(j) => j.answer(),
+            Write::TouchLogin(j) => j.answer(),
+            Write::LastSeen(j) => j.answer(),
         }
     }
 
@@ -108,6 +121,8 @@ impl Write {
             Write::Receipt(j) => j.fail(e),
             Write::Notifications(j) => j.fail(e),
             Write::ReadNotifications(j) => j.fail(e),
+            Write::TouchLogin(j) => j.fail(e),
+            Write::LastSeen(j) => j.fail(e),
         }
     }
 
@@ -118,6 +133,8 @@ impl Write {
             Write::Receipt(j) => j.result = None,
             Write::Notifications(j) => j.result = None,
             Write::ReadNotifications(j) => j.result = None,
+            Write::TouchLogin(j) => j.result = None,
+            Write::LastSeen(j) => j.result = None,
         }
     }
 }
@@ -182,6 +199,17 @@ impl MessageWrites for Committer {
 
     async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt> {
         self.queue(receipt, Write::Receipt).await
+    }
+
+    async fn record_last_seen(&self, user: UserId, at: i64) -> Pending<()> {
+        self.queue(LastSeen { user, at }, Write::LastSeen).await
+    }
+}
+
+#[async_trait::async_trait]
+impl LoginWrites for Committer {
+    async fn touch_login(&self, touch: TouchLogin) -> Pending<()> {
+        self.queue(touch, Write::TouchLogin).await
     }
 }
 
@@ -307,6 +335,14 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
                 let ReadUpTo { user, conversation, seq } = j.input;
                 let unread = crate::notify::repo::read_conversation_in_txn(&txn, user, conversation, seq, now).await?;
                 j.result = Some(Ok(unread));
+            }
+            Write::TouchLogin(j) => {
+                crate::auth::sessions::touch_login_in(&txn, j.input).await?;
+                j.result = Some(Ok(()));
+            }
+            Write::LastSeen(j) => {
+                crate::messaging::chat::record_last_seen_in(&txn, j.input.user, j.input.at).await?;
+                j.result = Some(Ok(()));
             }
         }
     }

@@ -366,6 +366,20 @@ fn try_write_in_txn(
                 let ReadUpTo { user, conversation, seq } = j.input;
                 j.result = Some(Ok(notifications.read_conversation(user, conversation, seq)?));
             }
+            Write::TouchLogin(j) => {
+                let t = j.input;
+                txn.prepare_cached(
+                    "UPDATE login_sessions SET last_seen_at = ?1, expires_at = ?2 \
+                     WHERE id = ?3 AND revoked_at IS NULL AND expires_at > ?1",
+                )?
+                .execute(rusqlite::params![t.now, t.expires_at, t.id.0.as_bytes()])?;
+                j.result = Some(Ok(()));
+            }
+            Write::LastSeen(j) => {
+                txn.prepare_cached("UPDATE users SET last_seen_at = ?1 WHERE id = ?2")?
+                    .execute(rusqlite::params![j.input.at, j.input.user.0.as_bytes()])?;
+                j.result = Some(Ok(()));
+            }
         }
     }
     messages.finish()?;
