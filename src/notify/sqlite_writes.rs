@@ -135,7 +135,8 @@ impl<'a> Notifications<'a> {
         let mut last_n: HashMap<Uuid, i64> = HashMap::new();
         let mut stored = Vec::with_capacity(news.len());
         for change in changes(news) {
-            let (new, existing, count) = match change {
+            // `was_unread`: an existing row whose `read_at` is NULL.
+            let (new, existing, count, was_unread) = match change {
                 Change::Single(new) => {
                     let before = self
                         .db
@@ -144,7 +145,7 @@ impl<'a> Notifications<'a> {
                     if before {
                         continue;
                     }
-                    (new, None, 1)
+                    (new, None, 1, false)
                 }
                 Change::Conversation { user, conversation, news } => {
                     let (existing, current) = match self.message_notification(user, conversation)? {
@@ -152,7 +153,7 @@ impl<'a> Notifications<'a> {
                         None => (None, None),
                     };
                     let Some(b) = bump(current, read_seq(user, conversation)?, &news) else { continue };
-                    (b.newest, existing, b.count)
+                    (b.newest, existing, b.count, current.is_some_and(|s| !s.read))
                 }
             };
             let before = match (new.kind, new.conversation_id) {
@@ -181,7 +182,23 @@ impl<'a> Notifications<'a> {
                 created_at: self.now,
             };
             let read_at = view.read.then_some(self.now);
-            if existing.is_some() {
+            if existing.is_some() && was_unread && !view.read {
+                // Unread before and after: `read_at` is not assigned, so SQLite leaves the
+                // entry in `ix_notifications_unread` (and its page) alone.
+                self.db
+                    .prepare_cached(
+                        "UPDATE notifications SET n = ?1, seq = ?2, payload = ?3, count = ?4, created_at = ?5 \
+                         WHERE id = ?6",
+                    )?
+                    .execute(params![
+                        n,
+                        view.seq,
+                        view.payload.to_string(),
+                        count,
+                        view.created_at,
+                        view.id.as_bytes()
+                    ])?;
+            } else if existing.is_some() {
                 self.db
                     .prepare_cached(
                         "UPDATE notifications SET n = ?1, seq = ?2, payload = ?3, read_at = ?4, count = ?5, \
