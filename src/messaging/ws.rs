@@ -38,7 +38,8 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// How long the reader waits for a restarting session actor before giving up on the
 /// connection (the client reconnects and syncs).
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a closing connection's last frames may take to leave.
+/// How long a closing connection's last frames may take to leave and the client's close
+/// frame to come back; the socket is dropped then, whatever is left.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const REATTACH_POLL: Duration = Duration::from_millis(10);
 /// Close code when the server cannot serve the connection.
@@ -142,6 +143,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
             // connection closed and closes itself.
             conn.close(CLOSE_INTERNAL, "server busy");
             let _ = sink.send(Message::close_with(CLOSE_INTERNAL, "server busy, reconnect later")).await;
+            closing_handshake(&mut stream, tokio::time::Instant::now() + CLOSE_GRACE).await;
             return;
         }
     }
@@ -255,10 +257,32 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     }
     // The writer flushes and closes; a client that stopped reading would keep it waiting
     // on a full socket for ever, holding the socket: after the grace period it is dropped.
+    let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
     let mut writer = writer;
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut writer).await.is_err() {
         writer.abort();
+        return;
     }
+    closing_handshake(&mut stream, deadline).await;
+}
+
+/// The end of the closing handshake, once our close frame is out: reads (and drops) what
+/// the client still sends, until its close frame, the end of the stream or `deadline`. A
+/// socket dropped with input unread, or written to by the client after the drop (a pong,
+/// its close reply), is reset by the kernel, and a client that has to write before it
+/// reads on loses our close frame: it sees 1006 instead of the code sent.
+async fn closing_handshake<S>(stream: &mut S, deadline: tokio::time::Instant)
+where
+    S: futures_util::Stream<Item = Result<Message, salvo::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends to the connection's session (waking it if it hibernates); if its actor is

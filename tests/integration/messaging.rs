@@ -970,6 +970,28 @@ async fn a_session_that_cannot_wake_is_closed_and_taken_back() {
     until_taken_back(&app, &mut a, &mut b, alice_uid, &alice_id).await;
 }
 
+/// The server's close frame reaches a client that writes while it is in flight: the
+/// server reads on until the client's close reply instead of dropping the socket, which
+/// the kernel would answer with a reset, and the client, owing a pong for a ping read
+/// before the close, would see 1006 instead of 1013 (a flake of the test above).
+#[tokio::test]
+async fn a_close_frame_survives_a_client_writing_while_it_is_in_flight() {
+    let app = spawn_app_with(Backend::Sqlite, hibernate_fast_with_faults).await;
+    let (mut a, mut b, alice_uid, alice_id) = parked_pair(&app).await;
+    assert!(app.node.ctx.faults.arm(&app.node.ctx.supervisor_name("sessions"), Fault::Panic), "armed");
+    a.send(json!({"type": "ping"})).await;
+    // Unread in Alice's socket: the heartbeat's pings, then the close frame with 1013.
+    eventually("the close frame waiting in Alice's socket", async || {
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = a.ws.get_ref() else { return None };
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_millis(50), tcp.peek(&mut buf)).await.ok()?.ok()?;
+        buf[..n].windows(4).any(|w| w[0] == 0x88 && w[2..] == [0x03, 0xF5]).then_some(())
+    })
+    .await;
+    a.send(json!({"type": "ping"})).await;
+    until_taken_back(&app, &mut a, &mut b, alice_uid, &alice_id).await;
+}
+
 #[tokio::test]
 async fn hibernating_sessions_woken_and_killed_lose_nothing_acknowledged() {
     let app = spawn_app_with(Backend::Sqlite, hibernate_fast_with_faults).await;

@@ -265,6 +265,19 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them(backend: c
     }
     let page = list(&app, &bob, "?unread=true").await;
     assert_eq!(page["notifications"].as_array().unwrap().len(), 0, "{page}");
+    // A message after that makes the read notification unread again, counting one.
+    alice_ws.send_to_conv("m5", &conv, "fifth").await;
+    alice_ws.next_of("ack").await;
+    let f = loop {
+        let f = bob_ws.next_of("notification").await;
+        if f["notification"]["payload"]["preview"] == "fifth" {
+            break f;
+        }
+    };
+    assert_eq!((f["notification"]["count"].as_i64(), f["notification"]["read"].as_bool()), (Some(1), Some(false)));
+    let page = list(&app, &bob, "?unread=true").await;
+    assert_eq!(page["notifications"][0]["payload"]["preview"], "fifth", "{page}");
+    assert_eq!(page["unread"]["total"], 1, "{page}");
 
     let r = app.client().post(app.url("/api/notifications/read-all")).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
