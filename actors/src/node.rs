@@ -78,6 +78,19 @@ pub const SYNC_BURST: NonZeroU32 = match NonZeroU32::new(10) {
     None => NonZeroU32::MIN,
 };
 
+/// `read` frames that raise a read marker one user may send per second on one node (all
+/// connections together), with bursts up to [`READ_BURST`]: a client marks a
+/// conversation read as the person looks at it, a few times a second at most. Each is a
+/// write and two receipts.
+pub const READS_PER_SECOND: NonZeroU32 = match NonZeroU32::new(10) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+pub const READ_BURST: NonZeroU32 = match NonZeroU32::new(30) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
 /// Everything an actor of this node needs. Shared by `Arc`.
 pub struct NodeCtx {
     /// Unique per node; scopes actor names and process groups.
@@ -90,6 +103,8 @@ pub struct NodeCtx {
     pub send_limiter: DefaultKeyedRateLimiter<UserId>,
     /// Per-user `sync` rate: each can replay a user's whole history from the database.
     pub sync_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// Per-user rate of `read` frames that raise a read marker.
+    pub read_limiter: DefaultKeyedRateLimiter<UserId>,
     /// Stored notifications, on processes that serve notification streams.
     pub notifications: Option<Arc<dyn NotificationStore>>,
     /// File transfers, on processes that take uploads.
@@ -105,6 +120,7 @@ impl NodeCtx {
         let burst = NonZeroU32::new(limits.send_burst).unwrap_or(rate);
         let send_limiter = RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst));
         let sync_limiter = RateLimiter::dashmap(Quota::per_second(SYNCS_PER_SECOND).allow_burst(SYNC_BURST));
+        let read_limiter = RateLimiter::dashmap(Quota::per_second(READS_PER_SECOND).allow_burst(READ_BURST));
         Self {
             node_id,
             store,
@@ -113,6 +129,7 @@ impl NodeCtx {
             limits,
             send_limiter,
             sync_limiter,
+            read_limiter,
             notifications: None,
             transfers: None,
             connections: dashmap::DashMap::new(),

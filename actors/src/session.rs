@@ -441,8 +441,11 @@ impl ConnHandle {
 }
 
 pub enum SessionMsg {
-    /// A text frame from the client.
-    Frame(String),
+    /// A text frame from the client, with the socket reader's permit for it: the reader
+    /// holds a few permits per connection and reads no further frame while all are out,
+    /// so a client that writes faster than its session handles frames is slowed down
+    /// (TCP backpressure) instead of queueing without bound. Dropped with the frame.
+    Frame(String, tokio::sync::OwnedSemaphorePermit),
     /// An event for this user, from the bus ([`crate::bridge::dispatch`]).
     Event(Box<Event>),
     /// The socket closed: leave, announce, stop.
@@ -583,7 +586,10 @@ impl Actor for SessionActor {
             state.last_active = Instant::now();
         }
         match msg {
-            SessionMsg::Frame(text) => Box::pin(state.on_frame(&text)).await,
+            // Frames queued before the connection closed (its login revoked, say) are not
+            // served: unanswered, a send is resent by the client with the same id.
+            SessionMsg::Frame(..) if state.conn.closed.is_cancelled() => {}
+            SessionMsg::Frame(text, _permit) => Box::pin(state.on_frame(&text)).await,
             SessionMsg::Event(event) => Box::pin(state.on_event(*event)).await,
             SessionMsg::Refresh(c) => Box::pin(state.catch_up(c)).await,
             SessionMsg::CatchUp => {
@@ -1202,13 +1208,27 @@ impl SessionState {
         if self.read_asked.get(&c).is_some_and(|asked| seq <= *asked) {
             return;
         }
+        // Each read that gets here is a write and a receipt to the reader's devices and the
+        // peer: bounded per user, like sends.
+        if self.ctx.read_limiter.check_key(&self.me()).is_err() {
+            return self.error(
+                ErrorCode::RateLimited,
+                "marking read too often; send the newest read again later",
+                reference,
+            );
+        }
         match self.ctx.store.update_receipt(c, self.me(), None, Some(seq)).await {
             Ok(receipt) => {
-                self.read_asked.insert(c, receipt.read_seq);
+                // The marker as stored (capped at the conversation's last seq): a read of
+                // a seq past it is asked again once more messages came.
+                let before = self.read_asked.insert(c, receipt.read_seq);
+                let raised = before.is_none_or(|b| receipt.read_seq > b);
                 let bus = self.ctx.bus.clone();
-                // Your other devices always; the peer only while you are contacts.
+                // Your other devices always (the answer to the read); the peer when the
+                // marker moved, and only while you are contacts.
                 let mut targets = vec![self.me()];
-                if let Some(peer) = conv.peer_of(self.me())
+                if raised
+                    && let Some(peer) = conv.peer_of(self.me())
                     && self.ctx.store.may_message(self.me(), peer).await.is_ok()
                 {
                     targets.push(peer);

@@ -41,6 +41,13 @@ const REATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection's last frames may take to leave and the client's close
 /// frame to come back; the socket is dropped then, whatever is left.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Client frames read but not yet handled by the session, per connection; past it the
+/// reader waits (the client's writes wait in TCP). A few: the session answers most frames
+/// at once (a send's commit is awaited off the actor), and frames are at most
+/// `messaging.max_frame_bytes` (2 MiB in flight at most with the defaults). A waking
+/// session's queue (bounded by `messaging.outbound_queue`, at least 16) can still
+/// overflow and close the socket (1013) when the queue is set that low.
+const FRAMES_IN_FLIGHT: usize = 32;
 const REATTACH_POLL: Duration = Duration::from_millis(10);
 /// Close code when the server cannot serve the connection.
 const CLOSE_INTERNAL: u16 = 1011;
@@ -148,6 +155,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         }
     }
     let last_seen = Arc::new(AtomicI64::new(crate::now_ms()));
+    let frames = Arc::new(tokio::sync::Semaphore::new(FRAMES_IN_FLIGHT));
 
     let writer = {
         let conn = conn.clone();
@@ -237,7 +245,15 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         last_seen.store(now, Ordering::Relaxed);
         if msg.is_text() {
             let Ok(text) = msg.as_str() else { break };
-            if !forward(&node, &conn, SessionMsg::Frame(text.to_owned())).await {
+            // Wait for the session to take a frame off the ones in flight before reading on.
+            let permit = tokio::select! {
+                _ = conn.closed.cancelled() => break,
+                permit = frames.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            if !forward(&node, &conn, SessionMsg::Frame(text.to_owned(), permit)).await {
                 break;
             }
         } else if msg.is_binary() {

@@ -40,7 +40,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use switchboard_actors::ids::UserId;
+use switchboard_actors::ids::{ConversationId, UserId};
 use switchboard_actors::ports::{Bus, Envelope, Event, StoredMessage};
 use switchboard_actors::states::{ContactChangeKind, MessageKind, NotificationKind};
 
@@ -106,6 +106,35 @@ fn request_settled(event: &Event) -> Option<(UserId, uuid::Uuid)> {
     }
 }
 
+/// The positions of the read receipts in `envelopes` that a later one of the same reader
+/// and conversation, as high or higher, makes moot: that one clears whatever they would,
+/// including notifications stored between them. Each read waits for a commit of its own,
+/// so a run of reads (one person reading fast, or many frames) costs one wait, not one
+/// per receipt.
+fn superseded_reads(envelopes: &[Envelope]) -> std::collections::HashSet<usize> {
+    use std::collections::hash_map::Entry;
+    let mut later: std::collections::HashMap<(UserId, ConversationId), i64> = std::collections::HashMap::new();
+    let mut superseded = std::collections::HashSet::new();
+    for (i, envelope) in envelopes.iter().enumerate().rev() {
+        let Event::Receipt { to, receipt } = &envelope.event else { continue };
+        if receipt.user_id != *to || receipt.read_seq <= 0 {
+            continue;
+        }
+        match later.entry((*to, receipt.conversation_id)) {
+            Entry::Occupied(highest) if *highest.get() >= receipt.read_seq => {
+                superseded.insert(i);
+            }
+            Entry::Occupied(mut highest) => {
+                highest.insert(receipt.read_seq);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(receipt.read_seq);
+            }
+        }
+    }
+    superseded
+}
+
 /// Most events handled in one transaction.
 const BATCH: usize = 256;
 
@@ -138,9 +167,13 @@ impl Notifier {
     /// transaction; a read marker first stores what came before it, then clears.
     pub async fn handle_batch(&self, envelopes: &[Envelope]) -> Result<(), sea_orm::DbErr> {
         let mut pending = Vec::new();
-        for envelope in envelopes {
+        let superseded = superseded_reads(envelopes);
+        for (i, envelope) in envelopes.iter().enumerate() {
             match &envelope.event {
                 Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
+                    if superseded.contains(&i) {
+                        continue;
+                    }
                     self.store(std::mem::take(&mut pending)).await?;
                     let read =
                         self.notifications.read_conversation(*to, receipt.conversation_id, receipt.read_seq).await?;
@@ -537,6 +570,36 @@ mod tests {
             out.push(Event::Contact { to: ben, change: change(kind) });
         }
         out
+    }
+
+    #[test]
+    fn a_later_read_as_high_makes_earlier_ones_of_its_reader_and_conversation_moot() {
+        let (ann, ben) = (UserId::new(), UserId::new());
+        let (c, d) = (ConversationId::new(), ConversationId::new());
+        let read = |user: UserId, conversation: ConversationId, seq: i64| {
+            Envelope::new(Event::Receipt {
+                to: user,
+                receipt: Receipt { conversation_id: conversation, user_id: user, delivered_seq: 0, read_seq: seq },
+            })
+        };
+        let peer = Envelope::new(Event::Receipt {
+            to: ben,
+            receipt: Receipt { conversation_id: c, user_id: ann, delivered_seq: 0, read_seq: 9 },
+        });
+        let batch = [
+            read(ann, c, 3), // moot: 5 and 7 follow
+            read(ann, c, 7), // moot: 7 again follows
+            read(ann, d, 9), // another conversation
+            read(ben, c, 1), // another reader
+            peer,            // to the peer: not a read marker
+            read(ann, c, 5), // moot: 7 follows
+            read(ann, c, 7), // the last and highest
+            read(ann, d, 2), // lower than the 9 before it: kept (it comes after)
+        ];
+        let mut moot: Vec<usize> = superseded_reads(&batch).into_iter().collect();
+        moot.sort_unstable();
+        assert_eq!(moot, vec![0, 1, 5]);
+        assert!(superseded_reads(&batch[..1]).is_empty());
     }
 
     #[test]

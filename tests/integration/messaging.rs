@@ -454,6 +454,49 @@ async fn websocket_needs_a_valid_token_and_a_trusted_origin_for_cookies() {
     );
 }
 
+/// A read that cannot move the marker (past the last message, again and again) is
+/// answered to the reader but tells the peer nothing, and a flood of reads is rate
+/// limited: each that gets through is a write and receipts.
+#[tokio::test]
+async fn reads_that_move_nothing_reach_no_one_else_and_floods_are_limited() {
+    let app = spawn_app().await;
+    let (alice, _) = user(&app, "alice").await;
+    let (bob, bob_id) = user(&app, "bob").await;
+    make_contacts(&app, &alice, &bob, "bob").await;
+    let mut a = Client::connect(&app, &alice).await;
+    let conv = open_conversation(&mut a, &bob_id, "r1").await;
+    let mut b = Client::connect(&app, &bob).await;
+    let past_the_end = json!({"type": "read", "conversation_id": conv, "seq": 1000});
+    for _ in 0..10 {
+        b.send(past_the_end.clone()).await;
+    }
+    for _ in 0..10 {
+        let r = b.next_of("receipt").await;
+        assert_eq!((r["user_id"].as_str(), r["read_seq"].as_i64()), (Some(bob_id.as_str()), Some(1)), "{r}");
+    }
+    // Then a real read of a new message: Alice heard the marker move to 1 once, and
+    // maybe delivered markers, not ten receipts.
+    a.send_to_conv("r2", &conv, "two").await;
+    a.next_of("ack").await;
+    b.read_until("message 2", |d| d.by_seq.get(&conv).is_some_and(|s| s.contains_key(&2))).await;
+    b.send(json!({"type": "read", "conversation_id": conv, "seq": 2})).await;
+    let mut before = 0;
+    loop {
+        let r = a.next_of("receipt").await;
+        if r["read_seq"] == 2 {
+            break;
+        }
+        before += 1;
+    }
+    assert!(before <= 3, "{before} receipts for reads that moved nothing");
+    // A flood: past the burst, reads are refused as too fast.
+    for _ in 0..60 {
+        b.send(past_the_end.clone()).await;
+    }
+    let err = b.next_of("error").await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+}
+
 #[tokio::test]
 async fn receipts_typing_and_presence_reach_the_other_side() {
     let app = spawn_app().await;
@@ -948,8 +991,9 @@ async fn a_flood_at_a_waking_session_closes_it_and_takes_it_back() {
     })
     .await;
     let (mut a, mut b, alice_uid, alice_id) = parked_pair(&app).await;
-    // Far more frames at once than a waking session may have queued: the socket closes
-    // (1013), and the close, queued past the bound, still takes the connection back.
+    // Far more frames at once than a waking session may have queued (the reader lets 32
+    // be in flight, the queue holds 16): the socket closes (1013), and the close, queued
+    // past the bound, still takes the connection back.
     for _ in 0..400 {
         a.ws.feed(Message::text(json!({"type": "ping"}).to_string())).await.expect("queued");
     }
