@@ -586,9 +586,10 @@ impl Actor for SessionActor {
             state.last_active = Instant::now();
         }
         match msg {
-            // Frames queued before the connection closed (its login revoked, say) are not
-            // served: unanswered, a send is resent by the client with the same id.
-            SessionMsg::Frame(..) if state.conn.closed.is_cancelled() => {}
+            // Frames queued before the server closed the connection (its login revoked or
+            // ended, a violation, overload) are not served: unanswered, a send is resent
+            // by the client with the same id. Those before the client's own close are.
+            SessionMsg::Frame(..) if state.conn.close_reason().is_some_and(|(code, _)| code != 1000) => {}
             SessionMsg::Frame(text, _permit) => Box::pin(state.on_frame(&text)).await,
             SessionMsg::Event(event) => Box::pin(state.on_event(*event)).await,
             SessionMsg::Refresh(c) => Box::pin(state.catch_up(c)).await,

@@ -48,6 +48,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// session's queue (bounded by `messaging.outbound_queue`, at least 16) can still
 /// overflow and close the socket (1013) when the queue is set that low.
 const FRAMES_IN_FLIGHT: usize = 32;
+/// How long a socket whose input broke the protocol stays open after our close frame,
+/// since the client's close reply cannot be read there (at most [`CLOSE_GRACE`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REATTACH_POLL: Duration = Duration::from_millis(10);
 /// Close code when the server cannot serve the connection.
 const CLOSE_INTERNAL: u16 = 1011;
@@ -235,7 +238,16 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
             _ = conn.closed.cancelled() => break,
             next = stream.next() => next,
         };
-        let Some(Ok(msg)) = next else { break };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                if let Some((code, reason)) = violation_close(&e) {
+                    conn.close(code, reason);
+                }
+                break;
+            }
+            None => break,
+        };
         let now = crate::now_ms();
         // A frame after the token's expiry is not served (the heartbeat closes an idle
         // connection at the latest `heartbeat_secs` after it).
@@ -282,6 +294,21 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
     closing_handshake(&mut stream, deadline).await;
 }
 
+/// The close code for a frame that broke the protocol, if the socket can still say so
+/// (RFC 6455, 7.4.1): 1009 too large (past `messaging.max_frame_bytes`), 1007 text that is
+/// not UTF-8, 1002 any other protocol error. An I/O error or a socket already closed gets
+/// none: there is nobody to tell.
+fn violation_close(e: &salvo::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let salvo::Error::Other(inner) = e else { return None };
+    match inner.downcast_ref::<WsError>()? {
+        WsError::Capacity(_) => Some((1009, "frame too large")),
+        WsError::Utf8(_) => Some((1007, "text is not UTF-8")),
+        WsError::Protocol(_) => Some((1002, "protocol error")),
+        _ => None,
+    }
+}
+
 /// The end of the closing handshake, once our close frame is out: reads (and drops) what
 /// the client still sends, until its close frame, the end of the stream or `deadline`. A
 /// socket dropped with input unread, or written to by the client after the drop (a pong,
@@ -292,9 +319,15 @@ where
     S: futures_util::Stream<Item = Result<Message, salvo::Error>> + Unpin,
 {
     let _ = tokio::time::timeout_at(deadline, async {
-        while let Some(Ok(msg)) = stream.next().await {
-            if msg.is_close() {
-                break;
+        loop {
+            match stream.next().await {
+                Some(Ok(msg)) if msg.is_close() => break,
+                Some(Ok(_)) => {}
+                // Past a protocol error (the rest of an oversized frame, say) nothing more
+                // can be read as frames: give the client a moment to read our close frame
+                // before the socket goes.
+                Some(Err(_)) => break tokio::time::sleep(CLOSE_LINGER).await,
+                None => break,
             }
         }
     })

@@ -393,7 +393,8 @@ async fn oversized_frames_close_the_socket_without_harming_others() {
     let mut evil = Client::connect(&app, &alice).await;
     let _ = evil.ws.send(Message::text("x".repeat(app.config.messaging.max_frame_bytes + 10))).await;
     while evil.read_one(FRAME_TIMEOUT).await.is_some() {}
-    assert!(evil.closed.is_some());
+    // Told why (RFC 6455: 1009, too large), not just dropped.
+    assert_eq!(evil.closed.as_ref().map(|c| c.0), Some(1009), "{:?}", evil.closed);
     a.send_to_conv("o2", &conv, "fine").await;
     let c = conv.clone();
     b.read_until("message", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&2))).await;
