@@ -98,8 +98,7 @@ async fn upgrade(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Re
     let node = st.node.clone();
     WebSocketUpgrade::with_config(ws_config)
         .upgrade(req, res, move |ws| async move {
-            serve(ws, node, who, m).await;
-            drop(slot);
+            serve(ws, node, who, m, slot).await;
         })
         .await
         .map_err(|e| AppError::bad_request(ErrorCode::BadUpgrade, e.brief))
@@ -140,7 +139,9 @@ impl Drop for SocketSlot {
 
 /// Runs one accepted connection: opens its session actor, then moves frames between the
 /// socket and it (reader and writer tasks) until either side closes.
-async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig) {
+/// `slot` (the user's socket count) is given back once the connection is over, before the
+/// closing handshake: a socket waiting for a client's close reply is not one of theirs.
+async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig, slot: SocketSlot) {
     let (conn, outbound) = ConnHandle::new(who.user_id, who.session_id.0, who.expires_at, m.outbound_queue);
     let (mut sink, mut stream) = ws.split();
     // Boxed: this task lives as long as the connection, and a future awaited in place
@@ -153,6 +154,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
             // connection closed and closes itself.
             conn.close(CLOSE_INTERNAL, "server busy");
             let _ = sink.send(Message::close_with(CLOSE_INTERNAL, "server busy, reconnect later")).await;
+            drop(slot);
             closing_handshake(&mut stream, tokio::time::Instant::now() + CLOSE_GRACE).await;
             return;
         }
@@ -291,6 +293,7 @@ async fn serve(ws: WebSocket, node: Arc<Node>, who: AuthUser, m: MessagingConfig
         writer.abort();
         return;
     }
+    drop(slot);
     closing_handshake(&mut stream, deadline).await;
 }
 
@@ -326,7 +329,9 @@ where
                 // Past a protocol error (the rest of an oversized frame, say) nothing more
                 // can be read as frames: give the client a moment to read our close frame
                 // before the socket goes.
-                Some(Err(_)) => break tokio::time::sleep(CLOSE_LINGER).await,
+                Some(Err(e)) if violation_close(&e).is_some() => break tokio::time::sleep(CLOSE_LINGER).await,
+                // The client is gone (a reset, the end of the stream).
+                Some(Err(_)) => break,
                 None => break,
             }
         }
