@@ -55,6 +55,10 @@ pub struct Appended {
     /// `ChatRepo::with_inline_notifications`); `None` when the notify consumer makes it
     /// from the published event.
     pub notification: Option<Box<InlineNotification>>,
+    /// The recipient's receipt after the append's own transaction raised their delivered
+    /// marker to this message or past it ([`ChatStore::queue_append_delivered`]); `None`
+    /// when it did not (a resend, or not asked).
+    pub delivered: Option<Receipt>,
 }
 
 /// What the append's transaction did to the recipient's notifications: the notification
@@ -155,6 +159,15 @@ pub trait ChatStore: Send + Sync + 'static {
     /// commit. Appends queued one after another are committed in that order (so their
     /// sequence numbers follow the queue order), many per transaction.
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended>;
+    /// As [`ChatStore::queue_append`], and the same transaction raises `recipient`'s
+    /// delivered marker to the new message (the room saw a connection of theirs open,
+    /// which the message is handed to right after the commit): the receipt comes back in
+    /// [`Appended::delivered`], and no write of its own is needed. A store without that
+    /// ability appends only (the recipient's session then writes the marker).
+    async fn queue_append_delivered(&self, msg: NewMessage, recipient: UserId) -> Pending<Appended> {
+        let _ = recipient;
+        self.queue_append(msg).await
+    }
     /// Up to `limit` messages with `seq > after_seq`, in order.
     async fn messages_after(
         &self,
@@ -202,6 +215,11 @@ pub enum Event {
         /// Only within one process (never carried across the broker).
         #[serde(skip)]
         notified: bool,
+        /// `to`'s delivered marker was raised to this message with the message itself
+        /// ([`Appended::delivered`]), so `to`'s sessions write no marker of their own. Only
+        /// within one process (never carried across the broker).
+        #[serde(skip)]
+        delivered: bool,
     },
     /// A participant's receipt markers moved.
     Receipt { to: UserId, receipt: Receipt },

@@ -110,7 +110,13 @@ impl Actor for RoomActor {
                         .send(Err(SendError { code: ErrorCode::NotFound, message: "no such conversation".into() }));
                     return Ok(());
                 }
-                let pending = state.ctx.store.queue_append(*msg).await;
+                // A recipient with a connection here gets the message the moment it is
+                // committed: their delivered marker is raised in the same transaction.
+                let store = &state.ctx.store;
+                let pending = match state.info.peer_of(msg.sender_id) {
+                    Some(to) if state.ctx.connections_here(to) > 0 => store.queue_append_delivered(*msg, to).await,
+                    _ => store.queue_append(*msg).await,
+                };
                 if let Err(mpsc::error::SendError(c)) = state.completions.send(Completion { pending, reply }) {
                     // Cannot happen while the room lives (it holds the receiver's task);
                     // answer anyway rather than leave the sender waiting.
@@ -153,18 +159,26 @@ async fn complete(
             let frame: Arc<str> = ServerFrame::Message(appended.message.clone()).to_json().into();
             let notification = appended.notification.take();
             let notified = notification.as_ref().map(|n| n.to);
+            let delivered = appended.delivered.take();
             let messages = participants.map(|to| Event::MessageCreated {
                 to,
                 message: appended.message.clone(),
                 frame: Some(frame.clone()),
                 notified: notified == Some(to),
+                delivered: delivered.is_some_and(|r| r.user_id == to),
             });
             // The notification the append wrote with the message, after the message.
             let note = notification.and_then(|n| {
                 let InlineNotification { to, view, unread } = *n;
                 view.map(|view| Event::Notification { to, notification: Some(view), unread })
             });
-            for event in messages.into_iter().chain(note) {
+            // The delivered marker it raised, to the sender (whose devices get it with
+            // their own copy); a later message of the same commit tells it otherwise.
+            let seq = appended.message.seq;
+            let receipt = delivered
+                .filter(|r| r.delivered_seq == seq)
+                .map(|receipt| Event::Receipt { to: appended.message.sender_id, receipt });
+            for event in messages.into_iter().chain(note).chain(receipt) {
                 if let Err(e) = ctx.bus.publish(Envelope::new(event)).await {
                     // Committed, so not lost: the recipient gets it on the next message
                     // (gap fill) or on sync; a notification on the next catch-up.

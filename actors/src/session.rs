@@ -1047,7 +1047,7 @@ impl SessionState {
 
     async fn on_event(&mut self, event: Event) {
         match event {
-            Event::MessageCreated { message, frame, .. } => self.deliver(message, frame).await,
+            Event::MessageCreated { message, frame, delivered, .. } => self.deliver(message, frame, delivered).await,
             Event::Receipt { receipt, .. } => {
                 self.conn.push(&ServerFrame::Receipt(receipt));
             }
@@ -1106,8 +1106,9 @@ impl SessionState {
         }
     }
 
-    /// Live delivery, in seq order and gap-free per conversation.
-    async fn deliver(&mut self, m: StoredMessage, frame: Option<Arc<str>>) {
+    /// Live delivery, in seq order and gap-free per conversation. `marked`: the append
+    /// already raised this user's delivered marker to it.
+    async fn deliver(&mut self, m: StoredMessage, frame: Option<Arc<str>>, marked: bool) {
         let c = m.conversation_id;
         let last = self.conn.last_sent(c).unwrap_or(0);
         if m.seq <= last {
@@ -1125,7 +1126,7 @@ impl SessionState {
             return;
         }
         self.conn.set_last_sent(c, seq);
-        if sender != self.me() {
+        if sender != self.me() && !marked {
             self.mark_delivered(c, sender, seq);
         }
     }

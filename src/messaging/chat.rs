@@ -44,8 +44,10 @@ use crate::storage::rows::{opt_uuid_at, text_at, uuid_at};
 pub trait MessageWrites: Send + Sync + std::fmt::Debug {
     /// Appends a message (or finds it stored: a resend); with `notify`, its transaction
     /// also writes the recipient's message notification, keeping their newest `notify`
-    /// ([`Appended::notification`]).
-    async fn append(&self, message: NewMessage, notify: Option<u64>) -> Pending<Appended>;
+    /// ([`Appended::notification`]); with `delivered_to`, it also raises that user's
+    /// delivered marker to the new message ([`Appended::delivered`]).
+    async fn append(&self, message: NewMessage, notify: Option<u64>, delivered_to: Option<UserId>)
+    -> Pending<Appended>;
     /// Raises a user's delivered and/or read markers.
     async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt>;
     /// Records when `user`'s last connection closed (here rather than through the pool:
@@ -574,9 +576,16 @@ pub(crate) async fn append_all(
     for (m, fate) in appends.iter().zip(&fates) {
         out.push(match fate {
             Fate::Refused(e) => Err(e.clone()),
-            Fate::Stored(old) => Ok(Appended { message: (**old).clone(), duplicate: true, notification: None }),
+            Fate::Stored(old) => {
+                Ok(Appended { message: (**old).clone(), duplicate: true, notification: None, delivered: None })
+            }
             Fate::SameAs(j) => match &out[*j] {
-                Ok(first) => Ok(Appended { message: first.message.clone(), duplicate: true, notification: None }),
+                Ok(first) => Ok(Appended {
+                    message: first.message.clone(),
+                    duplicate: true,
+                    notification: None,
+                    delivered: None,
+                }),
                 Err(e) => Err(e.clone()),
             },
             Fate::New(n) => {
@@ -603,7 +612,7 @@ pub(crate) async fn append_all(
                 };
                 let stored = to_stored(row.clone())?;
                 rows.push(message::ActiveModel::from(row));
-                Ok(Appended { message: stored, duplicate: false, notification: None })
+                Ok(Appended { message: stored, duplicate: false, notification: None, delivered: None })
             }
         });
     }
@@ -942,7 +951,11 @@ impl ChatStore for ChatRepo {
     }
 
     async fn queue_append(&self, msg: NewMessage) -> Pending<Appended> {
-        self.writes.append(msg, self.inline_notify).await
+        self.writes.append(msg, self.inline_notify, None).await
+    }
+
+    async fn queue_append_delivered(&self, msg: NewMessage, recipient: UserId) -> Pending<Appended> {
+        self.writes.append(msg, self.inline_notify, Some(recipient)).await
     }
 
     async fn messages_after(

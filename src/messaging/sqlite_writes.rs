@@ -133,7 +133,7 @@ impl<'a> Messages<'a> {
             return Ok(if old.conversation_id != m.conversation_id {
                 Err(StoreError::Forbidden(REUSED_ID))
             } else {
-                Ok(Appended { message: old, duplicate: true, notification: None })
+                Ok(Appended { message: old, duplicate: true, notification: None, delivered: None })
             });
         }
         let target = match m.target_id {
@@ -191,7 +191,7 @@ impl<'a> Messages<'a> {
                 .execute(params![m.body, self.now, t.0.as_bytes()])?;
             search::reindex(self.db, rowid, Some(&m.body), (low, high))?;
         }
-        Ok(Ok(Appended { message, duplicate: false, notification: None }))
+        Ok(Ok(Appended { message, duplicate: false, notification: None, delivered: None }))
     }
 
     /// The message an edit or deletion names, as the transaction sees it, and its rowid

@@ -558,8 +558,8 @@ mod tests {
             state: ContactState::Pending,
         };
         let mut out = vec![
-            Event::MessageCreated { to: ann, message: message.clone(), frame: None, notified: false },
-            Event::MessageCreated { to: ben, message, frame: None, notified: false },
+            Event::MessageCreated { to: ann, message: message.clone(), frame: None, notified: false, delivered: false },
+            Event::MessageCreated { to: ben, message, frame: None, notified: false, delivered: false },
             Event::Receipt { to: ann, receipt },
             Event::Receipt { to: ben, receipt },
             Event::Typing { to: ben, conversation_id: receipt.conversation_id, user_id: ann, active: true },
@@ -622,7 +622,7 @@ mod tests {
             .into_iter()
             .filter_map(|e| match e {
                 Event::MessageCreated { to, message, frame, .. } if message.sender_id != to => {
-                    Some(Event::MessageCreated { to, message, frame, notified: true })
+                    Some(Event::MessageCreated { to, message, frame, notified: true, delivered: false })
                 }
                 _ => None,
             })

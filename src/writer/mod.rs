@@ -66,6 +66,8 @@ impl<T, R> Job<T, R> {
 pub(crate) struct Appending {
     pub(crate) message: NewMessage,
     pub(crate) notify: Option<u64>,
+    /// Raise this user's delivered marker to the new message in the same transaction.
+    pub(crate) delivered_to: Option<UserId>,
 }
 
 /// A run of notifications, deduplicated by event and capped at `keep` per user.
@@ -82,6 +84,10 @@ pub(crate) struct ReadUpTo {
 }
 
 /// A write the committer performs inside a group transaction, with its typed answer.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every write on the hot path is an append: boxing it would add an allocation to each message and shrink no queue"
+)]
 pub(crate) enum Write {
     Append(Job<Appending, Appended>),
     Receipt(Job<RaiseReceipt, Receipt>),
@@ -193,8 +199,13 @@ impl Committer {
 
 #[async_trait::async_trait]
 impl MessageWrites for Committer {
-    async fn append(&self, message: NewMessage, notify: Option<u64>) -> Pending<Appended> {
-        self.queue(Appending { message, notify }, Write::Append).await
+    async fn append(
+        &self,
+        message: NewMessage,
+        notify: Option<u64>,
+        delivered_to: Option<UserId>,
+    ) -> Pending<Appended> {
+        self.queue(Appending { message, notify, delivered_to }, Write::Append).await
     }
 
     async fn raise_receipt(&self, receipt: RaiseReceipt) -> Pending<Receipt> {
@@ -314,18 +325,43 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
             _ => None,
         })
         .collect();
-    let mut appended = crate::messaging::chat::append_all(&txn, &appends, now).await?.into_iter();
-    let receipts: Vec<&RaiseReceipt> = writes
+    let appended = crate::messaging::chat::append_all(&txn, &appends, now).await?;
+    // The appends' own delivered markers ride with the batch's receipts, after them.
+    let delivered: Vec<Option<RaiseReceipt>> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Append(j) => Some(j.input.delivered_to),
+            _ => None,
+        })
+        .zip(&appended)
+        .map(|(to, a)| match (to, a) {
+            (Some(to), Ok(a)) => delivered_receipt(a, to),
+            _ => None,
+        })
+        .collect();
+    let mut receipts: Vec<&RaiseReceipt> = writes
         .iter()
         .filter_map(|w| match w {
             Write::Receipt(j) => Some(&j.input),
             _ => None,
         })
         .collect();
-    let mut raised = crate::messaging::chat::raise_receipts(&txn, &receipts, now).await?.into_iter();
+    let queued = receipts.len();
+    receipts.extend(delivered.iter().flatten());
+    let mut raised = crate::messaging::chat::raise_receipts(&txn, &receipts, now).await?;
+    let mut raised_delivered = raised.split_off(queued).into_iter();
+    let mut raised = raised.into_iter();
+    let mut appended = appended.into_iter().zip(delivered);
     for write in writes.iter_mut() {
         match write {
-            Write::Append(j) => j.result = appended.next(),
+            Write::Append(j) => {
+                j.result = appended.next().map(|(mut a, delivered)| {
+                    if let (Ok(a), Some(_)) = (&mut a, delivered) {
+                        a.delivered = raised_delivered.next().and_then(|r| raised_to(r, a));
+                    }
+                    a
+                })
+            }
             Write::Receipt(j) => j.result = raised.next(),
             Write::Notifications(j) => {
                 let Record { news, keep } = &j.input;
@@ -351,6 +387,25 @@ async fn write_in_txn(db: &DatabaseConnection, writes: &mut [Write]) -> Result<(
     record_inline(&txn, writes, now).await?;
     txn.commit().await?;
     Ok(())
+}
+
+/// The delivered marker an append raises with its message for `to`
+/// ([`Appending::delivered_to`]): none for a resend (its first append was delivered, or
+/// not, then) or for the sender.
+fn delivered_receipt(appended: &Appended, to: UserId) -> Option<RaiseReceipt> {
+    let m = &appended.message;
+    (!appended.duplicate && m.sender_id != to).then_some(RaiseReceipt {
+        conversation: m.conversation_id,
+        user: to,
+        delivered: Some(m.seq),
+        read: None,
+    })
+}
+
+/// The receipt that raise left, when it covers the message (a later message of the same
+/// batch may have raised it further: PostgreSQL merges a batch's raises of one receipt).
+fn raised_to(raised: Result<Receipt, StoreError>, appended: &Appended) -> Option<Receipt> {
+    raised.ok().filter(|r| r.delivered_seq >= appended.message.seq)
 }
 
 /// The recipient's notification of a message just stored (its append's own, in the same

@@ -355,6 +355,11 @@ fn try_write_in_txn(
                         appended.notification = Some(Box::new(recorded.inline(to)));
                     }
                 }
+                if let (Some(to), Ok(appended)) = (j.input.delivered_to, &mut result)
+                    && let Some(raise) = super::delivered_receipt(appended, to)
+                {
+                    appended.delivered = super::raised_to(messages.raise_receipt(&raise)?, appended);
+                }
                 j.result = Some(result);
             }
             Write::Receipt(j) => j.result = Some(messages.raise_receipt(&j.input)?),

@@ -700,6 +700,7 @@ async fn an_unreadable_event_is_dead_lettered_and_the_node_carries_on() {
         },
         frame: None,
         notified: false,
+        delivered: false,
     });
     let poison = serde_json::to_vec(&vec![poison]).expect("encode");
     ch.basic_publish(

@@ -499,13 +499,44 @@ async fn reads_that_move_nothing_reach_no_one_else_and_floods_are_limited() {
 }
 
 #[tokio::test]
-async fn receipts_typing_and_presence_reach_the_other_side() {
-    let app = spawn_app().await;
+async fn receipts_typing_and_presence_reach_the_other_side_sqlite() {
+    receipts_typing_and_presence_reach_the_other_side(Backend::Sqlite).await;
+}
+
+/// On PostgreSQL a batch's delivered markers (raised with their messages) are merged
+/// with its other receipts (`writer::write_in_txn`): the same behaviour.
+#[tokio::test]
+async fn receipts_typing_and_presence_reach_the_other_side_postgres() {
+    receipts_typing_and_presence_reach_the_other_side(Backend::Postgres).await;
+}
+
+/// The peer's markers in the one conversation of `token`'s user, as their conversation
+/// list has them (what a reloaded page shows): (delivered, read).
+async fn peer_markers(app: &TestApp, token: &str) -> (Option<i64>, Option<i64>) {
+    let list: Value = app
+        .client
+        .get(app.url("/api/conversations"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["conversations"].as_array().map(Vec::len), Some(1), "{list}");
+    assert!(list["conversations"][0]["peer"]["username"].is_string(), "{list}");
+    (list["conversations"][0]["peer_delivered_seq"].as_i64(), list["conversations"][0]["peer_read_seq"].as_i64())
+}
+
+async fn receipts_typing_and_presence_reach_the_other_side(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
     let (alice, alice_id) = user(&app, "alice").await;
     let (bob, bob_id) = user(&app, "bob").await;
     make_contacts(&app, &alice, &bob, "bob").await;
     let mut a = Client::connect(&app, &alice).await;
     let conv = open_conversation(&mut a, &bob_id, "r1").await;
+    // Bob has no connection: nothing was delivered to him.
+    assert_eq!(peer_markers(&app, &alice).await, (Some(0), Some(0)), "delivered while offline");
     let mut b = Client::connect(&app, &bob).await;
     // Bob's new connection is told Alice is online; Alice is told Bob came online.
     let p = b.next_of("presence").await;
@@ -516,13 +547,15 @@ async fn receipts_typing_and_presence_reach_the_other_side() {
     a.send_to_conv("r2", &conv, "are you there?").await;
     let c = conv.clone();
     b.read_until("message 2", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&2))).await;
-    // Delivered to Bob's device → Alice sees delivered_seq 2.
+    // Delivered to Bob's device → Alice sees delivered_seq 2, and it is stored.
     loop {
         let r = a.next_of("receipt").await;
         if r["user_id"] == bob_id.as_str() && r["delivered_seq"] == 2 {
+            assert_eq!(r["read_seq"], 0, "{r}");
             break;
         }
     }
+    assert_eq!(peer_markers(&app, &alice).await, (Some(2), Some(0)), "the delivered marker as stored");
     b.send(json!({"type": "read", "conversation_id": conv, "seq": 2})).await;
     loop {
         let r = a.next_of("receipt").await;
@@ -554,22 +587,8 @@ async fn receipts_typing_and_presence_reach_the_other_side() {
         .expect("json");
     assert_eq!(list["conversations"][0]["unread"], 0);
     assert_eq!(list["conversations"][0]["last_message"]["body"], "are you there?");
-    let list: Value = app
-        .client
-        .get(app.url("/api/conversations"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(list["conversations"][0]["peer"]["username"], "bob");
     // What a reloaded page needs to mark Alice's messages read.
-    assert_eq!(
-        (list["conversations"][0]["peer_delivered_seq"].as_i64(), list["conversations"][0]["peer_read_seq"].as_i64()),
-        (Some(2), Some(2))
-    );
+    assert_eq!(peer_markers(&app, &alice).await, (Some(2), Some(2)));
 
     b.send(json!({"type": "typing", "conversation_id": conv, "active": true})).await;
     let t = a.next_of("typing").await;
