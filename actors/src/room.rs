@@ -112,9 +112,12 @@ impl Actor for RoomActor {
                 }
                 // A recipient with a connection here gets the message the moment it is
                 // committed: their delivered marker is raised in the same transaction.
+                // (Not by an edit or deletion: see `SessionState::deliver`.)
                 let store = &state.ctx.store;
                 let pending = match state.info.peer_of(msg.sender_id) {
-                    Some(to) if state.ctx.connections_here(to) > 0 => store.queue_append_delivered(*msg, to).await,
+                    Some(to) if !msg.kind.is_change() && state.ctx.connections_here(to) > 0 => {
+                        store.queue_append_delivered(*msg, to).await
+                    }
                     _ => store.queue_append(*msg).await,
                 };
                 if let Err(mpsc::error::SendError(c)) = state.completions.send(Completion { pending, reply }) {
@@ -173,7 +176,8 @@ async fn complete(
                 view.map(|view| Event::Notification { to, notification: Some(view), unread })
             });
             // The delivered marker it raised, to the sender (whose devices get it with
-            // their own copy); a later message of the same commit tells it otherwise.
+            // their own copy); when a later message of the same batch raised it further
+            // (PostgreSQL merges a batch's raises), that message's receipt tells it.
             let seq = appended.message.seq;
             let receipt = delivered
                 .filter(|r| r.delivered_seq == seq)

@@ -1117,7 +1117,7 @@ impl SessionState {
         if m.seq > last + 1 && self.send_after(c, last, m.seq - 1).await.is_none() {
             return;
         }
-        let (seq, sender) = (m.seq, m.sender_id);
+        let (seq, sender, kind) = (m.seq, m.sender_id, m.kind);
         let pushed = match &frame {
             Some(f) => self.conn.push_encoded(f),
             None => self.conn.push(&ServerFrame::Message(m)),
@@ -1126,7 +1126,10 @@ impl SessionState {
             return;
         }
         self.conn.set_last_sent(c, seq);
-        if sender != self.me() && !marked {
+        // Messages raise the delivered marker; edits and deletions do not (the next
+        // message raises it past them). A deletion needs no contact, so its receipt would
+        // reach a former contact or someone this user blocked.
+        if sender != self.me() && !marked && !kind.is_change() {
             self.mark_delivered(c, sender, seq);
         }
     }

@@ -350,3 +350,49 @@ async fn postgres_edits_racing_deletions_on_two_nodes_leave_no_deleted_text() {
         .await;
     drop(other);
 }
+
+/// A deletion needs no contact (a blocked sender may still erase their own words), so it
+/// must tell its sender nothing of the peer who blocked them: it raises no delivered
+/// marker and sends no receipt (messages raise the marker; changes do not).
+#[tokio::test]
+async fn a_deletion_after_a_block_raises_no_marker_and_sends_no_receipt() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let alice_id = app.get_json("/api/auth/me", &alice).await["id"].as_str().expect("id").to_owned();
+    let mut a = Client::connect(&app, &alice).await;
+    let mut b = Client::connect(&app, &bob).await;
+    let (m1, conv) = say(&mut a, "m1", "", &bob_id, "hello").await;
+    let delivered = |seq: i64| {
+        let bob_id = bob_id.clone();
+        move |f: &Value| f["type"] == "receipt" && f["user_id"] == bob_id.as_str() && f["delivered_seq"] == seq
+    };
+    let first = delivered(1);
+    a.read_until("the delivered receipt", move |d| d.others.iter().any(&first)).await;
+    let r =
+        app.client.post(app.url(&format!("/api/contacts/{alice_id}/block"))).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(delete(&app, &alice, &m1).await.status(), StatusCode::NO_CONTENT);
+    let c = conv.clone();
+    b.read_until("the deletion", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&2))).await;
+    // Bob's session has handled the deletion once it answers a ping sent after it...
+    b.send(json!({"type": "ping"})).await;
+    b.next_of("pong").await;
+    // ...and Alice's has every event published with her own copy once it answers one.
+    let c = conv.clone();
+    a.read_until("her own deletion", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&2))).await;
+    a.send(json!({"type": "ping"})).await;
+    a.next_of("pong").await;
+    let second = delivered(2);
+    assert!(!a.others.iter().any(second), "a receipt of the blocker reached the deleter: {:?}", a.others);
+    let db = switchboard::storage::connect(&app.config.database_url()).await.expect("db");
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT delivered_seq FROM receipts WHERE user_id = $1",
+            [uuid::Uuid::parse_str(&bob_id).expect("uuid").into()],
+        ))
+        .await
+        .expect("query")
+        .expect("Bob's receipt");
+    assert_eq!(row.try_get::<i64>("", "delivered_seq").expect("seq"), 1, "the deletion moved Bob's marker");
+}

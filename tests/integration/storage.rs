@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use switchboard::contacts::repo::ContactRepo;
 use switchboard::domain::{ConversationId, UserId};
-use switchboard::messaging::chat::ChatRepo;
+use switchboard::messaging::chat::{ChatRepo, MessageWrites, RaiseReceipt};
 use switchboard::storage::entities::block;
 use switchboard::storage::seed::contact_pairs;
 use switchboard::writer::Committer;
@@ -47,7 +47,8 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
     .exec_without_returning(&db)
     .await
     .expect("block row");
-    let repo = ChatRepo::new(db.clone(), Arc::new(Committer::start(db.clone())));
+    let committer = Arc::new(Committer::start(db.clone()));
+    let repo = ChatRepo::new(db.clone(), committer.clone());
     // ab.a also talks to cd.a, through the real request/accept path.
     let contacts = ContactRepo::new(db.clone());
     let (request, _) = contacts.request(ab.a, cd.a).await.expect("request");
@@ -55,19 +56,26 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
     let ax = repo.open_conversation(ab.a, cd.a).await.expect("conversation").id;
 
     // Queue everything before awaiting anything, so the committer takes many per batch.
+    // cd's messages also raise cd.a's delivered marker (as when cd.a is connected), among
+    // plain receipt writes to ab.b's marker: the two kinds of raise share the batches.
     let mut expect: Vec<(&str, Option<StoreError>)> = vec![];
     let mut pending = vec![];
+    let mut receipts = vec![];
     for i in 0..300 {
         let id = format!("a{i}");
         pending.push(repo.queue_append(text(ab.conversation, ab.a, &id)).await);
         expect.push(("ab", None));
         if i % 3 == 0 {
-            pending.push(repo.queue_append(text(cd.conversation, cd.b, &format!("d{i}"))).await);
+            pending.push(repo.queue_append_delivered(text(cd.conversation, cd.b, &format!("d{i}")), cd.a).await);
             expect.push(("cd", None));
+            let asked = i64::from(i) + 1;
+            let raise = RaiseReceipt { conversation: ab.conversation, user: ab.b, delivered: Some(asked), read: None };
+            receipts.push((asked, committer.raise_receipt(raise).await));
         }
         if i % 50 == 7 {
-            // Resend of a message queued just before (the same batch, most likely).
-            pending.push(repo.queue_append(text(ab.conversation, ab.a, &id)).await);
+            // Resend of a message queued just before (the same batch, most likely), asking
+            // for a delivered marker: a resend raises none.
+            pending.push(repo.queue_append_delivered(text(ab.conversation, ab.a, &id), ab.b).await);
             expect.push(("dup", None));
             pending.push(repo.queue_append(text(ab.conversation, cd.a, "outsider")).await);
             expect.push(("outsider", Some(StoreError::NotFound)));
@@ -94,6 +102,7 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
             (_, Some(e), r) => assert_eq!(r.as_ref().err(), Some(e), "{what}"),
             ("dup", None, Ok(a)) => {
                 assert!(a.duplicate, "a resend is answered as a duplicate");
+                assert_eq!(a.delivered, None, "a resend raises no delivered marker");
                 assert_eq!(&first_by_id[&a.message.client_msg_id].message, &a.message, "with the original");
             }
             ("reused", None, r) => assert!(
@@ -102,12 +111,32 @@ async fn batch_appends_number_without_gaps_and_enforce_the_rules(backend: Backen
             ),
             (conv, None, Ok(a)) => {
                 assert!(!a.duplicate);
+                match a.delivered {
+                    // At least to this message (a later one of the batch may have raised
+                    // it further on PostgreSQL, which merges a batch's raises).
+                    Some(r) => assert!(
+                        conv == "cd" && r.user_id == cd.a && r.delivered_seq >= a.message.seq && r.read_seq == 0,
+                        "{conv}: {r:?} for seq {}",
+                        a.message.seq
+                    ),
+                    None => assert_eq!(conv, "ab", "a delivered append raised no marker"),
+                }
                 seqs.entry(conv).or_default().push(a.message.seq);
                 first_by_id.insert(a.message.client_msg_id.clone(), a.clone());
             }
             (_, None, Err(e)) => panic!("{what} failed: {e}"),
         }
     }
+    // The plain receipt writes were answered as they would be alone (never lowered, capped
+    // at the last seq), whatever appends' raises shared their batches.
+    for (asked, pending) in receipts {
+        let r = pending.await.expect("receipt");
+        assert_eq!((r.conversation_id, r.user_id), (ab.conversation, ab.b));
+        assert!(r.delivered_seq >= asked && r.read_seq == 0, "{r:?} for {asked}");
+    }
+    let stored = |c, u| repo.update_receipt(c, u, None, None);
+    assert_eq!(stored(cd.conversation, cd.a).await.expect("receipt").delivered_seq, 100, "cd.a has every cd message");
+    assert_eq!(stored(ab.conversation, ab.b).await.expect("receipt").delivered_seq, 298, "ab.b as asked last");
     assert_eq!(seqs["ab"], (1..=300).collect::<Vec<i64>>(), "numbered in queue order, no gaps");
     assert_eq!(seqs["cd"], (1..=100).collect::<Vec<i64>>());
 
