@@ -157,6 +157,7 @@ impl Application {
         let auth = self.state.auth.clone();
         let limiters =
             [self.state.opens_limiter.clone(), self.state.search_limiter.clone(), self.state.contact_limiter.clone()];
+        let node = self.state.node.clone();
         let files = self.state.files.clone();
         let tmp_max_age = Duration::from_secs(self.state.config.files.transfer_ttl_secs);
         let housekeeping = tokio::spawn(async move {
@@ -168,6 +169,7 @@ impl Application {
                 }
                 // Users back to a full budget are forgotten (one entry per active user).
                 limiters.iter().for_each(|l| l.prune());
+                node.ctx.prune_limiters();
                 match files.expire(crate::now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "abandoned uploads removed"),

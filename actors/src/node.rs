@@ -174,6 +174,20 @@ impl NodeCtx {
         self.connections.get(&user).map(|c| c.clone()).unwrap_or_default()
     }
 
+    /// Forgets the users whose send, sync and read budgets are full again (their entries
+    /// would otherwise stay for the process's life: one per user who ever connected).
+    /// Called by the process's housekeeping; answers how many entries are left.
+    pub fn prune_limiters(&self) -> usize {
+        [&self.send_limiter, &self.sync_limiter, &self.read_limiter]
+            .into_iter()
+            .map(|l| {
+                l.retain_recent();
+                l.shrink_to_fit();
+                l.len()
+            })
+            .sum()
+    }
+
     /// How many connections `user` has open on this node.
     pub fn connections_here(&self, user: UserId) -> usize {
         self.connections.get(&user).map_or(0, |c| c.len())

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::helpers::{Api, Backend, TestApp, eventually, spawn_app, spawn_app_with};
-use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob, connect_with, make_contacts, user};
+use crate::ws_client::{Client, FRAME_TIMEOUT, alice_and_bob, connect_with, make_contacts, say, user};
 
 /// Opens the conversation from `a` to user `b_id` with one message; returns its id.
 async fn open_conversation(a: &mut Client, b_id: &str, cid: &str) -> String {
@@ -1269,4 +1269,23 @@ async fn contacts_see_when_someone_was_last_online() {
     // Bob's own view of Alice (she never left) has none yet.
     let contacts = app.get_json("/api/contacts", &bob).await;
     assert!(contacts["contacts"][0]["last_seen_at"].is_null(), "{contacts}");
+}
+
+/// The per-user send, sync and read budgets are kept only while in use: the process's
+/// housekeeping forgets a user whose budget is full again, so a node that runs for months
+/// does not keep an entry for everyone who ever connected.
+#[tokio::test]
+async fn rate_budgets_of_idle_users_are_forgotten() {
+    let app = spawn_app().await;
+    let (alice, _bob, bob_id) = alice_and_bob(&app).await;
+    let mut a = Client::connect(&app, &alice).await;
+    say(&mut a, "m1", "", &bob_id, "hello").await;
+    // A sync takes one of a budget that refills at one a second.
+    a.send(json!({"type": "sync"})).await;
+    a.next_of("sync_done").await;
+    assert!(app.node.ctx.prune_limiters() >= 1, "a budget in use is kept");
+    eventually("the full budgets forgotten", async || (app.node.ctx.prune_limiters() == 0).then_some(())).await;
+    // Forgotten is full: Alice may sync again at once.
+    a.send(json!({"type": "sync"})).await;
+    a.next_of("sync_done").await;
 }
