@@ -283,16 +283,7 @@ async fn outsiders_cannot_read_or_write_a_conversation() {
     assert_eq!(history(&app, &carol, "not-a-uuid", "").await.status(), StatusCode::NOT_FOUND);
     let r = app.client().get(app.url(&format!("/api/conversations/{conv}/messages"))).send().await.expect("sent");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let list: Value = app
-        .client
-        .get(app.url("/api/conversations"))
-        .bearer_auth(&carol)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let list = app.get_json("/api/conversations", &carol).await;
     assert_eq!(list["conversations"], json!([]));
 
     let mut c = Client::connect(&app, &carol).await;
@@ -513,16 +504,7 @@ async fn receipts_typing_and_presence_reach_the_other_side_postgres() {
 /// The peer's markers in the one conversation of `token`'s user, as their conversation
 /// list has them (what a reloaded page shows): (delivered, read).
 async fn peer_markers(app: &TestApp, token: &str) -> (Option<i64>, Option<i64>) {
-    let list: Value = app
-        .client
-        .get(app.url("/api/conversations"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let list = app.get_json("/api/conversations", token).await;
     assert_eq!(list["conversations"].as_array().map(Vec::len), Some(1), "{list}");
     assert!(list["conversations"][0]["peer"]["username"].is_string(), "{list}");
     (list["conversations"][0]["peer_delivered_seq"].as_i64(), list["conversations"][0]["peer_read_seq"].as_i64())
@@ -575,16 +557,7 @@ async fn receipts_typing_and_presence_reach_the_other_side(backend: Backend) {
         (Some(conv.as_str()), Some(bob_id.as_str()), Some(2)),
         "{r}"
     );
-    let list: Value = app
-        .client
-        .get(app.url("/api/conversations"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let list = app.get_json("/api/conversations", &bob).await;
     assert_eq!(list["conversations"][0]["unread"], 0);
     assert_eq!(list["conversations"][0]["last_message"]["body"], "are you there?");
     // What a reloaded page needs to mark Alice's messages read.
