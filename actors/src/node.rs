@@ -332,6 +332,16 @@ impl ChildSpec for SupervisorSpec {
             initial: vec![],
             faults: self.ctx.faults.clone(),
         };
+        if self.which == "sessions" {
+            // A restart (at the first start there is no connection yet): the sessions of
+            // the supervisor before died with it and nothing restarts them, so their sockets
+            // close now and the clients reconnect and sync, rather than on their next frame
+            // (a page that only listens would hear nothing until its next ping).
+            let closed = self.ctx.all_connections().iter().filter(|c| c.close_if_live()).count();
+            if closed > 0 {
+                tracing::warn!(closed, "sessions supervisor restarted; closing the connections of its sessions");
+            }
+        }
         Ok(Actor::spawn_linked(Some(name), Supervisor, args, sup).await?.0.get_cell())
     }
 }

@@ -45,6 +45,9 @@ pub enum Outbound {
 pub const CLOSE_POLICY: u16 = 1008;
 /// WebSocket close code for "try again later" (server overloaded or client too slow).
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// WebSocket close code for a server-side failure the client recovers from by reconnecting
+/// (its session actor is gone and will not come back).
+pub const CLOSE_INTERNAL: u16 = 1011;
 /// WebSocket close code: the login that opened the connection was revoked (logout);
 /// log in again before reconnecting.
 pub const CLOSE_LOGGED_OUT: u16 = 4001;
@@ -287,6 +290,18 @@ impl ConnHandle {
 
     fn known_conversations(&self) -> Vec<(ConversationId, i64)> {
         self.last_sent.lock().map(|m| m.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default()
+    }
+
+    /// Closes the connection if its session actor is running, or was until it died: called
+    /// when the sessions supervisor was restarted, which takes every running session with
+    /// it and restarts none (their specs went with it). A hibernating connection has no
+    /// actor to lose: it wakes through the new supervisor. True if it closed.
+    pub fn close_if_live(&self) -> bool {
+        let live = matches!(self.slot().state, SlotState::Live(_));
+        if live {
+            self.close(CLOSE_INTERNAL, "session lost, reconnect");
+        }
+        live
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {

@@ -17,7 +17,7 @@ use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
 use switchboard_actors::node::Node;
 use switchboard_actors::protocol::ServerFrame;
-use switchboard_actors::session::{CLOSE_POLICY, ConnHandle, NotSent, Outbound, SessionMsg};
+use switchboard_actors::session::{CLOSE_INTERNAL, CLOSE_POLICY, ConnHandle, NotSent, Outbound, SessionMsg};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::AuthUser;
@@ -52,8 +52,6 @@ const FRAMES_IN_FLIGHT: usize = 32;
 /// since the client's close reply cannot be read there (at most [`CLOSE_GRACE`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REATTACH_POLL: Duration = Duration::from_millis(10);
-/// Close code when the server cannot serve the connection.
-const CLOSE_INTERNAL: u16 = 1011;
 /// How often an open connection's login is checked against the database, as a backstop
 /// for a revocation event that never arrived (the publisher's broker link was down). The
 /// event closes a connection at once; this bounds how long one can be missed.

@@ -1262,3 +1262,33 @@ async fn rate_budgets_of_idle_users_are_forgotten() {
     a.send(json!({"type": "sync"})).await;
     a.next_of("sync_done").await;
 }
+
+/// A sessions supervisor that fails is restarted empty: the sessions it ran died with it,
+/// and nothing restarts them. Their sockets are closed at once (1011), also those of
+/// clients that only listen, so they reconnect and sync instead of hearing nothing until
+/// their next frame.
+#[tokio::test]
+async fn a_restarted_sessions_supervisor_closes_the_sockets_of_its_dead_sessions() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.fault_injection = true).await;
+    let (alice, bob, bob_id) = alice_and_bob(&app).await;
+    let mut a = Client::connect(&app, &alice).await;
+    let mut b = Client::connect(&app, &bob).await;
+    let (_, conv) = say(&mut a, "m1", "", &bob_id, "hello").await;
+    let c = conv.clone();
+    b.read_until("m1", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&1))).await;
+    // The supervisor fails on its next message (a question for its counters).
+    let sup = app.node.ctx.supervisor_name("sessions");
+    assert!(app.node.ctx.faults.arm(&sup, Fault::Panic), "armed");
+    assert_eq!(app.node.stats("sessions").await, None, "the supervisor failed instead of answering");
+    for dev in [&mut a, &mut b] {
+        let closed = dev.closed_within(FRAME_TIMEOUT).await.expect("the socket closed");
+        assert_eq!(closed.0, 1011, "{closed:?}");
+    }
+    // The restarted supervisor serves the reconnections; what came meanwhile is synced.
+    let mut a = Client::connect(&app, &alice).await;
+    let (_, _) = say(&mut a, "m2", &conv, "", "still there?").await;
+    let mut b = Client::connect(&app, &bob).await;
+    b.send(json!({"type": "sync", "since": {conv.clone(): 1}})).await;
+    let c = conv.clone();
+    b.read_until("m2", move |d| d.by_seq.get(&c).is_some_and(|s| s.contains_key(&2))).await;
+}
