@@ -155,8 +155,13 @@ impl Application {
         let server = crate::config::http_server(self.acceptor, &self.state.config.limits);
         let handle = server.handle();
         let auth = self.state.auth.clone();
-        let limiters =
-            [self.state.opens_limiter.clone(), self.state.search_limiter.clone(), self.state.contact_limiter.clone()];
+        let limiters = [
+            self.state.opens_limiter.clone(),
+            self.state.search_limiter.clone(),
+            self.state.contact_limiter.clone(),
+            self.state.export_limiter.clone(),
+            self.state.change_limiter.clone(),
+        ];
         let node = self.state.node.clone();
         let files = self.state.files.clone();
         let tmp_max_age = Duration::from_secs(self.state.config.files.transfer_ttl_secs);

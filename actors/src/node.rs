@@ -337,7 +337,8 @@ impl ChildSpec for SupervisorSpec {
             // the supervisor before died with it and nothing restarts them, so their sockets
             // close now and the clients reconnect and sync, rather than on their next frame
             // (a page that only listens would hear nothing until its next ping).
-            let closed = self.ctx.all_connections().iter().filter(|c| c.close_if_live()).count();
+            let closed =
+                self.ctx.all_connections().iter().filter(|c| crate::session::close_orphaned(&self.ctx, c)).count();
             if closed > 0 {
                 tracing::warn!(closed, "sessions supervisor restarted; closing the connections of its sessions");
             }

@@ -156,6 +156,27 @@ async fn wake(ctx: Arc<NodeCtx>, conn: Arc<ConnHandle>, before: ractor::ActorId)
     state.close().await;
 }
 
+/// Closes `conn` (1011) and takes it back, if its session actor is running or was until
+/// it died: called when the sessions supervisor is started again, after the one before
+/// took every running session with it and restarts none (their specs went with it).
+/// The slot is detached first, so nothing reaches the dying actor (a `Closed` it took
+/// while handling its kill would be lost, and the connection left registered), and the
+/// clean-up its `Closed` would do runs here. A hibernating connection has no actor to
+/// lose: it wakes through the new supervisor. True if it closed.
+pub fn close_orphaned(ctx: &Arc<NodeCtx>, conn: &Arc<ConnHandle>) -> bool {
+    {
+        let mut slot = conn.slot();
+        if !matches!(slot.state, SlotState::Live(_)) {
+            return false;
+        }
+        slot.state = SlotState::Detached;
+    }
+    conn.close(CLOSE_INTERNAL, "session lost, reconnect");
+    let mut state = SessionState::new(ctx.clone(), conn.clone());
+    tokio::spawn(async move { state.close().await });
+    true
+}
+
 /// Marks its connection's bind settled and wakes whoever waits for it, when dropped.
 struct SettleOnDrop(Arc<ConnHandle>);
 
@@ -290,18 +311,6 @@ impl ConnHandle {
 
     fn known_conversations(&self) -> Vec<(ConversationId, i64)> {
         self.last_sent.lock().map(|m| m.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default()
-    }
-
-    /// Closes the connection if its session actor is running, or was until it died: called
-    /// when the sessions supervisor was restarted, which takes every running session with
-    /// it and restarts none (their specs went with it). A hibernating connection has no
-    /// actor to lose: it wakes through the new supervisor. True if it closed.
-    pub fn close_if_live(&self) -> bool {
-        let live = matches!(self.slot().state, SlotState::Live(_));
-        if live {
-            self.close(CLOSE_INTERNAL, "session lost, reconnect");
-        }
-        live
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
