@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use switchboard_actors::ids::{ConversationId, UserId};
-use switchboard_actors::ports::{Bus, Envelope, Event, StoredMessage};
+use switchboard_actors::ports::{Bus, Envelope, Event, Receipt, StoredMessage};
 use switchboard_actors::states::{ContactChangeKind, MessageKind, NotificationKind};
 
 use crate::bus::{Topology, declare_common};
@@ -106,6 +106,15 @@ fn request_settled(event: &Event) -> Option<(UserId, uuid::Uuid)> {
     }
 }
 
+/// A reader's own receipt with a read marker (the one that clears their notifications):
+/// the reader and the receipt.
+fn own_read(event: &Event) -> Option<(UserId, &Receipt)> {
+    match event {
+        Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => Some((*to, receipt)),
+        _ => None,
+    }
+}
+
 /// The positions of the read receipts in `envelopes` that a later one of the same reader
 /// and conversation, as high or higher, makes moot: that one clears whatever they would,
 /// including notifications stored between them. Each read waits for a commit of its own,
@@ -116,11 +125,8 @@ fn superseded_reads(envelopes: &[Envelope]) -> std::collections::HashSet<usize> 
     let mut later: std::collections::HashMap<(UserId, ConversationId), i64> = std::collections::HashMap::new();
     let mut superseded = std::collections::HashSet::new();
     for (i, envelope) in envelopes.iter().enumerate().rev() {
-        let Event::Receipt { to, receipt } = &envelope.event else { continue };
-        if receipt.user_id != *to || receipt.read_seq <= 0 {
-            continue;
-        }
-        match later.entry((*to, receipt.conversation_id)) {
+        let Some((reader, receipt)) = own_read(&envelope.event) else { continue };
+        match later.entry((reader, receipt.conversation_id)) {
             Entry::Occupied(highest) if *highest.get() >= receipt.read_seq => {
                 superseded.insert(i);
             }
@@ -169,18 +175,18 @@ impl Notifier {
         let mut pending = Vec::new();
         let superseded = superseded_reads(envelopes);
         for (i, envelope) in envelopes.iter().enumerate() {
-            match &envelope.event {
-                Event::Receipt { to, receipt } if receipt.user_id == *to && receipt.read_seq > 0 => {
-                    if superseded.contains(&i) {
-                        continue;
-                    }
+            if let Some((to, receipt)) = own_read(&envelope.event) {
+                if !superseded.contains(&i) {
                     self.store(std::mem::take(&mut pending)).await?;
                     let read =
-                        self.notifications.read_conversation(*to, receipt.conversation_id, receipt.read_seq).await?;
+                        self.notifications.read_conversation(to, receipt.conversation_id, receipt.read_seq).await?;
                     if let Some(unread) = read {
-                        self.publish(Event::Notification { to: *to, notification: None, unread }).await;
+                        self.publish(Event::Notification { to, notification: None, unread }).await;
                     }
                 }
+                continue;
+            }
+            match &envelope.event {
                 Event::MessageCreated { to, message, .. } if message.kind.is_change() && message.sender_id != *to => {
                     // After what came before (the changed message's own notification).
                     self.store(std::mem::take(&mut pending)).await?;

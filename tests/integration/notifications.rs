@@ -150,6 +150,16 @@ impl SseReader {
     }
 }
 
+/// The next `notification` frame on `ws` whose notification previews `preview`.
+async fn notified_of(ws: &mut crate::ws_client::Client, preview: &str) -> Value {
+    loop {
+        let f = ws.next_of("notification").await;
+        if f["notification"]["payload"]["preview"] == preview {
+            return f;
+        }
+    }
+}
+
 /// The numbers of `notifications`.
 fn numbers(notifications: &[Value]) -> Vec<i64> {
     notifications.iter().map(|n| n["n"].as_i64().unwrap()).collect()
@@ -229,12 +239,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them(backend: c
     }
     alice_ws.send_to_conv("m3", &conv, "third").await;
     alice_ws.next_of("ack").await;
-    let f = loop {
-        let f = bob_ws.next_of("notification").await;
-        if f["notification"]["payload"]["preview"] == "third" {
-            break f;
-        }
-    };
+    let f = notified_of(&mut bob_ws, "third").await;
     assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(2), Some(2)));
     assert_eq!(f["notification"]["id"], notes[0]["id"], "the same notification, updated");
 
@@ -243,12 +248,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them(backend: c
     bob_ws.send_to_conv("b1", &conv, "reply").await;
     assert_eq!(bob_ws.next_of("ack").await["seq"], 4);
     alice_ws.send_to_conv("m4", &conv, "fourth").await;
-    let f = loop {
-        let f = bob_ws.next_of("notification").await;
-        if f["notification"]["payload"]["preview"] == "fourth" {
-            break f;
-        }
-    };
+    let f = notified_of(&mut bob_ws, "fourth").await;
     assert_eq!((f["notification"]["count"].as_i64(), f["unread"]["conversations"][&conv].as_i64()), (Some(3), Some(3)));
     assert_eq!(f["unread"]["total"], 3, "those three");
     let convs = app.get_json("/api/conversations", &alice).await;
@@ -268,12 +268,7 @@ async fn messages_and_contact_requests_notify_and_reading_clears_them(backend: c
     // A message after that makes the read notification unread again, counting one.
     alice_ws.send_to_conv("m5", &conv, "fifth").await;
     alice_ws.next_of("ack").await;
-    let f = loop {
-        let f = bob_ws.next_of("notification").await;
-        if f["notification"]["payload"]["preview"] == "fifth" {
-            break f;
-        }
-    };
+    let f = notified_of(&mut bob_ws, "fifth").await;
     assert_eq!((f["notification"]["count"].as_i64(), f["notification"]["read"].as_bool()), (Some(1), Some(false)));
     let page = list(&app, &bob, "?unread=true").await;
     assert_eq!(page["notifications"][0]["payload"]["preview"], "fifth", "{page}");
